@@ -165,16 +165,21 @@ def _run_solc(base_path: Path, sources: dict[str, str]) -> dict[str, Any]:
     if base_path.resolve() != CHAIN_DIR:
         # Let fixture sources import the project's contracts and interfaces too.
         cmd += ["--include-path", str(CHAIN_DIR)]
-    try:
-        proc = subprocess.run(cmd, input=json.dumps(request), capture_output=True, text=True, timeout=_TIMEOUT_S, check=False)
-    except FileNotFoundError as exc:
-        raise Unavailable("node is not installed", hint=SETUP_HINT) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CompilationError(f"solcjs did not finish within {_TIMEOUT_S}s") from exc
-    start = proc.stdout.find("{")
+    # stdout goes to a file: solc.js calls process.exit() right after console.log,
+    # which cuts piped output at 64 KiB (file writes are synchronous in node).
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.run(cmd, input=json.dumps(request).encode(), stdout=out, stderr=subprocess.PIPE, timeout=_TIMEOUT_S, check=False)
+        except FileNotFoundError as exc:
+            raise Unavailable("node is not installed", hint=SETUP_HINT) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise CompilationError(f"solcjs did not finish within {_TIMEOUT_S}s") from exc
+        out.seek(0)
+        stdout = out.read().decode()
+    start = stdout.find("{")
     if start < 0:
-        raise CompilationError(f"solcjs produced no JSON (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    output: dict[str, Any] = json.loads(proc.stdout[start:])
+        raise CompilationError(f"solcjs produced no JSON (exit {proc.returncode}): {proc.stderr.decode().strip()[-2000:]}")
+    output: dict[str, Any] = json.loads(stdout[start:])
     errors = [e for e in output.get("errors", []) if e.get("severity") == "error"]
     if errors:
         text = "\n".join(e.get("formattedMessage", e.get("message", "")).strip() for e in errors)
