@@ -54,11 +54,16 @@ _CATEGORIES: list[tuple[re.Pattern[str], type[CollabError]]] = [
     (re.compile(r"Invalid\w*Signature|Invalid\w*Proof|^Stale|^Replayed|^ECDSAInvalid"), ProtocolViolation),
 ]
 
+# Names collab itself gives to reverts without a custom error.
+_FIXED: dict[str, type[CollabError]] = {"UnknownRevert": BadInput, "Error": BadInput, "Panic": BadInput}
+
 _CLASSES: dict[str, type[ContractRevert]] = {}
 
 
 def category_of(error_name: str) -> type[CollabError]:
     """The :mod:`collab.errors` class whose exit code a revert named ``error_name`` gets."""
+    if error_name in _FIXED:
+        return _FIXED[error_name]
     for pattern, category in _CATEGORIES:
         if pattern.search(error_name):
             return category
