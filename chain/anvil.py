@@ -8,6 +8,7 @@ periodically so a crash loses little.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -19,10 +20,16 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
 from chain.paths import ANVIL_BIN, SETUP_HINT
 from collab.errors import ChainUnavailable, Unavailable
 
 DEFAULT_PORT = 8545
+CHAIN_ID = 31337
+# anvil's public development mnemonic: its 10 accounts start with 10,000 ETH each.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
 STATE_INTERVAL_S = 5
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -33,6 +40,13 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@functools.lru_cache(maxsize=16)
+def dev_account(index: int = 0) -> LocalAccount:
+    """anvil's funded development account ``index`` (public keys: local chains only)."""
+    Account.enable_unaudited_hdwallet_features()
+    return Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
 
 
 def anvil_binary() -> Path:
@@ -152,6 +166,7 @@ class AnvilProcess:
             stderr=self._log or subprocess.DEVNULL,
             start_new_session=self.detached,
         )
+        self._close_log()  # the child holds its own descriptor
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -10,16 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from chain.anvil import AnvilProcess
+from chain.anvil import AnvilProcess, dev_account
 from chain.client import connect
 from chain.deploy import deploy_all
 from chain.deployment import Deployment
 
-ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
 N_ACCOUNTS = 10
 
 
@@ -42,8 +40,7 @@ def w3(anvil: AnvilProcess) -> Web3:
 @pytest.fixture(scope="session")
 def accounts() -> list[LocalAccount]:
     """anvil's 10 funded dev accounts (10,000 ETH each) as local signing accounts."""
-    Account.enable_unaudited_hdwallet_features()
-    return [Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}") for i in range(N_ACCOUNTS)]
+    return [dev_account(i) for i in range(N_ACCOUNTS)]
 
 
 @pytest.fixture(scope="session")
