@@ -7,7 +7,10 @@ the same compiler as the product contracts.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,11 @@ import chain.compiler as compiler
 from chain.anvil import AnvilProcess, free_port, rpc_answers
 from chain.client import AbiRegistry, ContractClient, connect, deploy_contract
 from chain.compiler import Artifact, compile_contracts
+from chain.deploy import CONTRACT_ORDER, DEFAULT_PARAMS, DEMO_PARAMS, ZERO_ADDRESS, Governance, deploy_all, param_key, resolve_params
 from chain.deployment import Deployment
 from chain.errors import CompilationError, ContractRevert, DeploymentMismatch, revert_class
+from chain.node import chain_down, chain_status, chain_up
+from collab.config import Settings
 from collab.errors import BadInput, ChainUnavailable, NotFound, ProtocolViolation, Unauthorized
 
 FIXTURE_CONTRACTS = Path(__file__).parent / "fixtures" / "contracts"
@@ -248,3 +254,174 @@ def test_deployment_load_failures(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"chain_id": 1, "contracts": {}}))
     with pytest.raises(BadInput, match="malformed"):
         Deployment.load(bad)
+
+
+# ------------------------------------------------------------------ deploy_all (the real contracts)
+
+
+def _client(deployment: Deployment, w3: Web3, name: str) -> ContractClient:
+    cls = type(f"{name}Client", (ContractClient,), {"CONTRACT": name})
+    return cls.from_deployment(deployment, w3)
+
+
+def test_deploy_all_wires_roles_params_and_governance(deployment: Deployment, w3: Web3, deployer: LocalAccount) -> None:
+    assert deployment.chain_id == 31337 and deployment.deploy_block >= 1
+    assert set(deployment.contracts) == set(CONTRACT_ORDER)
+    for name in CONTRACT_ORDER:
+        assert len(w3.eth.get_code(deployment.address(name))) > 0, name
+    timelock, governor = deployment.address("TimelockController"), deployment.address("CollabGovernor")
+
+    params = _client(deployment, w3, "ProtocolParams")
+    assert params._call("owner") == timelock
+    for name, value in DEFAULT_PARAMS.items():
+        assert params._call("get", param_key(name)) == value, name
+
+    shares = _client(deployment, w3, "Shares")
+    assert shares._call("hasRole", shares._call("MINTER_ROLE"), deployment.address("AssetRegistry"))
+    for name in ("IdentityRegistry", "AssetRegistry", "Shares", "Receipts"):
+        c = _client(deployment, w3, name)
+        assert c._call("hasRole", c._call("SETTLEMENT_ROLE"), deployer.address), name
+
+    tl = _client(deployment, w3, "TimelockController")
+    assert tl._call("hasRole", tl._call("PROPOSER_ROLE"), governor)
+    assert tl._call("hasRole", tl._call("CANCELLER_ROLE"), governor)
+    assert tl._call("hasRole", tl._call("EXECUTOR_ROLE"), ZERO_ADDRESS)
+    assert not tl._call("hasRole", tl._call("DEFAULT_ADMIN_ROLE"), deployer.address)
+    assert not tl._call("hasRole", tl._call("PROPOSER_ROLE"), deployer.address)
+
+    licensing = _client(deployment, w3, "Licensing")
+    assert licensing._call("hasRole", licensing._call("DEFAULT_ADMIN_ROLE"), timelock)
+    gov = _client(deployment, w3, "CollabGovernor")
+    assert gov._call("votingPeriod") == Governance().voting_period
+    assert gov._call("timelock") == timelock
+
+
+def test_protocol_params_only_change_through_the_timelock(deployment: Deployment, w3: Web3, deployer: LocalAccount, chain_snapshot: str) -> None:
+    params = _client(deployment, w3, "ProtocolParams").with_account(deployer)
+    with pytest.raises(revert_class("OwnableUnauthorizedAccount")) as info:
+        params._transact("set", param_key("CHALLENGE_WINDOW"), 1)
+    assert info.value.exit_code == 4
+
+
+def test_deploy_all_demo_profile_with_overrides(w3: Web3, deployer: LocalAccount, chain_snapshot: str) -> None:
+    dep = deploy_all(w3, deployer, profile="demo", params={"CHALLENGE_WINDOW": 7}, voting_delay=2, voting_period=30)
+    params = _client(dep, w3, "ProtocolParams")
+    assert params._call("get", param_key("CHALLENGE_WINDOW")) == 7
+    assert params._call("get", param_key("KEY_DISPUTE_WINDOW")) == DEMO_PARAMS["KEY_DISPUTE_WINDOW"]
+    gov = _client(dep, w3, "CollabGovernor")
+    assert (gov._call("votingDelay"), gov._call("votingPeriod")) == (2, 30)
+
+
+def test_deploy_params_are_validated() -> None:
+    with pytest.raises(BadInput, match="unknown protocol parameter"):
+        resolve_params("default", {"NOT_A_PARAM": 1})
+    with pytest.raises(BadInput, match="unknown deploy profile"):
+        resolve_params("fast")
+    assert resolve_params("demo", {"DA_BOND": 5})["DA_BOND"] == 5
+
+
+def test_client_refuses_a_deployment_with_a_stale_abi(deployment: Deployment, w3: Web3) -> None:
+    stale = Deployment.from_json(deployment.to_json())
+    stale.contracts["Shares"]["abi_hash"] = "0x" + "00" * 32
+    with pytest.raises(DeploymentMismatch, match="Shares"):
+        _client(stale, w3, "Shares")
+
+
+# ------------------------------------------------------------------ chain up / status / down
+
+
+def _settings(home: Path) -> Settings:
+    return Settings.resolve(home=home, env={})
+
+
+@pytest.mark.slow
+def test_chain_up_with_state_survives_down_and_up(tmp_path: Path) -> None:
+    conf, state, port = _settings(tmp_path / "home"), tmp_path / "chain-state.json", free_port()
+    try:
+        first = chain_up(conf, port, state)
+        assert conf.deployment_path.is_file() and Deployment.load(conf.deployment_path) == first
+        status = chain_status(conf)
+        assert status["embedded"] and status["reachable"] and status["deployed"]
+        assert status["contracts"] == {n: e["address"] for n, e in first.contracts.items()}
+        assert chain_up(conf, port, state) == first, "up on a running chain reuses it"
+        with pytest.raises(BadInput, match="already runs"):
+            chain_up(conf, free_port(), state)
+
+        stopped = chain_down(conf)
+        assert stopped["stopped"] and state.is_file()
+        assert not rpc_answers(first.rpc_url)
+        assert chain_status(conf)["reachable"] is False
+        assert chain_down(conf)["stopped"] is False
+
+        again = chain_up(conf, port, state)
+        assert again.contracts == first.contracts and again.deploy_block == first.deploy_block
+        assert chain_status(conf)["deployed"]
+    finally:
+        chain_down(conf)
+
+
+@pytest.mark.slow
+def test_chain_up_without_state_redeploys_on_a_fresh_chain(tmp_path: Path) -> None:
+    conf, port = _settings(tmp_path / "home"), free_port()
+    try:
+        chain_up(conf, port)
+        w3 = connect(f"http://127.0.0.1:{port}")
+        block = w3.eth.block_number
+        chain_down(conf)
+        chain_up(conf, port)
+        assert chain_status(conf)["deployed"]
+        assert connect(f"http://127.0.0.1:{port}").eth.block_number == block, "a fresh chain got the same deploy again"
+    finally:
+        chain_down(conf)
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("COLLAB_")} | (env or {})
+    return subprocess.run([sys.executable, "-m", "collab", *args], capture_output=True, text=True, timeout=300, env=full_env, check=False)
+
+
+@pytest.mark.slow
+def test_cli_chain_up_status_down_with_state(tmp_path: Path) -> None:
+    home, state, port = str(tmp_path / "home"), str(tmp_path / "state.json"), str(free_port())
+    try:
+        up = _cli("--home", home, "--json", "chain", "up", "--port", port, "--state", state, "--profile", "demo")
+        assert up.returncode == 0, up.stderr
+        deployed = json.loads(up.stdout)
+        assert deployed["chain_id"] == 31337 and set(deployed["contracts"]) == set(CONTRACT_ORDER)
+
+        status = _cli("--home", home, "--json", "chain", "status")
+        assert status.returncode == 0 and json.loads(status.stdout)["deployed"] is True
+
+        down = _cli("--home", home, "--json", "chain", "down")
+        assert down.returncode == 0 and json.loads(down.stdout)["stopped"] is True
+        status = _cli("--home", home, "chain", "status")
+        assert status.returncode == 5 and "collab chain up" in status.stdout
+
+        again = _cli("--home", home, "--json", "chain", "up", "--port", port, "--state", state)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["contracts"] == deployed["contracts"]
+    finally:
+        _cli("--home", home, "chain", "down")
+
+
+def test_cli_chain_deploy_to_a_running_chain(tmp_path: Path, anvil: AnvilProcess, accounts: list[LocalAccount], w3: Web3) -> None:
+    home = str(tmp_path / "home")
+    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    try:
+        key = "0x" + bytes(accounts[3].key).hex().removeprefix("0x")
+        done = _cli("--home", home, "--json", "chain", "deploy", "--rpc", anvil.rpc_url, "--voting-period", "60",
+                    "--param", "CHALLENGE_WINDOW=99", env={"MY_KEY": key}, )
+        assert done.returncode != 0  # default env var is unset and the home has no identity
+        done = _cli("--home", home, "--json", "chain", "deploy", "--rpc", anvil.rpc_url, "--private-key-env", "MY_KEY",
+                    "--voting-period", "60", "--param", "CHALLENGE_WINDOW=99", env={"MY_KEY": key})
+        assert done.returncode == 0, done.stderr
+        body = json.loads(done.stdout)
+        assert body["deployer"] == accounts[3].address
+        dep = Deployment.load(Path(home) / "deployment.json")
+        assert _client(dep, w3, "ProtocolParams")._call("get", param_key("CHALLENGE_WINDOW")) == 99
+        bad = _cli("--home", home, "chain", "deploy", "--rpc", anvil.rpc_url, "--private-key-env", "MY_KEY", "--param", "NOPE=1", env={"MY_KEY": key})
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+        gone = _cli("--home", home, "chain", "deploy", "--rpc", f"http://127.0.0.1:{free_port()}", "--private-key-env", "MY_KEY", env={"MY_KEY": key})
+        assert gone.returncode == 5
+    finally:
+        w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
