@@ -50,6 +50,7 @@ class ContractRevert(CollabError):
 _CATEGORIES: list[tuple[re.Pattern[str], type[CollabError]]] = [
     (re.compile(r"Unauthorized|^Not\w*Owner$|^NotLicensed$|^NoIdentity$|^Only[A-Z]|^RoleNotGranted$"), Unauthorized),
     (re.compile(r"^Not(Partner|Licensee|Claimer|Challenger|Participant|Audience|Settlement)\w*$"), Unauthorized),
+    (re.compile(r"Inactive$|^(Insufficient|Low)Reputation|ReputationTooLow"), Unauthorized),
     (re.compile(r"^Unknown|NotFound$|Nonexistent"), NotFound),
     (re.compile(r"Invalid\w*Signature|Invalid\w*Proof|^Stale|^Replayed|^ECDSAInvalid"), ProtocolViolation),
 ]

@@ -186,6 +186,8 @@ def test_revert_class_is_stable_and_categorised() -> None:
     assert issubclass(revert_class("NotAssetOwner"), Unauthorized)
     assert issubclass(revert_class("NotLicensed"), Unauthorized)
     assert issubclass(revert_class("NoIdentity"), Unauthorized)
+    assert issubclass(revert_class("IdentityInactive"), Unauthorized)
+    assert issubclass(revert_class("UnknownParam"), NotFound)
     assert issubclass(revert_class("InvalidProofOfPossession"), ProtocolViolation)
     assert issubclass(revert_class("StaleCallReceipt"), ProtocolViolation)
     assert issubclass(revert_class("WrongStake"), BadInput)
