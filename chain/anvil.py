@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import IO
@@ -60,8 +61,11 @@ def rpc_answers(url: str, timeout: float = 1.0) -> bool:
     """True when a JSON-RPC endpoint answers ``eth_chainId``."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    local = urllib.parse.urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+    # A loopback node never sits behind an HTTP proxy, whatever the environment says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) if local else urllib.request.build_opener()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return "result" in json.loads(response.read())
     except (OSError, ValueError, urllib.error.URLError):
         return False
