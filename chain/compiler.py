@@ -165,11 +165,14 @@ def _run_solc(base_path: Path, sources: dict[str, str]) -> dict[str, Any]:
     if base_path.resolve() != CHAIN_DIR:
         # Let fixture sources import the project's contracts and interfaces too.
         cmd += ["--include-path", str(CHAIN_DIR)]
-    # stdout goes to a file: solc.js calls process.exit() right after console.log,
-    # which cuts piped output at 64 KiB (file writes are synchronous in node).
-    with tempfile.TemporaryFile() as out:
+    # stdin and stdout are files, not pipes: solc.js reads stdin with readFileSync,
+    # which fails with EAGAIN once the request outgrows the 64 KiB pipe buffer, and
+    # calls process.exit() right after console.log, which cuts piped output at 64 KiB.
+    with tempfile.TemporaryFile() as request_file, tempfile.TemporaryFile() as out:
+        request_file.write(json.dumps(request).encode())
+        request_file.seek(0)
         try:
-            proc = subprocess.run(cmd, input=json.dumps(request).encode(), stdout=out, stderr=subprocess.PIPE, timeout=_TIMEOUT_S, check=False)
+            proc = subprocess.run(cmd, stdin=request_file, stdout=out, stderr=subprocess.PIPE, timeout=_TIMEOUT_S, check=False)
         except FileNotFoundError as exc:
             raise Unavailable("node is not installed", hint=SETUP_HINT) from exc
         except subprocess.TimeoutExpired as exc:
