@@ -111,8 +111,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         result = cli.main(args=args, prog_name="collab", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        _report_line("aborted")
+    except click.exceptions.Abort:  # click turns Ctrl-C (and EOF at a prompt) into Abort
+        _report_line("interrupted")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         _report_line("interrupted")
