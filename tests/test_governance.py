@@ -11,10 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from chain.anvil import AnvilProcess
 from chain.client import ContractClient, default_artifacts, deploy_contract
 from chain.clients.collab_token import CollabTokenClient, DelegateChanged, token_events
 from chain.clients.governor import (
@@ -37,7 +42,9 @@ from chain.clients.timelock import CANCELLER_ROLE, DEFAULT_ADMIN_ROLE, EXECUTOR_
 from chain.deploy import DEFAULT_PARAMS, Governance, param_key
 from chain.deployment import Deployment
 from chain.errors import revert_class
+from collab.cli import run as collab
 from collab.errors import BadInput
+from collab.identity import Identity
 
 GOV = Governance()  # what deploy_all uses: 1 day delay, 7 days voting, 2 days timelock, 4% quorum
 TOKEN = 10**18
@@ -75,7 +82,7 @@ def _key(name: str) -> bytes:
     return bytes.fromhex(param_key(name).removeprefix("0x"))
 
 
-def _deploy_governance(w3: Web3, deployer: LocalAccount) -> Deployment:
+def _deploy_governance(w3: Web3, deployer: LocalAccount, rpc_url: str) -> Deployment:
     """The governance slice of deploy_all (docs/contracts.md order and wiring).
 
     Interim, until every contract deploy_all needs exists; then the shared
@@ -106,13 +113,13 @@ def _deploy_governance(w3: Web3, deployer: LocalAccount) -> Deployment:
     timelock._transact("grantRole", PROPOSER_ROLE, governor.address)
     timelock._transact("grantRole", CANCELLER_ROLE, governor.address)
     timelock._transact("renounceRole", DEFAULT_ADMIN_ROLE, me)
-    return Deployment(int(w3.eth.chain_id), "", first_block, contracts)
+    return Deployment(int(w3.eth.chain_id), rpc_url, first_block, contracts)
 
 
 @pytest.fixture(scope="module")
-def gov_deployment(w3: Web3, deployer: LocalAccount) -> Deployment:
+def gov_deployment(w3: Web3, deployer: LocalAccount, anvil: AnvilProcess) -> Deployment:
     """ProtocolParams, CollabToken, TimelockController and CollabGovernor, wired."""
-    return _deploy_governance(w3, deployer)
+    return _deploy_governance(w3, deployer, anvil.rpc_url)
 
 
 @pytest.fixture
@@ -373,3 +380,107 @@ def test_format_seconds() -> None:
     assert format_seconds(-5) == "0s"
     assert format_seconds(93_784) == "1d 2h 3m 4s"
     assert format_seconds(3_600) == "1h"
+
+
+# --------------------------------------------------------------------- CLI
+
+PASSPHRASE = "governance test passphrase"
+
+
+@dataclass
+class Cli:
+    """A home with an identity holding 10% of COLLAB, and the deployment file beside it."""
+
+    home: Path
+    address: str
+    capsys: pytest.CaptureFixture[str]
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = collab(["--home", str(self.home), *args])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *args: str) -> dict[str, object]:
+        code, out, err = self("--json", *args)
+        assert code == 0, (out, err)
+        return dict(json.loads(out))
+
+
+@pytest.fixture
+def cli(
+    gov: Gov, w3: Web3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
+    home = tmp_path / "home"
+    me = Identity.create(home, PASSPHRASE, scrypt_n=2**12)
+    gov.deployment.save(home / "deployment.json")
+    monkeypatch.setenv("COLLAB_PASSPHRASE", PASSPHRASE)
+    for var in ("COLLAB_DEPLOYMENT", "COLLAB_RPC_URL"):
+        monkeypatch.delenv(var, raising=False)
+    w3.provider.make_request("anvil_setBalance", [me.address, hex(10**20)])  # type: ignore[arg-type]
+    gov.token.transfer(me.address, GOV.token_supply // 10)
+    return Cli(home, me.address, capsys)
+
+
+def test_cli_param_change_from_proposal_to_execution(cli: Cli, gov: Gov, time_travel: Callable[[int], int]) -> None:
+    delegated = cli.json("gov", "delegate")
+    assert delegated["delegate"] == cli.address
+    assert cli.json("gov", "votes")["votes"] == str(GOV.token_supply // 10)
+
+    created = cli.json("gov", "propose", "--param", "challenge_window", "--value", "7200", "--description", "Two hours")
+    pid = str(created["proposal_id"])
+    assert created["param"] == PARAM and created["value"] == "7200"
+    code, _, err = cli("gov", "vote", pid, "--support", "for")
+    assert code == 2 and "opens in" in err
+
+    time_travel(GOV.voting_delay + 1)
+    voted = cli.json("gov", "vote", pid, "--support", "for", "--reason", "cli")
+    assert voted["weight"] == str(GOV.token_supply // 10)
+    code, _, err = cli("gov", "execute", pid)
+    assert code == 2 and err.startswith("error: ") and "voting closes in" in err
+
+    shown = cli.json("gov", "show", pid)
+    assert shown["state"] == "active"
+    assert shown["param_changes"] == [{"target": gov.params.address, "name": PARAM, "key": param_key(PARAM), "value": "7200"}]
+    assert shown["votes"] == {"for": str(GOV.token_supply // 10), "against": "0", "abstain": "0"}
+
+    time_travel(GOV.voting_period + 1)
+    queued = cli.json("gov", "execute", pid)
+    assert queued["action"] == "queued" and queued["state"] == "queued"
+    code, out, err = cli("gov", "execute", pid)
+    assert code == 2 and re.search(r"executable in (2d|1d 23h 59m)", err) and out == ""
+    code, out, _ = cli("gov", "show", pid)
+    assert code == 0 and "queued" in out and "set CHALLENGE_WINDOW = 7200" in out
+
+    time_travel(GOV.timelock_delay)
+    code, out, _ = cli("gov", "execute", pid)
+    assert code == 0 and f"proposal {pid} executed" in out
+    assert gov.param(PARAM) == 7200
+    assert cli.json("gov", "show", pid)["state"] == "executed"
+
+
+def test_cli_errors_are_one_line_with_exit_codes(cli: Cli, gov: Gov, time_travel: Callable[[int], int]) -> None:
+    code, _, err = cli("gov", "propose", "--param", "NOPE", "--value", "1", "--description", "x")
+    assert code == 2 and "unknown protocol parameter 'NOPE'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("gov", "propose", "--param", PARAM, "--value", "ten", "--description", "x")
+    assert code == 2 and "--value must be an integer" in err
+    code, _, err = cli("gov", "show", "12345")
+    assert code == 3 and "no proposal 12345" in err
+    code, _, err = cli("gov", "vote", "notanid", "--support", "for")
+    assert code == 2
+    code, _, err = cli("gov", "vote", "1", "--support", "maybe")
+    assert code == 1
+    code, out, _ = cli("--json", "gov", "execute", "12345")
+    assert code == 3 and json.loads(out)["exit_code"] == 3
+
+    # A vote without delegated power is accepted with weight 0, and the CLI says why.
+    proposal = propose_param_change(gov.params.address, PARAM, 9, "weightless")
+    gov.governor.with_account(gov.whale).propose(proposal)
+    time_travel(GOV.voting_delay + 1)
+    code, out, err = cli("gov", "vote", str(proposal.proposal_id), "--support", "against")
+    assert code == 0 and "weight 0" in out and "no voting power" in err
+    time_travel(GOV.voting_period + 1)
+    code, _, err = cli("gov", "vote", str(proposal.proposal_id), "--support", "for")
+    assert code == 2 and "defeated: voting is closed" in err
+    code, _, err = cli("gov", "execute", str(proposal.proposal_id))
+    assert code == 2 and "can never execute" in err

@@ -427,6 +427,16 @@ class GovernorClient(ContractClient):
             param_changes=changes,
         )
 
+    def require_active(self, pid: int) -> None:
+        """Raise unless ``pid`` accepts votes now: ProposalNotReady (with the wait) or BadInput."""
+        state = self.state(pid)
+        if state is ProposalState.ACTIVE:
+            return
+        if state is ProposalState.PENDING:
+            wait = self.snapshot(pid) + 1 - self._now()
+            raise ProposalNotReady(f"voting on proposal {pid} opens in {format_seconds(wait)}", remaining_seconds=wait)
+        raise BadInput(f"proposal {pid} is {state.label}: voting is closed")
+
     # ----------------------------------------------------------------- transactions
 
     def propose(self, proposal: Proposal) -> TxResult:
