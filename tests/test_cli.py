@@ -314,3 +314,95 @@ def test_help_and_chain_help_do_not_import_heavy_libraries() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
+
+
+# --------------------------------------------------------------------- chain sessions on a real chain
+
+
+@pytest.mark.slow
+def test_chain_session_unlocks_the_homes_account_and_builds_clients(
+    probe: click.Group,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    deployment: object,
+) -> None:
+    from chain.clients.protocol_params import ProtocolParamsClient
+    from collab.identity import Identity
+
+    home = tmp_path / "home"
+    ident = Identity.create(home, "pw", scrypt_n=2**12)
+    deployment.save(home / "deployment.json")  # type: ignore[attr-defined]
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+
+    @probe.command("whoami")
+    @click.pass_context
+    def whoami(ctx: click.Context) -> None:
+        session = chain_session(ctx)
+        params = session.client(ProtocolParamsClient)
+        emit(ctx, {"account": session.account.address, "chain_id": session.w3.eth.chain_id, "owner": params.owner()})
+
+    assert run(["--json", "--home", str(home), "probe", "whoami"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["account"] == ident.address and body["chain_id"] == 31337
+    assert body["owner"].startswith("0x")
+
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "wrong")
+    assert run(["--home", str(home), "probe", "whoami"]) == 4
+    assert "wrong passphrase" in capsys.readouterr().err
+
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+    other_home = tmp_path / "no-identity"
+    assert run(["--home", str(other_home), "--deployment", str(home / "deployment.json"), "probe", "whoami"]) == 3
+    assert "no identity" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_chain_session_refuses_a_deployment_of_another_chain(
+    probe: click.Group, capsys: pytest.CaptureFixture[str], tmp_path: Path, anvil: object
+) -> None:
+    from chain.deployment import Deployment
+
+    path = tmp_path / "deployment.json"
+    Deployment(chain_id=1, rpc_url=anvil.rpc_url, deploy_block=0).save(path)  # type: ignore[attr-defined]
+
+    @probe.command("session")
+    @click.pass_context
+    def session(ctx: click.Context) -> None:
+        chain_session(ctx, need_account=False)
+
+    assert run(["--deployment", str(path), "probe", "session"]) == 2
+    assert "is chain 31337" in capsys.readouterr().err
+
+
+def test_progress_is_silent_with_json_or_without_a_terminal(probe: click.Group, capsys: pytest.CaptureFixture[str]) -> None:
+    from collab.commands._common import progress
+
+    @probe.command("work")
+    @click.pass_context
+    def work(ctx: click.Context) -> None:
+        with progress(ctx) as bar:
+            task = bar.add_task("working", total=3)
+            for _ in range(3):
+                bar.advance(task)
+            emit(ctx, {"disabled": bar.disable})
+
+    assert run(["--json", "probe", "work"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"disabled": True} and err == ""
+    assert run(["probe", "work"]) == 0  # captured stderr is not a terminal
+    assert capsys.readouterr().err == ""
+
+
+def test_group_run_without_the_root_still_resolves_settings(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    @click.command()
+    @click.pass_context
+    def standalone(ctx: click.Context) -> None:
+        click.echo(settings(ctx).home)
+
+    result = CliRunner().invoke(standalone, [], env={"COLLAB_HOME": str(tmp_path)})
+    assert result.exit_code == 0 and result.output.strip() == str(tmp_path)

@@ -59,7 +59,9 @@ def state(ctx: click.Context | None = None) -> CliState:
     found = ctx.find_object(CliState)
     if found is None:
         found = CliState()
-        ctx.find_root().obj = found
+        root = ctx.find_root()
+        if root.obj is None:
+            root.obj = found
     return found
 
 
