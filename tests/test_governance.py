@@ -19,7 +19,6 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from chain.anvil import AnvilProcess
 from chain.client import ContractClient, default_artifacts, deploy_contract
 from chain.clients.collab_token import CollabTokenClient, DelegateChanged, token_events
 from chain.clients.governor import (
@@ -82,50 +81,9 @@ def _key(name: str) -> bytes:
     return bytes.fromhex(param_key(name).removeprefix("0x"))
 
 
-def _deploy_governance(w3: Web3, deployer: LocalAccount, rpc_url: str) -> Deployment:
-    """The governance slice of deploy_all (docs/contracts.md order and wiring).
-
-    Interim, until every contract deploy_all needs exists; then the shared
-    ``deployment`` fixture replaces it.
-    """
-    artifacts = default_artifacts()
-    me = deployer.address
-    contracts: dict[str, dict[str, str]] = {}
-    first_block = 0
-
-    def deploy(name: str, *args: object) -> ContractClient:
-        nonlocal first_block
-        address, result = deploy_contract(w3, deployer, artifacts[name], *args)
-        first_block = first_block or result.block_number
-        contracts[name] = {"address": address, "abi_hash": artifacts[name].abi_hash, "artifact": name}
-        return ContractClient(w3, address, artifacts[name].abi, deployer, name=name)
-
-    params = deploy("ProtocolParams", me)
-    token = deploy("CollabToken", me, GOV.token_supply)
-    timelock = deploy("TimelockController", GOV.timelock_delay, [], [ZERO_ADDRESS], me)
-    governor = deploy(
-        "CollabGovernor", token.address, timelock.address, GOV.voting_delay, GOV.voting_period,
-        GOV.proposal_threshold, GOV.quorum_percent,
-    )
-    for name, value in DEFAULT_PARAMS.items():
-        params._transact("set", _key(name), value)
-    params._transact("transferOwnership", timelock.address)
-    timelock._transact("grantRole", PROPOSER_ROLE, governor.address)
-    timelock._transact("grantRole", CANCELLER_ROLE, governor.address)
-    timelock._transact("renounceRole", DEFAULT_ADMIN_ROLE, me)
-    return Deployment(int(w3.eth.chain_id), rpc_url, first_block, contracts)
-
-
-@pytest.fixture(scope="module")
-def gov_deployment(w3: Web3, deployer: LocalAccount, anvil: AnvilProcess) -> Deployment:
-    """ProtocolParams, CollabToken, TimelockController and CollabGovernor, wired."""
-    return _deploy_governance(w3, deployer, anvil.rpc_url)
-
-
 @pytest.fixture
-def gov(w3: Web3, gov_deployment: Deployment, accounts: list[LocalAccount], chain_snapshot: str) -> Gov:
-    """The governance deployment plus voters: whale 10%, minnow 1%, each self-delegated."""
-    deployment = gov_deployment
+def gov(w3: Web3, deployment: Deployment, accounts: list[LocalAccount], chain_snapshot: str) -> Gov:
+    """The session deployment (deploy_all) plus voters: whale 10%, minnow 1%, each self-delegated."""
     deployer = accounts[0]
     token = CollabTokenClient.from_deployment(deployment, w3, deployer)
     supply = token.total_supply()
@@ -171,6 +129,26 @@ def test_delegation_moves_votes_and_decodes_events(gov: Gov) -> None:
     assert gov.token.delegates(gov.minnow.address) == gov.whale.address
     assert gov.token.votes(gov.whale.address) == GOV.token_supply * 11 // 100
     assert gov.token.votes(gov.minnow.address) == 0
+
+
+def test_permit_approves_by_signature_once(gov: Gov, w3: Web3) -> None:
+    deadline = int(w3.eth.get_block("latest")["timestamp"]) + 3_600
+    amount = 5 * TOKEN
+    nonce = int(gov.token._call("nonces", gov.whale.address))
+    signed = gov.whale.sign_typed_data(
+        {"name": "Collab", "version": "1", "chainId": w3.eth.chain_id, "verifyingContract": gov.token.address},
+        {"Permit": [
+            {"name": "owner", "type": "address"}, {"name": "spender", "type": "address"},
+            {"name": "value", "type": "uint256"}, {"name": "nonce", "type": "uint256"},
+            {"name": "deadline", "type": "uint256"},
+        ]},
+        {"owner": gov.whale.address, "spender": gov.outsider.address, "value": amount, "nonce": nonce, "deadline": deadline},
+    )
+    args = (gov.whale.address, gov.outsider.address, amount, deadline, signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"))
+    gov.token.with_account(gov.outsider)._transact("permit", *args)  # anyone may relay it
+    assert gov.token._call("allowance", gov.whale.address, gov.outsider.address) == amount
+    with pytest.raises(revert_class("ERC2612InvalidSigner")):  # the nonce moved on: no replay
+        gov.token.with_account(gov.outsider)._transact("permit", *args)
 
 
 def test_token_refuses_a_zero_supply(w3: Web3, deployer: LocalAccount, chain_snapshot: str) -> None:
@@ -239,7 +217,7 @@ def test_direct_set_by_anyone_but_the_timelock_reverts(gov: Gov, who: str) -> No
 # --------------------------------------------------------------------- proposals
 
 
-def test_proposal_id_matches_the_contract() -> None:
+def test_param_change_calldata_round_trips() -> None:
     proposal = propose_param_change("0x" + "11" * 20, PARAM, 7, "desc")
     assert proposal.description_hash == description_hash("desc")
     change = decode_param_set(proposal.targets[0], proposal.calldatas[0])
@@ -346,6 +324,22 @@ def test_a_voter_cannot_vote_twice(gov: Gov, time_travel: Callable[[int], int]) 
     assert gov.governor.has_voted(pid, gov.whale.address)
     with pytest.raises(revert_class("GovernorAlreadyCastVote")):
         gov.governor.with_account(gov.whale).cast_vote(pid, VoteSupport.AGAINST)
+
+
+def test_proposal_threshold_keeps_holders_without_votes_out(gov: Gov, w3: Web3, time_travel: Callable[[int], int]) -> None:
+    threshold = GOV.token_supply // 100  # exactly the minnow's votes
+    address, _ = deploy_contract(
+        w3, gov.deployer, default_artifacts()["CollabGovernor"], gov.token.address, gov.timelock.address,
+        GOV.voting_delay, GOV.voting_period, threshold, GOV.quorum_percent,
+    )
+    strict = GovernorClient(w3, address, gov.governor.abi, gov.outsider, name="CollabGovernor")
+    proposal = propose_param_change(gov.params.address, PARAM, 3, "from nobody")
+    with pytest.raises(revert_class("GovernorInsufficientProposerVotes")) as raised:
+        strict.propose(proposal)
+    assert raised.value.error_args["threshold"] == threshold
+    time_travel(1)  # the threshold reads votes one second back: the minnow's delegation must be older
+    strict.with_account(gov.minnow).propose(proposal)
+    assert strict.state(proposal.proposal_id) is ProposalState.PENDING
 
 
 def test_the_same_proposal_cannot_be_made_twice(gov: Gov) -> None:
