@@ -1,0 +1,459 @@
+"""Number domains shared by the tensor VM, the chain and merges (docs/protocol.md §1).
+
+Two domains, bit-exact with ``chain/contracts/lib/LibFixedPoint.sol``:
+
+* FIXED: a signed int64 word ``q`` meaning ``q / 2**f`` (``f`` per tensor),
+  one round-half-to-even rounding per op and saturation (never wraparound), so
+  every step of a program has exactly one defined result;
+* RING: Z_2^64 with wraparound, for pairwise-masked sums and secret shares.
+
+The scalar functions (Python ``int`` in, ``int`` out) are the reference: they
+mirror the Solidity code line by line. The ``*_array`` functions are the
+vectorised forms the VM uses; the tests hold them equal to the scalar ones.
+Intermediates that may leave int64 are computed exactly (Python ints or numpy
+object arrays); the int64 fast paths are taken only where they are provably
+exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+from eth_hash.auto import keccak
+
+from collab.errors import BadInput
+
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+FRAC_BITS_MAX = 62
+ONE_Q32 = 1 << 32
+LOG2E_Q62 = 6653256548922161246
+EXP_C = (4294967296, 2977044472, 1031764991, 238388332, 41309550, 5726720, 661577, 65510, 5676)
+GELU_A = 192049463
+GELU_B = 3426888095
+_MASK64 = (1 << 64) - 1
+
+
+class Domain(IntEnum):
+    """Tensor domain byte of a header (protocol §2.1)."""
+
+    FIXED = 0
+    RING = 1
+    BUNDLE = 2
+
+
+# --------------------------------------------------------------------------- scalar primitives
+
+
+def check_frac_bits(f: int) -> int:
+    """Validate a fractional-bit count; headers only allow 0..62."""
+    if not 0 <= f <= FRAC_BITS_MAX:
+        raise BadInput(f"fractional bits must be in [0, {FRAC_BITS_MAX}], got {f}")
+    return f
+
+
+def sat(v: int) -> int:
+    """Clamp to int64: the FIXED domain saturates instead of wrapping."""
+    return INT64_MAX if v > INT64_MAX else INT64_MIN if v < INT64_MIN else v
+
+
+def wrap(v: int) -> int:
+    """Reduce into Z_2^64, represented as a signed int64 (two's complement)."""
+    return ((v + (1 << 63)) & _MASK64) - (1 << 63)
+
+
+def rdiv(n: int, d: int) -> int:
+    """Integer nearest to n/d, ties to even (the protocol's only rounding rule)."""
+    if d == 0:
+        raise ZeroDivisionError("rdiv by zero")
+    if d < 0:
+        n, d = -n, -d
+    q, r = divmod(n, d)  # floor division: 0 <= r < d
+    if 2 * r > d or (2 * r == d and q & 1):
+        q += 1
+    return q
+
+
+def rshift(v: int, s: int) -> int:
+    """v / 2**s rounded half to even (s >= 0)."""
+    if s == 0:
+        return v
+    q = v >> s
+    r = v - (q << s)
+    half = 1 << (s - 1)
+    if r > half or (r == half and q & 1):
+        q += 1
+    return q
+
+
+def rescale(v: int, fa: int, fb: int) -> int:
+    """Re-express the exact integer v at scale 2**-fa at scale 2**-fb, round once, saturate."""
+    if fb >= fa:
+        return sat(v << (fb - fa))
+    return sat(rshift(v, fa - fb))
+
+
+def scaled_div(n: int, d: int, fa: int, fb: int) -> int:
+    """(n / d) at scale fa, re-expressed at scale fb with a single rounding (d > 0)."""
+    return sat(rdiv(n << max(0, fb - fa), d << max(0, fa - fb)))
+
+
+def ring_add(a: int, b: int) -> int:
+    """Addition in Z_2^64."""
+    return wrap(a + b)
+
+
+def ring_sub(a: int, b: int) -> int:
+    """Subtraction in Z_2^64."""
+    return wrap(a - b)
+
+
+def ring_neg(a: int) -> int:
+    """Additive inverse in Z_2^64 (what a PRG mask with ``negate`` adds)."""
+    return wrap(-a)
+
+
+def ring_mul(a: int, b: int) -> int:
+    """Multiplication in Z_2^64."""
+    return wrap(a * b)
+
+
+# --------------------------------------------------------------------------- PRG
+
+
+def prg_block(seed: bytes, counter: int) -> bytes:
+    """keccak(seed ‖ uint256(counter)): one 32-byte block of the mask stream."""
+    if len(seed) != 32:
+        raise BadInput(f"PRG seed must be 32 bytes, got {len(seed)}")
+    return keccak(seed + counter.to_bytes(32, "big"))
+
+
+def prg_element(seed: bytes, index: int) -> int:
+    """Element ``index`` of the stream: one keccak, so the one-step proof can recompute it alone."""
+    block = prg_block(seed, index // 4)
+    j = index % 4
+    return int.from_bytes(block[8 * j : 8 * j + 8], "big", signed=True)
+
+
+def prg_elements(seed: bytes, count: int, start: int = 0) -> np.ndarray:
+    """Elements [start, start + count) of the stream as an int64 array."""
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    first, last = start // 4, (start + count - 1) // 4
+    stream = b"".join(prg_block(seed, c) for c in range(first, last + 1))
+    words = np.frombuffer(stream, dtype=">i8").astype(np.int64)
+    offset = start - 4 * first
+    return words[offset : offset + count].copy()
+
+
+# --------------------------------------------------------------------------- approximations (scalar reference)
+
+
+def exp_fx(x: int, fi: int, fo: int) -> int:
+    """e**x in fixed point: base-2 range reduction and a degree-8 Taylor polynomial in Q32."""
+    big_x = rescale(x, fi, 32)
+    if big_x >= 64 * ONE_Q32:
+        return INT64_MAX
+    if big_x <= -64 * ONE_Q32:
+        return 0
+    t = rshift(big_x * LOG2E_Q62, 62)
+    n = t >> 32
+    r = t - (n << 32)
+    p = EXP_C[8]
+    for c in EXP_C[7::-1]:
+        p = rshift(p * r, 32) + c
+    s = n + fo - 32
+    return sat(p << s) if s >= 0 else rshift(p, -s)
+
+
+def gelu_fx(x: int, fi: int, fo: int) -> int:
+    """GELU, tanh form, with tanh built from exp_fx and one exact division."""
+    big_x = rescale(x, fi, 32)
+    if big_x >= 8 * ONE_Q32:
+        return rescale(x, fi, fo)
+    if big_x <= -8 * ONE_Q32:
+        return 0
+    x3 = rshift(rshift(big_x * big_x, 32) * big_x, 32)
+    y = rshift((big_x + rshift(GELU_A * x3, 32)) * GELU_B, 32)
+    e = exp_fx(2 * y, 32, 32)
+    th = ONE_Q32 - rdiv(1 << 65, ONE_Q32 + e)
+    g = rshift(big_x * (ONE_Q32 + th), 33)
+    return rescale(g, 32, fo)
+
+
+def reciprocal_fx(x: int, fi: int, fo: int) -> int:
+    """1/x, exact up to one rounding; 1/0 saturates to INT64_MAX."""
+    if x == 0:
+        return INT64_MAX
+    return sat(rdiv(1 << (fi + fo), x))
+
+
+def inv_sqrt_fx(x: int, fi: int, fo: int) -> int:
+    """1/sqrt(x), nearest integer (ties up); x <= 0 saturates to INT64_MAX."""
+    if x <= 0:
+        return INT64_MAX
+    return sat((math.isqrt((1 << (2 * fo + fi + 2)) // x) + 1) >> 1)
+
+
+def softmax_row(row: list[int], fi: int, fo: int) -> list[int]:
+    """Row softmax: max-shifted exp in Q32, exact sum, one rounded division per element."""
+    m = max(row)
+    e = [exp_fx(v - m, fi, 32) for v in row]
+    s = sum(e)
+    return [sat(rdiv(v << fo, s)) for v in e]
+
+
+def layernorm_row(row: list[int], eps: int, fi: int, fo: int) -> list[int]:
+    """Row layer normalisation without the affine part (that is MUL + BIAS_ADD)."""
+    n = len(row)
+    mu = rdiv(sum(row), n)
+    d = [v - mu for v in row]
+    var = rdiv(sum(v * v for v in d), n << fi)
+    r = inv_sqrt_fx(var + eps, fi, 32)
+    return [rescale(v * r, fi + 32, fo) for v in d]
+
+
+# --------------------------------------------------------------------------- vectorised forms
+
+IntArray = np.ndarray
+
+
+def _obj(a: Any) -> np.ndarray:
+    """Exact-integer view of an array (numpy object dtype holding Python ints)."""
+    arr = np.asarray(a)
+    if arr.dtype == object:
+        return arr
+    return arr.astype(object)
+
+
+def sat_array(v: Any) -> IntArray:
+    """Saturate exact integers (object or int64 array) to an int64 array."""
+    arr = np.asarray(v)
+    if arr.dtype == np.int64:
+        return arr.copy()
+    arr = _obj(arr)
+    return np.minimum(np.maximum(arr, INT64_MIN), INT64_MAX).astype(np.int64)
+
+
+def wrap_array(v: Any) -> IntArray:
+    """Reduce exact integers into Z_2^64 (signed int64 representatives)."""
+    arr = np.asarray(v)
+    if arr.dtype == np.int64:
+        return arr.copy()
+    arr = _obj(arr)
+    return (((arr + (1 << 63)) & _MASK64) - (1 << 63)).astype(np.int64)
+
+
+def rdiv_array(n: Any, d: int) -> np.ndarray:
+    """Elementwise rdiv by a positive scalar, exact (object array out)."""
+    if d <= 0:
+        raise ValueError("rdiv_array needs a positive divisor")
+    n = _obj(n)
+    q = n // d
+    r = n - q * d
+    up = (2 * r > d) | ((2 * r == d) & ((q & 1) == 1))
+    return q + up.astype(object)
+
+
+def rshift_array(v: Any, s: int) -> IntArray:
+    """Elementwise rshift; int64 fast path when v is int64 (result always fits)."""
+    arr = np.asarray(v)
+    if s == 0:
+        return arr.copy()
+    if arr.dtype == np.int64 and s <= 62:
+        q = arr >> s
+        r = arr & ((1 << s) - 1)
+        half = 1 << (s - 1)
+        up = (r > half) | ((r == half) & ((q & 1) == 1))
+        return q + up.astype(np.int64)
+    return rdiv_array(arr, 1 << s)
+
+
+def rescale_array(v: Any, fa: int, fb: int) -> IntArray:
+    """Vectorised :func:`rescale`: int64 (or exact object) in, int64 out."""
+    arr = np.asarray(v)
+    if fb >= fa:
+        s = fb - fa
+        if arr.dtype == np.int64 and s <= 62:
+            hi = (1 << (63 - s)) - 1
+            lo = -(1 << (63 - s))
+            out = np.where(arr > hi, INT64_MAX, np.where(arr < lo, INT64_MIN, arr << s))
+            return out.astype(np.int64)
+        return sat_array(_obj(arr) * (1 << s))
+    out = rshift_array(arr, fa - fb)
+    return sat_array(out)
+
+
+def mul_rescale_array(a: Any, b: Any, fab: int, fo: int) -> IntArray:
+    """rescale(a*b, fab, fo) elementwise; int64 products only when |a|,|b| < 2**31."""
+    a_arr, b_arr = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    small = a_arr.size == 0 or (
+        int(np.abs(a_arr.astype(np.float64)).max()) < (1 << 31)
+        and int(np.abs(b_arr.astype(np.float64)).max()) < (1 << 31)
+    )
+    if small:
+        return rescale_array(a_arr * b_arr, fab, fo)
+    return rescale_array(_obj(a_arr) * _obj(b_arr), fab, fo)
+
+
+def ring_sum_array(arrays: list[Any]) -> IntArray:
+    """Z_2^64 sum of same-shape int64 arrays (numpy int64 addition wraps, as the ring does)."""
+    if not arrays:
+        raise BadInput("ring sum of no tensors")
+    total = np.array(arrays[0], dtype=np.int64, copy=True)
+    with np.errstate(over="ignore"):
+        for arr in arrays[1:]:
+            total += np.asarray(arr, dtype=np.int64)
+    return total
+
+
+def _where(cond: np.ndarray, a: Any, b: Any) -> np.ndarray:
+    return np.where(cond, a, b).astype(object)
+
+
+def _rshift_obj(v: np.ndarray, s: int) -> np.ndarray:
+    q = v >> s
+    r = v - (q << s)
+    half = 1 << (s - 1)
+    up = (r > half) | ((r == half) & ((q & 1) == 1))
+    return q + up.astype(object)
+
+
+def _rescale_obj(v: np.ndarray, fa: int, fb: int) -> np.ndarray:
+    if fb >= fa:
+        out = v * (1 << (fb - fa))
+    else:
+        out = _rshift_obj(v, fa - fb)
+    return np.minimum(np.maximum(out, INT64_MIN), INT64_MAX)
+
+
+def _exp_obj(x: np.ndarray, fi: int, fo: int) -> np.ndarray:
+    big_x = _rescale_obj(x, fi, 32)
+    hi = big_x >= 64 * ONE_Q32
+    lo = big_x <= -64 * ONE_Q32
+    safe = _where(hi | lo, 0, big_x)
+    t = _rshift_obj(safe * LOG2E_Q62, 62)
+    n = t >> 32
+    r = t - (n << 32)
+    p = np.full(x.shape, EXP_C[8], dtype=object)
+    for c in EXP_C[7::-1]:
+        p = _rshift_obj(p * r, 32) + c
+    s = n + (fo - 32)
+    pos = s >= 0
+    # Shift amounts are per element: apply them with exact Python ints.
+    shifted = np.array(
+        [pi << si if si >= 0 else 0 for pi, si in zip(p.ravel(), s.ravel())], dtype=object
+    ).reshape(x.shape)
+    neg = np.array(
+        [rshift(pi, -si) if si < 0 else 0 for pi, si in zip(p.ravel(), s.ravel())], dtype=object
+    ).reshape(x.shape)
+    out = _where(pos, np.minimum(shifted, INT64_MAX), neg)
+    out = _where(hi, INT64_MAX, out)
+    return _where(lo, 0, out)
+
+
+def exp_array(x: Any, fi: int, fo: int) -> IntArray:
+    """Vectorised :func:`exp_fx`."""
+    arr = _obj(np.asarray(x))
+    return _exp_obj(arr, fi, fo).astype(np.int64) if arr.size else np.zeros(arr.shape, np.int64)
+
+
+def gelu_array(x: Any, fi: int, fo: int) -> IntArray:
+    """Vectorised :func:`gelu_fx`."""
+    arr = _obj(np.asarray(x))
+    if not arr.size:
+        return np.zeros(arr.shape, np.int64)
+    big_x = _rescale_obj(arr, fi, 32)
+    hi = big_x >= 8 * ONE_Q32
+    lo = big_x <= -8 * ONE_Q32
+    mid_x = _where(hi | lo, 0, big_x)
+    x3 = _rshift_obj(_rshift_obj(mid_x * mid_x, 32) * mid_x, 32)
+    y = _rshift_obj((mid_x + _rshift_obj(GELU_A * x3, 32)) * GELU_B, 32)
+    e = _exp_obj(2 * y, 32, 32)
+    th = ONE_Q32 - np.array([rdiv(1 << 65, ONE_Q32 + int(v)) for v in e.ravel()], dtype=object).reshape(arr.shape)
+    g = _rshift_obj(mid_x * (ONE_Q32 + th), 33)
+    mid = _rescale_obj(g, 32, fo)
+    out = _where(hi, _rescale_obj(arr, fi, fo), _where(lo, 0, mid))
+    return out.astype(np.int64)
+
+
+def reciprocal_array(x: Any, fi: int, fo: int) -> IntArray:
+    """Vectorised :func:`reciprocal_fx`."""
+    arr = np.asarray(x, dtype=np.int64)
+    return np.array([reciprocal_fx(int(v), fi, fo) for v in arr.ravel()], dtype=np.int64).reshape(arr.shape)
+
+
+def inv_sqrt_array(x: Any, fi: int, fo: int) -> IntArray:
+    """Vectorised :func:`inv_sqrt_fx`."""
+    arr = np.asarray(x, dtype=np.int64)
+    return np.array([inv_sqrt_fx(int(v), fi, fo) for v in arr.ravel()], dtype=np.int64).reshape(arr.shape)
+
+
+# --------------------------------------------------------------------------- float conversion
+
+_TWO63 = float(1 << 63)
+
+
+def to_fixed(x: Any, f: int) -> IntArray:
+    """Quantise floats (numpy, torch or Python) to int64 words at f fractional bits."""
+    check_frac_bits(f)
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    if np.isnan(arr).any():
+        raise BadInput("cannot quantise NaN")
+    scaled = np.rint(np.ldexp(arr, f))
+    hi = scaled >= _TWO63
+    lo = scaled < -_TWO63
+    inner = np.where(hi | lo, 0.0, scaled).astype(np.int64)
+    return np.where(hi, INT64_MAX, np.where(lo, INT64_MIN, inner)).astype(np.int64)
+
+
+def from_fixed(q: Any, f: int) -> np.ndarray:
+    """Dequantise int64 words at f fractional bits to float64."""
+    check_frac_bits(f)
+    return np.ldexp(np.asarray(q, dtype=np.int64).astype(np.float64), -f)
+
+
+@dataclass(frozen=True)
+class QuantError:
+    """Error a float → fixed → float round trip introduces."""
+
+    max_abs: float
+    rms: float
+    saturated: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        """JSON-ready form (benchmarks, `collab bench`)."""
+        return {"max_abs": self.max_abs, "rms": self.rms, "saturated": self.saturated}
+
+
+def quantization_error(x: Any, f: int) -> QuantError:
+    """Measure the round-trip error of quantising x at f fractional bits."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    q = to_fixed(arr, f)
+    diff = from_fixed(q, f) - arr
+    saturated = int(np.count_nonzero((q == INT64_MAX) | (q == INT64_MIN)))
+    if arr.size == 0:
+        return QuantError(0.0, 0.0, 0)
+    return QuantError(float(np.abs(diff).max()), float(np.sqrt(np.mean(diff * diff))), saturated)
+
+
+def compare_to_float(fixed: Any, f: int, reference: Any) -> QuantError:
+    """Error of a fixed-point result against a float reference (e.g. torch's own op)."""
+    if hasattr(reference, "detach"):
+        reference = reference.detach().cpu().double().numpy()
+    ref = np.asarray(reference, dtype=np.float64)
+    got = from_fixed(fixed, f)
+    diff = got - ref
+    q = np.asarray(fixed, dtype=np.int64)
+    saturated = int(np.count_nonzero((q == INT64_MAX) | (q == INT64_MIN)))
+    if ref.size == 0:
+        return QuantError(0.0, 0.0, 0)
+    return QuantError(float(np.abs(diff).max()), float(np.sqrt(np.mean(diff * diff))), saturated)

@@ -1,0 +1,376 @@
+"""Commitments of the fraud-proof protocol: chunks, Merkle trees, tensor/trace/program roots.
+
+Byte-exact with ``chain/contracts/lib/LibMerkle.sol`` and docs/protocol.md §2-§4:
+binary trees padded to a power of two with a per-kind padding leaf, distinct
+one-byte prefixes for every kind of leaf and for internal nodes, 32-element
+(256-byte) chunks of big-endian int64 words. Trees keep every level in memory
+so the game agents can answer any reveal or proof request without rehashing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from eth_abi import encode as abi_encode
+from eth_hash.auto import keccak
+
+from collab.errors import BadInput, ProtocolViolation
+from collab.fixedpoint import FRAC_BITS_MAX, Domain
+
+CHUNK_ELEMS = 32
+CHUNK_BYTES = 8 * CHUNK_ELEMS
+MAX_RANK = 6
+MAX_NUMEL = 1 << 40
+
+PREFIX_CHUNK = b"\x00"
+PREFIX_NODE = b"\x01"
+PREFIX_TRACE = b"\x02"
+PREFIX_TENSOR = b"\x03"
+PREFIX_STEP = b"\x04"
+PREFIX_ENTRY = b"\x05"
+PREFIX_PROGRAM = b"\x06"
+
+ZERO32 = b"\x00" * 32
+PAD_CHUNK_LEAF = keccak(PREFIX_CHUNK + b"\x00" * CHUNK_BYTES)
+PAD_ENTRY_LEAF = keccak(PREFIX_ENTRY + b"\x00" * 64)
+PAD_TRACE_LEAF = ZERO32
+PAD_STEP_LEAF = ZERO32
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """Internal node: keccak(0x01 ‖ left ‖ right)."""
+    return keccak(PREFIX_NODE + left + right)
+
+
+def chunk_leaf(chunk: bytes) -> bytes:
+    """Leaf of one 256-byte chunk: keccak(0x00 ‖ chunk)."""
+    if len(chunk) != CHUNK_BYTES:
+        raise BadInput(f"a chunk is {CHUNK_BYTES} bytes, got {len(chunk)}")
+    return keccak(PREFIX_CHUNK + chunk)
+
+
+def trace_leaf(step: int, tensor_root: bytes) -> bytes:
+    """Trace leaf: keccak(0x02 ‖ uint256(step) ‖ outputRoot)."""
+    return keccak(PREFIX_TRACE + step.to_bytes(32, "big") + tensor_root)
+
+
+def tensor_root(chunk_root: bytes, header: bytes) -> bytes:
+    """Tensor root: keccak(0x03 ‖ chunkRoot ‖ header) — binds shape, domain and fractional bits."""
+    return keccak(PREFIX_TENSOR + chunk_root + header)
+
+
+def step_leaf(step: int, descriptor: bytes) -> bytes:
+    """Program leaf: keccak(0x04 ‖ uint256(step) ‖ keccak(descriptor))."""
+    return keccak(PREFIX_STEP + step.to_bytes(32, "big") + keccak(descriptor))
+
+
+def entry_leaf(name_hash: bytes, root: bytes) -> bytes:
+    """Bundle entry leaf: keccak(0x05 ‖ nameHash ‖ tensorRoot)."""
+    return keccak(PREFIX_ENTRY + name_hash + root)
+
+
+def program_root(step_count: int, step_tree_root: bytes) -> bytes:
+    """Program root: keccak(0x06 ‖ uint256(n) ‖ stepTreeRoot), so the root binds the length."""
+    return keccak(PREFIX_PROGRAM + step_count.to_bytes(32, "big") + step_tree_root)
+
+
+def name_hash(name: str) -> bytes:
+    """keccak of a tensor name's UTF-8 bytes (bundle entries are sorted by it)."""
+    return keccak(name.encode("utf-8"))
+
+
+def encode_descriptor(op: int, inputs: Sequence[int], out_header: bytes, params: bytes = b"") -> bytes:
+    """abi.encode(uint16 op, uint32[] inputs, bytes32 outHeader, bytes params)."""
+    return abi_encode(["uint16", "uint32[]", "bytes32", "bytes"], [op, list(inputs), out_header, params])
+
+
+# --------------------------------------------------------------------------- headers
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """What a tensor root binds besides its data: domain, fractional bits, shape."""
+
+    domain: Domain
+    frac_bits: int
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.domain == Domain.BUNDLE and (self.frac_bits != 0 or len(self.shape) != 1):
+            raise BadInput("a bundle header has fractional bits 0 and rank 1")
+        if not 0 <= self.frac_bits <= FRAC_BITS_MAX:
+            raise BadInput(f"fractional bits must be in [0, {FRAC_BITS_MAX}], got {self.frac_bits}")
+        if len(self.shape) > MAX_RANK:
+            raise BadInput(f"rank {len(self.shape)} exceeds {MAX_RANK}")
+        if any(not 1 <= d < (1 << 32) for d in self.shape):
+            raise BadInput(f"every dimension must be in [1, 2^32), got {self.shape}")
+        if self.numel > MAX_NUMEL:
+            raise BadInput(f"{self.numel} elements exceed the 2^40 limit")
+
+    @property
+    def numel(self) -> int:
+        """Element count (1 for a scalar)."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def num_leaves(self) -> int:
+        """Leaves of the data tree: chunks, or entries for a bundle."""
+        if self.domain == Domain.BUNDLE:
+            return self.numel
+        return -(-self.numel // CHUNK_ELEMS)
+
+    @property
+    def pad_leaf(self) -> bytes:
+        """Padding leaf of this tensor's data tree."""
+        return PAD_ENTRY_LEAF if self.domain == Domain.BUNDLE else PAD_CHUNK_LEAF
+
+    def encode(self) -> bytes:
+        """The 32-byte header word (protocol §2.1)."""
+        dims = list(self.shape) + [0] * (MAX_RANK - len(self.shape))
+        body = bytes([int(self.domain), self.frac_bits, len(self.shape)])
+        body += b"".join(d.to_bytes(4, "big") for d in dims)
+        return body + b"\x00" * (32 - len(body))
+
+    @classmethod
+    def decode(cls, word: bytes) -> TensorHeader:
+        """Parse and validate a header word; anything non-canonical is refused."""
+        if len(word) != 32:
+            raise BadInput("a header is 32 bytes")
+        domain, frac, rank = word[0], word[1], word[2]
+        if domain > int(Domain.BUNDLE) or rank > MAX_RANK:
+            raise BadInput(f"invalid header {word.hex()}")
+        dims = [int.from_bytes(word[3 + 4 * i : 7 + 4 * i], "big") for i in range(MAX_RANK)]
+        header = cls(Domain(domain), frac, tuple(dims[:rank]))
+        if header.encode() != word:
+            raise BadInput(f"non-canonical header {word.hex()}")
+        return header
+
+
+# --------------------------------------------------------------------------- trees
+
+
+def tree_depth(n: int) -> int:
+    """D(n): 0 for one leaf, else ceil(log2 n)."""
+    if n < 1:
+        raise BadInput("a tree needs at least one leaf")
+    return (n - 1).bit_length()
+
+
+@lru_cache(maxsize=16)
+def zero_hashes(pad_leaf: bytes, depth: int = 64) -> tuple[bytes, ...]:
+    """Z_0 = pad leaf, Z_{l+1} = node(Z_l, Z_l): roots of all-padding subtrees."""
+    out = [pad_leaf]
+    for _ in range(depth):
+        out.append(node_hash(out[-1], out[-1]))
+    return tuple(out)
+
+
+@dataclass
+class MerkleTree:
+    """A padded binary Merkle tree with every level kept (levels[0] = leaves)."""
+
+    leaves: list[bytes]
+    pad_leaf: bytes
+    levels: list[list[bytes]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        depth = tree_depth(len(self.leaves))
+        zeros = zero_hashes(self.pad_leaf)
+        levels = [list(self.leaves)]
+        for level in range(depth):
+            cur = levels[-1]
+            if len(cur) % 2:
+                cur = cur + [zeros[level]]
+            levels.append([keccak(PREFIX_NODE + cur[i] + cur[i + 1]) for i in range(0, len(cur), 2)])
+        self.levels = levels
+
+    @property
+    def depth(self) -> int:
+        """D(n)."""
+        return len(self.levels) - 1
+
+    @property
+    def root(self) -> bytes:
+        """The tree's root."""
+        return self.levels[-1][0]
+
+    def node(self, depth: int, index: int) -> bytes:
+        """Node at (depth from the root, index); padding subtrees answer their zero hash."""
+        level = self.depth - depth
+        if not 0 <= level <= self.depth or not 0 <= index < (1 << depth):
+            raise BadInput(f"no node ({depth}, {index}) in a tree of depth {self.depth}")
+        row = self.levels[level]
+        return row[index] if index < len(row) else zero_hashes(self.pad_leaf)[level]
+
+    def children(self, depth: int, index: int, m: int) -> list[bytes]:
+        """The 2**m' descendants a reveal shows, m' = min(m, depth left)."""
+        step = min(m, self.depth - depth)
+        base = index << step
+        return [self.node(depth + step, base + j) for j in range(1 << step)]
+
+    def proof(self, index: int) -> list[bytes]:
+        """Single-leaf proof: siblings bottom-up."""
+        return self.range_proof(index, index + 1)
+
+    def range_proof(self, start: int, end: int) -> list[bytes]:
+        """Proof of the contiguous leaves [start, end) in the protocol's order (§2.4)."""
+        if not 0 <= start < end <= (1 << self.depth):
+            raise BadInput(f"bad leaf range [{start}, {end}) for depth {self.depth}")
+        out: list[bytes] = []
+        lo, hi = start, end - 1
+        for level in range(self.depth):
+            d = self.depth - level
+            if lo % 2:
+                out.append(self.node(d, lo - 1))
+            if hi % 2 == 0:
+                out.append(self.node(d, hi + 1))
+            lo, hi = lo // 2, hi // 2
+        return out
+
+    def leaf(self, index: int) -> bytes:
+        """Leaf hash at ``index`` (padding beyond the real leaves)."""
+        return self.node(self.depth, index)
+
+
+def root_from_range(leaves: Sequence[bytes], start: int, proof: Sequence[bytes], depth: int) -> bytes:
+    """Recompute a root from contiguous leaves and their range proof (mirrors LibMerkle)."""
+    nodes = list(leaves)
+    if not nodes:
+        raise ProtocolViolation("a range proof needs at least one leaf")
+    k = 0
+    lo = start
+    try:
+        for _ in range(depth):
+            if lo % 2:
+                nodes.insert(0, proof[k])
+                k += 1
+                lo -= 1
+            if (lo + len(nodes) - 1) % 2 == 0:
+                nodes.append(proof[k])
+                k += 1
+            nodes = [node_hash(nodes[i], nodes[i + 1]) for i in range(0, len(nodes), 2)]
+            lo //= 2
+    except IndexError as exc:
+        raise ProtocolViolation("range proof too short") from exc
+    if len(nodes) != 1 or k != len(proof):
+        raise ProtocolViolation("range proof does not match the range and depth")
+    return nodes[0]
+
+
+def root_from_proof(leaf: bytes, index: int, proof: Sequence[bytes]) -> bytes:
+    """Root implied by a single-leaf proof (depth = proof length)."""
+    return root_from_range([leaf], index, proof, len(proof))
+
+
+def fold_children(children: Sequence[bytes]) -> bytes:
+    """Fold 2**m revealed descendants back into their ancestor."""
+    nodes = list(children)
+    if not nodes or len(nodes) & (len(nodes) - 1):
+        raise ProtocolViolation(f"{len(nodes)} children is not a power of two")
+    while len(nodes) > 1:
+        nodes = [node_hash(nodes[i], nodes[i + 1]) for i in range(0, len(nodes), 2)]
+    return nodes[0]
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def chunk_data(values: np.ndarray) -> bytes:
+    """Flat big-endian int64 bytes, zero-padded to whole chunks."""
+    flat = np.ascontiguousarray(np.asarray(values, dtype=np.int64).ravel())
+    raw = flat.astype(">i8").tobytes()
+    pad = (-len(raw)) % CHUNK_BYTES
+    return raw + b"\x00" * pad
+
+
+def chunk_leaves(values: np.ndarray) -> list[bytes]:
+    """Leaf hashes of every chunk of a flat int64 tensor."""
+    data = chunk_data(values)
+    return [keccak(PREFIX_CHUNK + data[i : i + CHUNK_BYTES]) for i in range(0, len(data), CHUNK_BYTES)]
+
+
+def element_of_chunk(chunk: bytes, u: int) -> int:
+    """Element u (0..31) of a revealed chunk."""
+    return int.from_bytes(chunk[8 * u : 8 * u + 8], "big", signed=True)
+
+
+@dataclass
+class CommittedTensor:
+    """A VM tensor with its chunk tree and root: what a claimer serves and reveals from."""
+
+    values: np.ndarray
+    header: TensorHeader
+    tree: MerkleTree
+
+    @property
+    def chunk_root(self) -> bytes:
+        """Root of the chunk tree."""
+        return self.tree.root
+
+    @property
+    def root(self) -> bytes:
+        """Tensor root."""
+        return tensor_root(self.tree.root, self.header.encode())
+
+    def chunk(self, index: int) -> bytes:
+        """The 256 bytes of chunk ``index`` (all zero beyond the data)."""
+        flat = self.values.ravel()
+        part = flat[index * CHUNK_ELEMS : (index + 1) * CHUNK_ELEMS]
+        return chunk_data(part) if part.size else b"\x00" * CHUNK_BYTES
+
+    def element_range_proof(self, start: int, end: int) -> tuple[list[bytes], int, list[bytes]]:
+        """Chunks covering elements [start, end), the first chunk index, and their range proof."""
+        first, last = start // CHUNK_ELEMS, (end - 1) // CHUNK_ELEMS
+        chunks = [self.chunk(c) for c in range(first, last + 1)]
+        return chunks, first, self.tree.range_proof(first, last + 1)
+
+
+def commit_tensor(values: np.ndarray, header: TensorHeader) -> CommittedTensor:
+    """Commit a FIXED or RING tensor (values are the int64 words)."""
+    arr = np.asarray(values)
+    if arr.dtype != np.int64:
+        raise BadInput(f"VM tensors hold int64 words, got {arr.dtype}")
+    if header.domain == Domain.BUNDLE:
+        raise BadInput("use commit_bundle for bundles")
+    if arr.size != header.numel:
+        raise BadInput(f"{arr.size} values for a header of {header.numel} elements")
+    return CommittedTensor(arr.reshape(header.shape), header, MerkleTree(chunk_leaves(arr), PAD_CHUNK_LEAF))
+
+
+@dataclass
+class CommittedBundle:
+    """A named list of tensor roots (a state dict's commitment, an asset's ``commitmentRoot``)."""
+
+    names: list[str]
+    roots: list[bytes]
+    tree: MerkleTree
+
+    @property
+    def header(self) -> TensorHeader:
+        """(BUNDLE, 0, [N])."""
+        return TensorHeader(Domain.BUNDLE, 0, (len(self.names),))
+
+    @property
+    def root(self) -> bytes:
+        """Bundle root."""
+        return tensor_root(self.tree.root, self.header.encode())
+
+
+def commit_bundle(entries: dict[str, bytes]) -> CommittedBundle:
+    """Commit named tensor roots; entries are ordered by their name hash."""
+    if not entries:
+        raise BadInput("a bundle needs at least one entry")
+    ordered = sorted(entries.items(), key=lambda kv: name_hash(kv[0]))
+    names = [k for k, _ in ordered]
+    roots = [v for _, v in ordered]
+    leaves = [entry_leaf(name_hash(n), r) for n, r in zip(names, roots)]
+    return CommittedBundle(names, roots, MerkleTree(leaves, PAD_ENTRY_LEAF))
