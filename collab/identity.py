@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from eth_account import Account
 from eth_account.datastructures import SignedMessage
@@ -97,6 +97,15 @@ class PublicKeys:
         except (KeyError, TypeError, ValueError) as exc:
             raise BadInput(f"malformed public key file {source}: {_describe(exc)}") from None
         return keys
+
+
+class RegistryKeys(NamedTuple):
+    """The public keys ``IdentityRegistry.register`` takes (``IIdentityRegistry.Keys``, in field order)."""
+
+    curve_key: bytes
+    x25519_key: bytes
+    bls_pubkey: bytes
+    bls_pop: bytes
 
 
 # --------------------------------------------------------------------- the identity
@@ -313,6 +322,19 @@ class Identity:
         from collab import bls
 
         return bls.prove_possession(self.bls_secret, chain_id, registry, self.address)
+
+    def registry_keys(self, chain_id: int, registry: str) -> RegistryKeys:
+        """Everything ``IdentityRegistry.register``/``updateKeys`` needs for this identity (Sahara ID).
+
+        The proof of possession binds the BLS key to this account, this chain
+        and this registry, so it cannot be replayed for another key holder.
+        """
+        return RegistryKeys(
+            curve_key=self.curve_public,
+            x25519_key=self.x25519_public,
+            bls_pubkey=self.bls_public,
+            bls_pop=self.bls_proof_of_possession(chain_id, registry),
+        )
 
     # ------------------------------------------------------------- internals
 

@@ -275,3 +275,32 @@ def test_bls_proof_of_possession_is_bound_to_account_chain_and_registry(created:
     assert bls.verify_possession(created.bls_public, pop, 31337, registry, created.address)
     assert pop != created.bls_proof_of_possession(1, registry)
     assert pop != created.bls_proof_of_possession(31337, "0x" + "33" * 20)
+
+
+# --------------------------------------------------------------------- Sahara ID on a real chain
+
+
+@pytest.mark.slow
+def test_registry_keys_register_on_the_real_identity_registry(
+    home: Path, w3: object, deployment: object, chain_snapshot: str
+) -> None:
+    from chain.clients.identity_registry import IdentityRegistryClient, Keys, Role
+    from chain.errors import revert_class
+
+    ident = Identity.create(home, PASS, scrypt_n=FAST_N)
+    registry = IdentityRegistryClient.from_deployment(deployment, w3, ident.account)  # type: ignore[arg-type]
+    registry.w3.provider.make_request("anvil_setBalance", [ident.address, hex(10**20)])  # gas and stake
+
+    chain_id = registry.w3.eth.chain_id
+    keys = ident.registry_keys(chain_id, registry.address)
+    assert keys.bls_pubkey == ident.bls_public and keys.curve_key == ident.curve_public
+
+    # A proof made for another registry address is refused on-chain.
+    stolen = Keys(*ident.registry_keys(chain_id, "0x" + "44" * 20))
+    with pytest.raises(revert_class("InvalidProofOfPossession")):
+        registry.register("alice", Role.HUMAN, stolen)
+
+    registered = registry.register("alice", Role.HUMAN, Keys(*keys))
+    on_chain = registry.identity(registered.id)
+    assert on_chain.keys.bls_pubkey == ident.bls_public
+    assert on_chain.keys.x25519_key == ident.x25519_public
