@@ -115,6 +115,7 @@ class Identity:
     """One home's keys: public halves always, secrets once unlocked with the passphrase."""
 
     def __init__(self, home: Path, public: PublicKeys, passphrase: str, account_key: bytes) -> None:
+        # The passphrase stays in memory so that the other keys can be decrypted on first use.
         self.home = Path(home)
         self.public = public
         self._passphrase = passphrase
@@ -357,15 +358,13 @@ class Identity:
 
 
 def _random_scalar() -> bytes:
-    """32 random bytes that are a valid secp256k1 scalar (what a keystore can hold)."""
-    while True:
-        value = secrets.token_bytes(32)
-        if 0 < int.from_bytes(value, "big") < SECPK1_N:
-            return value
+    """32 random bytes that are a valid secp256k1 private key."""
+    return _generate(lambda: secrets.token_bytes(32))
 
 
 def _generate(make: Callable[[], bytes]) -> bytes:
-    """Draw until the secret is storable in a keystore (fails with probability ~2**-128)."""
+    """Draw until the secret is storable in a v3 keystore, which only takes a nonzero
+    secp256k1 scalar (a redraw happens with probability ~2**-128)."""
     while True:
         value = make()
         if 0 < int.from_bytes(value, "big") < SECPK1_N:
