@@ -20,10 +20,11 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from chain.client import ContractClient, default_artifacts, deploy_contract
-from chain.clients.collab_token import CollabTokenClient, DelegateChanged, token_events
+from chain.clients.collab_token import CollabTokenClient, DelegateChanged, format_collab, token_events
 from chain.clients.governor import (
     GovernorClient,
     Proposal,
+    ParamSet,
     ProposalCreated,
     ProposalExecuted,
     ProposalNotReady,
@@ -35,6 +36,7 @@ from chain.clients.governor import (
     description_hash,
     format_seconds,
     governor_events,
+    param_set_events,
     propose_param_change,
 )
 from chain.clients.timelock import CANCELLER_ROLE, DEFAULT_ADMIN_ROLE, EXECUTOR_ROLE, PROPOSER_ROLE, ZERO_ADDRESS, TimelockClient
@@ -267,6 +269,7 @@ def test_param_change_goes_through_vote_queue_and_timelock(gov: Gov, time_travel
     assert ProposalExecuted(pid) in governor_events(done.results[-1])
     param_set = [e for e in events if e.name == "ParamSet"]
     assert param_set and param_set[0].args["newValue"] == new_value and param_set[0].address == gov.params.address
+    assert param_set_events(done.results[-1]) == [ParamSet(param_key(PARAM), PARAM, DEFAULT_PARAMS[PARAM], new_value)]
     assert gov.param(PARAM) == new_value
     # Executing again is a no-op report, not a second change.
     assert gov.governor.advance(pid).action == "none"
@@ -369,6 +372,13 @@ def test_queued_proposal_can_be_executed_by_anyone_once_ready(gov: Gov, time_tra
     assert gov.param(PARAM) == 42
 
 
+def test_format_collab_is_exact() -> None:
+    assert format_collab(0) == "0 COLLAB"
+    assert format_collab(1_500_000 * TOKEN) == "1,500,000 COLLAB"
+    assert format_collab(TOKEN + 1) == "1.000000000000000001 COLLAB"
+    assert format_collab(TOKEN // 4) == "0.25 COLLAB"
+
+
 def test_format_seconds() -> None:
     assert format_seconds(0) == "0s"
     assert format_seconds(-5) == "0s"
@@ -448,7 +458,7 @@ def test_cli_param_change_from_proposal_to_execution(cli: Cli, gov: Gov, time_tr
 
     time_travel(GOV.timelock_delay)
     code, out, _ = cli("gov", "execute", pid)
-    assert code == 0 and f"proposal {pid} executed" in out
+    assert code == 0 and f"proposal {pid} executed" in out and f"{PARAM}: {DEFAULT_PARAMS[PARAM]} -> 7200" in out
     assert gov.param(PARAM) == 7200
     assert cli.json("gov", "show", pid)["state"] == "executed"
 

@@ -62,6 +62,17 @@ def token_events(result: TxResult) -> list[TokenEvent]:
     return [e for e in (decode_token_event(ev) for ev in result.events) if e is not None]
 
 
+DECIMALS = 18
+
+
+def format_collab(units: int) -> str:
+    """Token units as exact decimal COLLAB: ``1500000000000000000`` -> ``1.5 COLLAB``."""
+    whole, frac = divmod(abs(int(units)), 10**DECIMALS)
+    sign = "-" if units < 0 else ""
+    tail = f".{frac:0{DECIMALS}d}".rstrip("0") if frac else ""
+    return f"{sign}{whole:,}{tail} COLLAB"
+
+
 class CollabTokenClient(ContractClient):
     """COLLAB: ERC-20 + permit + ERC-5805 votes on a timestamp clock."""
 

@@ -232,6 +232,25 @@ def governor_events(result: TxResult) -> list[GovernorEvent]:
     return [e for e in (decode_governor_event(ev) for ev in result.events) if e is not None]
 
 
+@dataclass(frozen=True)
+class ParamSet:
+    """``ProtocolParams.ParamSet(key, oldValue, newValue)``, with the key's name when known."""
+
+    key: str
+    name: str | None
+    old_value: int
+    new_value: int
+
+
+def param_set_events(result: TxResult) -> list[ParamSet]:
+    """The parameter changes an execution made (ProtocolParams' ``ParamSet`` events)."""
+    names = {param_key(n): n for n in DEFAULT_PARAMS}
+    return [
+        ParamSet(str(e.args["key"]), names.get(str(e.args["key"])), int(e.args["oldValue"]), int(e.args["newValue"]))
+        for e in result.events_named("ParamSet")
+    ]
+
+
 # --------------------------------------------------------------------- views
 
 

@@ -87,6 +87,7 @@ def propose(ctx: click.Context, name: str, value_text: str, description: str) ->
 @click.pass_context
 def vote(ctx: click.Context, proposal_id: str, support: str, reason: str) -> None:
     """Vote on an active proposal with your voting power at its snapshot."""
+    from chain.clients.collab_token import format_collab
     from chain.clients.governor import GovernorClient, VoteCast, VoteSupport, governor_events
 
     pid = _proposal_id(proposal_id)
@@ -107,8 +108,8 @@ def vote(ctx: click.Context, proposal_id: str, support: str, reason: str) -> Non
         "tx_hash": result.tx_hash,
     }
     emit(ctx, data, (
-        f"voted {data['support']} on proposal {pid} with weight {cast.weight}\n"
-        f"tally: for {tally.for_}, against {tally.against}, abstain {tally.abstain}"
+        f"voted {data['support']} on proposal {pid} with {format_collab(cast.weight)} (weight {cast.weight})\n"
+        f"tally: for {format_collab(tally.for_)}, against {format_collab(tally.against)}, abstain {format_collab(tally.abstain)}"
     ))
 
 
@@ -117,12 +118,13 @@ def vote(ctx: click.Context, proposal_id: str, support: str, reason: str) -> Non
 @click.pass_context
 def execute(ctx: click.Context, proposal_id: str) -> None:
     """Queue a passed proposal in the timelock, and execute it once the delay has passed."""
-    from chain.clients.governor import GovernorClient, format_seconds
+    from chain.clients.governor import GovernorClient, format_seconds, param_set_events
 
     pid = _proposal_id(proposal_id)
     session = chain_session(ctx)
     governor = session.client(GovernorClient)
     outcome = governor.advance(pid, session.deployment.deploy_block)
+    changes = [c for r in outcome.results for c in param_set_events(r)]
     data = {
         "proposal_id": str(pid),
         "action": outcome.action,
@@ -130,11 +132,12 @@ def execute(ctx: click.Context, proposal_id: str) -> None:
         "eta": outcome.eta,
         "now": outcome.now,
         "tx_hashes": [r.tx_hash for r in outcome.results],
+        "param_changes": [{"name": c.name, "key": c.key, "old": str(c.old_value), "new": str(c.new_value)} for c in changes],
     }
     if outcome.action == "queued":
         human = f"proposal {pid} queued in the timelock: executable in {format_seconds(outcome.eta - outcome.now)}; run this command again then"
     elif outcome.action == "executed":
-        human = f"proposal {pid} executed"
+        human = f"proposal {pid} executed" + "".join(f"\n  {c.name or c.key}: {c.old_value} -> {c.new_value}" for c in changes)
     else:
         human = f"proposal {pid} was already executed"
     emit(ctx, data, human)
@@ -145,14 +148,15 @@ def execute(ctx: click.Context, proposal_id: str) -> None:
 @click.pass_context
 def show(ctx: click.Context, proposal_id: str) -> None:
     """Show a proposal: state, calls, tally, quorum and what happens next."""
+    from chain.clients.collab_token import format_collab
     from chain.clients.governor import GovernorClient
 
     pid = _proposal_id(proposal_id)
     session = chain_session(ctx, need_account=False)
     governor = session.client(GovernorClient)
     info = governor.info(pid, session.deployment.deploy_block).to_json()
-    votes = info["votes"]
-    quorum = info["quorum"] if info["quorum"] is not None else "(after the snapshot)"
+    votes = {k: format_collab(int(v)) for k, v in info["votes"].items()}
+    quorum = format_collab(int(info["quorum"])) if info["quorum"] is not None else "(known after the snapshot)"
     emit(ctx, info, (
         f"proposal {info['proposal_id']}: {info['state']}\n"
         f"  {info['description']}\n"
@@ -170,7 +174,7 @@ def delegate(ctx: click.Context, delegatee: str | None) -> None:
     """Turn your COLLAB balance into voting power (for yourself or a delegate)."""
     from eth_utils import is_address, to_checksum_address
 
-    from chain.clients.collab_token import CollabTokenClient
+    from chain.clients.collab_token import CollabTokenClient, format_collab
 
     if delegatee is not None and not is_address(delegatee):
         raise BadInput(f"--to: {delegatee!r} is not an address")
@@ -178,8 +182,9 @@ def delegate(ctx: click.Context, delegatee: str | None) -> None:
     token = session.client(CollabTokenClient)
     me = token.account.address if token.account is not None else ""
     result = token.delegate(to_checksum_address(delegatee) if delegatee else None)
-    data = {"delegator": me, "delegate": token.delegates(me), "balance": str(token.balance_of(me)), "tx_hash": result.tx_hash}
-    emit(ctx, data, f"{me} now delegates {data['balance']} COLLAB units of voting power to {data['delegate']}")
+    balance = token.balance_of(me)
+    data = {"delegator": me, "delegate": token.delegates(me), "balance": str(balance), "tx_hash": result.tx_hash}
+    emit(ctx, data, f"{me} now delegates the voting power of {format_collab(balance)} to {data['delegate']}")
 
 
 @group.command("votes")
@@ -189,12 +194,13 @@ def votes(ctx: click.Context, address: str | None) -> None:
     """Show the COLLAB balance, delegate and voting power of ADDRESS (default: yours)."""
     from eth_utils import is_address, to_checksum_address
 
-    from chain.clients.collab_token import CollabTokenClient
+    from chain.clients.collab_token import CollabTokenClient, format_collab
 
     if address is not None and not is_address(address):
         raise BadInput(f"{address!r} is not an address")
     session = chain_session(ctx, need_account=address is None)
     who = to_checksum_address(address) if address else str(getattr(session.account, "address", ""))
     token = session.client(CollabTokenClient)
-    data = {"address": who, "balance": str(token.balance_of(who)), "delegate": token.delegates(who), "votes": str(token.votes(who))}
-    emit(ctx, data)
+    balance, power = token.balance_of(who), token.votes(who)
+    data = {"address": who, "balance": str(balance), "delegate": token.delegates(who), "votes": str(power)}
+    emit(ctx, data, f"{who}\n  balance:  {format_collab(balance)}\n  delegate: {data['delegate']}\n  votes:    {format_collab(power)}")
