@@ -19,12 +19,11 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from chain.client import ContractClient, default_artifacts, deploy_contract
+from chain.client import default_artifacts, deploy_contract
 from chain.clients.collab_token import CollabTokenClient, DelegateChanged, format_collab, token_events
 from chain.clients.governor import (
     GovernorClient,
     Proposal,
-    ParamSet,
     ProposalCreated,
     ProposalExecuted,
     ProposalNotReady,
@@ -39,6 +38,7 @@ from chain.clients.governor import (
     param_set_events,
     propose_param_change,
 )
+from chain.clients.protocol_params import ParamSet, ProtocolParamsClient
 from chain.clients.timelock import CANCELLER_ROLE, DEFAULT_ADMIN_ROLE, EXECUTOR_ROLE, PROPOSER_ROLE, ZERO_ADDRESS, TimelockClient
 from chain.deploy import DEFAULT_PARAMS, Governance, param_key
 from chain.deployment import Deployment
@@ -60,14 +60,14 @@ class Gov:
     token: CollabTokenClient
     governor: GovernorClient
     timelock: TimelockClient
-    params: ContractClient
+    params: ProtocolParamsClient
     deployer: LocalAccount
     whale: LocalAccount  # 10% of the supply, delegated to itself: alone it meets the 4% quorum
     minnow: LocalAccount  # 1% of the supply, delegated: below quorum on its own
     outsider: LocalAccount  # no tokens, no role
 
     def param(self, name: str) -> int:
-        return int(self.params._call("get", _key(name)))
+        return self.params.get(name)
 
     def passed_proposal(self, name: str, value: int, description: str, travel: Callable[[int], int]) -> Proposal:
         """Propose ``name = value`` and vote it through (state: Succeeded)."""
@@ -94,8 +94,7 @@ def gov(w3: Web3, deployment: Deployment, accounts: list[LocalAccount], chain_sn
     token.transfer(minnow.address, supply // 100)
     token.with_account(whale).delegate()
     token.with_account(minnow).delegate()
-    params_address = deployment.address("ProtocolParams")
-    params = ContractClient(w3, params_address, default_artifacts()["ProtocolParams"].abi, deployer, name="ProtocolParams")
+    params = ProtocolParamsClient.from_deployment(deployment, w3, deployer)
     return Gov(
         deployment=deployment,
         token=token,
@@ -178,7 +177,7 @@ def test_governor_is_wired_as_deployed(gov: Gov) -> None:
     assert gov.governor.voting_period() == GOV.voting_period
     assert gov.governor.proposal_threshold() == GOV.proposal_threshold
     assert gov.timelock.min_delay() == GOV.timelock_delay
-    assert gov.params._call("owner") == gov.timelock.address
+    assert gov.params.owner() == gov.timelock.address
 
 
 def test_timelock_admin_is_renounced_and_the_governor_alone_proposes(gov: Gov) -> None:
@@ -211,7 +210,7 @@ def test_direct_set_by_anyone_but_the_timelock_reverts(gov: Gov, who: str) -> No
     account: LocalAccount = getattr(gov, who)
     before = gov.param(PARAM)
     with pytest.raises(revert_class("OwnableUnauthorizedAccount")) as raised:
-        gov.params.with_account(account)._transact("set", _key(PARAM), 1)
+        gov.params.with_account(account).set(PARAM, 1)
     assert raised.value.error_args["account"] == account.address
     assert gov.param(PARAM) == before
 
@@ -269,7 +268,7 @@ def test_param_change_goes_through_vote_queue_and_timelock(gov: Gov, time_travel
     assert ProposalExecuted(pid) in governor_events(done.results[-1])
     param_set = [e for e in events if e.name == "ParamSet"]
     assert param_set and param_set[0].args["newValue"] == new_value and param_set[0].address == gov.params.address
-    assert param_set_events(done.results[-1]) == [ParamSet(param_key(PARAM), PARAM, DEFAULT_PARAMS[PARAM], new_value)]
+    assert param_set_events(done.results[-1]) == [ParamSet(_key(PARAM), DEFAULT_PARAMS[PARAM], new_value)]
     assert gov.param(PARAM) == new_value
     # Executing again is a no-op report, not a second change.
     assert gov.governor.advance(pid).action == "none"

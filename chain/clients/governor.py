@@ -20,7 +20,7 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
 from chain.client import ContractClient, Event, TxResult, rpc_guard
-from chain.deploy import DEFAULT_PARAMS, param_key
+from chain.clients.protocol_params import NAME_OF_KEY, PARAM_NAMES, ParamSet, key_of
 from chain.errors import ContractRevert
 from collab.errors import BadInput, NotFound
 
@@ -124,17 +124,16 @@ class ParamChange:
 
 def known_param_names() -> list[str]:
     """Names of the governed parameters the deploy script sets."""
-    return sorted(DEFAULT_PARAMS)
+    return sorted(PARAM_NAMES)
 
 
 def encode_param_set(name: str, value: int) -> bytes:
     """Calldata of ``ProtocolParams.set(keccak256(name), value)``; BadInput for unknown names or bad values."""
-    if name not in DEFAULT_PARAMS:
+    if name not in PARAM_NAMES:
         raise BadInput(f"unknown protocol parameter {name!r} (known: {', '.join(known_param_names())})")
     if not 0 <= int(value) <= UINT256_MAX:
         raise BadInput(f"value for {name} must be a uint256, got {value}")
-    key = bytes.fromhex(param_key(name).removeprefix("0x"))
-    return SET_PARAM_SELECTOR + abi_encode(["bytes32", "uint256"], [key, int(value)])
+    return SET_PARAM_SELECTOR + abi_encode(["bytes32", "uint256"], [key_of(name), int(value)])
 
 
 def decode_param_set(target: str, calldata: bytes) -> ParamChange | None:
@@ -142,9 +141,7 @@ def decode_param_set(target: str, calldata: bytes) -> ParamChange | None:
     if len(calldata) != 68 or calldata[:4] != SET_PARAM_SELECTOR:
         return None
     key, value = abi_decode(["bytes32", "uint256"], calldata[4:])
-    key_hex = "0x" + bytes(key).hex()
-    names = {param_key(n): n for n in DEFAULT_PARAMS}
-    return ParamChange(to_checksum_address(target), key_hex, names.get(key_hex), int(value))
+    return ParamChange(to_checksum_address(target), "0x" + bytes(key).hex(), NAME_OF_KEY.get(bytes(key)), int(value))
 
 
 def propose_param_change(params_address: str, name: str, value: int, description: str | None = None) -> Proposal:
@@ -232,21 +229,10 @@ def governor_events(result: TxResult) -> list[GovernorEvent]:
     return [e for e in (decode_governor_event(ev) for ev in result.events) if e is not None]
 
 
-@dataclass(frozen=True)
-class ParamSet:
-    """``ProtocolParams.ParamSet(key, oldValue, newValue)``, with the key's name when known."""
-
-    key: str
-    name: str | None
-    old_value: int
-    new_value: int
-
-
 def param_set_events(result: TxResult) -> list[ParamSet]:
     """The parameter changes an execution made (ProtocolParams' ``ParamSet`` events)."""
-    names = {param_key(n): n for n in DEFAULT_PARAMS}
     return [
-        ParamSet(str(e.args["key"]), names.get(str(e.args["key"])), int(e.args["oldValue"]), int(e.args["newValue"]))
+        ParamSet(bytes.fromhex(str(e.args["key"]).removeprefix("0x")), int(e.args["oldValue"]), int(e.args["newValue"]), result)
         for e in result.events_named("ParamSet")
     ]
 

@@ -132,12 +132,12 @@ def execute(ctx: click.Context, proposal_id: str) -> None:
         "eta": outcome.eta,
         "now": outcome.now,
         "tx_hashes": [r.tx_hash for r in outcome.results],
-        "param_changes": [{"name": c.name, "key": c.key, "old": str(c.old_value), "new": str(c.new_value)} for c in changes],
+        "param_changes": [{"name": c.name, "key": "0x" + c.key.hex(), "old": str(c.old_value), "new": str(c.new_value)} for c in changes],
     }
     if outcome.action == "queued":
         human = f"proposal {pid} queued in the timelock: executable in {format_seconds(outcome.eta - outcome.now)}; run this command again then"
     elif outcome.action == "executed":
-        human = f"proposal {pid} executed" + "".join(f"\n  {c.name or c.key}: {c.old_value} -> {c.new_value}" for c in changes)
+        human = f"proposal {pid} executed" + "".join(f"\n  {c.name}: {c.old_value} -> {c.new_value}" for c in changes)
     else:
         human = f"proposal {pid} was already executed"
     emit(ctx, data, human)
