@@ -36,6 +36,7 @@ from chain.clients.governor import (
     format_seconds,
     governor_events,
     param_set_events,
+    propose_call,
     propose_param_change,
 )
 from chain.clients.protocol_params import ParamSet, ProtocolParamsClient
@@ -359,6 +360,12 @@ def test_unknown_proposals_and_params_are_clear_errors(gov: Gov) -> None:
         propose_param_change(gov.params.address, "NOT_A_PARAM", 1)
     with pytest.raises(BadInput, match="uint256"):
         propose_param_change(gov.params.address, PARAM, -1)
+
+
+def test_propose_call_builds_the_same_proposal_as_propose_param_change(gov: Gov) -> None:
+    generic = propose_call(gov.params, "set", _key(PARAM), 9, description="Set CHALLENGE_WINDOW to 9")
+    assert generic == propose_param_change(gov.params.address, PARAM, 9)
+    assert gov.governor.hash_proposal(generic) == generic.proposal_id
 
 
 def test_queued_proposal_can_be_executed_by_anyone_once_ready(gov: Gov, time_travel: Callable[[int], int]) -> None:

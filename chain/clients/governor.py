@@ -150,6 +150,12 @@ def propose_param_change(params_address: str, name: str, value: int, description
     return Proposal((to_checksum_address(params_address),), (0,), (encode_param_set(name, value),), text)
 
 
+def propose_call(target: ContractClient, fn_name: str, *args: Any, description: str) -> Proposal:
+    """A one-call proposal: the timelock calls ``target.fn_name(*args)`` (e.g. ``resolveKeyDispute``)."""
+    data = target.contract.encode_abi(fn_name, args=list(args))
+    return Proposal((target.address,), (0,), (bytes.fromhex(data.removeprefix("0x")),), description)
+
+
 # --------------------------------------------------------------------- events
 
 
