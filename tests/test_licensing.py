@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,6 @@ COMPUTE_FEE_BPS = DEFAULT_PARAMS["COMPUTE_FEE_BPS"]
 TIMEOUT = DEFAULT_PARAMS["KEY_DELIVERY_TIMEOUT"]
 WINDOW = DEFAULT_PARAMS["KEY_DISPUTE_WINDOW"]
 GOV = Governance()
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _actor(w3: Web3, label: str) -> LocalAccount:
@@ -557,13 +554,31 @@ def test_ownership_transfer_lapses_old_offers(env: Env, chain_snapshot: str) -> 
 # --------------------------------------------------------------------- CLI
 
 
-def _cli(home: Path, deployment_path: Path, *args: str, passphrase: str = "pw") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLLAB_HOME": str(home), "COLLAB_DEPLOYMENT": str(deployment_path), "COLLAB_PASSPHRASE": passphrase}
-    return subprocess.run([sys.executable, "-m", "collab", "--json", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=120, check=False)
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_cli_offer_buy_show_check(env: Env, chain_snapshot: str, tmp_path: Path) -> None:
+@pytest.fixture
+def cli_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run ``collab --json …`` in-process (the real click tree and error mapping) for a home."""
+    from collab.cli import run
+
+    def invoke(home: Path, deployment_path: Path, *args: str) -> CliResult:
+        monkeypatch.setenv("COLLAB_HOME", str(home))
+        monkeypatch.setenv("COLLAB_DEPLOYMENT", str(deployment_path))
+        monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+        capsys.readouterr()
+        code = run(["--json", *args])
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return invoke
+
+
+def test_cli_offer_buy_show_check(env: Env, chain_snapshot: str, tmp_path: Path, cli_run: Callable[..., CliResult]) -> None:
     from collab.identity import Identity
 
     deployment_path = tmp_path / "deployment.json"
@@ -582,38 +597,38 @@ def test_cli_offer_buy_show_check(env: Env, chain_snapshot: str, tmp_path: Path)
 
     terms = tmp_path / "terms.txt"
     terms.write_text("use it well")
-    out = _cli(owner_home, deployment_path, "license", "offer", str(asset), "--kind", "long-term",
+    out = cli_run(owner_home, deployment_path, "license", "offer", str(asset), "--kind", "long-term",
                "--price", str(PRICE), "--duration", str(DAY), "--terms-file", str(terms))
     assert out.returncode == EXIT_OK, out.stderr
     offered = json.loads(out.stdout)
     assert offered["kind"] == "long-term" and offered["terms"]["terms_hash"] == "0x" + Web3.keccak(text="use it well").hex().removeprefix("0x")
 
-    check = _cli(buyer_home, deployment_path, "license", "check", str(asset), "--kind", "long-term")
+    check = cli_run(buyer_home, deployment_path, "license", "check", str(asset), "--kind", "long-term")
     assert check.returncode == EXIT_UNAUTHORIZED
     assert json.loads(check.stdout)["details"]["user"] == buyer_id.address
 
-    bought = _cli(buyer_home, deployment_path, "license", "buy", str(offered["offer_id"]))
+    bought = cli_run(buyer_home, deployment_path, "license", "buy", str(offered["offer_id"]))
     assert bought.returncode == EXIT_OK, bought.stderr
     license_id = json.loads(bought.stdout)["license_id"]
 
-    check = _cli(buyer_home, deployment_path, "license", "check", str(asset), "--kind", "long-term")
+    check = cli_run(buyer_home, deployment_path, "license", "check", str(asset), "--kind", "long-term")
     assert check.returncode == EXIT_OK, check.stderr
     assert json.loads(check.stdout) == {"asset_id": asset, "user": buyer_id.address, "kind": "long-term",
                                         "licensed": True, "license_id": license_id}
     # --user checks anyone, without unlocking keys.
-    other = _cli(tmp_path / "nobody", deployment_path, "license", "check", str(asset), "--kind", "api",
+    other = cli_run(tmp_path / "nobody", deployment_path, "license", "check", str(asset), "--kind", "api",
                  "--user", env.stranger.address)
     assert other.returncode == EXIT_UNAUTHORIZED
 
-    shown = _cli(tmp_path / "nobody", deployment_path, "license", "show", str(license_id))
+    shown = cli_run(tmp_path / "nobody", deployment_path, "license", "show", str(license_id))
     assert shown.returncode == EXIT_OK, shown.stderr
     record = json.loads(shown.stdout)
     assert (record["licensee"], record["kind"], record["current"], record["terms"]["price"]) == (
         buyer_id.address, "long-term", True, PRICE)
 
-    missing = _cli(tmp_path / "nobody", deployment_path, "license", "show", "9999")
+    missing = cli_run(tmp_path / "nobody", deployment_path, "license", "show", "9999")
     assert missing.returncode == EXIT_NOT_FOUND
-    bad = _cli(owner_home, deployment_path, "license", "offer", str(asset), "--kind", "api")
+    bad = cli_run(owner_home, deployment_path, "license", "offer", str(asset), "--kind", "api")
     assert bad.returncode == 2 and "fee-per-call" in json.loads(bad.stdout)["message"]
-    unknown = _cli(owner_home, deployment_path, "license", "offer", "424242", "--kind", "api", "--fee-per-call", "1")
+    unknown = cli_run(owner_home, deployment_path, "license", "offer", "424242", "--kind", "api", "--fee-per-call", "1")
     assert unknown.returncode == EXIT_NOT_FOUND and "UnknownAsset" in unknown.stdout
