@@ -96,8 +96,9 @@ def verify(pubkey: bytes, message: bytes, signature: bytes) -> bool:
     callers that only need a yes/no never have to catch anything.
     """
     try:
-        pk = G1_to_pubkey(decode_g1(pubkey))
-        sig = G2_to_signature(decode_g2(signature))
+        # G2Basic.Verify runs the subgroup checks itself; doing them here too would double the cost.
+        pk = G1_to_pubkey(decode_g1(pubkey, subgroup_check=False))
+        sig = G2_to_signature(decode_g2(signature, subgroup_check=False))
     except BadInput:
         return False
     return bool(G2Basic.Verify(pk, message, sig))
@@ -171,7 +172,7 @@ def encode_g1(point: G1Point) -> bytes:
     return _fp(int(x)) + _fp(int(y))
 
 
-def decode_g1(data: bytes) -> G1Point:
+def decode_g1(data: bytes, *, subgroup_check: bool = True) -> G1Point:
     """128 bytes -> a G1 point in the prime-order subgroup; BadInput otherwise."""
     if len(data) != PUBKEY_LEN:
         raise BadInput(f"a G1 point is {PUBKEY_LEN} bytes, got {len(data)}")
@@ -180,7 +181,7 @@ def decode_g1(data: bytes) -> G1Point:
     point = (FQ(_unfp(data[0:64])), FQ(_unfp(data[64:128])), FQ.one())
     if not is_on_curve(point, b):
         raise BadInput("G1 point is not on the curve")
-    if not is_inf(multiply(point, curve_order)):
+    if subgroup_check and not is_inf(multiply(point, curve_order)):
         raise BadInput("G1 point is not in the prime-order subgroup")
     return point
 
@@ -193,7 +194,7 @@ def encode_g2(point: G2Point) -> bytes:
     return b"".join(_fp(int(c)) for c in (*x.coeffs, *y.coeffs))
 
 
-def decode_g2(data: bytes) -> G2Point:
+def decode_g2(data: bytes, *, subgroup_check: bool = True) -> G2Point:
     """256 bytes -> a G2 point in the prime-order subgroup; BadInput otherwise."""
     if len(data) != SIGNATURE_LEN:
         raise BadInput(f"a G2 point is {SIGNATURE_LEN} bytes, got {len(data)}")
@@ -203,7 +204,7 @@ def decode_g2(data: bytes) -> G2Point:
     point = (FQ2([c[0], c[1]]), FQ2([c[2], c[3]]), FQ2.one())
     if not is_on_curve(point, b2):
         raise BadInput("G2 point is not on the curve")
-    if not is_inf(multiply(point, curve_order)):
+    if subgroup_check and not is_inf(multiply(point, curve_order)):
         raise BadInput("G2 point is not in the prime-order subgroup")
     return point
 

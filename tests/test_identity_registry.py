@@ -1,0 +1,339 @@
+"""IdentityRegistry (Sahara ID): stake, keys with BLS proof of possession, roles, decaying reputation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from chain.client import TxResult
+from chain.clients.identity_registry import (
+    IdentityExited,
+    IdentityRegistered,
+    IdentityRegistryClient,
+    Keys,
+    ReputationChanged,
+    Role,
+    events_in,
+)
+from chain.deploy import DEFAULT_PARAMS
+from chain.deployment import Deployment
+from chain.errors import revert_class
+from collab import bls
+from collab.errors import NotFound, ProtocolViolation, Unauthorized
+
+STAKE = DEFAULT_PARAMS["ADMISSION_STAKE"]
+GENESIS = DEFAULT_PARAMS["GENESIS_REPUTATION"]
+HALF_LIFE = DEFAULT_PARAMS["REPUTATION_HALF_LIFE"]
+MIN_AGG = DEFAULT_PARAMS["MIN_REPUTATION_AGGREGATOR"]
+MIN_CLAIM = DEFAULT_PARAMS["MIN_REPUTATION_CLAIMER"]
+CURVE, X25519 = b"\x0c" * 32, b"\x0d" * 32
+
+
+@pytest.fixture
+def registry(w3: Web3, deployment: Deployment, deployer: LocalAccount) -> IdentityRegistryClient:
+    """The registry as the deployer (admin and settlement role)."""
+    return IdentityRegistryClient.from_deployment(deployment, w3, deployer)
+
+
+def keys_for(registry: IdentityRegistryClient, account: LocalAccount, seed: bytes) -> Keys:
+    return registry.with_account(account).keys_for(bls.keygen(seed), CURVE, X25519)
+
+
+def register(registry: IdentityRegistryClient, account: LocalAccount, name: str = "someone", role: str = "human") -> IdentityRegistered:
+    return registry.with_account(account).register(name, role, keys_for(registry, account, name.encode()))
+
+
+def decayed(value: int, elapsed: int, half_life: int = HALF_LIFE) -> int:
+    """Python model of the contract's decay: halve per period, linear inside one."""
+    periods = elapsed // half_life
+    if periods >= 256:
+        return 0
+    value >>= periods
+    return value - value * (elapsed % half_life) // (2 * half_life)
+
+
+def now(w3: Web3) -> int:
+    return int(w3.eth.get_block("latest")["timestamp"])
+
+
+# ------------------------------------------------------------------ registration
+
+
+def test_register_locks_the_stake_and_records_the_identity(
+    w3: Web3, registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    alice = accounts[1]
+    before = w3.eth.get_balance(registry.address)
+    keys = keys_for(registry, alice, b"alice")
+    event = registry.with_account(alice).register("alice", Role.AGENT, keys)
+    assert (event.account, event.role, event.name) == (alice.address, Role.AGENT, "alice")
+    assert isinstance(event.tx, TxResult)
+    ident = registry.identity(event.id)
+    assert (ident.account, ident.name, ident.role, ident.active) == (alice.address, "alice", Role.AGENT, True)
+    assert ident.keys == keys
+    assert ident.registered_at == now(w3)
+    assert registry.id_of(alice.address) == event.id
+    assert registry.is_active(event.id)
+    assert registry.stake_of(event.id) == STAKE
+    assert registry.reputation_of(event.id) == GENESIS
+    assert registry.identity_count() >= event.id
+    assert w3.eth.get_balance(registry.address) == before + STAKE
+    assert registry.can_claim(alice.address) and not registry.can_aggregate(alice.address)
+
+
+@pytest.mark.parametrize("stake", [0, STAKE - 1, STAKE + 1])
+def test_register_with_a_wrong_stake_reverts(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], stake: int, chain_snapshot: str
+) -> None:
+    client = registry.with_account(accounts[1])
+    with pytest.raises(revert_class("WrongStake")) as err:
+        client.register("alice", "human", keys_for(registry, accounts[1], b"alice"), stake=stake)
+    assert err.value.error_args == {"sent": stake, "required": STAKE}
+
+
+def test_duplicate_registration_reverts_even_after_exit(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    first = register(registry, accounts[1], "alice")
+    with pytest.raises(revert_class("AlreadyRegistered")) as err:
+        register(registry, accounts[1], "alice-again")
+    assert err.value.error_args["id"] == first.id
+    registry.with_account(accounts[1]).exit()
+    with pytest.raises(revert_class("AlreadyRegistered")):
+        register(registry, accounts[1], "alice-reborn")
+
+
+def test_registering_as_aggregator_is_refused(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    with pytest.raises(revert_class("RoleNotGranted")) as err:
+        register(registry, accounts[1], "greedy", role="aggregator")
+    assert isinstance(err.value, Unauthorized)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 65])
+def test_bad_names_revert(registry: IdentityRegistryClient, accounts: list[LocalAccount], name: str, chain_snapshot: str) -> None:
+    with pytest.raises(revert_class("InvalidName")):
+        registry.with_account(accounts[1]).register(name, "human", keys_for(registry, accounts[1], b"n"))
+
+
+def test_zero_transport_keys_revert(registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str) -> None:
+    keys = keys_for(registry, accounts[1], b"z")
+    with pytest.raises(revert_class("ZeroPublicKey")):
+        registry.with_account(accounts[1]).register("z", "human", Keys(bytes(32), keys.x25519_key, keys.bls_pubkey, keys.bls_pop))
+
+
+# ------------------------------------------------------------------ proof of possession
+
+
+def test_pop_made_for_another_account_is_rejected(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    """Mallory copies Alice's public key and pop: the pop binds Alice's address."""
+    alice_keys = keys_for(registry, accounts[1], b"alice")
+    with pytest.raises(revert_class("InvalidProofOfPossession")) as err:
+        registry.with_account(accounts[2]).register("mallory", "human", alice_keys)
+    assert isinstance(err.value, ProtocolViolation)
+
+
+def test_pop_signed_by_another_key_is_rejected(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    mine, other = keys_for(registry, accounts[1], b"mine"), keys_for(registry, accounts[1], b"other")
+    with pytest.raises(revert_class("InvalidProofOfPossession")):
+        registry.with_account(accounts[1]).register("x", "human", Keys(CURVE, X25519, mine.bls_pubkey, other.bls_pop))
+
+
+@pytest.mark.parametrize("where", ["chain", "registry"])
+def test_pop_for_another_chain_or_registry_is_rejected(
+    w3: Web3, registry: IdentityRegistryClient, accounts: list[LocalAccount], where: str, chain_snapshot: str
+) -> None:
+    sk = bls.keygen(b"elsewhere")
+    chain_id = w3.eth.chain_id + (1 if where == "chain" else 0)
+    target = registry.address if where == "chain" else "0x" + "42" * 20
+    pop = bls.prove_possession(sk, chain_id, target, accounts[1].address)
+    with pytest.raises(revert_class("InvalidProofOfPossession")):
+        registry.with_account(accounts[1]).register("x", "human", Keys(CURVE, X25519, bls.sk_to_pk(sk), pop))
+
+
+def test_malformed_bls_material_is_rejected_with_named_errors(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    good = keys_for(registry, accounts[1], b"good")
+    client = registry.with_account(accounts[1])
+    cases = [
+        (Keys(CURVE, X25519, good.bls_pubkey[:96], good.bls_pop), "InvalidBlsKeyLength"),
+        (Keys(CURVE, X25519, good.bls_pubkey + b"\x00", good.bls_pop), "InvalidBlsKeyLength"),
+        (Keys(CURVE, X25519, good.bls_pubkey, good.bls_pop[:192]), "InvalidBlsPopLength"),
+        # The point at infinity with the all-zero "signature" would satisfy the pairing equation.
+        (Keys(CURVE, X25519, bytes(128), bytes(256)), "InvalidBlsKey"),
+        (Keys(CURVE, X25519, good.bls_pubkey[:127] + bytes([good.bls_pubkey[127] ^ 1]), good.bls_pop), "InvalidBlsKey"),
+        (Keys(CURVE, X25519, good.bls_pubkey, good.bls_pop[:255] + bytes([good.bls_pop[255] ^ 1])), "InvalidProofOfPossession"),
+        (Keys(CURVE, X25519, good.bls_pubkey, bytes(256)), "InvalidProofOfPossession"),
+    ]
+    for keys, error in cases:
+        with pytest.raises(revert_class(error)):
+            client.register("x", "human", keys)
+    assert client.register("x", "human", good).id > 0  # the untouched keys pass
+
+
+def test_update_keys_rechecks_the_proof(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    alice = registry.with_account(accounts[1])
+    ident = register(registry, accounts[1], "alice")
+    fresh = keys_for(registry, accounts[1], b"rotated")
+    assert alice.update_keys(fresh).id == ident.id
+    assert registry.identity(ident.id).keys == fresh
+    stolen = keys_for(registry, accounts[2], b"bob")
+    with pytest.raises(revert_class("InvalidProofOfPossession")):
+        alice.update_keys(stolen)
+    with pytest.raises(revert_class("NoIdentity")):
+        registry.with_account(accounts[3]).update_keys(keys_for(registry, accounts[3], b"nobody"))
+
+
+# ------------------------------------------------------------------ exit
+
+
+def test_exit_returns_the_stake_and_deactivates(
+    w3: Web3, registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    alice = registry.with_account(accounts[1])
+    ident = register(registry, accounts[1], "alice")
+    balance = w3.eth.get_balance(accounts[1].address)
+    exited = alice.exit()
+    assert isinstance(exited, IdentityExited) and exited.id == ident.id and exited.stake_returned == STAKE
+    assert exited.tx is not None
+    receipt = w3.eth.get_transaction_receipt(exited.tx.tx_hash)  # type: ignore[arg-type]
+    gas_cost = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    assert w3.eth.get_balance(accounts[1].address) == balance + STAKE - gas_cost
+    assert not registry.is_active(ident.id) and registry.stake_of(ident.id) == 0
+    assert registry.identity(ident.id).keys.bls_pubkey  # kept for history
+    assert not registry.can_claim(accounts[1].address)
+    with pytest.raises(revert_class("NoIdentity")):
+        alice.exit()
+
+
+# ------------------------------------------------------------------ roles and reputation
+
+
+def test_aggregator_role_is_granted_by_the_admin_only(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    node = register(registry, accounts[1], "node", role="node")
+    with pytest.raises(revert_class("AccessControlUnauthorizedAccount")):
+        registry.with_account(accounts[1]).grant_aggregator(node.id)
+    assert not registry.can_aggregate(accounts[1].address)
+    assert registry.grant_aggregator(node.id).id == node.id
+    assert registry.identity(node.id).role is Role.AGGREGATOR
+    assert registry.can_aggregate(accounts[1].address)
+    with pytest.raises(revert_class("AlreadyAggregator")):
+        registry.grant_aggregator(node.id)
+    with pytest.raises(revert_class("UnknownIdentity")) as err:
+        registry.grant_aggregator(999)
+    assert isinstance(err.value, NotFound)
+
+
+def test_aggregator_role_cannot_go_to_an_exited_identity(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    node = register(registry, accounts[1], "node", role="node")
+    registry.with_account(accounts[1]).exit()
+    with pytest.raises(revert_class("IdentityInactive")):
+        registry.grant_aggregator(node.id)
+
+
+def test_reputation_gates_the_aggregator_and_claimer_roles(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    node = register(registry, accounts[1], "node", role="node")
+    registry.grant_aggregator(node.id)
+    drop = GENESIS - min(MIN_AGG, MIN_CLAIM) + 1
+    registry.adjust_reputation(node.id, -drop)
+    assert not registry.can_aggregate(accounts[1].address)
+    assert not registry.can_claim(accounts[1].address)
+    registry.adjust_reputation(node.id, drop)
+    assert registry.can_aggregate(accounts[1].address) and registry.can_claim(accounts[1].address)
+
+
+def test_reputation_moves_only_by_the_settlement_role(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    ident = register(registry, accounts[1], "alice")
+    for cheater in (accounts[1], accounts[2]):
+        with pytest.raises(revert_class("AccessControlUnauthorizedAccount")) as err:
+            registry.with_account(cheater).adjust_reputation(ident.id, 1_000)
+        assert isinstance(err.value, Unauthorized)
+    assert registry.reputation_of(ident.id) == GENESIS
+    with pytest.raises(revert_class("UnknownIdentity")):
+        registry.adjust_reputation(0, 1)
+
+
+def test_adjust_reputation_emits_and_floors_at_zero(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    ident = register(registry, accounts[1], "alice")
+    up = registry.adjust_reputation(ident.id, 25)
+    assert (up.old_value, up.new_value) == (GENESIS, GENESIS + 25)
+    assert up.tx is not None and isinstance(events_in(up.tx)[0], ReputationChanged)
+    down = registry.adjust_reputation(ident.id, -(10**30))
+    assert (down.old_value, down.new_value) == (GENESIS + 25, 0)
+    assert registry.adjust_reputation(ident.id, -(2**255)).new_value == 0  # int256 min does not overflow
+    assert registry.reputation_of(ident.id) == 0
+
+
+@pytest.mark.parametrize("elapsed", [HALF_LIFE // 2, HALF_LIFE, HALF_LIFE * 3 // 2, 5 * HALF_LIFE + 12_345])
+def test_reputation_decays_by_halving_with_linear_interpolation(
+    w3: Web3,
+    registry: IdentityRegistryClient,
+    accounts: list[LocalAccount],
+    time_travel: Callable[[int], int],
+    elapsed: int,
+    chain_snapshot: str,
+) -> None:
+    ident = register(registry, accounts[1], "alice")
+    registry.adjust_reputation(ident.id, 900)  # 1000 points make the interpolation visible
+    start = now(w3)
+    end = time_travel(elapsed)
+    expected = decayed(GENESIS + 900, end - start)
+    assert registry.reputation_of(ident.id) == expected
+    if elapsed == HALF_LIFE:
+        assert expected == (GENESIS + 900) // 2
+    # adjust applies the decay first
+    changed = registry.adjust_reputation(ident.id, 10)
+    assert changed.old_value == decayed(GENESIS + 900, now(w3) - start)
+    assert changed.new_value == changed.old_value + 10
+
+
+def test_reputation_decays_to_zero_and_closes_the_gates(
+    registry: IdentityRegistryClient, accounts: list[LocalAccount], time_travel: Callable[[int], int], chain_snapshot: str
+) -> None:
+    node = register(registry, accounts[1], "node", role="node")
+    registry.grant_aggregator(node.id)
+    time_travel(HALF_LIFE)  # 100 -> 50: still at both minimums
+    assert registry.can_aggregate(accounts[1].address) and registry.can_claim(accounts[1].address)
+    time_travel(HALF_LIFE // 10)
+    assert not registry.can_aggregate(accounts[1].address) and not registry.can_claim(accounts[1].address)
+    time_travel(300 * HALF_LIFE)
+    assert registry.reputation_of(node.id) == 0
+
+
+def test_views_of_unknown_ids(registry: IdentityRegistryClient, accounts: list[LocalAccount]) -> None:
+    assert registry.id_of(accounts[9].address) == 0
+    assert not registry.is_active(10**6)
+    assert not registry.can_claim(accounts[9].address) and not registry.can_aggregate(accounts[9].address)
+    for fn in (registry.identity, registry.reputation_of):
+        with pytest.raises(revert_class("UnknownIdentity")):
+            fn(10**6)
+    assert registry.identity_of(accounts[9].address) is None
+
+
+def test_settlement_role_is_wired_to_the_deployer(registry: IdentityRegistryClient, deployer: LocalAccount) -> None:
+    role = registry.settlement_role()
+    assert role == Web3.keccak(text="SETTLEMENT_ROLE")
+    assert registry.has_role(role, deployer.address)
+    assert registry.max_name_length() == 64
+    assert registry.admission_stake() == STAKE
