@@ -261,7 +261,7 @@ def root_from_range(leaves: Sequence[bytes], start: int, proof: Sequence[bytes],
             lo //= 2
     except IndexError as exc:
         raise ProtocolViolation("range proof too short") from exc
-    if len(nodes) != 1 or k != len(proof):
+    if len(nodes) != 1 or k != len(proof) or lo != 0:
         raise ProtocolViolation("range proof does not match the range and depth")
     return nodes[0]
 
