@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
@@ -566,12 +568,12 @@ def cli_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str])
     """Run ``collab --json …`` in-process (the real click tree and error mapping) for a home."""
     from collab.cli import run
 
-    def invoke(home: Path, deployment_path: Path, *args: str) -> CliResult:
+    def invoke(home: Path, deployment_path: Path, *args: str, json_output: bool = True) -> CliResult:
         monkeypatch.setenv("COLLAB_HOME", str(home))
         monkeypatch.setenv("COLLAB_DEPLOYMENT", str(deployment_path))
         monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
         capsys.readouterr()
-        code = run(["--json", *args])
+        code = run(["--json", *args] if json_output else list(args))
         out = capsys.readouterr()
         return CliResult(code, out.out, out.err)
 
@@ -615,6 +617,8 @@ def test_cli_offer_buy_show_check(env: Env, chain_snapshot: str, tmp_path: Path,
     assert check.returncode == EXIT_OK, check.stderr
     assert json.loads(check.stdout) == {"asset_id": asset, "user": buyer_id.address, "kind": "long-term",
                                         "licensed": True, "license_id": license_id}
+    human = cli_run(buyer_home, deployment_path, "license", "check", str(asset), "--kind", "long-term", json_output=False)
+    assert human.returncode == EXIT_OK and "is licensed for asset" in human.stdout
     # --user checks anyone, without unlocking keys.
     other = cli_run(tmp_path / "nobody", deployment_path, "license", "check", str(asset), "--kind", "api",
                  "--user", env.stranger.address)
@@ -626,9 +630,58 @@ def test_cli_offer_buy_show_check(env: Env, chain_snapshot: str, tmp_path: Path,
     assert (record["licensee"], record["kind"], record["current"], record["terms"]["price"]) == (
         buyer_id.address, "long-term", True, PRICE)
 
+    denied = cli_run(tmp_path / "nobody", deployment_path, "license", "check", str(asset), "--kind", "api",
+                     "--user", env.stranger.address, json_output=False)
+    assert denied.returncode == EXIT_UNAUTHORIZED and denied.stderr.startswith("error: ") and denied.stdout == ""
     missing = cli_run(tmp_path / "nobody", deployment_path, "license", "show", "9999")
     assert missing.returncode == EXIT_NOT_FOUND
     bad = cli_run(owner_home, deployment_path, "license", "offer", str(asset), "--kind", "api")
     assert bad.returncode == 2 and "fee-per-call" in json.loads(bad.stdout)["message"]
     unknown = cli_run(owner_home, deployment_path, "license", "offer", "424242", "--kind", "api", "--fee-per-call", "1")
     assert unknown.returncode == EXIT_NOT_FOUND and "UnknownAsset" in unknown.stdout
+
+
+# --------------------------------------------------------------------- money conservation (property)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fee=st.integers(min_value=1, max_value=10**15),
+    credit_calls=st.integers(min_value=1, max_value=50),
+    totals=st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=6),
+    n_parties=st.integers(min_value=0, max_value=2),
+)
+def test_metering_conserves_money(env: Env, fee: int, credit_calls: int, totals: list[int], n_parties: int) -> None:
+    """Whatever receipts arrive, credit = escrow left + distributor revenue + compute fees, to the wei."""
+    snapshot = env.w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    try:
+        owner, buyer = env.lic(env.owner), env.lic(env.buyer)
+        credit = fee * credit_calls
+        lid = buyer.buy(env.offer(LicenseKind.API, fee_per_call=fee), credit).license_id
+        parties = [c.address for c in env.compute[:n_parties]]
+        revenue_before = env.paid_to_asset()
+        paid_calls = 0
+        for total in totals:
+            if total == 0:
+                continue
+            receipt, signature = env.receipt(lid, total)
+            new_calls = total - paid_calls
+            if new_calls <= 0:
+                with pytest.raises(revert_class("StaleCallReceipt")):
+                    owner.post_call_receipt(receipt, signature, parties)
+            elif new_calls * fee > credit - paid_calls * fee:
+                with pytest.raises(revert_class("InsufficientCredits")):
+                    owner.post_call_receipt(receipt, signature, parties)
+            else:
+                owner.post_call_receipt(receipt, signature, parties)
+                paid_calls = total
+        record = owner.license(lid)
+        compute = sum(owner.credited(p) for p in parties)
+        revenue = env.paid_to_asset() - revenue_before
+        assert record.calls_paid == paid_calls
+        assert record.escrow == credit - paid_calls * fee
+        assert record.escrow + revenue + compute == credit
+        assert compute <= paid_calls * fee * COMPUTE_FEE_BPS // BPS
+        assert buyer.is_licensed(env.asset, env.buyer.address, LicenseKind.API) == (record.escrow >= fee)
+    finally:
+        env.w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
