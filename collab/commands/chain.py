@@ -118,7 +118,11 @@ def deploy(
 
     from chain.node import deploy_to
 
+    from chain.deploy import resolve_params
+
     conf = settings(ctx)
+    params = _parse_params(param_pairs)
+    resolve_params(profile, params)  # fail on a bad --param before touching keys or the chain
     key = os.environ.get(key_env)
     if key:
         try:
@@ -129,7 +133,7 @@ def deploy(
         account = identity(ctx).account
     log(f"deploying from {account.address} to {rpc_url} …")
     deployment = deploy_to(
-        rpc_url, account, conf, profile=profile, params=_parse_params(param_pairs),
+        rpc_url, account, conf, profile=profile, params=params,
         voting_delay=voting_delay, voting_period=voting_period,
     )
     data = {**_deployment_view(deployment), "deployment_path": str(conf.deployment_path), "deployer": account.address}
