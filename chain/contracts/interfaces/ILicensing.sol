@@ -307,7 +307,8 @@ interface ILicensing {
     /// @param licenseId The Api license.
     /// @param r The receipt.
     /// @param signature The licensee's EIP-712 signature of `r`.
-    /// @param computeParties Parties credited `COMPUTE_FEE_BPS` of the fees, equally.
+    /// @param computeParties Parties credited `COMPUTE_FEE_BPS` of the fees, equally (the poster names
+    /// them; none means the whole fee goes to the distributor; rounding dust goes to the distributor).
     function postCallReceipt(uint256 licenseId, CallReceipt calldata r, bytes calldata signature, address[] calldata computeParties)
         external;
 
@@ -315,7 +316,10 @@ interface ILicensing {
     /// @param licenseId The Api license.
     function topUp(uint256 licenseId) external payable;
 
-    /// @notice Take the unused Api credits back (credited for `withdraw`); the license is spent.
+    /// @notice Take the unused Api credits back (credited for `withdraw`); the license stops being
+    /// current until topped up again.
+    /// @dev Receipts not yet posted when the refund lands go unpaid: the serving node bounds that
+    /// exposure by its batch size (and stops serving as soon as `isLicensed` turns false).
     /// @param licenseId The Api license (caller must be its licensee).
     function refundCredits(uint256 licenseId) external;
 
