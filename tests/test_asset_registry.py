@@ -1,0 +1,243 @@
+"""AssetRegistry: registration by identities and by settlement, parents and royalties, ownership."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
+from chain.clients.identity_registry import IdentityRegistryClient
+from chain.clients.revenue_distributor import RevenueDistributorClient
+from chain.clients.shares import SharesClient
+from chain.deployment import Deployment
+from chain.errors import revert_class
+from collab import bls
+from collab.errors import BadInput, NotFound, Unauthorized
+
+SUPPLY = 1_000_000
+ZERO = "0x" + "00" * 20
+
+
+def content(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+def model(label: str, *, parents: tuple[int, ...] = (), bps: int = 0, kind: AssetKind = AssetKind.MODEL) -> AssetInput:
+    return AssetInput(
+        kind=kind, content_hash=content(label), commitment_root=content("root:" + label),
+        key_commitment=Web3.keccak(content("key:" + label)), vault_uri=f"vault://{label}",
+        parents=parents, derivative_royalty_bps=bps,
+    )
+
+
+class World:
+    """Clients of the shared deployment plus helpers to give accounts a Sahara ID."""
+
+    def __init__(self, w3: Web3, deployment: Deployment, deployer: LocalAccount) -> None:
+        self.w3 = w3
+        self.assets = AssetRegistryClient.from_deployment(deployment, w3, deployer)
+        self.identity = IdentityRegistryClient.from_deployment(deployment, w3, deployer)
+        self.shares = SharesClient.from_deployment(deployment, w3, deployer)
+        self.revenue = RevenueDistributorClient.from_deployment(deployment, w3, deployer)
+
+    def enroll(self, account: LocalAccount) -> int:
+        client = self.identity.with_account(account)
+        keys = client.keys_for(bls.keygen(account.address.encode()), b"\x01" * 32, b"\x02" * 32)
+        return client.register(account.address[:10], "human", keys).id
+
+    def as_(self, account: LocalAccount) -> AssetRegistryClient:
+        return self.assets.with_account(account)
+
+
+@pytest.fixture
+def world(w3: Web3, deployment: Deployment, deployer: LocalAccount, chain_snapshot: str) -> World:
+    return World(w3, deployment, deployer)
+
+
+@pytest.fixture
+def alice(world: World, accounts: list[LocalAccount]) -> LocalAccount:
+    world.enroll(accounts[1])
+    return accounts[1]
+
+
+@pytest.fixture
+def bob(world: World, accounts: list[LocalAccount]) -> LocalAccount:
+    world.enroll(accounts[2])
+    return accounts[2]
+
+
+# ------------------------------------------------------------------ register
+
+
+def test_register_records_the_asset_and_mints_all_shares_to_the_creator(world: World, alice: LocalAccount) -> None:
+    creator_id = world.identity.id_of(alice.address)
+    before = world.assets.asset_count()
+    spec = model("llama", bps=500, kind=AssetKind.ADAPTER)
+    event = world.as_(alice).register(spec)
+    assert event.asset_id == before + 1 == world.assets.asset_count()
+    assert (event.creator_id, event.owner, event.kind) == (creator_id, alice.address, AssetKind.ADAPTER)
+    assert (event.content_hash, event.commitment_root) == (spec.content_hash, spec.commitment_root)
+    asset = world.assets.asset(event.asset_id)
+    assert (asset.owner, asset.creator_id, asset.kind, asset.vault_uri) == (alice.address, creator_id, AssetKind.ADAPTER, "vault://llama")
+    assert (asset.content_hash, asset.commitment_root, asset.key_commitment) == (spec.content_hash, spec.commitment_root, spec.key_commitment)
+    assert asset.derivative_royalty_bps == 500 and asset.parents == ()
+    assert asset.registered_at == world.w3.eth.get_block("latest")["timestamp"]
+    assert world.assets.exists(event.asset_id) and world.assets.owner_of(event.asset_id) == alice.address
+    assert world.shares.balance_of(alice.address, event.asset_id) == SUPPLY == world.shares.total_supply(event.asset_id)
+    assert world.assets.share_supply() == SUPPLY
+
+
+def test_register_without_an_identity_reverts(world: World, accounts: list[LocalAccount]) -> None:
+    with pytest.raises(revert_class("NoIdentity")) as err:
+        world.as_(accounts[7]).register(model("anon"))
+    assert isinstance(err.value, Unauthorized)
+
+
+def test_register_after_exit_reverts(world: World, alice: LocalAccount) -> None:
+    world.identity.with_account(alice).exit()
+    with pytest.raises(revert_class("NoIdentity")):
+        world.as_(alice).register(model("ghost"))
+
+
+def test_zero_content_hash_and_bad_royalty_revert(world: World, alice: LocalAccount) -> None:
+    with pytest.raises(revert_class("EmptyContentHash")):
+        world.as_(alice).register(AssetInput(AssetKind.DATASET, bytes(32)))
+    with pytest.raises(revert_class("InvalidRoyaltyBps")):
+        world.as_(alice).register(model("greedy", bps=10_001))
+
+
+def test_unknown_assets_are_not_found(world: World) -> None:
+    missing = world.assets.asset_count() + 1
+    assert not world.assets.exists(missing) and not world.assets.exists(0)
+    for view in (world.assets.asset, world.assets.owner_of, world.assets.parents_of):
+        with pytest.raises(revert_class("UnknownAsset")) as err:
+            view(missing)
+        assert isinstance(err.value, NotFound)
+
+
+# ------------------------------------------------------------------ parents and royalties
+
+
+def test_parent_rates_are_copied_at_registration(world: World, alice: LocalAccount, bob: LocalAccount) -> None:
+    base = world.as_(alice).register(model("base", bps=1_000)).asset_id
+    data = world.as_(bob).register(model("data", bps=2_500, kind=AssetKind.DATASET)).asset_id
+    child = world.as_(bob).register(model("child", parents=(base, data))).asset_id
+    assert world.assets.parents_of(child) == [(base, 1_000), (data, 2_500)]
+    # A later change of the parent's rate affects future children only.
+    world.as_(alice).set_derivative_royalty(base, 4_000)
+    assert world.assets.parents_of(child) == [(base, 1_000), (data, 2_500)]
+    later = world.as_(bob).register(model("later", parents=(base,))).asset_id
+    assert world.assets.parents_of(later) == [(base, 4_000)]
+
+
+def test_revenue_of_a_child_pays_its_parents_royalty(world: World, alice: LocalAccount, bob: LocalAccount) -> None:
+    base = world.as_(alice).register(model("base", bps=1_000)).asset_id
+    child = world.as_(bob).register(model("child", parents=(base,))).asset_id
+    world.revenue.with_account(bob).pay(child, 10**18)
+    assert world.revenue.claimable(base, alice.address) == 10**17
+    assert world.revenue.claimable(child, bob.address) == 9 * 10**17
+
+
+def test_too_many_parents_revert(world: World, alice: LocalAccount) -> None:
+    ids = [world.as_(alice).register(model(f"p{i}")).asset_id for i in range(17)]
+    assert world.assets.max_parents() == 16
+    assert world.as_(alice).register(model("ok", parents=tuple(ids[:16]))).asset_id
+    with pytest.raises(revert_class("TooManyParents")) as err:
+        world.as_(alice).register(model("too many", parents=tuple(ids)))
+    assert err.value.error_args == {"count": 17, "maxParents": 16}
+
+
+def test_duplicate_parent_reverts(world: World, alice: LocalAccount) -> None:
+    a = world.as_(alice).register(model("a")).asset_id
+    b = world.as_(alice).register(model("b")).asset_id
+    with pytest.raises(revert_class("DuplicateParent")) as err:
+        world.as_(alice).register(model("dup", parents=(a, b, a)))
+    assert err.value.error_args == {"parentId": a}
+
+
+@pytest.mark.parametrize("offset", [0, 1, 1_000])
+def test_unknown_parent_reverts(world: World, alice: LocalAccount, offset: int) -> None:
+    missing = 0 if offset == 0 else world.assets.asset_count() + offset
+    with pytest.raises(revert_class("UnknownParent")):
+        world.as_(alice).register(model("orphan", parents=(missing,)))
+
+
+def test_parent_royalties_above_100_percent_revert(world: World, alice: LocalAccount) -> None:
+    a = world.as_(alice).register(model("a", bps=6_000)).asset_id
+    b = world.as_(alice).register(model("b", bps=4_000)).asset_id
+    c = world.as_(alice).register(model("c", bps=1)).asset_id
+    assert world.as_(alice).register(model("exactly 100%", parents=(a, b))).asset_id
+    with pytest.raises(revert_class("RoyaltyTooHigh")) as err:
+        world.as_(alice).register(model("over", parents=(a, b, c)))
+    assert err.value.error_args == {"totalBps": 10_001, "maxBps": 10_000}
+    assert isinstance(err.value, BadInput)
+
+
+# ------------------------------------------------------------------ settlement
+
+
+def test_register_by_settlement_splits_the_shares(world: World, alice: LocalAccount, accounts: list[LocalAccount]) -> None:
+    holders = [alice.address, accounts[3].address, accounts[4].address]
+    event = world.assets.register_by_settlement(model("merged"), alice.address, holders, [600_000, 399_999, 1])
+    assert event.owner == alice.address
+    assert event.creator_id == world.identity.id_of(alice.address)
+    assert [world.shares.balance_of(h, event.asset_id) for h in holders] == [600_000, 399_999, 1]
+    assert world.shares.total_supply(event.asset_id) == SUPPLY
+
+
+def test_register_by_settlement_is_settlement_only(world: World, alice: LocalAccount) -> None:
+    with pytest.raises(revert_class("AccessControlUnauthorizedAccount")) as err:
+        world.as_(alice).register_by_settlement(model("forged"), alice.address, [alice.address], [SUPPLY])
+    assert isinstance(err.value, Unauthorized)
+
+
+def test_register_by_settlement_checks_holders_and_owner(world: World, alice: LocalAccount, accounts: list[LocalAccount]) -> None:
+    settle = world.assets.register_by_settlement
+    with pytest.raises(revert_class("WrongShareTotal")):
+        settle(model("short"), alice.address, [alice.address], [SUPPLY - 1])
+    with pytest.raises(revert_class("HoldersLengthMismatch")):
+        settle(model("mismatch"), alice.address, [alice.address, accounts[3].address], [SUPPLY])
+    with pytest.raises(revert_class("HoldersLengthMismatch")):
+        settle(model("empty"), alice.address, [], [])
+    with pytest.raises(revert_class("AssetZeroAddress")):
+        settle(model("zero holder"), alice.address, [ZERO], [SUPPLY])
+    with pytest.raises(revert_class("NoIdentity")):
+        settle(model("no owner id"), accounts[8].address, [accounts[8].address], [SUPPLY])
+
+
+# ------------------------------------------------------------------ ownership
+
+
+def test_ownership_transfer_moves_management_but_not_shares(world: World, alice: LocalAccount, bob: LocalAccount) -> None:
+    asset_id = world.as_(alice).register(model("sold")).asset_id
+    with pytest.raises(revert_class("NotAssetOwner")) as err:
+        world.as_(bob).transfer_asset_ownership(asset_id, bob.address)
+    assert isinstance(err.value, Unauthorized)
+    with pytest.raises(revert_class("AssetZeroAddress")):
+        world.as_(alice).transfer_asset_ownership(asset_id, ZERO)
+    moved = world.as_(alice).transfer_asset_ownership(asset_id, bob.address)
+    assert (moved.asset_id, moved.previous_owner, moved.new_owner) == (asset_id, alice.address, bob.address)
+    assert world.assets.owner_of(asset_id) == bob.address
+    assert world.shares.balance_of(alice.address, asset_id) == SUPPLY
+    with pytest.raises(revert_class("NotAssetOwner")):
+        world.as_(alice).set_derivative_royalty(asset_id, 100)
+    assert world.as_(bob).set_derivative_royalty(asset_id, 100).bps == 100
+
+
+def test_set_derivative_royalty_bounds(world: World, alice: LocalAccount) -> None:
+    asset_id = world.as_(alice).register(model("r")).asset_id
+    assert world.as_(alice).set_derivative_royalty(asset_id, 10_000).bps == 10_000
+    with pytest.raises(revert_class("InvalidRoyaltyBps")):
+        world.as_(alice).set_derivative_royalty(asset_id, 10_001)
+    with pytest.raises(revert_class("UnknownAsset")):
+        world.as_(alice).set_derivative_royalty(asset_id + 1, 1)
+
+
+def test_client_rejects_malformed_inputs_before_sending(world: World, alice: LocalAccount) -> None:
+    with pytest.raises(BadInput):
+        world.as_(alice).register(AssetInput(AssetKind.MODEL, b"\x01" * 31))
+    with pytest.raises(BadInput):
+        AssetKind.parse("painting")
