@@ -80,7 +80,7 @@ def compile_contracts(
     out_dir = build_dir or BUILD_DIR
     sources = _collect_sources(root)
     version = solc_version()
-    key = _cache_key(version, sources)
+    key = _cache_key(version, sources, _importable_sources(root))
     cache = out_dir / f"artifacts-{_root_tag(root)}.json"
     with _locked(out_dir):
         if not force:
@@ -103,12 +103,20 @@ def _collect_sources(root: Path) -> dict[str, str]:
     return {p.relative_to(root.parent).as_posix(): p.read_text() for p in files}
 
 
-def _cache_key(version: str, sources: dict[str, str]) -> str:
+def _importable_sources(root: Path) -> dict[str, str]:
+    """The project's contracts, which sources under another root may import (so they key the cache too)."""
+    if root == CONTRACTS_DIR.resolve() or not CONTRACTS_DIR.is_dir():
+        return {}
+    return _collect_sources(CONTRACTS_DIR.resolve())
+
+
+def _cache_key(version: str, sources: dict[str, str], imported: dict[str, str]) -> str:
     digest = hashlib.sha256()
     digest.update(version.encode())
     digest.update(json.dumps(SETTINGS, sort_keys=True).encode())
-    for path, content in sources.items():
-        digest.update(b"\0" + path.encode() + b"\0" + content.encode())
+    for tag, group in ((b"S", sources), (b"I", imported)):
+        for path, content in group.items():
+            digest.update(tag + b"\0" + path.encode() + b"\0" + content.encode())
     return digest.hexdigest()
 
 

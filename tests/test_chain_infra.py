@@ -49,7 +49,8 @@ def probe(w3: Web3, deployer: LocalAccount, probe_artifacts: dict[str, Artifact]
 
 def _copy_sources(tmp_path: Path) -> Path:
     root = tmp_path / "contracts"
-    shutil.copytree(FIXTURE_CONTRACTS, root)
+    root.mkdir()
+    shutil.copy(FIXTURE_CONTRACTS / "Probe.sol", root / "Probe.sol")
     return root
 
 
@@ -78,6 +79,23 @@ def test_compile_is_cached_until_a_source_changes(tmp_path: Path, monkeypatch: p
 
     compile_contracts(force=True, source_root=root, build_dir=build)
     assert len(calls) == 3
+
+
+def test_fixture_cache_follows_the_project_contracts_it_may_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "project" / "contracts"
+    project.mkdir(parents=True)
+    (project / "Lib.sol").write_text("// v1\n")
+    monkeypatch.setattr(compiler, "CONTRACTS_DIR", project)
+    root, build = _copy_sources(tmp_path), tmp_path / "build"
+    calls: list[int] = []
+    real_run = compiler._run_solc
+    monkeypatch.setattr(compiler, "_run_solc", lambda *a: calls.append(1) or real_run(*a))
+    compile_contracts(source_root=root, build_dir=build)
+    compile_contracts(source_root=root, build_dir=build)
+    assert calls == [1]
+    (project / "Lib.sol").write_text("// v2\n")
+    compile_contracts(source_root=root, build_dir=build)
+    assert calls == [1, 1], "a changed project contract must invalidate fixture builds that may import it"
 
 
 def test_compile_error_carries_solc_message(tmp_path: Path) -> None:
