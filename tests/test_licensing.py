@@ -633,6 +633,17 @@ def test_cli_offer_buy_show_check(env: Env, chain_snapshot: str, tmp_path: Path,
     denied = cli_run(tmp_path / "nobody", deployment_path, "license", "check", str(asset), "--kind", "api",
                      "--user", env.stranger.address, json_output=False)
     assert denied.returncode == EXIT_UNAUTHORIZED and denied.stderr.startswith("error: ") and denied.stdout == ""
+    # API credit: buy one call, top up, get refunded through the licensing contract, withdraw.
+    api = json.loads(cli_run(owner_home, deployment_path, "license", "offer", str(asset), "--kind", "api",
+                             "--fee-per-call", str(FEE)).stdout)
+    api_license = json.loads(cli_run(buyer_home, deployment_path, "license", "buy", str(api["offer_id"])).stdout)
+    assert api_license["paid"] == FEE
+    topped = cli_run(buyer_home, deployment_path, "license", "top-up", str(api_license["license_id"]), "--value", str(FEE))
+    assert topped.returncode == EXIT_OK and json.loads(topped.stdout)["escrow"] == 2 * FEE
+    assert json.loads(cli_run(buyer_home, deployment_path, "license", "withdraw").stdout) == {"withdrawn": 0}
+    LicensingClient.from_deployment(env.deployment, env.w3, buyer_id.account).refund_credits(api_license["license_id"])
+    assert json.loads(cli_run(buyer_home, deployment_path, "license", "withdraw").stdout) == {"withdrawn": 2 * FEE}
+
     missing = cli_run(tmp_path / "nobody", deployment_path, "license", "show", "9999")
     assert missing.returncode == EXIT_NOT_FOUND
     bad = cli_run(owner_home, deployment_path, "license", "offer", str(asset), "--kind", "api")

@@ -202,3 +202,29 @@ def _home_address(ctx: click.Context) -> str:
     if not Identity.exists(home):
         raise NotFound(f"no identity in {home}", hint="pass --user ADDRESS or create one with `collab id init`")
     return to_checksum_address(Identity.read_public(home).address)
+
+
+@group.command("top-up")
+@click.argument("license_id", type=click.IntRange(min=1))
+@click.option("--value", type=click.IntRange(min=1), required=True, help="Wei of API credit to add.")
+@click.pass_context
+def top_up_cmd(ctx: click.Context, license_id: int, value: int) -> None:
+    """Add prepaid credit to API license LICENSE_ID."""
+    client = _client(ctx)
+    tx = client.top_up(license_id, value)
+    escrow = client.license(license_id).escrow
+    emit(ctx, {"license_id": license_id, "added": value, "escrow": escrow, "tx": tx.tx_hash},
+         f"license {license_id}: +{value} wei, {escrow} wei of credit")
+
+
+@group.command("withdraw")
+@click.pass_context
+def withdraw_cmd(ctx: click.Context) -> None:
+    """Withdraw what Licensing credited to this identity (refunds, compute fees)."""
+    client = _client(ctx)
+    owed = client.credited(client.require_account())
+    if owed == 0:
+        emit(ctx, {"withdrawn": 0}, "nothing to withdraw")
+        return
+    amount = client.withdraw()
+    emit(ctx, {"withdrawn": amount}, f"withdrew {amount} wei")
