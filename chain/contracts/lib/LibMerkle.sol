@@ -203,10 +203,11 @@ library LibMerkle {
         return (uint256(header) >> (200 - 32 * i)) & 0xffffffff;
     }
 
-    /// @notice Element count (1 for a scalar).
+    /// @notice Element count (1 for a scalar); only meaningful for a valid header.
     function numelOf(bytes32 header) internal pure returns (uint256 n) {
         n = 1;
         uint256 rank = rankOf(header);
+        if (rank > MAX_RANK) rank = MAX_RANK;
         for (uint256 i; i < rank; ++i) {
             n *= dimOf(header, i);
         }
