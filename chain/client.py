@@ -400,6 +400,25 @@ class ContractClient:
             except ContractLogicError as exc:
                 raise self.registry.decode_revert(exc.data, contract=self.name) from None
 
+    def _events(
+        self, name: str | None = None, *, from_block: int = 0, to_block: int | str = "latest", topics: Sequence[Any] | None = None
+    ) -> list[Event]:
+        """This contract's decoded events in a block range (all, or those called ``name``).
+
+        ``topics`` are extra indexed-argument filters after the signature
+        (``None`` = any), as 0x-hex 32-byte words. For watchers and history views.
+        """
+        query: dict[str, Any] = {"address": self.address, "fromBlock": int(from_block), "toBlock": to_block}
+        if name is not None:
+            items = [i for i in self.abi if i.get("type") == "event" and i.get("name") == name]
+            if not items:
+                raise InternalError(f"{self.name} has no event named {name!r}")
+            query["topics"] = [["0x" + keccak(text=_signature(i)).hex() for i in items], *(topics or [])]
+        with rpc_guard(self.w3):
+            logs = self.w3.eth.get_logs(query)  # type: ignore[arg-type]
+        events = self.registry.decode_logs(logs)
+        return [e for e in events if name is None or e.name == name]
+
     def _transact(self, fn_name: str, *args: Any, value: int = 0) -> TxResult:
         """Send a transaction from ``self.account``; returns the mined result with decoded events."""
         if self.account is None:

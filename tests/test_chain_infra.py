@@ -240,6 +240,18 @@ def test_events_decode_into_plain_python(probe: ContractClient, deployer: LocalA
     assert paid.events_named("ItemStored") == []
 
 
+def test_event_history_query(probe: ContractClient, deployer: LocalAccount, accounts: list[LocalAccount], chain_snapshot: str) -> None:
+    start = probe.w3.eth.block_number + 1
+    probe._transact("store", 1, TAG, "a")
+    probe.with_account(accounts[1])._transact("store", 2, TAG, "b")
+    probe._transact("deposit", value=5)
+    stored = probe._events("ItemStored", from_block=start)
+    assert [e.args["note"] for e in stored] == ["a", "b"]
+    by_second = "0x" + "00" * 12 + accounts[1].address[2:].lower()
+    assert [e.args["id"] for e in probe._events("ItemStored", from_block=start, topics=[None, by_second])] == [2]
+    assert [e.name for e in probe._events(from_block=start)] == ["ItemStored", "ItemStored", "Deposited"]
+
+
 def test_chain_snapshot_reverts_state(probe: ContractClient, chain_snapshot: str, time_travel) -> None:  # type: ignore[no-untyped-def]
     # The previous tests stored items inside their snapshots; none survived.
     assert probe._call("count") == 0
