@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
-from chain.clients.identity_registry import IdentityRegistryClient
+from chain.clients.identity_registry import IdentityRegistryClient, Keys
 from chain.clients.revenue_distributor import RevenueDistributorClient
 from chain.clients.shares import SharesClient
 from chain.deployment import Deployment
 from chain.errors import revert_class
 from collab import bls
+from collab.cli import run as collab
 from collab.errors import BadInput, NotFound, Unauthorized
+from collab.identity import Identity
 
 SUPPLY = 1_000_000
 ZERO = "0x" + "00" * 20
@@ -241,3 +245,88 @@ def test_client_rejects_malformed_inputs_before_sending(world: World, alice: Loc
         world.as_(alice).register(AssetInput(AssetKind.MODEL, b"\x01" * 31))
     with pytest.raises(BadInput):
         AssetKind.parse("painting")
+
+
+# ------------------------------------------------------------------ CLI: collab asset register|list|show
+
+
+@pytest.fixture
+def home(
+    world: World, deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Identity]:
+    """A home with keys, funds and a Sahara ID, pointing at the shared deployment."""
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+    for var in ("COLLAB_DEPLOYMENT", "COLLAB_RPC_URL", "COLLAB_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "home"
+    me = Identity.create(path, "pw", scrypt_n=2**12)
+    deployment.save(path / "deployment.json")
+    world.w3.provider.make_request("anvil_setBalance", [me.address, hex(10**19)])  # type: ignore[arg-type]
+    return path, me
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = collab(["--home", str(home), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_register_list_show(
+    world: World, home: tuple[Path, Identity], alice: LocalAccount, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, me = home
+    weights = tmp_path / "adapter.safetensors"
+    weights.write_bytes(b"\x00\x01" * 50_000)
+    parent = world.as_(alice).register(model("base", bps=700)).asset_id
+
+    code, _, err = run_cli(capsys, path, "asset", "register", "--kind", "adapter", "--file", str(weights))
+    assert code == 4 and "NoIdentity" in err  # keys but no Sahara ID yet
+
+    client = world.identity.with_account(me.account)
+    client.register("cli", "human", Keys(*me.registry_keys(world.w3.eth.chain_id, client.address)))
+    root, key_commitment = "0x" + "ab" * 32, "0x" + Web3.keccak(b"\x07" * 32).hex().removeprefix("0x")
+    code, out, err = run_cli(
+        capsys, path, "--json", "asset", "register", "--kind", "adapter", "--file", str(weights),
+        "--vault-uri", "vault://abc", "--parents", str(parent), "--royalty-bps", "250",
+        "--commitment", root, "--key-commitment", key_commitment,
+    )
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["content_hash"] == "0x" + hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (shown["commitment_root"], shown["key_commitment"], shown["vault_uri"]) == (root, key_commitment, "vault://abc")
+    assert (shown["kind"], shown["owner"], shown["derivative_royalty_bps"]) == ("adapter", me.address, 250)
+    assert shown["parents"] == [{"id": parent, "bps": 700}]
+    assert world.shares.balance_of(me.address, shown["id"]) == SUPPLY
+
+    code, out, _ = run_cli(capsys, path, "--json", "asset", "show", str(shown["id"]))
+    assert code == 0 and json.loads(out)["content_hash"] == shown["content_hash"]
+    code, out, _ = run_cli(capsys, path, "--json", "asset", "list", "--owner", "me")
+    assert code == 0 and [a["id"] for a in json.loads(out)["assets"]] == [shown["id"]]
+    code, out, _ = run_cli(capsys, path, "--json", "asset", "list")
+    assert code == 0 and {parent, shown["id"]} <= {a["id"] for a in json.loads(out)["assets"]}
+    code, out, _ = run_cli(capsys, path, "asset", "list")
+    assert code == 0 and "adapter" in out
+    code, out, _ = run_cli(capsys, path, "asset", "show", str(shown["id"]))
+    assert code == 0 and f"{parent} (700 bps)" in out
+
+
+def test_cli_asset_errors_have_exit_codes(
+    world: World, home: tuple[Path, Identity], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, me = home
+    client = world.identity.with_account(me.account)
+    client.register("cli", "human", Keys(*me.registry_keys(world.w3.eth.chain_id, client.address)))
+    data = tmp_path / "data.csv"
+    data.write_text("a,b\n1,2\n")
+    base = ["asset", "register", "--kind", "dataset", "--file"]
+    assert run_cli(capsys, path, *base, str(tmp_path / "missing.bin"))[0] == 3
+    assert run_cli(capsys, path, *base, str(data), "--commitment", "0x1234")[0] == 2
+    assert run_cli(capsys, path, *base, str(data), "--key-commitment", "zz" * 32)[0] == 2
+    assert run_cli(capsys, path, *base, str(data), "--parents", "1,x")[0] == 2
+    code, _, err = run_cli(capsys, path, *base, str(data), "--parents", "99999")
+    assert code == 3 and "UnknownParent" in err
+    assert run_cli(capsys, path, *base, str(data), "--royalty-bps", "10001")[0] == 1
+    assert run_cli(capsys, path, *base, str(data), "--kind", "painting")[0] == 1
+    assert run_cli(capsys, path, "asset", "show", "99999")[0] == 3
+    assert run_cli(capsys, path, "asset", "list", "--owner", "nobody")[0] == 2

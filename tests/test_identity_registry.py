@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -22,6 +25,7 @@ from chain.deploy import DEFAULT_PARAMS
 from chain.deployment import Deployment
 from chain.errors import revert_class
 from collab import bls
+from collab.cli import run as collab
 from collab.errors import NotFound, ProtocolViolation, Unauthorized
 
 STAKE = DEFAULT_PARAMS["ADMISSION_STAKE"]
@@ -337,3 +341,81 @@ def test_settlement_role_is_wired_to_the_deployer(registry: IdentityRegistryClie
     assert registry.has_role(role, deployer.address)
     assert registry.max_name_length() == 64
     assert registry.admission_stake() == STAKE
+
+
+# ------------------------------------------------------------------ CLI: collab id init|register|show
+
+
+class Cli:
+    """``collab --home HOME ...`` in-process, returning (exit code, stdout, stderr)."""
+
+    def __init__(self, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.home, self.capsys = home, capsys
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = collab(["--home", str(self.home), *args])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *args: str) -> dict[str, Any]:
+        code, out, err = self("--json", *args)
+        assert code == 0, (out, err)
+        return dict(json.loads(out))
+
+
+@pytest.fixture
+def cli(
+    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], chain_snapshot: str
+) -> Cli:
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "correct horse")
+    for var in ("COLLAB_DEPLOYMENT", "COLLAB_RPC_URL", "COLLAB_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    deployment.save(home / "deployment.json")
+    return Cli(home, capsys)
+
+
+def test_cli_init_register_and_show(w3: Web3, cli: Cli, registry: IdentityRegistryClient) -> None:
+    created = cli.json("id", "init")
+    address = created["address"]
+    assert len(bytes.fromhex(created["bls_public"][2:])) == 128
+    code, _, err = cli("id", "init")
+    assert code == 2 and "refusing to overwrite" in err
+
+    code, _, err = cli("id", "register", "--name", "alice", "--role", "node")
+    assert code == 2 and err.startswith("error: ") and "fund the account" in err  # no ETH yet
+    w3.provider.make_request("anvil_setBalance", [address, hex(10**19)])  # type: ignore[arg-type]
+    code, _, err = cli("id", "register", "--name", "alice", "--role", "node", "--stake", "1")
+    assert code == 2 and "WrongStake" in err
+
+    registered = cli.json("id", "register", "--name", "alice", "--role", "node", "--stake-from-params")
+    assert (registered["account"], registered["role"], registered["name"]) == (address, "node", "alice")
+    assert registered["stake"] == STAKE
+    assert registry.identity(registered["id"]).keys.bls_pop  # a real, on-chain-verified pop
+
+    mine = cli.json("id", "show")
+    assert (mine["id"], mine["account"], mine["role"], mine["reputation"]) == (registered["id"], address, "node", GENESIS)
+    assert mine["active"] and mine["can_claim"] and not mine["can_aggregate"] and mine["stake"] == STAKE
+    assert cli.json("id", "show", str(registered["id"]))["account"] == address
+    assert cli.json("id", "show", address.lower())["id"] == registered["id"]
+    code, out, _ = cli("id", "show")
+    assert code == 0 and "reputation" in out and "alice" in out
+
+    code, _, err = cli("id", "register", "--name", "again", "--role", "human")
+    assert code == 2 and "already registered" in err
+
+
+def test_cli_errors_have_exit_codes(cli: Cli) -> None:
+    code, _, err = cli("id", "show")
+    assert code == 3 and "no identity" in err  # no keys in the home yet
+    cli.json("id", "init")
+    code, _, err = cli("id", "show")
+    assert code == 3 and "has no Sahara ID" in err
+    assert cli("id", "show", "424242")[0] == 3
+    assert cli("id", "show", "0x" + "77" * 20)[0] == 3
+    assert cli("id", "show", "bob")[0] == 2
+    assert cli("id", "register", "--name", "x", "--role", "aggregator")[0] == 1
+    assert cli("id", "register", "--name", "x", "--role", "human", "--stake", "1", "--stake-from-params")[0] == 1
+    assert cli("id", "register", "--name", "x" * 65, "--role", "human")[0] == 2
