@@ -56,6 +56,8 @@ def _copy_sources(tmp_path: Path) -> Path:
 
 def test_compile_is_cached_until_a_source_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root, build = _copy_sources(tmp_path), tmp_path / "build"
+    # Isolate from chain/contracts, which other work may edit while this runs.
+    monkeypatch.setattr(compiler, "CONTRACTS_DIR", tmp_path / "no-project-contracts")
     calls: list[int] = []
     real_run = compiler._run_solc
 
