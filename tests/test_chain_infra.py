@@ -438,14 +438,14 @@ def test_cli_chain_up_status_down_with_state(tmp_path: Path) -> None:
         _cli("--home", home, "chain", "down")
 
 
+@pytest.mark.slow
 def test_cli_chain_deploy_to_a_running_chain(tmp_path: Path, anvil: AnvilProcess, accounts: list[LocalAccount], w3: Web3) -> None:
     home = str(tmp_path / "home")
     snapshot = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
     try:
         key = "0x" + bytes(accounts[3].key).hex().removeprefix("0x")
-        done = _cli("--home", home, "--json", "chain", "deploy", "--rpc", anvil.rpc_url, "--voting-period", "60",
-                    "--param", "CHALLENGE_WINDOW=99", env={"MY_KEY": key}, )
-        assert done.returncode != 0  # default env var is unset and the home has no identity
+        done = _cli("--home", home, "--json", "chain", "deploy", "--rpc", anvil.rpc_url, env={"MY_KEY": key})
+        assert done.returncode == 3 and json.loads(done.stdout)["error"] == "NotFound"  # no key variable, no identity
         done = _cli("--home", home, "--json", "chain", "deploy", "--rpc", anvil.rpc_url, "--private-key-env", "MY_KEY",
                     "--voting-period", "60", "--param", "CHALLENGE_WINDOW=99", env={"MY_KEY": key})
         assert done.returncode == 0, done.stderr
@@ -457,5 +457,24 @@ def test_cli_chain_deploy_to_a_running_chain(tmp_path: Path, anvil: AnvilProcess
         assert bad.returncode == 2 and bad.stderr.startswith("error: unknown protocol parameter") and "Traceback" not in bad.stderr
         gone = _cli("--home", home, "chain", "deploy", "--rpc", f"http://127.0.0.1:{free_port()}", "--private-key-env", "MY_KEY", env={"MY_KEY": key})
         assert gone.returncode == 5
+    finally:
+        w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_cli_chain_deploy_from_the_home_identity(tmp_path: Path, anvil: AnvilProcess, w3: Web3) -> None:
+    from collab.identity import Identity
+
+    home = tmp_path / "home"
+    me = Identity.create(home, "pw", scrypt_n=2).account.address
+    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    try:
+        broke = _cli("--home", str(home), "chain", "deploy", "--rpc", anvil.rpc_url, env={"COLLAB_PASSPHRASE": "pw"})
+        assert broke.returncode == 2 and "no funds" in broke.stderr
+        w3.provider.make_request("anvil_setBalance", [me, hex(10**20)])  # type: ignore[arg-type]
+        done = _cli("--home", str(home), "--json", "chain", "deploy", "--rpc", anvil.rpc_url, env={"COLLAB_PASSPHRASE": "pw"})
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["deployer"] == me
+        assert Deployment.load(home / "deployment.json").rpc_url == anvil.rpc_url
     finally:
         w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
