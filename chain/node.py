@@ -65,6 +65,9 @@ def chain_up(
     if record is not None:
         if port is not None and int(record["port"]) != port:
             raise BadInput(f"the chain of this home already runs on port {record['port']}", hint="run `collab chain down` first")
+        wanted = str(Path(state_file).expanduser().resolve()) if state_file else None
+        if wanted is not None and wanted != record.get("state_file"):
+            raise BadInput(f"the chain of this home already runs with state {record.get('state_file')}", hint="run `collab chain down` first")
         rpc_url = str(record["rpc_url"])
     else:
         chain_dir = settings.ensure_dir(settings.chain_dir)

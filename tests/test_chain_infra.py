@@ -26,7 +26,7 @@ from chain.deployment import Deployment
 from chain.errors import CompilationError, ContractRevert, DeploymentMismatch, revert_class
 from chain.node import chain_down, chain_status, chain_up
 from collab.config import Settings
-from collab.errors import BadInput, ChainUnavailable, NotFound, ProtocolViolation, Unauthorized
+from collab.errors import BadInput, ChainUnavailable, NotFound, ProtocolViolation, Unauthorized, Unavailable
 
 FIXTURE_CONTRACTS = Path(__file__).parent / "fixtures" / "contracts"
 TAG = "0x" + "ab" * 32
@@ -126,6 +126,18 @@ def test_anvil_starts_answers_and_stops() -> None:
         node.stop()
     assert not rpc_answers(node.rpc_url)
     node.stop()  # idempotent
+
+
+def test_missing_toolchain_says_to_run_make_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import chain.anvil as anvil_module
+
+    monkeypatch.setattr(anvil_module, "ANVIL_BIN", tmp_path / "no-anvil")
+    with pytest.raises(Unavailable, match="make setup") as info:
+        AnvilProcess().start()
+    assert info.value.exit_code == 5
+    monkeypatch.setattr(compiler, "SOLCJS", tmp_path / "solc" / "solc.js")
+    with pytest.raises(Unavailable, match="make setup"):
+        compile_contracts(source_root=FIXTURE_CONTRACTS, build_dir=tmp_path / "build", force=True)
 
 
 def test_anvil_refuses_a_port_already_serving(anvil: AnvilProcess) -> None:
@@ -378,8 +390,10 @@ def test_chain_up_with_state_survives_down_and_up(tmp_path: Path) -> None:
         assert status["embedded"] and status["reachable"] and status["deployed"]
         assert status["contracts"] == {n: e["address"] for n, e in first.contracts.items()}
         assert chain_up(conf, port, state) == first, "up on a running chain reuses it"
-        with pytest.raises(BadInput, match="already runs"):
+        with pytest.raises(BadInput, match="already runs on port"):
             chain_up(conf, free_port(), state)
+        with pytest.raises(BadInput, match="already runs with state"):
+            chain_up(conf, port, tmp_path / "other-state.json")
 
         stopped = chain_down(conf)
         assert stopped["stopped"] and state.is_file()
