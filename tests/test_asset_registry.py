@@ -330,3 +330,15 @@ def test_cli_asset_errors_have_exit_codes(
     assert run_cli(capsys, path, *base, str(data), "--kind", "painting")[0] == 1
     assert run_cli(capsys, path, "asset", "show", "99999")[0] == 3
     assert run_cli(capsys, path, "asset", "list", "--owner", "nobody")[0] == 2
+
+
+def test_history_and_wiring(world: World, alice: LocalAccount, bob: LocalAccount, deployment: Deployment) -> None:
+    start = world.w3.eth.block_number + 1
+    asset_id = world.as_(alice).register(model("h")).asset_id
+    world.as_(alice).set_derivative_royalty(asset_id, 5)
+    world.as_(alice).transfer_asset_ownership(asset_id, bob.address)
+    kinds = [type(e).__name__ for e in world.assets.history(from_block=start)]
+    assert kinds == ["AssetRegistered", "DerivativeRoyaltySet", "AssetOwnershipTransferred"]
+    assert world.assets.identity_address() == deployment.address("IdentityRegistry")
+    assert world.assets.shares_address() == deployment.address("Shares")
+    assert world.shares.has_role(world.shares.minter_role(), world.assets.address)

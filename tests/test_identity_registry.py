@@ -419,3 +419,17 @@ def test_cli_errors_have_exit_codes(cli: Cli) -> None:
     assert cli("id", "register", "--name", "x", "--role", "aggregator")[0] == 1
     assert cli("id", "register", "--name", "x", "--role", "human", "--stake", "1", "--stake-from-params")[0] == 1
     assert cli("id", "register", "--name", "x" * 65, "--role", "human")[0] == 2
+
+
+def test_history_decodes_every_registry_event(
+    w3: Web3, registry: IdentityRegistryClient, accounts: list[LocalAccount], chain_snapshot: str
+) -> None:
+    start = w3.eth.block_number + 1
+    node = register(registry, accounts[1], "node", role="node")
+    registry.grant_aggregator(node.id)
+    registry.adjust_reputation(node.id, 5)
+    registry.with_account(accounts[1]).update_keys(keys_for(registry, accounts[1], b"rotated"))
+    registry.with_account(accounts[1]).exit()
+    kinds = [type(e).__name__ for e in registry.history(from_block=start)]
+    assert kinds == ["IdentityRegistered", "AggregatorGranted", "ReputationChanged", "KeysUpdated", "IdentityExited"]
+    assert registry.pop_domain() == bls.POP_DOMAIN

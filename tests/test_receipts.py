@@ -106,3 +106,21 @@ def test_unknown_receipts(receipts: ReceiptsClient) -> None:
 def test_settlement_role_is_wired(receipts: ReceiptsClient, deployer: LocalAccount) -> None:
     assert receipts.settlement_role() == Web3.keccak(text="SETTLEMENT_ROLE")
     assert receipts.has_role(receipts.settlement_role(), deployer.address)
+
+
+def test_minted_history_and_refused_approvals_read_back(receipts: ReceiptsClient, w3: Web3, accounts: list[LocalAccount]) -> None:
+    start = w3.eth.block_number + 1
+    a = mint(receipts, accounts[1], weight=5)
+    b = mint(receipts, accounts[2], weight=9, kind=ContributionKind.COMPUTE)
+    history = receipts.minted(from_block=start)
+    assert [(m.token_id, m.to, m.receipt.weight, m.locked) for m in history] == [
+        (a, accounts[1].address, 5, True), (b, accounts[2].address, 9, True)
+    ]
+    assert receipts.get_approved(a) == "0x" + "00" * 20
+    assert not receipts.is_approved_for_all(accounts[1].address, accounts[2].address)
+
+
+def test_revoked_settlement_role_can_no_longer_mint(receipts: ReceiptsClient, deployer: LocalAccount, accounts: list[LocalAccount]) -> None:
+    receipts.revoke_role(receipts.settlement_role(), deployer.address)
+    with pytest.raises(revert_class("AccessControlUnauthorizedAccount")):
+        mint(receipts, accounts[1])

@@ -6,6 +6,7 @@ transaction returns the dataclass of the event it emitted.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -210,6 +211,18 @@ class AssetRegistryClient(ContractClient):
         """Whether ``account`` holds the AccessControl ``role``."""
         return bool(self._call("hasRole", role, to_checksum_address(account)))
 
+    def identity_address(self) -> str:
+        """The IdentityRegistry registrants need an active Sahara ID in."""
+        return to_checksum_address(self._call("IDENTITY"))
+
+    def shares_address(self) -> str:
+        """The Shares contract that mints each asset's supply."""
+        return to_checksum_address(self._call("SHARES"))
+
+    def history(self, from_block: int = 0) -> list[AssetEvent]:
+        """Every registry event since ``from_block``, decoded, in chain order."""
+        return [e for e in (decode_event(ev) for ev in self._events(from_block=from_block)) if e is not None]
+
     # ------------------------------------------------------------------ transactions
 
     def register(self, asset_input: AssetInput) -> AssetRegistered:
@@ -241,6 +254,10 @@ class AssetRegistryClient(ContractClient):
         """Grant an AccessControl role (admin only)."""
         return self._transact("grantRole", role, to_checksum_address(account))
 
+    def revoke_role(self, role: bytes, account: str) -> TxResult:
+        """Revoke an AccessControl role (admin only)."""
+        return self._transact("revokeRole", role, to_checksum_address(account))
+
 
 def _only(tx: TxResult, kind: type[Any]) -> Any:
     for event in events_in(tx):
@@ -250,8 +267,6 @@ def _only(tx: TxResult, kind: type[Any]) -> Any:
 
 
 def _with_tx(event: Any, tx: TxResult) -> Any:
-    import dataclasses
-
     return dataclasses.replace(event, tx=tx)
 
 

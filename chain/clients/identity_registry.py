@@ -231,6 +231,14 @@ class IdentityRegistryClient(ContractClient):
         """Whether ``account`` holds the AccessControl ``role``."""
         return bool(self._call("hasRole", role, to_checksum_address(account)))
 
+    def pop_domain(self) -> bytes:
+        """Domain tag the proof-of-possession message starts with."""
+        return bytes(self._call("POP_DOMAIN"))
+
+    def history(self, from_block: int = 0) -> list[IdentityEvent]:
+        """Every registry event since ``from_block``, decoded, in chain order."""
+        return [e for e in (decode_event(ev) for ev in self._events(from_block=from_block)) if e is not None]
+
     # ------------------------------------------------------------------ transactions
 
     def keys_for(self, bls_secret: int, curve_key: bytes, x25519_key: bytes, account: str | None = None) -> Keys:
@@ -275,6 +283,10 @@ class IdentityRegistryClient(ContractClient):
     def grant_role(self, role: bytes, account: str) -> TxResult:
         """Grant an AccessControl role (admin only)."""
         return self._transact("grantRole", role, to_checksum_address(account))
+
+    def revoke_role(self, role: bytes, account: str) -> TxResult:
+        """Revoke an AccessControl role (admin only)."""
+        return self._transact("revokeRole", role, to_checksum_address(account))
 
     def _me(self) -> str:
         if self.account is None:

@@ -132,6 +132,20 @@ class ReceiptsClient(ContractClient):
         """Whether ``account`` holds the AccessControl ``role``."""
         return bool(self._call("hasRole", role, to_checksum_address(account)))
 
+    def get_approved(self, token_id: int) -> str:
+        """ERC-721 approved address (always zero: approvals are refused)."""
+        return to_checksum_address(self._call("getApproved", int(token_id)))
+
+    def is_approved_for_all(self, owner: str, operator: str) -> bool:
+        """ERC-721 operator approval (always False: approvals are refused)."""
+        return bool(self._call("isApprovedForAll", to_checksum_address(owner), to_checksum_address(operator)))
+
+    def minted(self, from_block: int = 0) -> list[ReceiptMinted]:
+        """Every receipt minted since ``from_block``, in chain order (all locked at mint)."""
+        events = self._events(from_block=from_block)
+        locked = {int(e.args["tokenId"]) for e in events if e.name == "Locked"}
+        return [_minted(e, locked, None) for e in events if e.name == "ReceiptMinted"]
+
     # ------------------------------------------------------------------ transactions
 
     def mint(self, to: str, receipt: Receipt) -> ReceiptMinted:
@@ -164,6 +178,10 @@ class ReceiptsClient(ContractClient):
     def grant_role(self, role: bytes, account: str) -> TxResult:
         """Grant an AccessControl role (admin only)."""
         return self._transact("grantRole", role, to_checksum_address(account))
+
+    def revoke_role(self, role: bytes, account: str) -> TxResult:
+        """Revoke an AccessControl role (admin only)."""
+        return self._transact("revokeRole", role, to_checksum_address(account))
 
 
 def _hex(value: Any) -> bytes:
