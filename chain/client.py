@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -258,7 +259,7 @@ def send_transaction(
 
     ``tx`` holds ``to``/``data``/``value`` (no ``to`` for a deployment).
     """
-    with rpc_guard(w3):
+    with rpc_guard(w3), _account_lock(account.address):
         base: dict[str, Any] = {"from": account.address, "value": int(tx.get("value", 0)), "data": tx.get("data", "0x")}
         if tx.get("to"):
             base["to"] = to_checksum_address(tx["to"])
@@ -294,6 +295,16 @@ def send_transaction(
             block_number=int(receipt["blockNumber"]),
             events=registry.decode_logs(receipt["logs"]),
         )
+
+
+_ACCOUNT_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _account_lock(address: str) -> threading.Lock:
+    """One lock per sending account: threads of one process must not race for a nonce."""
+    with _LOCKS_GUARD:
+        return _ACCOUNT_LOCKS.setdefault(address, threading.Lock())
 
 
 def _replay_revert(w3: Web3, call: dict[str, Any], block: int, registry: AbiRegistry, contract: str) -> ContractRevert:

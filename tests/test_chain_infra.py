@@ -266,6 +266,15 @@ def test_event_history_query(probe: ContractClient, deployer: LocalAccount, acco
     assert [e.name for e in probe._events(from_block=start)] == ["ItemStored", "ItemStored", "Deposited"]
 
 
+def test_threads_sharing_an_account_do_not_race_for_nonces(probe: ContractClient, chain_snapshot: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda i: probe._transact("store", i, TAG, f"t{i}"), range(8)))
+    assert len({r.tx_hash for r in results}) == 8
+    assert probe._call("count") == 8
+
+
 def test_chain_snapshot_reverts_state(probe: ContractClient, chain_snapshot: str, time_travel) -> None:  # type: ignore[no-untyped-def]
     # The previous tests stored items inside their snapshots; none survived.
     assert probe._call("count") == 0
