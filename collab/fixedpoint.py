@@ -297,6 +297,8 @@ def mul_rescale_array(a: Any, b: Any, fab: int, fo: int) -> IntArray:
     )
     if small:
         return rescale_array(a_arr * b_arr, fab, fo)
+    if 1 <= fab - fo <= 126:
+        return mul_rshift_i64(a_arr, b_arr, fab - fo)
     return rescale_array(_obj(a_arr) * _obj(b_arr), fab, fo)
 
 
@@ -309,6 +311,105 @@ def ring_sum_array(arrays: list[Any]) -> IntArray:
         for arr in arrays[1:]:
             total += np.asarray(arr, dtype=np.int64)
     return total
+
+
+# --------------------------------------------------------------------------- exact int64 kernels
+# Products of two int64 words need 128 bits. These kernels keep them as a
+# (signed high int64, unsigned low uint64) pair built from 32-bit limbs, so the
+# hot approximations run at numpy speed and still equal the scalar reference.
+
+_U32 = np.uint64(0xFFFFFFFF)
+
+
+def _mul_wide(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact a*b for int64 arrays as (hi int64, lo uint64), value = hi*2**64 + lo."""
+    ah, bh = a >> 32, b >> 32
+    al, bl = (a & 0xFFFFFFFF).astype(np.uint64), (b & 0xFFFFFFFF).astype(np.uint64)
+    hi = ah * bh
+    lo = al * bl
+    with np.errstate(over="ignore"):
+        for m in (ah * bl.astype(np.int64), al.astype(np.int64) * bh):
+            hi = hi + (m >> 32)
+            add = (m.astype(np.uint64) & _U32) << np.uint64(32)
+            new = lo + add
+            hi = hi + (new < lo).astype(np.int64)
+            lo = new
+    return hi, lo
+
+
+def _wide_rshift(hi: np.ndarray, lo: np.ndarray, s: int) -> np.ndarray:
+    """sat(rshift(hi*2**64 + lo, s)) for 1 <= s <= 126, as int64."""
+    if s < 64:
+        q_hi = hi >> s
+        q_lo = (lo >> np.uint64(s)) | (hi.astype(np.uint64) << np.uint64(64 - s)) if s else lo
+        rem = lo & np.uint64((1 << s) - 1)
+        half = np.uint64(1 << (s - 1))
+        above = rem > half
+        tie = rem == half
+    else:
+        k = s - 64
+        q_hi = hi >> 63 if k == 63 else (hi >> k) >> 63
+        q_lo = (hi >> k).astype(np.uint64)
+        rem_hi = (hi & ((1 << k) - 1)).astype(np.uint64) if k else np.zeros_like(lo)
+        if k == 0:
+            above, tie = lo > np.uint64(1 << 63), lo == np.uint64(1 << 63)
+        else:
+            half_hi = np.uint64(1 << (k - 1))
+            above = (rem_hi > half_hi) | ((rem_hi == half_hi) & (lo > 0))
+            tie = (rem_hi == half_hi) & (lo == 0)
+    q = q_lo.astype(np.int64)
+    fits = q_hi == (q >> 63)
+    up = above | (tie & ((q & 1) == 1))
+    with np.errstate(over="ignore"):
+        rounded = q + up.astype(np.int64)
+    overflow_up = up & (q == INT64_MAX)
+    out = np.where(overflow_up, INT64_MAX, rounded)
+    return np.where(fits, out, np.where(hi < 0, INT64_MIN, INT64_MAX)).astype(np.int64)
+
+
+def mul_rshift_i64(a: Any, b: Any, s: int) -> IntArray:
+    """sat(rshift(a*b, s)) elementwise for int64 arrays, exact, 1 <= s <= 126."""
+    a_arr = np.asarray(a, dtype=np.int64)
+    b_arr = np.broadcast_to(np.asarray(b, dtype=np.int64), a_arr.shape)
+    hi, lo = _mul_wide(a_arr, b_arr)
+    return _wide_rshift(hi, lo, s)
+
+
+def _shift_rows(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """sat(p << s) where s >= 0, rshift(p, -s) where s < 0; p in [0, 2**34), per-element s."""
+    left = np.clip(s, 0, 62)
+    limit = np.int64(INT64_MAX) >> left
+    shifted = np.where((s >= 31) | (p > limit), INT64_MAX, p << left)
+    k = np.clip(-s, 1, 62)
+    q = p >> k
+    rem = p & ((np.int64(1) << k) - 1)
+    half = np.int64(1) << (k - 1)
+    down = q + ((rem > half) | ((rem == half) & ((q & 1) == 1))).astype(np.int64)
+    down = np.where(-s > 40, 0, down)
+    return np.where(s >= 0, np.where(p == 0, 0, shifted), down).astype(np.int64)
+
+
+def _exp_i64(big_x: np.ndarray, fo: int) -> np.ndarray:
+    """EXP on Q32 inputs already rescaled (int64), output at fo: the fast path of exp_array."""
+    hi = big_x >= 64 * ONE_Q32
+    lo = big_x <= -64 * ONE_Q32
+    x = np.where(hi | lo, 0, big_x).astype(np.int64)
+    t = mul_rshift_i64(x, LOG2E_Q62, 62)
+    n = t >> 32
+    r = t - (n << 32)
+    r_hi, r_lo = r >> 16, r & 0xFFFF
+    p = np.full(x.shape, EXP_C[8], dtype=np.int64)
+    for c in EXP_C[7::-1]:
+        # rshift(p*r, 32) with p < 2**34 and r < 2**32, from 16-bit limbs of r.
+        m = p * r_hi
+        low = (m & 0xFFFF) << 16
+        low = low + p * r_lo
+        q = (m >> 16) + (low >> 32)
+        rem = low & 0xFFFFFFFF
+        up = (rem > (1 << 31)) | ((rem == (1 << 31)) & ((q & 1) == 1))
+        p = q + up.astype(np.int64) + c
+    out = _shift_rows(p, n + (fo - 32))
+    return np.where(hi, INT64_MAX, np.where(lo, 0, out)).astype(np.int64)
 
 
 def _where(cond: np.ndarray, a: Any, b: Any) -> np.ndarray:
@@ -357,27 +458,45 @@ def _exp_obj(x: np.ndarray, fi: int, fo: int) -> np.ndarray:
 
 
 def exp_array(x: Any, fi: int, fo: int) -> IntArray:
-    """Vectorised :func:`exp_fx`."""
-    arr = _obj(np.asarray(x))
-    return _exp_obj(arr, fi, fo).astype(np.int64) if arr.size else np.zeros(arr.shape, np.int64)
+    """Vectorised :func:`exp_fx` (int64 kernels; exact-integer fallback for object input)."""
+    arr = np.asarray(x)
+    if not arr.size:
+        return np.zeros(arr.shape, np.int64)
+    if arr.dtype == object:
+        return _exp_obj(arr, fi, fo).astype(np.int64)
+    return _exp_i64(rescale_array(arr.astype(np.int64), fi, 32), fo)
+
+
+def _rdiv_2_65(d: np.ndarray) -> np.ndarray:
+    """rdiv(2**65, d) for uint64 d >= 2**32, without leaving 64 bits."""
+    all_ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    q0, r0 = all_ones // d, all_ones % d  # 2**64 = q0*d + r0 + 1
+    wraps = (r0 + np.uint64(1)) == d
+    q1 = np.where(wraps, q0 + np.uint64(1), q0)
+    r1 = np.where(wraps, np.uint64(0), r0 + np.uint64(1))
+    carry = r1 >= d - r1  # 2**65 = 2*q1*d + 2*r1
+    q = (q1 << np.uint64(1)) + carry.astype(np.uint64)
+    r = np.where(carry, r1 - (d - r1), r1 << np.uint64(1))
+    up = (r > d - r) | ((r == d - r) & ((q & np.uint64(1)) == 1))
+    return (q + up.astype(np.uint64)).astype(np.int64)
 
 
 def gelu_array(x: Any, fi: int, fo: int) -> IntArray:
-    """Vectorised :func:`gelu_fx`."""
-    arr = _obj(np.asarray(x))
+    """Vectorised :func:`gelu_fx` (int64 kernels, exact)."""
+    arr = np.asarray(x, dtype=np.int64)
     if not arr.size:
         return np.zeros(arr.shape, np.int64)
-    big_x = _rescale_obj(arr, fi, 32)
+    big_x = rescale_array(arr, fi, 32)
     hi = big_x >= 8 * ONE_Q32
     lo = big_x <= -8 * ONE_Q32
-    mid_x = _where(hi | lo, 0, big_x)
-    x3 = _rshift_obj(_rshift_obj(mid_x * mid_x, 32) * mid_x, 32)
-    y = _rshift_obj((mid_x + _rshift_obj(GELU_A * x3, 32)) * GELU_B, 32)
-    e = _exp_obj(2 * y, 32, 32)
-    th = ONE_Q32 - np.array([rdiv(1 << 65, ONE_Q32 + int(v)) for v in e.ravel()], dtype=object).reshape(arr.shape)
-    g = _rshift_obj(mid_x * (ONE_Q32 + th), 33)
-    mid = _rescale_obj(g, 32, fo)
-    out = _where(hi, _rescale_obj(arr, fi, fo), _where(lo, 0, mid))
+    mx = np.where(hi | lo, 0, big_x).astype(np.int64)
+    x3 = mul_rshift_i64(mul_rshift_i64(mx, mx, 32), mx, 32)
+    y = mul_rshift_i64(mx + mul_rshift_i64(x3, GELU_A, 32), GELU_B, 32)
+    e = _exp_i64(2 * y, 32)
+    th = ONE_Q32 - _rdiv_2_65(e.astype(np.uint64) + np.uint64(ONE_Q32))
+    g = mul_rshift_i64(mx, ONE_Q32 + th, 33)
+    mid = rescale_array(g, 32, fo)
+    out = np.where(hi, rescale_array(arr, fi, fo), np.where(lo, 0, mid))
     return out.astype(np.int64)
 
 

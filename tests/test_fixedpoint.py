@@ -142,12 +142,34 @@ def test_mul_rescale_array_fast_path_matches_scalar() -> None:
     assert fx.mul_rescale_array(a, b, 32, 16).tolist() == want
 
 
-@settings(max_examples=40)
-@given(st.lists(st.integers(-(1 << 45), 1 << 45), min_size=1, max_size=30), st.integers(8, 40), st.integers(0, 40))
+APPROX_IN = st.one_of(I64, st.integers(-(1 << 45), 1 << 45), st.integers(-(80 << 32), 80 << 32))
+
+
+@settings(max_examples=80)
+@given(st.lists(APPROX_IN, min_size=1, max_size=30), FRAC, FRAC)
 def test_exp_and_gelu_arrays_match_scalar(values: list[int], fi: int, fo: int) -> None:
     arr = np.array(values, dtype=np.int64)
     assert fx.exp_array(arr, fi, fo).tolist() == [fx.exp_fx(v, fi, fo) for v in values]
+    assert fx.exp_array(arr.astype(object), fi, fo).tolist() == [fx.exp_fx(v, fi, fo) for v in values]
     assert fx.gelu_array(arr, fi, fo).tolist() == [fx.gelu_fx(v, fi, fo) for v in values]
+
+
+TIE_PRODUCTS = st.tuples(st.integers(-(1 << 20), 1 << 20), st.integers(1, 40)).map(lambda t: ((2 * t[0] + 1) << (t[1] - 1), t[1]))
+
+
+@settings(max_examples=120)
+@given(st.lists(st.tuples(I64, I64), min_size=1, max_size=20), st.integers(1, 126))
+def test_wide_multiply_kernel_is_exact(pairs: list[tuple[int, int]], s: int) -> None:
+    a = np.array([p[0] for p in pairs], dtype=np.int64)
+    b = np.array([p[1] for p in pairs], dtype=np.int64)
+    assert fx.mul_rshift_i64(a, b, s).tolist() == [fx.sat(fx.rshift(x * y, s)) for x, y in pairs]
+
+
+@given(TIE_PRODUCTS, st.sampled_from([1, -1]))
+def test_wide_multiply_kernel_rounds_ties_to_even(case: tuple[int, int], sign: int) -> None:
+    value, s = case
+    got = fx.mul_rshift_i64(np.array([value], dtype=np.int64), sign, s)[0]
+    assert got == fx.rshift(value * sign, s)
 
 
 def test_reciprocal_and_inv_sqrt_arrays_match_scalar() -> None:
