@@ -6,6 +6,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from chain.client import default_artifacts, deploy_contract
 from chain.clients.receipts import (
     ERC721_INTERFACE_ID,
     ERC5192_INTERFACE_ID,
@@ -124,3 +125,12 @@ def test_revoked_settlement_role_can_no_longer_mint(receipts: ReceiptsClient, de
     receipts.revoke_role(receipts.settlement_role(), deployer.address)
     with pytest.raises(revert_class("AccessControlUnauthorizedAccount")):
         mint(receipts, accounts[1])
+
+
+@pytest.mark.parametrize("contract", ["Receipts", "IdentityRegistry", "AssetRegistry"])
+def test_constructors_refuse_zero_addresses(w3: Web3, deployer: LocalAccount, contract: str) -> None:
+    zero = "0x" + "00" * 20
+    args = {"Receipts": [zero], "IdentityRegistry": [deployer.address, zero], "AssetRegistry": [zero, deployer.address, deployer.address]}
+    errors = {"Receipts": "ReceiptsZeroAddress", "IdentityRegistry": "IdentityZeroAddress", "AssetRegistry": "AssetZeroAddress"}
+    with pytest.raises(revert_class(errors[contract])):
+        deploy_contract(w3, deployer, default_artifacts()[contract], *args[contract])

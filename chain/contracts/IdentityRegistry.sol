@@ -53,6 +53,7 @@ contract IdentityRegistry is IIdentityRegistry, AccessControl, ReentrancyGuardTr
     /// @param params The ProtocolParams contract.
     /// @param admin Holder of DEFAULT_ADMIN_ROLE (grants the aggregator and settlement roles).
     constructor(address params, address admin) {
+        if (params == address(0) || admin == address(0)) revert IdentityZeroAddress();
         PARAMS = IProtocolParams(params);
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
     }

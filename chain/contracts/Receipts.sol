@@ -22,6 +22,7 @@ contract Receipts is IReceipts, ERC721, AccessControl {
 
     /// @param admin Holder of DEFAULT_ADMIN_ROLE (grants the settlement role).
     constructor(address admin) ERC721("collab Receipt", "CRCPT") {
+        if (admin == address(0)) revert ReceiptsZeroAddress();
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
     }
 

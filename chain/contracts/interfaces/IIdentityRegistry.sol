@@ -117,6 +117,9 @@ interface IIdentityRegistry {
     /// @param id The identity id.
     error IdentityInactive(uint256 id);
 
+    /// @notice A zero address was given for the params contract or the admin.
+    error IdentityZeroAddress();
+
     /// @notice The identity already has the aggregator role.
     /// @param id The identity id.
     error AlreadyAggregator(uint256 id);

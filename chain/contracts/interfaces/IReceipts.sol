@@ -63,6 +63,9 @@ interface IReceipts is IERC5192 {
     /// @param tokenId The token (0 for `setApprovalForAll`, which names no token).
     error Soulbound(uint256 tokenId);
 
+    /// @notice A zero admin was given to the constructor.
+    error ReceiptsZeroAddress();
+
     /// @notice No receipt has this id.
     /// @param tokenId The id.
     error UnknownReceipt(uint256 tokenId);
