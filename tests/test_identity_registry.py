@@ -11,7 +11,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from chain.client import TxResult
+from chain.client import ContractClient, TxResult, deploy_contract
 from chain.clients.identity_registry import (
     IdentityExited,
     IdentityRegistered,
@@ -21,6 +21,7 @@ from chain.clients.identity_registry import (
     Role,
     events_in,
 )
+from chain.compiler import compile_contracts
 from chain.deploy import DEFAULT_PARAMS
 from chain.deployment import Deployment
 from chain.errors import revert_class
@@ -433,3 +434,59 @@ def test_history_decodes_every_registry_event(
     kinds = [type(e).__name__ for e in registry.history(from_block=start)]
     assert kinds == ["IdentityRegistered", "AggregatorGranted", "ReputationChanged", "KeysUpdated", "IdentityExited"]
     assert registry.pop_domain() == bls.POP_DOMAIN
+
+
+# ------------------------------------------------------------------ adversary: a stake-returning reentrancy
+
+REENTRANT_EXIT = """
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+interface IRegistry {
+    struct Keys { bytes32 curveKey; bytes32 x25519Key; bytes blsPubkey; bytes blsPop; }
+    function register(string calldata name, uint8 role, Keys calldata keys) external payable returns (uint256);
+    function exit() external;
+}
+
+/// Registers itself, then exits and tries to exit again from inside the stake refund.
+contract ReentrantExit {
+    IRegistry public immutable REGISTRY;
+    bool public reentryFailed;
+    uint256 public refunds;
+
+    constructor(address registry) { REGISTRY = IRegistry(registry); }
+
+    function join(IRegistry.Keys calldata keys) external payable {
+        REGISTRY.register{value: msg.value}("reentrant", 0, keys);
+    }
+
+    function leave() external { REGISTRY.exit(); }
+
+    receive() external payable {
+        refunds += 1;
+        try REGISTRY.exit() {} catch { reentryFailed = true; }
+    }
+}
+"""
+
+
+def test_exit_pays_the_stake_once_to_a_reentrant_contract(
+    w3: Web3, registry: IdentityRegistryClient, deployer: LocalAccount, tmp_path: Path, chain_snapshot: str
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "ReentrantExit.sol").write_text(REENTRANT_EXIT)
+    artifact = compile_contracts(source_root=source, build_dir=tmp_path / "build")["ReentrantExit"]
+    address, _ = deploy_contract(w3, deployer, artifact, registry.address)
+    attacker = ContractClient(w3, address, artifact.abi, deployer, name="ReentrantExit")
+    sk = bls.keygen(b"reentrant")
+    pop = bls.prove_possession(sk, w3.eth.chain_id, registry.address, address)
+    attacker._transact("join", (CURVE, X25519, bls.sk_to_pk(sk), pop), value=STAKE)
+    identity_id = registry.id_of(address)
+    held = w3.eth.get_balance(registry.address)
+
+    attacker._transact("leave")
+    assert attacker._call("refunds") == 1 and attacker._call("reentryFailed")
+    assert w3.eth.get_balance(address) == STAKE
+    assert w3.eth.get_balance(registry.address) == held - STAKE
+    assert not registry.is_active(identity_id) and registry.stake_of(identity_id) == 0
