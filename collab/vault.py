@@ -330,6 +330,7 @@ class Vault:
     def __init__(self, root: Path | str, *, owner: PublicKeyLike | None = None) -> None:
         self.root = Path(root)
         self.owner = _public_bytes(owner) if owner is not None else None
+        ensure_private_dir(self.root)  # first: mkdir -p would give the root the umask's mode
         for sub in ("blobs", "meta", "tmp"):
             ensure_private_dir(self.root / sub)
         self._clean_tmp()
