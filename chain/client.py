@@ -270,14 +270,12 @@ def send_transaction(
         except Web3RPCError as exc:
             raise _rpc_failure(exc) from None
         block = w3.eth.get_block("latest")
-        priority = w3.eth.max_priority_fee
         full = {
             **base,
             "gas": min(int(gas * GAS_MARGIN) + 20_000, int(block["gasLimit"])),
             "nonce": w3.eth.get_transaction_count(account.address, "pending"),
             "chainId": w3.eth.chain_id,
-            "maxPriorityFeePerGas": priority,
-            "maxFeePerGas": int(block.get("baseFeePerGas", 0)) * 2 + priority,
+            **_fees(w3, block),
         }
         signed = account.sign_transaction(full)
         try:
@@ -295,6 +293,14 @@ def send_transaction(
             block_number=int(receipt["blockNumber"]),
             events=registry.decode_logs(receipt["logs"]),
         )
+
+
+def _fees(w3: Web3, block: Mapping[str, Any]) -> dict[str, int]:
+    """EIP-1559 fees with headroom for two base-fee rises; a legacy gas price on pre-London chains."""
+    if "baseFeePerGas" not in block:
+        return {"gasPrice": int(w3.eth.gas_price)}
+    priority = int(w3.eth.max_priority_fee)
+    return {"maxPriorityFeePerGas": priority, "maxFeePerGas": int(block["baseFeePerGas"]) * 2 + priority}
 
 
 _ACCOUNT_LOCKS: dict[str, threading.Lock] = {}

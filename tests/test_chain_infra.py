@@ -19,7 +19,7 @@ from web3 import Web3
 
 import chain.compiler as compiler
 from chain.anvil import AnvilProcess, free_port, rpc_answers
-from chain.client import AbiRegistry, ContractClient, connect, deploy_contract
+from chain.client import AbiRegistry, ContractClient, connect, deploy_contract, send_transaction
 from chain.compiler import Artifact, compile_contracts
 from chain.deploy import CONTRACT_ORDER, DEFAULT_PARAMS, DEMO_PARAMS, ZERO_ADDRESS, Governance, deploy_all, param_key, resolve_params
 from chain.deployment import Deployment
@@ -158,6 +158,14 @@ def test_anvil_state_file_survives_restart(tmp_path: Path, accounts: list[LocalA
         w3 = connect(node.rpc_url)
         assert w3.eth.get_balance(accounts[5].address) == balance
         assert w3.eth.block_number >= block
+
+
+def test_pre_london_chain_gets_a_legacy_transaction(accounts: list[LocalAccount]) -> None:
+    with AnvilProcess(extra_args=["--hardfork", "berlin"]) as node:
+        w3 = connect(node.rpc_url)
+        assert "baseFeePerGas" not in w3.eth.get_block("latest")
+        result = send_transaction(w3, accounts[0], {"to": accounts[1].address, "value": 5}, AbiRegistry([]))
+        assert result.gas_used == 21000 and w3.eth.get_transaction(result.tx_hash)["type"] == 0  # type: ignore[arg-type]
 
 
 def test_connect_raises_chain_unavailable_when_nothing_listens() -> None:
