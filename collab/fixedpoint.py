@@ -302,6 +302,89 @@ def mul_rescale_array(a: Any, b: Any, fab: int, fo: int) -> IntArray:
     return rescale_array(_obj(a_arr) * _obj(b_arr), fab, fo)
 
 
+def _limbs(x: np.ndarray, width: int) -> list[np.ndarray]:
+    """Split int64 words into base-2**width limbs (low limbs unsigned, top limb signed) as float64."""
+    lo_v, hi_v = (int(x.min()), int(x.max())) if x.size else (0, 0)
+    bits = max(lo_v.bit_length(), hi_v.bit_length()) + 1
+    count = max(1, -(-bits // width))
+    out: list[np.ndarray] = []
+    rest = x.astype(np.int64)
+    for _ in range(count - 1):
+        out.append((rest & ((1 << width) - 1)).astype(np.float64))
+        rest = rest >> width
+    out.append(rest.astype(np.float64))
+    return out
+
+
+def matmul_exact(a: Any, w: Any) -> np.ndarray:
+    """Exact Σ_k a[..., m, k] * w[n, k] (torch Linear layout) as an int64 or object array.
+
+    The words are split into limbs small enough that every float64 BLAS product
+    sum stays below 2**53, hence exact; limb products are recombined with exact
+    integers. The result is int64 when it provably fits, else an object array.
+    """
+    a_arr = np.asarray(a, dtype=np.int64)
+    w_arr = np.asarray(w, dtype=np.int64)
+    k = a_arr.shape[-1]
+    if w_arr.ndim != 2 or w_arr.shape[1] != k:
+        raise BadInput(f"matmul shapes {a_arr.shape} x {w_arr.shape} do not match (weight is [out, in])")
+    width = max(1, (52 - max(1, k).bit_length()) // 2)
+    a_limbs, w_limbs = _limbs(a_arr, width), _limbs(w_arr, width)
+    groups: dict[int, np.ndarray] = {}
+    for i, al in enumerate(a_limbs):
+        for j, wl in enumerate(w_limbs):
+            term = np.rint(np.matmul(al, wl.T)).astype(np.int64)
+            groups[i + j] = groups[i + j] + term if i + j in groups else term
+    bound = k * max(abs(int(a_arr.min(initial=0))), int(a_arr.max(initial=0))) * max(
+        abs(int(w_arr.min(initial=0))), int(w_arr.max(initial=0))
+    )
+    if bound < (1 << 62):
+        # The true sum fits int64, so summing the limb groups modulo 2**64 (numpy's
+        # wrapping int64 shifts and adds) lands exactly on it.
+        total = np.zeros(groups[0].shape, dtype=np.int64)
+        for t, g in groups.items():
+            total += g << (width * t)
+        return total
+    total_obj = np.zeros(groups[0].shape, dtype=object)
+    for t, g in groups.items():
+        total_obj = total_obj + g.astype(object) * (1 << (width * t))
+    return total_obj
+
+
+def matmul_rescale(a: Any, w: Any, fab: int, fo: int) -> IntArray:
+    """MATMUL op: rescale(Σ_k a·w, fa + fw, fo) per output element, exact."""
+    return rescale_array(matmul_exact(a, w), fab, fo)
+
+
+def softmax_array(a: Any, fi: int, fo: int) -> IntArray:
+    """Row softmax over the last axis, equal to :func:`softmax_row` on every row."""
+    arr = np.asarray(a, dtype=np.int64)
+    shifted = arr.astype(object) - arr.max(axis=-1, keepdims=True).astype(object)
+    e = _exp_i64(rescale_array(shifted, fi, 32), 32)
+    total = e.sum(axis=-1, keepdims=True)  # each e <= 2**32, rows <= 2**20 long: fits int64
+    num = e.astype(object) * (1 << fo)
+    return sat_array(_rdiv_obj(num, np.broadcast_to(total, e.shape).astype(object)))
+
+
+def layernorm_array(a: Any, eps: int, fi: int, fo: int) -> IntArray:
+    """Row layer normalisation over the last axis, equal to :func:`layernorm_row` on every row."""
+    arr = np.asarray(a, dtype=np.int64).astype(object)
+    n = arr.shape[-1]
+    mu = _rdiv_obj(arr.sum(axis=-1, keepdims=True), np.full(arr.shape[:-1] + (1,), n, dtype=object))
+    d = arr - mu
+    var = _rdiv_obj((d * d).sum(axis=-1, keepdims=True), np.full(mu.shape, n << fi, dtype=object))
+    r = np.vectorize(lambda v: inv_sqrt_fx(int(v) + eps, fi, 32), otypes=[object])(var)
+    return rescale_array(d * r, fi + 32, fo)
+
+
+def _rdiv_obj(n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Elementwise rdiv for exact-integer arrays with positive divisors."""
+    q = n // d
+    r = n - q * d
+    up = (2 * r > d) | ((2 * r == d) & ((q & 1) == 1))
+    return q + up.astype(object)
+
+
 def ring_sum_array(arrays: list[Any]) -> IntArray:
     """Z_2^64 sum of same-shape int64 arrays (numpy int64 addition wraps, as the ring does)."""
     if not arrays:

@@ -179,6 +179,44 @@ def test_reciprocal_and_inv_sqrt_arrays_match_scalar() -> None:
     assert fx.inv_sqrt_array(arr, 16, 16).tolist() == [fx.inv_sqrt_fx(v, 16, 16) for v in values]
 
 
+def naive_matmul(a: np.ndarray, w: np.ndarray) -> list[list[int]]:
+    return [[sum(int(x) * int(y) for x, y in zip(row, col)) for col in w] for row in a]
+
+
+MAGNITUDE = st.sampled_from([1, 1 << 8, 1 << 24, 1 << 40, 1 << 63])
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 6), st.integers(1, 70), st.integers(1, 5), MAGNITUDE, MAGNITUDE, st.integers(0, 2**32))
+def test_matmul_exact_equals_python_integers(m: int, k: int, n: int, amax: int, wmax: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-amax, amax, size=(m, k), endpoint=amax < (1 << 63))
+    w = rng.integers(-wmax, wmax, size=(n, k), endpoint=wmax < (1 << 63))
+    assert np.asarray(fx.matmul_exact(a, w), dtype=object).tolist() == naive_matmul(a, w)
+    want = [[fx.rescale(v, 32, 16) for v in row] for row in naive_matmul(a, w)]
+    assert fx.matmul_rescale(a, w, 32, 16).tolist() == want
+
+
+def test_matmul_exact_at_the_int64_extremes_and_batched() -> None:
+    a = np.array([[fx.INT64_MIN, fx.INT64_MAX, -1]] * 2, dtype=np.int64)
+    w = np.array([[fx.INT64_MIN, fx.INT64_MIN, fx.INT64_MIN], [fx.INT64_MAX, 1, 0]], dtype=np.int64)
+    assert np.asarray(fx.matmul_exact(a, w), dtype=object).tolist() == naive_matmul(a, w)
+    batched = np.arange(2 * 3 * 4, dtype=np.int64).reshape(2, 3, 4)
+    wt = np.arange(20, dtype=np.int64).reshape(5, 4)
+    assert fx.matmul_exact(batched, wt).shape == (2, 3, 5)
+    assert fx.matmul_exact(batched, wt)[1].tolist() == naive_matmul(batched[1], wt)
+    with pytest.raises(BadInput):
+        fx.matmul_exact(batched, wt.T)
+
+
+@settings(max_examples=40)
+@given(st.lists(st.lists(st.integers(-(1 << 40), 1 << 40), min_size=6, max_size=6), min_size=1, max_size=4), st.integers(0, 32), st.integers(0, 40))
+def test_row_op_arrays_match_row_functions(rows: list[list[int]], fi: int, fo: int) -> None:
+    arr = np.array(rows, dtype=np.int64)
+    assert fx.softmax_array(arr, fi, fo).tolist() == [fx.softmax_row(r, fi, fo) for r in rows]
+    assert fx.layernorm_array(arr, 3, fi, fo).tolist() == [fx.layernorm_row(r, 3, fi, fo) for r in rows]
+
+
 # ------------------------------------------------------------------ approximations vs float
 
 
