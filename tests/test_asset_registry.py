@@ -20,6 +20,7 @@ from collab import bls
 from collab.cli import run as collab
 from collab.errors import BadInput, NotFound, Unauthorized
 from collab.identity import Identity
+from collab.vault import Vault, key_commitment
 
 SUPPLY = 1_000_000
 ZERO = "0x" + "00" * 20
@@ -288,13 +289,14 @@ def test_cli_register_list_show(
     root, key_commitment = "0x" + "ab" * 32, "0x" + Web3.keccak(b"\x07" * 32).hex().removeprefix("0x")
     code, out, err = run_cli(
         capsys, path, "--json", "asset", "register", "--kind", "adapter", "--file", str(weights),
-        "--vault-uri", "vault://abc", "--parents", str(parent), "--royalty-bps", "250",
+        "--vault-uri", "ipfs://bafyadapter", "--parents", str(parent), "--royalty-bps", "250",
         "--commitment", root, "--key-commitment", key_commitment,
     )
     assert code == 0, err
     shown = json.loads(out)
     assert shown["content_hash"] == "0x" + hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert (shown["commitment_root"], shown["key_commitment"], shown["vault_uri"]) == (root, key_commitment, "vault://abc")
+    assert (shown["commitment_root"], shown["key_commitment"], shown["vault_uri"]) == (root, key_commitment, "ipfs://bafyadapter")
+    assert shown["in_vault"] is False
     assert (shown["kind"], shown["owner"], shown["derivative_royalty_bps"]) == ("adapter", me.address, 250)
     assert shown["parents"] == [{"id": parent, "bps": 700}]
     assert world.shares.balance_of(me.address, shown["id"]) == SUPPLY
@@ -342,3 +344,44 @@ def test_history_and_wiring(world: World, alice: LocalAccount, bob: LocalAccount
     assert world.assets.identity_address() == deployment.address("IdentityRegistry")
     assert world.assets.shares_address() == deployment.address("Shares")
     assert world.shares.has_role(world.shares.minter_role(), world.assets.address)
+
+
+def test_cli_registers_vault_blobs_with_their_key_commitment(
+    world: World, home: tuple[Path, Identity], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, me = home
+    client = world.identity.with_account(me.account)
+    client.register("cli", "human", Keys(*me.registry_keys(world.w3.eth.chain_id, client.address)))
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(bytes(range(256)) * 1000)
+    plain_hash = "0x" + hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    code, out, err = run_cli(capsys, path, "--json", "asset", "register", "--kind", "model", "--file", str(weights), "--vault")
+    assert code == 0, err
+    first = json.loads(out)
+    vault = Vault(path / "vault")
+    entry = vault.entry(first["vault_uri"])
+    blob = path / "vault" / "blobs" / entry.id
+    # The stored file is the encrypted blob: anyone serving it can check it against contentHash.
+    assert first["content_hash"] == "0x" + hashlib.sha256(blob.read_bytes()).hexdigest() == "0x" + entry.id
+    assert first["plaintext_sha256"] == plain_hash and first["in_vault"] is True
+    data_key = vault.data_key(entry.id, me.x25519_private_key)
+    assert first["key_commitment"] == "0x" + key_commitment(data_key).hex() != "0x" + "00" * 32
+
+    # The same file again, no flags: found in the vault by its plaintext hash.
+    code, out, _ = run_cli(capsys, path, "--json", "asset", "register", "--kind", "model", "--file", str(weights))
+    again = json.loads(out)
+    assert code == 0 and (again["content_hash"], again["key_commitment"], again["vault_uri"]) == (
+        first["content_hash"], first["key_commitment"], first["vault_uri"])
+
+    # Named explicitly: the file must be that entry's plaintext (or blob), and the commitment must agree.
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"something else")
+    base = ["asset", "register", "--kind", "model", "--file"]
+    assert run_cli(capsys, path, *base, str(other), "--vault-uri", first["vault_uri"])[0] == 2
+    assert run_cli(capsys, path, *base, str(weights), "--vault-uri", "vault://" + "ee" * 32)[0] == 3
+    assert run_cli(capsys, path, *base, str(weights), "--vault-uri", first["vault_uri"], "--key-commitment", "0x" + "11" * 32)[0] == 2
+    assert run_cli(capsys, path, *base, str(weights), "--vault", "--vault-uri", first["vault_uri"])[0] == 1
+    code, out, _ = run_cli(capsys, path, "--json", *base, str(blob), "--vault-uri", first["vault_uri"])
+    assert code == 0 and json.loads(out)["content_hash"] == first["content_hash"]
+    assert json.loads(out)["plaintext_sha256"] == plain_hash

@@ -1,14 +1,22 @@
 """``collab asset register|list|show``: AI assets in the on-chain AssetRegistry.
 
-``register`` commits to a file by its sha256 (the ``contentHash`` every
-verifier recomputes), optionally to its fraud-proof tensor root
+``register`` commits to the stored file by its sha256 (the ``contentHash``
+every verifier recomputes), optionally to its fraud-proof tensor root
 (``--commitment``) and to the vault key that encrypts it (``keyCommitment``,
 what a Full-access licensee checks a delivered key against).
+
+When the file is in this home's vault (put there now with ``--vault``, named
+with ``--vault-uri``, or found by its plaintext hash), the stored file is the
+encrypted blob: ``contentHash`` is the blob's sha256 (the vault id, checkable
+by anyone who serves the blob without the key), ``keyCommitment`` commits to
+its data key and ``vaultUri`` names it. Otherwise ``contentHash`` is the
+file's own sha256 and the key commitment is zero (or ``--key-commitment``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +25,8 @@ from eth_utils import is_address, to_checksum_address
 from rich.table import Table
 
 from collab.commands._common import chain_session, emit, kv_table, log, settings
-from collab.errors import BadInput, NotFound
+from collab.config import Settings
+from collab.errors import BadInput, NotFound, UsageError
 
 if TYPE_CHECKING:
     from chain.clients.asset_registry import Asset, AssetRegistryClient
@@ -75,10 +84,55 @@ def parse_parents(text: str | None) -> tuple[int, ...]:
     return tuple(parents)
 
 
+@dataclass(frozen=True)
+class StoredContent:
+    """What the registry commits to for one file."""
+
+    content_hash: bytes
+    key_commitment: bytes
+    vault_uri: str
+    plaintext_sha256: bytes
+    in_vault: bool
+
+
+def stored_content(
+    conf: Settings, path: Path, *, vault_uri: str, into_vault: bool, key_commitment: str | None
+) -> StoredContent:
+    """Hashes and vault pointers for ``path``, from this home's vault when the file is (or goes) there."""
+    from collab.vault import URI_SCHEME, Vault
+
+    file_hash = file_sha256(path)
+    explicit_commitment = parse_bytes32(key_commitment, "--key-commitment") if key_commitment is not None else None
+    entry = None
+    if into_vault:
+        if vault_uri:
+            raise UsageError("--vault stores the file and picks its URI; do not combine it with --vault-uri")
+        from collab.identity import Identity
+
+        owner = Identity.read_public(conf.home).x25519_public
+        entry = Vault(conf.vault_dir, owner=owner).put(path)
+    elif vault_uri.startswith(URI_SCHEME):
+        if not conf.vault_dir.is_dir():
+            raise NotFound(f"{vault_uri} is not in this home's vault ({conf.vault_dir} does not exist)")
+        entry = Vault(conf.vault_dir).entry(vault_uri)
+        if file_hash not in (entry.plaintext_sha256, entry.content_hash):
+            raise BadInput(f"{path} is neither the plaintext nor the blob of {vault_uri}")
+    elif not vault_uri and conf.vault_dir.is_dir():
+        entry = next((e for e in Vault(conf.vault_dir).list() if e.plaintext_sha256 == file_hash), None)
+    if entry is None:
+        return StoredContent(file_hash, explicit_commitment or bytes(32), vault_uri, file_hash, False)
+    commitment = entry.key_commitment or bytes(32)
+    if explicit_commitment is not None and explicit_commitment != commitment:
+        raise BadInput(f"--key-commitment differs from the key commitment of {entry.uri}")
+    return StoredContent(entry.content_hash, commitment, entry.uri, entry.plaintext_sha256 or file_hash, True)
+
+
 @group.command("register")
 @click.option("--kind", "kind_label", type=click.Choice(KIND_LABELS), required=True, help="Asset kind.")
 @click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The stored file; its sha256 becomes the contentHash.")
+@click.option("--vault", "into_vault", is_flag=True, default=False,
+              help="Encrypt the file into this home's vault first and register the stored blob.")
 @click.option("--vault-uri", default="", help="Where the encrypted blob lives (vault://<id>).")
 @click.option("--key-commitment", "key_commitment", default=None, metavar="0x…",
               help="keccak256 of the 32-byte vault key (what Full-access deliveries are checked against).")
@@ -88,26 +142,31 @@ def parse_parents(text: str | None) -> tuple[int, ...]:
               help="Royalty this asset takes from future derived assets (basis points).")
 @click.pass_context
 def register(
-    ctx: click.Context, kind_label: str, path: Path, vault_uri: str, key_commitment: str | None,
+    ctx: click.Context, kind_label: str, path: Path, into_vault: bool, vault_uri: str, key_commitment: str | None,
     commitment: str | None, parents: str | None, royalty_bps: int,
 ) -> None:
     """Register an asset created by this home's identity, which receives all its Shares."""
     from chain.clients.asset_registry import AssetInput, AssetKind
 
+    commitment_root = parse_bytes32(commitment, "--commitment")
+    parent_ids = parse_parents(parents)
+    registry = _registry(ctx, need_account=True)
+    stored = stored_content(settings(ctx), path, vault_uri=vault_uri, into_vault=into_vault, key_commitment=key_commitment)
     spec = AssetInput(
         kind=AssetKind.parse(kind_label),
-        content_hash=file_sha256(path),
-        commitment_root=parse_bytes32(commitment, "--commitment"),
-        key_commitment=parse_bytes32(key_commitment, "--key-commitment"),
-        vault_uri=vault_uri,
-        parents=parse_parents(parents),
+        content_hash=stored.content_hash,
+        commitment_root=commitment_root,
+        key_commitment=stored.key_commitment,
+        vault_uri=stored.vault_uri,
+        parents=parent_ids,
         derivative_royalty_bps=royalty_bps,
     )
-    registry = _registry(ctx, need_account=True)
-    log(f"registering {path.name} ({kind_label}, sha256 {spec.content_hash.hex()[:16]}…) …")
+    where = f"vault blob {stored.vault_uri}" if stored.in_vault else "plain file"
+    log(f"registering {path.name} ({kind_label}, {where}, contentHash {spec.content_hash.hex()[:16]}…) …")
     event = registry.register(spec)
     asset = registry.asset(event.asset_id)
-    data = {**asset.to_json(), "tx": event.tx.tx_hash if event.tx else None}
+    data = {**asset.to_json(), "plaintext_sha256": "0x" + stored.plaintext_sha256.hex(), "in_vault": stored.in_vault,
+            "tx": event.tx.tx_hash if event.tx else None}
     emit(ctx, data, f"registered asset {event.asset_id} ({kind_label}) owned by {event.owner}; "
                     f"{registry.share_supply():,} Shares minted to it")
 
