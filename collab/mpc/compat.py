@@ -1,0 +1,107 @@
+"""CrypTen 0.4 on torch 2.13: the import and export shims, applied once.
+
+CrypTen was written for torch 1.x. Two things broke since, and every process
+that runs CrypTen (the party processes too: they do not see pytest's conftest)
+must import this module before its first ``import crypten``:
+
+* ``crypten.nn.onnx_converter`` imports ``torch.onnx._internal.registration``,
+  which moved to ``torch.onnx._internal.torchscript_exporter.registration``;
+  we alias the old name (a no-op on a torch that still has it).
+* ``crypten.nn.from_pytorch`` calls ``torch.onnx.export``, which now defaults
+  to the dynamo exporter and needs ``onnxscript`` (not installed on purpose);
+  :func:`torchscript_onnx_export` makes ``dynamo=False`` the default while it
+  is active.
+
+It also bounds the torch.distributed timeouts CrypTen never sets (gloo's
+default is 30 minutes), so that a dead peer fails a job instead of hanging it:
+see :func:`set_collective_timeout`.
+
+This module is a leaf (layer 0): it imports only torch and the standard library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.onnx
+
+_OLD_REGISTRATION = "torch.onnx._internal.registration"
+_NEW_REGISTRATION = "torch.onnx._internal.torchscript_exporter.registration"
+
+#: Timeout applied to process-group creation and every collective/p2p op.
+_collective_timeout = datetime.timedelta(seconds=120)
+
+
+def _alias_onnx_registration() -> None:
+    """Make the pre-2.9 module path of torch's ONNX symbolic registry importable."""
+    try:
+        importlib.import_module(_OLD_REGISTRATION)
+    except ImportError:
+        sys.modules[_OLD_REGISTRATION] = importlib.import_module(_NEW_REGISTRATION)
+
+
+def _with_default_timeout(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a torch.distributed group constructor so an omitted timeout is ours."""
+    if getattr(fn, "_collab_timeout_wrapped", False):
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = _collective_timeout
+        return fn(*args, **kwargs)
+
+    wrapper._collab_timeout_wrapped = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """Bound rendezvous and every gloo send/recv/collective to ``seconds``.
+
+    CrypTen creates its process groups without a timeout, so a party whose peer
+    died would block for gloo's default 30 minutes. Call this before
+    ``crypten.init()``.
+    """
+    global _collective_timeout
+    if seconds <= 0:
+        raise ValueError("timeout must be positive")
+    _collective_timeout = datetime.timedelta(seconds=seconds)
+
+
+@contextlib.contextmanager
+def torchscript_onnx_export() -> Iterator[None]:
+    """Within the block, ``torch.onnx.export`` defaults to the TorchScript exporter.
+
+    Wrap calls to ``crypten.nn.from_pytorch`` in it; the dynamo exporter would
+    need ``onnxscript``.
+    """
+    original = torch.onnx.export
+
+    @functools.wraps(original)
+    def export(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("dynamo", False)
+        return original(*args, **kwargs)
+
+    torch.onnx.export = export  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.onnx.export = original  # type: ignore[assignment]
+
+
+def apply() -> None:
+    """Install every shim; idempotent, and run on import of this module."""
+    _alias_onnx_registration()
+    dist.init_process_group = _with_default_timeout(dist.init_process_group)
+    dist.new_group = _with_default_timeout(dist.new_group)
+
+
+apply()

@@ -1,0 +1,357 @@
+"""A BERT encoder written directly on CrypTensors, with its approximation knobs.
+
+CrypTen has no transformer, LayerNorm or GELU module and its ONNX import is
+fragile, so the encoder is spelled out here op by op. Every function takes
+either CrypTensors (the secure path) or plain float tensors (the *plaintext
+simulation*: the same approximations in float, which separates approximation
+error from fixed-point error and lets tests check the maths without parties).
+
+Who provides what (see docs/secure_inference.md):
+
+* the owner secret-shares the weights (:func:`share_weights`, ``src=owner``),
+  with public, lossless preprocessing folded in (``1/sqrt(head_dim)`` into the
+  query projection, token-type row 0 into the position table);
+* the client secret-shares its inputs (:func:`share_inputs`, ``src=client``):
+  one-hot token ids, an additive attention bias and the pooling weights
+  ``mask / length``, so the owner learns neither the tokens nor the length;
+* :func:`encode` returns the secret-shared mean-pooled embedding; only the
+  client opens it, and L2-normalises it in plaintext.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+import collab.mpc.compat  # noqa: F401  (must precede crypten)
+from collab.errors import BadInput
+from collab.mpc.model import EncoderSpec, EncoderWeights, LayerWeights, Tokens
+
+Tensor = Any  # torch.Tensor or crypten.CrypTensor: the two share the ops used here
+
+SoftmaxVariant = Literal["exact", "shifted"]
+GeluVariant = Literal["poly", "sigmoid", "tanh"]
+
+
+@dataclass(frozen=True)
+class Approximations:
+    """Every knob trading accuracy for cost in the secure encoder.
+
+    softmax
+        ``"exact"``: CrypTen's recipe, exp(x - rowmax) / sum; the row max costs
+        a tree of secure comparisons. ``"shifted"``: exp(x - softmax_shift)
+        with a public shift instead of the max: no comparisons, but relies on
+        the scores staying within ``[shift - 2**exp_iters, shift + ~5]``.
+    gelu
+        ``"poly"``: relu(x) - g(min(|x|, gelu_clip)) where g(t) = t*Phi(-t) is a
+        degree-``gelu_degree`` Chebyshev fit (one batched comparison).
+        ``"sigmoid"``: x*sigmoid(1.702x) (max error ~0.02). ``"tanh"``: the
+        tanh form of GELU over CrypTen's tanh. CrypTen's own ``erf`` is broken
+        outside [-1, 1] and is never used.
+    exp_iters
+        Squarings in exp(x) = (1 + x/2^k)^(2^k); valid for x >= -2^k.
+    reciprocal_iters
+        Newton-Raphson steps for the softmax denominator.
+    inv_sqrt_iters
+        Newton-Raphson steps for LayerNorm's 1/sqrt(var). MiniLM's variances
+        span 0.002 (embeddings) to ~130 (FFN residuals): CrypTen's default of 3
+        gives cosine 0.96-0.98 even in float, 8 gives 1.0000. Each step works
+        on one value per token, so extra steps cost rounds, not bytes.
+    layer_norm_scale
+        Public divisor putting variances into inv_sqrt's convergence range
+        (CrypTen's initial guess is good on about [0.5, 200]).
+    """
+
+    softmax: SoftmaxVariant = "exact"
+    softmax_shift: float = 6.0
+    gelu: GeluVariant = "poly"
+    gelu_degree: int = 10
+    gelu_clip: float = 4.0
+    exp_iters: int = 8
+    reciprocal_iters: int = 10
+    inv_sqrt_iters: int = 8
+    layer_norm_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.softmax not in ("exact", "shifted"):
+            raise BadInput(f"unknown softmax variant {self.softmax!r}")
+        if self.gelu not in ("poly", "sigmoid", "tanh"):
+            raise BadInput(f"unknown GELU variant {self.gelu!r}")
+        for name in ("gelu_degree", "exp_iters", "reciprocal_iters", "inv_sqrt_iters"):
+            if not 1 <= getattr(self, name) <= 32:
+                raise BadInput(f"{name} must be in [1, 32]")
+        if self.gelu_clip <= 0 or self.layer_norm_scale <= 0:
+            raise BadInput("gelu_clip and layer_norm_scale must be positive")
+
+    def with_(self, **changes: Any) -> Approximations:
+        return replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _plain(x: Tensor) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _ltz(x: Tensor) -> Tensor:
+    """1 where x < 0 else 0 (a secure comparison on CrypTensors)."""
+    return (x < 0).to(x.dtype) if _plain(x) else x._ltz()
+
+
+def _stack(xs: list[Tensor]) -> Tensor:
+    if _plain(xs[0]):
+        return torch.stack(xs)
+    import crypten
+
+    return crypten.stack(xs)
+
+
+def approx_exp(x: Tensor, iters: int) -> Tensor:
+    """exp(x) ~ (1 + x/2^iters)^(2^iters), CrypTen's limit approximation."""
+    y = x * (1.0 / 2**iters) + 1.0
+    for _ in range(iters):
+        y = y.square()
+    return y
+
+
+def approx_reciprocal(x: Tensor, iters: int) -> Tensor:
+    """1/x for x > 0 by Newton-Raphson from CrypTen's guess 3*exp(1 - 2x) + 0.003."""
+    y = approx_exp(1.0 - 2.0 * x, 8) * 3.0 + 0.003
+    for _ in range(iters):
+        y = 2.0 * y - y.square() * x
+    return y
+
+
+def approx_inv_sqrt(x: Tensor, iters: int) -> Tensor:
+    """1/sqrt(x) for x > 0 by Newton-Raphson from CrypTen's initial guess."""
+    y = approx_exp(-(x * 0.5 + 0.2), 8) * 2.2 + 0.2 - x * (1.0 / 1024)
+    for _ in range(iters):
+        y = y * (3.0 - x * y.square()) * 0.5
+    return y
+
+
+@functools.lru_cache(maxsize=16)
+def gelu_residual_coefficients(degree: int, clip: float) -> tuple[float, ...]:
+    """Monomial coefficients in u = 2t/clip - 1 of a Chebyshev fit of t*Phi(-t) on [0, clip].
+
+    In u (not t) the coefficients stay below 1 in magnitude, so their
+    fixed-point rounding does not blow up through the powers.
+    """
+    from scipy.special import ndtr
+
+    t = np.linspace(0.0, clip, 20001)
+    u = 2.0 * t / clip - 1.0
+    cheb = np.polynomial.chebyshev.chebfit(u, t * ndtr(-t), degree)
+    return tuple(float(c) for c in np.polynomial.chebyshev.cheb2poly(cheb))
+
+
+def _polyval(u: Tensor, coeffs: tuple[float, ...]) -> Tensor:
+    if _plain(u):
+        return sum(c * u**k for k, c in enumerate(coeffs))
+    return u.polynomial(list(coeffs[1:])) + coeffs[0]
+
+
+def gelu(x: Tensor, approx: Approximations) -> Tensor:
+    """GELU(x) = x * Phi(x) under the selected approximation."""
+    if approx.gelu == "sigmoid":
+        return x * (x * 1.702).sigmoid()
+    if approx.gelu == "tanh":
+        inner = (x + x.square() * x * 0.044715) * math.sqrt(2.0 / math.pi)
+        return x * 0.5 * (inner.tanh() + 1.0)
+    # GELU(x) = relu(x) - g(|x|) with g(t) = t*Phi(-t), which is < 1.3e-4 beyond t = 4.
+    clip = approx.gelu_clip
+    signs = _ltz(_stack([x, x + clip, -x + clip]))
+    neg, below, above = signs[0], signs[1], signs[2]
+    absx = x * (1.0 - 2.0 * neg)
+    in_range = 1.0 - below - above
+    t = (absx - clip) * in_range + clip  # min(|x|, clip), without a second comparison round
+    u = t * (2.0 / clip) - 1.0
+    return (x + absx) * 0.5 - _polyval(u, gelu_residual_coefficients(approx.gelu_degree, clip))
+
+
+def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float, approx: Approximations) -> Tensor:
+    """LayerNorm over the last dim, with 1/sqrt(var) by Newton-Raphson."""
+    centered = x - x.mean(-1, keepdim=True)
+    var = centered.square().mean(-1, keepdim=True)
+    s = approx.layer_norm_scale
+    inv = approx_inv_sqrt((var + eps) * (1.0 / s), approx.inv_sqrt_iters) * (1.0 / math.sqrt(s))
+    return centered * inv * w + b
+
+
+def _row_max(x: Tensor) -> Tensor:
+    if _plain(x):
+        return x.max(-1, keepdim=True)[0]
+    return x.max(-1, keepdim=True)[0]
+
+
+def softmax(scores: Tensor, bias: Tensor, approx: Approximations) -> Tensor:
+    """Softmax over the last dim of ``scores + bias``.
+
+    ``bias`` is 0 on real keys and -2^exp_iters on padding keys: then the
+    limit-exp of a padding entry is (|x|/2^k)^(2^k), i.e. zero, for any
+    |x| < 2^k, and the bias costs no multiplication.
+    """
+    logits = scores + bias
+    if approx.softmax == "exact":
+        logits = logits - _row_max(logits)
+    else:
+        logits = logits - approx.softmax_shift
+    num = approx_exp(logits, approx.exp_iters)
+    inv = approx_reciprocal(num.sum(-1, keepdim=True), approx.reciprocal_iters)
+    return num * inv
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class SharedWeights:
+    """The owner's weights as (secret-shared or plain) tensors, ready for :func:`encode`."""
+
+    word_chunks: list[Tensor]
+    pos_type: Tensor  # position[:seq_len] + token_type[0], (seq_len, d)
+    emb_ln_w: Tensor
+    emb_ln_b: Tensor
+    layers: list[LayerWeights]
+
+
+@dataclass
+class SharedInputs:
+    """The client's inputs as (secret-shared or plain) tensors."""
+
+    one_hot: Tensor  # (batch, seq, vocab)
+    attn_bias: Tensor  # (batch, 1, 1, seq): 0 on tokens, -2^exp_iters on padding
+    pool: Tensor  # (batch, seq, 1): mask / length
+
+
+VOCAB_CHUNK = 8192
+
+
+def prepare_weights(weights: EncoderWeights, spec: EncoderSpec, seq_len: int) -> dict[str, torch.Tensor]:
+    """Owner-side lossless preprocessing, flattened to name -> tensor in a fixed order."""
+    if seq_len > spec.max_positions:
+        raise BadInput(f"seq_len {seq_len} exceeds the model's {spec.max_positions} positions")
+    scale = 1.0 / math.sqrt(spec.head_dim)
+    out: dict[str, torch.Tensor] = {}
+    for i, start in enumerate(range(0, spec.vocab_size, VOCAB_CHUNK)):
+        out[f"word.{i}"] = weights.word[start : start + VOCAB_CHUNK]
+    out["pos_type"] = weights.position[:seq_len] + weights.token_type[0]
+    out["emb_ln_w"], out["emb_ln_b"] = weights.emb_ln_w, weights.emb_ln_b
+    for i, lw in enumerate(weights.layers):
+        for name, value in vars(lw).items():
+            if name in ("q_w", "q_b"):
+                value = value * scale
+            out[f"layer.{i}.{name}"] = value
+    return out
+
+
+def weight_shapes(spec: EncoderSpec, seq_len: int) -> dict[str, tuple[int, ...]]:
+    """The shapes :func:`prepare_weights` produces, known to the client from the public spec."""
+    d, f = spec.hidden, spec.intermediate
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, start in enumerate(range(0, spec.vocab_size, VOCAB_CHUNK)):
+        shapes[f"word.{i}"] = (min(VOCAB_CHUNK, spec.vocab_size - start), d)
+    shapes["pos_type"] = (seq_len, d)
+    shapes["emb_ln_w"] = shapes["emb_ln_b"] = (d,)
+    per_layer = {
+        "q_w": (d, d), "q_b": (d,), "k_w": (d, d), "k_b": (d,), "v_w": (d, d), "v_b": (d,),
+        "o_w": (d, d), "o_b": (d,), "ln1_w": (d,), "ln1_b": (d,),
+        "ff1_w": (d, f), "ff1_b": (f,), "ff2_w": (f, d), "ff2_b": (d,), "ln2_w": (d,), "ln2_b": (d,),
+    }  # fmt: skip
+    for i in range(spec.layers):
+        for name, shape in per_layer.items():
+            shapes[f"layer.{i}.{name}"] = shape
+    return shapes
+
+
+def assemble_weights(flat: dict[str, Tensor], spec: EncoderSpec) -> SharedWeights:
+    """Regroup a flat name -> tensor dict (plain or shared) into :class:`SharedWeights`."""
+    n_chunks = len([k for k in flat if k.startswith("word.")])
+    fields = list(LayerWeights.__dataclass_fields__)
+    return SharedWeights(
+        word_chunks=[flat[f"word.{i}"] for i in range(n_chunks)],
+        pos_type=flat["pos_type"],
+        emb_ln_w=flat["emb_ln_w"],
+        emb_ln_b=flat["emb_ln_b"],
+        layers=[LayerWeights(**{n: flat[f"layer.{i}.{n}"] for n in fields}) for i in range(spec.layers)],
+    )
+
+
+def prepare_inputs(tokens: Tokens, spec: EncoderSpec, approx: Approximations) -> dict[str, torch.Tensor]:
+    """Client-side encoding of its private inputs as float tensors to secret-share."""
+    ids, mask = tokens.input_ids, tokens.attention_mask.float()
+    if int(ids.max()) >= spec.vocab_size or int(ids.min()) < 0:
+        raise BadInput("token id outside the vocabulary")
+    if bool((mask.sum(1) == 0).any()):
+        raise BadInput("every sequence needs at least one token")
+    one_hot = torch.nn.functional.one_hot(ids, spec.vocab_size).float()
+    attn_bias = ((mask - 1.0) * 2.0**approx.exp_iters)[:, None, None, :]
+    pool = (mask / mask.sum(1, keepdim=True)).unsqueeze(-1)
+    return {"one_hot": one_hot, "attn_bias": attn_bias, "pool": pool}
+
+
+def input_shapes(batch: int, seq_len: int, spec: EncoderSpec) -> dict[str, tuple[int, ...]]:
+    """Shapes of :func:`prepare_inputs`' tensors: batch size and length are public."""
+    return {
+        "one_hot": (batch, seq_len, spec.vocab_size),
+        "attn_bias": (batch, 1, 1, seq_len),
+        "pool": (batch, seq_len, 1),
+    }
+
+
+def embed(inputs: SharedInputs, w: SharedWeights, spec: EncoderSpec, approx: Approximations) -> Tensor:
+    """Word lookup as one-hot @ table (chunked over the vocabulary), + positions, LayerNorm."""
+    x = None
+    for i, chunk in enumerate(w.word_chunks):
+        start = i * VOCAB_CHUNK
+        part = inputs.one_hot[:, :, start : start + chunk.shape[0]].matmul(chunk)
+        x = part if x is None else x + part
+    return layer_norm(x + w.pos_type, w.emb_ln_w, w.emb_ln_b, spec.layer_norm_eps, approx)
+
+
+def _heads(x: Tensor, spec: EncoderSpec) -> Tensor:
+    b, n, _ = x.shape
+    return x.reshape(b, n, spec.heads, spec.head_dim).transpose(1, 2)
+
+
+def attention(x: Tensor, bias: Tensor, lw: LayerWeights, spec: EncoderSpec, approx: Approximations) -> Tensor:
+    """Multi-head self-attention; the 1/sqrt(head_dim) scale is already in q_w, q_b."""
+    b, n, d = x.shape
+    q = _heads(x.matmul(lw.q_w) + lw.q_b, spec)
+    k = _heads(x.matmul(lw.k_w) + lw.k_b, spec)
+    v = _heads(x.matmul(lw.v_w) + lw.v_b, spec)
+    probs = softmax(q.matmul(k.transpose(2, 3)), bias, approx)
+    ctx = probs.matmul(v).transpose(1, 2).reshape(b, n, d)
+    return ctx.matmul(lw.o_w) + lw.o_b
+
+
+def layer(x: Tensor, bias: Tensor, lw: LayerWeights, spec: EncoderSpec, approx: Approximations) -> Tensor:
+    """One post-LN BERT layer: attention, residual + LN, GELU FFN, residual + LN."""
+    eps = spec.layer_norm_eps
+    x = layer_norm(x + attention(x, bias, lw, spec, approx), lw.ln1_w, lw.ln1_b, eps, approx)
+    h = gelu(x.matmul(lw.ff1_w) + lw.ff1_b, approx)
+    return layer_norm(x + h.matmul(lw.ff2_w) + lw.ff2_b, lw.ln2_w, lw.ln2_b, eps, approx)
+
+
+def encode(inputs: SharedInputs, w: SharedWeights, spec: EncoderSpec, approx: Approximations) -> Tensor:
+    """Mean-pooled (not yet normalised) sentence embeddings, (batch, hidden)."""
+    x = embed(inputs, w, spec, approx)
+    for lw in w.layers:
+        x = layer(x, inputs.attn_bias, lw, spec, approx)
+    return (x * inputs.pool).sum(1)
+
+
+def simulate(tokens: Tokens, weights: EncoderWeights, spec: EncoderSpec, approx: Approximations) -> torch.Tensor:
+    """The plaintext simulation: the secure encoder's maths in float, L2-normalised."""
+    flat = prepare_weights(weights, spec, tokens.seq_len)
+    ins = prepare_inputs(tokens, spec, approx)
+    inputs = SharedInputs(**ins)
+    with torch.no_grad():
+        pooled = encode(inputs, assemble_weights(flat, spec), spec, approx)
+    return torch.nn.functional.normalize(pooled, dim=-1)
