@@ -423,7 +423,8 @@ class Vault:
 
     def exists(self, entry_id: str) -> bool:
         """Whether an entry with this id is stored (its metadata, the commit point, exists)."""
-        return self._meta_path(parse_id(entry_id)).is_file() and self._blob_path(parse_id(entry_id)).is_file()
+        entry_id = parse_id(entry_id)
+        return self._meta_path(entry_id).is_file() and self._blob_path(entry_id).is_file()
 
     def entry(self, entry_id: str) -> VaultEntry:
         """The entry's metadata (NotFound if absent, BadInput if its file is malformed)."""
@@ -463,11 +464,14 @@ class Vault:
 
     def get_to_path(self, entry_id: str, data_key: bytes, dest: Path | str) -> Path:
         """Stream the plaintext into ``dest`` (atomically: written in full only once authenticated)."""
-        dest = Path(dest)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}-", suffix=".tmp")
+        dest, entry_id = Path(dest), parse_id(entry_id)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}-", suffix=".tmp")
+        except OSError as exc:
+            raise BadInput(f"cannot write {dest}: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "wb") as handle:
-                self._decrypt(parse_id(entry_id), data_key, handle.write)
+                self._decrypt(entry_id, data_key, handle.write)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, dest)
@@ -516,13 +520,9 @@ class Vault:
 
     @contextlib.contextmanager
     def _temp(self) -> Iterator[tuple[Path, BinaryIO, Any]]:
-        """A locked temp file in ``tmp/``; removed on exit unless it was linked into place."""
-        with _flock(self.root / "tmp" / ".lock", fcntl.LOCK_SH):
-            fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="w-", suffix=".tmp")
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held while the writer lives: _clean_tmp skips it
-        tmp = Path(name)
+        """A locked blob temp file in ``tmp/``; removed on exit unless it was linked into place."""
+        fd, tmp = _new_temp(self.root / "tmp", "w-")
         try:
-            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "w+b") as handle:
                 yield tmp, handle, hashlib.sha256()
         finally:
@@ -667,19 +667,33 @@ def _finish(handle: BinaryIO) -> int:
     return handle.tell()
 
 
+def _new_temp(tmp_dir: Path, prefix: str) -> tuple[int, Path]:
+    """Create a 0600 temp file and lock it for the writer's lifetime.
+
+    The lock tells :meth:`Vault._clean_tmp` the writer is alive (the kernel
+    drops it when the process dies); creating and locking happen under a
+    shared lock on ``tmp/.lock`` so a cleaner never sees an unlocked new file.
+    """
+    with _flock(tmp_dir / ".lock", fcntl.LOCK_SH):
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=prefix, suffix=".tmp")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    os.fchmod(fd, FILE_MODE)
+    return fd, Path(name)
+
+
 def _atomic_write(path: Path, text: str, tmp_dir: Path) -> None:
-    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="m-", suffix=".tmp")
+    """Replace ``path`` with ``text``: temp + fsync + rename + directory fsync."""
+    fd, tmp = _new_temp(tmp_dir, "m-")
     try:
-        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(name, path)
+        os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+            tmp.unlink()
 
 
 def _fsync_dir(path: Path) -> None:

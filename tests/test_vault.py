@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
@@ -161,6 +163,40 @@ def test_bad_arguments_are_bad_input(vault: Vault) -> None:
     assert vault.list() == []
 
 
+# --------------------------------------------------------------------- the documented format
+
+
+def _seal(key: bytes, plaintext: bytes, chunk_size: int) -> bytes:
+    """An independent implementation of the blob format in collab/vault.py's module docstring."""
+    base = os.urandom(12)
+    header = b"CVLT" + bytes([1]) + struct.pack(">I", chunk_size) + base
+    pieces = [plaintext[i : i + chunk_size] for i in range(0, len(plaintext), chunk_size)] or [b""]
+    out = [header]
+    for i, piece in enumerate(pieces):
+        nonce = (int.from_bytes(base, "big") ^ i).to_bytes(12, "big")
+        aad = header + struct.pack(">QB", i, int(i == len(pieces) - 1))
+        out.append(AESGCM(key).encrypt(nonce, piece, aad))
+    return b"".join(out)
+
+
+def test_blobs_follow_the_documented_format(vault: Vault) -> None:
+    key, data = os.urandom(32), os.urandom(300)
+    blob = _seal(key, data, SMALL_CHUNK)
+    entry = vault.import_blob(blob)
+    assert entry.id == hashlib.sha256(blob).hexdigest() and entry.plaintext_size == 300
+    assert vault.get_with_key(entry.id, key) == data == decrypt_blob(blob, key)
+
+
+def test_a_valid_blob_swapped_in_under_another_id_is_caught(vault: Vault) -> None:
+    # Someone holding the key replaces the stored file with another authentic encryption:
+    # AES-GCM accepts it, the content address does not.
+    key = os.urandom(32)
+    entry = vault.import_blob(_seal(key, b"the registered weights", SMALL_CHUNK))
+    (vault.root / "blobs" / entry.id).write_bytes(_seal(key, b"backdoored weights!!!!", SMALL_CHUNK))
+    with pytest.raises(ProtocolViolation, match=f"vault entry {entry.id} {AUTH_FAILED}"):
+        vault.get_with_key(entry.id, key)
+
+
 # --------------------------------------------------------------------- wrong keys and tampering
 
 
@@ -238,6 +274,8 @@ def test_a_wrap_for_another_key_swapped_into_metadata_is_caught_by_the_commitmen
     meta = json.loads(meta_path.read_text())
     meta["recipients"]["0x" + _pub(owner).hex()] = "0x" + wrap_key(os.urandom(32), owner.public_key()).hex()
     meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ProtocolViolation, match=AUTH_FAILED):
+        vault.data_key(entry.id, owner)  # refused before any decryption is attempted
     with pytest.raises(ProtocolViolation, match=AUTH_FAILED):
         vault.get(entry.id, owner)
 
