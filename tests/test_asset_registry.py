@@ -283,6 +283,9 @@ def test_cli_register_list_show(
 
     code, _, err = run_cli(capsys, path, "asset", "register", "--kind", "adapter", "--file", str(weights))
     assert code == 4 and "NoIdentity" in err  # keys but no Sahara ID yet
+    code, _, err = run_cli(capsys, path, "asset", "register", "--kind", "adapter", "--file", str(weights), "--vault")
+    assert code == 4 and "no active Sahara ID" in err
+    assert not (path / "vault").exists() or not list((path / "vault" / "meta").iterdir())  # nothing stored
 
     client = world.identity.with_account(me.account)
     client.register("cli", "human", Keys(*me.registry_keys(world.w3.eth.chain_id, client.address)))

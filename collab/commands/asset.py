@@ -26,7 +26,7 @@ from rich.table import Table
 
 from collab.commands._common import chain_session, emit, kv_table, log, settings
 from collab.config import Settings
-from collab.errors import BadInput, NotFound, UsageError
+from collab.errors import BadInput, NotFound, Unauthorized, UsageError
 
 if TYPE_CHECKING:
     from chain.clients.asset_registry import Asset, AssetRegistryClient
@@ -130,7 +130,7 @@ def stored_content(
 @group.command("register")
 @click.option("--kind", "kind_label", type=click.Choice(KIND_LABELS), required=True, help="Asset kind.")
 @click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The stored file; its sha256 becomes the contentHash.")
+              help="The file to register (its sha256, or its vault blob's, becomes the contentHash).")
 @click.option("--vault", "into_vault", is_flag=True, default=False,
               help="Encrypt the file into this home's vault first and register the stored blob.")
 @click.option("--vault-uri", default="", help="Where the encrypted blob lives (vault://<id>).")
@@ -151,6 +151,8 @@ def register(
     commitment_root = parse_bytes32(commitment, "--commitment")
     parent_ids = parse_parents(parents)
     registry = _registry(ctx, need_account=True)
+    if into_vault:
+        _require_identity(ctx)  # before encrypting a copy that would otherwise be left unregistered
     stored = stored_content(settings(ctx), path, vault_uri=vault_uri, into_vault=into_vault, key_commitment=key_commitment)
     spec = AssetInput(
         kind=AssetKind.parse(kind_label),
@@ -195,6 +197,18 @@ def show(ctx: click.Context, asset_id: int) -> None:
     human = dict(data)
     human["parents"] = ", ".join(f"{p['id']} ({p['bps']} bps)" for p in data["parents"]) or "none"
     emit(ctx, data, kv_table(human, title=f"asset {asset_id}"))
+
+
+def _require_identity(ctx: click.Context) -> None:
+    """NoIdentity-style failure before any side effect, when this home has no active Sahara ID."""
+    from chain.clients.identity_registry import IdentityRegistryClient
+
+    session = chain_session(ctx, need_account=True)
+    identities = session.client(IdentityRegistryClient)
+    assert session.account is not None
+    identity_id = identities.id_of(session.account.address)
+    if identity_id == 0 or not identities.is_active(identity_id):
+        raise Unauthorized(f"{session.account.address} has no active Sahara ID", hint="register with `collab id register`")
 
 
 def _owner(ctx: click.Context, owner: str | None) -> str | None:
