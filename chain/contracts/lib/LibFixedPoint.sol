@@ -138,17 +138,29 @@ library LibFixedPoint {
         int256 n = t >> 32;
         int256 r = t - (n << 32);
         int256 p = 5676;
-        p = rshift(p * r, 32) + 65510;
-        p = rshift(p * r, 32) + 661577;
-        p = rshift(p * r, 32) + 5726720;
-        p = rshift(p * r, 32) + 41309550;
-        p = rshift(p * r, 32) + 238388332;
-        p = rshift(p * r, 32) + 1031764991;
-        p = rshift(p * r, 32) + 2977044472;
-        p = rshift(p * r, 32) + 4294967296;
+        p = _horner(p, r, 65510);
+        p = _horner(p, r, 661577);
+        p = _horner(p, r, 5726720);
+        p = _horner(p, r, 41309550);
+        p = _horner(p, r, 238388332);
+        p = _horner(p, r, 1031764991);
+        p = _horner(p, r, 2977044472);
+        p = _horner(p, r, 4294967296);
         int256 s = n + int256(fo) - 32;
         if (s >= 0) return rescale(p, 0, uint256(s));
         return rshift(p, uint256(-s));
+    }
+
+    /// @dev rshift(p * r, 32) + c for 0 <= p < 2^35 and 0 <= r < 2^32 (one Horner step of `exp`);
+    /// the bounds make the unchecked arithmetic exact.
+    function _horner(int256 p, int256 r, int256 c) private pure returns (int256 q) {
+        unchecked {
+            int256 v = p * r;
+            q = v >> 32;
+            int256 rem = v & 0xffffffff;
+            if (rem > 0x80000000 || (rem == 0x80000000 && (q & 1) != 0)) q += 1;
+            q += c;
+        }
     }
 
     /// @notice GELU (tanh form) with tanh from `exp` and one exact division.
