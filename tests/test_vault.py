@@ -23,6 +23,8 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
 
+from chain.deployment import Deployment
+
 from collab.config import Settings
 from collab.errors import BadInput, NotFound, ProtocolViolation, Unauthorized
 from collab.identity import Identity
@@ -566,3 +568,51 @@ def test_stale_partial_files_are_ignored_and_cleaned(vault: Vault, owner: X25519
     assert [p.name for p in (vault.root / "tmp").iterdir()] == [".lock"]
     assert reopened.import_blob(orphan_blob).id == orphan.id  # the orphan is completed, not clobbered
     assert reopened.get(entry.id, owner) == b"kept"
+
+
+# --------------------------------------------------------------------- the Full-access flow on the real contracts
+
+
+def test_full_access_delivery_through_the_deployed_contracts(
+    tmp_path: Path, w3: Web3, deployment: Deployment, chain_snapshot: str
+) -> None:
+    """Owner registers a vault entry as an asset, the licensee buys, the owner posts the wrap for the
+    licensee's registered X25519 key, and the licensee decrypts the blob it fetched by contentHash."""
+    from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
+    from chain.clients.identity_registry import IdentityRegistryClient, Keys, Role
+    from chain.clients.licensing import LicenseKind, LicensingClient, Terms
+
+    people = {}
+    for name in ("vault-owner", "vault-licensee"):
+        ident = Identity.create(tmp_path / name, "pw", scrypt_n=2**4)
+        w3.provider.make_request("anvil_setBalance", [ident.address, hex(10**22)])  # type: ignore[arg-type]
+        registry = IdentityRegistryClient.from_deployment(deployment, w3, ident.account)
+        registry.register(name, Role.HUMAN, Keys(*ident.registry_keys(int(w3.eth.chain_id), registry.address)))
+        people[name] = ident
+    alice, bob = people["vault-owner"], people["vault-licensee"]
+
+    model = os.urandom(4096)
+    owner_vault = Vault(tmp_path / "vault-owner" / "vault", owner=alice.x25519_public)
+    entry = owner_vault.put(model, chunk_size=1024)
+    assert entry.key_commitment is not None
+    asset_id = AssetRegistryClient.from_deployment(deployment, w3, alice.account).register(
+        AssetInput(AssetKind.MODEL, entry.content_hash, key_commitment=entry.key_commitment, vault_uri=entry.uri)
+    ).asset_id
+
+    price = 10**16
+    seller, buyer = (LicensingClient.from_deployment(deployment, w3, p.account) for p in (alice, bob))
+    offer_id = seller.offer(asset_id, LicenseKind.FULL_ACCESS, Terms(price=price)).offer_id
+    license_id = buyer.buy(offer_id, price).license_id
+    recipient = seller.license(license_id).recipient_key
+    assert recipient == bob.x25519_public  # the key registered for the licensee's Sahara ID
+    seller.deliver_key(license_id, owner_vault.add_recipient(entry.id, alice.x25519_private_key, recipient))
+
+    # The licensee's side: only chain data and the blob server's bytes.
+    asset = AssetRegistryClient.from_deployment(deployment, w3, bob.account).asset(asset_id)
+    data_key = unwrap_delivered_key(buyer.wrapped_key(license_id), bob.x25519_private_key, asset.key_commitment)
+    licensee_vault = Vault(tmp_path / "vault-licensee" / "vault", owner=bob.x25519_public)
+    fetched = licensee_vault.import_blob(owner_vault.export(parse_id(asset.vault_uri)), expected_id=asset.content_hash.hex())
+    assert licensee_vault.get_with_key(fetched.id, data_key) == model
+    # A blob server that serves other bytes is caught against the on-chain contentHash.
+    with pytest.raises(ProtocolViolation, match="not the expected"):
+        licensee_vault.import_blob(owner_vault.export(owner_vault.put(model).id), expected_id=asset.content_hash.hex())
