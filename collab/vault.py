@@ -256,7 +256,6 @@ def _decrypt_stream(
 
 def decrypt_blob(blob: bytes, data_key: bytes) -> bytes:
     """Decrypt a blob held in memory (e.g. fetched from a blob server); ProtocolViolation if it fails."""
-
     out = bytearray()
     try:
         _decrypt_stream(io.BytesIO(blob), len(blob), data_key, out.extend, lambda _: None)
@@ -387,6 +386,10 @@ class Vault:
         ``wrapped_keys`` maps recipient X25519 public keys to their wraps.
         """
         want = parse_id(expected_id) if expected_id is not None else None
+        wraps = {_public_bytes(k): bytes(v) for k, v in (wrapped_keys or {}).items()}
+        for pub, wrap in wraps.items():
+            if len(wrap) != WRAP_SIZE or wrap[0] != WRAP_VERSION:
+                raise BadInput(f"wrapped key for 0x{pub.hex()} is malformed ({len(wrap)} bytes)")
         name = str(blob) if isinstance(blob, Path) else "blob"
         with _open_source(blob) as source, self._temp() as (tmp, handle, cipher_hash):
             while block := source.read(_IO_BLOCK):
@@ -395,21 +398,16 @@ class Vault:
             handle.seek(0)
             try:
                 layout = _Layout.parse(handle.read(HEADER.size), size)
-            except (ValueError, struct.error) as exc:
+            except ValueError as exc:
                 raise BadInput(f"cannot import {name}: {exc}") from None
             entry_id = cipher_hash.hexdigest()
             if want is not None and want != entry_id:
                 raise ProtocolViolation(f"blob hashes to {entry_id}, not the expected {want}")
             self._commit_blob(tmp, entry_id)
-        wraps = {_public_bytes(k): bytes(v) for k, v in (wrapped_keys or {}).items()}
-        for pub, wrap in wraps.items():
-            if len(wrap) != WRAP_SIZE or wrap[0] != WRAP_VERSION:
-                raise BadInput(f"wrapped key for 0x{pub.hex()} is malformed ({len(wrap)} bytes)")
-        meta = {
+        return self._merge_meta(entry_id, {
             "size": size, "plaintext_size": layout.plaintext_size, "chunk_size": layout.chunk_size,
             "plaintext_sha256": None, "key_commitment": None, "recipients": wraps,
-        }
-        return self._merge_meta(entry_id, meta)
+        })
 
     def add_recipient(self, entry_id: str, owner_private: PrivateKeyLike, recipient: PublicKeyLike) -> bytes:
         """Wrap an entry's key for one more recipient; returns the wrap (what a key delivery posts)."""
@@ -511,7 +509,7 @@ class Vault:
                 _decrypt_stream(stream, os.fstat(stream.fileno()).st_size, data_key, sink, digest.update)
         except FileNotFoundError:
             raise NotFound(f"vault entry {entry_id} has metadata but no blob at {path}") from None
-        except (ValueError, struct.error, InvalidTag):
+        except (ValueError, InvalidTag):
             raise _auth_failure(entry_id) from None
         if digest.hexdigest() != entry_id:
             raise _auth_failure(entry_id)

@@ -404,6 +404,14 @@ def test_import_of_garbage_is_bad_input(vault: Vault) -> None:
     assert vault.list() == []
 
 
+def test_import_with_a_malformed_wrap_stores_nothing(vault: Vault, tmp_path: Path) -> None:
+    blob = vault.export(vault.put(b"model").id)
+    other = Vault(tmp_path / "other")
+    with pytest.raises(BadInput, match="wrapped key for 0x.* is malformed"):
+        other.import_blob(blob, wrapped_keys={os.urandom(32): b"\x01" * 10})
+    assert other.list() == [] and list((other.root / "blobs").iterdir()) == []
+
+
 def test_same_plaintext_twice_gives_two_independent_entries(vault: Vault, owner: X25519PrivateKey) -> None:
     # Fresh key and nonce per put: the id never reveals that two files are equal.
     first, second = vault.put(b"same"), vault.put(b"same")
@@ -616,3 +624,4 @@ def test_full_access_delivery_through_the_deployed_contracts(
     # A blob server that serves other bytes is caught against the on-chain contentHash.
     with pytest.raises(ProtocolViolation, match="not the expected"):
         licensee_vault.import_blob(owner_vault.export(owner_vault.put(model).id), expected_id=asset.content_hash.hex())
+
