@@ -20,12 +20,12 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from chain.anvil import DEFAULT_PORT, AnvilProcess, dev_account, is_anvil_pid, pid_alive, rpc_answers, terminate_pid
-from chain.client import connect, default_artifacts, rpc_guard
+from chain.anvil import CHAIN_ID, DEFAULT_PORT, AnvilProcess, dev_account, is_anvil_pid, pid_alive, rpc_answers, terminate_pid
+from chain.client import AbiRegistry, connect, default_artifacts, rpc_guard, send_transaction
 from chain.deploy import deploy_all
 from chain.deployment import Deployment
 from collab.config import Settings
-from collab.errors import BadInput, CollabError
+from collab.errors import BadInput, CollabError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +186,30 @@ def deploy_to(
     )
     deployment.save(settings.deployment_path)
     return deployment
+
+
+def fund(settings: Settings, address: str, wei: int, *, funder_index: int = 0) -> dict[str, Any]:
+    """Send ``wei`` to ``address`` from an anvil development account (local dev chains only).
+
+    New identities need ETH for the admission stake and gas; on the embedded
+    chain the dev accounts hold it. A real transfer (not ``anvil_setBalance``)
+    keeps the chain's accounting honest and works on any anvil-compatible node.
+    """
+    if wei <= 0:
+        raise BadInput(f"the amount must be positive, got {wei} wei")
+    if not Web3.is_address(address):
+        raise BadInput(f"{address!r} is not an address")
+    record = running_chain(settings)
+    deployment = _load_if_present(settings.deployment_path)
+    rpc_url = settings.rpc_url or (str(record["rpc_url"]) if record else None) or (deployment.rpc_url if deployment else None)
+    if rpc_url is None:
+        raise Unavailable("no chain is known for this home", hint="run `collab chain up`")
+    w3 = connect(rpc_url)
+    funder = dev_account(funder_index)
+    with rpc_guard(w3):
+        if int(w3.eth.chain_id) != CHAIN_ID or w3.eth.get_balance(funder.address) < wei:
+            raise BadInput(f"{rpc_url} is not a local development chain with funded dev accounts", hint="fund the account from a wallet instead")
+    result = send_transaction(w3, funder, {"to": Web3.to_checksum_address(address), "value": wei}, AbiRegistry([]))
+    with rpc_guard(w3):
+        balance = int(w3.eth.get_balance(Web3.to_checksum_address(address)))
+    return {"address": Web3.to_checksum_address(address), "amount_wei": wei, "balance_wei": balance, "tx_hash": result.tx_hash, "rpc_url": rpc_url}

@@ -24,7 +24,7 @@ from chain.compiler import Artifact, compile_contracts
 from chain.deploy import CONTRACT_ORDER, DEFAULT_PARAMS, DEMO_PARAMS, ZERO_ADDRESS, Governance, deploy_all, param_key, resolve_params
 from chain.deployment import Deployment
 from chain.errors import CompilationError, ContractRevert, DeploymentMismatch, revert_class
-from chain.node import chain_down, chain_status, chain_up
+from chain.node import chain_down, chain_status, chain_up, fund
 from collab.config import Settings
 from collab.errors import BadInput, ChainUnavailable, NotFound, ProtocolViolation, Unauthorized, Unavailable
 
@@ -502,10 +502,29 @@ def test_cli_chain_deploy_from_the_home_identity(tmp_path: Path, anvil: AnvilPro
     try:
         broke = _cli("--home", str(home), "chain", "deploy", "--rpc", anvil.rpc_url, env={"COLLAB_PASSPHRASE": "pw"})
         assert broke.returncode == 2 and "no funds" in broke.stderr
-        w3.provider.make_request("anvil_setBalance", [me, hex(10**20)])  # type: ignore[arg-type]
+        env = {"COLLAB_PASSPHRASE": "pw", "COLLAB_RPC_URL": anvil.rpc_url}
+        funded = _cli("--home", str(home), "--json", "chain", "fund", "--amount", "100", env=env)
+        assert funded.returncode == 0, funded.stderr
+        assert json.loads(funded.stdout)["balance_wei"] == w3.eth.get_balance(me) == 100 * 10**18
         done = _cli("--home", str(home), "--json", "chain", "deploy", "--rpc", anvil.rpc_url, env={"COLLAB_PASSPHRASE": "pw"})
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["deployer"] == me
         assert Deployment.load(home / "deployment.json").rpc_url == anvil.rpc_url
     finally:
         w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
+
+
+def test_fund_sends_dev_ether_only_on_a_local_dev_chain(tmp_path: Path, anvil: AnvilProcess, accounts: list[LocalAccount], w3: Web3, chain_snapshot: str) -> None:
+    conf = Settings.resolve(home=tmp_path / "home", env={"COLLAB_RPC_URL": anvil.rpc_url})
+    target = "0x" + "42" * 20
+    sent = fund(conf, target, 3 * 10**18)
+    assert sent["balance_wei"] == w3.eth.get_balance(Web3.to_checksum_address(target)) == 3 * 10**18
+    with pytest.raises(BadInput):
+        fund(conf, target, 0)
+    with pytest.raises(BadInput, match="not an address"):
+        fund(conf, "0x1234", 1)
+    with pytest.raises(Unavailable, match="no chain"):
+        fund(Settings.resolve(home=tmp_path / "nothing", env={}), target, 1)
+    with AnvilProcess(extra_args=["--mnemonic-random"]) as other:  # dev account 0 holds nothing there
+        with pytest.raises(BadInput, match="not a local development chain"):
+            fund(Settings.resolve(home=tmp_path / "other", env={"COLLAB_RPC_URL": other.rpc_url}), target, 1)

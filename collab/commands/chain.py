@@ -139,3 +139,26 @@ def deploy(
     data = {**_deployment_view(deployment), "deployment_path": str(conf.deployment_path), "deployer": account.address}
     emit(ctx, data, f"deployed to {rpc_url} (chain {deployment.chain_id}) from {account.address}\n"
                     f"deployment: {conf.deployment_path}\n{_contracts_text(data['contracts'])}")
+
+
+@group.command("fund")
+@click.argument("address", required=False)
+@click.option("--amount", default="10", show_default=True, help="ETH to send.")
+@click.pass_context
+def fund_account(ctx: click.Context, address: str | None, amount: str) -> None:
+    """Send ETH from an anvil dev account to ADDRESS (default: this home's identity). Local chains only."""
+    from decimal import Decimal, InvalidOperation
+
+    from chain.node import fund
+
+    conf = settings(ctx)
+    if address is None:
+        from collab.identity import Identity
+
+        address = Identity.read_public(conf.home).address
+    try:
+        wei = int(Decimal(amount) * 10**18)
+    except InvalidOperation:
+        raise BadInput(f"--amount {amount!r} is not a number of ETH") from None
+    data = fund(conf, address, wei)
+    emit(ctx, data, f"sent {amount} ETH to {data['address']} (balance now {Decimal(data['balance_wei']) / 10**18} ETH)")
