@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -59,7 +60,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -88,6 +89,7 @@ FILE_MODE = 0o600
 _IO_BLOCK = 1 << 20
 
 PrivateKeyLike = X25519PrivateKey | bytes
+_T = TypeVar("_T")
 PublicKeyLike = X25519PublicKey | bytes
 
 
@@ -323,6 +325,19 @@ def parse_id(ref: str) -> str:
     return text
 
 
+def _storage_errors(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Report an OS failure (disk full, permissions) as BadInput naming the vault, never a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: Vault, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise BadInput(f"vault {self.root}: {exc.strerror or exc} ({exc.filename or 'i/o'})") from None
+
+    return wrapper
+
+
 class Vault:
     """A home's encrypted store. ``owner`` (an X25519 public key) is a recipient of every put."""
 
@@ -336,6 +351,7 @@ class Vault:
 
     # ------------------------------------------------------------- writing
 
+    @_storage_errors
     def put(
         self, data: bytes | bytearray | memoryview | Path, *, recipients: list[PublicKeyLike] | tuple[PublicKeyLike, ...] = (),
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -376,6 +392,7 @@ class Vault:
             "recipients": {pub: wrap_key(data_key, pub) for pub in publics},
         })
 
+    @_storage_errors
     def import_blob(
         self, blob: bytes | Path, *, expected_id: str | None = None, wrapped_keys: dict[bytes, bytes] | None = None
     ) -> VaultEntry:
@@ -409,6 +426,7 @@ class Vault:
             "plaintext_sha256": None, "key_commitment": None, "recipients": wraps,
         })
 
+    @_storage_errors
     def add_recipient(self, entry_id: str, owner_private: PrivateKeyLike, recipient: PublicKeyLike) -> bytes:
         """Wrap an entry's key for one more recipient; returns the wrap (what a key delivery posts)."""
         entry_id = parse_id(entry_id)
@@ -428,6 +446,7 @@ class Vault:
         """The entry's metadata (NotFound if absent, BadInput if its file is malformed)."""
         return _entry_from(self._read_meta(parse_id(entry_id)))
 
+    @_storage_errors
     def list(self) -> list[VaultEntry]:
         """Every entry, oldest first (temp files and half-written entries are not entries)."""
         entries = [self.entry(p.stem) for p in (self.root / "meta").glob("*.json") if _is_id(p.stem)]
@@ -454,12 +473,14 @@ class Vault:
         entry_id = parse_id(entry_id)
         return self.get_with_key(entry_id, self.data_key(entry_id, private_key))
 
+    @_storage_errors
     def get_with_key(self, entry_id: str, data_key: bytes) -> bytes:
         """The plaintext, given the data key itself (e.g. one delivered on-chain)."""
         out = bytearray()
         self._decrypt(parse_id(entry_id), data_key, out.extend)
         return bytes(out)
 
+    @_storage_errors
     def get_to_path(self, entry_id: str, data_key: bytes, dest: Path | str) -> Path:
         """Stream the plaintext into ``dest`` (atomically: written in full only once authenticated)."""
         dest, entry_id = Path(dest), parse_id(entry_id)
@@ -478,6 +499,7 @@ class Vault:
                 os.unlink(tmp)
         return dest
 
+    @_storage_errors
     def export(self, entry_id: str) -> bytes:
         """The stored ciphertext blob (what a blob server serves), checked against its id."""
         entry_id = parse_id(entry_id)

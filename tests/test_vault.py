@@ -464,6 +464,16 @@ def test_malformed_metadata_is_bad_input_naming_the_file(
         vault.list()
 
 
+
+def test_storage_failures_are_bad_input_and_leave_no_temp_file(vault: Vault, tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="cannot read"):
+        vault.put(tmp_path)  # a directory
+    (vault.root / "blobs").rmdir()
+    (vault.root / "blobs").write_text("not a directory")
+    with pytest.raises(BadInput, match=f"vault {vault.root}: Not a directory"):
+        vault.put(b"model")
+    assert [p.name for p in (vault.root / "tmp").iterdir()] == [".lock"] and vault.list() == []
+
 # --------------------------------------------------------------------- concurrency
 
 
