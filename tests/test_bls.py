@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from eth_account.signers.local import LocalAccount
 from py_ecc.optimized_bls12_381 import G1, add, curve_order, field_modulus, multiply, neg
@@ -74,7 +76,7 @@ def test_g2_encoding_round_trips(alice: int) -> None:
         lambda p: p[:127] + bytes([p[127] ^ 1]),  # off the curve
     ],
 )
-def test_malformed_g1_points_are_rejected(alice: int, mutate) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_g1_points_are_rejected(alice: int, mutate: Callable[[bytes], bytes]) -> None:
     with pytest.raises(BadInput):
         bls.decode_g1(mutate(bls.sk_to_pk(alice)))
 
