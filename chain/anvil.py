@@ -86,13 +86,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def is_anvil_pid(pid: int) -> bool:
-    """Guard against pid reuse: only signal a process that really is anvil."""
+def is_anvil_pid(pid: int, port: int | None = None) -> bool:
+    """Guard against pid reuse: only signal a process that really is anvil (on ``port``, if given)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"anvil" in cmdline.split(b"\0", 1)[0]
+    if b"anvil" not in args[0]:
+        return False
+    if port is None:
+        return True
+    return any(a == b"--port" and i + 1 < len(args) and args[i + 1] == str(port).encode() for i, a in enumerate(args))
 
 
 def terminate_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:

@@ -42,10 +42,10 @@ def running_chain(settings: Settings) -> dict[str, Any] | None:
     path = _run_file(settings)
     try:
         record: dict[str, Any] = json.loads(path.read_text())
-        pid = int(record["pid"])
+        pid, port = int(record["pid"]), int(record["port"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if pid_alive(pid) and is_anvil_pid(pid):
+    if pid_alive(pid) and is_anvil_pid(pid, port):
         return record
     path.unlink(missing_ok=True)
     return None

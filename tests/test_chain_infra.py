@@ -140,6 +140,20 @@ def test_missing_toolchain_says_to_run_make_setup(monkeypatch: pytest.MonkeyPatc
         compile_contracts(source_root=FIXTURE_CONTRACTS, build_dir=tmp_path / "build", force=True)
 
 
+def test_stale_run_record_is_ignored_and_foreign_processes_are_never_signalled(tmp_path: Path, anvil: AnvilProcess) -> None:
+    conf = _settings(tmp_path / "home")
+    conf.ensure_dir(conf.chain_dir)
+    run_file = conf.chain_dir / "anvil.json"
+    # The session's anvil is alive but is not this home's chain (other port): never touch it.
+    run_file.write_text(json.dumps({"pid": anvil.pid, "port": anvil.port + 1, "rpc_url": "http://127.0.0.1:1"}))
+    assert chain_down(conf)["stopped"] is False
+    assert not run_file.exists() and rpc_answers(anvil.rpc_url)
+    run_file.write_text(json.dumps({"pid": os.getpid(), "port": 1, "rpc_url": "http://127.0.0.1:1"}))  # not anvil at all
+    assert chain_status(conf)["embedded"] is False
+    run_file.write_text("{garbage")
+    assert chain_down(conf)["stopped"] is False
+
+
 def test_anvil_refuses_a_port_already_serving(anvil: AnvilProcess) -> None:
     with pytest.raises(Exception, match="already serving"):
         AnvilProcess(port=anvil.port).start()
