@@ -53,7 +53,7 @@ from chain.deploy import DEMO_PARAMS
 from chain.deployment import Deployment
 from chain.errors import ContractRevert
 from collab.config import Settings
-from collab.errors import CollabError, InternalError, NotFound
+from collab.errors import BadInput, CollabError, InternalError, NotFound
 from collab.identity import Identity
 from collab.metering import CallReceipt, check_progress, request_hash, sign_call_receipt, verify_call_receipt
 
@@ -142,9 +142,10 @@ class Demo:
     def __init__(self, options: DemoOptions, console: Console | None = None) -> None:
         self.options = options
         self.console = console or Console(stderr=True, highlight=False)
+        explicit_report = _writable(options.report_path) if options.report_path else None  # fail before creating anything
         self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="collab-demo-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.report_path = options.report_path or self.workdir / "demo-report.json"
+        self.report_path = explicit_report or self.workdir / "demo-report.json"
         self.chain_settings = Settings.resolve(home=self.workdir / "chain-home", env={})
         self.passphrase = secrets.token_urlsafe(16)
         self.phases: dict[str, Phase] = {name: Phase(name) for name in PHASES}
@@ -192,6 +193,9 @@ class Demo:
                 step(phase)
             except CollabError as exc:
                 phase.ok, phase.error, self.error = False, str(exc), exc
+            except Exception as exc:  # noqa: BLE001 - a bug still gets a report and a stopped chain
+                self.error = InternalError(f"{type(exc).__name__}: {exc}")
+                phase.ok, phase.error = False, str(self.error)
             finally:
                 phase.seconds = time.monotonic() - started
         mark = "[green]✓[/green]" if phase.ok else "[red]✗[/red]"
@@ -507,6 +511,18 @@ def _facts_line(name: str, entry: dict[str, Any]) -> str:
         claims = ", ".join(f"{k} {_eth(v)}" for k, v in entry["claimed_wei"].items())
         return f"paid {_eth(entry['total_paid_wei'])}; claimed: {claims}; dust {entry['unclaimed_dust_wei']} wei"
     return ""
+
+
+def _writable(path: Path) -> Path:
+    """``path`` if the report can be written there (checked before any chain starts), else BadInput."""
+    path = Path(path).expanduser().resolve()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise BadInput(f"cannot write the demo report to {path}: {exc.strerror}") from None
+    return path
 
 
 def model_weights_file() -> Path:

@@ -142,3 +142,17 @@ def test_progress_on_stderr_report_on_stdout(demo: tuple[dict[str, Any], subproc
     proc = demo[1]
     assert "identities" in proc.stderr and "revenue_claimed" in proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 1
+
+
+def test_unwritable_report_path_fails_before_any_chain(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    command = [str(COLLAB)] if COLLAB.exists() else [sys.executable, "-m", "collab"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.run([*command, "demo", "--quick", "--report", str(blocker / "report.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write the demo report to {blocker / 'report.json'}")
+    assert "starting anvil" not in proc.stderr
+    assert proc.stdout == ""
