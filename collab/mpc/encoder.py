@@ -34,7 +34,7 @@ from collab.mpc.model import EncoderSpec, EncoderWeights, LayerWeights, Tokens
 
 Tensor = Any  # torch.Tensor or crypten.CrypTensor: the two share the ops used here
 
-SoftmaxVariant = Literal["exact", "shifted"]
+SoftmaxVariant = Literal["exact"]
 GeluVariant = Literal["poly", "sigmoid", "tanh"]
 
 
@@ -44,9 +44,9 @@ class Approximations:
 
     softmax
         ``"exact"``: CrypTen's recipe, exp(x - rowmax) / sum; the row max costs
-        a tree of secure comparisons. ``"shifted"``: exp(x - softmax_shift)
-        with a public shift instead of the max: no comparisons, but relies on
-        the scores staying within ``[shift - 2**exp_iters, shift + ~5]``.
+        a tree of secure comparisons. A max-free variant (a public shift) is
+        not offered: MiniLM's layer-0 row maxima span 0.1 to 40.7 and its
+        scores reach -70, beyond any single shift's safe range.
     gelu
         ``"poly"``: relu(x) - g(min(|x|, gelu_clip)) where g(t) = t*Phi(-t) is a
         degree-``gelu_degree`` Chebyshev fit (one batched comparison).
@@ -68,7 +68,6 @@ class Approximations:
     """
 
     softmax: SoftmaxVariant = "exact"
-    softmax_shift: float = 6.0
     gelu: GeluVariant = "poly"
     gelu_degree: int = 10
     gelu_clip: float = 4.0
@@ -78,7 +77,7 @@ class Approximations:
     layer_norm_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.softmax not in ("exact", "shifted"):
+        if self.softmax != "exact":
             raise BadInput(f"unknown softmax variant {self.softmax!r}")
         if self.gelu not in ("poly", "sigmoid", "tanh"):
             raise BadInput(f"unknown GELU variant {self.gelu!r}")
@@ -185,8 +184,7 @@ def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float, approx: Approximatio
 
 
 def _row_max(x: Tensor) -> Tensor:
-    if _plain(x):
-        return x.max(-1, keepdim=True)[0]
+    """Max over the last dim (CrypTen: a log-depth tree of secure comparisons)."""
     return x.max(-1, keepdim=True)[0]
 
 
@@ -198,10 +196,7 @@ def softmax(scores: Tensor, bias: Tensor, approx: Approximations) -> Tensor:
     |x| < 2^k, and the bias costs no multiplication.
     """
     logits = scores + bias
-    if approx.softmax == "exact":
-        logits = logits - _row_max(logits)
-    else:
-        logits = logits - approx.softmax_shift
+    logits = logits - _row_max(logits)
     num = approx_exp(logits, approx.exp_iters)
     inv = approx_reciprocal(num.sum(-1, keepdim=True), approx.reciprocal_iters)
     return num * inv
