@@ -46,6 +46,7 @@ live writes are never touched).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import functools
@@ -57,7 +58,7 @@ import secrets
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar
@@ -67,7 +68,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 from collab.config import ensure_private_dir
 from collab.errors import BadInput, NotFound, ProtocolViolation, Unauthorized
@@ -353,7 +354,7 @@ class Vault:
 
     @_storage_errors
     def put(
-        self, data: bytes | bytearray | memoryview | Path, *, recipients: list[PublicKeyLike] | tuple[PublicKeyLike, ...] = (),
+        self, data: bytes | bytearray | memoryview | Path, *, recipients: Sequence[PublicKeyLike] = (),
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> VaultEntry:
         """Encrypt ``data`` (bytes, or a file streamed from disk) under a fresh key and store it.
@@ -447,7 +448,7 @@ class Vault:
         return _entry_from(self._read_meta(parse_id(entry_id)))
 
     @_storage_errors
-    def list(self) -> list[VaultEntry]:
+    def list(self) -> builtins.list[VaultEntry]:  # builtins: the method shadows `list` here
         """Every entry, oldest first (temp files and half-written entries are not entries)."""
         entries = [self.entry(p.stem) for p in (self.root / "meta").glob("*.json") if _is_id(p.stem)]
         return sorted(entries, key=lambda e: (e.created, e.id))
@@ -567,7 +568,7 @@ class Vault:
         """Create or update ``meta/<id>.json`` under the vault lock; recipients are merged."""
         with _flock(self.root / ".lock", fcntl.LOCK_EX):
             path = self._meta_path(entry_id)
-            meta = self._read_meta(entry_id) if path.exists() else {"created": time.time(), "recipients": {}}
+            meta: dict[str, Any] = self._read_meta(entry_id) if path.exists() else {"created": time.time(), "recipients": {}}
             for field in ("size", "plaintext_size", "chunk_size"):
                 if field in update:
                     meta[field] = update[field]
