@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,7 @@ from web3 import Web3
 
 from chain.clients.identity_registry import IdentityRegistryClient, Keys
 from chain.deployment import Deployment
+from chain.paths import NODE_MODULES
 from chain.errors import revert_class
 from collab import bls
 from collab.errors import BadInput
@@ -180,3 +182,13 @@ def test_python_and_chain_reject_the_same_proof_of_possession(
     assert not python_ok
     with pytest.raises(revert_class("InvalidProofOfPossession")):
         registry.register("replayer", "human", keys)
+
+
+def test_solady_hash_to_curve_uses_the_g2basic_dst() -> None:
+    """BLS.hashToG2 builds its DST from two string literals; together they must be G2Basic's."""
+    source = (NODE_MODULES / "solady" / "src" / "utils" / "ext" / "ithaca" / "BLS.sol").read_text()
+    body = source[source.index("function dstPrime") :]
+    first, second = re.findall(r'"([^"]+)"\)', body)[:2]
+    dst_prime = (first + second).encode().decode("unicode_escape").encode("latin-1")
+    assert dst_prime[:-1] == bls.DST == b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_NUL_"
+    assert dst_prime[-1] == len(bls.DST)  # the I2OSP(len(DST), 1) suffix of DST_prime
