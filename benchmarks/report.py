@@ -82,6 +82,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2)
         handle.write("\n")
+    os.chmod(tmp, 0o644)  # results are published, not secret (mkstemp creates 0600)
     os.replace(tmp, path)
     return path
 
