@@ -538,6 +538,20 @@ def _start_killable_put(root: Path, owner: X25519PrivateKey, fifo: Path) -> subp
     return subprocess.Popen([sys.executable, "-c", code, str(root), _pub(owner).hex(), str(fifo)], cwd=REPO)
 
 
+def _open_fifo_for_writing(fifo: Path, reader: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """Open the FIFO once the reader has (never blocking forever if the reader died first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            assert reader.poll() is None and time.monotonic() < deadline, "the writer never opened the FIFO"
+            time.sleep(0.02)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+
+
 def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -553,16 +567,20 @@ def test_a_killed_writer_leaves_the_old_state_and_its_temp_file_is_cleaned(
     os.mkfifo(fifo)
     writer = _start_killable_put(vault.root, owner, fifo)
     temps = lambda: [p for p in (vault.root / "tmp").glob("*.tmp") if p.stat().st_size > 0]  # noqa: E731
-    with fifo.open("wb") as feed:
-        try:
-            feed.write(os.urandom(64 * 1024))
-            feed.flush()
+    try:
+        feed = _open_fifo_for_writing(fifo, writer)
+        with os.fdopen(feed, "wb") as stream:
+            stream.write(os.urandom(64 * 1024))
+            stream.flush()
             _wait_for(lambda: bool(temps()))
             # A vault opened while the writer lives must not touch its temp file.
             assert Vault(vault.root).list() == [vault.entry(before.id)]
             assert temps()
-        finally:
             writer.send_signal(signal.SIGKILL)
+            writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
             writer.wait(timeout=30)
     assert writer.returncode == -signal.SIGKILL
     assert temps(), "the killed writer left its partial temp file behind"
