@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -9,7 +14,7 @@ from web3 import Web3
 from chain.client import ContractClient
 from chain.clients.revenue_distributor import MAGNITUDE, Claim, RevenueClaimed, RevenuePaid, RoyaltyPaid, revenue_events
 from chain.errors import revert_class
-from collab.errors import BadInput, NotFound, Unauthorized
+from collab.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_USAGE, BadInput, NotFound, Unauthorized
 from revenue_env import (  # noqa: F401 - fixtures
     SHARE_SUPPLY,
     ZERO_ADDRESS,
@@ -337,3 +342,98 @@ def test_no_plain_ether_deposits(revenue_env: RevenueEnv, accounts: list[LocalAc
     tx = {"from": accounts[3].address, "to": revenue_env.distributor.address, "value": 1}
     with pytest.raises(Exception):  # noqa: B017 - any rejection: no receive() and no fallback
         w3.eth.estimate_gas(tx)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------- CLI
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        revenue_env: RevenueEnv, request: pytest.FixtureRequest) -> Callable[..., CliResult]:
+    """Run ``collab …`` in-process (real click tree, real error mapping) against the shared deployment."""
+    from collab.cli import run
+
+    if not revenue_env.real_registry:
+        pytest.skip("the CLI needs the shared deployment")
+    deployment_path = tmp_path / "deployment.json"
+    request.getfixturevalue("deployment").save(deployment_path)
+
+    def invoke(home: Path, *args: str) -> CliResult:
+        monkeypatch.setenv("COLLAB_HOME", str(home))
+        monkeypatch.setenv("COLLAB_DEPLOYMENT", str(deployment_path))
+        monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+        capsys.readouterr()
+        code = run(list(args))
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke
+
+
+def test_cli_balance_and_claim(revenue_env: RevenueEnv, accounts: list[LocalAccount], tmp_path: Path,
+                               cli: Callable[..., CliResult]) -> None:
+    from collab.identity import Identity
+
+    home = tmp_path / "holder"
+    ident = Identity.create(home, "pw", scrypt_n=2)
+    revenue_env.w3.provider.make_request("anvil_setBalance", [ident.address, hex(ETHER)])  # type: ignore[arg-type]
+    other = accounts[2]
+    a1 = revenue_env.register({ident.address: SHARE_SUPPLY // 4, other.address: 3 * SHARE_SUPPLY // 4})
+    a2 = revenue_env.register({ident.address: SHARE_SUPPLY})
+    a3 = revenue_env.register({other.address: SHARE_SUPPLY})
+    payer = revenue_env.distributor_as(accounts[3])
+    payer.pay(a1, 4 * ETHER)
+    payer.pay(a2, 10**15)
+    payer.pay(a3, ETHER)
+
+    listed = cli(home, "--json", "revenue", "balance")
+    assert listed.code == 0, listed.err
+    body = json.loads(listed.out)
+    assert body["account"] == ident.address
+    assert [(p["asset_id"], p["shares"], p["claimable_wei"]) for p in body["assets"]] == [
+        (a1, SHARE_SUPPLY // 4, ETHER), (a2, SHARE_SUPPLY, 10**15)
+    ]
+    assert body["total_claimable_wei"] == ETHER + 10**15
+    assert body["total_claimable_eth"] == "1.001"
+
+    human = cli(home, "revenue", "balance", str(a1))
+    assert human.code == 0 and "25.0000%" in human.out and "total" in human.out
+
+    claimed = cli(home, "--json", "revenue", "claim", str(a1), str(a2))
+    assert claimed.code == 0, claimed.err
+    result = json.loads(claimed.out)
+    assert result["claimed_wei"] == ETHER + 10**15
+    assert result["per_asset"] == {str(a1): ETHER, str(a2): 10**15}
+    assert revenue_env.distributor.claimable(a1, ident.address) == 0
+
+    again = cli(home, "revenue", "claim", str(a1))
+    assert again.code == 0 and "nothing to claim" in again.out
+
+    # Shares sold after a payment: the asset stays listed while revenue is unclaimed.
+    payer.pay(a2, 2 * ETHER)
+    assert cli(home, "--json", "revenue", "claim", str(a2)).code == 0
+    theirs = cli(home, "--json", "revenue", "balance", "--holder", other.address)
+    assert [p["asset_id"] for p in json.loads(theirs.out)["assets"]] == [a1, a3]
+
+
+def test_cli_errors_map_to_exit_codes(revenue_env: RevenueEnv, tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    from collab.identity import Identity
+
+    home = tmp_path / "someone"
+    Identity.create(home, "pw", scrypt_n=2)
+    unknown = cli(home, "revenue", "balance", "987654")
+    assert unknown.code == EXIT_NOT_FOUND and "unknown asset id: 987654" in unknown.err
+    assert "Traceback" not in unknown.err
+    assert cli(home, "revenue", "claim", "987654").code == EXIT_NOT_FOUND
+    assert cli(home, "revenue", "claim").code == EXIT_USAGE
+    assert cli(home, "revenue", "balance", "--holder", "nope").code == EXIT_BAD_INPUT
+    assert cli(tmp_path / "no-identity", "revenue", "balance").code == EXIT_NOT_FOUND
+    empty = cli(home, "--json", "revenue", "balance")
+    assert empty.code == 0 and json.loads(empty.out)["assets"] == []

@@ -71,6 +71,14 @@ class SharesClient(ContractClient):
         values = self._call("balanceOfBatch", [to_checksum_address(holder)] * len(ids), ids)
         return {i: int(v) for i, v in zip(ids, values, strict=True)}
 
+    def holder_balances(self, asset_id: int, holders: Sequence[str]) -> dict[str, int]:
+        """Balances of one asset for several holders in one call (checksummed address -> Shares)."""
+        accounts = [to_checksum_address(h) for h in holders]
+        if not accounts:
+            return {}
+        values = self._call("balanceOfBatch", accounts, [int(asset_id)] * len(accounts))
+        return {a: int(v) for a, v in zip(accounts, values, strict=True)}
+
     def total_supply(self, asset_id: int) -> int:
         """Shares of ``asset_id`` in circulation."""
         return int(self._call("totalSupply", int(asset_id)))
