@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -249,7 +250,11 @@ class PartyGroup:
                 p.wait()
 
     def wait(self) -> dict[int, dict[str, Any]]:
-        """Wait for every party; on the first failure or the timeout, kill the rest and raise."""
+        """Wait for every party; on the first failure or the timeout, kill the rest and raise.
+
+        The work directory (job files, which hold the client's texts, logs and
+        results) is removed afterwards either way.
+        """
         try:
             while True:
                 codes = {r: p.poll() for r, p in self.procs.items()}
@@ -265,9 +270,10 @@ class PartyGroup:
                 if time.monotonic() - self._started > self.timeout:
                     raise Unavailable(f"MPC job timed out after {self.timeout:.0f} s", timeout=self.timeout)
                 time.sleep(0.1)
+            return {r: json.loads((self.workdir / f"out{r}.json").read_text()) for r in self.procs}
         finally:
             self.kill()
-        return {r: json.loads((self.workdir / f"out{r}.json").read_text()) for r in self.procs}
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _last_error(self, rank: int) -> str:
         lines = [ln for ln in self.log(rank).splitlines() if ln.strip() and not ln.startswith(PROGRESS)]
