@@ -1,7 +1,8 @@
 """The chain infrastructure through its public interfaces, on a real anvil.
 
-Uses the test-only ``Probe`` contract (tests/fixtures/contracts) compiled by
-the same compiler as the product contracts.
+Uses the test-only ``Probe`` contract (tests/fixtures/probe, a source root of
+its own so that other fixtures never affect these tests) compiled by the same
+compiler as the product contracts.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from chain.node import chain_down, chain_status, chain_up, fund
 from collab.config import Settings
 from collab.errors import BadInput, ChainUnavailable, NotFound, ProtocolViolation, Unauthorized, Unavailable
 
-FIXTURE_CONTRACTS = Path(__file__).parent / "fixtures" / "contracts"
+PROBE_SOURCES = Path(__file__).parent / "fixtures" / "probe"
 TAG = "0x" + "ab" * 32
 
 
 @pytest.fixture(scope="module")
 def probe_artifacts() -> dict[str, Artifact]:
-    return compile_contracts(source_root=FIXTURE_CONTRACTS)
+    return compile_contracts(source_root=PROBE_SOURCES)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def probe(w3: Web3, deployer: LocalAccount, probe_artifacts: dict[str, Artifact]
 def _copy_sources(tmp_path: Path) -> Path:
     root = tmp_path / "contracts"
     root.mkdir()
-    shutil.copy(FIXTURE_CONTRACTS / "Probe.sol", root / "Probe.sol")
+    shutil.copy(PROBE_SOURCES / "Probe.sol", root / "Probe.sol")
     return root
 
 
@@ -137,7 +138,7 @@ def test_missing_toolchain_says_to_run_make_setup(monkeypatch: pytest.MonkeyPatc
     assert info.value.exit_code == 5
     monkeypatch.setattr(compiler, "SOLCJS", tmp_path / "solc" / "solc.js")
     with pytest.raises(Unavailable, match="make setup"):
-        compile_contracts(source_root=FIXTURE_CONTRACTS, build_dir=tmp_path / "build", force=True)
+        compile_contracts(source_root=PROBE_SOURCES, build_dir=tmp_path / "build", force=True)
 
 
 def test_stale_run_record_is_ignored_and_foreign_processes_are_never_signalled(tmp_path: Path, anvil: AnvilProcess) -> None:
