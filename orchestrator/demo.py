@@ -175,15 +175,15 @@ class Demo:
         except CollabError as exc:
             self.error = exc
             self.console.print(f"[red]✗[/red] {exc}", markup=True, highlight=False)
-        finally:
+        finally:  # also on Ctrl-C: stop the chain, write what happened, remove the homes
             if not self.options.keep:
                 self._stop_chain()
-        report = self._report(time.monotonic() - started)
-        self.report_path.parent.mkdir(parents=True, exist_ok=True)
-        self.report_path.write_text(json.dumps(report, indent=2) + "\n")
-        if not self.options.keep:
-            self._clean_up()
-        self.console.print(f"report: {self.report_path}", markup=False, highlight=False)
+            report = self._report(time.monotonic() - started)
+            self.report_path.parent.mkdir(parents=True, exist_ok=True)
+            self.report_path.write_text(json.dumps(report, indent=2) + "\n")
+            if not self.options.keep:
+                self._clean_up()
+            self.console.print(f"report: {self.report_path}", markup=False, highlight=False)
         return report
 
     def _run_phase(self, phase: Phase, step: Callable[[Phase], None]) -> bool:
@@ -483,12 +483,12 @@ def render(report: dict[str, Any]) -> RenderableType:
         phases.add_column(column, justify=justify)  # type: ignore[arg-type]
     txs = Table(title="transactions", title_justify="left")
     for column, justify in (("phase", "left"), ("action", "left"), ("tx hash", "left"), ("gas", "right"), ("ETH", "right")):
-        txs.add_column(column, justify=justify)  # type: ignore[arg-type]
+        txs.add_column(column, justify=justify, no_wrap=column == "tx hash")  # type: ignore[arg-type]
     for name in PHASES:
         entry = report.get(name, {})
         phases.add_row(name, "✓" if entry.get("ok") else "✗", f"{entry.get('seconds', 0):.1f}", _facts_line(name, entry))
         for tx in entry.get("transactions", []):
-            txs.add_row(name, tx["action"], tx["tx_hash"][:18] + "…", f"{tx['gas']:,}", _eth(tx["wei"]) if tx["wei"] else "")
+            txs.add_row(name, tx["action"], tx["tx_hash"], f"{tx['gas']:,}", _eth(tx["wei"]) if tx["wei"] else "")
     return Group(phases, txs)
 
 
