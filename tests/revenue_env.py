@@ -27,6 +27,7 @@ from chain.clients.revenue_distributor import RevenueDistributorClient
 from chain.clients.shares import SharesClient
 from chain.compiler import Artifact, compile_contracts
 from chain.deployment import Deployment
+from collab import bls
 
 FIXTURE_CONTRACTS = Path(__file__).parent / "fixtures" / "contracts"
 SHARE_SUPPLY = 1_000_000
@@ -118,34 +119,6 @@ def direct_env(w3: Web3, admin: LocalAccount) -> RevenueEnv:
     return RevenueEnv(w3, admin, shares, distributor, tree.address, register, real_registry=False)
 
 
-def _g1_bytes(point: Any) -> bytes:
-    from py_ecc.optimized_bls12_381 import normalize
-
-    x, y = normalize(point)
-    return b"".join(b"\0" * 16 + int(c).to_bytes(48, "big") for c in (x, y))
-
-
-def _g2_bytes(point: Any) -> bytes:
-    from py_ecc.optimized_bls12_381 import normalize
-
-    x, y = normalize(point)
-    return b"".join(b"\0" * 16 + int(c).to_bytes(48, "big") for c in (*x.coeffs, *y.coeffs))
-
-
-def bls_keys_with_pop(secret: int, chain_id: int, registry: str, account: str) -> tuple[bytes, bytes]:
-    """(EIP-2537 G1 public key, G2 proof of possession) as IdentityRegistry checks them."""
-    from py_ecc.bls import G2Basic
-    from py_ecc.bls.g2_primitives import signature_to_G2
-    from py_ecc.optimized_bls12_381 import G1, multiply
-
-    pubkey = _g1_bytes(multiply(G1, secret))
-    message = (
-        b"collab-bls-pop" + chain_id.to_bytes(32, "big") + bytes.fromhex(registry[2:]) + bytes.fromhex(account[2:]) + pubkey
-    )
-    signature = G2Basic.Sign(secret, message)
-    return pubkey, _g2_bytes(signature_to_G2(signature))
-
-
 def registered_owner(w3: Web3, admin: LocalAccount, deployment: Deployment) -> LocalAccount:
     """A dedicated funded account with an active Sahara ID: the owner of every test asset.
 
@@ -161,7 +134,8 @@ def registered_owner(w3: Web3, admin: LocalAccount, deployment: Deployment) -> L
     params_artifact = default_artifacts()[deployment.artifact_name("ProtocolParams")]
     params = ContractClient(w3, deployment.address("ProtocolParams"), params_artifact.abi, admin, registry=abi_registry())
     stake = int(params._call("get", Web3.keccak(text="ADMISSION_STAKE")))
-    pubkey, pop = bls_keys_with_pop(424242, int(w3.eth.chain_id), identity.address, owner.address)
+    secret = 424242
+    pubkey, pop = bls.sk_to_pk(secret), bls.prove_possession(secret, int(w3.eth.chain_id), identity.address, owner.address)
     keys = (Web3.keccak(text="curve"), Web3.keccak(text="x25519"), pubkey, pop)
     identity._transact("register", "revenue-test-owner", 0, keys, value=stake)
     return owner

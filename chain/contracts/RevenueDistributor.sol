@@ -4,14 +4,7 @@ pragma solidity ^0.8.24;
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {IRevenueDistributor} from "./interfaces/IRevenueDistributor.sol";
 import {IShares} from "./interfaces/IShares.sol";
-
-/// @notice What the distributor reads from the AssetRegistry.
-interface IAssetLookup {
-    /// @notice Whether `assetId` is registered.
-    function exists(uint256 assetId) external view returns (bool);
-    /// @notice Direct parents of `assetId` and the royalty (bps) each receives.
-    function parentsOf(uint256 assetId) external view returns (uint256[] memory ids, uint16[] memory bps);
-}
+import {IAssetRegistry} from "./interfaces/IAssetRegistry.sol";
 
 /// @title RevenueDistributor
 /// @notice Pays each asset's revenue to its Share holders pro rata, after its
@@ -31,7 +24,7 @@ contract RevenueDistributor is IRevenueDistributor, ReentrancyGuardTransient {
     /// @notice The Shares contract, the only caller of `beforeSharesUpdate`.
     IShares public immutable SHARES;
     /// @notice The AssetRegistry that knows which assets exist and their parents.
-    IAssetLookup public immutable ASSETS;
+    IAssetRegistry public immutable ASSETS;
 
     /// @dev Accounting of one asset.
     struct Pool {
@@ -51,7 +44,7 @@ contract RevenueDistributor is IRevenueDistributor, ReentrancyGuardTransient {
     constructor(address shares, address assets) {
         if (shares == address(0) || assets == address(0)) revert DistributorZeroAddress();
         SHARES = IShares(shares);
-        ASSETS = IAssetLookup(assets);
+        ASSETS = IAssetRegistry(assets);
     }
 
     /// @inheritdoc IRevenueDistributor
