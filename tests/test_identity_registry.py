@@ -487,6 +487,6 @@ def test_exit_pays_the_stake_once_to_a_reentrant_contract(
 
     attacker._transact("leave")
     assert attacker._call("refunds") == 1 and attacker._call("reentryFailed")
-    assert w3.eth.get_balance(address) == STAKE
+    assert w3.eth.get_balance(Web3.to_checksum_address(address)) == STAKE
     assert w3.eth.get_balance(registry.address) == held - STAKE
     assert not registry.is_active(identity_id) and registry.stake_of(identity_id) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -62,7 +64,7 @@ def test_every_transfer_reverts_soulbound(receipts: ReceiptsClient, accounts: li
     holder, other = accounts[1], accounts[2]
     token = mint(receipts, holder)
     own = receipts.with_account(holder)
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: own.transfer_from(holder.address, other.address, token),
         lambda: own.safe_transfer_from(holder.address, other.address, token),
         lambda: own.safe_transfer_from(holder.address, other.address, token, b"data"),

@@ -10,7 +10,7 @@ import dataclasses
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_utils import to_checksum_address
 
@@ -134,6 +134,7 @@ class DerivativeRoyaltySet:
 
 
 AssetEvent = AssetRegistered | AssetOwnershipTransferred | DerivativeRoyaltySet
+E = TypeVar("E", AssetRegistered, AssetOwnershipTransferred, DerivativeRoyaltySet)
 
 
 def decode_event(event: Event) -> AssetEvent | None:
@@ -259,14 +260,14 @@ class AssetRegistryClient(ContractClient):
         return self._transact("revokeRole", role, to_checksum_address(account))
 
 
-def _only(tx: TxResult, kind: type[Any]) -> Any:
+def _only(tx: TxResult, kind: type[E]) -> E:
     for event in events_in(tx):
         if isinstance(event, kind):
             return event
     raise InternalError(f"AssetRegistry transaction {tx.tx_hash} emitted no {kind.__name__}")
 
 
-def _with_tx(event: Any, tx: TxResult) -> Any:
+def _with_tx(event: E, tx: TxResult) -> E:
     return dataclasses.replace(event, tx=tx)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_utils import to_checksum_address
 
@@ -135,6 +135,7 @@ class IdentityExited:
 
 
 IdentityEvent = IdentityRegistered | KeysUpdated | AggregatorGranted | ReputationChanged | IdentityExited
+E = TypeVar("E", IdentityRegistered, KeysUpdated, AggregatorGranted, ReputationChanged, IdentityExited)
 
 
 def decode_event(event: Event) -> IdentityEvent | None:
@@ -294,7 +295,7 @@ class IdentityRegistryClient(ContractClient):
         return str(self.account.address)
 
 
-def _only(tx: TxResult, kind: type[Any]) -> Any:
+def _only(tx: TxResult, kind: type[E]) -> E:
     for event in events_in(tx):
         if isinstance(event, kind):
             return event
