@@ -490,3 +490,18 @@ def test_exit_pays_the_stake_once_to_a_reentrant_contract(
     assert w3.eth.get_balance(Web3.to_checksum_address(address)) == STAKE
     assert w3.eth.get_balance(registry.address) == held - STAKE
     assert not registry.is_active(identity_id) and registry.stake_of(identity_id) == 0
+
+
+def test_decay_matches_the_model_across_period_boundaries_and_never_rises(
+    w3: Web3, registry: IdentityRegistryClient, accounts: list[LocalAccount], time_travel: Callable[[int], int], chain_snapshot: str
+) -> None:
+    ident = register(registry, accounts[1], "decaying")
+    registry.adjust_reputation(ident.id, 10**6 - GENESIS)  # a large value shows every rounding step
+    start, last = now(w3), 10**6
+    for step in (1, HALF_LIFE - 2, 1, 1, 1, 7_777, HALF_LIFE // 3, HALF_LIFE, 3 * HALF_LIFE - 1, 2, 19 * HALF_LIFE):
+        end = time_travel(step)
+        value = registry.reputation_of(ident.id)
+        assert value == decayed(10**6, end - start), f"after {end - start}s"
+        assert value <= last
+        last = value
+    assert last == 0  # 25+ half-lives of a 10**6 value

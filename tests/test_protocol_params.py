@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from chain.client import default_artifacts, deploy_contract
+from chain.client import ContractClient, default_artifacts, deploy_contract
 from chain.clients.protocol_params import PARAM_NAMES, ProtocolParamsClient, key_of
+from chain.compiler import compile_contracts
 from chain.deploy import DEFAULT_PARAMS, param_key
 from chain.deployment import Deployment
 from chain.errors import revert_class
+from chain.paths import CONTRACTS_DIR
 from collab.errors import BadInput, NotFound, Unauthorized
 
 
@@ -75,3 +80,35 @@ def test_only_the_owner_sets_and_ownership_moves(fresh: ProtocolParamsClient, ac
     assert fresh.with_account(accounts[1]).set("BURN_BPS", 1).new_value == 1
     with pytest.raises(revert_class("OwnableUnauthorizedAccount")):
         fresh.set("BURN_BPS", 2)
+
+
+PARAM_KEYS_HARNESS = """
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {ParamKeys} from "./ParamKeys.sol";
+
+contract ParamKeysHarness {
+    function keys() external pure returns (bytes32[16] memory k) {
+        k = [
+            ParamKeys.ADMISSION_STAKE, ParamKeys.GENESIS_REPUTATION, ParamKeys.REPUTATION_HALF_LIFE,
+            ParamKeys.MIN_REPUTATION_AGGREGATOR, ParamKeys.MIN_REPUTATION_CLAIMER, ParamKeys.COMPUTE_FEE_BPS,
+            ParamKeys.KEY_DELIVERY_TIMEOUT, ParamKeys.KEY_DISPUTE_WINDOW, ParamKeys.CHALLENGE_WINDOW,
+            ParamKeys.CLOCK_DURATION, ParamKeys.CLOCK_EXTENSION, ParamKeys.CLAIMER_BOND, ParamKeys.CHALLENGER_BOND,
+            ParamKeys.BURN_BPS, ParamKeys.DA_BOND, ParamKeys.DA_RESPONSE_WINDOW
+        ];
+    }
+}
+"""
+
+
+def test_solidity_param_keys_equal_the_python_keys(w3: Web3, deployer: LocalAccount, tmp_path: Path) -> None:
+    """ParamKeys.sol and the Python side derive every key from the same name."""
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(CONTRACTS_DIR / "lib" / "ParamKeys.sol", source / "ParamKeys.sol")
+    (source / "ParamKeysHarness.sol").write_text(PARAM_KEYS_HARNESS)
+    artifact = compile_contracts(source_root=source, build_dir=tmp_path / "build")["ParamKeysHarness"]
+    address, _ = deploy_contract(w3, deployer, artifact)
+    keys = ContractClient(w3, address, artifact.abi, name="ParamKeysHarness")._call("keys")
+    assert [bytes(k) for k in keys] == [key_of(name) for name in PARAM_NAMES]
