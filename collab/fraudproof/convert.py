@@ -1,0 +1,68 @@
+"""torch tensors / state dicts <-> VM tensors, with the quantisation error measured.
+
+A claimed job stores the *dequantized VM output* (protocol §1.4), so the asset,
+its vault blob and the claim commit to the same weights: ``from_vm`` is that
+dequantisation, and ``state_dict_from_vm`` keeps each tensor's original dtype
+and shape so the result loads back into the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from collab import fixedpoint as fx
+from collab.errors import BadInput
+from collab.fixedpoint import Domain, QuantError
+from collab.fraudproof.vm import Value, tensor
+
+
+def to_vm(x: Any, f: int) -> tuple[Value, QuantError]:
+    """Quantise a torch tensor / array to a FIXED VM tensor at ``f`` fractional bits, with its error."""
+    arr = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    words = fx.to_fixed(arr, f)  # refuses NaN
+    return tensor(words.reshape(arr.shape), Domain.FIXED, f), fx.quantization_error(arr, f)
+
+
+def from_vm(value: Value, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Dequantise a numeric VM tensor (RING words are read as fixed point at their f)."""
+    if value.data is None:
+        raise BadInput("a bundle has no numeric value; convert its entries")
+    return torch.from_numpy(fx.from_fixed(value.data, value.header.frac_bits)).to(dtype)
+
+
+def state_dict_to_vm(state: Mapping[str, Any], f: int) -> tuple[dict[str, Value], dict[str, QuantError]]:
+    """Quantise every tensor of a state dict; returns the VM tensors and the per-tensor error."""
+    values: dict[str, Value] = {}
+    errors: dict[str, QuantError] = {}
+    for name, t in state.items():
+        values[name], errors[name] = to_vm(t, f)
+    return values, errors
+
+
+def state_dict_from_vm(values: Mapping[str, Value], like: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Dequantise VM tensors into a state dict (dtype of ``like``'s tensors, float32 otherwise)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, v in values.items():
+        ref = like.get(name) if like is not None else None
+        dtype = ref.dtype if ref is not None else torch.float32
+        t = from_vm(v)
+        out[name] = (t.round() if not dtype.is_floating_point else t).to(dtype)
+    return out
+
+
+def max_error(errors: Mapping[str, QuantError]) -> dict[str, float | int]:
+    """Summary over a state dict: worst max error, worst RMS, saturated element count."""
+    if not errors:
+        return {"max_abs": 0.0, "rms": 0.0, "saturated": 0}
+    return {
+        "max_abs": max(e.max_abs for e in errors.values()),
+        "rms": max(e.rms for e in errors.values()),
+        "saturated": sum(e.saturated for e in errors.values()),
+    }
+
+
+__all__ = ["from_vm", "max_error", "state_dict_from_vm", "state_dict_to_vm", "to_vm"]

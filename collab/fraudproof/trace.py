@@ -1,0 +1,273 @@
+"""Committed traces: run a program over an input bundle and commit every step's output (protocol §4).
+
+The trace is what a claimer posts and a challenger recomputes: each step's
+output tensor with its chunk tree and root, the trace tree over
+``keccak(0x02 ‖ i ‖ outputRoot_i)``, and everything the one-step proof needs
+(step proofs, input roots, input chunk ranges with range proofs, the expected
+element). Commitment cost is kept low by hashing each tensor's chunks once, in
+bulk, and reusing the trees for every proof.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+from collab.errors import BadInput
+from collab.fixedpoint import Domain
+from collab.fraudproof.commitments import (
+    CHUNK_BYTES,
+    CHUNK_ELEMS,
+    PAD_CHUNK_LEAF,
+    PAD_ENTRY_LEAF,
+    PAD_TRACE_LEAF,
+    PREFIX_CHUNK,
+    MerkleTree,
+    TensorHeader,
+    entry_leaf,
+    name_hash,
+    prefixed_many,
+    tensor_root,
+    trace_leaf,
+)
+from collab.fraudproof.program import Op, Program, decode_params, expected_out
+from collab.fraudproof.vm import NoValidOutput, Value, element_value, execute_step, input_ranges
+
+
+class Verdict(IntEnum):
+    """Mirror of IOneStepVerifier.Verdict."""
+
+    VALUE = 0
+    ANY_VALUE = 1
+    NO_VALID_VALUE = 2
+
+
+@dataclass
+class Committed:
+    """A VM value with its data tree: chunk tree (numeric) or entry tree (bundle)."""
+
+    value: Value
+    tree: MerkleTree
+    data: bytes = b""  # numeric: big-endian words padded to whole chunks; bundle: 64-byte entries
+
+    @property
+    def header(self) -> TensorHeader:
+        """The tensor's header."""
+        return self.value.header
+
+    @property
+    def chunk_root(self) -> bytes:
+        """Root of the chunk (entry) tree."""
+        return self.tree.root
+
+    @property
+    def root(self) -> bytes:
+        """Tensor root keccak(0x03 ‖ chunkRoot ‖ header)."""
+        return tensor_root(self.tree.root, self.header.encode())
+
+    @property
+    def leaf_size(self) -> int:
+        """Bytes per leaf: 256 for a chunk, 64 for a bundle entry."""
+        return 64 if self.header.domain == Domain.BUNDLE else CHUNK_BYTES
+
+    def leaf_bytes(self, index: int) -> bytes:
+        """Bytes of leaf ``index`` (zero beyond the data)."""
+        size = self.leaf_size
+        part = self.data[index * size : (index + 1) * size]
+        return part if part else b"\x00" * size
+
+    def element_range(self, start: int, end: int) -> tuple[int, bytes, list[bytes]]:
+        """(first leaf, leaf bytes, range proof) covering elements [start, end); empty when start == end."""
+        if start >= end:
+            return 0, b"", []
+        per = 1 if self.header.domain == Domain.BUNDLE else CHUNK_ELEMS
+        first, last = start // per, (end - 1) // per
+        size = self.leaf_size
+        raw = b"".join(self.leaf_bytes(c) for c in range(first, last + 1))
+        assert len(raw) == size * (last - first + 1)
+        return first, raw, self.tree.range_proof(first, last + 1)
+
+
+def _chunk_leaves(data: bytes) -> list[bytes]:
+    return prefixed_many(PREFIX_CHUNK, data, CHUNK_BYTES)
+
+
+def commit_value(value: Value, cache: dict[int, Committed] | None = None) -> Committed:
+    """Commit a VM value (bundles commit their entries' roots, reusing ``cache`` by identity)."""
+    cache = {} if cache is None else cache
+    hit = cache.get(id(value))
+    if hit is not None and hit.value is value:
+        return hit
+    if value.header.domain == Domain.BUNDLE:
+        entries = value.entries or ()
+        roots = [commit_value(v, cache).root for _, v in entries]
+        data = b"".join(nh + r for (nh, _), r in zip(entries, roots))
+        tree = MerkleTree([entry_leaf(nh, r) for (nh, _), r in zip(entries, roots)], PAD_ENTRY_LEAF)
+    else:
+        words = np.ascontiguousarray(value.flat()).astype(">i8").tobytes()
+        data = words + b"\x00" * ((-len(words)) % CHUNK_BYTES)
+        tree = MerkleTree(_chunk_leaves(data), PAD_CHUNK_LEAF)
+    out = Committed(value, tree, data)
+    cache[id(value)] = out
+    return out
+
+
+def input_bundle(inputs: Mapping[str, Value]) -> list[tuple[bytes, Value]]:
+    """Named inputs in bundle order (by name hash): tensor id t is entry t."""
+    return sorted(((name_hash(n), v) for n, v in inputs.items()), key=lambda kv: kv[0])
+
+
+@dataclass
+class OneStepInput:
+    """One IOneStepVerifier.InputTensor, ready for abi encoding."""
+
+    header: bytes
+    chunk_root: bytes
+    first_chunk: int
+    chunks: bytes
+    proof: list[bytes]
+
+    def as_tuple(self) -> tuple[bytes, bytes, int, bytes, list[bytes]]:
+        """(header, chunkRoot, firstChunk, chunks, proof) in struct order."""
+        return (self.header, self.chunk_root, self.first_chunk, self.chunks, self.proof)
+
+
+@dataclass
+class Trace:
+    """A program run over an input bundle with every output committed."""
+
+    program: Program
+    inputs: list[Committed]
+    bundle: Committed
+    outputs: list[Committed]
+    tree: MerkleTree
+    _cache: dict[int, Committed] = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> bytes:
+        """traceRoot."""
+        return self.tree.root
+
+    @property
+    def input_root(self) -> bytes:
+        """inputRoot: the input bundle's root."""
+        return self.bundle.root
+
+    @property
+    def output_root(self) -> bytes:
+        """Tensor root of the last step's output."""
+        return self.outputs[-1].root
+
+    def tensor(self, t: int) -> Committed:
+        """Tensor id ``t``: input entry or a step's output."""
+        n_in = self.program.n_inputs
+        return self.inputs[t] if t < n_in else self.outputs[t - n_in]
+
+    def step_inputs(self, i: int) -> list[Committed]:
+        """The committed inputs of step ``i`` in descriptor order."""
+        return [self.tensor(t) for t in self.program.steps[i].inputs]
+
+    def one_step_inputs(self, i: int, e: int) -> list[OneStepInput]:
+        """The ``inputs`` argument of IOneStepVerifier.evaluate for element ``e`` of step ``i``."""
+        step = self.program.steps[i]
+        ins = self.step_inputs(i)
+        if step.op == Op.BUNDLE_GET:
+            index = int.from_bytes(step.params[:32], "big")
+            entries = ins[0].value.entries or ()
+            if index < len(entries):
+                ins = ins + [commit_value(entries[index][1], self._cache)]
+        id_value = 0
+        if step.op == Op.GATHER:
+            dim = ins[1].header.shape[1]
+            if e < TensorHeader.decode(step.out_header).numel:
+                id_value = int(ins[0].value.flat()[e // dim])
+        try:
+            ranges = input_ranges(step, [c.header for c in ins], e, id_value)
+        except (BadInput, ValueError, IndexError):
+            ranges = [(0, 0)] * len(ins)
+        out: list[OneStepInput] = []
+        for c, (start, end) in zip(ins, ranges):
+            first, raw, proof = c.element_range(start, end)
+            out.append(OneStepInput(c.header.encode(), c.chunk_root, first, raw, proof))
+        return out
+
+    def expected(self, i: int, e: int) -> tuple[Verdict, bytes]:
+        """What the verifier must answer for element ``e`` of step ``i`` (32-byte word)."""
+        step = self.program.steps[i]
+        ins = [c.value for c in self.step_inputs(i)]
+        if step.op == Op.BUNDLE:
+            words = [v.header.encode() for v in ins]
+            if expected_out(step.op, step.params, words, step.out_header) is not None:
+                return Verdict.NO_VALID_VALUE, b"\x00" * 32
+            if e >= len(ins):
+                return Verdict.VALUE, PAD_ENTRY_LEAF
+            hashes = decode_params(step.op, step.params)[0]  # type: ignore[index]
+            return Verdict.VALUE, entry_leaf(hashes[e], self.step_inputs(i)[e].root)
+        try:
+            v = element_value(step, ins, e)
+        except NoValidOutput:
+            return Verdict.NO_VALID_VALUE, b"\x00" * 32
+        if v is None:
+            return Verdict.ANY_VALUE, b"\x00" * 32
+        return Verdict.VALUE, (v % (1 << 256)).to_bytes(32, "big")
+
+    def claimed_element(self, i: int, e: int) -> bytes:
+        """The element this trace reveals at (i, e), encoded like ``expected`` (entry leaf for bundles)."""
+        c = self.outputs[i]
+        if c.header.domain == Domain.BUNDLE:
+            return c.tree.leaf(e)
+        flat = c.value.flat()
+        v = int(flat[e]) if e < flat.size else 0
+        return (v % (1 << 256)).to_bytes(32, "big")
+
+
+def build_trace(
+    program: Program,
+    inputs: Mapping[str, Value],
+    witnesses: Mapping[int, np.ndarray] | None = None,
+    overrides: Mapping[int, Value] | None = None,
+) -> Trace:
+    """Execute and commit ``program``; ``overrides`` replace step outputs (dishonest agents, tests)."""
+    ordered = input_bundle(inputs)
+    if len(ordered) != program.n_inputs:
+        raise BadInput(f"the program takes {program.n_inputs} inputs, got {len(ordered)}")
+    cache: dict[int, Committed] = {}
+    committed_in = [commit_value(v, cache) for _, v in ordered]
+    bundle_value = Value(TensorHeader(Domain.BUNDLE, 0, (len(ordered),)), None, tuple(ordered))
+    bundle_c = commit_value(bundle_value, cache)
+    values = [v for _, v in ordered]
+    outputs: list[Committed] = []
+    leaves: list[bytes] = []
+    for i, step in enumerate(program.steps):
+        if overrides and i in overrides:
+            v = overrides[i]
+        else:
+            if any(t >= program.n_inputs + i for t in step.inputs):
+                raise NoValidOutput(f"step {i} reads a tensor that is not computed yet")
+            v = execute_step(step, [values[t] for t in step.inputs], (witnesses or {}).get(i))
+        values.append(v)
+        c = commit_value(v, cache)
+        outputs.append(c)
+        leaves.append(trace_leaf(i, c.root))
+    tree = MerkleTree(leaves, PAD_TRACE_LEAF)
+    return Trace(program, committed_in, bundle_c, outputs, tree, cache)
+
+
+def trace_element_count(trace: Trace) -> int:
+    """Total committed elements (benchmarks)."""
+    return sum(c.header.numel for c in trace.outputs if c.header.domain != Domain.BUNDLE)
+
+
+__all__ = [
+    "Committed",
+    "OneStepInput",
+    "Trace",
+    "Verdict",
+    "build_trace",
+    "commit_value",
+    "input_bundle",
+    "trace_element_count",
+]
