@@ -9,13 +9,17 @@ keystores, and then, all on-chain through the typed clients:
 2. ``asset``: the owner registers the real all-MiniLM-L6-v2 weights as a base
    model, stored encrypted in her vault (content hash = the stored blob's
    sha256, key commitment of its data key);
-3. ``license``: she offers an API license and a Long-term license; the fourth
-   identity buys both;
+3. ``license``: she offers API, Long-term and Full-access licenses; the fourth
+   identity buys all three; for Full-access her node posts the vault key
+   wrapped for the buyer's registered X25519 key, and the buyer unwraps it,
+   checks it against the on-chain key commitment and decrypts the model;
 4. ``metering``: the licensee signs cumulative call receipts, the owner's node
    checks them and posts the latest in batches (a compute node is paid its
    fee share); a replayed receipt is rejected by the contract;
-5. ``revenue_claimed``: the owner moves 30% of the Shares to a second holder,
-   revenue is paid, both holders claim, and the amounts are checked to add up.
+5. ``revenue_claimed``: the Full-access escrow is released once the dispute
+   window (seconds, real time) has passed, the owner moves 30% of the Shares
+   to a second holder, revenue is paid, both holders claim, and the amounts
+   are checked to add up.
 
 Later phases (training round, merge, secure inference, challenge) join when
 those capabilities land; they are not faked here. A phase is ``ok`` only if
@@ -39,6 +43,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from web3 import Web3
 
@@ -62,6 +67,7 @@ FUNDING = 10 * ETHER
 FEE_PER_CALL = 10**15  # 0.001 ETH
 LONG_TERM_PRICE = 5 * 10**16  # 0.05 ETH
 LONG_TERM_SECONDS = 3_600
+FULL_ACCESS_PRICE = 10**17  # 0.1 ETH
 DIRECT_PAYMENT = 2 * 10**17  # 0.2 ETH
 SHARE_FRACTION_BPS = 3_000  # moved from the owner to the second holder
 BPS = 10_000
@@ -72,7 +78,7 @@ CAST: tuple[tuple[str, Role, str], ...] = (
     ("alice", Role.NODE, "model owner; her node posts call receipts"),
     ("bob", Role.NODE, "second Share holder"),
     ("carol", Role.NODE, "compute node paid per call"),
-    ("dave", Role.HUMAN, "licensee (API and Long-term)"),
+    ("dave", Role.HUMAN, "licensee (API, Long-term, Full-access)"),
 )
 REQUESTS: tuple[str, ...] = (
     "Markets rallied after the central bank held rates.",
@@ -154,6 +160,7 @@ class Demo:
         self.deployment: Deployment | None = None
         self.chain_record: dict[str, Any] = {}
         self.asset_id = 0
+        self.vault_entry = ""
         self.licenses: dict[str, int] = {}
         self.fees_to_holders = 0
         self.error: CollabError | None = None
@@ -174,7 +181,7 @@ class Demo:
                     break
         except CollabError as exc:
             self.error = exc
-            self.console.print(f"[red]✗[/red] {exc}", markup=True, highlight=False)
+            self.console.print("✗ " + " ".join(str(exc).split()), markup=False, highlight=False, soft_wrap=True)
         finally:  # also on Ctrl-C: stop the chain, write what happened, remove the homes
             if not self.options.keep:
                 self._stop_chain()
@@ -199,8 +206,8 @@ class Demo:
             finally:
                 phase.seconds = time.monotonic() - started
         mark = "[green]✓[/green]" if phase.ok else "[red]✗[/red]"
-        detail = phase.error or self._summary(phase)
-        self.console.print(f"{mark} {phase.name} ({phase.seconds:.1f}s): {detail}", highlight=False)
+        detail = escape(" ".join((phase.error or self._summary(phase)).split()))
+        self.console.print(f"{mark} {phase.name} ({phase.seconds:.1f}s): {detail}", highlight=False, soft_wrap=True)
         if not phase.ok and self.error is None:
             self.error = InternalError(f"demo phase {phase.name} did not verify on-chain")
         return phase.ok
@@ -284,12 +291,10 @@ class Demo:
         alice = self.actors["alice"]
         weights = model_weights_file()
         plaintext_sha256 = _sha256_file(weights)
-        content_hash, key_commitment, vault_uri, in_vault = plaintext_sha256, bytes(32), "", False
-        vault = _vault_module()
-        if vault is not None:
-            # The stored file is the encrypted blob: its sha256 is the content hash (the vault id).
-            entry = vault.Vault(Settings.resolve(home=alice.home, env={}).vault_dir, owner=alice.identity.x25519_public).put(weights)
-            content_hash, key_commitment, vault_uri, in_vault = entry.content_hash, entry.key_commitment, entry.uri, True
+        # The stored file is the encrypted blob: its sha256 is the content hash (the vault id).
+        entry = _vault(alice).put(weights)
+        self.vault_entry = entry.id
+        content_hash, key_commitment, vault_uri = entry.content_hash, entry.key_commitment, entry.uri
         registry = self._client(AssetRegistryClient, alice)
         registered = registry.register(AssetInput(
             kind=AssetKind.MODEL, content_hash=content_hash, key_commitment=key_commitment, vault_uri=vault_uri,
@@ -302,7 +307,7 @@ class Demo:
             "asset_id": self.asset_id, "kind": asset.kind.label, "owner": asset.owner, "creator_id": asset.creator_id,
             "file": str(weights), "file_bytes": weights.stat().st_size, "plaintext_sha256": "0x" + plaintext_sha256.hex(),
             "content_hash": "0x" + asset.content_hash.hex(), "key_commitment": "0x" + asset.key_commitment.hex(),
-            "vault_uri": asset.vault_uri, "in_vault": in_vault, "shares_supply": supply,
+            "vault_uri": asset.vault_uri, "in_vault": True, "shares_supply": supply,
             "owner_shares": self._client(SharesClient).balance_of(alice.address, self.asset_id),
         })
         phase.ok = (
@@ -322,7 +327,8 @@ class Demo:
         self._tx(phase, "alice offers a Long-term license", lt_offer.tx)
         long_term = buyer.buy(lt_offer.offer_id, value=LONG_TERM_PRICE)
         self._tx(phase, "dave buys the Long-term license", long_term.tx, LONG_TERM_PRICE)
-        self.licenses = {"api": api.license_id, "long_term": long_term.license_id}
+        full = self._full_access(phase, owner, buyer)
+        self.licenses = {"api": api.license_id, "long_term": long_term.license_id, "full_access": full["license_id"]}
         api_record, lt_record = buyer.license(api.license_id), buyer.license(long_term.license_id)
         licensed_api = buyer.is_licensed(self.asset_id, dave.address, LicenseKind.API)
         licensed_lt = buyer.is_licensed(self.asset_id, dave.address, LicenseKind.LONG_TERM)
@@ -332,11 +338,44 @@ class Demo:
                     "prepaid_credit_wei": api_record.escrow, "licensed": licensed_api},
             "long_term": {"offer_id": lt_offer.offer_id, "license_id": long_term.license_id, "price_wei": LONG_TERM_PRICE,
                           "expires": lt_record.expires, "licensed": licensed_lt},
+            "full_access": full,
             "licensee": dave.address,
             "unlicensed_party_refused": not buyer.is_licensed(self.asset_id, stranger, LicenseKind.API),
         })
         phase.ok = (licensed_api and licensed_lt and api_record.escrow == credit and lt_record.licensee == dave.address
-                    and phase.facts["unlicensed_party_refused"])
+                    and phase.facts["unlicensed_party_refused"] and full["escrow_state"] == "key_delivered"
+                    and full["key_matches_commitment"] and full["decrypted_matches_registered_file"])
+
+    def _full_access(self, phase: Phase, owner: LicensingClient, buyer: LicensingClient) -> dict[str, Any]:
+        """Full-access: escrow, the vault key wrapped for the buyer's on-chain X25519 key, the buyer decrypts."""
+        from collab.vault import unwrap_delivered_key
+
+        alice, dave = self.actors["alice"], self.actors["dave"]
+        offer = owner.offer(self.asset_id, LicenseKind.FULL_ACCESS, Terms(price=FULL_ACCESS_PRICE))
+        self._tx(phase, "alice offers a Full-access license", offer.tx)
+        bought = buyer.buy(offer.offer_id, value=FULL_ACCESS_PRICE)
+        self._tx(phase, "dave buys Full-access (price held in escrow)", bought.tx, FULL_ACCESS_PRICE)
+        # Alice's node wraps the vault key for the X25519 key dave registered on-chain, not one he hands over.
+        recipient = self._client(IdentityRegistryClient).identity(dave.sahara_id).keys.x25519_key
+        wrapped = _vault(alice).add_recipient(self.vault_entry, alice.identity.x25519_private_key, recipient)
+        delivered = owner.deliver_key(bought.license_id, wrapped)
+        self._tx(phase, "alice's node delivers the wrapped vault key", delivered.tx)
+        # Dave: the wrap from the chain, checked against the asset's key commitment, opens the stored blob.
+        asset = self._client(AssetRegistryClient).asset(self.asset_id)
+        data_key = unwrap_delivered_key(buyer.wrapped_key(bought.license_id), dave.identity.x25519_private_key, asset.key_commitment)
+        blob = _vault(alice).export(self.vault_entry)  # what alice's blob server serves
+        dave_vault = _vault(dave)
+        dave_vault.import_blob(blob, expected_id=asset.content_hash.hex())
+        model = dave_vault.get_to_path(self.vault_entry, data_key, dave.home / "all-MiniLM-L6-v2.safetensors")
+        record = buyer.license(bought.license_id)
+        return {
+            "offer_id": offer.offer_id, "license_id": bought.license_id, "price_wei": FULL_ACCESS_PRICE,
+            "escrow_wei": record.escrow, "escrow_state": record.escrow_state.name.lower(), "delivered_at": record.delivered_at,
+            "wrapped_key_bytes": len(wrapped), "recipient_key": "0x" + record.recipient_key.hex(),
+            "key_matches_commitment": True,  # unwrap_delivered_key raised otherwise
+            "decrypted_matches_registered_file": _sha256_file(model) == _sha256_file(model_weights_file()),
+            "licensed_before_release": buyer.is_licensed(self.asset_id, dave.address, LicenseKind.FULL_ACCESS),
+        }
 
     def _metering(self, phase: Phase) -> None:
         alice, carol, dave = self.actors["alice"], self.actors["carol"], self.actors["dave"]
@@ -390,9 +429,11 @@ class Demo:
         alice, bob, dave = self.actors["alice"], self.actors["bob"], self.actors["dave"]
         distributor = self._client(RevenueDistributorClient)
         paid_before = distributor.total_paid(self.asset_id)
+        self._wait_dispute_window()
         shares = self._client(SharesClient, alice)
         moved = shares.total_supply(self.asset_id) * SHARE_FRACTION_BPS // BPS
         self._tx(phase, f"alice transfers {moved:,} Shares to bob", shares.transfer(bob.address, self.asset_id, moved))
+        released = self._release_escrow(phase)
         payment = self._client(RevenueDistributorClient, dave).pay(self.asset_id, DIRECT_PAYMENT)
         self._tx(phase, "dave pays revenue to the asset", payment.tx, DIRECT_PAYMENT)
         claims: dict[str, int] = {}
@@ -401,30 +442,54 @@ class Demo:
             claims[actor.name] = claim.total
             self._tx(phase, f"{actor.name} claims revenue", claim.tx, claim.total)
         supply = shares.total_supply(self.asset_id)
+        after = released + DIRECT_PAYMENT
         expected = {
-            # Revenue before the transfer is all alice's; the payment after it splits by Shares.
-            "alice": paid_before + DIRECT_PAYMENT * (supply - moved) // supply,
-            "bob": DIRECT_PAYMENT * moved // supply,
+            # Revenue before the transfer is all alice's; what is paid after it splits by Shares.
+            "alice": paid_before + after * (supply - moved) // supply,
+            "bob": after * moved // supply,
         }
         total_paid = distributor.total_paid(self.asset_id)
         left = {a.name: distributor.claimable(self.asset_id, a.address) for a in (alice, bob)}
         phase.facts.update({
             "asset_id": self.asset_id,
             "revenue_sources_wei": {
-                "api_fees_to_holders": self.fees_to_holders, "long_term_license": LONG_TERM_PRICE, "direct_payment": DIRECT_PAYMENT,
+                "api_fees_to_holders": self.fees_to_holders, "long_term_license": LONG_TERM_PRICE,
+                "full_access_escrow": released, "direct_payment": DIRECT_PAYMENT,
             },
+            "full_access_licensed_after_release": self._client(LicensingClient).is_licensed(
+                self.asset_id, dave.address, LicenseKind.FULL_ACCESS),
             "total_paid_wei": total_paid, "paid_before_transfer_wei": paid_before, "shares_moved_to_bob": moved,
             "claimed_wei": claims, "expected_wei": expected, "claimable_left_wei": left,
             "total_claimed_wei": distributor.total_claimed(self.asset_id),
             "unclaimed_dust_wei": total_paid - sum(claims.values()),
         })
         phase.ok = (
-            paid_before == self.fees_to_holders + LONG_TERM_PRICE
-            and total_paid == paid_before + DIRECT_PAYMENT
+            paid_before == self.fees_to_holders + LONG_TERM_PRICE and released == FULL_ACCESS_PRICE
+            and phase.facts["full_access_licensed_after_release"]
+            and total_paid == paid_before + released + DIRECT_PAYMENT
             and all(abs(claims[k] - expected[k]) <= 1 for k in expected)
             and 0 <= total_paid - sum(claims.values()) <= len(claims)
             and all(v == 0 for v in left.values())
         )
+
+    def _wait_dispute_window(self) -> None:
+        """Wait out the Full-access key dispute window in real time (the demo never moves chain time).
+
+        anvil stamps each block with the wall clock when it is mined, so the
+        next transaction after this lands past the deadline.
+        """
+        owner = self._client(LicensingClient)
+        deadline = owner.license(self.licenses["full_access"]).delivered_at + DEMO_PARAMS["KEY_DISPUTE_WINDOW"]
+        with self.console.status(f"waiting for the {DEMO_PARAMS['KEY_DISPUTE_WINDOW']}s key dispute window to close …"):
+            while time.time() <= deadline + 1:
+                time.sleep(0.25)
+
+    def _release_escrow(self, phase: Phase) -> int:
+        """Release the Full-access escrow to the Share holders (after the dispute window)."""
+        owner = self._client(LicensingClient, self.actors["alice"])
+        settled = owner.release(self.licenses["full_access"])
+        self._tx(phase, "release the Full-access escrow", settled.tx, settled.amount)
+        return settled.amount if not settled.refunded else 0
 
     # ------------------------------------------------------------- report
 
@@ -435,7 +500,8 @@ class Demo:
         if phase.name == "asset":
             return f"asset #{f.get('asset_id')} {f.get('content_hash', '')[:18]}… ({f.get('file_bytes', 0):,} bytes{', in vault' if f.get('in_vault') else ''})"
         if phase.name == "license":
-            return f"API license #{f['api']['license_id']}, Long-term license #{f['long_term']['license_id']}"
+            return (f"API license #{f['api']['license_id']}, Long-term license #{f['long_term']['license_id']}, "
+                    f"Full-access license #{f['full_access']['license_id']} (key delivered and checked)")
         if phase.name == "metering":
             return f"{f.get('calls')} calls in {len(f.get('batches', []))} batches, {_eth(f.get('fees_released_wei', 0))} released"
         if phase.name == "revenue_claimed":
@@ -496,14 +562,16 @@ def _facts_line(name: str, entry: dict[str, Any]) -> str:
     if entry.get("skipped"):
         return "skipped (an earlier phase failed)"
     if entry.get("error"):
-        return f"error: {entry['error']}"
+        return "error: " + " ".join(str(entry["error"]).split())
     if name == "identities":
         return "; ".join(f"{r['name']} id {r['sahara_id']} ({r['role']})" for r in entry.get("identities", []))
     if name == "asset":
         return f"asset {entry['asset_id']}: {Path(entry['file']).name}, content hash {entry['content_hash'][:18]}…, {entry['shares_supply']:,} Shares"
     if name == "license":
         return (f"API license {entry['api']['license_id']} ({_eth(entry['api']['prepaid_credit_wei'])} credit), "
-                f"Long-term license {entry['long_term']['license_id']} ({_eth(entry['long_term']['price_wei'])})")
+                f"Long-term license {entry['long_term']['license_id']} ({_eth(entry['long_term']['price_wei'])}), "
+                f"Full-access license {entry['full_access']['license_id']} ({_eth(entry['full_access']['price_wei'])}, "
+                f"key delivered, model decrypted: {entry['full_access']['decrypted_matches_registered_file']})")
     if name == "metering":
         return (f"{entry['calls']} calls, {_eth(entry['fees_released_wei'])} released, {_eth(entry['compute_fees_wei'])} to compute, "
                 f"replay rejected: {entry['replayed_receipt_rejected']}")
@@ -537,13 +605,11 @@ def model_weights_file() -> Path:
     return path
 
 
-def _vault_module() -> Any:
-    """collab.vault when it is installed (the demo then stores the model encrypted), else None."""
-    try:
-        from collab import vault
-    except ImportError:
-        return None
-    return vault
+def _vault(actor: Actor) -> Any:
+    """The actor's vault (``<home>/vault``), owned by its X25519 key."""
+    from collab.vault import Vault
+
+    return Vault(Settings.resolve(home=actor.home, env={}).vault_dir, owner=actor.identity.x25519_public)
 
 
 def _sha256_file(path: Path) -> bytes:

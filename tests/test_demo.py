@@ -90,6 +90,21 @@ def test_asset_is_the_real_model_file(demo: tuple[dict[str, Any], Any, Path]) ->
         assert asset["content_hash"] == asset["plaintext_sha256"]
 
 
+def test_full_access_key_delivered_checked_and_released(demo: tuple[dict[str, Any], Any, Path]) -> None:
+    report = demo[0]
+    full = report["license"]["full_access"]
+    assert full["escrow_state"] == "key_delivered" and full["escrow_wei"] == full["price_wei"] > 0
+    assert full["wrapped_key_bytes"] == 81  # collab.vault's X25519 + AES-GCM wrap
+    ids = {i["name"]: i for i in report["identities"]["identities"]}
+    assert full["key_matches_commitment"] and full["decrypted_matches_registered_file"]
+    assert full["licensed_before_release"] is False  # access counts once the escrow is released
+    r = report["revenue_claimed"]
+    assert r["revenue_sources_wei"]["full_access_escrow"] == full["price_wei"]
+    assert r["full_access_licensed_after_release"] is True
+    assert any(t["action"] == "release the Full-access escrow" for t in r["transactions"])
+    assert ids["dave"]["x25519_key_registered"]
+
+
 def test_metering_amounts_add_up(demo: tuple[dict[str, Any], Any, Path]) -> None:
     report = demo[0]
     m, lic = report["metering"], report["license"]
@@ -113,11 +128,12 @@ def test_revenue_amounts_add_up(demo: tuple[dict[str, Any], Any, Path]) -> None:
     assert r["total_paid_wei"] == sum(sources.values())
     claimed = r["claimed_wei"]
     assert set(claimed) == {"alice", "bob"}
-    # Revenue before the Share transfer is alice's alone; the later payment splits 70/30.
-    direct, moved = sources["direct_payment"], r["shares_moved_to_bob"]
+    # Revenue before the Share transfer is alice's alone; what is paid after it splits 70/30.
+    assert r["paid_before_transfer_wei"] == sources["api_fees_to_holders"] + sources["long_term_license"]
+    after, moved = sources["full_access_escrow"] + sources["direct_payment"], r["shares_moved_to_bob"]
     assert moved == 300_000
-    assert claimed["bob"] == direct * moved // 1_000_000
-    assert claimed["alice"] == r["paid_before_transfer_wei"] + direct * (1_000_000 - moved) // 1_000_000
+    assert claimed["bob"] == after * moved // 1_000_000
+    assert claimed["alice"] == r["paid_before_transfer_wei"] + after * (1_000_000 - moved) // 1_000_000
     assert 0 <= r["total_paid_wei"] - sum(claimed.values()) == r["unclaimed_dust_wei"] <= 2
     assert r["total_claimed_wei"] == sum(claimed.values())
     assert all(v == 0 for v in r["claimable_left_wei"].values())

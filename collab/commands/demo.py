@@ -36,5 +36,6 @@ def group(ctx: click.Context, quick: bool, keep: bool, report_path: Path | None)
         if keep:
             console.print(f"chain kept at {meta['rpc_url']}; stop it with `{meta['stop_with']}`", markup=False)
     if not meta["ok"]:
-        console.print(f"error: demo failed: {meta['error'] or 'a phase did not verify on-chain'}", markup=False, highlight=False)
+        reason = " ".join(str(meta["error"] or "a phase did not verify on-chain").split())
+        console.print(f"error: demo failed: {reason}", markup=False, highlight=False, soft_wrap=True)
         ctx.exit(int(meta["exit_code"]) or EXIT_INTERNAL)
