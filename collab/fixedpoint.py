@@ -140,14 +140,110 @@ def prg_element(seed: bytes, index: int) -> int:
 
 
 def prg_elements(seed: bytes, count: int, start: int = 0) -> np.ndarray:
-    """Elements [start, start + count) of the stream as an int64 array."""
+    """Elements [start, start + count) of the stream as an int64 array.
+
+    Long streams (secure-aggregation masks of 10^5-10^6 words) go through a
+    numpy Keccak-f[1600] that hashes thousands of counter blocks at once; it is
+    the same function as :func:`prg_block` (tests hold them equal), only
+    batched, because one Python-level keccak call per 4 words is the bottleneck.
+    """
     if count <= 0:
         return np.zeros(0, dtype=np.int64)
+    if len(seed) != 32:
+        raise BadInput(f"PRG seed must be 32 bytes, got {len(seed)}")
     first, last = start // 4, (start + count - 1) // 4
-    stream = b"".join(prg_block(seed, c) for c in range(first, last + 1))
-    words = np.frombuffer(stream, dtype=">i8").astype(np.int64)
+    if last - first + 1 >= _BATCH_MIN_BLOCKS and last < 1 << 64:
+        words = _prg_words_batched(seed, first, last - first + 1)
+    else:
+        stream = b"".join(prg_block(seed, c) for c in range(first, last + 1))
+        words = np.frombuffer(stream, dtype=">i8").astype(np.int64)
     offset = start - 4 * first
     return words[offset : offset + count].copy()
+
+
+# Batched Keccak-256 over the PRG's fixed 64-byte preimages seed ‖ uint256(c).
+# State: 25 lanes (lane x + 5y, little-endian words) × n independent blocks.
+_BATCH_MIN_BLOCKS = 64
+_BATCH_CHUNK = 8192  # blocks per pass: the working set stays in cache
+_KECCAK_RC = tuple(
+    np.uint64(v)
+    for v in (
+        0x0000000000000001, 0x0000000000008082, 0x800000000000808A, 0x8000000080008000,
+        0x000000000000808B, 0x0000000080000001, 0x8000000080008081, 0x8000000000008009,
+        0x000000000000008A, 0x0000000000000088, 0x0000000080008009, 0x000000008000000A,
+        0x000000008000808B, 0x800000000000008B, 0x8000000000008089, 0x8000000000008003,
+        0x8000000000008002, 0x8000000000000080, 0x000000000000800A, 0x800000008000000A,
+        0x8000000080008081, 0x8000000000008080, 0x0000000080000001, 0x8000000080008008,
+    )
+)  # fmt: skip
+_KECCAK_ROT = ((0, 36, 3, 41, 18), (1, 44, 10, 45, 2), (62, 6, 43, 15, 61), (28, 55, 25, 21, 56), (27, 20, 39, 8, 14))
+_ROT_L = np.array([[_KECCAK_ROT[x][y] for x in range(5)] for y in range(5)], dtype=np.uint64).reshape(25, 1)
+_ROT_R = (np.uint64(64) - _ROT_L) % np.uint64(64)
+
+
+def _pi_source() -> np.ndarray:
+    """For the pi step laid out as 5 rows of 7 (x wraps twice, so chi reads slices): source lane per slot."""
+    src = [0] * 25
+    for x in range(5):
+        for y in range(5):
+            src[y + 5 * ((2 * x + 3 * y) % 5)] = x + 5 * y
+    return np.array([src[(c % 5) + 5 * y] for y in range(5) for c in range(7)], dtype=np.intp)
+
+
+_PI_SRC = _pi_source()
+
+
+def _keccak_f1600_batched(state: np.ndarray) -> None:
+    """Keccak-f[1600] in place on a (25, n) uint64 array (n states side by side)."""
+    n = state.shape[1]
+    a3 = state.reshape(5, 5, n)
+    c = np.empty((7, n), np.uint64)
+    d = np.empty((5, n), np.uint64)
+    t = np.empty((5, n), np.uint64)
+    r1 = np.empty((25, n), np.uint64)
+    r2 = np.empty((25, n), np.uint64)
+    b = np.empty((35, n), np.uint64)
+    b3 = b.reshape(5, 7, n)
+    chi = np.empty((5, 5, n), np.uint64)
+    one, s63 = np.uint64(1), np.uint64(63)
+    for rc in _KECCAK_RC:
+        # theta (c[1:6] = column parities, c[0] and c[6] wrap around)
+        np.bitwise_xor(a3[0], a3[1], out=c[1:6])
+        for y in (2, 3, 4):
+            c[1:6] ^= a3[y]
+        c[0], c[6] = c[5], c[1]
+        np.left_shift(c[2:7], one, out=d)
+        np.right_shift(c[2:7], s63, out=t)
+        d |= t
+        d ^= c[0:5]
+        a3 ^= d
+        # rho, then pi into the 5x7 layout
+        np.left_shift(state, _ROT_L, out=r1)
+        np.right_shift(state, _ROT_R, out=r2)
+        r1 |= r2
+        np.take(r1, _PI_SRC, axis=0, out=b)
+        # chi and iota
+        np.invert(b3[:, 1:6], out=chi)
+        chi &= b3[:, 2:7]
+        np.bitwise_xor(b3[:, 0:5], chi, out=a3)
+        state[0] ^= rc
+
+
+def _prg_words_batched(seed: bytes, first_block: int, blocks: int) -> np.ndarray:
+    """Words of prg_block(seed, c) for c in [first_block, first_block + blocks), as int64."""
+    seed_lanes = np.frombuffer(seed, dtype="<u8")
+    out = np.empty((blocks, 4), dtype=np.uint64)
+    for c0 in range(0, blocks, _BATCH_CHUNK):
+        n = min(_BATCH_CHUNK, blocks - c0)
+        state = np.zeros((25, n), dtype=np.uint64)
+        state[0:4] = seed_lanes[:, None]
+        # uint256(c) big-endian fills bytes 32..63; c < 2**64 sits in lane 7, byte-swapped.
+        state[7] = np.arange(first_block + c0, first_block + c0 + n, dtype=np.uint64).byteswap()
+        state[8] = np.uint64(0x01)  # keccak padding: 0x01 at byte 64 ...
+        state[16] = np.uint64(0x80 << 56)  # ... and 0x80 at byte 135 (rate 136)
+        _keccak_f1600_batched(state)
+        out[c0 : c0 + n] = state[0:4].T
+    return out.byteswap().view(np.int64).reshape(-1)
 
 
 # --------------------------------------------------------------------------- approximations (scalar reference)
