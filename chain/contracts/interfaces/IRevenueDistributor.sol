@@ -59,6 +59,9 @@ interface IRevenueDistributor {
     function pay(uint256 assetId) external payable;
 
     /// @notice Wei `holder` can claim from `assetId` now.
+    /// @dev Floors the holder's magnified share, so it can trail the exact pro-rata
+    /// amount by less than 1 wei; that fraction stays with the holder (or in the
+    /// carry) and is paid out once later payments make it whole.
     /// @param assetId Asset id.
     /// @param holder Share holder (current or former).
     function claimable(uint256 assetId, address holder) external view returns (uint256);
