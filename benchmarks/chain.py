@@ -46,6 +46,7 @@ from chain.paths import NODE_MODULES
 from collab import bls
 from collab.errors import InternalError
 from collab.metering import CallReceipt, request_hash, sign_call_receipt
+from collab.vault import wrap_key
 
 SUITE = "chain"
 BASELINE_SOURCES: Path = Path(__file__).resolve().parent / "contracts"
@@ -205,7 +206,8 @@ class _ChainBench:
             self.record("offer_full_access", "offer license: Full-access", offer.tx)
             bought = buyer.buy(offer.offer_id, value=PRICE)
             self.record("buy_full_access", "buy license: Full-access (escrow)", bought.tx)
-            wrapped = wrap_key_for(self._x25519["buyer"].public_key().public_bytes_raw(), keccak(b"bench vault key"))
+            # collab.vault's wrap (X25519 + AES-GCM, 81 bytes), as a real delivery posts it.
+            wrapped = wrap_key(keccak(b"bench vault key"), self._x25519["buyer"].public_key().public_bytes_raw())
             delivered = owner.deliver_key(bought.license_id, wrapped)
             self.record("deliver_key", "Full-access: deliver wrapped key", delivered.tx)
             # The bench's own chain: skip the dispute window instead of waiting for it.
@@ -344,22 +346,6 @@ class _ChainBench:
     def _increase_time(self, seconds: int) -> None:
         self.w3.provider.make_request("evm_increaseTime", [int(seconds)])  # type: ignore[arg-type]
         self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-
-
-def wrap_key_for(x25519_public: bytes, vault_key: bytes) -> bytes:
-    """An X25519 + HKDF + AES-GCM wrap of ``vault_key`` (ephemeral key, nonce, ciphertext): a real-sized payload."""
-    import os
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    ephemeral = X25519PrivateKey.generate()
-    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(x25519_public))
-    kek = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"collab bench key wrap").derive(shared)
-    nonce = os.urandom(12)
-    return ephemeral.public_key().public_bytes_raw() + nonce + AESGCM(kek).encrypt(nonce, vault_key, None)
 
 
 def _address(label: str) -> str:
