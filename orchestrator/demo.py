@@ -215,13 +215,13 @@ class Demo:
     # ------------------------------------------------------------- chain
 
     def _start_chain(self) -> None:
-        from chain.node import chain_up
+        from chain.node import chain_up, running_chain
 
         port = free_port()
         self.console.print(f"starting anvil on 127.0.0.1:{port} and deploying (demo profile) …", markup=False)
+        # chain_up records the detached anvil in the chain home, so `--keep` leaves a chain
+        # that `collab --home <chain home> chain down` stops.
         self.deployment = chain_up(self.chain_settings, port, profile="demo")
-        from chain.node import running_chain
-
         self.chain_record = running_chain(self.chain_settings) or {}
         self.w3 = connect(self.deployment.rpc_url)
 
