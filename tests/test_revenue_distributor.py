@@ -257,6 +257,19 @@ def test_transfer_keeps_past_revenue_with_the_seller(revenue_env: RevenueEnv, ac
     assert revenue_env.distributor_as(seller).claim(asset).total == 4 * ETHER
 
 
+def test_passing_shares_around_after_a_claim_cannot_claim_twice(revenue_env: RevenueEnv, accounts: list[LocalAccount]) -> None:
+    holder, accomplice, payer = accounts[1], accounts[2], accounts[3]
+    asset = revenue_env.register(split([holder, accounts[4]], [1, 1]))
+    revenue_env.distributor_as(payer).pay(asset, 2 * ETHER)
+    assert revenue_env.distributor_as(holder).claim(asset).total == ETHER
+    revenue_env.shares_as(holder).transfer(accomplice.address, asset, SHARE_SUPPLY // 2)
+    assert revenue_env.distributor_as(accomplice).claim(asset).total == 0
+    revenue_env.shares_as(accomplice).transfer(holder.address, asset, SHARE_SUPPLY // 2)
+    assert revenue_env.distributor_as(holder).claim(asset).total == 0
+    assert revenue_env.distributor.claimable(asset, accounts[4].address) == ETHER
+    assert revenue_env.distributor.total_claimed(asset) == ETHER
+
+
 def test_shares_minted_later_earn_only_later_revenue(revenue_env: RevenueEnv, accounts: list[LocalAccount]) -> None:
     early, late, payer = accounts[1], accounts[2], accounts[3]
     asset = revenue_env.register({early.address: SHARE_SUPPLY})

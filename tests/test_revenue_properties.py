@@ -18,6 +18,7 @@ Every example runs inside ``evm_snapshot``/``evm_revert``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -31,7 +32,7 @@ from chain.client import ContractClient
 from chain.clients.revenue_distributor import BPS_DENOMINATOR, MAGNITUDE
 from revenue_env import SHARE_SUPPLY, RevenueEnv, revenue_env  # noqa: F401 - fixture
 
-MAX_EXAMPLES = int(__import__("os").environ.get("REV_EXAMPLES", "25"))
+MAX_EXAMPLES = int(os.environ.get("COLLAB_REVENUE_EXAMPLES", "25"))  # raise for a deeper local run
 STEPS = 25
 # accounts[1..4] may hold Shares from registration; accounts[5..8] start without any.
 INITIAL_HOLDERS = range(1, 5)
