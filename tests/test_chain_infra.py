@@ -344,7 +344,7 @@ def _client(deployment: Deployment, w3: Web3, name: str) -> ContractClient:
 
 def test_deploy_all_wires_roles_params_and_governance(deployment: Deployment, w3: Web3, deployer: LocalAccount) -> None:
     assert deployment.chain_id == 31337 and deployment.deploy_block >= 1
-    assert set(deployment.contracts) == set(CONTRACT_ORDER)
+    assert set(CONTRACT_ORDER) <= set(deployment.contracts)
     for name in CONTRACT_ORDER:
         assert len(w3.eth.get_code(deployment.address(name))) > 0, name
     timelock, governor = deployment.address("TimelockController"), deployment.address("CollabGovernor")
@@ -467,7 +467,7 @@ def test_cli_chain_up_status_down_with_state(tmp_path: Path) -> None:
         up = _cli("--home", home, "--json", "chain", "up", "--port", port, "--state", state, "--profile", "demo")
         assert up.returncode == 0, up.stderr
         deployed = json.loads(up.stdout)
-        assert deployed["chain_id"] == 31337 and set(deployed["contracts"]) == set(CONTRACT_ORDER)
+        assert deployed["chain_id"] == 31337 and set(CONTRACT_ORDER) <= set(deployed["contracts"])
 
         status = _cli("--home", home, "--json", "chain", "status")
         assert status.returncode == 0 and json.loads(status.stdout)["deployed"] is True
