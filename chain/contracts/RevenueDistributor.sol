@@ -42,6 +42,7 @@ contract RevenueDistributor is IRevenueDistributor, ReentrancyGuardTransient {
     /// @param shares The Shares contract.
     /// @param assets The AssetRegistry.
     constructor(address shares, address assets) {
+        // INVARIANT: both collaborators exist; they are immutable, so a zero one would brick the contract.
         if (shares == address(0) || assets == address(0)) revert DistributorZeroAddress();
         SHARES = IShares(shares);
         ASSETS = IAssetRegistry(assets);
