@@ -207,6 +207,8 @@ def deploy_all(
     d.send("TimelockController", "grantRole", d.read("TimelockController", "CANCELLER_ROLE"), governor.address)
     d.send("TimelockController", "renounceRole", d.read("TimelockController", "DEFAULT_ADMIN_ROLE"), me)
 
+    _deploy_fraud_proof(d, params_c.address, identity.address, assets.address, me)
+
     with rpc_guard(w3):
         chain_id = int(w3.eth.chain_id)
     url = rpc_url or str(getattr(w3.provider, "endpoint_uri", "") or "")
@@ -215,3 +217,26 @@ def deploy_all(
         for name, client in d.clients.items()
     }
     return Deployment(chain_id=chain_id, rpc_url=url, deploy_block=int(d.first_block or 0), contracts=contracts)
+
+
+# Fraud-proof layer (docs/protocol.md §4-§7), deployed after the asset layer.
+FRAUD_PROOF_ORDER: tuple[str, ...] = ("OneStepVerifier", "ClaimManager", "BisectionGame", "DataAvailability")
+
+
+def _deploy_fraud_proof(d: _Deployer, params: str, identity: str, assets: str, admin: str) -> None:
+    """ClaimManager + BisectionGame + DataAvailability, wired, with the settlement role on the asset layer.
+
+    Skipped (with a warning) while the OneStepVerifier contract is not part of the
+    sources yet: a game without its verifier could not end in a one-step proof.
+    """
+    if "OneStepVerifier" not in d.artifacts:
+        log.warning("OneStepVerifier is not compiled: the fraud-proof contracts are not deployed")
+        return
+    verifier = d.clients.get("OneStepVerifier") or d.deploy("OneStepVerifier")
+    manager = d.deploy("ClaimManager", params, identity, assets, d.clients["Licensing"].address, admin)
+    game = d.deploy("BisectionGame", manager.address, verifier.address)
+    da = d.deploy("DataAvailability", manager.address)
+    d.send("ClaimManager", "initialize", game.address, da.address)
+    for name in ("Shares", "Receipts", "AssetRegistry", "IdentityRegistry"):
+        d.send(name, "grantRole", d.read(name, "SETTLEMENT_ROLE"), manager.address)
+

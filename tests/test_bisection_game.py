@@ -1,0 +1,260 @@
+"""BisectionGame on a real anvil: cheaters lose, honest sides win, clocks, several challengers, guards.
+
+Traces come from the real VM (``collab.fraudproof.trace.build_trace``); a
+cheating claimer's trace has one element changed at one step (and every later
+step computed from it), a dishonest challenger's reference likewise. Games are
+played move by move through the agents, so each scenario is what ``collab
+watch`` would do, with the test moving chain time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from chain.clients.bisection_game import Phase, Reason, Side
+from chain.clients.claim_manager import BURN_ADDRESS, ChallengeStatus, ClaimStatus
+from chain.errors import revert_class
+from collab.fraudproof.agents import play
+from test_claim_manager import GAS, N_STEPS, SHAPE, GameEnv, env, game_env, needs_verifier  # noqa: F401 - fixtures
+
+NUMEL = SHAPE[0] * SHAPE[1]
+
+
+def _settle(env: GameEnv, claim_id: bytes, who: str) -> int:
+    """Credit of ``who`` on the manager."""
+    return env.manager().credit_of(who)
+
+
+@pytest.mark.parametrize(
+    ("step", "element", "log2k"),
+    [(0, 0, 1), (N_STEPS // 2, NUMEL // 2, 1), (N_STEPS - 1, NUMEL - 1, 1), (N_STEPS // 2, 77, 2), (1, 33, 4)],
+    ids=["first-step-k2", "middle-step-k2", "last-step-k2", "middle-step-k4", "k16"],
+)
+def test_cheating_claimer_loses_to_an_honest_challenger_and_is_slashed_exactly(
+    env: GameEnv, step: int, element: int, log2k: int
+) -> None:
+    needs_verifier(env)
+    claimer = env.claimer_agent(env.cheat(step, element), log2k=log2k)
+    claim_id = claimer.post()
+    challenger = env.challenger_agent()
+    assert challenger.disagrees(claim_id)
+    game_id = challenger.challenge(claim_id)
+    moves: list[str] = []
+    game = play(claimer, challenger, game_id, on_move=moves.append)
+    assert game.phase == Phase.RESOLVED and not game.claimer_won
+    assert game.step == step and game.element_index == element
+    assert env.game().resolution(game_id) == (False, Reason.PROOF)
+    p = env.manager().params_of(claim_id)
+    share = p.claimer_bond * (10_000 - p.burn_bps) // 10_000
+    assert env.manager().credit_of(env.challengers[0].address) == p.challenger_bond + share
+    assert env.manager().credit_of(BURN_ADDRESS) == p.claimer_bond - share
+    assert env.manager().credit_of(env.claimer.address) == 0
+    assert env.manager().get_claim(claim_id).status == ClaimStatus.REJECTED
+    assert env.manager().get_challenge(game_id).status == ChallengeStatus.CHALLENGER_WON
+    assert moves[-1] == "prove_step"
+    with pytest.raises(revert_class("ClaimNotPending")):
+        env.manager().finalize(claim_id)
+
+
+def test_dishonest_challenger_loses_against_an_honest_claimer(env: GameEnv, time_travel: Callable[[int], int]) -> None:
+    needs_verifier(env)
+    claimer = env.claimer_agent()
+    claim_id = claimer.post()
+    liar = env.challenger_agent(env.cheat(2, 5))  # its reference is wrong from step 2 on
+    game_id = liar.challenge(claim_id)
+    game = play(claimer, liar, game_id)
+    assert game.claimer_won and game.step == 2
+    p = env.manager().params_of(claim_id)
+    share = p.challenger_bond * (10_000 - p.burn_bps) // 10_000
+    assert env.manager().credit_of(env.claimer.address) == share
+    assert env.manager().credit_of(BURN_ADDRESS) == p.challenger_bond - share
+    assert env.manager().credit_of(liar.manager.account.address) == 0  # type: ignore[union-attr]
+    time_travel(p.challenge_window)
+    env.manager().finalize(claim_id)
+    assert env.manager().credit_of(env.claimer.address) == share + p.claimer_bond
+
+
+def test_lazy_claimer_loses_on_time(env: GameEnv, time_travel: Callable[[int], int]) -> None:
+    claimer = env.claimer_agent(env.cheat(1, 1))
+    claim_id = claimer.post()
+    game_id = env.challenger_agent().challenge(claim_id)
+    game = env.game(env.challengers[1])
+    deadline = game.deadline_of(game_id)
+    time_travel(deadline - env.w3.eth.get_block("latest")["timestamp"] - 3)
+    with pytest.raises(revert_class("ClockNotExpired")):
+        game.resolve_timeout(game_id)
+    time_travel(5)
+    with pytest.raises(revert_class("ClockExpired")):
+        claimer.act(game_id)  # a late move is refused
+    tx = game.resolve_timeout(game_id)
+    GAS.add("resolve_timeout", tx)
+    assert game.resolution(game_id) == (False, Reason.TIMEOUT)
+    assert env.manager().claim_status(claim_id) == ClaimStatus.REJECTED
+
+
+def test_lazy_challenger_loses_on_time(env: GameEnv, time_travel: Callable[[int], int]) -> None:
+    claimer = env.claimer_agent()
+    claim_id = claimer.post()
+    challenger = env.challenger_agent(env.cheat(0, 0), lazy=True)
+    game_id = challenger.challenge(claim_id)
+    assert claimer.act(game_id) == "reveal"
+    assert claimer.act(game_id) is None  # now the challenger's clock runs
+    time_travel(env.manager().params_of(claim_id).clock_duration + 1)
+    env.game(env.claimer).resolve_timeout(game_id)
+    assert env.game().resolution(game_id) == (True, Reason.TIMEOUT)
+    assert env.manager().get_challenge(game_id).status == ChallengeStatus.CLAIMER_WON
+
+
+def test_a_last_second_move_leaves_the_opponent_the_clock_extension(env: GameEnv, time_travel: Callable[[int], int]) -> None:
+    claimer = env.claimer_agent(env.cheat(3, 9))
+    claim_id = claimer.post()
+    challenger = env.challenger_agent()
+    game_id = challenger.challenge(claim_id)
+    p = env.manager().params_of(claim_id)
+    game = env.game()
+    claimer.act(game_id)  # reveal at once
+
+    def now() -> int:
+        return int(env.w3.eth.get_block("latest")["timestamp"])
+
+    # The challenger thinks until 5 s before its deadline, then picks.
+    time_travel(game.deadline_of(game_id) - now() - 5)
+    challenger.act(game_id)
+    g = game.get_game(game_id)
+    assert g.turn == Side.CLAIMER and 0 < g.challenger_left <= 6
+    # The claimer answers in the last seconds of its own clock...
+    time_travel(game.deadline_of(game_id) - now() - 2)
+    claimer.act(game_id)
+    g = game.get_game(game_id)
+    # ...and the challenger, almost out of time, is topped up to the extension.
+    assert g.turn == Side.CHALLENGER and g.challenger_left == p.clock_extension
+    assert game.deadline_of(game_id) == g.last_move_at + p.clock_extension
+    with pytest.raises(revert_class("ClockNotExpired")):
+        game.resolve_timeout(game_id)
+    time_travel(p.clock_extension - 10)
+    assert challenger.act(game_id) == "pick"
+
+
+def test_two_challengers_first_win_rejects_the_claim_and_refunds_the_other(
+    env: GameEnv, time_travel: Callable[[int], int]
+) -> None:
+    needs_verifier(env)
+    claimer = env.claimer_agent(env.cheat(4, 100))
+    claim_id = claimer.post()
+    first, second = env.challenger_agent(index=0), env.challenger_agent(index=1)
+    g1, g2 = first.challenge(claim_id), second.challenge(claim_id)
+    claimer.act(g2)  # the second game has started too
+    assert not play(claimer, first, g1).claimer_won
+    assert env.manager().claim_status(claim_id) == ClaimStatus.REJECTED
+    with pytest.raises(revert_class("GameClosed")):
+        second.act(g2)
+    env.manager(env.challengers[2]).refund_challenge(g2)
+    p = env.manager().params_of(claim_id)
+    assert env.manager().credit_of(env.challengers[1].address) == p.challenger_bond
+    assert env.manager().get_challenge(g2).status == ChallengeStatus.REFUNDED
+    with pytest.raises(revert_class("ChallengeNotOpen")):
+        env.manager().refund_challenge(g2)
+
+
+def test_two_dishonest_challengers_both_lose_and_the_claim_finalizes(
+    env: GameEnv, time_travel: Callable[[int], int]
+) -> None:
+    needs_verifier(env)
+    env.set_param("CHALLENGE_WINDOW", 600)  # shorter than a clock, so a game outlives the window
+    claimer = env.claimer_agent()
+    claim_id = claimer.post()
+    liars = [env.challenger_agent(env.cheat(0, 3), index=0), env.challenger_agent(env.cheat(N_STEPS - 1, 150), index=1)]
+    games = [liar.challenge(claim_id) for liar in liars]
+    assert play(claimer, liars[0], games[0]).claimer_won
+    time_travel(env.manager().params_of(claim_id).challenge_window)
+    with pytest.raises(revert_class("ChallengesOpen")):
+        env.manager().finalize(claim_id)
+    assert play(claimer, liars[1], games[1]).claimer_won
+    env.manager().finalize(claim_id)
+    p = env.manager().params_of(claim_id)
+    share = p.challenger_bond * (10_000 - p.burn_bps) // 10_000
+    assert env.manager().credit_of(env.claimer.address) == 2 * share + p.claimer_bond
+
+
+def test_malformed_out_of_turn_and_foreign_moves_revert_with_named_errors(env: GameEnv) -> None:
+    claimer = env.claimer_agent(env.cheat(2, 2))
+    claim_id = claimer.post()
+    challenger = env.challenger_agent()
+    game_id = challenger.challenge(claim_id)
+    as_claimer, as_challenger, as_stranger = env.game(env.claimer), env.game(env.challengers[0]), env.game(env.challengers[3])
+    g = as_claimer.get_game(game_id)
+    good = claimer.trace.tree.children(0, 0, 1)
+    with pytest.raises(revert_class("OutOfTurn")):
+        as_challenger.pick(game_id, good, 0)
+    with pytest.raises(revert_class("NotClaimer")):
+        as_stranger.reveal(game_id, good)
+    with pytest.raises(revert_class("WrongChildCount")):
+        as_claimer.reveal(game_id, good + good)
+    with pytest.raises(revert_class("ChildrenMismatch")):
+        as_claimer.reveal(game_id, [good[1], good[0]])
+    with pytest.raises(revert_class("WrongPhase")):
+        as_claimer.reveal_chunk(game_id, b"\x00" * 256)
+    as_claimer.reveal(game_id, good)
+    with pytest.raises(revert_class("OutOfTurn")):
+        as_claimer.reveal(game_id, good)
+    with pytest.raises(revert_class("NotChallenger")):
+        as_stranger.pick(game_id, good, 0)
+    with pytest.raises(revert_class("PickedChildrenMismatch")):
+        as_challenger.pick(game_id, [good[1], good[0]], 0)
+    with pytest.raises(revert_class("InvalidPick")):
+        as_challenger.pick(game_id, good, 2)
+    with pytest.raises(revert_class("UnknownGame")):
+        as_claimer.get_game(10**6)
+    with pytest.raises(revert_class("NotManager")):
+        as_stranger._transact("open", 999, claim_id, env.claimer.address, env.claimer.address, g.node, 1, 1, 10, 1)
+    # Descend to the disputed step, then refuse a header that is not the leaf's preimage.
+    while as_claimer.get_game(game_id).phase == Phase.TRACE:
+        assert claimer.act(game_id) or challenger.act(game_id)
+    g = as_claimer.get_game(game_id)
+    assert g.phase == Phase.HEADER and g.step == 2
+    out = claimer.trace.outputs[2]
+    with pytest.raises(revert_class("HeaderMismatch")):
+        as_claimer.reveal_header(game_id, out.chunk_root, env.honest.outputs[1].header.encode()[:-1] + b"\x01")
+    with pytest.raises(revert_class("ChildrenMismatch")):
+        as_claimer.reveal_header(game_id, out.chunk_root, out.header.encode(), list(reversed(out.tree.children(0, 0, 1))))
+    claimer.act(game_id)
+    while as_claimer.get_game(game_id).phase == Phase.CHUNK:
+        assert claimer.act(game_id) or challenger.act(game_id)
+    g = as_claimer.get_game(game_id)
+    assert g.phase == Phase.ELEMENT and g.index == 0
+    with pytest.raises(revert_class("ChunkMismatch")):
+        as_claimer.reveal_chunk(game_id, out.leaf_bytes(1))
+    claimer.act(game_id)
+    chunk = out.leaf_bytes(0)
+    with pytest.raises(revert_class("InvalidPick")):
+        as_challenger.pick_element(game_id, chunk, 32)
+    with pytest.raises(revert_class("ChunkMismatch")):
+        as_challenger.pick_element(game_id, out.leaf_bytes(1), 2)
+    assert challenger.act(game_id) == "pick_element"
+    g = as_claimer.get_game(game_id)
+    assert g.phase == Phase.STEP and g.element_index == 2
+    assert int.from_bytes(g.claimed_word, "big", signed=True) == int(out.value.flat()[2])
+
+
+def test_challenges_close_with_the_window_and_need_the_exact_bond(env: GameEnv, time_travel: Callable[[int], int]) -> None:
+    claim_id = env.claimer_agent().post()
+    manager = env.manager(env.challengers[0])
+    p = manager.params_of(claim_id)
+    with pytest.raises(revert_class("WrongBond")):
+        manager.challenge(claim_id, bond=p.challenger_bond + 1)
+    time_travel(p.challenge_window)
+    with pytest.raises(revert_class("ChallengeWindowClosed")):
+        manager.challenge(claim_id)
+
+
+def test_gas_report(game_env: GameEnv) -> None:
+    """Prints the gas of every move kind the game tests made (run with -s); the post stays bounded."""
+    by_kind = GAS.by_kind()
+    for kind, figures in sorted(by_kind.items()):
+        print(f"gas {kind:16s} n={len(figures):3d} min={min(figures):9,d} max={max(figures):9,d}")
+    if "post" in by_kind:
+        assert max(by_kind["post"]) < 400_000
+    if "reveal" in by_kind:
+        assert max(by_kind["reveal"]) < 150_000
