@@ -3,7 +3,9 @@
 Native solc downloads are impossible on these machines, so compilation goes
 through ``node solc.js --standard-json``; it takes seconds, hence the cache:
 the key is a sha256 over the solc version, the settings and every source path
-and content, and an unchanged tree never starts node again.
+and content, and an unchanged tree never starts node again. The legacy
+pipeline is tried first (fast); only sources it rejects with "stack too deep"
+are compiled through the IR pipeline (``viaIR``), which is several times slower.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -32,6 +35,8 @@ SETTINGS: dict[str, Any] = {
     "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}},
 }
 _TIMEOUT_S = 600
+STACK_TOO_DEEP = "Stack too deep"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,14 @@ def compile_contracts(
             cached = _read_cache(cache, key)
             if cached is not None:
                 return cached
-        output = _run_solc(root.parent, sources)
+        try:
+            output = _run_solc(root.parent, sources, SETTINGS)
+        except CompilationError as exc:
+            if STACK_TOO_DEEP not in exc.message:
+                raise
+            # The legacy pipeline ran out of stack slots; the IR pipeline (slower) does not.
+            log.warning("solc: stack too deep, compiling again with viaIR (slower)")
+            output = _run_solc(root.parent, sources, {**SETTINGS, "viaIR": True})
         artifacts = _artifacts_from(output, own_sources=set(sources))
         _write_cache(cache, key, version, artifacts)
     return artifacts
@@ -161,10 +173,10 @@ def _write_cache(cache: Path, key: str, version: str, artifacts: dict[str, Artif
     os.replace(tmp, cache)
 
 
-def _run_solc(base_path: Path, sources: dict[str, str]) -> dict[str, Any]:
+def _run_solc(base_path: Path, sources: dict[str, str], settings: dict[str, Any]) -> dict[str, Any]:
     if not SOLCJS.is_file():
         raise Unavailable(f"solcjs not found at {SOLCJS}", hint=SETUP_HINT)
-    request = {"language": "Solidity", "sources": {p: {"content": c} for p, c in sources.items()}, "settings": SETTINGS}
+    request = {"language": "Solidity", "sources": {p: {"content": c} for p, c in sources.items()}, "settings": settings}
     cmd = [
         "node", str(SOLCJS), "--standard-json",
         "--base-path", str(base_path),

@@ -101,6 +101,29 @@ def test_fixture_cache_follows_the_project_contracts_it_may_import(tmp_path: Pat
     assert calls == [1, 1], "a changed project contract must invalidate fixture builds that may import it"
 
 
+def test_stack_too_deep_falls_back_to_via_ir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "contracts"
+    root.mkdir()
+    args = ", ".join(f"uint256 a{i}" for i in range(12))
+    locals_ = " ".join(f"uint256 b{i} = a{i} * {i + 2};" for i in range(12))
+    total = " + ".join([f"a{i}" for i in range(12)] + [f"b{i}" for i in range(12)])
+    (root / "Deep.sol").write_text(
+        "// SPDX-License-Identifier: MIT\npragma solidity ^0.8.24;\n"
+        f"contract Deep {{ function f({args}) external pure returns (uint256) {{ {locals_} return {total}; }} }}\n"
+    )
+    monkeypatch.setattr(compiler, "CONTRACTS_DIR", tmp_path / "no-project-contracts")
+    seen: list[bool] = []
+    real_run = compiler._run_solc
+
+    def recording_run(base: Path, sources: dict[str, str], settings: dict[str, object]) -> dict[str, object]:
+        seen.append(bool(settings.get("viaIR")))
+        return real_run(base, sources, settings)
+
+    monkeypatch.setattr(compiler, "_run_solc", recording_run)
+    artifacts = compile_contracts(source_root=root, build_dir=tmp_path / "build")
+    assert seen == [False, True] and artifacts["Deep"].deployable
+
+
 def test_compile_error_carries_solc_message(tmp_path: Path) -> None:
     root = tmp_path / "contracts"
     root.mkdir()
