@@ -249,6 +249,52 @@ def test_challenges_close_with_the_window_and_need_the_exact_bond(env: GameEnv, 
         manager.challenge(claim_id)
 
 
+def test_an_output_of_the_wrong_shape_loses_on_the_declared_header(env: GameEnv) -> None:
+    needs_verifier(env)
+    from collab.fixedpoint import Domain
+    from collab.fraudproof.commitments import TensorHeader
+    from collab.fraudproof.trace import build_trace
+    from collab.fraudproof.vm import Value
+
+    last = N_STEPS - 1
+    honest = env.honest.outputs[last].value
+    reshaped = Value(TensorHeader(Domain.FIXED, honest.header.frac_bits, (8, 20)), honest.flat().reshape(8, 20))
+    cheat = build_trace(env.program, env.inputs, overrides={last: reshaped})
+    claimer = env.claimer_agent(cheat)
+    claim_id = claimer.post()
+    challenger = env.challenger_agent()
+    game_id = challenger.challenge(claim_id)
+    game = play(claimer, challenger, game_id)
+    assert not game.claimer_won and game.step == last and game.index == 0 and game.element == 0
+    assert env.game().resolution(game_id) == (False, Reason.HEADER_MISMATCH)
+    assert challenger.reasons and "header" in challenger.reasons[0]
+
+
+def test_a_challenger_that_picks_a_padding_leaf_loses_at_once(env: GameEnv) -> None:
+    claimer = env.claimer_agent()
+    claim_id = claimer.post()
+    game_id = env.challenger_agent().challenge(claim_id)
+    as_challenger = env.game(env.challengers[0])
+    # Always pick the rightmost child: leaf 7 of a 5-step trace is padding (0x00…00).
+    while as_challenger.get_game(game_id).phase == Phase.TRACE:
+        claimer.act(game_id)
+        as_challenger.pick(game_id, as_challenger.last_reveal(game_id), 1)
+    g = as_challenger.get_game(game_id)
+    assert g.phase == Phase.RESOLVED and g.claimer_won and g.step == 7
+    assert as_challenger.resolution(game_id) == (True, Reason.PADDING_LEAF)
+    assert env.manager().get_challenge(game_id).status == ChallengeStatus.CLAIMER_WON
+
+
+def test_post_gas_without_a_new_parameter_snapshot(env: GameEnv) -> None:
+    first = env.claimer_agent()
+    first.post()
+    second = env.claimer_agent()
+    second.post()
+    (_, gas_first), (_, gas_second) = first.gas.entries[-2], second.gas.entries[-1]
+    assert gas_second < gas_first  # the snapshot is stored once per governance change
+    print(f"gas post (new snapshot) {gas_first:,d}; post (snapshot reused) {gas_second:,d}")
+
+
 def test_gas_report(game_env: GameEnv) -> None:
     """Prints the gas of every move kind the game tests made (run with -s); the post stays bounded."""
     by_kind = GAS.by_kind()
