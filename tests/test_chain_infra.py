@@ -188,7 +188,8 @@ def test_anvil_state_file_survives_restart(tmp_path: Path, accounts: list[LocalA
     with AnvilProcess(state_file=state) as node:
         w3 = connect(node.rpc_url)
         tx = {"to": accounts[5].address, "value": 12345, "gas": 21000, "gasPrice": w3.eth.gas_price, "nonce": 0, "chainId": 31337}
-        w3.eth.send_raw_transaction(accounts[4].sign_transaction(tx).raw_transaction)
+        sent = w3.eth.send_raw_transaction(accounts[4].sign_transaction(tx).raw_transaction)
+        w3.eth.wait_for_transaction_receipt(sent, timeout=30)  # automine is asynchronous under load
         balance = w3.eth.get_balance(accounts[5].address)
         block = w3.eth.block_number
     assert state.is_file()
