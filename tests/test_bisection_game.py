@@ -16,15 +16,10 @@ import pytest
 from chain.clients.bisection_game import Phase, Reason, Side
 from chain.clients.claim_manager import BURN_ADDRESS, ChallengeStatus, ClaimStatus
 from chain.errors import revert_class
-from collab.fraudproof.agents import play
+from collab.fraudproof.agents import play, wrong_op_trace
 from test_claim_manager import GAS, N_STEPS, SHAPE, GameEnv, env, game_env, needs_verifier  # noqa: F401 - fixtures
 
 NUMEL = SHAPE[0] * SHAPE[1]
-
-
-def _settle(env: GameEnv, claim_id: bytes, who: str) -> int:
-    """Credit of ``who`` on the manager."""
-    return env.manager().credit_of(who)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +51,19 @@ def test_cheating_claimer_loses_to_an_honest_challenger_and_is_slashed_exactly(
     assert moves[-1] == "prove_step"
     with pytest.raises(revert_class("ClaimNotPending")):
         env.manager().finalize(claim_id)
+
+
+def test_a_claimer_running_the_wrong_op_loses(env: GameEnv) -> None:
+    needs_verifier(env)
+    from collab.fraudproof.program import Op
+
+    claimer = env.claimer_agent(wrong_op_trace(env.honest, env.inputs, 1, Op.SUB))
+    claim_id = claimer.post()
+    challenger = env.challenger_agent()
+    game_id = challenger.challenge(claim_id)
+    game = play(claimer, challenger, game_id)
+    assert not game.claimer_won and game.step == 1
+    assert env.game().resolution(game_id) == (False, Reason.PROOF)
 
 
 def test_dishonest_challenger_loses_against_an_honest_claimer(env: GameEnv, time_travel: Callable[[int], int]) -> None:

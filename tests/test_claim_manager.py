@@ -34,7 +34,7 @@ from chain.deployment import Deployment
 from chain.errors import revert_class
 from collab import bls
 from collab.fixedpoint import Domain
-from collab.fraudproof.agents import ChallengerAgent, ClaimerAgent, GasLog
+from collab.fraudproof.agents import ChallengerAgent, ClaimerAgent, GasLog, wrong_element_trace
 from collab.fraudproof.commitments import TensorHeader
 from collab.fraudproof.program import Program, ProgramBuilder
 from collab.fraudproof.trace import Trace, build_trace
@@ -96,10 +96,7 @@ class GameEnv:
 
     def cheat(self, step: int, element: int, delta: int = 1) -> Trace:
         """A trace whose step ``step`` has element ``element`` off by ``delta`` (later steps follow from it)."""
-        v = self.honest.outputs[step].value
-        data = v.flat().copy()
-        data[element] += delta
-        return build_trace(self.program, self.inputs, overrides={step: Value(v.header, data.reshape(v.header.shape))})
+        return wrong_element_trace(self.honest, self.inputs, step, element, delta)
 
     def set_param(self, name: str, value: int) -> None:
         """Change a governed parameter as the timelock (its owner) would."""
@@ -182,10 +179,6 @@ def env(game_env: GameEnv, chain_snapshot: str) -> GameEnv:
 def needs_verifier(env: GameEnv) -> None:
     if not env.has_verifier:
         pytest.skip("OneStepVerifier is not compiled yet: no one-step proof possible")
-
-
-def balance(env: GameEnv, account: str) -> int:
-    return env.manager().credit_of(account)
 
 
 # --------------------------------------------------------------------------- posting

@@ -20,8 +20,10 @@ read back from ``ChildrenRevealed`` (§5.3, "who can build the proof").
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from chain.client import TxResult
 from chain.clients.bisection_game import BisectionGameClient, Game, Phase, RootProof, Side, StepProof
@@ -30,7 +32,9 @@ from chain.clients.data_availability import CommitmentKind, DataAvailabilityClie
 from collab.errors import BadInput
 from collab.fixedpoint import Domain
 from collab.fraudproof.commitments import CHUNK_BYTES, MerkleTree, node_hash
-from collab.fraudproof.trace import Committed, Trace
+from collab.fraudproof.program import Step
+from collab.fraudproof.trace import Committed, Trace, build_trace
+from collab.fraudproof.vm import Value, execute_step
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +334,30 @@ class ChallengerAgent:
         return proof
 
 
+# --------------------------------------------------------------------------- dishonest traces
+
+
+def wrong_element_trace(trace: Trace, inputs: Mapping[str, Value], step: int, element: int, delta: int = 1) -> Trace:
+    """The trace of a claimer that changes one element of ``step``'s output (later steps follow from it)."""
+    v = trace.outputs[step].value
+    flat = v.flat().copy()
+    if not 0 <= element < flat.size:
+        raise BadInput(f"step {step} has {flat.size} elements, not {element + 1}")
+    changed = int(flat[element]) + delta
+    if not -(1 << 63) <= changed < (1 << 63):
+        changed = int(flat[element]) - delta
+    flat[element] = np.int64(changed)
+    return build_trace(trace.program, inputs, overrides={step: Value(v.header, flat.reshape(v.header.shape))})
+
+
+def wrong_op_trace(trace: Trace, inputs: Mapping[str, Value], step: int, op: int) -> Trace:
+    """The trace of a claimer that runs ``op`` instead of the program's op at ``step`` (same inputs and header)."""
+    s = trace.program.steps[step]
+    wrong = Step(int(op), s.inputs, s.out_header, s.params)
+    values = [trace.tensor(t).value for t in s.inputs]
+    return build_trace(trace.program, inputs, overrides={step: execute_step(wrong, values)})
+
+
 def play(
     claimer: ClaimerAgent, challenger: ChallengerAgent, game_id: int, *, max_moves: int = 500, on_move: Callable[[str], None] | None = None
 ) -> Game:
@@ -344,4 +372,12 @@ def play(
     return claimer.game.get_game(game_id)
 
 
-__all__ = ["ChallengerAgent", "ClaimerAgent", "GasLog", "build_step_proof", "play"]
+__all__ = [
+    "ChallengerAgent",
+    "ClaimerAgent",
+    "GasLog",
+    "build_step_proof",
+    "play",
+    "wrong_element_trace",
+    "wrong_op_trace",
+]
