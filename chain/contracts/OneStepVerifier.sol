@@ -200,6 +200,7 @@ contract OneStepVerifier is IOneStepVerifier {
         if (op <= O.MUL || op == O.SCALE) return _binary(op, p, ins, e, fo);
         if (op == O.MATMUL) return _matmul(ins, e, fo);
         if (op == O.RESHAPE || op == O.FIXED_TO_RING) return _el(ins[0], e);
+        if (op == O.BUNDLE_GET) return _el(ins[1], e); // the entry tensor's own element
         if (op == O.PERMUTE) return _el(ins[0], _permuteSource(p, ins[0].header, out, e));
         if (op == O.GATHER) {
             uint256 dim = M.dimOf(ins[1].header, 1);
@@ -220,9 +221,8 @@ contract OneStepVerifier is IOneStepVerifier {
         if (op >= O.GELU && op <= O.INV_SQRT) return O.unary(op, a, fa, fo);
         if (op == O.COUNT_ABS) return _countAbs(p, ins, out, e);
         if (op == O.ASSERT_KTH) return 1;
-        if (op == O.TIES_TRIM) return O.tiesTrim(a, _el(ins[1], 0), fa, fo);
-        // BUNDLE_GET: the entry tensor's own element.
-        return _el(ins[1], e);
+        // TIES_TRIM (the last op left).
+        return O.tiesTrim(a, _el(ins[1], 0), fa, fo);
     }
 
     function _binary(uint16 op, bytes calldata p, InputTensor[] calldata ins, uint256 e, uint256 fo)
@@ -246,18 +246,38 @@ contract OneStepVerifier is IOneStepVerifier {
         return O.addSub(a, b, M.fracBitsOf(x.header), M.fracBitsOf(y.header), fo, op == O.SUB);
     }
 
-    function _matmul(InputTensor[] calldata ins, uint256 e, uint256 fo) private pure returns (int256 acc) {
+    function _matmul(InputTensor[] calldata ins, uint256 e, uint256 fo) private pure returns (int256) {
         bytes32 ha = ins[0].header;
         uint256 k = M.dimOf(ha, M.rankOf(ha) - 1);
         uint256 n = M.dimOf(ins[1].header, 0);
-        uint256 aStart = (e / n) * k;
-        uint256 wStart = (e % n) * k;
-        InputTensor calldata a = ins[0];
-        InputTensor calldata w = ins[1];
-        for (uint256 i; i < k; ++i) {
-            acc += _el(a, aStart + i) * _el(w, wStart + i);
+        uint256 aOff = _offset(ins[0], (e / n) * k);
+        uint256 wOff = _offset(ins[1], (e % n) * k);
+        int256 acc;
+        // K <= 4096 products of two int64 words: |acc| < 2^138, so unchecked arithmetic is exact.
+        assembly ("memory-safe") {
+            for { let i := 0 } lt(i, k) { i := add(i, 1) } {
+                let x := signextend(7, shr(192, calldataload(add(aOff, mul(i, 8)))))
+                let y := signextend(7, shr(192, calldataload(add(wOff, mul(i, 8)))))
+                acc := add(acc, mul(x, y))
+            }
         }
         return FP.rescale(acc, M.fracBitsOf(ha) + M.fracBitsOf(ins[1].header), fo);
+    }
+
+    /// @dev Calldata offset of word `idx` of an authenticated input.
+    function _offset(InputTensor calldata t, uint256 idx) private pure returns (uint256 off) {
+        off = (idx - t.firstChunk * M.CHUNK_ELEMS) * 8;
+        bytes calldata data = t.chunks;
+        assembly ("memory-safe") {
+            off := add(data.offset, off)
+        }
+    }
+
+    /// @dev Word `i` after a calldata offset from `_offset` (sign-extended int64).
+    function _at(uint256 off, uint256 i) private pure returns (int256 v) {
+        assembly ("memory-safe") {
+            v := signextend(7, shr(192, calldataload(add(off, mul(i, 8)))))
+        }
     }
 
     function _row(uint16 op, bytes calldata p, InputTensor calldata a, uint256 e, uint256 fo)
@@ -267,17 +287,17 @@ contract OneStepVerifier is IOneStepVerifier {
     {
         uint256 width = M.dimOf(a.header, M.rankOf(a.header) - 1);
         uint256 fa = M.fracBitsOf(a.header);
-        uint256 start = (op == O.MEAN || op == O.SUM) ? e * width : (e / width) * width;
+        uint256 off = _offset(a, (op == O.MEAN || op == O.SUM) ? e * width : (e / width) * width);
         if (op == O.MEAN || op == O.SUM) {
             int256 total;
             for (uint256 i; i < width; ++i) {
-                total += _el(a, start + i);
+                total += _at(off, i);
             }
             return op == O.SUM ? FP.rescale(total, fa, fo) : FP.scaledDiv(total, int256(width), fa, fo);
         }
         int256[] memory row = new int256[](width);
         for (uint256 i; i < width; ++i) {
-            row[i] = _el(a, start + i);
+            row[i] = _at(off, i);
         }
         if (op == O.SOFTMAX) return FP.softmaxAt(row, e % width, fa, fo);
         return FP.layernormAt(row, e % width, int256(_w(p, 0)), fa, fo);
@@ -325,8 +345,9 @@ contract OneStepVerifier is IOneStepVerifier {
         uint256 numel = M.numelOf(ins[0].header);
         if (end > numel) end = numel;
         int256 tau = _el(ins[1], 0);
-        for (uint256 i = start; i < end; ++i) {
-            int256 m = O.abs(_el(ins[0], i));
+        uint256 off = _offset(ins[0], start);
+        for (uint256 i; i < end - start; ++i) {
+            int256 m = O.abs(_at(off, i));
             if (strict ? m > tau : m >= tau) ++count;
         }
     }

@@ -179,6 +179,8 @@ class Trace:
             entries = ins[0].value.entries or ()
             if index < len(entries):
                 ins = ins + [commit_value(entries[index][1], self._cache)]
+            else:  # ill-formed: the verifier ignores the appended tensor, but the slot must exist
+                ins = ins + [commit_value(Value(TensorHeader(Domain.FIXED, 0, ()), np.zeros((), np.int64)), self._cache)]
         id_value = 0
         if step.op == Op.GATHER:
             dim = ins[1].header.shape[1]
@@ -218,7 +220,7 @@ class Trace:
         """The element this trace reveals at (i, e), encoded like ``expected`` (entry leaf for bundles)."""
         c = self.outputs[i]
         if c.header.domain == Domain.BUNDLE:
-            return c.tree.leaf(e)
+            return c.tree.leaf(e) if e < (1 << c.tree.depth) else PAD_ENTRY_LEAF
         flat = c.value.flat()
         v = int(flat[e]) if e < flat.size else 0
         return (v % (1 << 256)).to_bytes(32, "big")

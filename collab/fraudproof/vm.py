@@ -94,8 +94,8 @@ def _row_sum(a: np.ndarray) -> np.ndarray:
     """Exact sum over the last axis (int64 when it provably fits)."""
     n = a.shape[-1]
     if _absmax(a) * n < (1 << 62):
-        return a.sum(axis=-1)
-    return a.astype(object).sum(axis=-1)
+        return np.atleast_1d(a.sum(axis=-1))
+    return np.atleast_1d(a.astype(object).sum(axis=-1))
 
 
 def _scaled_div_array(num: np.ndarray, d: np.ndarray, fa: int, fo: int) -> np.ndarray:
@@ -143,7 +143,9 @@ def execute_step(step: Step, inputs: Sequence[Value], witness: np.ndarray | None
     assert p is not None  # checked by expected_out
     out = TensorHeader.decode(step.out_header)
     fo = out.frac_bits
-    data = [v.data for v in inputs]
+    # Rank-0 values become 1-element vectors: fixedpoint's object-array kernels need ndim >= 1,
+    # and ``done`` restores the declared shape.
+    data = [np.atleast_1d(v.data) if v.data is not None and op != Op.PERMUTE else v.data for v in inputs]
     fs = [v.header.frac_bits for v in inputs]
 
     def done(arr: np.ndarray) -> Value:
@@ -315,8 +317,13 @@ def input_ranges(step: Step, in_headers: Sequence[TensorHeader], e: int, id_valu
     op = Op(step.op)
     out = TensorHeader.decode(step.out_header)
     n = len(in_headers)
+    if op == Op.ASSERT_KTH:
+        return [(0, 2)]  # the assertion is checked for every element, padding included
+    if op == Op.BUNDLE_GET:
+        index = decode_params(op, step.params)[0]  # type: ignore[index]
+        return [(index, index + 1), (e, e + 1) if e < out.numel else (0, 0)]
     if e >= out.numel:
-        return [(0, 0)] * (n + (1 if op == Op.BUNDLE_GET else 0))
+        return [(0, 0)] * n
     if op in (Op.PRG_MASK, Op.WITNESS, Op.BUNDLE):
         return [(0, 0)] * n
     if op == Op.MATMUL:
@@ -348,11 +355,6 @@ def input_ranges(step: Step, in_headers: Sequence[TensorHeader], e: int, id_valu
         return [(r * block, min((r + 1) * block, in_headers[0].numel)), (0, 1)]
     if op == Op.TIES_TRIM:
         return [(e, e + 1), (0, 1)]
-    if op == Op.ASSERT_KTH:
-        return [(0, 2)]
-    if op == Op.BUNDLE_GET:
-        index = decode_params(op, step.params)[0]  # type: ignore[index]
-        return [(index, index + 1), (e, e + 1)]
     return [(e, e + 1)] * n  # elementwise ops (incl. RESHAPE: same flat index)
 
 

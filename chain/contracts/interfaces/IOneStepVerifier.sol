@@ -12,6 +12,9 @@ pragma solidity ^0.8.24;
 ///    (single-leaf proof), that every input id is `< N_in + stepIndex`, and that
 ///    each `tensorRoot(inputs[i].chunkRoot, inputs[i].header)` is the root of
 ///    tensor id `descriptor.inputs[i]` (input-bundle entry or earlier trace leaf);
+///  * the game passes EXACTLY `descriptor.inputs.length` inputs (+1 for BUNDLE_GET):
+///    the verifier cannot tell an omitted input from a step of the wrong arity,
+///    and would rule such a call `NoValidValue`;
 ///  * the game compares the claimer's revealed output header with `outHeader`
 ///    (a valid header that differs loses for the claimer without calling here);
 ///  * this contract checks everything else a step must satisfy to be well formed
