@@ -1,4 +1,4 @@
-"""Deploy and wire collab's asset-layer contracts, following docs/contracts.md.
+"""Deploy and wire collab's contracts: the asset layer (docs/contracts.md), then the fraud-proof layer.
 
 One function, :func:`deploy_all`, used by ``collab chain up``/``deploy``, the
 test fixtures and the demo, so every chain collab talks to is wired the same
@@ -80,6 +80,9 @@ CONTRACT_ORDER: tuple[str, ...] = (
     "ProtocolParams", "CollabToken", "TimelockController", "CollabGovernor", "IdentityRegistry",
     "Shares", "AssetRegistry", "RevenueDistributor", "Receipts", "Licensing",
 )
+
+# Fraud-proof layer (docs/protocol.md §4-§7), deployed after the asset layer.
+FRAUD_PROOF_ORDER: tuple[str, ...] = ("OneStepVerifier", "ClaimManager", "BisectionGame", "DataAvailability")
 
 
 def param_key(name: str) -> str:
@@ -217,10 +220,6 @@ def deploy_all(
         for name, client in d.clients.items()
     }
     return Deployment(chain_id=chain_id, rpc_url=url, deploy_block=int(d.first_block or 0), contracts=contracts)
-
-
-# Fraud-proof layer (docs/protocol.md §4-§7), deployed after the asset layer.
-FRAUD_PROOF_ORDER: tuple[str, ...] = ("OneStepVerifier", "ClaimManager", "BisectionGame", "DataAvailability")
 
 
 def _deploy_fraud_proof(d: _Deployer, params: str, identity: str, assets: str, admin: str) -> None:

@@ -22,7 +22,7 @@ import chain.compiler as compiler
 from chain.anvil import AnvilProcess, free_port, rpc_answers
 from chain.client import AbiRegistry, ContractClient, connect, deploy_contract, send_transaction
 from chain.compiler import Artifact, compile_contracts
-from chain.deploy import CONTRACT_ORDER, DEFAULT_PARAMS, DEMO_PARAMS, ZERO_ADDRESS, Governance, deploy_all, param_key, resolve_params
+from chain.deploy import CONTRACT_ORDER, DEFAULT_PARAMS, FRAUD_PROOF_ORDER, DEMO_PARAMS, ZERO_ADDRESS, Governance, deploy_all, param_key, resolve_params
 from chain.deployment import Deployment
 from chain.errors import CompilationError, ContractRevert, DeploymentMismatch, revert_class
 from chain.node import chain_down, chain_status, chain_up, fund
@@ -390,6 +390,12 @@ def test_deploy_all_wires_roles_params_and_governance(deployment: Deployment, w3
     assert tl._call("hasRole", tl._call("EXECUTOR_ROLE"), ZERO_ADDRESS)
     assert not tl._call("hasRole", tl._call("DEFAULT_ADMIN_ROLE"), deployer.address)
     assert not tl._call("hasRole", tl._call("PROPOSER_ROLE"), deployer.address)
+
+    if "ClaimManager" in deployment.contracts:  # the fraud-proof layer settles through the asset layer
+        assert set(FRAUD_PROOF_ORDER) <= set(deployment.contracts)
+        for name in ("IdentityRegistry", "AssetRegistry", "Shares", "Receipts"):
+            c = _client(deployment, w3, name)
+            assert c._call("hasRole", c._call("SETTLEMENT_ROLE"), deployment.address("ClaimManager")), name
 
     licensing = _client(deployment, w3, "Licensing")
     assert licensing._call("hasRole", licensing._call("DEFAULT_ADMIN_ROLE"), timelock)
