@@ -11,6 +11,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,8 @@ from hypothesis import strategies as st
 from collab import fixedpoint as fx
 from collab.errors import EXIT_UNAVAILABLE, BadInput, CollabError, ProtocolViolation, Unauthorized
 from collab.secagg import (
+    AggregateResult,
+    AggregationWitness,
     ConsistencyBroadcast,
     ForwardedShares,
     KeyAdvertisement,
@@ -338,14 +341,17 @@ def test_config_rejects_unsafe_thresholds_and_graphs() -> None:
 # ---------------------------------------------------------------------- verifiability
 
 
+DropoutRound = tuple[RoundConfig, AggregateResult, dict[int, np.ndarray]]
+
+
 @pytest.fixture(scope="module")
-def dropout_round() -> tuple[RoundConfig, object, dict[int, np.ndarray]]:
+def dropout_round() -> DropoutRound:
     config = make_config(5, 3, 64)
     inputs = inputs_for(config, np.random.default_rng(11))
     return config, run_local_round(config, ACCOUNTS, inputs, drop_before={4: "masked"}), inputs
 
 
-def test_seed_commitments_verify_and_the_witness_replays_the_sum(dropout_round: tuple) -> None:
+def test_seed_commitments_verify_and_the_witness_replays_the_sum(dropout_round: DropoutRound) -> None:
     config, result, inputs = dropout_round
     witness = result.witness
     verify_seed_commitments(config, witness)
@@ -355,21 +361,20 @@ def test_seed_commitments_verify_and_the_witness_replays_the_sum(dropout_round: 
     assert all(t.negate for t in witness.masks if t.kind == "self")
 
 
-def _mutations(witness: object) -> list[tuple[str, Callable[[], object]]]:
-    w = witness
-    masks = list(w.masks)  # type: ignore[attr-defined]
+def _mutations(w: AggregationWitness) -> list[tuple[str, Callable[[], AggregationWitness]]]:
+    masks = list(w.masks)
     self_i = next(i for i, t in enumerate(masks) if t.kind == "self")
     pair_i = next(i for i, t in enumerate(masks) if t.kind == "pair")
 
-    def with_masks(new: list[MaskTerm]) -> object:
-        return dataclasses.replace(w, masks=tuple(new))  # type: ignore[type-var]
+    def with_masks(new: list[MaskTerm]) -> AggregationWitness:
+        return dataclasses.replace(w, masks=tuple(new))
 
-    def swap(i: int, term: MaskTerm) -> object:
+    def swap(i: int, term: MaskTerm) -> AggregationWitness:
         return with_masks(masks[:i] + [term] + masks[i + 1 :])
 
-    masked = list(w.masked_inputs)  # type: ignore[attr-defined]
+    masked = list(w.masked_inputs)
     tampered_input = dataclasses.replace(masked[0], words=masked[0].words + 1)
-    commitments = list(w.commitments)  # type: ignore[attr-defined]
+    commitments = list(w.commitments)
     forged_commit = dataclasses.replace(commitments[0], self_commitment=keccak(b"other"))
     return [
         ("does not match its commitment", lambda: swap(self_i, dataclasses.replace(masks[self_i], seed=os.urandom(32)))),
@@ -378,20 +383,20 @@ def _mutations(witness: object) -> list[tuple[str, Callable[[], object]]]:
         ("missing", lambda: with_masks(masks[:pair_i] + masks[pair_i + 1 :])),
         ("self-mask terms missing", lambda: with_masks(masks[:self_i] + masks[self_i + 1 :])),
         ("unexpected", lambda: with_masks(masks + [masks[self_i]])),
-        ("masked input", lambda: dataclasses.replace(w, masked_inputs=(tampered_input, *masked[1:]))),  # type: ignore[type-var]
-        ("seed commitment", lambda: dataclasses.replace(w, commitments=(forged_commit, *commitments[1:]))),  # type: ignore[type-var]
+        ("masked input", lambda: dataclasses.replace(w, masked_inputs=(tampered_input, *masked[1:]))),
+        ("seed commitment", lambda: dataclasses.replace(w, commitments=(forged_commit, *commitments[1:]))),
     ]
 
 
 @pytest.mark.parametrize("index", range(8))
-def test_a_wrong_revealed_seed_or_tampered_witness_is_detected(dropout_round: tuple, index: int) -> None:
+def test_a_wrong_revealed_seed_or_tampered_witness_is_detected(dropout_round: DropoutRound, index: int) -> None:
     config, result, _ = dropout_round
     match, mutate = _mutations(result.witness)[index]
     with pytest.raises(ProtocolViolation, match=match):
-        verify_seed_commitments(config, mutate())  # type: ignore[arg-type]
+        verify_seed_commitments(config, mutate())
 
 
-def test_witness_for_another_round_is_rejected(dropout_round: tuple) -> None:
+def test_witness_for_another_round_is_rejected(dropout_round: DropoutRound) -> None:
     config, result, _ = dropout_round
     with pytest.raises(ProtocolViolation, match="another round"):
         verify_seed_commitments(make_config(5, 3, 64, seed=b"\x09" * 32), result.witness)
@@ -457,10 +462,10 @@ def test_messages_round_trip_through_bytes_and_reject_garbage() -> None:
         SeedCommitment.from_bytes(b"SAGG")
 
 
-def test_participant_signs_with_its_identity_account_only(tmp_path: object) -> None:
+def test_participant_signs_with_its_identity_account_only(tmp_path: Path) -> None:
     from collab.identity import Identity
 
-    identity = Identity.create(tmp_path, "pw", scrypt_n=2)  # type: ignore[arg-type]
+    identity = Identity.create(tmp_path, "pw", scrypt_n=2)
     members = (Member(1, identity.address), Member(2, ACCOUNTS[2].address))
     config = RoundConfig(keccak(b"id-round"), members, 2, 4, 8)
     result = run_local_round(config, {1: identity.account, 2: ACCOUNTS[2]}, {1: np.arange(4, dtype=np.int64), 2: np.ones(4, dtype=np.int64)})
