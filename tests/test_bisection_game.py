@@ -312,3 +312,33 @@ def test_gas_report(game_env: GameEnv) -> None:
         assert max(by_kind["post"]) < 400_000
     if "reveal" in by_kind:
         assert max(by_kind["reveal"]) < 150_000
+
+
+def test_a_wrong_entry_of_a_bundle_output_loses_on_the_entry_leaf(env: GameEnv) -> None:
+    """The last step commits a state dict (BUNDLE): the game descends its entry tree, no element round."""
+    needs_verifier(env)
+    from collab.fraudproof.agents import wrong_element_trace
+    from collab.fraudproof.program import ProgramBuilder
+    from collab.fraudproof.trace import build_trace
+
+    b = ProgramBuilder({n: env.inputs[n].header for n in "xy"})
+    s0 = b.add(b["x"], b["y"])
+    s1 = b.add(s0, b["x"])
+    s2 = b.add(s1, b["y"])
+    b.bundle({"layer.weight": s1, "layer.bias": s2, "head.weight": s0})
+    program = b.build()
+    honest = build_trace(program, env.inputs)
+    # Step 2 stays honest, but the bundle commits a corrupted copy of it.
+    cheat = wrong_element_trace(honest, env.inputs, 2, 17)
+    bundle_step = len(program.steps) - 1
+    forged = build_trace(program, env.inputs, overrides={2: honest.outputs[2].value, bundle_step: cheat.outputs[bundle_step].value})
+    assert forged.outputs[bundle_step].root != honest.outputs[bundle_step].root
+    claimer = env.claimer_agent(forged, log2k=1)
+    claim_id = claimer.post()
+    challenger = env.challenger_agent(honest)
+    game_id = challenger.challenge(claim_id)
+    moves: list[str] = []
+    game = play(claimer, challenger, game_id, on_move=moves.append)
+    assert not game.claimer_won and game.step == bundle_step
+    assert "reveal_chunk" not in moves and "pick_element" not in moves
+    assert env.game().resolution(game_id) == (False, Reason.PROOF)

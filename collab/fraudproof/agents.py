@@ -32,7 +32,7 @@ from chain.clients.data_availability import CommitmentKind, DataAvailabilityClie
 from collab.errors import BadInput
 from collab.fixedpoint import Domain
 from collab.fraudproof.commitments import CHUNK_BYTES, MerkleTree, node_hash
-from collab.fraudproof.program import Step
+from collab.fraudproof.program import Op, Step
 from collab.fraudproof.trace import Committed, Trace, build_trace
 from collab.fraudproof.vm import Value, execute_step
 
@@ -85,6 +85,10 @@ def build_step_proof(trace: Trace, step: int, element: int, trace_proof: Callabl
         else:
             roots.append(RootProof(ZERO32, []))
     inputs = [i.as_tuple() for i in trace.one_step_inputs(step, element)]
+    if s.op == Op.BUNDLE_GET and len(inputs) == len(s.inputs):
+        # The selected entry does not exist: the step is ill formed, but the game still takes
+        # exactly one extra input; an empty one lets the verifier rule NoValidValue.
+        inputs.append((ZERO32, ZERO32, 0, b"", []))
     return StepProof(
         s.descriptor, program.step_proof(step), trace.bundle.chunk_root, trace.bundle.header.encode(), roots, inputs
     )
