@@ -70,6 +70,7 @@ def chain_up(
             raise BadInput(f"the chain of this home already runs with state {record.get('state_file')}", hint="run `collab chain down` first")
         rpc_url = str(record["rpc_url"])
     else:
+        default_artifacts()  # compile (or load the cache) first: a broken source must not leave a chain behind
         chain_dir = settings.ensure_dir(settings.chain_dir)
         state = Path(state_file).expanduser().resolve() if state_file else None
         node = AnvilProcess(port or DEFAULT_PORT, state, log_path=chain_dir / LOG_FILE, detached=True).start()
@@ -79,8 +80,8 @@ def chain_up(
     try:
         w3 = connect(rpc_url)
         return ensure_deployed(w3, settings, dev_account(0), rpc_url=rpc_url, profile=profile, params=params)
-    except CollabError:
-        if started:  # do not leave a chain without contracts behind
+    except BaseException:
+        if started:  # do not leave a chain without contracts behind (errors, Ctrl-C)
             chain_down(settings)
         raise
 

@@ -470,6 +470,14 @@ def test_chain_up_with_state_survives_down_and_up(tmp_path: Path) -> None:
         chain_down(conf)
 
 
+def test_chain_up_that_cannot_deploy_leaves_no_chain_behind(tmp_path: Path) -> None:
+    conf, port = _settings(tmp_path / "home"), free_port()
+    with pytest.raises(BadInput, match="unknown protocol parameter"):
+        chain_up(conf, port, params={"NOT_A_PARAM": 1})
+    assert not rpc_answers(f"http://127.0.0.1:{port}")
+    assert chain_status(conf)["embedded"] is False and not conf.deployment_path.exists()
+
+
 @pytest.mark.slow
 def test_chain_up_without_state_redeploys_on_a_fresh_chain(tmp_path: Path) -> None:
     conf, port = _settings(tmp_path / "home"), free_port()
