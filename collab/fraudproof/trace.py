@@ -228,15 +228,26 @@ class Trace:
 
 def build_trace(
     program: Program,
-    inputs: Mapping[str, Value],
+    inputs: Mapping[str, Value | Committed],
     witnesses: Mapping[int, np.ndarray] | None = None,
     overrides: Mapping[int, Value] | None = None,
 ) -> Trace:
-    """Execute and commit ``program``; ``overrides`` replace step outputs (dishonest agents, tests)."""
-    ordered = input_bundle(inputs)
+    """Execute and commit ``program``; ``overrides`` replace step outputs (dishonest agents, tests).
+
+    Inputs may be passed already committed (e.g. an asset's tensors, hashed
+    once at registration), which skips rehashing them.
+    """
+    cache: dict[int, Committed] = {}
+    plain: dict[str, Value] = {}
+    for name, item in inputs.items():
+        if isinstance(item, Committed):
+            cache[id(item.value)] = item
+            plain[name] = item.value
+        else:
+            plain[name] = item
+    ordered = input_bundle(plain)
     if len(ordered) != program.n_inputs:
         raise BadInput(f"the program takes {program.n_inputs} inputs, got {len(ordered)}")
-    cache: dict[int, Committed] = {}
     committed_in = [commit_value(v, cache) for _, v in ordered]
     bundle_value = Value(TensorHeader(Domain.BUNDLE, 0, (len(ordered),)), None, tuple(ordered))
     bundle_c = commit_value(bundle_value, cache)
