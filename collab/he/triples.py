@@ -1,0 +1,639 @@
+"""Two-party Beaver triples in Z_2^64 from BFV, with no dealer (semi-honest, Gilboa-style).
+
+Each party P samples its own shares a_P, b_P. For c = a*b (or a@b),
+
+    c = a_0 b_0 + a_1 b_1 + a_0 b_1 + a_1 b_0,
+
+the first two terms are local and each cross term a_P b_Q is computed by the
+HE cross-term protocol below, run in both directions at once:
+
+1. *offer*: P encrypts a_P under its own key (residues mod each CRT prime) and
+   sends the ciphertexts;
+2. *answer*: Q multiplies them by its plaintext b_Q, adds a mask r uniform in
+   [0, 2^mask_bits), re-randomises with a fresh encryption of zero under P's
+   public key, floods the noise, mod-switches down and returns the result;
+   Q's share of the cross term is -r mod 2^64;
+3. *finish*: P decrypts (checking the noise budget), CRT-combines the residues
+   into the exact integer a_P b_Q + r (it never wraps: the CRT range exceeds
+   it), and keeps it mod 2^64.
+
+What each party sees: its own shares, ciphertexts under the peer's key
+(semantically secure), and decryptions of values masked by r, which are within
+2^-40 of uniform (the product is below 2^(128+log2 k), the mask 2^mask_bits).
+Matmul cross terms use coefficient encoding (one polynomial product computes a
+whole block of inner products, Cheetah-style) and split long inner dimensions
+into groups so that at least ``stat_bits`` of masking remain.
+
+The parties only ever exchange ``bytes`` through a :class:`Channel`; the same
+code runs over a thread queue (tests) and over torch.distributed (CrypTen).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from collab.errors import BadInput, InternalError, ProtocolViolation, Unavailable
+from collab.he.bfv import (
+    U64,
+    BfvParams,
+    BfvSuite,
+    Rng,
+    check_budget,
+    crt_mod_2_64,
+    horner_mod,
+    uint64_to_residues,
+)
+
+MASK = (1 << 64) - 1
+
+
+# ---------------------------------------------------------------------- transport
+
+
+class Channel(Protocol):
+    """A bidirectional byte pipe to the peer: send ours and receive theirs, simultaneously."""
+
+    def exchange(self, payload: bytes) -> bytes: ...
+
+
+class QueueChannel:
+    """In-process channel between two threads (tests); counts bytes like a socket would."""
+
+    def __init__(self, inbox: queue.Queue[bytes], outbox: queue.Queue[bytes], timeout: float = 600.0) -> None:
+        self.inbox, self.outbox, self.timeout = inbox, outbox, timeout
+
+    @staticmethod
+    def pair(timeout: float = 600.0) -> tuple[QueueChannel, QueueChannel]:
+        a: queue.Queue[bytes] = queue.Queue()
+        b: queue.Queue[bytes] = queue.Queue()
+        return QueueChannel(a, b, timeout), QueueChannel(b, a, timeout)
+
+    def exchange(self, payload: bytes) -> bytes:
+        if not isinstance(payload, bytes):
+            raise InternalError("channels carry bytes only")
+        self.outbox.put(payload)
+        try:
+            return self.inbox.get(timeout=self.timeout)
+        except queue.Empty:
+            raise Unavailable(f"HE peer sent nothing for {self.timeout:.0f} s") from None
+
+
+def pack(blobs: list[bytes]) -> bytes:
+    """Length-prefixed concatenation."""
+    return struct.pack("<I", len(blobs)) + b"".join(struct.pack("<Q", len(b)) + b for b in blobs)
+
+
+def unpack(data: bytes) -> list[bytes]:
+    try:
+        (count,) = struct.unpack_from("<I", data, 0)
+        pos, out = 4, []
+        for _ in range(count):
+            (size,) = struct.unpack_from("<Q", data, pos)
+            pos += 8
+            if pos + size > len(data):
+                raise struct.error("truncated")
+            out.append(data[pos : pos + size])
+            pos += size
+    except struct.error as exc:
+        raise ProtocolViolation(f"malformed HE message: {exc}") from exc
+    if pos != len(data):
+        raise ProtocolViolation("trailing bytes in HE message")
+    return out
+
+
+# ---------------------------------------------------------------------- matmul blocking
+
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    """How an (n,k)@(k,m) cross term is cut into coefficient-encoded blocks.
+
+    A block (nw,kw,mw) fits one polynomial product when nw*mw*kw + kw - 1 <= N
+    (no negacyclic wrap); inner blocks are summed homomorphically in groups of
+    ``group`` so that |Σ| < group*2^128 stays ``stat_bits`` below the mask.
+    """
+
+    n: int
+    k: int
+    m: int
+    nw: int
+    kw: int
+    mw: int
+    group: int  # inner blocks summed per reply ciphertext
+
+    @property
+    def blocks(self) -> tuple[int, int, int]:
+        return math.ceil(self.n / self.nw), math.ceil(self.k / self.kw), math.ceil(self.m / self.mw)
+
+    @property
+    def groups(self) -> int:
+        return math.ceil(self.blocks[1] / self.group)
+
+
+def plan_matmul(n: int, k: int, m: int, suite: BfvSuite) -> MatmulPlan:
+    """The block shape minimising polynomial products plus ciphertexts sent."""
+    N = suite.n
+    max_inner = 1 << (mask_bits(suite) - 128 - suite.params.stat_bits)
+    cands = lambda d: sorted({min(d, 1 << e) for e in range(16)} | {d})  # noqa: E731
+    noise_groups = max(1, suite.max_terms() // N)
+    best: tuple[float, MatmulPlan] | None = None
+    for kw in cands(k):
+        if kw > N or kw > max_inner:
+            continue
+        for nw in cands(n):
+            mw = min(m, (N + 1 - kw) // (nw * kw)) if nw * kw <= N else 0
+            if mw < 1:
+                continue
+            nb, kb, mb = math.ceil(n / nw), math.ceil(k / kw), math.ceil(m / mw)
+            group = max(1, min(kb, max_inner // kw, noise_groups))
+            groups = math.ceil(kb / group)
+            cost = nb * kb * mb + 2.0 * nb * kb + 2.0 * nb * mb * groups
+            plan = MatmulPlan(n, k, m, nw, kw, mw, group)
+            if best is None or cost < best[0]:
+                best = (cost, plan)
+    if best is None:
+        raise BadInput(f"cannot block a ({n},{k})@({k},{m}) matmul for N={N}")
+    return best[1]
+
+
+def mask_bits(suite: BfvSuite) -> int:
+    """Masks are uniform in [0, 2^mask_bits); value + mask stays below the CRT modulus."""
+    return suite.modulus.bit_length() - 1
+
+
+# ---------------------------------------------------------------------- one party
+
+
+@dataclass
+class Traffic:
+    """What one party sent/received and how long its HE work took (the offline phase)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages: int = 0
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class HeParty:
+    """One party of the cross-term protocol: its own BFV keys plus the peer's public keys."""
+
+    def __init__(self, suite: BfvSuite | None = None, *, params: BfvParams | None = None) -> None:
+        self.suite = suite or BfvSuite(params)
+        self.rng = Rng()
+        self._secret: list[seal.SecretKey] = []
+        own_pk: list[seal.PublicKey] = []
+        for ctx in self.suite.contexts:
+            kg = seal.KeyGenerator(ctx)
+            pk = seal.PublicKey()
+            kg.create_public_key(pk)
+            self._secret.append(kg.secret_key())
+            own_pk.append(pk)
+        self._own_pk = own_pk
+        self._enc = [seal.Encryptor(c, s) for c, s in zip(self.suite.contexts, self._secret)]
+        self._dec = [seal.Decryptor(c, s) for c, s in zip(self.suite.contexts, self._secret)]
+        self._peer_enc: list[seal.Encryptor] | None = None
+        self.last_budgets: list[int] = []
+
+    # ---------------------------------------------------------------- setup
+
+    def hello(self) -> bytes:
+        """The public keys the peer needs to re-randomise replies to us."""
+        return pack([self.suite.dumps(pk) for pk in self._own_pk])
+
+    def meet(self, peer_hello: bytes) -> None:
+        blobs = unpack(peer_hello)
+        if len(blobs) != len(self.suite.contexts):
+            raise ProtocolViolation("peer public keys do not match the BFV suite")
+        keys = [self.suite.load_public_key(i, b) for i, b in enumerate(blobs)]
+        self._peer_enc = [seal.Encryptor(c, pk) for c, pk in zip(self.suite.contexts, keys)]
+
+    def _peer(self) -> list[seal.Encryptor]:
+        if self._peer_enc is None:
+            raise InternalError("meet() the peer before answering its offers")
+        return self._peer_enc
+
+    # ---------------------------------------------------------------- shared steps
+
+    def _encrypt(self, k: int, pt: seal.Plaintext) -> bytes:
+        ct = seal.Ciphertext()
+        self._enc[k].encrypt_symmetric(pt, ct)
+        return self.suite.dumps(ct)
+
+    def _seal_reply(self, k: int, ct: seal.Ciphertext, terms: int) -> bytes:
+        """Re-randomise, flood and shrink a reply before it leaves this party."""
+        suite, ev = self.suite, self.suite.evaluators[k]
+        zero = seal.Ciphertext()
+        self._peer()[k].encrypt_zero(ct.parms_id(), zero)
+        ev.add_inplace(ct, zero)
+        ev.add_inplace(ct, suite.flood_ciphertext(k, ct.parms_id(), suite.flood_bits(terms), self.rng))
+        for _ in range(len(suite.params.coeff_bits) - 1 - suite.reply_level(terms)):
+            ev.mod_switch_to_next_inplace(ct)
+        return suite.dumps(ct)
+
+    def _open(self, k: int, data: bytes) -> seal.Plaintext:
+        ct = self.suite.load_ciphertext(k, data)
+        budget = self._dec[k].invariant_noise_budget(ct)
+        check_budget(budget, f"reply under prime {k}")
+        self.last_budgets.append(budget)
+        pt = seal.Plaintext()
+        self._dec[k].decrypt(ct, pt)
+        return pt
+
+    def _masks(self, count: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """r uniform in [0, 2^mask_bits): its residues per prime and r mod 2^64."""
+        digits = self.rng.digits(count, mask_bits(self.suite))
+        residues = [horner_mod(digits, p) for p in self.suite.primes]
+        low = np.zeros(count, dtype=U64)
+        with np.errstate(over="ignore"):
+            for row in digits[-16:]:
+                low = low * U64(16) + row
+        return residues, low
+
+    # ---------------------------------------------------------------- element-wise (slots)
+
+    def _chunks(self, count: int) -> list[slice]:
+        return [slice(i, min(i + self.suite.n, count)) for i in range(0, count, self.suite.n)]
+
+    def offer_slots(self, x: np.ndarray) -> bytes:
+        """Enc(x mod p) per prime and per N-slot chunk, x a flat uint64 vector."""
+        x = np.ascontiguousarray(x, dtype=U64).ravel()
+        blobs = []
+        for k, p in enumerate(self.suite.primes):
+            res = uint64_to_residues(x, p)
+            for sl in self._chunks(x.size):
+                pt = seal.Plaintext()
+                self.suite.encoders[k].encode(res[sl].tolist(), pt)
+                blobs.append(self._encrypt(k, pt))
+        return pack(blobs)
+
+    def answer_slots(self, offer: bytes, y: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """Reply Enc(x*y + r) and return our share -r mod 2^64 of x*y."""
+        y = np.ascontiguousarray(y, dtype=U64).ravel()
+        chunks = self._chunks(y.size)
+        blobs = unpack(offer)
+        if len(blobs) != len(chunks) * len(self.suite.primes):
+            raise ProtocolViolation("offer has the wrong number of ciphertexts")
+        masks, low = self._masks(y.size)
+        out = []
+        for k, p in enumerate(self.suite.primes):
+            ev, enc = self.suite.evaluators[k], self.suite.encoders[k]
+            yres = uint64_to_residues(y, p)
+            for c, sl in enumerate(chunks):
+                ct = self.suite.load_ciphertext(k, blobs[k * len(chunks) + c])
+                py, pr = seal.Plaintext(), seal.Plaintext()
+                enc.encode(yres[sl].tolist(), py)
+                enc.encode(masks[k][sl].tolist(), pr)
+                ev.multiply_plain_inplace(ct, py)
+                ev.add_plain_inplace(ct, pr)
+                out.append(self._seal_reply(k, ct, self.suite.n))
+        with np.errstate(over="ignore"):
+            share = (U64(0) - low).astype(U64)
+        return pack(out), share
+
+    def finish_slots(self, reply: bytes, count: int) -> np.ndarray:
+        """Our share x*y + r mod 2^64 of the cross term we offered."""
+        chunks = self._chunks(count)
+        blobs = unpack(reply)
+        if len(blobs) != len(chunks) * len(self.suite.primes):
+            raise ProtocolViolation("reply has the wrong number of ciphertexts")
+        residues = []
+        for k in range(len(self.suite.primes)):
+            res = np.empty(count, dtype=U64)
+            for c, sl in enumerate(chunks):
+                vals = self.suite.encoders[k].decode_uint64(self._open(k, blobs[k * len(chunks) + c]))
+                res[sl] = np.asarray(vals[: sl.stop - sl.start], dtype=U64)
+            residues.append(res)
+        return crt_mod_2_64(residues, self.suite.primes)
+
+    # ---------------------------------------------------------------- matmul (coefficients)
+
+    def offer_matmul(self, x: np.ndarray, plan: MatmulPlan) -> bytes:
+        """Enc of every (nw,kw) block of x, coefficient-encoded as Σ x[i,l] T^(i*mw*kw + kw-1-l)."""
+        x = np.asarray(x, dtype=U64)
+        if x.shape != (plan.n, plan.k):
+            raise InternalError("offer does not match the plan")
+        nb, kb, _ = plan.blocks
+        blobs = []
+        for k, p in enumerate(self.suite.primes):
+            res = uint64_to_residues(x, p)
+            for bi in range(nb):
+                for bl in range(kb):
+                    blk = res[bi * plan.nw : (bi + 1) * plan.nw, bl * plan.kw : (bl + 1) * plan.kw]
+                    coeffs = np.zeros(self.suite.n, dtype=U64)
+                    ii, ll = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
+                    coeffs[ii * plan.mw * plan.kw + plan.kw - 1 - ll] = blk
+                    blobs.append(self._encrypt(k, self.suite.coeff_plaintext(coeffs, k)))
+        return pack(blobs)
+
+    def _positions(self, plan: MatmulPlan) -> np.ndarray:
+        """Coefficient index of output (i, j) inside a block product."""
+        ii, jj = np.meshgrid(np.arange(plan.nw), np.arange(plan.mw), indexing="ij")
+        return (ii * plan.mw + jj) * plan.kw + plan.kw - 1
+
+    def answer_matmul(self, offer: bytes, y: np.ndarray, plan: MatmulPlan) -> tuple[bytes, np.ndarray]:
+        """Reply Enc(Σ_group x_blk @ y_blk + r) per output block and group; return our share."""
+        y = np.asarray(y, dtype=U64)
+        if y.shape != (plan.k, plan.m):
+            raise InternalError("answer does not match the plan")
+        nb, kb, mb = plan.blocks
+        blobs = unpack(offer)
+        if len(blobs) != nb * kb * len(self.suite.primes):
+            raise ProtocolViolation("matmul offer has the wrong number of ciphertexts")
+        n_replies = nb * mb * plan.groups
+        masks, low = self._masks(n_replies * self.suite.n)
+        terms = plan.group * plan.kw * plan.mw
+        pos = self._positions(plan)
+        share = np.zeros((plan.n, plan.m), dtype=U64)
+        out = []
+        for k, p in enumerate(self.suite.primes):
+            ev = self.suite.evaluators[k]
+            res = uint64_to_residues(y, p)
+            cts = [self.suite.load_ciphertext(k, blobs[k * nb * kb + i]) for i in range(nb * kb)]
+            ypt: dict[tuple[int, int], seal.Plaintext] = {}
+            for bl in range(kb):
+                for bj in range(mb):
+                    blk = res[bl * plan.kw : (bl + 1) * plan.kw, bj * plan.mw : (bj + 1) * plan.mw]
+                    coeffs = np.zeros(self.suite.n, dtype=U64)
+                    ll, jj = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
+                    coeffs[jj * plan.kw + ll] = blk
+                    ypt[bl, bj] = self.suite.coeff_plaintext(coeffs, k)
+            r = 0
+            for bi in range(nb):
+                for bj in range(mb):
+                    for g in range(plan.groups):
+                        inner = range(g * plan.group, min(kb, (g + 1) * plan.group))
+                        acc = seal.Ciphertext()
+                        ev.multiply_plain(cts[bi * kb + inner[0]], ypt[inner[0], bj], acc)
+                        for bl in inner[1:]:
+                            prod = seal.Ciphertext()
+                            ev.multiply_plain(cts[bi * kb + bl], ypt[bl, bj], prod)
+                            ev.add_inplace(acc, prod)
+                        sl = slice(r * self.suite.n, (r + 1) * self.suite.n)
+                        ev.add_plain_inplace(acc, self.suite.coeff_plaintext(masks[k][sl], k))
+                        out.append(self._seal_reply(k, acc, terms))
+                        if k == 0:
+                            rows = slice(bi * plan.nw, (bi + 1) * plan.nw)
+                            cols = slice(bj * plan.mw, (bj + 1) * plan.mw)
+                            h, w = share[rows, cols].shape
+                            with np.errstate(over="ignore"):
+                                share[rows, cols] -= low[sl][pos[:h, :w]]
+                        r += 1
+        return pack(out), share
+
+    def finish_matmul(self, reply: bytes, plan: MatmulPlan) -> np.ndarray:
+        nb, _, mb = plan.blocks
+        n_replies = nb * mb * plan.groups
+        blobs = unpack(reply)
+        if len(blobs) != n_replies * len(self.suite.primes):
+            raise ProtocolViolation("matmul reply has the wrong number of ciphertexts")
+        pos = self._positions(plan).ravel()
+        residues = []
+        for k in range(len(self.suite.primes)):
+            vals = np.empty((n_replies, pos.size), dtype=U64)
+            for r in range(n_replies):
+                pt = self._open(k, blobs[k * n_replies + r])
+                cc = pt.coeff_count()
+                vals[r] = [pt[int(i)] if i < cc else 0 for i in pos]
+            residues.append(vals.ravel())
+        combined = crt_mod_2_64(residues, self.suite.primes).reshape(n_replies, plan.nw, plan.mw)
+        share = np.zeros((plan.n, plan.m), dtype=U64)
+        r = 0
+        with np.errstate(over="ignore"):
+            for bi in range(nb):
+                for bj in range(mb):
+                    for _ in range(plan.groups):
+                        rows = slice(bi * plan.nw, (bi + 1) * plan.nw)
+                        cols = slice(bj * plan.mw, (bj + 1) * plan.mw)
+                        h, w = share[rows, cols].shape
+                        share[rows, cols] += combined[r, :h, :w]
+                        r += 1
+        return share
+
+    # ---------------------------------------------------------------- AND of bits (XOR shares)
+
+    def offer_bits(self, x: np.ndarray) -> bytes:
+        """Enc(x) for bits x, under the first prime only."""
+        x = np.ascontiguousarray(x, dtype=U64).ravel()
+        blobs = []
+        for sl in self._chunks(x.size):
+            pt = seal.Plaintext()
+            self.suite.encoders[0].encode(x[sl].tolist(), pt)
+            blobs.append(self._encrypt(0, pt))
+        return pack(blobs)
+
+    def answer_bits(self, offer: bytes, y: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """Reply Enc((x AND y) XOR s) = Enc(x*y*(1-2s) + s); our XOR share is s."""
+        y = np.ascontiguousarray(y, dtype=U64).ravel()
+        chunks = self._chunks(y.size)
+        blobs = unpack(offer)
+        if len(blobs) != len(chunks):
+            raise ProtocolViolation("bit offer has the wrong number of ciphertexts")
+        p = self.suite.primes[0]
+        s = self.rng.bits(y.size)
+        coef = np.where(s == 1, (U64(p) - y) % U64(p), y).astype(U64)
+        ev, enc = self.suite.evaluators[0], self.suite.encoders[0]
+        out = []
+        for c, sl in enumerate(chunks):
+            ct = self.suite.load_ciphertext(0, blobs[c])
+            pc, ps = seal.Plaintext(), seal.Plaintext()
+            enc.encode(coef[sl].tolist(), pc)
+            enc.encode(s[sl].tolist(), ps)
+            ev.multiply_plain_inplace(ct, pc)
+            ev.add_plain_inplace(ct, ps)
+            out.append(self._seal_reply(0, ct, self.suite.n))
+        return pack(out), s
+
+    def finish_bits(self, reply: bytes, count: int) -> np.ndarray:
+        chunks = self._chunks(count)
+        blobs = unpack(reply)
+        if len(blobs) != len(chunks):
+            raise ProtocolViolation("bit reply has the wrong number of ciphertexts")
+        out = np.empty(count, dtype=U64)
+        for c, sl in enumerate(chunks):
+            vals = np.asarray(self.suite.encoders[0].decode_uint64(self._open(0, blobs[c])), dtype=U64)
+            out[sl] = vals[: sl.stop - sl.start]
+        # INVARIANT: an honest reply decrypts to bits.
+        if np.any(out > 1):
+            raise ProtocolViolation("bit reply decrypted to a non-bit")
+        return out
+
+
+# ---------------------------------------------------------------------- triples (both directions)
+
+
+def _bits_of(words: np.ndarray) -> np.ndarray:
+    return ((words.reshape(-1, 1) >> np.arange(64, dtype=U64)) & U64(1)).ravel()
+
+
+def _words_of(bits: np.ndarray) -> np.ndarray:
+    return (bits.reshape(-1, 64) << np.arange(64, dtype=U64)).sum(axis=1, dtype=U64)
+
+
+class TripleGenerator:
+    """Produces this party's shares of triples by running the protocol over a channel.
+
+    Both parties call the same methods with the same arguments in the same
+    order. Shares are uint64 numpy arrays (CrypTen reads them as int64).
+    """
+
+    def __init__(self, party: HeParty, channel: Channel) -> None:
+        self.party, self.channel = party, channel
+        self.traffic = Traffic()
+        self._met = False
+
+    def _swap(self, payload: bytes) -> bytes:
+        got = self.channel.exchange(payload)
+        self.traffic.bytes_sent += len(payload)
+        self.traffic.bytes_received += len(got)
+        self.traffic.messages += 1
+        return got
+
+    def _timed(self, kind: str) -> _Timer:
+        self.traffic.counts[kind] = self.traffic.counts.get(kind, 0) + 1
+        return _Timer(self.traffic)
+
+    def setup(self) -> None:
+        """Exchange public keys once (the one-time key transfer)."""
+        if not self._met:
+            with self._timed("setup"):
+                self.party.meet(self._swap(self.party.hello()))
+            self._met = True
+
+    def cross_slots(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Our share of x_self*y_peer + x_peer*y_self (element-wise, same shapes)."""
+        self.setup()
+        count = x.size
+        theirs = self._swap(self.party.offer_slots(x))
+        reply, share_answer = self.party.answer_slots(theirs, y)
+        share_offer = self.party.finish_slots(self._swap(reply), count)
+        with np.errstate(over="ignore"):
+            return (share_offer + share_answer).reshape(x.shape)
+
+    def mul(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shares of (a, b, a*b) with a of ``size0``, b of ``size1`` (broadcasting as torch.mul)."""
+        with self._timed("mul"):
+            a, b = self.party.rng.uint64(tuple(size0)), self.party.rng.uint64(tuple(size1))
+            shape = np.broadcast_shapes(a.shape, b.shape)
+            ab, bb = np.broadcast_to(a, shape), np.broadcast_to(b, shape)
+            with np.errstate(over="ignore"):
+                c = ab * bb + self.cross_slots(ab.copy(), bb.copy())
+            return a, b, c
+
+    def square(self, size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Shares of (r, r^2): r^2 = r_0^2 + r_1^2 + 2 r_0 r_1."""
+        with self._timed("square"):
+            r = self.party.rng.uint64(tuple(size))
+            # Each cross term r_0 r_1 appears once per direction, so both directions sum to 2 r_0 r_1.
+            with np.errstate(over="ignore"):
+                return r, r * r + self.cross_slots(r, r)
+
+    def matmul(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shares of (a, b, a@b) with torch.matmul's shape rules (batch dims broadcast)."""
+        with self._timed("matmul"):
+            a, b = self.party.rng.uint64(tuple(size0)), self.party.rng.uint64(tuple(size1))
+            a2 = a.reshape(1, -1) if a.ndim == 1 else a
+            b2 = b.reshape(-1, 1) if b.ndim == 1 else b
+            if a2.shape[-1] != b2.shape[-2]:
+                raise BadInput(f"matmul shapes {tuple(size0)} and {tuple(size1)} do not match")
+            if b2.ndim == 2:  # weight-like right operand: fold a's batch dims into its rows
+                c2 = self._matmul2d(a2.reshape(-1, a2.shape[-1]), b2).reshape(*a2.shape[:-1], b2.shape[-1])
+            else:
+                batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+                ab = np.broadcast_to(a2, batch + a2.shape[-2:]).reshape(-1, *a2.shape[-2:])
+                bb = np.broadcast_to(b2, batch + b2.shape[-2:]).reshape(-1, *b2.shape[-2:])
+                c2 = np.stack([self._matmul2d(x, y) for x, y in zip(ab, bb)]).reshape(
+                    *batch, a2.shape[-2], b2.shape[-1]
+                )
+            if a.ndim == 1:
+                c2 = c2.squeeze(-2)
+            if b.ndim == 1:
+                c2 = c2.squeeze(-1)
+            return a, b, c2
+
+    def _matmul2d(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        self.setup()
+        n, k = a.shape
+        m = b.shape[1]
+        plan = plan_matmul(n, k, m, self.party.suite)
+        with np.errstate(over="ignore"):
+            local = _matmul_u64(a, b)
+            theirs = self._swap(self.party.offer_matmul(np.ascontiguousarray(a), plan))
+            reply, share_answer = self.party.answer_matmul(theirs, np.ascontiguousarray(b), plan)
+            share_offer = self.party.finish_matmul(self._swap(reply), plan)
+            return local + share_answer + share_offer
+
+    def binary(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """XOR shares of (a, b, a AND b) on 64-bit words (broadcasting)."""
+        with self._timed("binary"):
+            self.setup()
+            a, b = self.party.rng.uint64(tuple(size0)), self.party.rng.uint64(tuple(size1))
+            shape = np.broadcast_shapes(a.shape, b.shape)
+            ab, bb = np.broadcast_to(a, shape).ravel(), np.broadcast_to(b, shape).ravel()
+            xa, xb = _bits_of(ab), _bits_of(bb)
+            theirs = self._swap(self.party.offer_bits(xa))
+            reply, s = self.party.answer_bits(theirs, xb)
+            mine = self.party.finish_bits(self._swap(reply), xa.size)
+            c = (ab & bb) ^ _words_of(s) ^ _words_of(mine)
+            return a, b, c.reshape(shape)
+
+    def b2a_bits(self, size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """A random bit r as (arithmetic share, XOR share): r = r0 + r1 - 2 r0 r1."""
+        with self._timed("b2a"):
+            r = self.party.rng.bits(int(np.prod(size))).reshape(size)
+            cross = self.cross_slots(r, r)  # shares of r0*r1 + r1*r0 = 2 r0 r1
+            with np.errstate(over="ignore"):
+                return (r - cross).astype(U64), r
+
+
+def _matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in Z_2^64 exactly (numpy integer matmul wraps, no BLAS, no float)."""
+    with np.errstate(over="ignore"):
+        return np.matmul(a.astype(U64), b.astype(U64))
+
+
+class _Timer:
+    def __init__(self, traffic: Traffic) -> None:
+        self.traffic = traffic
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.traffic.seconds += time.perf_counter() - self.t0
+
+
+def run_pair(fn_name: str, *args: object, params: BfvParams | None = None) -> tuple[object, object]:
+    """Run one generator method in two in-process parties (threads) joined by a QueueChannel.
+
+    For tests and benchmarks: the two parties share nothing but the bytes on the channel.
+    """
+    ch0, ch1 = QueueChannel.pair()
+    suites = (BfvSuite(params), BfvSuite(params))
+    gens = [TripleGenerator(HeParty(suites[i]), ch) for i, ch in enumerate((ch0, ch1))]
+    results: list[object] = [None, None]
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            results[i] = getattr(gens[i], fn_name)(*args)
+        except BaseException as exc:  # surfaced in the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results[0], results[1]
