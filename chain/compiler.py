@@ -92,16 +92,18 @@ def compile_contracts(
             cached = _read_cache(cache, key)
             if cached is not None:
                 return cached
+        settings: dict[str, Any] = SETTINGS
         try:
-            output = _run_solc(root.parent, sources, SETTINGS)
+            output = _run_solc(root.parent, sources, settings)
         except CompilationError as exc:
             if STACK_TOO_DEEP not in exc.message:
                 raise
             # The legacy pipeline ran out of stack slots; the IR pipeline (slower) does not.
             log.warning("solc: stack too deep, compiling again with viaIR (slower)")
-            output = _run_solc(root.parent, sources, {**SETTINGS, "viaIR": True})
+            settings = {**SETTINGS, "viaIR": True}
+            output = _run_solc(root.parent, sources, settings)
         artifacts = _artifacts_from(output, own_sources=set(sources))
-        _write_cache(cache, key, version, artifacts)
+        _write_cache(cache, key, version, artifacts, via_ir=bool(settings.get("viaIR")))
     return artifacts
 
 
@@ -161,10 +163,11 @@ def _read_cache(cache: Path, key: str) -> dict[str, Artifact] | None:
     return {name: Artifact(name=name, **fields) for name, fields in data["contracts"].items()}
 
 
-def _write_cache(cache: Path, key: str, version: str, artifacts: dict[str, Artifact]) -> None:
+def _write_cache(cache: Path, key: str, version: str, artifacts: dict[str, Artifact], *, via_ir: bool) -> None:
     body = {
         "key": key,
         "solc": version,
+        "via_ir": via_ir,
         "contracts": {a.name: {"abi": a.abi, "bytecode": a.bytecode, "source": a.source} for a in artifacts.values()},
     }
     fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".artifacts-", suffix=".tmp")
