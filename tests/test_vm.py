@@ -386,3 +386,24 @@ def test_state_dict_conversion() -> None:
     assert torch.allclose(back["lin.bias"], sd["lin.bias"], atol=2.0**-16)
     with pytest.raises(BadInput):
         to_vm(torch.tensor([float("nan")]), 8)
+
+
+def test_step_proofs_fold_to_the_claim() -> None:
+    rng = np.random.default_rng(5)
+    hx = cm.TensorHeader(Domain.FIXED, 10, (2, 8))
+    b = ProgramBuilder({"x": hx, "y": hx})
+    s = b.add(b["x"], b["y"])
+    b.mul(s, b["x"])
+    program = b.build()
+    tr = build_trace(program, {"x": fixed(words(rng, (2, 8), 1 << 12, False), 10), "y": fixed(words(rng, (2, 8), 1 << 12, False), 10)})
+    sp = tr.step_proof(1, 3)
+    assert cm.root_from_proof(cm.step_leaf(1, sp.descriptor), 1, sp.step_proof) == program.step_tree.root
+    assert [o.kind for o in sp.origins] == ["trace", "input"]
+    trace_origin, input_origin = sp.origins
+    assert cm.root_from_proof(cm.trace_leaf(trace_origin.index, trace_origin.root), trace_origin.index, trace_origin.proof) == tr.root
+    leaf = cm.entry_leaf(input_origin.name_hash, input_origin.root)
+    assert cm.root_from_proof(leaf, input_origin.index, input_origin.proof) == tr.bundle.chunk_root
+    assert cm.tensor_root(tr.bundle.chunk_root, tr.bundle.header.encode()) == tr.input_root
+    for origin, inp in zip(sp.origins, sp.inputs):
+        assert cm.tensor_root(inp.chunk_root, inp.header) == origin.root
+    assert sp.verdict == Verdict.VALUE and tr.claimed_element(1, 3) == sp.expected

@@ -136,6 +136,37 @@ class OneStepInput:
 
 
 @dataclass
+class InputOrigin:
+    """Where an input tensor root of step i comes from, with its proof (protocol §5.3 item 2).
+
+    ``kind`` is ``"input"`` (entry ``index`` of the claim's input bundle: leaf
+    ``keccak(0x05 ‖ nameHash ‖ root)`` against the bundle's chunk root) or
+    ``"trace"`` (leaf ``keccak(0x02 ‖ index ‖ root)`` against ``traceRoot``).
+    """
+
+    tensor_id: int
+    kind: str
+    index: int
+    root: bytes
+    name_hash: bytes
+    proof: list[bytes]
+
+
+@dataclass
+class StepProof:
+    """Everything ``proveStep`` needs for element ``element`` of step ``step``."""
+
+    step: int
+    descriptor: bytes
+    step_proof: list[bytes]
+    origins: list[InputOrigin]
+    inputs: list[OneStepInput]
+    element: int
+    verdict: Verdict
+    expected: bytes
+
+
+@dataclass
 class Trace:
     """A program run over an input bundle with every output committed."""
 
@@ -216,6 +247,30 @@ class Trace:
             return Verdict.ANY_VALUE, b"\x00" * 32
         return Verdict.VALUE, (v % (1 << 256)).to_bytes(32, "big")
 
+    def origin(self, t: int) -> InputOrigin:
+        """The provenance proof of tensor id ``t`` (input-bundle entry or trace leaf)."""
+        n_in = self.program.n_inputs
+        if t < n_in:
+            entries = self.bundle.value.entries or ()
+            return InputOrigin(t, "input", t, self.inputs[t].root, entries[t][0], self.bundle.tree.proof(t))
+        j = t - n_in
+        return InputOrigin(t, "trace", j, self.outputs[j].root, b"", self.tree.proof(j))
+
+    def step_proof(self, i: int, e: int) -> StepProof:
+        """The one-step proof of element ``e`` of step ``i`` against this trace's commitments."""
+        step = self.program.steps[i]
+        verdict, expected = self.expected(i, e)
+        return StepProof(
+            step=i,
+            descriptor=step.descriptor,
+            step_proof=self.program.step_proof(i),
+            origins=[self.origin(t) for t in step.inputs],
+            inputs=self.one_step_inputs(i, e),
+            element=e,
+            verdict=verdict,
+            expected=expected,
+        )
+
     def claimed_element(self, i: int, e: int) -> bytes:
         """The element this trace reveals at (i, e), encoded like ``expected`` (entry leaf for bundles)."""
         c = self.outputs[i]
@@ -276,7 +331,9 @@ def trace_element_count(trace: Trace) -> int:
 
 __all__ = [
     "Committed",
+    "InputOrigin",
     "OneStepInput",
+    "StepProof",
     "Trace",
     "Verdict",
     "build_trace",
