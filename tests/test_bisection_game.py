@@ -303,17 +303,6 @@ def test_post_gas_without_a_new_parameter_snapshot(env: GameEnv) -> None:
     print(f"gas post (new snapshot) {gas_first:,d}; post (snapshot reused) {gas_second:,d}")
 
 
-def test_gas_report(game_env: GameEnv) -> None:
-    """Prints the gas of every move kind the game tests made (run with -s); the post stays bounded."""
-    by_kind = GAS.by_kind()
-    for kind, figures in sorted(by_kind.items()):
-        print(f"gas {kind:16s} n={len(figures):3d} min={min(figures):9,d} max={max(figures):9,d}")
-    if "post" in by_kind:
-        assert max(by_kind["post"]) < 400_000
-    if "reveal" in by_kind:
-        assert max(by_kind["reveal"]) < 150_000
-
-
 def test_a_wrong_entry_of_a_bundle_output_loses_on_the_entry_leaf(env: GameEnv) -> None:
     """The last step commits a state dict (BUNDLE): the game descends its entry tree, no element round."""
     needs_verifier(env)
@@ -342,3 +331,42 @@ def test_a_wrong_entry_of_a_bundle_output_loses_on_the_entry_leaf(env: GameEnv) 
     assert not game.claimer_won and game.step == bundle_step
     assert "reveal_chunk" not in moves and "pick_element" not in moves
     assert env.game().resolution(game_id) == (False, Reason.PROOF)
+
+
+def test_a_one_step_program_with_a_one_chunk_output_goes_straight_to_the_element_round(env: GameEnv) -> None:
+    """Trace depth 0 (the game opens at the header) and chunk depth 0 (the header reveal carries the chunk)."""
+    needs_verifier(env)
+    import numpy as np
+
+    from collab.fixedpoint import Domain
+    from collab.fraudproof.agents import wrong_element_trace
+    from collab.fraudproof.commitments import TensorHeader
+    from collab.fraudproof.program import ProgramBuilder
+    from collab.fraudproof.trace import build_trace
+    from collab.fraudproof.vm import tensor
+
+    header = TensorHeader(Domain.FIXED, 4, (2, 8))
+    b = ProgramBuilder({"a": header, "b": header})
+    b.add(b["a"], b["b"])
+    rng = np.random.default_rng(3)
+    inputs = {n: tensor(rng.integers(-1000, 1000, size=(2, 8), dtype=np.int64), Domain.FIXED, 4) for n in "ab"}
+    honest = build_trace(b.build(), inputs)
+    claimer = env.claimer_agent(wrong_element_trace(honest, inputs, 0, 11))
+    claim_id = claimer.post()
+    challenger = env.challenger_agent(honest)
+    game_id = challenger.challenge(claim_id)
+    assert env.game().get_game(game_id).phase == Phase.HEADER
+    moves: list[str] = []
+    game = play(claimer, challenger, game_id, on_move=moves.append)
+    assert moves == ["reveal_header", "pick_element", "prove_step"]
+    assert not game.claimer_won and game.element_index == 11
+
+def test_gas_report(game_env: GameEnv) -> None:
+    """Prints the gas of every move kind the game tests made (run with -s); the post stays bounded."""
+    by_kind = GAS.by_kind()
+    for kind, figures in sorted(by_kind.items()):
+        print(f"gas {kind:16s} n={len(figures):3d} min={min(figures):9,d} max={max(figures):9,d}")
+    if "post" in by_kind:
+        assert max(by_kind["post"]) < 400_000
+    if "reveal" in by_kind:
+        assert max(by_kind["reveal"]) < 150_000
