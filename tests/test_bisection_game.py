@@ -90,10 +90,10 @@ def test_lazy_claimer_loses_on_time(env: GameEnv, time_travel: Callable[[int], i
     game_id = env.challenger_agent().challenge(claim_id)
     game = env.game(env.challengers[1])
     deadline = game.deadline_of(game_id)
-    time_travel(deadline - env.w3.eth.get_block("latest")["timestamp"] - 3)
+    time_travel(deadline - env.w3.eth.get_block("latest")["timestamp"] - 30)
     with pytest.raises(revert_class("ClockNotExpired")):
         game.resolve_timeout(game_id)
-    time_travel(5)
+    time_travel(35)
     with pytest.raises(revert_class("ClockExpired")):
         claimer.act(game_id)  # a late move is refused
     tx = game.resolve_timeout(game_id)
@@ -127,13 +127,13 @@ def test_a_last_second_move_leaves_the_opponent_the_clock_extension(env: GameEnv
     def now() -> int:
         return int(env.w3.eth.get_block("latest")["timestamp"])
 
-    # The challenger thinks until 5 s before its deadline, then picks.
-    time_travel(game.deadline_of(game_id) - now() - 5)
+    # The challenger thinks until 20 s before its deadline, then picks.
+    time_travel(game.deadline_of(game_id) - now() - 20)
     challenger.act(game_id)
     g = game.get_game(game_id)
-    assert g.turn == Side.CLAIMER and 0 < g.challenger_left <= 6
+    assert g.turn == Side.CLAIMER and 0 < g.challenger_left <= 21 < p.clock_extension
     # The claimer answers in the last seconds of its own clock...
-    time_travel(game.deadline_of(game_id) - now() - 2)
+    time_travel(game.deadline_of(game_id) - now() - 10)
     claimer.act(game_id)
     g = game.get_game(game_id)
     # ...and the challenger, almost out of time, is topped up to the extension.
