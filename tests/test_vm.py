@@ -22,7 +22,7 @@ from collab.errors import BadInput
 from collab.fixedpoint import INT64_MAX, INT64_MIN, Domain
 from collab.fraudproof import commitments as cm
 from collab.fraudproof.convert import from_vm, state_dict_from_vm, state_dict_to_vm, to_vm
-from collab.fraudproof.program import Op, ProgramBuilder, Step, encode_params, expected_out
+from collab.fraudproof.program import Op, Program, ProgramBuilder, Step, encode_params, expected_out
 from collab.fraudproof.trace import Verdict, build_trace, commit_value, input_bundle
 from collab.fraudproof.vm import NoValidOutput, Value, bundle, element_value, execute_step, run, tensor
 
@@ -289,6 +289,11 @@ def test_program_root_and_step_proofs() -> None:
     for i, step in enumerate(program.steps):
         leaf = cm.step_leaf(i, step.descriptor)
         assert cm.root_from_proof(leaf, i, program.step_proof(i)) == tree.root
+    # programs travel as bytes and come back identical
+    again = Program.from_bytes(program.to_bytes())
+    assert again.root == program.root and again.n_inputs == 1
+    with pytest.raises(BadInput):
+        Program.from_bytes(program.to_bytes()[:-5])
     # the root binds every descriptor
     other = ProgramBuilder({"x": cm.TensorHeader(Domain.FIXED, 8, (2, 3))})
     other.relu(other["x"], fo=9)

@@ -304,6 +304,18 @@ def expected_out(op: int, params: bytes, in_words: Sequence[bytes], out_word: by
     return f"unhandled op {kind.name}"  # pragma: no cover - every Op is handled above
 
 
+def decode_descriptor(descriptor: bytes) -> Step:
+    """Parse abi.encode(uint16 op, uint32[] inputs, bytes32 outHeader, bytes params) back into a Step."""
+    try:
+        op, inputs, out_header, params = abi_decode(["uint16", "uint32[]", "bytes32", "bytes"], descriptor, strict=True)
+    except Exception as exc:  # eth_abi raises several unrelated types for malformed data
+        raise BadInput(f"not a step descriptor: {exc}") from None
+    step = Step(int(op), tuple(int(t) for t in inputs), bytes(out_header), bytes(params))
+    if step.descriptor != descriptor:
+        raise BadInput("non-canonical step descriptor")
+    return step
+
+
 @dataclass(frozen=True)
 class Step:
     """One step: op, input tensor ids, the fixed output header word and abi-encoded params."""
@@ -350,6 +362,24 @@ class Program:
     def step_proof(self, index: int) -> list[bytes]:
         """Single-leaf proof of step ``index`` against the step tree root."""
         return self.step_tree.proof(index)
+
+    def to_bytes(self) -> bytes:
+        """abi.encode(uint32 nInputs, bytes[] descriptors): the file a claim's program is shipped in."""
+        return abi_encode(["uint32", "bytes[]"], [self.n_inputs, [st.descriptor for st in self.steps]])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Program:
+        """Inverse of :meth:`to_bytes`; malformed bytes raise BadInput (steps may still be ill formed)."""
+        try:
+            n_inputs, descriptors = abi_decode(["uint32", "bytes[]"], raw, strict=True)
+            steps = [decode_descriptor(d) for d in descriptors]
+        except BadInput:
+            raise
+        except Exception as exc:  # eth_abi raises several unrelated types for malformed data
+            raise BadInput(f"not an encoded program: {exc}") from None
+        if not steps:
+            raise BadInput("a program needs at least one step")
+        return cls(int(n_inputs), steps)
 
 
 @dataclass(frozen=True)
@@ -519,6 +549,7 @@ __all__ = [
     "ProgramBuilder",
     "Ref",
     "Step",
+    "decode_descriptor",
     "decode_params",
     "encode_params",
     "expected_out",
