@@ -31,7 +31,11 @@ from chain.errors import ContractRevert, make_revert
 from collab.errors import BadInput, ChainUnavailable, InternalError, Unauthorized
 
 RECEIPT_TIMEOUT_S = 120
-GAS_MARGIN = 1.2
+# Estimates run against the latest block, but the transaction is mined in the next one:
+# with timestamp clocks (ERC20Votes checkpoints, reputation decay) a new second can turn
+# an in-place update into fresh storage slots (~22k gas each). Unused gas is refunded.
+GAS_MARGIN = 1.25
+GAS_HEADROOM = 80_000
 _PANIC_REASONS = {
     0x01: "assertion failed", 0x11: "arithmetic overflow or underflow", 0x12: "division or modulo by zero",
     0x21: "invalid enum value", 0x22: "bad storage byte array", 0x31: "pop on empty array",
@@ -272,7 +276,7 @@ def send_transaction(
         block = w3.eth.get_block("latest")
         full = {
             **base,
-            "gas": min(int(gas * GAS_MARGIN) + 20_000, int(block["gasLimit"])),
+            "gas": min(int(gas * GAS_MARGIN) + GAS_HEADROOM, int(block["gasLimit"])),
             "nonce": w3.eth.get_transaction_count(account.address, "pending"),
             "chainId": w3.eth.chain_id,
             **_fees(w3, block),
@@ -286,6 +290,8 @@ def send_transaction(
         except TimeExhausted:
             raise ChainUnavailable(_endpoint(w3), f"transaction not mined within {RECEIPT_TIMEOUT_S}s") from None
         if receipt["status"] != 1:
+            if int(receipt["gasUsed"]) >= int(full["gas"]):
+                raise make_revert("OutOfGas", {"gas_used": int(receipt["gasUsed"]), "gas_limit": int(full["gas"])}, contract=contract)
             raise _replay_revert(w3, base, int(receipt["blockNumber"]), registry, contract)
         return TxResult(
             tx_hash="0x" + bytes(tx_hash).hex(),
