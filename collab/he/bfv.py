@@ -235,10 +235,10 @@ class BfvSuite:
         ctx = self.contexts[k]
         qs = [m.value() for m in ctx.get_context_data(parms_id).parms().coeff_modulus()]
         polys = np.zeros((2, len(qs), self.n), dtype=U64)
-        digits = rng.digits(self.n, f + 1)
+        limbs = rng.limbs(self.n, f + 1)
         for i, q in enumerate(qs):
-            # e' = u - 2^f with u uniform in [0, 2^(f+1)); residues by Horner over 4-bit digits.
-            polys[0, i] = submod(horner_mod(digits, q), np.full(self.n, pow(2, f, q), dtype=U64), q)
+            # e' = u - 2^f with u uniform in [0, 2^(f+1)): exactly uniform in [-2^f, 2^f).
+            polys[0, i] = submod(limbs_mod(limbs, q), np.full(self.n, pow(2, f, q), dtype=U64), q)
         body = struct.pack("<4Q", *parms_id) + bytes([0])
         body += struct.pack("<QQQdQ", 2, self.n, len(qs), 1.0, 1) + self._raw_array(polys)
         path = self._roundtrip_path(f"fl-{os.getpid()}")
@@ -273,14 +273,14 @@ class Rng:
             filled += ok.size
         return out
 
-    def digits(self, count: int, bits: int) -> np.ndarray:
-        """(ceil(bits/4), count) base-16 digits, most significant first, of uniform ``bits``-bit integers."""
-        rows = math.ceil(bits / 4)
-        raw = np.frombuffer(os.urandom(rows * count), dtype=np.uint8).reshape(rows, count)
-        d = (raw & 0x0F).astype(U64)
-        top = bits - 4 * (rows - 1)
-        d[0] &= U64((1 << top) - 1)
-        return d
+    def limbs(self, count: int, bits: int) -> np.ndarray:
+        """(ceil(bits/64), count) little-endian 64-bit limbs of uniform ``bits``-bit integers."""
+        rows = max(1, math.ceil(bits / 64))
+        out = self.uint64((rows, count))
+        top = bits - 64 * (rows - 1)
+        if top < 64:
+            out[-1] &= U64((1 << top) - 1)
+        return out
 
 
 # ---------------------------------------------------------------------- modular arithmetic on uint64 arrays
@@ -292,23 +292,38 @@ def submod(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
     return np.where(a >= b, a - b, a + (P - b))
 
 
-def horner_mod(digits: np.ndarray, p: int) -> np.ndarray:
-    """Σ digits[j] 16^(rows-1-j) mod p, for base-16 digit rows (p < 2^60 keeps 16*r < 2^64)."""
-    P = U64(p)
-    r = np.zeros(digits.shape[1], dtype=U64)
-    for row in digits:
-        r = (r * U64(16) + row) % P
+def mulmod(a: np.ndarray, b: np.ndarray | int, p: int) -> np.ndarray:
+    """a * b mod p for a, b in [0, p), p < 2^62, without 128-bit integers.
+
+    The quotient is estimated in x87 extended precision (64-bit mantissa), off
+    by at most one, and the remainder is computed exactly with wrapping uint64
+    arithmetic, then corrected (the classic NTL/Shoup trick).
+    """
+    a = np.asarray(a, dtype=U64)
+    bb = np.asarray(b, dtype=U64)
+    ld = np.longdouble
+    ratio = bb.astype(ld) / ld(p)  # one division for a scalar b
+    qhat = (a.astype(ld) * ratio).astype(U64)
+    with np.errstate(over="ignore"):
+        r = (a * bb - qhat * U64(p)).view(np.int64)
+    r = np.where(r < 0, r + np.int64(p), r)
+    r = np.where(r >= np.int64(p), r - np.int64(p), r)
+    return r.astype(U64)
+
+
+def limbs_mod(limbs: np.ndarray, p: int) -> np.ndarray:
+    """Σ limbs[j] 2^(64 j) mod p, for little-endian 64-bit limb rows."""
+    r = np.zeros(limbs.shape[1], dtype=U64)
+    for j, row in enumerate(limbs):
+        term = row % U64(p) if j == 0 else mulmod(row % U64(p), pow(2, 64 * j, p), p)
+        r = addmod(r, term, p)
     return r
 
 
-def mulmod(a: np.ndarray, b: int, p: int) -> np.ndarray:
-    """a * b mod p for a in [0, p) (array), b a scalar in [0, p), p < 2^60."""
-    P = U64(p)
-    r = np.zeros_like(a, dtype=U64)
-    for shift in range(((b.bit_length() + 3) // 4) * 4 - 4, -4, -4):
-        d = (b >> shift) & 0xF
-        r = ((r * U64(16)) % P + (a * U64(d)) % P) % P
-    return r
+def addmod(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
+    """(a + b) mod p for a, b in [0, p), p < 2^63."""
+    s = a + b
+    return np.where(s >= U64(p), s - U64(p), s)
 
 
 def uint64_to_residues(x: np.ndarray, p: int) -> np.ndarray:
@@ -327,7 +342,7 @@ def crt_mod_2_64(residues: list[np.ndarray], primes: list[int]) -> np.ndarray:
         acc = np.zeros_like(v)
         radix = 1
         for j, d in enumerate(coeffs):
-            acc = (acc + mulmod(d % U64(p), radix % p, p)) % U64(p)
+            acc = addmod(acc, mulmod(d % U64(p), radix % p, p), p)
             radix *= primes[j]
         inv = pow(radix % p, -1, p) if i else 1
         coeffs.append(mulmod(submod(v, acc, p), inv, p))

@@ -49,7 +49,7 @@ from collab.he.bfv import (
     Rng,
     check_budget,
     crt_mod_2_64,
-    horner_mod,
+    limbs_mod,
     uint64_to_residues,
 )
 
@@ -251,13 +251,8 @@ class HeParty:
 
     def _masks(self, count: int) -> tuple[list[np.ndarray], np.ndarray]:
         """r uniform in [0, 2^mask_bits): its residues per prime and r mod 2^64."""
-        digits = self.rng.digits(count, mask_bits(self.suite))
-        residues = [horner_mod(digits, p) for p in self.suite.primes]
-        low = np.zeros(count, dtype=U64)
-        with np.errstate(over="ignore"):
-            for row in digits[-16:]:
-                low = low * U64(16) + row
-        return residues, low
+        limbs = self.rng.limbs(count, mask_bits(self.suite))
+        return [limbs_mod(limbs, p) for p in self.suite.primes], limbs[0].copy()
 
     # ---------------------------------------------------------------- element-wise (slots)
 
