@@ -358,15 +358,15 @@ def test_commit_overhead_within_target() -> None:
     ordered = [v for _, v in input_bundle(values)]
 
     def timed(fn: Any) -> float:
-        best = float("inf")
-        for _ in range(2):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        return best
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
 
-    execute = timed(lambda: run(program, ordered))
-    commit = timed(lambda: build_trace(program, committed))
+    # Interleaved best-of-3, so a load spike on the shared box hits both sides alike.
+    execute = commit = float("inf")
+    for _ in range(3):
+        execute = min(execute, timed(lambda: run(program, ordered)))
+        commit = min(commit, timed(lambda: build_trace(program, committed)))
     ratio = commit / execute
     print(f"execute {execute:.3f}s, execute+commit {commit:.3f}s, ratio {ratio:.2f}")
     assert ratio < 5  # target ~3x; slack for a loaded 2-core box

@@ -102,6 +102,21 @@ def _scaled_div_array(num: np.ndarray, d: np.ndarray, fa: int, fo: int) -> np.nd
     """sat(rdiv(num · 2^max(0, fo−fa), d · 2^max(0, fa−fo))) elementwise, d > 0."""
     up, down = max(0, fo - fa), max(0, fa - fo)
     shape = np.shape(num)
+    n_arr, d_arr = np.asarray(num), np.broadcast_to(np.asarray(d), shape)
+    if (
+        n_arr.dtype == np.int64
+        and up < 62
+        and down < 62
+        and _absmax(n_arr) < (1 << (62 - up))
+        and _absmax(np.asarray(d_arr, dtype=np.int64)) < (1 << (62 - down))
+    ):
+        # int64 fast path: both scaled operands provably fit, numpy's // is floor division.
+        n64 = n_arr << up
+        d64 = np.asarray(d_arr, dtype=np.int64) << down
+        q = n64 // d64
+        r = n64 - q * d64
+        inc = (2 * r > d64) | ((2 * r == d64) & ((q & 1) == 1))
+        return (q + inc.astype(np.int64)).reshape(shape)
     n_o = np.asarray(num).astype(object).reshape(-1) * (1 << up)
     d_o = np.broadcast_to(np.asarray(d).astype(object), shape).reshape(-1) * (1 << down)
     q = n_o // d_o
