@@ -16,13 +16,21 @@ import {LibOps as O} from "./lib/LibOps.sol";
 contract OneStepVerifier is IOneStepVerifier {
     /// @dev Header bits below the domain and fractional-bits bytes: rank, dims, zero tail.
     uint256 private constant SHAPE_MASK = type(uint240).max;
+    /// @dev Header domain bytes (§2.1).
     uint8 private constant FIXED = 0;
+    /// @dev Z_2^64 domain.
     uint8 private constant RING = 1;
+    /// @dev Named-tensor list domain.
     uint8 private constant BUNDLE = 2;
+    /// @dev Most inputs of a multi-input op (weighted sum, ring add, TIES, bundle).
     uint256 private constant MAX_INPUTS = 64;
+    /// @dev Per-element bounds of §3.4: MATMUL contraction length.
     uint256 private constant MAX_K = 4096;
+    /// @dev MEAN / SUM row and COUNT_ABS block length.
     uint256 private constant MAX_REDUCE = 4096;
+    /// @dev SOFTMAX row length.
     uint256 private constant MAX_SOFTMAX = 512;
+    /// @dev LAYERNORM row length.
     uint256 private constant MAX_LAYERNORM = 2048;
 
     // ------------------------------------------------------------------ external
@@ -225,6 +233,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return O.tiesTrim(a, _el(ins[1], 0), fa, fo);
     }
 
+    /// @dev ADD, SUB, BIAS_ADD, MUL (second operand broadcast by flat index modulo its size) and SCALE.
     function _binary(uint16 op, bytes calldata p, InputTensor[] calldata ins, uint256 e, uint256 fo)
         private
         pure
@@ -235,6 +244,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return _pair(op, x, ins[1], e, fo);
     }
 
+    /// @dev Two-operand element arithmetic after the operands are read.
     function _pair(uint16 op, InputTensor calldata x, InputTensor calldata y, uint256 e, uint256 fo)
         private
         pure
@@ -246,6 +256,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return O.addSub(a, b, M.fracBitsOf(x.header), M.fracBitsOf(y.header), fo, op == O.SUB);
     }
 
+    /// @dev MATMUL: dot product of row e / N of `a` and row e % N of `w` (torch Linear layout).
     function _matmul(InputTensor[] calldata ins, uint256 e, uint256 fo) private pure returns (int256) {
         bytes32 ha = ins[0].header;
         uint256 k = M.dimOf(ha, M.rankOf(ha) - 1);
@@ -280,6 +291,7 @@ contract OneStepVerifier is IOneStepVerifier {
         }
     }
 
+    /// @dev Row ops: MEAN / SUM of row e, SOFTMAX / LAYERNORM element e % width of row e / width.
     function _row(uint16 op, bytes calldata p, InputTensor calldata a, uint256 e, uint256 fo)
         private
         pure
@@ -303,6 +315,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return FP.layernormAt(row, e % width, int256(_w(p, 0)), fa, fo);
     }
 
+    /// @dev One element per input: WEIGHTED_SUM, RING_ADD, TIES_SIGN, TIES_MEAN.
     function _multi(uint16 op, bytes calldata p, InputTensor[] calldata ins, uint256 e, uint256 fo)
         private
         pure
@@ -332,6 +345,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return O.tiesMean(total, count, M.fracBitsOf(ins[1].header), fo);
     }
 
+    /// @dev COUNT_ABS: output row 0 counts |a| > tau, row 1 counts |a| >= tau, over block e % R.
     function _countAbs(bytes calldata p, InputTensor[] calldata ins, bytes32 out, uint256 e)
         private
         pure
@@ -468,6 +482,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return _ties(op, p, hs, out);
     }
 
+    /// @dev Shape rule of ADD, SUB, BIAS_ADD, MUL.
     function _binaryOk(uint16 op, bytes32 a, bytes32 b, bytes32 out) private pure returns (bool) {
         if (M.domainOf(a) != FIXED || M.domainOf(b) != FIXED) return false;
         bool sameShape = _shape(a) == _shape(b);
@@ -478,6 +493,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return M.domainOf(out) == FIXED && _shape(out) == _shape(a);
     }
 
+    /// @dev Shape rule of the one-input FIXED-output ops (SCALE, RING_TO_FIXED, CLIP, ... LAYERNORM).
     function _unaryOk(uint16 op, bytes calldata p, bytes32 a, bytes32 out) private pure returns (bool) {
         if (op == O.SCALE && _w(p, 1) > M.MAX_FRAC_BITS) return false;
         if (M.domainOf(a) != (op == O.RING_TO_FIXED ? RING : FIXED)) return false;
@@ -487,6 +503,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return M.domainOf(out) == FIXED && _shape(out) == _shape(a);
     }
 
+    /// @dev Shape rule of MATMUL: a [..., M, K] by w [N, K] gives [..., M, N], K <= 4096.
     function _matmulOk(bytes32 a, bytes32 w, bytes32 out) private pure returns (bool) {
         if (M.domainOf(a) != FIXED || M.domainOf(w) != FIXED || M.rankOf(a) < 2 || M.rankOf(w) != 2) return false;
         uint256 k = _last(a);
@@ -494,6 +511,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return M.domainOf(out) == FIXED && _shape(out) == _shape(_setLast(a, M.dimOf(w, 0)));
     }
 
+    /// @dev Shape rules of RESHAPE, PERMUTE and GATHER (domain and f carried over).
     function _layoutOk(uint16 op, bytes calldata p, bytes32[] memory hs, bytes32 out) private pure returns (bool) {
         if (op == O.GATHER) {
             if (hs.length != 2) return false;
@@ -523,6 +541,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return out == _retag(bytes32(shape), M.domainOf(a), M.fracBitsOf(a));
     }
 
+    /// @dev Shape rules of COUNT_ABS, ASSERT_KTH, TIES_TRIM, TIES_MEAN, BUNDLE, BUNDLE_GET.
     function _ties(uint16 op, bytes calldata p, bytes32[] memory hs, bytes32 out) private pure returns (bool) {
         uint256 n = hs.length;
         if (op == O.COUNT_ABS || op == O.TIES_TRIM) {
@@ -557,6 +576,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return n == 1 && M.domainOf(hs[0]) == BUNDLE && _w(p, 0) < M.numelOf(hs[0]) && M.domainOf(out) != BUNDLE;
     }
 
+    /// @dev Whether hs[from..] are one FIXED header.
     function _sameFixed(bytes32[] memory hs, uint256 from) private pure returns (bool) {
         if (M.domainOf(hs[from]) != FIXED) return false;
         for (uint256 i = from + 1; i < hs.length; ++i) {
@@ -604,6 +624,7 @@ contract OneStepVerifier is IOneStepVerifier {
         return true;
     }
 
+    /// @dev Whether an abi word is a canonical (sign-extended) int64.
     function _isI64(uint256 w) private pure returns (bool) {
         int256 v = int256(w);
         return v >= FP.INT64_MIN && v <= FP.INT64_MAX;
@@ -618,22 +639,27 @@ contract OneStepVerifier is IOneStepVerifier {
 
     // ------------------------------------------------------------------ header helpers
 
+    /// @dev Rank and dims bits of a header (domain and f masked out).
     function _shape(bytes32 h) private pure returns (uint256) {
         return uint256(h) & SHAPE_MASK;
     }
 
+    /// @dev The header with `h`'s shape and the given domain and f.
     function _retag(bytes32 h, uint8 domain, uint256 f) private pure returns (bytes32) {
         return bytes32(_shape(h) | (uint256(domain) << 248) | (f << 240));
     }
 
+    /// @dev Last dimension (rank >= 1).
     function _last(bytes32 h) private pure returns (uint256) {
         return M.dimOf(h, M.rankOf(h) - 1);
     }
 
+    /// @dev Header of a rank-1 FIXED f=0 tensor [n].
     function _vec(uint256 n) private pure returns (bytes32) {
         return bytes32((uint256(1) << 232) | (n << 200));
     }
 
+    /// @dev Shape without its last axis (rank >= 1).
     function _dropLast(bytes32 h) private pure returns (bytes32) {
         uint256 r = M.rankOf(h);
         uint256 v = uint256(h) & ~(uint256(0xffffffff) << (200 - 32 * (r - 1)));
@@ -641,11 +667,13 @@ contract OneStepVerifier is IOneStepVerifier {
         return bytes32(v);
     }
 
+    /// @dev Shape with its last dimension replaced by `d`.
     function _setLast(bytes32 h, uint256 d) private pure returns (bytes32) {
         uint256 s = 200 - 32 * (M.rankOf(h) - 1);
         return bytes32((uint256(h) & ~(uint256(0xffffffff) << s)) | (d << s));
     }
 
+    /// @dev Shape with one more trailing axis of length `d` (rank <= 5).
     function _append(bytes32 h, uint256 d) private pure returns (bytes32) {
         uint256 r = M.rankOf(h);
         uint256 v = (uint256(h) & ~(uint256(0xff) << 232)) | ((r + 1) << 232);
