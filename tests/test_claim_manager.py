@@ -33,6 +33,7 @@ from chain.deploy import param_key
 from chain.deployment import Deployment
 from chain.errors import revert_class
 from collab import bls
+from collab.errors import NotFound
 from collab.fixedpoint import Domain
 from collab.fraudproof.agents import ChallengerAgent, ClaimerAgent, GasLog, wrong_element_trace
 from collab.fraudproof.commitments import TensorHeader
@@ -191,7 +192,8 @@ def test_honest_claim_finalizes_after_the_window_and_never_before(env: GameEnv, 
     claim = manager.get_claim(claim_id)
     params = manager.params_of(claim_id)
     assert claim.status == ClaimStatus.PENDING and claim.output_root == env.honest.output_root
-    assert manager.program_root_of(claim_id) == env.program.root
+    posted = manager.posted_event(claim_id)
+    assert posted.program_root == env.program.root and posted.roots.hash == claim.roots_hash
     with pytest.raises(revert_class("ChallengeWindowOpen")):
         manager.finalize(claim_id)
     time_travel(params.challenge_window - 5)
@@ -330,9 +332,16 @@ def test_a_reverting_settlement_hook_does_not_undo_finalization(env: GameEnv, ti
 def test_unknown_claims_and_challenges_are_named_errors(env: GameEnv) -> None:
     manager = env.manager(env.challengers[0])
     missing = b"\x42" * 32
-    for call in (lambda: manager.get_claim(missing), lambda: manager.finalize(missing), lambda: manager.challenge(missing, bond=1)):
+    zero_roots = (b"\x00" * 32,) * 5
+    for call in (
+        lambda: manager.get_claim(missing),
+        lambda: manager._transact("finalize", missing, zero_roots),
+        lambda: manager._transact("challenge", missing, zero_roots, value=1),
+    ):
         with pytest.raises(revert_class("UnknownClaim")):
             call()
+    with pytest.raises(NotFound):
+        manager.finalize(missing)  # the client looks the roots up in ClaimPosted first
     with pytest.raises(revert_class("UnknownChallenge")):
         manager.get_challenge(10**6)
     with pytest.raises(revert_class("NotCourt")):
@@ -340,3 +349,17 @@ def test_unknown_claims_and_challenges_are_named_errors(env: GameEnv) -> None:
     with pytest.raises(revert_class("AlreadyInitialized")):
         env.manager().initialize(env.admin.address, env.admin.address)
     assert manager.credit_of(BURN_ADDRESS) >= 0
+
+
+def test_roots_passed_back_must_be_the_posted_ones(env: GameEnv) -> None:
+    claim_id = env.claimer_agent().post()
+    manager = env.manager(env.challengers[0])
+    roots = manager.roots_of(claim_id)
+    assert manager.check_roots(claim_id, roots) == N_STEPS
+    forged = type(roots)(roots.step_tree_root, roots.input_root, roots.output_root, b"\x01" * 32, roots.da_pointer)
+    with pytest.raises(revert_class("RootsMismatch")):
+        manager.check_roots(claim_id, forged)
+    bond = manager.params_of(claim_id).challenger_bond
+    with pytest.raises(revert_class("RootsMismatch")):
+        manager._transact("challenge", claim_id, forged.as_tuple(), value=bond)
+

@@ -105,8 +105,12 @@ class RootProof:
 
 @dataclass(frozen=True)
 class StepProof:
-    """``IBisectionGame.StepProof``; ``inputs`` are ``(header, chunkRoot, firstChunk, chunks, proof)`` tuples."""
+    """``IBisectionGame.StepProof``; ``inputs`` are ``(header, chunkRoot, firstChunk, chunks, proof)`` tuples.
 
+    ``claim_roots`` is the claim's ``ClaimRoots`` ABI tuple (from ``ClaimPosted``).
+    """
+
+    claim_roots: tuple[bytes, bytes, bytes, bytes, bytes]
     descriptor: bytes
     step_proof: Sequence[bytes]
     bundle_chunk_root: bytes
@@ -117,6 +121,7 @@ class StepProof:
     def as_tuple(self) -> tuple[Any, ...]:
         """ABI form."""
         return (
+            tuple(bytes(r) for r in self.claim_roots),
             bytes(self.descriptor), [bytes(p) for p in self.step_proof], bytes(self.bundle_chunk_root),
             bytes(self.bundle_header), [r.as_tuple() for r in self.roots], [tuple(i) for i in self.inputs],
         )

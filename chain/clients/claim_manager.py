@@ -16,7 +16,7 @@ from typing import Any
 from eth_utils import keccak, to_checksum_address
 
 from chain.client import ContractClient, Event, TxResult
-from collab.errors import BadInput, InternalError
+from collab.errors import BadInput, InternalError, NotFound
 
 ZERO_ADDRESS = "0x" + "00" * 20
 BURN_ADDRESS = to_checksum_address("0x000000000000000000000000000000000000dEaD")
@@ -115,6 +115,34 @@ class ClaimInput:
 
 
 @dataclass(frozen=True)
+class ClaimRoots:
+    """``IClaimManager.ClaimRoots``: the roots a claim binds (stored on chain as one hash)."""
+
+    step_tree_root: bytes
+    input_root: bytes
+    output_root: bytes
+    trace_root: bytes
+    da_pointer: bytes
+
+    def as_tuple(self) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        """ABI form (struct order)."""
+        return (_b32(self.step_tree_root), _b32(self.input_root), _b32(self.output_root), _b32(self.trace_root), _b32(self.da_pointer))
+
+    @classmethod
+    def from_args(cls, raw: Any) -> ClaimRoots:
+        """From a decoded event struct (dict by field name) or an ABI tuple."""
+        if isinstance(raw, dict):
+            names = ("stepTreeRoot", "inputRoot", "outputRoot", "traceRoot", "daPointer")
+            return cls(*(_b32(raw[n]) for n in names))
+        return cls(*(_b32(r) if isinstance(r, str) else bytes(r) for r in raw))
+
+    @property
+    def hash(self) -> bytes:
+        """``keccak256(abi.encode(roots))``, what the claim stores."""
+        return keccak(b"".join(self.as_tuple()))
+
+
+@dataclass(frozen=True)
 class Params:
     """``IClaimManager.Params``: a claim's snapshot of the governed numbers."""
 
@@ -150,20 +178,46 @@ class Claim:
     step_count: int
     params_version: int
     settlement_hook: str
-    step_tree_root: bytes
-    input_root: bytes
-    output_root: bytes
-    trace_root: bytes
-    da_pointer: bytes
+    roots_hash: bytes
+    roots: ClaimRoots | None = None
 
     @classmethod
-    def from_tuple(cls, raw: Sequence[Any]) -> Claim:
-        """From the ABI tuple."""
+    def from_tuple(cls, raw: Sequence[Any], roots: ClaimRoots | None = None) -> Claim:
+        """From the ABI tuple (``roots`` from ``ClaimPosted``)."""
         return cls(
             to_checksum_address(raw[0]), int(raw[1]), ClaimStatus(int(raw[2])), Audience(int(raw[3])), int(raw[4]),
-            int(raw[5]), int(raw[6]), int(raw[7]), to_checksum_address(raw[8]),
-            *(bytes(r) for r in raw[9:14]),
+            int(raw[5]), int(raw[6]), int(raw[7]), to_checksum_address(raw[8]), bytes(raw[9]), roots,
         )
+
+    def _roots(self) -> ClaimRoots:
+        if self.roots is None:
+            raise InternalError("the claim's roots were not loaded from ClaimPosted")
+        return self.roots
+
+    @property
+    def step_tree_root(self) -> bytes:
+        """Root of the program's step tree."""
+        return self._roots().step_tree_root
+
+    @property
+    def input_root(self) -> bytes:
+        """Input bundle root."""
+        return self._roots().input_root
+
+    @property
+    def output_root(self) -> bytes:
+        """Output tensor root."""
+        return self._roots().output_root
+
+    @property
+    def trace_root(self) -> bytes:
+        """Trace root."""
+        return self._roots().trace_root
+
+    @property
+    def da_pointer(self) -> bytes:
+        """Blob server record pointer."""
+        return self._roots().da_pointer
 
 
 @dataclass(frozen=True)
@@ -190,13 +244,10 @@ class ClaimPosted:
     claimer: str
     job_id: bytes
     program_root: bytes
-    input_root: bytes
-    output_root: bytes
-    trace_root: bytes
+    roots: ClaimRoots
     step_count: int
     log2k: int
     audience: Audience
-    da_pointer: bytes
     tx: TxResult | None = field(default=None, compare=False)
 
     @classmethod
@@ -204,10 +255,19 @@ class ClaimPosted:
         """From a decoded event."""
         a = event.args
         return cls(
-            _b32(a["claimId"]), str(a["claimer"]), _b32(a["jobId"]), _b32(a["programRoot"]), _b32(a["inputRoot"]),
-            _b32(a["outputRoot"]), _b32(a["traceRoot"]), int(a["stepCount"]), int(a["log2K"]),
-            Audience(int(a["audience"])), _b32(a["daPointer"]), tx,
+            _b32(a["claimId"]), str(a["claimer"]), _b32(a["jobId"]), _b32(a["programRoot"]), ClaimRoots.from_args(a["roots"]),
+            int(a["stepCount"]), int(a["log2K"]), Audience(int(a["audience"])), tx,
         )
+
+    @property
+    def output_root(self) -> bytes:
+        """Output tensor root."""
+        return self.roots.output_root
+
+    @property
+    def trace_root(self) -> bytes:
+        """Trace root."""
+        return self.roots.trace_root
 
 
 def _one(tx: TxResult, name: str) -> Event:
@@ -222,6 +282,14 @@ class ClaimManagerClient(ContractClient):
 
     CONTRACT = "ClaimManager"
 
+    @property
+    def _roots_cache(self) -> dict[bytes, ClaimRoots]:
+        # Shared by with_account() clones: roots of a claim never change.
+        cache: dict[bytes, ClaimRoots] | None = self.__dict__.get("_roots")
+        if cache is None:
+            cache = self.__dict__["_roots"] = {}
+        return cache
+
     # ---------------------------------------------------------------- transactions
 
     def post_claim(self, claim: ClaimInput, *, bond: int | None = None) -> ClaimPosted:
@@ -233,7 +301,7 @@ class ClaimManagerClient(ContractClient):
     def challenge(self, claim_id: bytes, *, bond: int | None = None) -> tuple[int, TxResult]:
         """Open a game against ``claim_id`` with the claim's CHALLENGER_BOND; returns (game id, tx)."""
         value = self.params_of(claim_id).challenger_bond if bond is None else int(bond)
-        tx = self._transact("challenge", _b32(claim_id), value=value)
+        tx = self._transact("challenge", _b32(claim_id), self.roots_of(claim_id).as_tuple(), value=value)
         return int(_one(tx, "ChallengeOpened").args["challengeId"]), tx
 
     def challenge_data(
@@ -241,12 +309,13 @@ class ClaimManagerClient(ContractClient):
     ) -> tuple[int, TxResult]:
         """Open a data challenge (``commitment``: encoded ``TensorCommitment``); returns (id, tx)."""
         value = self.params_of(claim_id).da_bond if bond is None else int(bond)
-        tx = self._transact("challengeData", _b32(claim_id), _b32(tensor_root), int(chunk_index), commitment, value=value)
+        roots = self.roots_of(claim_id).as_tuple()
+        tx = self._transact("challengeData", _b32(claim_id), roots, _b32(tensor_root), int(chunk_index), commitment, value=value)
         return int(_one(tx, "ChallengeOpened").args["challengeId"]), tx
 
     def finalize(self, claim_id: bytes) -> TxResult:
         """Finalize after the window (reverts ``ChallengeWindowOpen`` / ``ChallengesOpen`` otherwise)."""
-        return self._transact("finalize", _b32(claim_id))
+        return self._transact("finalize", _b32(claim_id), self.roots_of(claim_id).as_tuple())
 
     def refund_challenge(self, challenge_id: int) -> TxResult:
         """Refund a challenge left open when another one rejected its claim."""
@@ -272,8 +341,23 @@ class ClaimManagerClient(ContractClient):
     # ---------------------------------------------------------------- views
 
     def get_claim(self, claim_id: bytes) -> Claim:
-        """The claim (reverts ``UnknownClaim``)."""
-        return Claim.from_tuple(self._call("getClaim", _b32(claim_id)))
+        """The claim (reverts ``UnknownClaim``), with its roots read back from ``ClaimPosted``."""
+        raw = self._call("getClaim", _b32(claim_id))
+        return Claim.from_tuple(raw, self.roots_of(claim_id))
+
+    def posted_event(self, claim_id: bytes) -> ClaimPosted:
+        """The ``ClaimPosted`` of ``claim_id`` (NotFound if there is none)."""
+        found = self._events("ClaimPosted", topics=["0x" + _b32(claim_id).hex()])
+        if not found:
+            raise NotFound(f"no claim 0x{_b32(claim_id).hex()} was posted on this chain")
+        return ClaimPosted.from_event(found[-1])
+
+    def roots_of(self, claim_id: bytes) -> ClaimRoots:
+        """The roots the claim was posted with (what challenge/finalize pass back)."""
+        key = _b32(claim_id)
+        if key not in self._roots_cache:
+            self._roots_cache[key] = self.posted_event(key).roots
+        return self._roots_cache[key]
 
     def claim_status(self, claim_id: bytes) -> ClaimStatus:
         """Status (``NONE`` for an unknown id)."""
@@ -283,9 +367,9 @@ class ClaimManagerClient(ContractClient):
         """The claim's parameter snapshot."""
         return Params.from_tuple(self._call("paramsOf", _b32(claim_id)))
 
-    def program_root_of(self, claim_id: bytes) -> bytes:
-        """The claim's program root."""
-        return bytes(self._call("programRootOf", _b32(claim_id)))
+    def check_roots(self, claim_id: bytes, roots: ClaimRoots) -> int:
+        """The claim's step count if ``roots`` are its roots (reverts ``RootsMismatch`` otherwise)."""
+        return int(self._call("checkRoots", _b32(claim_id), roots.as_tuple()))
 
     def get_challenge(self, challenge_id: int) -> Challenge:
         """The challenge (reverts ``UnknownChallenge``)."""

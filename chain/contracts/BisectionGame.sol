@@ -185,14 +185,15 @@ contract BisectionGame is IBisectionGame {
         Game storage g = _live(gameId);
         if (g.phase != Phase.Step) revert WrongPhase(gameId, g.phase);
         _checkClock(g, gameId);
-        IClaimManager.Claim memory c = IClaimManager(MANAGER).getClaim(g.claimId);
-        (uint16 op, uint32[] memory ids, bytes32 outHeader, bytes memory params) = _checkedStep(g, c, proof);
+        // INVARIANT: the proof is judged against the roots the claim was posted with.
+        IClaimManager(MANAGER).checkRoots(g.claimId, proof.claimRoots);
+        (uint16 op, uint32[] memory ids, bytes32 outHeader, bytes memory params) = _checkedStep(g, proof);
         // INVARIANT: the revealed output header must be the one the step declares.
         if (g.header != outHeader) {
             _resolve(g, gameId, false, Reason.HeaderMismatch);
             return;
         }
-        if (!_checkInputs(g, c, proof, ids)) {
+        if (!_checkInputs(g, proof, ids)) {
             // The step reads a tensor that does not exist before it: ill formed.
             _resolve(g, gameId, false, Reason.IllFormedInput);
             return;
@@ -324,7 +325,7 @@ contract BisectionGame is IBisectionGame {
     }
 
     /// @dev The descriptor is leaf `step` of the claim's program; returns its decoded fields.
-    function _checkedStep(Game storage g, IClaimManager.Claim memory c, StepProof calldata proof)
+    function _checkedStep(Game storage g, StepProof calldata proof)
         private
         view
         returns (uint16 op, uint32[] memory ids, bytes32 outHeader, bytes memory params)
@@ -333,15 +334,15 @@ contract BisectionGame is IBisectionGame {
         bytes32 leaf = LibMerkle.stepLeaf(step, proof.descriptor);
         // INVARIANT: the op comes from the claim's programRoot.
         if (
-            proof.stepProof.length != LibMerkle.treeDepth(c.stepCount)
-                || LibMerkle.rootFromProof(leaf, step, proof.stepProof) != c.stepTreeRoot
+            proof.stepProof.length != LibMerkle.treeDepth(g.stepCount)
+                || LibMerkle.rootFromProof(leaf, step, proof.stepProof) != proof.claimRoots.stepTreeRoot
         ) revert InvalidStepProof(step);
         (op, ids, outHeader, params) = abi.decode(proof.descriptor, (uint16, uint32[], bytes32, bytes));
     }
 
     /// @dev Every input tensor root is the claim's input-bundle entry or an earlier trace leaf.
     /// Returns false when an input id names a tensor that does not exist before the step.
-    function _checkInputs(Game storage g, IClaimManager.Claim memory c, StepProof calldata proof, uint32[] memory ids)
+    function _checkInputs(Game storage g, StepProof calldata proof, uint32[] memory ids)
         private
         view
         returns (bool)
@@ -350,7 +351,7 @@ contract BisectionGame is IBisectionGame {
         if (proof.roots.length != ids.length) revert InputCountMismatch(proof.roots.length, ids.length);
         if (proof.inputs.length != expected) revert InputCountMismatch(proof.inputs.length, expected);
         // INVARIANT: the input bundle is the one the claim names.
-        if (LibMerkle.tensorRoot(proof.bundleChunkRoot, proof.bundleHeader) != c.inputRoot) {
+        if (LibMerkle.tensorRoot(proof.bundleChunkRoot, proof.bundleHeader) != proof.claimRoots.inputRoot) {
             revert InvalidInputBundleProof();
         }
         uint256 nIn = LibMerkle.numelOf(proof.bundleHeader);
@@ -365,8 +366,8 @@ contract BisectionGame is IBisectionGame {
                 ok = path.length == LibMerkle.treeDepth(nIn) && LibMerkle.rootFromProof(leaf, t, path) == proof.bundleChunkRoot;
             } else {
                 bytes32 leaf = LibMerkle.traceLeaf(t - nIn, root);
-                ok = path.length == LibMerkle.treeDepth(c.stepCount)
-                    && LibMerkle.rootFromProof(leaf, t - nIn, path) == c.traceRoot;
+                ok = path.length == LibMerkle.treeDepth(g.stepCount)
+                    && LibMerkle.rootFromProof(leaf, t - nIn, path) == proof.claimRoots.traceRoot;
             }
             // INVARIANT: each input root is the one the claimer committed to for that id.
             if (!ok) revert InvalidInputRootProof(j, t);

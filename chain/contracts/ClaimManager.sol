@@ -135,29 +135,16 @@ contract ClaimManager is IClaimManager, AccessControl, ReentrancyGuard {
         c.stepCount = input.stepCount;
         c.paramsVersion = version;
         c.settlementHook = input.settlementHook;
-        c.stepTreeRoot = input.stepTreeRoot;
-        c.inputRoot = input.inputRoot;
-        c.outputRoot = input.outputRoot;
-        c.traceRoot = input.traceRoot;
-        c.daPointer = input.daPointer;
+        ClaimRoots memory roots = ClaimRoots({
+            stepTreeRoot: input.stepTreeRoot,
+            inputRoot: input.inputRoot,
+            outputRoot: input.outputRoot,
+            traceRoot: input.traceRoot,
+            daPointer: input.daPointer
+        });
+        c.rootsHash = keccak256(abi.encode(roots));
         _storeAudience(claimId, input);
-        _emitPosted(claimId, programRoot, input);
-    }
-
-    function _emitPosted(bytes32 claimId, bytes32 programRoot, ClaimInput calldata input) private {
-        emit ClaimPosted(
-            claimId,
-            msg.sender,
-            input.jobId,
-            programRoot,
-            input.inputRoot,
-            input.outputRoot,
-            input.traceRoot,
-            input.stepCount,
-            input.log2K,
-            input.audience,
-            input.daPointer
-        );
+        emit ClaimPosted(claimId, msg.sender, input.jobId, programRoot, roots, input.stepCount, input.log2K, input.audience);
     }
 
     /// @dev The output root must be the trace's last leaf (§4).
@@ -221,8 +208,9 @@ contract ClaimManager is IClaimManager, AccessControl, ReentrancyGuard {
     // ------------------------------------------------------------------ challenges
 
     /// @inheritdoc IClaimManager
-    function challenge(bytes32 claimId) external payable returns (uint256 challengeId) {
+    function challenge(bytes32 claimId, ClaimRoots calldata roots) external payable returns (uint256 challengeId) {
         Claim storage c = _openForChallenge(claimId);
+        _checkRoots(claimId, c, roots);
         Params storage p = _params[c.paramsVersion];
         // INVARIANT: a game is bonded with exactly the snapshotted CHALLENGER_BOND.
         if (msg.value != p.challengerBond) revert WrongBond(msg.value, p.challengerBond);
@@ -232,7 +220,7 @@ contract ClaimManager is IClaimManager, AccessControl, ReentrancyGuard {
             claimId,
             c.claimer,
             msg.sender,
-            c.traceRoot,
+            roots.traceRoot,
             c.stepCount,
             c.log2K,
             p.clockDuration,
@@ -241,17 +229,28 @@ contract ClaimManager is IClaimManager, AccessControl, ReentrancyGuard {
     }
 
     /// @inheritdoc IClaimManager
-    function challengeData(bytes32 claimId, bytes32 tensorRoot, uint256 chunkIndex, bytes calldata commitment)
-        external
-        payable
-        returns (uint256 challengeId)
-    {
+    function challengeData(
+        bytes32 claimId,
+        ClaimRoots calldata roots,
+        bytes32 tensorRoot,
+        uint256 chunkIndex,
+        bytes calldata commitment
+    ) external payable returns (uint256 challengeId) {
         Claim storage c = _openForChallenge(claimId);
+        _checkRoots(claimId, c, roots);
         Params storage p = _params[c.paramsVersion];
         // INVARIANT: a data challenge is bonded with exactly the snapshotted DA_BOND.
         if (msg.value != p.daBond) revert WrongBond(msg.value, p.daBond);
         challengeId = _newChallenge(claimId, c, ChallengeKind.Data);
-        dataAvailability.open(challengeId, claimId, tensorRoot, chunkIndex, commitment, p.daResponseWindow);
+        dataAvailability.open(
+            challengeId,
+            claimId,
+            IDataAvailability.ClaimData(roots.inputRoot, roots.traceRoot, c.stepCount),
+            tensorRoot,
+            chunkIndex,
+            commitment,
+            p.daResponseWindow
+        );
     }
 
     function _openForChallenge(bytes32 claimId) private view returns (Claim storage c) {
@@ -345,8 +344,9 @@ contract ClaimManager is IClaimManager, AccessControl, ReentrancyGuard {
     // ------------------------------------------------------------------ finalization
 
     /// @inheritdoc IClaimManager
-    function finalize(bytes32 claimId) external nonReentrant {
+    function finalize(bytes32 claimId, ClaimRoots calldata roots) external nonReentrant {
         Claim storage c = _pending(claimId);
+        _checkRoots(claimId, c, roots);
         uint256 endsAt = uint256(c.postedAt) + _params[c.paramsVersion].challengeWindow;
         // INVARIANT: never before the window has passed.
         if (block.timestamp < endsAt) revert ChallengeWindowOpen(claimId, endsAt);
@@ -354,10 +354,10 @@ contract ClaimManager is IClaimManager, AccessControl, ReentrancyGuard {
         if (c.openChallenges != 0) revert ChallengesOpen(claimId, c.openChallenges);
         c.status = ClaimStatus.Finalized;
         _addCredit(c.claimer, _params[c.paramsVersion].claimerBond);
-        emit ClaimFinalized(claimId, c.outputRoot);
+        emit ClaimFinalized(claimId, roots.outputRoot);
         _reputation(c.claimer, REPUTATION_REWARD);
         address hook = c.settlementHook;
-        if (hook != address(0)) _runHook(claimId, hook, c.claimer, c.outputRoot);
+        if (hook != address(0)) _runHook(claimId, hook, c.claimer, roots.outputRoot);
     }
 
     /// @dev Calls the hook with exactly HOOK_GAS and ignores its return data (no return bomb).
@@ -460,10 +460,21 @@ contract ClaimManager is IClaimManager, AccessControl, ReentrancyGuard {
     }
 
     /// @inheritdoc IClaimManager
-    function programRootOf(bytes32 claimId) external view returns (bytes32) {
+    function checkRoots(bytes32 claimId, ClaimRoots calldata roots) external view returns (uint64 stepCount) {
         Claim storage c = _claims[claimId];
         if (c.status == ClaimStatus.None) revert UnknownClaim(claimId);
-        return LibMerkle.programRoot(c.stepCount, c.stepTreeRoot);
+        _checkRoots(claimId, c, roots);
+        return c.stepCount;
+    }
+
+    /// @inheritdoc IClaimManager
+    function hashRoots(ClaimRoots calldata roots) external pure returns (bytes32) {
+        return keccak256(abi.encode(roots));
+    }
+
+    function _checkRoots(bytes32 claimId, Claim storage c, ClaimRoots calldata roots) private view {
+        // INVARIANT: roots passed back are exactly the ones posted.
+        if (keccak256(abi.encode(roots)) != c.rootsHash) revert RootsMismatch(claimId);
     }
 
     /// @inheritdoc IClaimManager

@@ -29,6 +29,7 @@ contract DataAvailability is IDataAvailability {
     function open(
         uint256 challengeId,
         bytes32 claimId,
+        ClaimData calldata claim,
         bytes32 tensorRoot,
         uint256 chunkIndex,
         bytes calldata commitment,
@@ -39,7 +40,7 @@ contract DataAvailability is IDataAvailability {
         if (_challenges[challengeId].status != Status.None) revert DataChallengeExists(challengeId);
         TensorCommitment memory c = abi.decode(commitment, (TensorCommitment));
         // INVARIANT: only tensors the claim commits to can be challenged.
-        if (!_commits(IClaimManager(MANAGER).getClaim(claimId), tensorRoot, c)) revert InvalidCommitmentProof(tensorRoot);
+        if (!_commits(claim, tensorRoot, c)) revert InvalidCommitmentProof(tensorRoot);
         uint40 deadline = uint40(block.timestamp + responseWindow);
         _challenges[challengeId] = DataChallenge({
             claimId: claimId,
@@ -118,7 +119,7 @@ contract DataAvailability is IDataAvailability {
     }
 
     /// @dev Whether the claim commits to `tensorRoot`: its input bundle, an entry of it, or a trace leaf.
-    function _commits(IClaimManager.Claim memory claim, bytes32 tensorRoot, TensorCommitment memory c)
+    function _commits(ClaimData calldata claim, bytes32 tensorRoot, TensorCommitment memory c)
         private
         pure
         returns (bool)

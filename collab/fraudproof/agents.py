@@ -27,7 +27,7 @@ import numpy as np
 
 from chain.client import TxResult
 from chain.clients.bisection_game import BisectionGameClient, Game, Phase, RootProof, Side, StepProof
-from chain.clients.claim_manager import Audience, ClaimInput, ClaimManagerClient, ZERO_ADDRESS
+from chain.clients.claim_manager import ZERO_ADDRESS, Audience, ClaimInput, ClaimManagerClient, ClaimRoots
 from chain.clients.data_availability import CommitmentKind, DataAvailabilityClient, TensorCommitment
 from collab.errors import BadInput
 from collab.fixedpoint import Domain
@@ -67,11 +67,14 @@ def _committed_by_root(trace: Trace, root: bytes) -> Committed | None:
     return None
 
 
-def build_step_proof(trace: Trace, step: int, element: int, trace_proof: Callable[[int], list[bytes]]) -> StepProof:
+def build_step_proof(
+    trace: Trace, step: int, element: int, trace_proof: Callable[[int], list[bytes]], claim_roots: ClaimRoots
+) -> StepProof:
     """The ``proveStep`` argument for element ``element`` of ``step``, from ``trace``'s data.
 
     ``trace_proof(j)`` gives the single-leaf proof of trace leaf ``j`` against
-    the claimer's trace root (the claimer's own tree, or the challenger's view of it).
+    the claimer's trace root (the claimer's own tree, or the challenger's view of
+    it); ``claim_roots`` are the roots the claim was posted with.
     """
     program = trace.program
     s = program.steps[step]
@@ -90,6 +93,7 @@ def build_step_proof(trace: Trace, step: int, element: int, trace_proof: Callabl
         # exactly one extra input; an empty one lets the verifier rule NoValidValue.
         inputs.append((ZERO32, ZERO32, 0, b"", []))
     return StepProof(
+        claim_roots.as_tuple(),
         s.descriptor, program.step_proof(step), trace.bundle.chunk_root, trace.bundle.header.encode(), roots, inputs
     )
 
@@ -192,7 +196,7 @@ class ClaimerAgent:
         verdict, expected = self.trace.expected(g.step, e)
         if verdict == 2 or (verdict == 0 and expected != g.claimed_word):
             return None  # its own data says the element is wrong: nothing to gain by proving
-        proof = build_step_proof(self.trace, g.step, e, self.trace.tree.proof)
+        proof = build_step_proof(self.trace, g.step, e, self.trace.tree.proof, self.manager.roots_of(g.claim_id))
         self.gas.add("prove_step", self.game.prove_step(game_id, proof))
         return "prove_step"
 
@@ -278,7 +282,9 @@ class ChallengerAgent:
             self.gas.add("pick_element", self.game.pick_element(game_id, chunk, u))
             return "pick_element"
         if g.phase == Phase.STEP:
-            proof = build_step_proof(self.reference, g.step, g.element_index, self._claimer_view(game_id, g))
+            proof = build_step_proof(
+                self.reference, g.step, g.element_index, self._claimer_view(game_id, g), self.manager.roots_of(g.claim_id)
+            )
             self.gas.add("prove_step", self.game.prove_step(game_id, proof))
             return "prove_step"
         return None

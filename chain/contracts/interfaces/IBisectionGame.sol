@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
+import {IClaimManager} from "./IClaimManager.sol";
 import {IOneStepVerifier} from "./IOneStepVerifier.sol";
 
 /// @title IBisectionGame
@@ -98,6 +99,7 @@ interface IBisectionGame {
     }
 
     /// @notice Everything `proveStep` needs.
+    /// @param claimRoots The claim's roots (checked against the manager's hash).
     /// @param descriptor The disputed step's descriptor `abi.encode(uint16, uint32[], bytes32, bytes)`.
     /// @param stepProof Its single-leaf proof against the claim's step tree root.
     /// @param bundleChunkRoot Chunk (entry) root of the claim's input bundle.
@@ -105,6 +107,7 @@ interface IBisectionGame {
     /// @param roots Per descriptor input, the proof of its tensor root.
     /// @param inputs Per descriptor input (+1 for BUNDLE_GET), its header, chunk root and element range.
     struct StepProof {
+        IClaimManager.ClaimRoots claimRoots;
         bytes descriptor;
         bytes32[] stepProof;
         bytes32 bundleChunkRoot;

@@ -97,6 +97,21 @@ interface IClaimManager {
         address settlementHook;
     }
 
+    /// @notice The roots a claim binds. Stored as one hash (`rootsHash`); callers that need
+    /// them pass them back (from `ClaimPosted`), which keeps posting cheap.
+    /// @param stepTreeRoot Root of the program's step tree.
+    /// @param inputRoot Root of the input bundle.
+    /// @param outputRoot Tensor root of the output.
+    /// @param traceRoot Root of the trace.
+    /// @param daPointer Blob server record pointer.
+    struct ClaimRoots {
+        bytes32 stepTreeRoot;
+        bytes32 inputRoot;
+        bytes32 outputRoot;
+        bytes32 traceRoot;
+        bytes32 daPointer;
+    }
+
     /// @notice The governed numbers a claim snapshots at posting (§4); a game never reads them again.
     /// @param challengeWindow Seconds the claim can be challenged.
     /// @param clockDuration Seconds on each side's chess clock.
@@ -127,11 +142,7 @@ interface IClaimManager {
     /// @param stepCount Program length.
     /// @param paramsVersion Index of its parameter snapshot.
     /// @param settlementHook Hook run at finalization (0: none).
-    /// @param stepTreeRoot Root of the program's step tree.
-    /// @param inputRoot Root of the input bundle.
-    /// @param outputRoot Tensor root of the output.
-    /// @param traceRoot Root of the trace.
-    /// @param daPointer Blob server record pointer.
+    /// @param rootsHash `keccak256(abi.encode(ClaimRoots))` of the claim's roots.
     struct Claim {
         address claimer;
         uint40 postedAt;
@@ -142,11 +153,7 @@ interface IClaimManager {
         uint64 stepCount;
         uint32 paramsVersion;
         address settlementHook;
-        bytes32 stepTreeRoot;
-        bytes32 inputRoot;
-        bytes32 outputRoot;
-        bytes32 traceRoot;
-        bytes32 daPointer;
+        bytes32 rootsHash;
     }
 
     /// @notice One challenge (a game or a data challenge) against a claim.
@@ -168,25 +175,19 @@ interface IClaimManager {
     /// @param claimer Who posted it.
     /// @param jobId The job.
     /// @param programRoot The program commitment.
-    /// @param inputRoot The input bundle root.
-    /// @param outputRoot The output tensor root.
-    /// @param traceRoot The trace root.
+    /// @param roots The roots the claim binds (what later calls pass back).
     /// @param stepCount Program length.
     /// @param log2K Dissection branching exponent.
     /// @param audience Data audience.
-    /// @param daPointer Blob server record pointer.
     event ClaimPosted(
         bytes32 indexed claimId,
         address indexed claimer,
         bytes32 indexed jobId,
         bytes32 programRoot,
-        bytes32 inputRoot,
-        bytes32 outputRoot,
-        bytes32 traceRoot,
+        ClaimRoots roots,
         uint64 stepCount,
         uint8 log2K,
-        Audience audience,
-        bytes32 daPointer
+        Audience audience
     );
 
     /// @notice A challenge (game or data) was opened against a claim.
@@ -245,6 +246,9 @@ interface IClaimManager {
 
     /// @notice A zero address was given where a contract is needed.
     error ClaimManagerZeroAddress();
+    /// @notice The roots passed back are not the ones the claim was posted with.
+    /// @param claimId The claim.
+    error RootsMismatch(bytes32 claimId);
     /// @notice The game and data-availability contracts are already set.
     error AlreadyInitialized();
     /// @notice The game and data-availability contracts are not set yet.
@@ -337,23 +341,32 @@ interface IClaimManager {
 
     /// @notice Opens a bisection game against a claim with `CHALLENGER_BOND`; audience only, inside the window.
     /// @param claimId The claim.
+    /// @param roots The claim's roots (from `ClaimPosted`).
     /// @return challengeId The game's id.
-    function challenge(bytes32 claimId) external payable returns (uint256 challengeId);
+    function challenge(bytes32 claimId, ClaimRoots calldata roots) external payable returns (uint256 challengeId);
 
     /// @notice Opens a data-availability challenge with `DA_BOND` for one chunk of a tensor the claim commits to.
     /// @param claimId The claim.
+    /// @param roots The claim's roots (from `ClaimPosted`).
     /// @param tensorRoot The tensor.
     /// @param chunkIndex The chunk (entry, for a bundle).
     /// @param commitment ABI-encoded `IDataAvailability.TensorCommitment` proving the claim commits to `tensorRoot`.
     /// @return challengeId The data challenge's id.
-    function challengeData(bytes32 claimId, bytes32 tensorRoot, uint256 chunkIndex, bytes calldata commitment)
+    function challengeData(
+        bytes32 claimId,
+        ClaimRoots calldata roots,
+        bytes32 tensorRoot,
+        uint256 chunkIndex,
+        bytes calldata commitment
+    )
         external
         payable
         returns (uint256 challengeId);
 
     /// @notice Finalizes an unchallenged (or successfully defended) claim after its window; runs its hook.
     /// @param claimId The claim.
-    function finalize(bytes32 claimId) external;
+    /// @param roots The claim's roots (from `ClaimPosted`; the hook receives the output root).
+    function finalize(bytes32 claimId, ClaimRoots calldata roots) external;
 
     /// @notice Refunds the bond of a challenge left open when its claim was rejected by another one.
     /// @param challengeId The challenge.
@@ -399,10 +412,16 @@ interface IClaimManager {
     /// @return The parameters.
     function paramsOf(bytes32 claimId) external view returns (Params memory);
 
-    /// @notice The claim's program root (recomputed from its step tree root).
+    /// @notice Reverts `RootsMismatch` unless `roots` are the claim's; returns its step count.
     /// @param claimId The claim.
-    /// @return The program root.
-    function programRootOf(bytes32 claimId) external view returns (bytes32);
+    /// @param roots The roots to check.
+    /// @return stepCount The claim's program length.
+    function checkRoots(bytes32 claimId, ClaimRoots calldata roots) external view returns (uint64 stepCount);
+
+    /// @notice The hash a claim stores for its roots.
+    /// @param roots The roots.
+    /// @return `keccak256(abi.encode(roots))`.
+    function hashRoots(ClaimRoots calldata roots) external pure returns (bytes32);
 
     /// @notice The challenge `challengeId` (reverts `UnknownChallenge`).
     /// @param challengeId The challenge.

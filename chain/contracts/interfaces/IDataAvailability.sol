@@ -41,6 +41,16 @@ interface IDataAvailability {
         bytes32[] proof;
     }
 
+    /// @notice What the manager tells about the claim when opening a challenge (roots checked there).
+    /// @param inputRoot The claim's input bundle root.
+    /// @param traceRoot The claim's trace root.
+    /// @param stepCount The claim's program length.
+    struct ClaimData {
+        bytes32 inputRoot;
+        bytes32 traceRoot;
+        uint64 stepCount;
+    }
+
     /// @notice A data challenge.
     /// @param claimId The claim.
     /// @param tensorRoot The tensor.
@@ -121,6 +131,7 @@ interface IDataAvailability {
     /// @notice Opens data challenge `challengeId`; `ClaimManager` only (it holds the bond).
     /// @param challengeId The id.
     /// @param claimId The claim.
+    /// @param claim The claim's roots and length.
     /// @param tensorRoot The tensor.
     /// @param chunkIndex The chunk.
     /// @param commitment ABI-encoded `TensorCommitment`.
@@ -128,6 +139,7 @@ interface IDataAvailability {
     function open(
         uint256 challengeId,
         bytes32 claimId,
+        ClaimData calldata claim,
         bytes32 tensorRoot,
         uint256 chunkIndex,
         bytes calldata commitment,
