@@ -29,7 +29,7 @@ from chain.clients.claim_manager import (
 )
 from chain.clients.data_availability import DataAvailabilityClient
 from chain.clients.identity_registry import IdentityRegistryClient
-from chain.deploy import param_key
+from chain.deploy import DEFAULT_PARAMS, param_key
 from chain.deployment import Deployment
 from chain.errors import revert_class
 from collab import bls
@@ -363,3 +363,25 @@ def test_roots_passed_back_must_be_the_posted_ones(env: GameEnv) -> None:
     with pytest.raises(revert_class("RootsMismatch")):
         manager._transact("challenge", claim_id, forged.as_tuple(), value=bond)
 
+
+
+def test_a_full_access_licensee_is_in_the_licensed_verifiers_audience(
+    env: GameEnv, time_travel: Callable[[int], int]
+) -> None:
+    from chain.clients.licensing import LicenseKind, LicensingClient, Terms
+
+    owner, licensee = env.claimer, env.challengers[2]
+    register_identity(env.w3, env.deployment, licensee, "game-licensee")
+    assets = AssetRegistryClient.from_deployment(env.deployment, env.w3, owner)
+    asset_id = assets.register(AssetInput("model", Web3.keccak(text="game-test-licensed-asset"))).asset_id
+    claim_id = env.claimer_agent().post(audience=Audience.LICENSED_VERIFIERS, asset_id=asset_id)
+    manager = env.manager(licensee)
+    assert not manager.is_audience(claim_id, licensee.address)
+    licensing = LicensingClient.from_deployment(env.deployment, env.w3, owner)
+    offer = licensing.offer(asset_id, LicenseKind.FULL_ACCESS, Terms(price=10**15)).offer_id
+    license_id = licensing.with_account(licensee).buy(offer, 10**15).license_id
+    assert not manager.is_audience(claim_id, licensee.address)  # paid, but no key yet
+    licensing.deliver_key(license_id, b"\x01" * 60)
+    time_travel(DEFAULT_PARAMS["KEY_DISPUTE_WINDOW"] + 1)
+    licensing.release(license_id)
+    assert manager.is_audience(claim_id, licensee.address)
