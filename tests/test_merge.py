@@ -21,9 +21,11 @@ from collab.cli import run
 from collab.errors import BadInput, NotFound
 from collab.merge import (
     Contribution,
+    DPNoise,
     MergeResult,
     PlainSum,
     RingSum,
+    SecAggSum,
     all_methods,
     fisher_contribution,
     load_config,
@@ -526,3 +528,75 @@ def test_cli_bad_yaml_in_a_fresh_process_exits_2_without_traceback(tmp_path: Pat
     missing = subprocess.run([sys.executable, "-m", "collab", "merge", "run", str(tmp_path / "none.yml")],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
     assert missing.returncode == 3 and "Traceback" not in missing.stderr
+
+
+# --------------------------------------------------------------------- statistics through secure aggregation
+
+
+def test_secagg_sum_equals_the_ring_sum_exactly_and_merges_the_same() -> None:
+    models, xs = _linear_models(3), _inputs(3)
+    contribs = [regmean_contribution(m, [{"input": x}], alpha=0.9) for m, x in zip(models, xs)]
+    secagg = SecAggSum(frac_bits=30)
+    masked, ring = secagg.total(contribs), RingSum(frac_bits=30).total(contribs)
+    assert set(masked) == set(ring)
+    for key in ring:
+        assert torch.equal(masked[key], ring[key])
+    assert secagg.last_result.survivors == (1, 2, 3)
+    merged = merge_contributions(contribs, models[0].state_dict(), SecAggSum(frac_bits=30))
+    np.testing.assert_allclose(merged["weight"].numpy(),
+                               merge_contributions(contribs, models[0].state_dict())["weight"].numpy(), atol=1e-6)
+
+
+def test_secagg_dropout_merges_the_survivors_consistently() -> None:
+    models, xs = _linear_models(4), _inputs(4)
+    contribs = [regmean_contribution(m, [{"input": x}], alpha=1.0) for m, x in zip(models, xs)]
+    collector = SecAggSum(frac_bits=30, drop_before={2: "masked"})
+    merged = merge_contributions(contribs, models[0].state_dict(), collector)
+    assert collector.last_result.dropped == (2,)
+    survivors = [c for i, c in enumerate(contribs) if i != 1]
+    want = merge_contributions(survivors, models[0].state_dict(), RingSum(frac_bits=30))
+    for key in want:
+        torch.testing.assert_close(merged[key], want[key], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------- DP noise on the statistics
+
+
+def test_dp_regmean_clips_each_example_and_noises_the_sum_with_epsilon_recorded() -> None:
+    model, x = _linear_models(1)[0], _inputs(1, rows=30)[0]
+    clean = regmean_contribution(model, [{"input": x}], alpha=1.0)
+    # clipping alone (negligible noise): each example's Gram [x 1][x 1]ᵀ is scaled to Frobenius norm <= clip
+    clip = 2.0
+    clipped = regmean_contribution(model, [{"input": x}], alpha=1.0, dp=DPNoise(1e-12, clip, seed=1))
+    aug = np.hstack([x.numpy(), np.ones((30, 1))])
+    want = sum(np.outer(r, r) * min(1.0, clip / np.linalg.norm(np.outer(r, r))) for r in aug)
+    np.testing.assert_allclose(clipped.tensors["gram::"].numpy(), want, rtol=1e-9, atol=1e-9)
+    assert np.linalg.norm(clean.tensors["gram::"].numpy()) > np.linalg.norm(want)  # clipping really bit
+    # noise: symmetric, of the recorded scale, and reproducible only by seed
+    noisy = regmean_contribution(model, [{"input": x}], alpha=1.0, dp=DPNoise(1.0, clip, seed=2))
+    diff = noisy.tensors["gram::"].numpy() - want
+    np.testing.assert_allclose(diff, diff.T)
+    dp = noisy.meta["dp"]
+    assert dp["sigma"] == pytest.approx(1.0 * clip) and 0.5 * dp["sigma"] < diff.std() < 2 * dp["sigma"]
+    again = regmean_contribution(model, [{"input": x}], alpha=1.0, dp=DPNoise(1.0, clip, seed=2))
+    assert torch.equal(again.tensors["gram::"], noisy.tensors["gram::"])
+    assert 0 < DPNoise(8.0, 1.0).epsilon() < DPNoise(1.0, 1.0).epsilon()
+    # tighter than the classical Gaussian-mechanism bound √(2 ln(1.25/δ))/z (valid for ε < 1), but of its order
+    assert 0.6 < DPNoise(5.0, 1.0, delta=1e-5).epsilon() < np.sqrt(2 * np.log(1.25 / 1e-5)) / 5.0
+
+
+def test_dp_fisher_clips_per_example_gradients() -> None:
+    model, x = _linear_models(1, d_in=4, d_out=3)[0], _inputs(1, rows=8, d_in=4)[0]
+    y = torch.arange(8) % 3
+    clip = 0.5
+    got = fisher_contribution(model, [{"input": x, "labels": y}], fisher_floor=0.0, dp=DPNoise(1e-12, clip, seed=0))
+    w, b = model.weight.detach().numpy(), model.bias.detach().numpy()
+    err = _softmax(x.numpy() @ w.T + b) - np.eye(3)[y.numpy()]
+    fw, fb = np.zeros_like(w), np.zeros_like(b)
+    for e, xi in zip(err, x.numpy()):
+        gw, gb = np.outer(e, xi), e
+        scale = min(1.0, clip / np.sqrt((gw**2).sum() + (gb**2).sum()))
+        fw, fb = fw + (scale * gw) ** 2, fb + (scale * gb) ** 2
+    np.testing.assert_allclose(got.tensors["fisher::weight"].numpy(), fw / 8, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.tensors["fisher::bias"].numpy(), fb / 8, rtol=1e-9, atol=1e-12)
+    assert got.meta["dp"]["sensitivity"] == pytest.approx(clip**2)

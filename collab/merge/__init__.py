@@ -27,6 +27,7 @@ from collab.merge.config import (
 from collab.merge.datamerge import (
     PlainSum,
     RingSum,
+    SecAggSum,
     SumCollector,
     data_methods,
     fisher_merge,
@@ -35,7 +36,7 @@ from collab.merge.datamerge import (
     run_data_merge,
 )
 from collab.merge.mergekit_merge import MergeResult, MethodInfo, ParamInfo, mergekit_methods, run_mergekit
-from collab.merge.stats import Contribution, classification_nll, fisher_contribution, regmean_contribution
+from collab.merge.stats import Contribution, DPNoise, classification_nll, fisher_contribution, regmean_contribution
 
 __all__ = [
     "DATA_METHODS",
@@ -43,6 +44,7 @@ __all__ = [
     "METHODS",
     "AssetResolver",
     "Contribution",
+    "DPNoise",
     "MergeResult",
     "MergeSpec",
     "MethodInfo",
@@ -51,6 +53,7 @@ __all__ = [
     "ParamInfo",
     "PlainSum",
     "RingSum",
+    "SecAggSum",
     "SumCollector",
     "all_methods",
     "classification_nll",

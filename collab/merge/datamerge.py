@@ -12,9 +12,10 @@ participant's own statistics. How the sum is formed is a :class:`SumCollector`:
 :class:`PlainSum` adds float64 tensors in the clear (a merger that holds the
 statistics itself, and tests); :class:`RingSum` encodes every contribution in
 fixed point (``collab.fixedpoint``) and adds in Z_2^64, which is exactly the
-arithmetic of pairwise-masked secure aggregation: masks cancel in the ring, so
-a masked collector built on ``collab/secagg`` plugs in here and yields the
-very same integers.
+arithmetic of pairwise-masked secure aggregation; :class:`SecAggSum` runs a
+real SecAgg/SecAgg+ round (``collab.secagg``) in which the merger sees only
+masked vectors, and its total is the very same integers as :class:`RingSum`'s
+because the masks cancel in the ring.
 """
 
 from __future__ import annotations
@@ -105,6 +106,71 @@ class RingSum:
         words = [self.encode(c, len(contributions)) for c in contributions]
         return {k: torch.from_numpy(fx.from_fixed(fx.ring_sum_array([w[k] for w in words]), self.frac_bits))
                 for k in words[0]}
+
+
+@dataclass
+class SecAggSum:
+    """The sum through a real SecAgg/SecAgg+ round (``collab.secagg``): pairwise masks cancel in Z_2^64.
+
+    Each contribution is flattened (names in sorted order), encoded at
+    ``frac_bits`` and masked by its own :class:`~collab.secagg.SecAggParticipant`;
+    the server side sees only masked vectors and unmasks the total. This
+    in-process form runs every party in one process (single-machine merges,
+    tests); the node/orchestrator carry the same messages over the network.
+    ``accounts`` are the participants' identity accounts in contribution order
+    (fresh throwaway accounts when omitted). With dropouts the total covers
+    the survivors only, and so does every RegMean/Fisher ratio built from it.
+    """
+
+    frac_bits: int = DEFAULT_FRAC_BITS
+    accounts: Sequence[Any] | None = None
+    threshold: int | None = None
+    neighbours: int | None = None
+    round_id: bytes | None = None
+    drop_before: Mapping[int, str] | None = None
+    name: str = "secagg"
+    last_result: Any = None
+
+    def total(self, contributions: Sequence[Contribution]) -> dict[str, torch.Tensor]:
+        """Run one secure-aggregation round over the flattened contributions and unflatten the sum."""
+        import os
+
+        from eth_account import Account
+        from eth_hash.auto import keccak
+
+        from collab.secagg import Member, RoundConfig, run_local_round
+
+        check_contributions(contributions)
+        if len(contributions) < 2:
+            raise BadInput("secure aggregation needs at least two participants' statistics")
+        names = sorted(contributions[0].tensors)
+        shapes = [tuple(contributions[0].tensors[k].shape) for k in names]
+        ring = RingSum(self.frac_bits)
+        words = [ring.encode(c, len(contributions)) for c in contributions]
+        vectors = [np.concatenate([w[k].reshape(-1) for k in names]) for w in words]
+        accounts = list(self.accounts) if self.accounts is not None else [Account.create() for _ in contributions]
+        if len(accounts) != len(contributions):
+            raise BadInput(f"{len(accounts)} accounts for {len(contributions)} contributions")
+        members = tuple(Member(i + 1, a.address) for i, a in enumerate(accounts))
+        n = len(members)
+        holders = n if self.neighbours is None or self.neighbours >= n - 1 else self.neighbours + 1  # N(u) ∪ {u}
+        threshold = self.threshold if self.threshold is not None else holders // 2 + 1
+        config = RoundConfig(
+            round_id=self.round_id or keccak(b"collab-merge-stats" + os.urandom(32)),
+            members=members, threshold=threshold, length=int(vectors[0].shape[0]), frac_bits=self.frac_bits,
+            neighbours=self.neighbours,
+        )
+        result = run_local_round(config, {m.id: a for m, a in zip(members, accounts)},
+                                 {m.id: v for m, v in zip(members, vectors)}, drop_before=self.drop_before)
+        self.last_result = result
+        flat = fx.from_fixed(result.words, self.frac_bits)
+        out: dict[str, torch.Tensor] = {}
+        offset = 0
+        for key, shape in zip(names, shapes):
+            size = int(np.prod(shape)) if shape else 1
+            out[key] = torch.from_numpy(flat[offset:offset + size].reshape(shape).copy())
+            offset += size
+        return out
 
 
 def check_contributions(contributions: Sequence[Contribution]) -> None:
@@ -226,7 +292,9 @@ def run_data_merge(spec: MergeSpec, out_dir: Path | str, *, collector: SumCollec
         weights_sha256=_sha256_files(sorted(out.glob("*.safetensors"))),
         seconds=time.perf_counter() - started,
         details={"engine": "collab", "collector": collector.name, "participants": len(contributions),
-                 "statistics": dict(contributions[0].meta) | {"examples": [c.meta.get("examples") for c in contributions]}},
+                 "statistics": {k: v for k, v in contributions[0].meta.items() if k in ("alpha", "fisher_floor")}
+                 | {"examples": [c.meta.get("examples") for c in contributions],
+                    "dp": [c.meta.get("dp") for c in contributions]}},
     )
 
 
