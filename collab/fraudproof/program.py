@@ -19,7 +19,7 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 
 from collab.errors import BadInput
-from collab.fixedpoint import FRAC_BITS_MAX, INT64_MAX, INT64_MIN, Domain
+from collab.fixedpoint import FRAC_BITS_MAX, Domain
 from collab.fraudproof.commitments import (
     PAD_STEP_LEAF,
     MerkleTree,
@@ -541,8 +541,6 @@ class ProgramBuilder:
 
 
 __all__ = [
-    "INT64_MAX",
-    "INT64_MIN",
     "Op",
     "PARAM_TYPES",
     "Program",

@@ -16,14 +16,14 @@ integers (object arrays) otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from collab import fixedpoint as fx
 from collab.errors import BadInput, ProtocolViolation
-from collab.fixedpoint import INT64_MAX, INT64_MIN, Domain
+from collab.fixedpoint import Domain
 from collab.fraudproof.commitments import TensorHeader
 from collab.fraudproof.program import Op, Program, Step, decode_params, expected_out
 
@@ -143,9 +143,6 @@ def _sign(a: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- vectorised execution
-
-Witness = Callable[[int, Step], np.ndarray]
-
 
 def execute_step(step: Step, inputs: Sequence[Value], witness: np.ndarray | None = None) -> Value:
     """Run one step over whole tensors; raises NoValidOutput for a step with no correct output."""
@@ -500,8 +497,6 @@ def element_value(step: Step, inputs: Sequence[Value], e: int) -> int | None:
 
 
 __all__ = [
-    "INT64_MAX",
-    "INT64_MIN",
     "NoValidOutput",
     "Value",
     "bundle",
