@@ -10,6 +10,7 @@ watch`` would do, with the test moving chain time.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -116,34 +117,41 @@ def test_lazy_challenger_loses_on_time(env: GameEnv, time_travel: Callable[[int]
 
 
 def test_a_last_second_move_leaves_the_opponent_the_clock_extension(env: GameEnv, time_travel: Callable[[int], int]) -> None:
-    claimer = env.claimer_agent(env.cheat(3, 9))
+    # Both sides hold every move until their clock has at most 20 s left.
+    claimer = env.claimer_agent(env.cheat(3, 9), last_second=20)
     claim_id = claimer.post()
-    challenger = env.challenger_agent()
+    challenger = env.challenger_agent(last_second=20)
     game_id = challenger.challenge(claim_id)
     p = env.manager().params_of(claim_id)
     game = env.game()
-    claimer.act(game_id)  # reveal at once
 
     def now() -> int:
         return int(env.w3.eth.get_block("latest")["timestamp"])
 
-    # The challenger thinks until 20 s before its deadline, then picks.
-    time_travel(game.deadline_of(game_id) - now() - 20)
-    challenger.act(game_id)
+    def wait_and_move(agent: Any) -> str:
+        assert agent.act(game_id) is None  # too early: it holds its move
+        time_travel(game.deadline_of(game_id) - now() - 15)
+        moved = agent.act(game_id)
+        assert moved is not None
+        return str(moved)
+
+    assert wait_and_move(claimer) == "reveal"
     g = game.get_game(game_id)
-    assert g.turn == Side.CLAIMER and 0 < g.challenger_left <= 21 < p.clock_extension
-    # The claimer answers in the last seconds of its own clock...
-    time_travel(game.deadline_of(game_id) - now() - 10)
-    claimer.act(game_id)
+    assert g.turn == Side.CHALLENGER and 0 < g.claimer_left <= 21
+    assert wait_and_move(challenger) == "pick"
     g = game.get_game(game_id)
-    # ...and the challenger, almost out of time, is topped up to the extension.
-    assert g.turn == Side.CHALLENGER and g.challenger_left == p.clock_extension
+    # The claimer, almost out of time, is topped up to the extension after the challenger's last-second pick.
+    assert g.turn == Side.CLAIMER and g.claimer_left == p.clock_extension
     assert game.deadline_of(game_id) == g.last_move_at + p.clock_extension
     with pytest.raises(revert_class("ClockNotExpired")):
         game.resolve_timeout(game_id)
-    time_travel(p.clock_extension - 10)
-    assert challenger.act(game_id) == "pick"
-
+    assert wait_and_move(claimer) == "reveal"
+    g = game.get_game(game_id)
+    assert g.turn == Side.CHALLENGER and g.challenger_left == p.clock_extension
+    # Without moving, a side loses once even the extension has run out.
+    time_travel(p.clock_extension)
+    game.resolve_timeout(game_id)
+    assert game.resolution(game_id) == (True, Reason.TIMEOUT)
 
 def test_two_challengers_first_win_rejects_the_claim_and_refunds_the_other(
     env: GameEnv, time_travel: Callable[[int], int]

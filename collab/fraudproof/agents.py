@@ -9,7 +9,9 @@ chain time moves. Dishonesty is configured, not coded per scenario:
   step) is a cheating claimer; ``post(output_root=...)`` posts a wrong output
   root; ``lazy`` never moves; ``withhold`` never answers data challenges;
 * a challenger whose reference trace is wrong is a dishonest challenger (it
-  picks by its wrong reference); ``lazy`` never moves after challenging.
+  picks by its wrong reference); ``lazy`` never moves after challenging;
+* ``last_second=s`` (either side) holds every move until its clock has at
+  most ``s`` seconds left, the behaviour the clock extension defends against.
 
 An honest challenger picks the first child that differs from its reference
 (§5.1), and builds the one-step proof against the *claimer's* trace tree: the
@@ -58,6 +60,14 @@ class GasLog:
         for kind, gas in self.entries:
             out.setdefault(kind, []).append(gas)
         return out
+
+
+def _holding(game: BisectionGameClient, game_id: int, last_second: int) -> bool:
+    """A last-second agent holds its move while more than ``last_second`` seconds are left."""
+    if last_second <= 0:
+        return False
+    now = int(game.w3.eth.get_block("latest")["timestamp"])
+    return game.deadline_of(game_id) - now > last_second
 
 
 def _committed_by_root(trace: Trace, root: bytes) -> Committed | None:
@@ -112,12 +122,14 @@ class ClaimerAgent:
         log2k: int = 1,
         lazy: bool = False,
         withhold: bool = False,
+        last_second: int = 0,
         gas: GasLog | None = None,
     ) -> None:
         self.manager, self.game, self.data, self.trace = manager, game, data, trace
         self.job_id = job_id
         self.log2k = log2k
         self.lazy = lazy
+        self.last_second = last_second
         self.withhold = withhold
         self.gas = gas if gas is not None else GasLog()
         self.claim_id: bytes | None = None
@@ -167,7 +179,7 @@ class ClaimerAgent:
             return None
         if g.phase == Phase.STEP:
             return self._prove(game_id, g)
-        if g.turn != Side.CLAIMER:
+        if g.turn != Side.CLAIMER or _holding(self.game, game_id, self.last_second):
             return None
         if g.phase == Phase.TRACE:
             self.gas.add("reveal", self.game.reveal(game_id, self.trace.tree.children(g.depth, g.index, self.log2k)))
@@ -230,10 +242,12 @@ class ChallengerAgent:
         reference: Trace,
         *,
         lazy: bool = False,
+        last_second: int = 0,
         gas: GasLog | None = None,
     ) -> None:
         self.manager, self.game, self.reference = manager, game, reference
         self.lazy = lazy
+        self.last_second = last_second
         self.gas = gas if gas is not None else GasLog()
         self.reasons: list[str] = []
 
@@ -269,6 +283,8 @@ class ChallengerAgent:
         """Make the challenger's move in ``game_id`` if it is its turn; returns the move kind."""
         g = self.game.get_game(game_id)
         if self.lazy or g.phase in (Phase.NONE, Phase.RESOLVED) or g.turn != Side.CHALLENGER:
+            return None
+        if _holding(self.game, game_id, self.last_second):
             return None
         if g.phase in (Phase.TRACE, Phase.CHUNK) and g.revealed:
             children = self.game.last_reveal(game_id)
