@@ -600,3 +600,22 @@ def test_dp_fisher_clips_per_example_gradients() -> None:
     np.testing.assert_allclose(got.tensors["fisher::weight"].numpy(), fw / 8, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(got.tensors["fisher::bias"].numpy(), fb / 8, rtol=1e-9, atol=1e-12)
     assert got.meta["dp"]["sensitivity"] == pytest.approx(clip**2)
+
+
+def test_output_must_be_absent_or_empty_and_a_failed_merge_leaves_nothing(zoo: dict[str, Path], tmp_path: Path) -> None:
+    cfg = {"merge_method": "linear", "models": _models(zoo, ["ft0", "ft1"], [{"weight": 1.0}] * 2)}
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    (tmp_path / "file").write_text("x")
+    for target in ("full", "file"):
+        with pytest.raises(BadInput, match="not an empty directory"):
+            merge(parse_config(cfg), tmp_path / target)
+    (tmp_path / "empty").mkdir()
+    merge(parse_config(cfg), tmp_path / "empty")
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+    # mergekit fails inside run_merge (a gradient list of the wrong kind): no output, no staging leftovers
+    bad = {"merge_method": "linear", "models": _models(zoo, ["ft0", "ft1"], [{"weight": "heavy"}] * 2)}
+    with pytest.raises(BadInput, match="mergekit rejected"):
+        merge(parse_config(bad), tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "full"]

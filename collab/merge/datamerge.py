@@ -32,7 +32,15 @@ import torch
 from collab import fixedpoint as fx
 from collab.errors import BadInput
 from collab.merge.config import MergeSpec
-from collab.merge.mergekit_merge import MergeResult, MethodInfo, ParamInfo, _sha256_files, weight_shapes
+from collab.merge.mergekit_merge import (
+    MergeResult,
+    MethodInfo,
+    ParamInfo,
+    _sha256_files,
+    check_out_dir,
+    staging_dir,
+    weight_shapes,
+)
 from collab.merge.stats import (
     AVG,
     AVG_WEIGHT,
@@ -262,9 +270,7 @@ def run_data_merge(spec: MergeSpec, out_dir: Path | str, *, collector: SumCollec
         raise BadInput("a data-aware merge needs regmean/fisher, statistics files and a local base_model")
     spec.check_paths()
     _check_data_parameters(spec)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise BadInput(f"output directory {out} is not empty")
+    out = check_out_dir(out_dir)
     started = time.perf_counter()
     contributions = [Contribution.load(m.statistics) for m in spec.models if m.statistics is not None]
     wrong = [m.label for m, c in zip(spec.models, contributions) if c.method != spec.method]
@@ -281,7 +287,8 @@ def run_data_merge(spec: MergeSpec, out_dir: Path | str, *, collector: SumCollec
     collector = collector or PlainSum()
     merged = merge_contributions(contributions, template, collector)
     model.load_state_dict(merged)
-    model.save_pretrained(str(out), safe_serialization=True)
+    with staging_dir(out) as stage:
+        model.save_pretrained(str(stage), safe_serialization=True)
     shapes = weight_shapes(out)
     return MergeResult(
         method=spec.method,

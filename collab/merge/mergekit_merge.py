@@ -15,13 +15,16 @@ downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,19 +194,17 @@ def run_mergekit(spec: MergeSpec, out_dir: Path | str, *, seed: int = 0) -> Merg
     spec.check_paths()
     check_parameters(spec)
     shapes = check_compatible(spec.input_refs())
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise BadInput(f"output directory {out} is not empty")
+    out = check_out_dir(out_dir)
     config = _mergekit_config(spec)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="collab-lora-") as lora_cache:
+    with tempfile.TemporaryDirectory(prefix="collab-lora-") as lora_cache, staging_dir(out) as stage:
         options = MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True, random_seed=seed,
                                lora_merge_cache=lora_cache, lora_merge_dtype="float32")
         _install_optional_alias_fix()
         _quiet_transformers()
         _reset_loader_cache()
         try:
-            run_merge(config, str(out), options)
+            run_merge(config, str(stage), options)
         except (RuntimeError, ValueError, TypeError, pydantic.ValidationError) as exc:
             raise BadInput(f"mergekit rejected the {spec.method} merge: {' '.join(str(exc).split())}") from exc
         except FileNotFoundError as exc:
@@ -222,6 +223,33 @@ def run_mergekit(spec: MergeSpec, out_dir: Path | str, *, seed: int = 0) -> Merg
         seconds=seconds,
         details={"engine": "mergekit", "seed": seed, "dtype": spec.dtype, "input_tensors": len(shapes)},
     )
+
+
+def check_out_dir(out_dir: Path | str) -> Path:
+    """The output directory, which must be absent or an empty directory (BadInput otherwise)."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInput(f"output {out} exists and is not an empty directory")
+    return out
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A sibling temp directory renamed to ``out`` on success and removed on failure.
+
+    A merge that fails half-way (or is interrupted) never leaves a
+    half-written model where a finished one is expected.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield stage
+        if out.exists():
+            out.rmdir()  # empty, checked by check_out_dir
+        stage.rename(out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def _mergekit_config(spec: MergeSpec) -> MergeConfiguration:
