@@ -240,6 +240,15 @@ class HeParty:
             ev.mod_switch_to_next_inplace(ct)
         return suite.dumps(ct)
 
+    def _times(self, k: int, ct: seal.Ciphertext, pt: seal.Plaintext) -> seal.Ciphertext:
+        """ct * pt; a zero plaintext gives a fresh encryption of zero (SEAL refuses transparent results)."""
+        out = seal.Ciphertext()
+        if pt.is_zero():
+            self._peer()[k].encrypt_zero(ct.parms_id(), out)
+        else:
+            self.suite.evaluators[k].multiply_plain(ct, pt, out)
+        return out
+
     def _open(self, k: int, data: bytes) -> seal.Plaintext:
         ct = self.suite.load_ciphertext(k, data)
         budget = self._dec[k].invariant_noise_budget(ct)
@@ -288,7 +297,7 @@ class HeParty:
                 py, pr = seal.Plaintext(), seal.Plaintext()
                 enc.encode(yres[sl].tolist(), py)
                 enc.encode(masks[k][sl].tolist(), pr)
-                ev.multiply_plain_inplace(ct, py)
+                ct = self._times(k, ct, py)
                 ev.add_plain_inplace(ct, pr)
                 out.append(self._seal_reply(k, ct, self.suite.n))
         with np.errstate(over="ignore"):
@@ -367,12 +376,9 @@ class HeParty:
                 for bj in range(mb):
                     for g in range(plan.groups):
                         inner = range(g * plan.group, min(kb, (g + 1) * plan.group))
-                        acc = seal.Ciphertext()
-                        ev.multiply_plain(cts[bi * kb + inner[0]], ypt[inner[0], bj], acc)
+                        acc = self._times(k, cts[bi * kb + inner[0]], ypt[inner[0], bj])
                         for bl in inner[1:]:
-                            prod = seal.Ciphertext()
-                            ev.multiply_plain(cts[bi * kb + bl], ypt[bl, bj], prod)
-                            ev.add_inplace(acc, prod)
+                            ev.add_inplace(acc, self._times(k, cts[bi * kb + bl], ypt[bl, bj]))
                         sl = slice(r * self.suite.n, (r + 1) * self.suite.n)
                         ev.add_plain_inplace(acc, self.suite.coeff_plaintext(masks[k][sl], k))
                         out.append(self._seal_reply(k, acc, terms))
@@ -443,8 +449,9 @@ class HeParty:
             pc, ps = seal.Plaintext(), seal.Plaintext()
             enc.encode(coef[sl].tolist(), pc)
             enc.encode(s[sl].tolist(), ps)
-            ev.multiply_plain_inplace(ct, pc)
-            ev.add_plain_inplace(ct, ps)
+            ct = self._times(0, ct, pc)
+            if not ps.is_zero():
+                ev.add_plain_inplace(ct, ps)
             out.append(self._seal_reply(0, ct, self.suite.n))
         return pack(out), s
 

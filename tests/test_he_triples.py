@@ -1,0 +1,386 @@
+"""HE preprocessing: dealer-free Beaver tuples in Z_2^64 from real SEAL/BFV ciphertexts.
+
+Fast tests drive two separate :class:`HeParty` objects that share nothing but
+the bytes on a channel; the slow test runs CrypTen in 2 real processes with
+the ``"HE"`` provider and compares it with the dealer (TFP) path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tenseal.sealapi as seal
+
+from collab.errors import BadInput, InternalError, ProtocolViolation
+from collab.he import BfvParams, BfvSuite, HeParty, QueueChannel, TripleGenerator, run_pair
+from collab.he.bfv import Rng, crt_mod_2_64, limbs_mod, mulmod
+from collab.he.triples import mask_bits, pack, plan_matmul, unpack
+
+U64 = np.uint64
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add(*xs: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        out = np.zeros(np.broadcast_shapes(*(x.shape for x in xs)), dtype=U64)
+        for x in xs:
+            out = out + x.astype(U64)
+        return out
+
+
+def sub(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return x.astype(U64) - y.astype(U64)
+
+
+def mul(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return x.astype(U64) * y.astype(U64)
+
+
+def mm(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return np.matmul(x.astype(U64), y.astype(U64))
+
+
+@pytest.fixture(scope="module")
+def suite() -> BfvSuite:
+    return BfvSuite()
+
+
+@pytest.fixture(scope="module")
+def parties(suite: BfvSuite) -> tuple[HeParty, HeParty]:
+    a, b = HeParty(suite), HeParty(BfvSuite())
+    a.meet(b.hello())
+    b.meet(a.hello())
+    return a, b
+
+
+def beaver(op, x, y, triple0, triple1):  # type: ignore[no-untyped-def]
+    """Multiply secret-shared x, y with a triple exactly as CrypTen does, in Z_2^64."""
+    (a0, b0, c0), (a1, b1, c1) = triple0, triple1
+    rng = Rng()
+    x0 = rng.uint64(x.shape)
+    y0 = rng.uint64(y.shape)
+    x1, y1 = sub(x, x0), sub(y, y0)
+    eps = add(sub(x0, a0), sub(x1, a1))  # opened x - a
+    delta = add(sub(y0, b0), sub(y1, b1))  # opened y - b
+    z0 = add(c0, op(eps, b0), op(a0, delta), op(eps, delta))
+    z1 = add(c1, op(eps, b1), op(a1, delta))
+    return add(z0, z1)
+
+
+# ---------------------------------------------------------------------- arithmetic helpers
+
+
+def test_crt_recombination_is_exact_up_to_the_full_crt_range(suite: BfvSuite) -> None:
+    values = [random.randrange(suite.modulus) for _ in range(2000)] + [0, 1, suite.modulus - 1]
+    residues = [np.array([v % p for v in values], dtype=U64) for p in suite.primes]
+    got = crt_mod_2_64(residues, suite.primes)
+    assert [int(g) for g in got] == [v % 2**64 for v in values]
+
+
+def test_mulmod_and_limb_reduction_match_python_integers(suite: BfvSuite) -> None:
+    rng = Rng()
+    p = suite.primes[2]
+    a, b = rng.residues_below(3000, p), rng.residues_below(3000, p)
+    a[:2], b[:2] = p - 1, p - 1
+    assert [int(v) for v in mulmod(a, b, p)] == [int(x) * int(y) % p for x, y in zip(a, b)]
+    limbs = rng.limbs(3000, 179)
+    ints = [int(limbs[0, i]) | int(limbs[1, i]) << 64 | int(limbs[2, i]) << 128 for i in range(3000)]
+    assert max(ints) < 2**179
+    assert [int(v) for v in limbs_mod(limbs, p)] == [v % p for v in ints]
+
+
+def test_crt_range_leaves_40_bits_of_masking_for_1536_long_inner_sums(suite: BfvSuite) -> None:
+    bits = mask_bits(suite)
+    assert suite.modulus > 2**bits + 2048 * 2**128  # value + mask never wraps the CRT range
+    assert bits - math.log2(1536 * 2**128) >= 40  # FFN down-projection inner sum
+    assert bits - 128 >= 40 + 10
+
+
+# ---------------------------------------------------------------------- exactness
+
+
+def test_elementwise_triples_multiply_shared_values_bit_for_bit() -> None:
+    (t0, t1) = run_pair("mul", (3, 1, 5), (1, 4, 5))  # broadcasting like torch.mul
+    rng = Rng()
+    x, y = rng.uint64((3, 1, 5)), rng.uint64((1, 4, 5))
+    x[0, 0, 0], y[0, 0, 0] = U64(2**64 - 1), U64(2**64 - 1)  # extreme ring elements
+    z = beaver(mul, x, y, t0, t1)
+    assert z.shape == (3, 4, 5)
+    assert np.array_equal(z, mul(x, y))
+    a, b, c = (add(u, v) for u, v in zip(t0, t1))
+    assert np.array_equal(c, mul(a, b))
+
+
+def test_matmul_triples_multiply_shared_matrices_bit_for_bit() -> None:
+    (t0, t1) = run_pair("matmul", (4, 8), (8, 6))
+    rng = Rng()
+    x, y = rng.uint64((4, 8)), rng.uint64((8, 6))
+    assert np.array_equal(beaver(mm, x, y, t0, t1), mm(x, y))
+
+
+def test_batched_matmul_triples_follow_torch_matmul_shapes() -> None:
+    (t0, t1) = run_pair("matmul", (2, 3, 5), (2, 5, 4))  # attention-style batch on both sides
+    a, b, c = (add(u, v) for u, v in zip(t0, t1))
+    assert c.shape == (2, 3, 4)
+    assert np.array_equal(c, mm(a, b))
+    (t0, t1) = run_pair("matmul", (2, 3, 5), (5, 4))  # activations @ weight
+    a, b, c = (add(u, v) for u, v in zip(t0, t1))
+    assert np.array_equal(c, mm(a, b))
+
+
+def test_long_inner_dimension_is_split_into_separately_masked_groups(suite: BfvSuite) -> None:
+    plan = plan_matmul(1, 5000, 1, suite)
+    assert plan.groups >= 2  # 5000 products of 128 bits would leave < 40 bits of mask
+    assert plan.group * plan.kw <= 2 ** (mask_bits(suite) - 128 - 40)
+    (t0, t1) = run_pair("matmul", (1, 5000), (5000, 1))
+    a, b, c = (add(u, v) for u, v in zip(t0, t1))
+    assert np.array_equal(c, mm(a, b))
+
+
+def test_square_binary_and_b2a_tuples_are_exact() -> None:
+    (r0, q0), (r1, q1) = run_pair("square", (6,))
+    assert np.array_equal(add(q0, q1), mul(add(r0, r1), add(r0, r1)))
+    (a0, b0, c0), (a1, b1, c1) = run_pair("binary", (5,), (5,))
+    assert np.array_equal((a0 ^ a1) & (b0 ^ b1), c0 ^ c1)
+    (x0, y0), (x1, y1) = run_pair("b2a_bits", (300,))
+    bits = y0 ^ y1
+    assert set(np.unique(bits).tolist()) == {0, 1}
+    assert np.array_equal(add(x0, x1), bits)
+
+
+def test_all_zero_operands_are_handled(parties: tuple[HeParty, HeParty]) -> None:
+    a, b = parties
+    zeros = np.zeros(70, dtype=U64)
+    reply, s = b.answer_bits(a.offer_bits(zeros), zeros)  # SEAL refuses ct * 0: a fresh Enc(0) stands in
+    assert np.array_equal(a.finish_bits(reply, 70) ^ s, zeros)
+    x = np.arange(70, dtype=U64)
+    reply, share_b = b.answer_slots(a.offer_slots(x), zeros)
+    assert np.array_equal(add(a.finish_slots(reply, 70), share_b), zeros)
+
+
+# ---------------------------------------------------------------------- what each party sees
+
+
+def test_each_partys_shares_alone_look_uniform() -> None:
+    (a0, b0, c0), _ = run_pair("mul", (4096,), (4096,))
+    for share in (a0, c0):
+        bits = ((share.reshape(-1, 1) >> np.arange(64, dtype=U64)) & U64(1)).astype(float)
+        freq = bits.mean(axis=0)  # per bit position, 4096 draws: sd 0.0078
+        assert np.all(np.abs(freq - 0.5) < 0.05), freq
+
+
+def test_offerer_receives_only_ciphertexts_that_decrypt_to_masked_values(parties: tuple[HeParty, HeParty]) -> None:
+    a, b = parties
+    x = np.full(64, 2**64 - 1, dtype=U64)
+    seen: dict[str, list[int]] = {}
+    for label, y in (("y=0", np.zeros(64, dtype=U64)), ("y=max", np.full(64, 2**64 - 1, dtype=U64))):
+        reply, _ = b.answer_slots(a.offer_slots(x), y)
+        blobs = unpack(reply)
+        # Structure: everything A gets is a valid 2-component ciphertext under its own key.
+        cts = [a.suite.load_ciphertext(k, blob) for k, blob in enumerate(blobs)]
+        assert all(ct.size() == 2 for ct in cts)
+        vals = []
+        for k, blob in enumerate(blobs):
+            pt = a._open(k, blob)
+            vals.append(np.asarray(a.suite.encoders[k].decode_uint64(pt)[:64], dtype=U64))
+        # What A decrypts is x*y + r as an integer in [0, 2^179 + 2^128): recombine fully.
+        full = [sum(int(v[i]) * (a.suite.modulus // p) * pow(a.suite.modulus // p, -1, p) for v, p in
+                    zip(vals, a.suite.primes)) % a.suite.modulus for i in range(64)]  # fmt: skip
+        assert all(v < 2 ** mask_bits(a.suite) + 2**128 for v in full)
+        seen[label] = full
+    # The product (0 or ~2^128) is invisible next to a 179-bit mask: both look alike at the top.
+    for full in seen.values():
+        top = [v >> (mask_bits(a.suite) - 8) for v in full]
+        assert len(set(top)) > 32  # 64 draws over 256 values
+        assert 2**170 < float(np.mean([float(v) for v in full])) < 2**179
+
+
+# ---------------------------------------------------------------------- noise flooding
+
+
+def test_flooded_reply_decrypts_correctly_with_a_checked_noise_budget(parties: tuple[HeParty, HeParty]) -> None:
+    a, b = parties
+    rng = Rng()
+    x, y = rng.uint64(100), rng.uint64(100)
+    a.last_budgets.clear()
+    reply, share_b = b.answer_slots(a.offer_slots(x), y)
+    share_a = a.finish_slots(reply, 100)
+    assert np.array_equal(add(share_a, share_b), mul(x, y))
+    assert a.last_budgets and all(bits > 0 for bits in a.last_budgets)
+
+
+def test_flooding_adds_at_least_40_bits_of_noise_and_still_decrypts(suite: BfvSuite) -> None:
+    ctx, k = suite.contexts[0], 0
+    keygen = seal.KeyGenerator(ctx)
+    pk = seal.PublicKey()
+    keygen.create_public_key(pk)
+    enc, dec = seal.Encryptor(ctx, pk), seal.Decryptor(ctx, keygen.secret_key())
+    ev, encoder = suite.evaluators[k], suite.encoders[k]
+    p = suite.primes[k]
+    x, y = Rng().residues_below(suite.n, p), Rng().residues_below(suite.n, p)
+    pt_x, pt_y, ct = seal.Plaintext(), seal.Plaintext(), seal.Ciphertext()
+    encoder.encode(x.tolist(), pt_x)
+    encoder.encode(y.tolist(), pt_y)
+    enc.encrypt(pt_x, ct)
+    ev.multiply_plain_inplace(ct, pt_y)
+    before = dec.invariant_noise_budget(ct)
+    ev.add_inplace(ct, suite.flood_ciphertext(k, ct.parms_id(), suite.flood_bits(suite.n), Rng()))
+    after = dec.invariant_noise_budget(ct)
+    assert before - after >= 40
+    assert after > 0
+    assert after >= suite.flood_margin_bits - 4  # the analytic room is what SEAL measures
+    out = seal.Plaintext()
+    dec.decrypt(ct, out)
+    assert np.array_equal(np.asarray(encoder.decode_uint64(out), dtype=U64), mulmod(x, y, p))
+
+
+def test_parameters_without_room_for_flooding_are_refused() -> None:
+    with pytest.raises(InternalError, match="flooding"):
+        BfvSuite(BfvParams(poly_degree=8192, coeff_bits=(60, 60, 60)))
+
+
+# ---------------------------------------------------------------------- adversarial / malformed input
+
+
+def test_malformed_and_mismatched_messages_are_protocol_violations(parties: tuple[HeParty, HeParty]) -> None:
+    a, b = parties
+    offer = a.offer_slots(np.arange(10, dtype=U64))
+    with pytest.raises(ProtocolViolation):
+        unpack(offer[:-5])
+    with pytest.raises(ProtocolViolation):
+        b.answer_slots(pack(unpack(offer)[:2]), np.arange(10, dtype=U64))  # a prime missing
+    with pytest.raises(ProtocolViolation):
+        b.answer_slots(pack([b"\x00" * 64] * 3), np.arange(10, dtype=U64))  # not SEAL objects
+    with pytest.raises(ProtocolViolation):
+        a.meet(pack([b"garbage"]))
+    # A slot-wise reply where an AND reply is expected decrypts to non-bits or has the wrong shape.
+    reply, _ = b.answer_slots(offer, np.full(10, 12345, dtype=U64))
+    with pytest.raises(ProtocolViolation):
+        a.finish_bits(reply, 10)
+    with pytest.raises(ProtocolViolation):
+        a.finish_bits(pack(unpack(reply)[:1]), 10)
+
+
+def test_a_silent_peer_times_out_instead_of_hanging() -> None:
+    from collab.errors import Unavailable
+
+    ch0, _ = QueueChannel.pair(timeout=0.2)
+    gen = TripleGenerator(HeParty(), ch0)
+    with pytest.raises(Unavailable):
+        gen.setup()
+
+
+def test_mismatched_matmul_shapes_are_bad_input() -> None:
+    ch0, ch1 = QueueChannel.pair(timeout=5)
+    gen = TripleGenerator(HeParty(), ch0)
+    with pytest.raises(BadInput):
+        gen.matmul((2, 3), (4, 5))
+    del ch1
+
+
+def test_provider_registers_as_HE_and_needs_no_third_party() -> None:
+    from collab.he.provider import HomomorphicTupleProvider, install_provider  # imports the compat shim first
+
+    import crypten.mpc
+    from crypten.config import cfg
+
+    provider = install_provider()
+    assert getattr(crypten.mpc, "__SUPPORTED_PROVIDERS")["HE"] is provider
+    assert isinstance(provider, HomomorphicTupleProvider)
+    with cfg.temp_override({"mpc.provider": "HE"}):
+        assert crypten.mpc.get_default_provider() is provider
+        assert not crypten.mpc.ttp_required()
+    with pytest.raises(BadInput):
+        provider.generate_additive_triple((2, 2), (2, 2), "conv2d")
+
+
+# ---------------------------------------------------------------------- CrypTen, 2 real processes
+
+
+def _run_selfcheck(provider: str, tmp: Path) -> dict:
+    from collab.mpc.parties import free_port
+
+    master = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "collab.he.provider", "--rank", str(r), "--master", master,
+             "--provider", provider, "--out", str(tmp / f"{provider}{r}.json"), "--timeout", "120"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out.decode(errors="replace")[-3000:]
+    return {r: json.loads((tmp / f"{provider}{r}.json").read_text()) for r in (0, 1)}
+
+
+@pytest.mark.slow
+def test_crypten_with_the_HE_provider_matches_the_dealer_path_in_two_processes(tmp_path: Path) -> None:
+    import torch
+
+    from collab.he.provider import selfcheck_inputs
+
+    he, tfp = _run_selfcheck("HE", tmp_path), _run_selfcheck("TFP", tmp_path)
+    data = selfcheck_inputs()
+    # Precision-0 ring products are exact: identical on both paths and equal to Z_2^64 arithmetic.
+    xi = data["xi"].numpy().view(np.uint64)
+    wi = data["wi"].numpy().view(np.uint64)
+    expected = {"ring_mm": mm(xi, wi), "ring_mul": mul(xi[:, :6], wi[:4, :])}
+    for name, want in expected.items():
+        got = np.array([[int(v) for v in row] for row in he[1]["ring"][name]], dtype=np.int64).view(U64)
+        assert np.array_equal(got, want), name
+        assert he[1]["ring"][name] == tfp[1]["ring"][name]
+    # Fixed-point results agree with the dealer path and with plaintext (up to 2-party truncation).
+    xw = data["x"] @ data["w"]
+    plain = {"xw": xw, "z": xw * data["y"], "relu": xw.relu()}
+    for name, want in plain.items():
+        got_he, got_tfp = torch.tensor(he[1]["results"][name]), torch.tensor(tfp[1]["results"][name])
+        assert torch.allclose(got_he, got_tfp, atol=2e-3), name
+        assert torch.allclose(got_he, want, atol=5e-3), name
+    # The HE path really ran the offline protocol in both processes; the dealer path did not.
+    for r in (0, 1):
+        offline = he[r]["offline"]
+        assert offline["bytes_sent"] > 1_000_000 and offline["seconds"] > 0
+        assert {"matmul", "mul", "binary", "b2a"} <= set(offline["counts"])
+        assert tfp[r]["offline"]["bytes_sent"] == 0
+    # The online phase is the same protocol: same opened bytes.
+    assert he[1]["online_bytes"] == tfp[1]["online_bytes"]
+
+
+def test_run_pair_parties_exchange_nothing_but_bytes() -> None:
+    seen: list[type] = []
+    ch0, ch1 = QueueChannel.pair()
+    original = QueueChannel.exchange
+
+    def spy(self: QueueChannel, payload: bytes) -> bytes:
+        seen.append(type(payload))
+        return original(self, payload)
+
+    QueueChannel.exchange = spy  # type: ignore[method-assign]
+    try:
+        gens = [TripleGenerator(HeParty(), ch) for ch in (ch0, ch1)]
+        out: list[object] = [None, None]
+        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, gens[i].mul((8,), (8,)))) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        QueueChannel.exchange = original  # type: ignore[method-assign]
+    assert seen and set(seen) == {bytes}
+    (a0, b0, c0), (a1, b1, c1) = out  # type: ignore[misc]
+    assert np.array_equal(add(c0, c1), mul(add(a0, a1), add(b0, b1)))
