@@ -257,3 +257,59 @@ def test_gas_of_heavy_elements(verifier: Verifier) -> None:
         assert verifier.evaluate(step, trace.one_step_inputs(0, 5), 5)[1] == trace.expected(0, 5)[1]
     print("one-step gas:", report)
     assert max(report.values()) < 3_000_000
+
+
+def _small_programs(seed: int) -> list[tuple[Program, dict[str, Value], dict[int, np.ndarray]]]:
+    """An encoder block, a masked sum and a TIES merge, small, with random weights."""
+    rng = np.random.default_rng(seed)
+    f = 12
+    out = []
+    heads = {"x": (3, 8), "wq": (8, 8), "w1": (16, 8), "b1": (16,), "w2": (8, 16), "g": (8,)}
+    b = ProgramBuilder({k: cm.TensorHeader(Domain.FIXED, f, v) for k, v in heads.items()})
+    q = b.matmul(b["x"], b["wq"])
+    att = b.softmax(b.scale(b.matmul(q, q), 1 << 10, 12))
+    ctx = b.matmul(att, b.permute(b["x"], [1, 0]))
+    h = b.gelu(b.bias_add(b.matmul(ctx, b["w1"]), b["b1"]))
+    y = b.layernorm(b.add(b.matmul(h, b["w2"]), b["x"]), 1 << 4)
+    b.mean(b.permute(b.mul(y, b["g"]), [1, 0]))
+    vals = {k: tensor(rng.integers(-(1 << 12), 1 << 12, v), Domain.FIXED, f) for k, v in heads.items()}
+    out.append((b.build(), vals, {}))
+    hs = {f"c{i}": cm.TensorHeader(Domain.FIXED, f, (40,)) for i in range(3)}
+    b = ProgramBuilder(hs)
+    masked = [b.ring_add([b.fixed_to_ring(b[f"c{i}"]), b.prg_mask(bytes([i + 1]) * 32, (40,), f)]) for i in range(3)]
+    unmask = [b.prg_mask(bytes([i + 1]) * 32, (40,), f, negate=True) for i in range(3)]
+    total = b.ring_to_fixed(b.ring_add(masked + unmask))
+    b.weighted_sum([total, b["c0"]], [1 << 8, -(1 << 7)], 8)
+    vals = {k: tensor(rng.integers(-(1 << 20), 1 << 20, (40,)), Domain.FIXED, f) for k in hs}
+    out.append((b.build(), vals, {}))
+    hs = {f"t{i}": cm.TensorHeader(Domain.FIXED, f, (5, 13)) for i in range(2)}
+    b = ProgramBuilder(hs)
+    vals = {k: tensor(rng.integers(-500, 500, (5, 13)), Domain.FIXED, f) for k in hs}
+    witnesses: dict[int, np.ndarray] = {}
+    trimmed = []
+    for name in sorted(hs):
+        k = 20
+        witnesses[len(b.steps)] = np.array(int(np.sort(np.abs(vals[name].flat()))[::-1][k - 1]))
+        tau = b.witness(cm.TensorHeader(Domain.FIXED, f, ()))
+        b.assert_kth(b.sum(b.count_abs(b[name], tau, 16), 0), k)
+        trimmed.append(b.ties_trim(b[name], tau))
+    merged = b.ties_mean(b.ties_sign(trimmed), trimmed)
+    b.bundle({"merged": merged, "sign": trimmed[0]})
+    out.append((b.build(), vals, witnesses))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_multi_step_programs_agree(verifier: Verifier, seed: int) -> None:
+    """Every step of real-job-shaped programs, inputs coming from earlier trace outputs."""
+    rng = np.random.default_rng(seed)
+    for program, vals, witnesses in _small_programs(seed):
+        trace = build_trace(program, vals, witnesses)
+        for i, step in enumerate(program.steps):
+            n = trace.outputs[i].header.numel
+            for e in {0, int(rng.integers(0, n)), n - 1}:
+                verdict, expected = trace.expected(i, e)
+                assert verdict in (Verdict.VALUE, Verdict.ANY_VALUE)
+                assert verifier.evaluate(step, trace.one_step_inputs(i, e), e) == (int(verdict), expected)
+                if verdict == Verdict.VALUE:
+                    assert trace.claimed_element(i, e) == expected

@@ -140,6 +140,7 @@ def make_case(op: Op, seed: int) -> tuple[Step, list[Value]]:
         out = hdr(shape, f)
     elif op in (Op.COUNT_ABS, Op.TIES_TRIM):
         tau = int(rng.choice([0, 5, 1 << 10, -3, INT64_MAX, INT64_MIN]))
+        shape = (int(rng.integers(1, 5)), int(rng.integers(1, 50)))  # several chunks, blocks past chunk 0
         ins = [fixed(words(rng, shape, 1 << 12), f), fixed(np.array(tau, dtype=np.int64), f)]
         if op == Op.COUNT_ABS:
             block = int(rng.integers(1, 70))

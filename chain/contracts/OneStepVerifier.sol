@@ -221,14 +221,15 @@ contract OneStepVerifier is IOneStepVerifier {
             return _multi(op, p, ins, e, fo);
         }
         if (op == O.PRG_MASK) return O.prgMask(bytes32(_w(p, 0)), _w(p, 1) == 1, e);
+        // These two read blocks or totals, not element e of their input.
+        if (op == O.COUNT_ABS) return _countAbs(p, ins, out, e);
+        if (op == O.ASSERT_KTH) return 1;
         uint256 fa = M.fracBitsOf(ins[0].header);
         int256 a = _el(ins[0], e);
         if (op == O.RING_TO_FIXED) return FP.rescale(a, fa, fo);
         if (op == O.CLIP) return O.clip(a, int256(_w(p, 0)), int256(_w(p, 1)), fa, fo);
         if (op == O.RELU) return O.relu(a, fa, fo);
         if (op >= O.GELU && op <= O.INV_SQRT) return O.unary(op, a, fa, fo);
-        if (op == O.COUNT_ABS) return _countAbs(p, ins, out, e);
-        if (op == O.ASSERT_KTH) return 1;
         // TIES_TRIM (the last op left).
         return O.tiesTrim(a, _el(ins[1], 0), fa, fo);
     }
