@@ -223,10 +223,10 @@ def _parse_ref(value: Any, base_dir: Path, what: str) -> ModelRef:
         if not value.strip():
             raise BadInput(f"{what} is an empty path")
         if "+" in value and not _path(value, base_dir).exists():
-            head, _, tail = value.partition("+")
-            if not head or not tail or "+" in tail:
+            model_part, _, lora_part = value.partition("+")
+            if not model_part or not lora_part or "+" in lora_part:
                 raise BadInput(f"{what}: {value!r} is not `MODEL+LORA`")
-            return ModelRef(path=_path(head, base_dir), lora=_path(tail, base_dir))
+            return ModelRef(path=_path(model_part, base_dir), lora=_path(lora_part, base_dir))
         return ModelRef(path=_path(value, base_dir))
     if isinstance(value, dict):
         extra = sorted(set(value) - {"asset", "model", "lora"})

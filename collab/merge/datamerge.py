@@ -38,6 +38,7 @@ from collab.merge.mergekit_merge import (
     ParamInfo,
     _sha256_files,
     check_out_dir,
+    quiet_transformers,
     staging_dir,
     weight_shapes,
 )
@@ -60,7 +61,10 @@ DEFAULT_FRAC_BITS = 24
 class SumCollector(Protocol):
     """Turns the participants' contributions into one summed tensor per name."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Short label recorded in merge results (plain, ring, secagg)."""
+        ...
 
     def total(self, contributions: Sequence[Contribution]) -> dict[str, torch.Tensor]:
         """Σ over participants for every name (all contributions have the same names and shapes)."""
@@ -250,8 +254,8 @@ def merge_contributions(
     collector: SumCollector | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sum the contributions with ``collector`` (default :class:`PlainSum`) and solve the merge."""
-    collector = collector or PlainSum()
-    sums = collector.total(contributions)
+    chosen: SumCollector = collector or PlainSum()
+    sums = chosen.total(contributions)
     method = contributions[0].method
     if method == REGMEAN:
         return regmean_merge(sums, template)
@@ -262,9 +266,7 @@ def merge_contributions(
 
 def run_data_merge(spec: MergeSpec, out_dir: Path | str, *, collector: SumCollector | None = None) -> MergeResult:
     """RegMean/Fisher merge of the statistics files in ``spec`` onto ``spec.base``'s architecture."""
-    from transformers import AutoConfig
-
-    import transformers
+    import transformers  # lazily: statistics-only users never pay for it
 
     if not spec.is_data_aware or spec.base is None or spec.base.path is None:
         raise BadInput("a data-aware merge needs regmean/fisher, statistics files and a local base_model")
@@ -276,16 +278,15 @@ def run_data_merge(spec: MergeSpec, out_dir: Path | str, *, collector: SumCollec
     wrong = [m.label for m, c in zip(spec.models, contributions) if c.method != spec.method]
     if wrong:
         raise BadInput(f"{wrong[0]} holds statistics for another method than {spec.method}")
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    config = AutoConfig.from_pretrained(str(spec.base.path))
+    quiet_transformers()
+    config = transformers.AutoConfig.from_pretrained(str(spec.base.path))
     arch = (config.architectures or ["AutoModel"])[0]
     model_cls = getattr(transformers, arch, None) or transformers.AutoModel
     model = model_cls.from_pretrained(str(spec.base.path), dtype=torch.float32)
     template = model.state_dict()
     _check_against_template(contributions[0], template)
-    collector = collector or PlainSum()
-    merged = merge_contributions(contributions, template, collector)
+    chosen: SumCollector = collector or PlainSum()
+    merged = merge_contributions(contributions, template, chosen)
     model.load_state_dict(merged)
     with staging_dir(out) as stage:
         model.save_pretrained(str(stage), safe_serialization=True)
@@ -298,7 +299,7 @@ def run_data_merge(spec: MergeSpec, out_dir: Path | str, *, collector: SumCollec
         parameters=sum(int(np.prod(s)) for s in shapes.values()),
         weights_sha256=_sha256_files(sorted(out.glob("*.safetensors"))),
         seconds=time.perf_counter() - started,
-        details={"engine": "collab", "collector": collector.name, "participants": len(contributions),
+        details={"engine": "collab", "collector": chosen.name, "participants": len(contributions),
                  "statistics": {k: v for k, v in contributions[0].meta.items() if k in ("alpha", "fisher_floor")}
                  | {"examples": [c.meta.get("examples") for c in contributions],
                     "dp": [c.meta.get("dp") for c in contributions]}},
@@ -333,10 +334,12 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Least-squares solve of ``gram · X = rhs`` (min-norm when an input direction was never seen)."""
     gram = gram.to(torch.float64)
     rhs = rhs.to(torch.float64)
+    solution: torch.Tensor
     try:
-        return torch.linalg.solve(gram, rhs)
+        solution = torch.linalg.solve(gram, rhs)
     except RuntimeError:  # singular: a dead input feature; fall back to the min-norm solution
-        return torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
+        solution = torch.linalg.lstsq(gram, rhs, driver="gelsd").solution
+    return solution
 
 
 def _expect(template: Mapping[str, Any], name: str) -> None:

@@ -201,7 +201,7 @@ def run_mergekit(spec: MergeSpec, out_dir: Path | str, *, seed: int = 0) -> Merg
         options = MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True, random_seed=seed,
                                lora_merge_cache=lora_cache, lora_merge_dtype="float32")
         _install_optional_alias_fix()
-        _quiet_transformers()
+        quiet_transformers()
         _reset_loader_cache()
         try:
             run_merge(config, str(stage), options)
@@ -310,12 +310,12 @@ def _reset_loader_cache() -> None:
     cache.loaders.clear()
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """No progress bars from transformers/peft while folding LoRAs (stderr stays readable)."""
     import transformers
 
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
 
 def _install_optional_alias_fix() -> None:
@@ -347,4 +347,4 @@ def _install_optional_alias_fix() -> None:
         return original(self, weight, weights_in, models, cfg_reader)
 
     plan_tensor._collab_alias_fix = True  # type: ignore[attr-defined]
-    MergePlanner.plan_tensor = plan_tensor  # type: ignore[method-assign]
+    MergePlanner.plan_tensor = plan_tensor
