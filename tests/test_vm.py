@@ -21,7 +21,7 @@ from collab import fixedpoint as fx
 from collab.errors import BadInput
 from collab.fixedpoint import INT64_MAX, INT64_MIN, Domain
 from collab.fraudproof import commitments as cm
-from collab.fraudproof.convert import from_vm, state_dict_from_vm, state_dict_to_vm, to_vm
+from collab.fraudproof.convert import from_vm, state_dict_bundle, state_dict_from_vm, state_dict_to_vm, to_vm
 from collab.fraudproof.program import Op, Program, ProgramBuilder, Step, encode_params, expected_out
 from collab.fraudproof.trace import Verdict, build_trace, commit_value, input_bundle
 from collab.fraudproof.vm import NoValidOutput, Value, bundle, element_value, execute_step, run, tensor
@@ -392,6 +392,10 @@ def test_state_dict_conversion() -> None:
     assert torch.allclose(back["lin.bias"], sd["lin.bias"], atol=2.0**-16)
     with pytest.raises(BadInput):
         to_vm(torch.tensor([float("nan")]), 8)
+    # the state dict's bundle root is the commitmentRoot commit_bundle gives for the same tensors
+    root = commit_value(state_dict_bundle(values)).root
+    tensors = {n: cm.commit_tensor(v.data, v.header).root for n, v in values.items()}
+    assert root == cm.commit_bundle(tensors).root
 
 
 def test_step_proofs_fold_to_the_claim() -> None:

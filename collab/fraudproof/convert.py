@@ -17,7 +17,8 @@ import torch
 from collab import fixedpoint as fx
 from collab.errors import BadInput
 from collab.fixedpoint import Domain, QuantError
-from collab.fraudproof.vm import Value, tensor
+from collab.fraudproof.commitments import name_hash
+from collab.fraudproof.vm import Value, bundle, tensor
 
 
 def to_vm(x: Any, f: int) -> tuple[Value, QuantError]:
@@ -54,6 +55,13 @@ def state_dict_from_vm(values: Mapping[str, Value], like: Mapping[str, torch.Ten
     return out
 
 
+def state_dict_bundle(values: Mapping[str, Value]) -> Value:
+    """The BUNDLE of a state dict's VM tensors (entries by name hash): its root is the asset's commitmentRoot."""
+    if not values:
+        raise BadInput("an empty state dict has no commitment")
+    return bundle(sorted(((name_hash(n), v) for n, v in values.items()), key=lambda kv: kv[0]))
+
+
 def max_error(errors: Mapping[str, QuantError]) -> dict[str, float | int]:
     """Summary over a state dict: worst max error, worst RMS, saturated element count."""
     if not errors:
@@ -65,4 +73,4 @@ def max_error(errors: Mapping[str, QuantError]) -> dict[str, float | int]:
     }
 
 
-__all__ = ["from_vm", "max_error", "state_dict_from_vm", "state_dict_to_vm", "to_vm"]
+__all__ = ["from_vm", "max_error", "state_dict_bundle", "state_dict_from_vm", "state_dict_to_vm", "to_vm"]
