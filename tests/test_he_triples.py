@@ -356,6 +356,7 @@ def test_crypten_with_the_HE_provider_matches_the_dealer_path_in_two_processes(t
         offline = he[r]["offline"]
         assert offline["bytes_sent"] > 1_000_000 and offline["seconds"] > 0
         assert {"matmul", "mul", "binary", "b2a"} <= set(offline["counts"])
+        assert he[r]["online_he_bytes"] == 0  # offline/online split: the online run used cached tuples only
         assert tfp[r]["offline"]["bytes_sent"] == 0
     # The online phase is the same protocol: same opened bytes.
     assert he[1]["online_bytes"] == tfp[1]["online_bytes"]

@@ -112,13 +112,13 @@ class BfvSuite:
         """log2 of a worst-case bound on |noise| of Σ Enc(x_b)*y_b with ``terms`` plaintext coefficients in all.
 
         Fresh public-key noise is e*u + e1 + e2*s with ternary u, s and |e| <= 20:
-        at most (2N+1)*20. Each nonzero plaintext coefficient (< t/2 centred)
-        adds at most fresh*t/2 to a coefficient of the product, and the BFV
-        scaling rounding at most t/4.
+        at most (2N+1)*20. Each nonzero plaintext coefficient (< t, not assumed
+        centred, since NTT-form plaintexts may not be) adds at most fresh*t to
+        a coefficient of the product, and the BFV scaling rounding at most t/2.
         """
         t = max(self.primes)
         fresh = (2 * self.n + 1) * _ERR_MAX
-        return math.log2(terms * fresh * t / 2 + terms * t / 4)
+        return math.log2(terms * fresh * t + terms * t / 2)
 
     def flood_bits(self, terms: int) -> int:
         """f such that flooding uniform in [-2^f, 2^f) hides that noise within 2^-stat_bits."""

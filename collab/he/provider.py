@@ -100,16 +100,38 @@ class HomomorphicTupleProvider(TupleProvider):  # type: ignore[misc]
             self._generator.setup()
         return self._generator
 
+    @staticmethod
+    def _dry(*shapes: tuple[int, ...], binary: bool = False) -> tuple[Any, ...]:
+        """Random local shares of the right shapes: what a *tracing* run gets, at no cost.
+
+        CrypTen's tracing records every tuple request so that ``fill_cache()``
+        can produce them all in an offline phase; the traced run's outputs are
+        discarded, so it needs shapes, not valid tuples.
+        """
+        cls = BinarySharedTensor if binary else ArithmeticSharedTensor
+        rng = np.random.default_rng()
+        out = []
+        for shape in shapes:
+            share = torch.from_numpy(rng.integers(-(2**63), 2**63 - 1, size=shape, dtype=np.int64, endpoint=True))
+            out.append(cls.from_shares(share) if binary else cls.from_shares(share, precision=0))
+        return tuple(out)
+
     def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):  # type: ignore[no-untyped-def]
         """Shares of (a, b, op(a, b)) for op in {mul, matmul}."""
         if op not in ("mul", "matmul") or args or kwargs:
             raise BadInput(f"the HE provider makes mul and matmul triples, not {op!r} (no convolutions)")
+        if self.tracing:
+            meta0, meta1 = torch.empty(tuple(size0), device="meta"), torch.empty(tuple(size1), device="meta")
+            out = torch.mul(meta0, meta1) if op == "mul" else torch.matmul(meta0, meta1)
+            return self._dry(tuple(size0), tuple(size1), tuple(out.shape))
         gen = self._gen()
         a, b, c = gen.mul(tuple(size0), tuple(size1)) if op == "mul" else gen.matmul(tuple(size0), tuple(size1))
         return tuple(ArithmeticSharedTensor.from_shares(_as_int64(t), precision=0) for t in (a, b, c))
 
     def square(self, size, device=None):  # type: ignore[no-untyped-def]
         """Shares of (r, r^2)."""
+        if self.tracing:
+            return self._dry(tuple(size), tuple(size))
         r, r2 = self._gen().square(tuple(size))
         return (
             ArithmeticSharedTensor.from_shares(_as_int64(r), precision=0),
@@ -118,6 +140,9 @@ class HomomorphicTupleProvider(TupleProvider):  # type: ignore[misc]
 
     def generate_binary_triple(self, size0, size1, device=None):  # type: ignore[no-untyped-def]
         """XOR shares of (a, b, a & b) on 64-bit words."""
+        if self.tracing:
+            shape = tuple(torch.broadcast_shapes(tuple(size0), tuple(size1)))
+            return self._dry(tuple(size0), tuple(size1), shape, binary=True)
         a, b, c = self._gen().binary(tuple(size0), tuple(size1))
         return tuple(BinarySharedTensor.from_shares(_as_int64(t)) for t in (a, b, c))
 
@@ -127,6 +152,8 @@ class HomomorphicTupleProvider(TupleProvider):  # type: ignore[misc]
 
     def B2A_rng(self, size, device=None):  # type: ignore[no-untyped-def]
         """A random bit, shared both arithmetically and in XOR."""
+        if self.tracing:
+            return self._dry(tuple(size)) + self._dry(tuple(size), binary=True)
         ra, rb = self._gen().b2a_bits(tuple(size))
         return (
             ArithmeticSharedTensor.from_shares(_as_int64(ra), precision=0),
@@ -181,13 +208,25 @@ def run_selfcheck(rank: int, master: str, provider: str, timeout: float = 300.0)
         y = crypten.cryptensor(mine("y", 1), src=1)
         xi = crypten.cryptensor(mine("xi", 1), src=1, precision=0)
         wi = crypten.cryptensor(mine("wi", 0), src=0, precision=0)
+        def compute() -> tuple[Any, ...]:
+            xw = x.matmul(w)
+            return xw, xw * y, xw.relu(), xi.matmul(wi), xi[:, :6] * wi[:4, :]
+
+        offline_s = 0.0
+        if he is not None:  # offline phase: trace the tuple requests, then produce them all
+            he.trace(True)
+            compute()
+            he.trace(False)
+            t0 = time.perf_counter()
+            he.fill_cache()
+            offline_s = time.perf_counter() - t0
+            he.request_cache = []
+        comm.get().reset_communication_stats()
+        sent_before = he.traffic.bytes_sent if he is not None else 0
         t0 = time.perf_counter()
-        xw = x.matmul(w)
-        z = xw * y
-        r = xw.relu()
-        ring_mm = xi.matmul(wi)
-        ring_mul = xi[:, :6] * wi[:4, :]
+        xw, z, r, ring_mm, ring_mul = compute()  # online phase: tuples come from the cache
         seconds = time.perf_counter() - t0
+        online_he_bytes = (he.traffic.bytes_sent if he is not None else 0) - sent_before
         out = {name: t.get_plain_text() for name, t in [("xw", xw), ("z", z), ("relu", r)]}
         ring = {"ring_mm": ring_mm.share, "ring_mul": ring_mul.share}
         # Reconstruct the precision-0 results bit for bit by summing shares (the ring is Z_2^64).
@@ -202,8 +241,10 @@ def run_selfcheck(rank: int, master: str, provider: str, timeout: float = 300.0)
         "results": {k: v.tolist() for k, v in out.items()},
         "ring": {k: [[str(int(e)) for e in row] for row in v.tolist()] for k, v in ring_plain.items()},
         "online_bytes": int(stats["bytes"]),
+        "online_he_bytes": online_he_bytes,
         "offline": {
-            "seconds": traffic.seconds,
+            "seconds": offline_s,
+            "generator_seconds": traffic.seconds,
             "bytes_sent": traffic.bytes_sent,
             "bytes_received": traffic.bytes_received,
             "counts": traffic.counts,

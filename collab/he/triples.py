@@ -363,22 +363,42 @@ class HeParty:
             ev = self.suite.evaluators[k]
             res = uint64_to_residues(y, p)
             cts = [self.suite.load_ciphertext(k, blobs[k * nb * kb + i]) for i in range(nb * kb)]
-            ypt: dict[tuple[int, int], seal.Plaintext] = {}
+            for ct in cts:  # products in the NTT domain: one transform per block, not per product
+                ev.transform_to_ntt_inplace(ct)
+            ypt: dict[tuple[int, int], seal.Plaintext | None] = {}
             for bl in range(kb):
                 for bj in range(mb):
                     blk = res[bl * plan.kw : (bl + 1) * plan.kw, bj * plan.mw : (bj + 1) * plan.mw]
                     coeffs = np.zeros(self.suite.n, dtype=U64)
                     ll, jj = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
                     coeffs[jj * plan.kw + ll] = blk
-                    ypt[bl, bj] = self.suite.coeff_plaintext(coeffs, k)
+                    pt = self.suite.coeff_plaintext(coeffs, k)
+                    if pt.is_zero():
+                        ypt[bl, bj] = None  # SEAL refuses ct * 0; the term is simply absent
+                        continue
+                    ntt = seal.Plaintext()
+                    ev.transform_to_ntt(pt, cts[0].parms_id(), ntt)
+                    ypt[bl, bj] = ntt
             r = 0
             for bi in range(nb):
                 for bj in range(mb):
                     for g in range(plan.groups):
-                        inner = range(g * plan.group, min(kb, (g + 1) * plan.group))
-                        acc = self._times(k, cts[bi * kb + inner[0]], ypt[inner[0], bj])
-                        for bl in inner[1:]:
-                            ev.add_inplace(acc, self._times(k, cts[bi * kb + bl], ypt[bl, bj]))
+                        acc: seal.Ciphertext | None = None
+                        for bl in range(g * plan.group, min(kb, (g + 1) * plan.group)):
+                            y_pt = ypt[bl, bj]
+                            if y_pt is None:
+                                continue
+                            prod = seal.Ciphertext()
+                            ev.multiply_plain(cts[bi * kb + bl], y_pt, prod)
+                            if acc is None:
+                                acc = prod
+                            else:
+                                ev.add_inplace(acc, prod)
+                        if acc is None:
+                            acc = seal.Ciphertext()
+                            self._peer()[k].encrypt_zero(cts[0].parms_id(), acc)
+                        else:
+                            ev.transform_from_ntt_inplace(acc)
                         sl = slice(r * self.suite.n, (r + 1) * self.suite.n)
                         ev.add_plain_inplace(acc, self.suite.coeff_plaintext(masks[k][sl], k))
                         out.append(self._seal_reply(k, acc, terms))
