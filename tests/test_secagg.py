@@ -18,12 +18,13 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from collab import fixedpoint as fx
 from collab.errors import EXIT_UNAVAILABLE, BadInput, CollabError, ProtocolViolation, Unauthorized
 from collab.secagg import (
+    ROUNDS,
     AggregateResult,
     AggregationWitness,
     ConsistencyBroadcast,
@@ -89,7 +90,12 @@ def inputs_for(config: RoundConfig, rng: np.random.Generator) -> dict[int, np.nd
 # ---------------------------------------------------------------------- correctness
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],  # skip the slow explain phase
+)
 @given(
     n=st.integers(2, 10),
     length=st.integers(1, 40),
@@ -99,10 +105,16 @@ def test_masked_sum_equals_plain_sum_exactly(n: int, length: int, data: st.DataO
     threshold = data.draw(st.integers(n // 2 + 1, n), label="threshold")
     word = st.integers(fx.INT64_MIN, fx.INT64_MAX)
     inputs = {u: np.array(data.draw(st.lists(word, min_size=length, max_size=length)), dtype=np.int64) for u in range(1, n + 1)}
+    # Any n - t participants may drop out, each before any round.
+    most = n - threshold
+    quitters = data.draw(st.lists(st.integers(1, n), unique=True, min_size=min(1, most), max_size=most), label="quitters")
+    drops = {u: data.draw(st.sampled_from(ROUNDS), label=f"drop {u}") for u in quitters}
     config = make_config(n, threshold, length)
-    result = run_local_round(config, ACCOUNTS, inputs)
-    assert result.words.tolist() == wrapping_sum(list(inputs.values())).tolist()
-    assert result.survivors == config.ids and result.dropped == ()
+    result = run_local_round(config, ACCOUNTS, inputs, drop_before=drops)
+    summed = [u for u in config.ids if drops.get(u) not in ("keys", "shares", "masked")]
+    assert result.survivors == tuple(summed)
+    assert result.words.tolist() == wrapping_sum([inputs[u] for u in summed]).tolist()
+    verify_seed_commitments(config, result.witness)
 
 
 def test_fixed_point_values_decode_to_the_float_sum() -> None:
