@@ -509,3 +509,25 @@ def _defunct(digest: bytes) -> object:
     from eth_account.messages import encode_defunct
 
     return encode_defunct(primitive=digest)
+
+
+def test_the_vm_running_the_masked_sum_program_over_the_witness_gives_the_aggregate(dropout_round: DropoutRound) -> None:
+    """The verifiability link: the fraud-proof VM's RING_ADD / PRG_MASK / RING_TO_FIXED over the witness."""
+    from collab.fixedpoint import Domain
+    from collab.fraudproof import TensorHeader
+    from collab.fraudproof.program import ProgramBuilder
+    from collab.fraudproof.vm import run, tensor
+
+    config, result, _ = dropout_round
+    witness = result.witness
+    header = TensorHeader(Domain.RING, config.frac_bits, (config.length,))
+    names = {m.sender: f"masked/{m.sender}" for m in witness.masked_inputs}
+    builder = ProgramBuilder({name: header for name in names.values()})
+    terms = [builder[name] for name in names.values()]
+    terms += [builder.prg_mask(t.seed, (config.length,), config.frac_bits, t.negate) for t in witness.masks]
+    total = builder.ring_add(terms)  # fewer than 64 terms here; larger rounds chain RING_ADD steps
+    builder.ring_to_fixed(total)
+    words = {names[m.sender]: m.words for m in witness.masked_inputs}
+    outs = run(builder.build(), [tensor(words[name], Domain.RING, config.frac_bits) for name in builder.input_names])
+    assert np.array_equal(outs[-2].flat(), result.words)
+    assert np.array_equal(outs[-1].flat(), result.words)  # RING_TO_FIXED at the same f is the identity
