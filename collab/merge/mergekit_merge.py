@@ -318,17 +318,27 @@ def quiet_transformers() -> None:
     transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
 
+class _Aliases(tuple):  # type: ignore[type-arg]
+    """A tuple of alias names that a list can be concatenated with (``[name] + aliases``)."""
+
+    def __radd__(self, other: Any) -> Any:
+        if isinstance(other, list):
+            return other + list(self)
+        return NotImplemented
+
+
 def _install_optional_alias_fix() -> None:
     """Work around mergekit 0.1.5 planning optional weights that have aliases.
 
     ``MergePlanner.plan_tensor`` evaluates ``[w.name] + (w.aliases or [])`` for
     optional weights, but ``WeightInfo.aliases`` is a tuple, so any such weight
     (BERT's ``embeddings.position_ids``) raises ``TypeError`` and BERT-family
-    models cannot be merged at all. The wrapper performs the same presence test
-    itself: a weight absent from every input is skipped (mergekit's intent), one
-    present in every input is planned as a required weight (identical result,
-    and the buggy branch is not taken); a weight present in only some inputs is
-    left to mergekit's own policy and so still fails as before.
+    models cannot be merged at all. The wrapper hands mergekit the same input
+    weight descriptions with their aliases as a tuple subclass that supports
+    exactly that concatenation; nothing else changes (same names, equality and
+    hash), so mergekit's own optional-weight policy decides as it intends:
+    skipped when absent everywhere, and e.g. the base's non-float buffer
+    copied when only the base checkpoint stores it.
     """
     original = MergePlanner.plan_tensor
     if getattr(original, "_collab_alias_fix", False):
@@ -336,14 +346,7 @@ def _install_optional_alias_fix() -> None:
 
     def plan_tensor(self: MergePlanner, weight: Any, weights_in: list[Any], models: list[Any], cfg_reader: Any) -> Any:
         if weight.optional:
-            present = [
-                any(n in LoaderCache().get(m).index.tensor_paths for n in (w.name, *(w.aliases or ())))
-                for m, w in zip(models, weights_in)
-            ]
-            if not any(present):
-                return None
-            if all(present):
-                weight = weight.model_copy(update={"optional": False})
+            weights_in = [w.model_copy(update={"aliases": _Aliases(w.aliases)}) if w.aliases else w for w in weights_in]
         return original(self, weight, weights_in, models, cfg_reader)
 
     plan_tensor._collab_alias_fix = True  # type: ignore[attr-defined]
