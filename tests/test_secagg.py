@@ -45,16 +45,22 @@ from collab.secagg import (
     decode,
     encode,
     run_local_round,
+    shamir,
     verify_seed_commitments,
 )
-from collab.secagg import shamir
 from collab.secagg.messages import EncryptedShare
 
 ACCOUNTS: dict[int, LocalAccount] = {i: Account.from_key(keccak(b"secagg-test-%d" % i)) for i in range(1, 21)}
 
 
 def make_config(
-    n: int, threshold: int, length: int, *, frac_bits: int = 16, neighbours: int | None = None, seed: bytes = b"\x07" * 32
+    n: int,
+    threshold: int,
+    length: int,
+    *,
+    frac_bits: int = 16,
+    neighbours: int | None = None,
+    seed: bytes = b"\x07" * 32,
 ) -> RoundConfig:
     members = tuple(Member(i, ACCOUNTS[i].address) for i in range(1, n + 1))
     return RoundConfig(keccak(b"round" + seed), members, threshold, length, frac_bits, neighbours, seed)
@@ -74,7 +80,7 @@ class Round:
         self.parts = {u: SecAggParticipant(config, u, ACCOUNTS[u]) for u in config.ids}
 
     def through_masked(self, inputs: dict[int, np.ndarray], skip_masked: tuple[int, ...] = ()) -> None:
-        for u, p in self.parts.items():
+        for p in self.parts.values():
             self.server.receive_advertisement(p.advertise_keys())
         for u, p in self.parts.items():
             self.server.receive_shares(p.share_keys(self.server.key_broadcast(u)))
@@ -104,10 +110,15 @@ def inputs_for(config: RoundConfig, rng: np.random.Generator) -> dict[int, np.nd
 def test_masked_sum_equals_plain_sum_exactly(n: int, length: int, data: st.DataObject) -> None:
     threshold = data.draw(st.integers(n // 2 + 1, n), label="threshold")
     word = st.integers(fx.INT64_MIN, fx.INT64_MAX)
-    inputs = {u: np.array(data.draw(st.lists(word, min_size=length, max_size=length)), dtype=np.int64) for u in range(1, n + 1)}
+    inputs = {
+        u: np.array(data.draw(st.lists(word, min_size=length, max_size=length)), dtype=np.int64)
+        for u in range(1, n + 1)
+    }
     # Any n - t participants may drop out, each before any round.
     most = n - threshold
-    quitters = data.draw(st.lists(st.integers(1, n), unique=True, min_size=min(1, most), max_size=most), label="quitters")
+    quitters = data.draw(
+        st.lists(st.integers(1, n), unique=True, min_size=min(1, most), max_size=most), label="quitters"
+    )
     drops = {u: data.draw(st.sampled_from(ROUNDS), label=f"drop {u}") for u in quitters}
     config = make_config(n, threshold, length)
     result = run_local_round(config, ACCOUNTS, inputs, drop_before=drops)
@@ -254,7 +265,9 @@ def test_forged_key_advertisement_is_rejected() -> None:
     mallory = Account.from_key(keccak(b"mallory"))
     forged_keys = os.urandom(32), os.urandom(32)
     unsigned = KeyAdvertisement(config.round_id, 2, *forged_keys, b"")
-    forged = dataclasses.replace(unsigned, signature=bytes(mallory.sign_message(_defunct(unsigned.signed_digest(config))).signature))
+    forged = dataclasses.replace(
+        unsigned, signature=bytes(mallory.sign_message(_defunct(unsigned.signed_digest(config))).signature)
+    )
     server = SecAggServer(config)
     with pytest.raises(ProtocolViolation, match="bad signature on keys of participant 2"):
         server.receive_advertisement(forged)
@@ -287,7 +300,9 @@ def test_tampered_or_rerouted_share_fails_authentication() -> None:
     # A share sealed for participant 3, relabelled for participant 2, fails too.
     to_three = next(s for s in r.server.forwarded_shares(3).shares if s.sender == 1)
     fwd2 = r.server.forwarded_shares(2)
-    rerouted = ForwardedShares(fwd2.round_id, 2, tuple(s for s in fwd2.shares if s.sender != 1) + (EncryptedShare(1, 2, to_three.ciphertext),))
+    rerouted = ForwardedShares(
+        fwd2.round_id, 2, tuple(s for s in fwd2.shares if s.sender != 1) + (EncryptedShare(1, 2, to_three.ciphertext),)
+    )
     with pytest.raises(ProtocolViolation, match="failed authentication"):
         r.parts[2].mask_input(rerouted, np.zeros(4, dtype=np.int64))
 
@@ -389,7 +404,10 @@ def _mutations(w: AggregationWitness) -> list[tuple[str, Callable[[], Aggregatio
     commitments = list(w.commitments)
     forged_commit = dataclasses.replace(commitments[0], self_commitment=keccak(b"other"))
     return [
-        ("does not match its commitment", lambda: swap(self_i, dataclasses.replace(masks[self_i], seed=os.urandom(32)))),
+        (
+            "does not match its commitment",
+            lambda: swap(self_i, dataclasses.replace(masks[self_i], seed=os.urandom(32))),
+        ),
         ("does not match participant", lambda: swap(pair_i, dataclasses.replace(masks[pair_i], seed=os.urandom(32)))),
         ("wrong sign", lambda: swap(pair_i, dataclasses.replace(masks[pair_i], negate=not masks[pair_i].negate))),
         ("missing", lambda: with_masks(masks[:pair_i] + masks[pair_i + 1 :])),
@@ -460,7 +478,11 @@ def test_messages_round_trip_through_bytes_and_reject_garbage() -> None:
     masked = r.parts[1].mask_input(r.server.forwarded_shares(1), np.arange(5, dtype=np.int64))
     msgs += [masked, SurvivorList(config.round_id, (1, 2, 3))]
     sig = r.parts[1].sign_survivors(SurvivorList(config.round_id, (1, 2, 3)))
-    msgs += [sig, ConsistencyBroadcast(config.round_id, (1, 2, 3), (sig,)), UnmaskResponse(config.round_id, 1, ((2, bytes(33)),), ())]
+    msgs += [
+        sig,
+        ConsistencyBroadcast(config.round_id, (1, 2, 3), (sig,)),
+        UnmaskResponse(config.round_id, 1, ((2, bytes(33)),), ()),
+    ]
     for m in msgs:
         raw = m.to_bytes()  # type: ignore[attr-defined]
         assert type(m).from_bytes(raw) == m  # type: ignore[attr-defined]
@@ -480,7 +502,9 @@ def test_participant_signs_with_its_identity_account_only(tmp_path: Path) -> Non
     identity = Identity.create(tmp_path, "pw", scrypt_n=2)
     members = (Member(1, identity.address), Member(2, ACCOUNTS[2].address))
     config = RoundConfig(keccak(b"id-round"), members, 2, 4, 8)
-    result = run_local_round(config, {1: identity.account, 2: ACCOUNTS[2]}, {1: np.arange(4, dtype=np.int64), 2: np.ones(4, dtype=np.int64)})
+    result = run_local_round(
+        config, {1: identity.account, 2: ACCOUNTS[2]}, {1: np.arange(4, dtype=np.int64), 2: np.ones(4, dtype=np.int64)}
+    )
     assert result.words.tolist() == [1, 2, 3, 4]
     with pytest.raises(Unauthorized):
         SecAggParticipant(config, 1, ACCOUNTS[2])
@@ -511,7 +535,9 @@ def _defunct(digest: bytes) -> object:
     return encode_defunct(primitive=digest)
 
 
-def test_the_vm_running_the_masked_sum_program_over_the_witness_gives_the_aggregate(dropout_round: DropoutRound) -> None:
+def test_the_vm_running_the_masked_sum_program_over_the_witness_gives_the_aggregate(
+    dropout_round: DropoutRound,
+) -> None:
     """The verifiability link: the fraud-proof VM's RING_ADD / PRG_MASK / RING_TO_FIXED over the witness."""
     from collab.fixedpoint import Domain
     from collab.fraudproof import TensorHeader

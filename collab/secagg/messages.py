@@ -72,7 +72,9 @@ class KeyAdvertisement:
 
     def _write(self, w: Writer) -> Writer:
         w.fixed(self.round_id, ROUND_ID_LEN).u32(self.sender)
-        return w.fixed(self.channel_public, KEY_LEN).fixed(self.mask_public, KEY_LEN).fixed(self.signature, SIGNATURE_LEN)
+        return (
+            w.fixed(self.channel_public, KEY_LEN).fixed(self.mask_public, KEY_LEN).fixed(self.signature, SIGNATURE_LEN)
+        )
 
     @classmethod
     def _read(cls, r: Reader) -> KeyAdvertisement:

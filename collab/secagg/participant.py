@@ -14,6 +14,7 @@ server are here:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 from typing import Any
@@ -128,10 +129,7 @@ class SecAggParticipant:
         """Round 0: fresh channel and mask public keys, signed and bound to (round, id)."""
         self._guard(Stage.NEW, self.config.round_id)
         unsigned = KeyAdvertisement(self.config.round_id, self.id, self._channel_pk, self._mask_pk, b"")
-        ad = KeyAdvertisement(
-            self.config.round_id, self.id, self._channel_pk, self._mask_pk,
-            crypto.sign(self._account, unsigned.signed_digest(self.config)),
-        )  # fmt: skip
+        ad = dataclasses.replace(unsigned, signature=crypto.sign(self._account, unsigned.signed_digest(self.config)))
         self.stage = Stage.ADVERTISED
         return ad
 
@@ -165,7 +163,8 @@ class SecAggParticipant:
             raise ProtocolViolation("advertised public keys repeat across participants or key kinds")
         if len(peers) < cfg.threshold:
             raise TooFewSurvivors(
-                f"only {len(peers)} of participant {self.id}'s share holders advertised keys; threshold is {cfg.threshold}"
+                f"only {len(peers)} of participant {self.id}'s share holders advertised keys; "
+                f"threshold is {cfg.threshold}"
             )
         self._peers = peers
         self._self_seed = os.urandom(32)
@@ -183,10 +182,7 @@ class SecAggParticipant:
         self._held[self.id] = (seed_shares[self.id], key_shares[self.id])
         pairs = tuple((v, crypto.commit(s)) for v, s in sorted(self._pair_seeds.items()))
         unsigned = SeedCommitment(cfg.round_id, self.id, crypto.commit(self._self_seed), pairs, b"")
-        commitment = SeedCommitment(
-            cfg.round_id, self.id, unsigned.self_commitment, pairs,
-            crypto.sign(self._account, unsigned.signed_digest(cfg)),
-        )  # fmt: skip
+        commitment = dataclasses.replace(unsigned, signature=crypto.sign(self._account, unsigned.signed_digest(cfg)))
         return ShareKeys(cfg.round_id, self.id, tuple(sealed), commitment)
 
     # ------------------------------------------------------------------ round 2
@@ -215,13 +211,16 @@ class SecAggParticipant:
             if v in self._held:
                 raise ProtocolViolation(f"two shares from participant {v}")
             key = crypto.channel_key(self._channel_sk, self._peers[v].channel_public, cfg.round_id, self.id, v)
-            plain = crypto.open_sealed(key, share_aad(cfg, v, self.id), share.ciphertext, f"the share from participant {v}")
+            plain = crypto.open_sealed(
+                key, share_aad(cfg, v, self.id), share.ciphertext, f"the share from participant {v}"
+            )
             if len(plain) != SHARE_PLAINTEXT_LEN or plain[:8] != v.to_bytes(4, "big") + self.id.to_bytes(4, "big"):
                 raise ProtocolViolation(f"the share from participant {v} names the wrong sender or recipient")
             self._held[v] = (plain[8 : 8 + shamir.SHARE_LEN], plain[8 + shamir.SHARE_LEN :])
         if len(self._held) < cfg.threshold:
             raise TooFewSurvivors(
-                f"participant {self.id} holds shares of only {len(self._held)} participants; threshold is {cfg.threshold}"
+                f"participant {self.id} holds shares of only {len(self._held)} participants; "
+                f"threshold is {cfg.threshold}"
             )
         # Mask only with the neighbours whose shares arrived (U2): those are the pairs the server can unmask.
         acc = x.copy()
@@ -229,7 +228,7 @@ class SecAggParticipant:
         for seed, negate in masking.mask_terms(self.id, self._self_seed, pair_seeds):
             masking.add_mask(acc, seed, negate)
         unsigned = MaskedInput(cfg.round_id, self.id, acc, b"")
-        return MaskedInput(cfg.round_id, self.id, acc, crypto.sign(self._account, unsigned.signed_digest(cfg)))
+        return dataclasses.replace(unsigned, signature=crypto.sign(self._account, unsigned.signed_digest(cfg)))
 
     # ------------------------------------------------------------------ round 3
 
@@ -248,13 +247,19 @@ class SecAggParticipant:
         if list(ids) != sorted(set(ids)) or not all(cfg.is_member(u) for u in ids):
             raise ProtocolViolation("the survivor list is not an ascending list of distinct participants")
         if self.id not in ids:
-            raise ProtocolViolation(f"participant {self.id} sent its masked input but is missing from the survivor list")
+            raise ProtocolViolation(
+                f"participant {self.id} sent its masked input but is missing from the survivor list"
+            )
         unknown = [v for v in ids if v in cfg.neighbours_of(self.id) and v not in self._held]
         if unknown:
-            raise ProtocolViolation(f"survivors {unknown} never sent this participant their shares, so they cannot have masked with it")
+            raise ProtocolViolation(
+                f"survivors {unknown} never sent this participant their shares, so they cannot have masked with it"
+            )
         alive = [v for v in ids if v in self._held]
         if len(alive) < cfg.threshold:
-            raise TooFewSurvivors(f"only {len(alive)} of participant {self.id}'s share holders survived; threshold is {cfg.threshold}")
+            raise TooFewSurvivors(
+                f"only {len(alive)} of participant {self.id}'s share holders survived; threshold is {cfg.threshold}"
+            )
         self._signed = ids
         self._signature = ConsistencySignature(
             cfg.round_id, self.id, crypto.sign(self._account, ConsistencySignature.digest_for(cfg, self.id, ids))
@@ -279,12 +284,21 @@ class SecAggParticipant:
             if sig.sender not in holders:
                 continue  # SecAgg+: only our share holders' agreement protects our secrets
             if sig.sender not in self._signed or sig.round_id != cfg.round_id:
-                raise ProtocolViolation(f"participant {sig.sender} signed a survivor list it is not on, or another round's")
+                raise ProtocolViolation(
+                    f"participant {sig.sender} signed a survivor list it is not on, or another round's"
+                )
             digest = ConsistencySignature.digest_for(cfg, sig.sender, self._signed)
-            crypto.check_signature(digest, sig.signature, cfg.member(sig.sender).address, f"participant {sig.sender}'s survivor list (inconsistent lists)")
+            crypto.check_signature(
+                digest,
+                sig.signature,
+                cfg.member(sig.sender).address,
+                f"participant {sig.sender}'s survivor list (inconsistent lists)",
+            )
             valid.add(sig.sender)
         if len(valid) < cfg.threshold:
-            raise TooFewSurvivors(f"only {len(valid)} share holders signed the survivor list; threshold is {cfg.threshold}")
+            raise TooFewSurvivors(
+                f"only {len(valid)} share holders signed the survivor list; threshold is {cfg.threshold}"
+            )
         seeds: list[tuple[int, bytes]] = []
         keys: list[tuple[int, bytes]] = []
         for owner, (seed_share, key_share) in sorted(self._held.items()):

@@ -86,7 +86,9 @@ class SecAggServer:
         """Accept a participant's signed keys (U1)."""
         self._open("keys", ad.round_id, ad.sender, None, self._ads)
         member = self.config.member(ad.sender)
-        crypto.check_signature(ad.signed_digest(self.config), ad.signature, member.address, f"keys of participant {ad.sender}")
+        crypto.check_signature(
+            ad.signed_digest(self.config), ad.signature, member.address, f"keys of participant {ad.sender}"
+        )
         self._ads[ad.sender] = ad
 
     def key_broadcast(self, recipient: int | None = None) -> KeyBroadcast:
@@ -106,11 +108,19 @@ class SecAggServer:
         c = msg.commitment
         if c.sender != u or c.round_id != cfg.round_id:
             raise ProtocolViolation(f"participant {u}'s seed commitment is not its own or not for this round")
-        crypto.check_signature(c.signed_digest(cfg), c.signature, cfg.member(u).address, f"participant {u}'s seed commitment")
+        crypto.check_signature(
+            c.signed_digest(cfg), c.signature, cfg.member(u).address, f"participant {u}'s seed commitment"
+        )
         expected = {v for v in cfg.neighbours_of(u) if v in self._ads}
         recipients = [s.recipient for s in msg.shares]
-        if any(s.sender != u for s in msg.shares) or len(set(recipients)) != len(recipients) or set(recipients) != expected:
-            raise ProtocolViolation(f"participant {u} must send exactly one share to each advertised neighbour {sorted(expected)}")
+        if (
+            any(s.sender != u for s in msg.shares)
+            or len(set(recipients)) != len(recipients)
+            or set(recipients) != expected
+        ):
+            raise ProtocolViolation(
+                f"participant {u} must send exactly one share to each advertised neighbour {sorted(expected)}"
+            )
         if {v for v, _ in c.pairs} != expected:
             raise ProtocolViolation(f"participant {u} must commit to a pairwise seed with each advertised neighbour")
         self._shares[u] = msg
@@ -133,7 +143,9 @@ class SecAggServer:
             raise ProtocolViolation(f"participant {u} sent a masked input without sharing its keys")
         if msg.words.dtype != np.int64 or msg.words.shape != (cfg.length,):
             raise ProtocolViolation(f"participant {u}'s masked input is not {cfg.length} int64 words")
-        crypto.check_signature(msg.signed_digest(cfg), msg.signature, cfg.member(u).address, f"participant {u}'s masked input")
+        crypto.check_signature(
+            msg.signed_digest(cfg), msg.signature, cfg.member(u).address, f"participant {u}'s masked input"
+        )
         self._masked[u] = msg
 
     # ------------------------------------------------------------------ round 3
@@ -174,17 +186,23 @@ class SecAggServer:
             raise ProtocolViolation(f"participant {u} revealed two shares of one participant")
         for owner, _ in resp.seed_shares:
             if owner not in alive or u not in cfg.holders_of(owner):
-                raise ProtocolViolation(f"participant {u} revealed a seed share of {owner}, which it cannot hold or must not reveal")
+                raise ProtocolViolation(
+                    f"participant {u} revealed a seed share of {owner}, which it cannot hold or must not reveal"
+                )
         for owner, _ in resp.key_shares:
             if owner in alive or owner not in self._shares or u not in cfg.holders_of(owner):
-                raise ProtocolViolation(f"participant {u} revealed a key share of {owner}, which it cannot hold or must not reveal")
+                raise ProtocolViolation(
+                    f"participant {u} revealed a key share of {owner}, which it cannot hold or must not reveal"
+                )
         self._unmask[u] = resp
 
     def aggregate(self) -> AggregateResult:
         """Close round 4: reconstruct, check and remove the masks; the exact ring sum and its decoding."""
         witness = aggregation_witness(self)
         words = witness.replay()
-        return AggregateResult(words, masking.decode(words, self.config.frac_bits), witness.survivors, witness.dropped, witness)
+        return AggregateResult(
+            words, masking.decode(words, self.config.frac_bits), witness.survivors, witness.dropped, witness
+        )
 
     # ------------------------------------------------------------------ state for the witness
 
@@ -213,7 +231,9 @@ def aggregation_witness(server: SecAggServer) -> AggregationWitness:
     for owner in survivors:
         shares = {r.sender: s for r in server._unmask.values() for o, s in r.seed_shares if o == owner}
         if len(shares) < cfg.threshold:
-            raise TooFewSurvivors(f"only {len(shares)} shares of participant {owner}'s self-mask seed; threshold is {cfg.threshold}")
+            raise TooFewSurvivors(
+                f"only {len(shares)} shares of participant {owner}'s self-mask seed; threshold is {cfg.threshold}"
+            )
         seed = shamir.combine(shares, cfg.threshold)
         if crypto.commit(seed) != server._shares[owner].commitment.self_commitment:
             raise ProtocolViolation(f"the shares of participant {owner}'s self-mask seed do not open its commitment")
@@ -222,7 +242,9 @@ def aggregation_witness(server: SecAggServer) -> AggregationWitness:
     for owner in dropped:
         shares = {r.sender: s for r in server._unmask.values() for o, s in r.key_shares if o == owner}
         if len(shares) < cfg.threshold:
-            raise TooFewSurvivors(f"only {len(shares)} shares of dropped participant {owner}'s mask key; threshold is {cfg.threshold}")
+            raise TooFewSurvivors(
+                f"only {len(shares)} shares of dropped participant {owner}'s mask key; threshold is {cfg.threshold}"
+            )
         secret = shamir.combine(shares, cfg.threshold)
         if crypto.public_key(secret) != server._ads[owner].mask_public:
             raise ProtocolViolation(f"the shares of participant {owner}'s mask key do not match its advertised key")

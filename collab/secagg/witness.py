@@ -47,7 +47,7 @@ class MaskTerm:
 
     @property
     def kind(self) -> str:
-        """"self" or "pair"."""
+        """ "self" or "pair"."""
         return "self" if self.peer is None else "pair"
 
 
@@ -102,7 +102,10 @@ def verify_seed_commitments(config: RoundConfig, witness: AggregationWitness) ->
         if c.sender in commitments or c.round_id != config.round_id:
             raise ProtocolViolation(f"duplicate or foreign seed commitment from participant {c.sender}")
         crypto.check_signature(
-            c.signed_digest(config), c.signature, config.member(c.sender).address, f"participant {c.sender}'s seed commitment"
+            c.signed_digest(config),
+            c.signature,
+            config.member(c.sender).address,
+            f"participant {c.sender}'s seed commitment",
         )
         commitments[c.sender] = c
     missing = sorted((survivors | dropped) - set(commitments))
@@ -115,7 +118,12 @@ def verify_seed_commitments(config: RoundConfig, witness: AggregationWitness) ->
     for m in witness.masked_inputs:
         if m.round_id != config.round_id or len(m.words) != config.length:
             raise ProtocolViolation(f"participant {m.sender}'s masked input is for another round or length")
-        crypto.check_signature(m.signed_digest(config), m.signature, config.member(m.sender).address, f"participant {m.sender}'s masked input")
+        crypto.check_signature(
+            m.signed_digest(config),
+            m.signature,
+            config.member(m.sender).address,
+            f"participant {m.sender}'s masked input",
+        )
 
     self_terms: set[int] = set()
     pair_terms: set[tuple[int, int]] = set()
@@ -124,18 +132,27 @@ def verify_seed_commitments(config: RoundConfig, witness: AggregationWitness) ->
             if t.owner not in survivors or t.owner in self_terms or not t.negate:
                 raise ProtocolViolation(f"unexpected self-mask term for participant {t.owner}")
             if crypto.commit(t.seed) != commitments[t.owner].self_commitment:
-                raise ProtocolViolation(f"revealed self-mask seed of participant {t.owner} does not match its commitment")
+                raise ProtocolViolation(
+                    f"revealed self-mask seed of participant {t.owner} does not match its commitment"
+                )
             self_terms.add(t.owner)
             continue
         pair = (t.owner, t.peer)
-        if t.owner not in dropped or t.peer not in survivors or t.peer not in config.neighbours_of(t.owner) or pair in pair_terms:
+        if (
+            t.owner not in dropped
+            or t.peer not in survivors
+            or t.peer not in config.neighbours_of(t.owner)
+            or pair in pair_terms
+        ):
             raise ProtocolViolation(f"unexpected pairwise term {pair}")
         if t.negate != (t.peer < t.owner):
             raise ProtocolViolation(f"pairwise term {pair} has the wrong sign: it would not cancel the survivor's mask")
         digest = crypto.commit(t.seed)
         for committer, other in ((t.owner, t.peer), (t.peer, t.owner)):
             if commitments[committer].pair_commitment(other) != digest:
-                raise ProtocolViolation(f"revealed pairwise seed {pair} does not match participant {committer}'s commitment")
+                raise ProtocolViolation(
+                    f"revealed pairwise seed {pair} does not match participant {committer}'s commitment"
+                )
         pair_terms.add(pair)
     if self_terms != survivors:
         raise ProtocolViolation(f"self-mask terms missing for survivors {sorted(survivors - self_terms)}")
