@@ -40,6 +40,7 @@ from collab.secagg import (
     SeedCommitment,
     ShareKeys,
     SurvivorList,
+    TensorLayout,
     TooFewSurvivors,
     UnmaskResponse,
     decode,
@@ -557,3 +558,20 @@ def test_the_vm_running_the_masked_sum_program_over_the_witness_gives_the_aggreg
     outs = run(builder.build(), [tensor(words[name], Domain.RING, config.frac_bits) for name in builder.input_names])
     assert np.array_equal(outs[-2].flat(), result.words)
     assert np.array_equal(outs[-1].flat(), result.words)  # RING_TO_FIXED at the same f is the identity
+
+
+def test_named_tensors_are_summed_through_one_flat_vector() -> None:
+    rng = np.random.default_rng(13)
+    shapes = {"lora_A": (4, 8), "lora_B": (8, 4), "gram/layer0": (6, 6)}
+    per_party = {u: {k: rng.normal(size=s) for k, s in shapes.items()} for u in (1, 2, 3)}
+    layout = TensorLayout.of(per_party[1])
+    config = make_config(3, 2, layout.length, frac_bits=24)
+    result = run_local_round(config, ACCOUNTS, {u: layout.pack(t, 24) for u, t in per_party.items()})
+    summed = layout.unpack(result.words, 24)
+    for name in shapes:
+        assert summed[name].shape == shapes[name]
+        assert np.allclose(summed[name], sum(t[name] for t in per_party.values()), atol=3 * 2.0**-24)
+    with pytest.raises(BadInput, match="shape"):
+        layout.pack({**per_party[1], "lora_A": np.zeros((8, 4))}, 24)
+    with pytest.raises(BadInput, match="names differ"):
+        layout.pack({"lora_A": np.zeros((4, 8))}, 24)

@@ -13,6 +13,7 @@ Public API (transport-agnostic; every message has ``to_bytes``/``from_bytes``):
 * :func:`aggregation_witness`, :class:`AggregationWitness`, :class:`MaskTerm`,
   :func:`verify_seed_commitments` - the data of the claimed masked-sum program;
 * :func:`encode` / :func:`decode` - floats to ring words and back;
+  :class:`TensorLayout` - named tensors (LoRA updates, Gram matrices) to one vector and back;
 * :func:`run_local_round` - the whole round in one process;
 * :class:`TooFewSurvivors` - the round aborted below the threshold.
 """
@@ -36,6 +37,7 @@ from collab.secagg.messages import (
 )
 from collab.secagg.participant import SecAggParticipant, Stage
 from collab.secagg.server import AggregateResult, SecAggServer, aggregation_witness
+from collab.secagg.vectors import TensorLayout
 from collab.secagg.witness import AggregationWitness, MaskTerm, verify_seed_commitments
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "ShareKeys",
     "Stage",
     "SurvivorList",
+    "TensorLayout",
     "TooFewSurvivors",
     "UnmaskResponse",
     "aggregation_witness",
