@@ -252,6 +252,47 @@ def run_selfcheck(rank: int, master: str, provider: str, timeout: float = 300.0)
     }
 
 
+def op_timings(repeat: int = 5) -> dict[str, float]:
+    """Milliseconds per SEAL/TenSEAL operation on this machine (for comparison with TenSEAL's CI figures)."""
+    import tenseal as ts
+    import tenseal.sealapi as seal
+
+    from collab.he.bfv import BfvSuite, Rng
+
+    def ms(fn: Any) -> float:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - t0) / repeat * 1000
+
+    out: dict[str, float] = {}
+    suite, rng = BfvSuite(), Rng()
+    party = HeParty(suite)
+    party.meet(party.hello())
+    k, ev = 0, suite.evaluators[0]
+    x = rng.residues_below(suite.n, suite.primes[0])
+    pt = seal.Plaintext()
+    suite.encoders[0].encode(x.tolist(), pt)
+    ct = seal.Ciphertext()
+    party._enc[k].encrypt_symmetric(pt, ct)
+    out["bfv16384_encode"] = ms(lambda: suite.encoders[0].encode(x.tolist(), seal.Plaintext()))
+    out["bfv16384_encrypt_symmetric"] = ms(lambda: party._enc[k].encrypt_symmetric(pt, seal.Ciphertext()))
+    out["bfv16384_multiply_plain"] = ms(lambda: ev.multiply_plain(ct, pt, seal.Ciphertext()))
+    out["bfv16384_encrypt_zero_pk"] = ms(lambda: party._peer()[k].encrypt_zero(ct.parms_id(), seal.Ciphertext()))
+    out["bfv16384_flood_polynomial"] = ms(lambda: suite.flood_ciphertext(k, ct.parms_id(), suite.flood_bits(suite.n), rng))
+    out["bfv16384_serialize"] = ms(lambda: suite.dumps(ct))
+    out["bfv16384_decrypt"] = ms(lambda: party._dec[k].decrypt(ct, seal.Plaintext()))
+    ckks = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    ckks.global_scale = 2**40
+    ckks.generate_galois_keys()
+    v = [0.5] * 4096
+    a, b = ts.ckks_vector(ckks, v), ts.ckks_vector(ckks, v)
+    out["ckks8192_multiply"] = ms(lambda: a * b)
+    out["ckks8192_dot"] = ms(lambda: a.dot(b))
+    return out
+
+
 def run_bench(rank: int, master: str, elements: int, matmuls: list[tuple[int, int, int]], timeout: float) -> dict[str, Any]:
     """Offline throughput between 2 real processes over gloo (no CrypTen): element-wise and matmul triples."""
     import datetime
@@ -283,9 +324,98 @@ def run_bench(rank: int, master: str, elements: int, matmuls: list[tuple[int, in
                 {"shape": f"({n}x{k})@({k}x{m})", "seconds": time.perf_counter() - t0,
                  "bytes_sent_per_party": gen.traffic.bytes_sent - sent0}
             )  # fmt: skip
+        dist.barrier()
+        if rank == 0:
+            out["ops_ms"] = op_timings()
+        dist.barrier()
         return out
     finally:
         dist.destroy_process_group()
+
+
+def _request_summary(requests: list[Any]) -> dict[str, dict[str, int]]:
+    """Tuple requests of a traced run, per kind: how many calls and how many output elements."""
+    out: dict[str, dict[str, int]] = {}
+    for func, args, kwargs in requests:
+        if func == "generate_additive_triple":
+            s0, s1, op = args[0], args[1], args[2]
+            m0, m1 = torch.empty(tuple(s0), device="meta"), torch.empty(tuple(s1), device="meta")
+            kind = f"{op}_triple"
+            numel = (torch.mul(m0, m1) if op == "mul" else torch.matmul(m0, m1)).numel()
+        elif func == "generate_binary_triple":
+            kind, numel = "binary_triple", int(torch.broadcast_shapes(tuple(args[0]), tuple(args[1])).numel()) * 64
+        else:
+            kind, numel = func, int(torch.Size(args[0]).numel())
+        entry = out.setdefault(kind, {"calls": 0, "elements": 0})
+        entry["calls"] += 1
+        entry["elements"] += numel
+    return out
+
+
+def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: float, execute: bool) -> dict[str, Any]:
+    """The MiniLM encoder with HE preprocessing: trace the tuple requests, produce them offline, run online.
+
+    With ``execute`` False only the (free) trace runs: the request counts tell
+    what the offline phase must produce.
+    """
+    from crypten.config import cfg
+
+    import collab.mpc.compat as compat
+    from collab.mpc import encoder as enc
+    from collab.mpc.model import load_spec, load_weights, model_dir, tokenize
+
+    compat.set_collective_timeout(timeout)
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", RENDEZVOUS=f"tcp://{master}", DISTRIBUTED_BACKEND="gloo")
+    he = install_provider()
+    path = model_dir()
+    spec = load_spec(path)
+    approx = enc.Approximations()
+    text = "Secure inference keeps both the weights and the text private."
+    own: dict[str, torch.Tensor] | None = None
+    if rank == 0:
+        own = enc.prepare_weights(load_weights(path), spec, seq_len)
+    crypten.init()
+    cfg.mpc.provider = NAME
+    cfg.communicator.verbose = True
+    try:
+        shapes = enc.weight_shapes(spec, seq_len)
+        flat_w = {n: crypten.cryptensor(own[n] if own else torch.zeros(s), src=0) for n, s in shapes.items()}
+        inputs_plain = enc.prepare_inputs(tokenize([text], seq_len, path), spec, approx) if rank == 1 else None
+        flat_in = {
+            n: crypten.cryptensor(inputs_plain[n] if inputs_plain else torch.zeros(s), src=1)
+            for n, s in enc.input_shapes(1, seq_len, spec).items()
+        }
+        weights, inputs = enc.assemble_weights(flat_w, spec), enc.SharedInputs(**flat_in)
+
+        def forward() -> Any:
+            x = enc.embed(inputs, weights, spec, approx)
+            for lw in weights.layers[:layers]:
+                x = enc.layer(x, inputs.attn_bias, lw, spec, approx)
+            return (x * inputs.pool).sum(1)
+
+        he.trace(True)
+        forward()
+        he.trace(False)
+        result: dict[str, Any] = {"seq_len": seq_len, "layers": layers, "requests": _request_summary(he.request_cache)}
+        if execute:
+            t0 = time.perf_counter()
+            he.fill_cache()
+            result["offline_s"] = time.perf_counter() - t0
+            result["offline_bytes_sent"] = he.traffic.bytes_sent
+            he.request_cache = []
+            comm.get().reset_communication_stats()
+            t0 = time.perf_counter()
+            pooled = forward()
+            result["online_s"] = time.perf_counter() - t0
+            result["online_bytes"] = int(comm.get().get_communication_stats()["bytes"])
+            plain = pooled.get_plain_text(dst=1)
+            if rank == 1:
+                result["embedding"] = torch.nn.functional.normalize(plain, dim=-1).tolist()
+        he.request_cache = []
+        he.tuple_cache = {}
+    finally:
+        crypten.uninit()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,9 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench", action="store_true", help="measure offline throughput instead of the self-check")
     ap.add_argument("--elements", type=int, default=65536)
     ap.add_argument("--matmul", action="append", default=[], help="NxKxM, repeatable")
+    ap.add_argument("--encoder", type=int, default=0, help="run the MiniLM encoder at this seq_len with HE tuples")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--trace-only", action="store_true", help="with --encoder: count tuple requests only")
     args = ap.parse_args(argv)
     try:
-        if args.bench:
+        if args.encoder:
+            result = run_encoder(args.rank, args.master, args.encoder, args.layers, args.timeout, not args.trace_only)
+        elif args.bench:
             shapes = [tuple(int(v) for v in s.split("x")) for s in args.matmul]
             result = run_bench(args.rank, args.master, args.elements, shapes, args.timeout)  # type: ignore[arg-type]
         else:
