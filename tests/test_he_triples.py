@@ -271,6 +271,9 @@ def test_malformed_and_mismatched_messages_are_protocol_violations(parties: tupl
         a.finish_bits(reply, 10)
     with pytest.raises(ProtocolViolation):
         a.finish_bits(pack(unpack(reply)[:1]), 10)
+    # A mod-switched (lower-level) ciphertext offered as fresh would void the flooding analysis.
+    with pytest.raises(ProtocolViolation, match="top-level"):
+        a.answer_slots(reply, np.arange(10, dtype=U64))
 
 
 def test_a_silent_peer_times_out_instead_of_hanging() -> None:

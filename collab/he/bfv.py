@@ -187,6 +187,14 @@ class BfvSuite:
             raise ProtocolViolation("peer ciphertext must be a fresh 2-component ciphertext")
         return ct
 
+    def load_offer(self, k: int, data: bytes) -> seal.Ciphertext:
+        """A peer's offered ciphertext: also at the top level, where the flooding room was computed."""
+        ct = self.load_ciphertext(k, data)
+        # INVARIANT: offers are fresh top-level ciphertexts, so the noise analysis applies.
+        if ct.parms_id() != self.contexts[k].first_parms_id():
+            raise ProtocolViolation("peer offer is not a top-level ciphertext")
+        return ct
+
     def load_public_key(self, k: int, data: bytes) -> seal.PublicKey:
         pk = seal.PublicKey()
         self._load(pk, k, data)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import queue
+from collections import deque
 import struct
 import threading
 import time
@@ -202,7 +203,7 @@ class HeParty:
         self._enc = [seal.Encryptor(c, s) for c, s in zip(self.suite.contexts, self._secret)]
         self._dec = [seal.Decryptor(c, s) for c, s in zip(self.suite.contexts, self._secret)]
         self._peer_enc: list[seal.Encryptor] | None = None
-        self.last_budgets: list[int] = []
+        self.last_budgets: deque[int] = deque(maxlen=4096)  # noise budgets of recent replies (bits)
 
     # ---------------------------------------------------------------- setup
 
@@ -293,7 +294,7 @@ class HeParty:
             ev, enc = self.suite.evaluators[k], self.suite.encoders[k]
             yres = uint64_to_residues(y, p)
             for c, sl in enumerate(chunks):
-                ct = self.suite.load_ciphertext(k, blobs[k * len(chunks) + c])
+                ct = self.suite.load_offer(k, blobs[k * len(chunks) + c])
                 py, pr = seal.Plaintext(), seal.Plaintext()
                 enc.encode(yres[sl].tolist(), py)
                 enc.encode(masks[k][sl].tolist(), pr)
@@ -362,7 +363,7 @@ class HeParty:
         for k, p in enumerate(self.suite.primes):
             ev = self.suite.evaluators[k]
             res = uint64_to_residues(y, p)
-            cts = [self.suite.load_ciphertext(k, blobs[k * nb * kb + i]) for i in range(nb * kb)]
+            cts = [self.suite.load_offer(k, blobs[k * nb * kb + i]) for i in range(nb * kb)]
             for ct in cts:  # products in the NTT domain: one transform per block, not per product
                 ev.transform_to_ntt_inplace(ct)
             ypt: dict[tuple[int, int], seal.Plaintext | None] = {}
@@ -465,7 +466,7 @@ class HeParty:
         ev, enc = self.suite.evaluators[0], self.suite.encoders[0]
         out = []
         for c, sl in enumerate(chunks):
-            ct = self.suite.load_ciphertext(0, blobs[c])
+            ct = self.suite.load_offer(0, blobs[c])
             pc, ps = seal.Plaintext(), seal.Plaintext()
             enc.encode(coef[sl].tolist(), pc)
             enc.encode(s[sl].tolist(), ps)
