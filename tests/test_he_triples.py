@@ -193,7 +193,7 @@ def test_offerer_receives_only_ciphertexts_that_decrypt_to_masked_values(parties
         assert all(ct.size() == 2 for ct in cts)
         vals = []
         for k, blob in enumerate(blobs):
-            pt = a._open(k, blob)
+            pt = a.open_reply(k, blob)
             vals.append(np.asarray(a.suite.encoders[k].decode_uint64(pt)[:64], dtype=U64))
         # What A decrypts is x*y + r as an integer in [0, 2^179 + 2^128): recombine fully.
         full = [sum(int(v[i]) * (a.suite.modulus // p) * pow(a.suite.modulus // p, -1, p) for v, p in

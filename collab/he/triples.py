@@ -250,7 +250,8 @@ class HeParty:
             self.suite.evaluators[k].multiply_plain(ct, pt, out)
         return out
 
-    def _open(self, k: int, data: bytes) -> seal.Plaintext:
+    def open_reply(self, k: int, data: bytes) -> seal.Plaintext:
+        """Decrypt one reply ciphertext under prime ``k`` after checking its noise budget."""
         ct = self.suite.load_ciphertext(k, data)
         budget = self._dec[k].invariant_noise_budget(ct)
         check_budget(budget, f"reply under prime {k}")
@@ -315,7 +316,7 @@ class HeParty:
         for k in range(len(self.suite.primes)):
             res = np.empty(count, dtype=U64)
             for c, sl in enumerate(chunks):
-                vals = self.suite.encoders[k].decode_uint64(self._open(k, blobs[k * len(chunks) + c]))
+                vals = self.suite.encoders[k].decode_uint64(self.open_reply(k, blobs[k * len(chunks) + c]))
                 res[sl] = np.asarray(vals[: sl.stop - sl.start], dtype=U64)
             residues.append(res)
         return crt_mod_2_64(residues, self.suite.primes)
@@ -423,7 +424,7 @@ class HeParty:
         for k in range(len(self.suite.primes)):
             vals = np.empty((n_replies, pos.size), dtype=U64)
             for r in range(n_replies):
-                pt = self._open(k, blobs[k * n_replies + r])
+                pt = self.open_reply(k, blobs[k * n_replies + r])
                 cc = pt.coeff_count()
                 vals[r] = [pt[int(i)] if i < cc else 0 for i in pos]
             residues.append(vals.ravel())
@@ -483,7 +484,7 @@ class HeParty:
             raise ProtocolViolation("bit reply has the wrong number of ciphertexts")
         out = np.empty(count, dtype=U64)
         for c, sl in enumerate(chunks):
-            vals = np.asarray(self.suite.encoders[0].decode_uint64(self._open(0, blobs[c])), dtype=U64)
+            vals = np.asarray(self.suite.encoders[0].decode_uint64(self.open_reply(0, blobs[c])), dtype=U64)
             out[sl] = vals[: sl.stop - sl.start]
         # INVARIANT: an honest reply decrypts to bits.
         if np.any(out > 1):
