@@ -202,8 +202,10 @@ def deploy_all(
         d.send("ProtocolParams", "set", param_key(name), value)
     d.send("ProtocolParams", "transferOwnership", timelock.address)
 
-    # The timelock decides Full-access key disputes.
-    d.send("Licensing", "grantRole", d.read("Licensing", "DEFAULT_ADMIN_ROLE"), timelock.address)
+    # The timelock alone decides Full-access key disputes: the deployer gives its admin role up.
+    licensing_admin = d.read("Licensing", "DEFAULT_ADMIN_ROLE")
+    d.send("Licensing", "grantRole", licensing_admin, timelock.address)
+    d.send("Licensing", "renounceRole", licensing_admin, me)
 
     # Timelock: the governor alone proposes and cancels; anyone executes; no admin left.
     d.send("TimelockController", "grantRole", d.read("TimelockController", "PROPOSER_ROLE"), governor.address)

@@ -399,6 +399,8 @@ def test_deploy_all_wires_roles_params_and_governance(deployment: Deployment, w3
 
     licensing = _client(deployment, w3, "Licensing")
     assert licensing._call("hasRole", licensing._call("DEFAULT_ADMIN_ROLE"), timelock)
+    # Key disputes are governance's alone: the deployer kept no admin role on Licensing.
+    assert not licensing._call("hasRole", licensing._call("DEFAULT_ADMIN_ROLE"), deployer.address)
     gov = _client(deployment, w3, "CollabGovernor")
     assert gov._call("votingPeriod") == Governance().voting_period
     assert gov._call("timelock") == timelock
