@@ -1,0 +1,110 @@
+"""Local DP-SGD with Opacus on a LoRA model, with a guard against silently stalled adapters.
+
+Opacus + peft has a known failure (opacus#820) where the loss and ε move but
+the LoRA weights do not learn. :func:`train_dp` therefore checks after
+training that every adapter tensor changed and that the loss on the local
+data fell, and raises :class:`TrainingStalled` otherwise: a broken update
+must never be sent to the aggregator as if it were a contribution.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from collab.errors import BadInput, InternalError
+from collab.fl.data import Dataset
+from collab.fl.task import encode, evaluate
+
+
+class TrainingStalled(InternalError):
+    """DP-SGD ran but the adapters did not move or the loss did not fall."""
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """DP-SGD hyper-parameters; ``noise_multiplier = 0`` means non-private (ε = ∞)."""
+
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 16
+    epochs: int = 1
+    lr: float = 5e-3
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or self.batch_size < 1 or self.epochs < 1:
+            raise BadInput(f"invalid DP-SGD config {self}")
+
+    def sample_rate(self, examples: int) -> float:
+        return min(1.0, self.batch_size / examples)
+
+    def steps(self, examples: int) -> int:
+        """Optimizer steps of one local round (Poisson batches of expected size ``batch_size``)."""
+        return self.epochs * max(1, round(1 / self.sample_rate(examples)))
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What one local round did: losses before/after on the local data, steps, largest adapter change."""
+
+    loss_before: float
+    loss_after: float
+    steps: int
+    sample_rate: float
+    min_adapter_delta: float
+
+
+def train_dp(model: nn.Module, data: Dataset, config: DPConfig, max_len: int, seed: int) -> TrainReport:
+    """Run DP-SGD (hooks mode, optimizer over trainable parameters only) and check that it learned."""
+    if len(data) < 2:
+        raise BadInput("need at least 2 local examples to train")
+    torch.manual_seed(seed)
+    ids, mask, labels = encode(data, max_len)
+    loader = DataLoader(TensorDataset(ids, mask, labels), batch_size=config.batch_size, shuffle=True)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    before = {n: p.detach().clone() for n, p in trainable}
+    loss_before, _ = evaluate(model, data, max_len)
+    optimizer = torch.optim.Adam([p for _, p in trainable], lr=config.lr)
+    steps = 0
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus warns about secure_mode and the RNG on every call
+        if config.noise_multiplier > 0:
+            engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+            module, optimizer, loader = engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=config.noise_multiplier,
+                max_grad_norm=config.max_grad_norm,
+                grad_sample_mode="hooks",
+            )
+        else:
+            module = model
+        module.train()
+        for _ in range(config.epochs):
+            for batch_ids, batch_mask, batch_y in loader:
+                steps += 1  # an empty Poisson batch is still a step of the mechanism
+                if len(batch_y) == 0:
+                    continue
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(module(input_ids=batch_ids, attention_mask=batch_mask), batch_y)
+                loss.backward()
+                optimizer.step()
+        if config.noise_multiplier > 0:
+            module._close()  # remove Opacus hooks so the plain model is reusable
+    model.eval()
+    deltas = {n: float((p.detach() - before[n]).abs().max()) for n, p in trainable}
+    loss_after, _ = evaluate(model, data, max_len)
+    report = TrainReport(loss_before, loss_after, steps, config.sample_rate(len(data)), min(deltas.values()))
+    stalled = [n for n, d in deltas.items() if not d > 0.0]
+    if stalled:
+        raise TrainingStalled(f"DP-SGD left {len(stalled)} adapter tensor(s) unchanged (e.g. {stalled[0]}); not sending")
+    if not torch.isfinite(torch.tensor(loss_after)) or not loss_after < loss_before:
+        raise TrainingStalled(f"local loss did not fall under DP-SGD ({loss_before:.4f} -> {loss_after:.4f}); not sending")
+    return report

@@ -1,0 +1,228 @@
+"""Flower's deployment engine as real processes: one SuperLink, one SuperNode per participant, ``flwr run``.
+
+Everything binds to loopback here; multi-host is only a matter of the
+addresses passed in. Each process gets ``FLWR_HOME`` inside its own collab
+home (``<home>/flower``), telemetry and update checks off, and the SuperLink
+runs with ``--disable-runtime-dependency-installation`` so nothing is
+installed at run time. Every process started here is stopped by its PID (and
+those of its descendants, which include the detached SuperExec Flower spawns).
+A participant's data is validated *before* its SuperNode starts, so bad data
+never reaches a round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from collab.errors import BadInput, InternalError, Unavailable
+from collab.fl.app import APP_DIR
+from collab.fl.data import load_user_data
+
+CONNECTION = "collab"
+BIN_DIR = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for a Flower process: its own FLWR_HOME, offline, no telemetry, our venv first on PATH."""
+    flwr_home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",  # the SuperLink spawns `flower-superexec` by name
+    )
+    return env
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def write_toml(path: Path, values: dict[str, Any]) -> Path:
+    """A flat TOML file of key = value (how Flower takes node and run config from a file)."""
+    path.write_text("".join(f"{key} = {_toml_value(value)}\n" for key, value in values.items()))
+    return path
+
+
+@dataclass
+class FlowerProcess:
+    """One started process, its log file, and how to stop it."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL the process and its descendants at once (a crashed machine)."""
+        family = self.descendants()
+        for p in [psutil.Process(self.proc.pid), *family] if self.proc.poll() is None else family:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=10)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL whatever of the process tree is still alive after ``grace`` seconds."""
+        family = self.descendants()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        for p in [psutil.Process(self.proc.pid), *family] if self.proc.poll() is None else family:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+
+
+@dataclass
+class FlowerDeployment:
+    """A SuperLink in ``home`` plus SuperNodes added per participant home; a context manager that cleans up."""
+
+    home: Path
+    port: int = 0
+    processes: dict[str, FlowerProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home)
+        self.port = self.port or free_port()
+
+    def _spawn(self, name: str, args: list[str], flwr_home: Path) -> FlowerProcess:
+        log = flwr_home / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=flower_env(flwr_home))
+        self.processes[name] = FlowerProcess(name, proc, log)
+        return self.processes[name]
+
+    def start_superlink(self, timeout: float = 60.0) -> None:
+        """Start the SuperLink (all APIs on one loopback port) and wait until it accepts connections."""
+        flwr_home = self.home / "flower"
+        flwr_home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The CLI's connection to this SuperLink, named `collab`, in the orchestrator's FLWR_HOME.
+        (flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+        link = self._spawn(
+            "superlink",
+            [str(BIN_DIR / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            flwr_home,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if link.proc.poll() is not None:
+                raise Unavailable(f"flower-superlink exited with {link.proc.returncode}:\n{link.tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise Unavailable(f"flower-superlink did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
+
+    def add_participant(self, participant: str, home: Path, data: Path, threads: int = 1) -> FlowerProcess:
+        """Validate the participant's data, then start its SuperNode with FLWR_HOME in its home.
+
+        Raises :class:`BadInput` (nothing started) when the data is malformed.
+        """
+        load_user_data(data)  # fail before any process or round exists
+        flwr_home = Path(home) / "flower"
+        flwr_home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        node_config = write_toml(
+            flwr_home / "node-config.toml",
+            {
+                "participant-id": participant,
+                "data-path": str(Path(data).resolve()),
+                "ledger-path": str((Path(home) / "privacy_ledger.json").resolve()),
+                "threads": threads,
+            },
+        )
+        return self._spawn(
+            f"supernode-{participant}",
+            [str(BIN_DIR / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+             "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", str(node_config)],
+            flwr_home,
+        )
+
+    def kill_participant(self, participant: str) -> None:
+        """SIGKILL a participant's SuperNode and everything it spawned (a crash, for fault-tolerance tests)."""
+        self.processes[f"supernode-{participant}"].kill()
+
+    def start_run(self, run_config: dict[str, Any], result_path: Path) -> FlowerProcess:
+        """``flwr run APP_DIR collab --stream`` with ``run_config`` overriding the app's defaults."""
+        flwr_home = self.home / "flower"
+        config_file = write_toml(flwr_home / "run-config.toml", {**run_config, "result-path": str(result_path.resolve())})
+        return self._spawn(
+            "flwr-run",
+            [str(BIN_DIR / "flwr"), "run", str(APP_DIR), CONNECTION, "--stream", "--run-config", str(config_file)],
+            flwr_home,
+        )
+
+    def wait_run(self, run: FlowerProcess, result_path: Path, timeout: float) -> dict[str, Any]:
+        """Wait for the run's record to reach a final state; return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if result_path.exists():
+                try:
+                    record: dict[str, Any] = json.loads(result_path.read_text())
+                except json.JSONDecodeError:
+                    record = {}
+                if record.get("status") in ("completed", "failed"):
+                    return record
+            if run.proc.poll() not in (None, 0):
+                raise InternalError(f"flwr run exited with {run.proc.returncode}:\n{run.tail()}")
+            time.sleep(0.5)
+        raise Unavailable(f"the Flower run did not finish within {timeout:.0f} s:\n{run.tail()}")
+
+    def run(self, run_config: dict[str, Any], result_path: Path, timeout: float = 600.0) -> dict[str, Any]:
+        """Start a run and wait for its record."""
+        if "result-path" in run_config:
+            raise BadInput("result-path is set by the deployment")
+        return self.wait_run(self.start_run(run_config, result_path), result_path, timeout)
+
+    def stop(self) -> None:
+        """Stop every process this deployment started (run, supernodes, then the SuperLink)."""
+        for name in sorted(self.processes, key=lambda n: n == "superlink"):
+            self.processes[name].stop()
+
+    def __enter__(self) -> FlowerDeployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
