@@ -42,7 +42,7 @@ class Dataset:
 
     def with_classes(self, classes: Sequence[str]) -> Dataset:
         """Re-index labels against a wider vocabulary (a round's classes), rejecting unknown ones."""
-        missing = sorted(set(self.classes) - set(classes))
+        missing = sorted({self.classes[y] for y in self.labels} - set(classes))
         if missing:
             raise BadInput(f"labels {missing} are not among the round's classes {list(classes)}")
         index = {name: i for i, name in enumerate(classes)}
