@@ -1,0 +1,103 @@
+"""DP-SGD on the LoRA model and the per-participant privacy ledger."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
+from collab.dp.ledger import PrivacyBudgetExceeded, PrivacyLedger, epsilon_of
+from collab.errors import BadInput
+from collab.fl.data import Dataset, load_bbc_news, take
+from collab.fl.task import TaskConfig, build_model, load_trainable, trainable_state
+
+
+@pytest.fixture(scope="module")
+def shard() -> Dataset:
+    """40 BBC News articles (small on purpose: the tiny model only checks the DP plumbing)."""
+    return take(load_bbc_news(), 40, seed=5)
+
+
+def tiny() -> torch.nn.Module:
+    return build_model(TaskConfig(num_labels=5, kind="tiny", max_len=32, seed=1))
+
+
+def test_only_lora_query_value_and_head_are_trainable_and_travel() -> None:
+    model = tiny()
+    names = set(trainable_state(model))
+    assert names and all("lora_" in n or n.startswith("classifier.") for n in names)
+    assert any(".query.lora_A" in n for n in names) and any(".value.lora_B" in n for n in names)
+    assert not any(".key." in n or "dense" in n for n in names)
+    other = tiny()
+    with pytest.raises(BadInput, match="do not match"):
+        load_trainable(other, {k: v for k, v in trainable_state(model).items() if "classifier" not in k})
+
+
+def test_dp_sgd_moves_every_adapter_and_lowers_the_loss(shard: Dataset) -> None:
+    model = tiny()
+    before = trainable_state(model)
+    report = train_dp(model, shard, DPConfig(noise_multiplier=0.8, batch_size=8, epochs=2, lr=1e-2), 32, seed=0)
+    after = trainable_state(model)
+    assert report.loss_after < report.loss_before
+    assert report.steps == 2 * 5 and report.sample_rate == pytest.approx(0.2)
+    assert all(not torch.equal(before[n], after[n]) for n in before)
+    assert not any(type(m).__name__.startswith("GradSample") for m in model.modules())
+
+
+def test_stalled_adapter_fails_loudly_instead_of_sending_a_broken_update(shard: Dataset) -> None:
+    """The opacus#820 failure mode: loss moves, one LoRA tensor silently gets no update."""
+    model = tiny()
+    frozen = next(p for n, p in model.named_parameters() if n.endswith("value.lora_B.default.weight"))
+    frozen.register_hook(lambda grad: torch.zeros_like(grad))
+    with pytest.raises(TrainingStalled, match="adapter tensor"):
+        train_dp(model, shard, DPConfig(noise_multiplier=0.0, batch_size=8, epochs=1, lr=1e-2), 32, seed=0)
+
+
+def test_training_that_does_not_lower_the_loss_fails_loudly(shard: Dataset) -> None:
+    model = tiny()  # huge noise and step size: adapters move but the loss does not fall
+    with pytest.raises(TrainingStalled, match="loss did not fall"):
+        train_dp(model, shard, DPConfig(noise_multiplier=50.0, max_grad_norm=1.0, batch_size=8, lr=5.0), 32, seed=0)
+
+
+def test_ledger_composes_epsilon_over_rounds_and_persists(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger(path)
+    account = ledger.open("alice", 8.0, 1e-5)
+    assert account.spent == 0.0
+    first = ledger.record("alice", 1.0, 0.2, 10)
+    second = ledger.record("alice", 1.0, 0.2, 10)
+    assert 0 < first < second
+    assert second == pytest.approx(epsilon_of([(1.0, 0.2, 20)], 1e-5))
+    reloaded = PrivacyLedger(path)
+    assert reloaded.accounts["alice"].rounds == 2
+    assert reloaded.accounts["alice"].spent == pytest.approx(second)
+    assert epsilon_of([(0.0, 0.2, 1)], 1e-5) == math.inf
+
+
+def test_budget_stop_refuses_the_round_that_would_exceed_it(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / "ledger.json")
+    per_round = epsilon_of([(1.0, 0.2, 10)], 1e-5)
+    two_rounds = epsilon_of([(1.0, 0.2, 20)], 1e-5)
+    ledger.open("bob", (per_round + two_rounds) / 2, 1e-5)
+    ledger.check("bob", 1.0, 0.2, 10)
+    ledger.record("bob", 1.0, 0.2, 10)
+    with pytest.raises(PrivacyBudgetExceeded, match=r"privacy budget exhausted for bob: 1 round\(s\) spent"):
+        ledger.check("bob", 1.0, 0.2, 10)
+    assert PrivacyLedger(tmp_path / "ledger.json").accounts["bob"].rounds == 1  # a refused round spends nothing
+    with pytest.raises(PrivacyBudgetExceeded):  # non-private training never fits a finite budget
+        ledger.check("bob", 0.0, 0.2, 1)
+
+
+def test_ledger_rejects_budget_changes_and_corrupt_files(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path / "ledger.json")
+    ledger.open("carol", 4.0, 1e-5)
+    with pytest.raises(BadInput, match="cannot change"):
+        ledger.open("carol", 40.0, 1e-5)
+    with pytest.raises(BadInput):
+        ledger.open("dave", -1.0, 1e-5)
+    (tmp_path / "bad.json").write_text('{"accounts": {"x": {"delta": 1}}}')
+    with pytest.raises(BadInput, match="corrupt"):
+        PrivacyLedger(tmp_path / "bad.json")
