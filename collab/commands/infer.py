@@ -1,0 +1,87 @@
+"""``collab infer ASSET_ID --text "..."``: licensed, metered, private inference on an asset.
+
+Until the participant node's local API serves inference, the owner's side runs
+from the owner's home on this machine (``--owner-home``): its config says
+which model serves the asset, its account posts the call receipts, its
+SQLite ledgers hold the ε spent. The parties are still separate processes
+(CrypTen over gloo/TCP, or the CKKS owner process), so the same jobs run
+across hosts once the node routes them. Exit codes: 3 unknown asset, 4 not
+licensed or over the privacy budget, 5 chain or a party unavailable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from collab.commands._common import chain_session, emit, log, settings
+from collab.errors import NotFound, UsageError
+
+ENV_OWNER_PASSPHRASE = "COLLAB_OWNER_PASSPHRASE"
+
+
+@click.command("infer")
+@click.argument("asset_id", type=click.IntRange(min=1))
+@click.option("--text", "texts", multiple=True, required=True, help="Input sentence (repeatable: a batch).")
+@click.option("--mode", type=click.Choice(["mpc", "he", "plain"]), default="mpc", show_default=True,
+              help="mpc: secret-shared encoder; he: CKKS head over a public encoder; plain: the owner sees the text.")
+@click.option("--parties", type=click.Choice(["2", "3"]), default="2", show_default=True,
+              help="3 adds an independent compute process that deals CrypTen's tuples (TTP).")
+@click.option("--preprocessing", type=click.Choice(["he", "dealer"]), default="he", show_default=True,
+              help="2 parties: tuples from the two-party BFV protocol (he) or CrypTen's dealer (benchmarks).")
+@click.option("--dp-epsilon", type=float, default=None, help="Per-query ε of the owner's output noise.")
+@click.option("--dp-mechanism", type=click.Choice(["gaussian", "laplace"]), default="gaussian", show_default=True)
+@click.option("--seq-len", type=click.IntRange(2, 512), default=16, show_default=True,
+              help="Public padded length (hides the true length).")
+@click.option("--owner-home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The asset owner's home, serving the call locally (until nodes route inference).")
+@click.option("--compute-party", "compute_parties", multiple=True, metavar="ADDRESS",
+              help="Address of the third compute node credited its fee share (3 parties).")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds before the job is failed.")
+@click.pass_context
+def group(ctx: click.Context, asset_id: int, texts: tuple[str, ...], mode: str, parties: str, preprocessing: str,
+          dp_epsilon: float | None, dp_mechanism: str, seq_len: int, owner_home: Path | None,
+          compute_parties: tuple[str, ...], timeout: float) -> None:
+    """Run inference on ASSET_ID; the output goes to this home's identity alone."""
+    from collab.config import Settings
+    from collab.identity import Identity
+    from collab.mpc.service import InferRequest, OwnerNode, run_inference
+
+    request = InferRequest(asset_id, tuple(texts), mode, int(parties), preprocessing,  # type: ignore[arg-type]
+                           dp_epsilon, dp_mechanism, seq_len, timeout)  # type: ignore[arg-type]
+    if owner_home is None:
+        raise UsageError("no node routes inference yet: pass --owner-home with the asset owner's home")
+    session = chain_session(ctx)  # exit 5 when the chain is down
+    conf = settings(ctx)
+    owner_conf = Settings.resolve(home=owner_home, deployment=conf.deployment_path)
+    if not Identity.exists(owner_conf.home):
+        raise NotFound(f"no identity in the owner's home {owner_conf.home}")
+    passphrase = os.environ.get(ENV_OWNER_PASSPHRASE) or owner_conf.passphrase(prompt="Owner passphrase")
+    owner_account = Identity.load(owner_conf.home, passphrase).account
+    owner = OwnerNode.from_home(owner_conf, session.w3, session.deployment, owner_account)
+    owner.compute_parties = tuple(compute_parties)
+    assert session.account is not None
+    log(f"infer: asset {asset_id}, mode {mode}" + (f", {parties} parties, {preprocessing} preprocessing"
+                                                    if mode == "mpc" else ""))
+    result = run_inference(owner, session.account, request, client_home=conf.ensure_home())
+    emit(ctx, result.to_json(), _human(result.to_json()))
+
+
+def _human(data: dict[str, object]) -> str:
+    lines = []
+    labels = data.get("labels")
+    for i, out in enumerate(data["outputs"]):  # type: ignore[attr-defined]
+        head = f"[{i}] class {labels[i]}: " if labels else f"[{i}] embedding ({len(out)} dims): "  # type: ignore[index]
+        lines.append(head + " ".join(f"{v:+.4f}" for v in out[:8]) + (" …" if len(out) > 8 else ""))
+    lic = data["license"]
+    lines.append(f"license: {lic['kind']}" + (f" #{lic['license_id']}, {lic['calls_left']} call(s) covered"  # type: ignore[index]
+                                               if lic["kind"] == "api" else ""))  # type: ignore[index]
+    if data.get("dp"):
+        dp = data["dp"]
+        lines.append(f"dp: {dp['mechanism']} ε={dp['epsilon']:g} scale={dp['scale']:.4g}; "  # type: ignore[index]
+                     f"spent ε={dp['spent_licensee']:g} (you), ε={dp['spent_asset']:g} (asset)")  # type: ignore[index]
+    for p in data.get("posted") or []:  # type: ignore[attr-defined]
+        lines.append(f"receipt posted: license {p['license_id']} calls {p['calls']} paid {p['amount']} wei")
+    return "\n".join(lines)
