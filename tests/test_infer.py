@@ -347,14 +347,20 @@ def test_mpc_3pc_metered_classifier_matches_plaintext(env: Env, chain_snapshot: 
     env.buy(buyer, LicenseKind.API, env.classifier_asset, credit_calls=3)
     home = _owner_home(tmp_path / "owner", {env.classifier_asset: {"model": str(env.model),
                                                                    "head": str(env.model.parent / "head.json")}})
-    node = env.node(home=home)
+    node = env.node(home=home, budgets=Budgets(licensee=50.0, asset=50.0))
     lic = env.lic(env.owner)
     helper0 = lic.credited(env.helper.address)
-    result = run_inference(node, buyer, InferRequest(env.classifier_asset, (TEXT,), "mpc", 3, "dealer", seq_len=8),
-                           client_home=tmp_path)
-    assert sorted(spy_launch[0]) == [OWNER, CLIENT, HELPER]
-    assert "texts" not in spy_launch[0][OWNER] and "noise" not in spy_launch[0][CLIENT]  # who knows what
-    np.testing.assert_allclose(result.outputs, env.head.plain(_plaintext(env, [TEXT])), atol=5e-3)
+    request = InferRequest(env.classifier_asset, (TEXT,), "mpc", 3, "dealer", dp_epsilon=20.0, seq_len=8)
+    result = run_inference(node, buyer, request, client_home=tmp_path)
+    jobs = spy_launch[0]
+    assert sorted(jobs) == [OWNER, CLIENT, HELPER]
+    assert "texts" not in jobs[OWNER] and jobs[CLIENT].get("noise") is None  # who knows what
+    assert jobs[OWNER]["noise"] is not None and jobs[CLIENT]["dp"] is True  # the owner's noise joins inside MPC
+    assert result.dp is not None and result.dp["l2_sensitivity"] == pytest.approx(2 * env.head.lipschitz)
+    clean = env.head.plain(_plaintext(env, [TEXT]))
+    # What the client opened is the clean head output plus exactly the owner's draw (to fixed-point precision).
+    np.testing.assert_allclose(np.asarray(result.outputs) - np.asarray(jobs[OWNER]["noise"]), clean, atol=5e-3)
+    assert np.abs(np.asarray(result.outputs) - clean).max() > 1e-3
     per_party = FEE * COMPUTE_FEE_BPS // BPS // 2  # owner's node and the helper node
     assert [p["compute_fee_per_party"] for p in result.posted] == [per_party]
     assert lic.credited(env.helper.address) - helper0 == per_party
@@ -395,13 +401,14 @@ def test_a_party_dying_mid_job_fails_cleanly(env: Env) -> None:
 # --------------------------------------------------------------------------- the command
 
 
-def test_cli_exit_codes(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anvil: Any) -> None:
+def test_cli_exit_codes(env: Env, chain_snapshot: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        capsys: pytest.CaptureFixture[str]) -> None:
     from collab.cli import run
     from collab.identity import Identity
 
     monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
     client_home = tmp_path / "client"
-    Identity.create(client_home, "pw", scrypt_n=2**4)
+    client = Identity.create(client_home, "pw", scrypt_n=2**4).account
     Identity.create(tmp_path / "owner-id", "pw", scrypt_n=2**4)
     (tmp_path / "owner-id" / "config.toml").write_text((env.owner_home / "config.toml").read_text())
     dep = tmp_path / "deployment.json"
@@ -410,6 +417,14 @@ def test_cli_exit_codes(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     owner = ["--owner-home", str(tmp_path / "owner-id"), "--text", TEXT, "--seq-len", "8"]
     assert run(base + [str(env.encoder_asset)] + owner) == EXIT_UNAUTHORIZED
     assert run(base + ["999999"] + owner) == EXIT_NOT_FOUND
+    # Licensed: the embedding comes back as JSON on stdout.
+    env.w3.provider.make_request("anvil_setBalance", [client.address, hex(10**22)])  # type: ignore[arg-type]
+    _register_identity(env.w3, env.deployment, client, "infer-cli-client")
+    env.buy(client, LicenseKind.LONG_TERM)
+    capsys.readouterr()
+    assert run(["--json"] + base + [str(env.encoder_asset), "--mode", "plain"] + owner) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["license"]["kind"] == "long-term" and len(out["outputs"][0]) == 16
     down = json.loads(dep.read_text())
     down["rpc_url"] = "http://127.0.0.1:9"
     dep.write_text(json.dumps(down))
