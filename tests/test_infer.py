@@ -398,6 +398,27 @@ def test_a_party_dying_mid_job_fails_cleanly(env: Env) -> None:
     assert all(p.poll() is not None for p in group.procs.values())  # nothing left running
 
 
+@pytest.mark.slow
+def test_a_failed_job_costs_neither_a_call_nor_epsilon(env: Env, chain_snapshot: str, tmp_path: Path) -> None:
+    buyer = env.buyers[0]
+    lid = env.buy(buyer, LicenseKind.API, credit_calls=3)
+    home = _owner_home(tmp_path / "owner", {env.encoder_asset: {"model": str(env.model)}})
+    node = env.node(home=home, batch=100)
+    run_inference(node, buyer, InferRequest(env.encoder_asset, (TEXT,), "plain", dp_epsilon=1.0, seq_len=8),
+                  client_home=tmp_path)
+    # seq 32 exceeds the model's 16 positions: the owner's party rejects its job, the client's is killed.
+    bad = InferRequest(env.encoder_asset, (TEXT,), "mpc", 2, "dealer", dp_epsilon=1.0, seq_len=32, timeout=60)
+    with pytest.raises(Unavailable, match="party 0 \\(owner\\).*exceeds the model's 16 positions"):
+        run_inference(node, buyer, bad, client_home=tmp_path)
+    meter = node.meter()
+    held = meter.latest(lid)
+    assert held is not None and held[0].total_calls == 1 and meter.unposted(lid) == 1
+    assert node.ledger().spent(env.encoder_asset, buyer.address) == pytest.approx(1.0)
+    again = run_inference(node, buyer, InferRequest(env.encoder_asset, (TEXT,), "plain", seq_len=8),
+                          client_home=tmp_path)
+    assert again.receipt is not None and again.receipt["total_calls"] == 2
+
+
 # --------------------------------------------------------------------------- the command
 
 

@@ -362,8 +362,11 @@ class MeterStore:
         return 0 if held is None else max(0, held[0].total_calls - max(held[2], calls_paid))
 
     def accept(self, licensing: LicensingClient, receipt: CallReceipt, signature: bytes, licensee: str,
-               compute_parties: Sequence[str]) -> None:
-        """Verify the licensee's signature and that the counter grew; keep it as the one to post."""
+               compute_parties: Sequence[str]) -> tuple[CallReceipt, bytes, int] | None:
+        """Verify the licensee's signature and that the counter grew; keep it as the one to post.
+
+        Returns what was held before, for :meth:`restore` if the call then fails.
+        """
         verify_call_receipt(licensing.domain(), receipt, signature, licensee)
         held = self.latest(receipt.license_id)
         check_progress(held[0] if held else None, receipt)
@@ -376,6 +379,17 @@ class MeterStore:
                 (receipt.license_id, licensee, receipt.total_calls, receipt.last_request_hash, signature,
                  json.dumps(list(compute_parties))),
             )
+        return held
+
+    def restore(self, license_id: int, previous: tuple[CallReceipt, bytes, int] | None) -> None:
+        """Forget a receipt whose call failed (the client is not charged for it)."""
+        with self._db() as db:
+            if previous is None:
+                db.execute("DELETE FROM receipts WHERE license_id = ? AND posted_total = 0", (int(license_id),))
+            else:
+                receipt, signature, _ = previous
+                db.execute("UPDATE receipts SET total_calls = ?, last_hash = ?, signature = ? WHERE license_id = ?",
+                           (receipt.total_calls, receipt.last_request_hash, signature, int(license_id)))
 
     def flush(self, licensing: LicensingClient, min_calls: int = 1) -> list[CallReceiptPosted]:
         """Post every held receipt with at least ``min_calls`` unpaid calls (one transaction each)."""
@@ -626,19 +640,25 @@ def run_inference(owner: OwnerNode, client: LocalAccount, request: InferRequest,
     # 3. The licensee's receipt, checked and kept by the owner's node before serving.
     receipt = None
     compute = _compute_parties(owner, request)
+    counter = ClientCounter((client_home or owner.settings.home) / "calls.db")
+    accepted = False
+    previous: tuple[CallReceipt, bytes, int] | None = None
     try:
         if grant.kind == "api":
-            counter = ClientCounter((client_home or owner.settings.home) / "calls.db")
             receipt = counter.next_receipt(grant.license_id, held_paid, request.request_bytes(os.urandom(16)))
             signature = sign_call_receipt(client, licensing.domain(), receipt)
-            meter.accept(licensing, receipt, signature, client.address, compute)
-            counter.commit(receipt)
+            previous = meter.accept(licensing, receipt, signature, client.address, compute)
+            accepted = True
         # 4. The job.
         outputs, stats = _execute(request, served, head, noise, len(request.texts), out_dim)
-    except BaseException:
+    except BaseException:  # a failed call costs the client neither a call nor ε
         if charge is not None:
             ledger.release(charge)
+        if accepted and receipt is not None:
+            meter.restore(receipt.license_id, previous)
         raise
+    if receipt is not None:
+        counter.commit(receipt)
     if charge is not None:
         ledger.confirm(charge)
     posted = [{"license_id": p.license_id, "total_calls": p.total_calls, "calls": p.calls, "amount": p.amount,
