@@ -304,6 +304,23 @@ def test_epsilon_ledger_stops_a_licensee_and_pooled_identities(env: Env, chain_s
     assert ledger.spent(env.encoder_asset, env.buyers[0].address) == pytest.approx(0.6)
 
 
+def test_budgets_from_the_owners_config_and_license_terms(env: Env, tmp_path: Path) -> None:
+    home = _owner_home(tmp_path / "owner", {})
+    (home / "config.toml").write_text(
+        "[metering]\nbatch = 4\n[dp]\nlicensee_budget = 3.0\nasset_budget = 7.5\nrequire = true\n"
+        "[dp.license_budgets]\n12 = 0.5\n"
+    )
+    node = OwnerNode.from_home(Settings.resolve(home=home, env={}), env.w3, env.deployment, env.owner)
+    assert (node.batch, node.require_dp) == (4, True)
+    assert (node.budgets.for_license(12), node.budgets.for_license(13), node.budgets.asset) == (0.5, 3.0, 7.5)
+    ledger = node.ledger()
+    with pytest.raises(Unauthorized, match="of its ε=0.5"):  # license 12's terms allow less than the default
+        ledger.reserve(1, env.buyers[0].address, 12, OutputNoise.calibrate(0.6, 16))
+    charge = ledger.reserve(1, env.buyers[0].address, 13, OutputNoise.calibrate(0.6, 16))
+    ledger.release(charge)  # a failed job gives its ε back
+    assert ledger.spent(1) == 0.0
+
+
 # --------------------------------------------------------------------------- HE heads
 
 
@@ -316,6 +333,9 @@ def test_ckks_head_matches_plaintext_and_rejects_bad_requests() -> None:
         head = LinearHead(rng.normal(size=(4, 16)), rng.normal(size=4), ("a", "b", "c", "d"), poly)
         got = client.decrypt(evaluate(client.request(x), head), head.classes)
         np.testing.assert_allclose(got, head.plain(x), atol=1e-3)
+    noise = np.array([0.5, -1.0, 2.0, 0.25])  # the owner's DP draw joins under encryption
+    noised = client.decrypt(evaluate(client.request(x), head, noise), head.classes)
+    np.testing.assert_allclose(noised, head.plain(x) + noise, atol=1e-3)
     wrong = LinearHead(rng.normal(size=(2, 8)), np.zeros(2), ())
     with pytest.raises(Exception, match="expects 8"):
         evaluate(client.request(x), wrong)
