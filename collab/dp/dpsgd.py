@@ -9,6 +9,7 @@ must never be sent to the aggregator as if it were a contribution.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -40,12 +41,16 @@ class DPConfig:
         if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or self.batch_size < 1 or self.epochs < 1:
             raise BadInput(f"invalid DP-SGD config {self}")
 
+    def batches(self, examples: int) -> int:
+        return max(1, math.ceil(examples / self.batch_size))
+
     def sample_rate(self, examples: int) -> float:
-        return min(1.0, self.batch_size / examples)
+        """Poisson sampling rate as Opacus derives it: 1 / (batches of the non-private loader)."""
+        return 1.0 / self.batches(examples)
 
     def steps(self, examples: int) -> int:
-        """Optimizer steps of one local round (Poisson batches of expected size ``batch_size``)."""
-        return self.epochs * max(1, round(1 / self.sample_rate(examples)))
+        """Optimizer steps of one local round (Opacus draws ``int(1 / sample_rate)`` batches per epoch)."""
+        return self.epochs * self.batches(examples)
 
 
 @dataclass(frozen=True)
