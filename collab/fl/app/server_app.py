@@ -120,7 +120,8 @@ def main(grid: Grid, context: Context) -> None:
             if reply is None:
                 entry["dropped"][name] = "no reply before the round timeout"
             elif reply.has_error():
-                entry["dropped"][name] = reply.error.reason or f"error code {reply.error.code}"
+                reason = reply.error.reason or f"error code {reply.error.code}"
+                entry["dropped"][name] = reason.removeprefix(f"{name}: ")
             else:
                 name = names[node] = str(reply.content["info"]["participant"])
                 metrics = reply.content["metrics"]
