@@ -39,7 +39,7 @@ from collab.he.ckks_head import CkksClient, LinearHead, evaluate, save_head
 from collab.metering import sign_call_receipt
 from collab.mpc.model import reference_embeddings, tokenize
 from collab.mpc.service import (
-    CLIENT, HELPER, OWNER, InferRequest, MeterStore, OwnerNode, ServiceParties, check_license, run_inference,
+    CLIENT, HELPER, OWNER, InferRequest, OwnerNode, ServiceParties, check_license, run_inference,
 )  # fmt: skip
 
 FEE = 10**15

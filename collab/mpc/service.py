@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import resource
 import sqlite3
@@ -69,7 +68,7 @@ import numpy as np
 import torch
 
 import collab.mpc.compat as compat
-from collab.dp.output import Budgets, Charge, EpsilonLedger, Mechanism, OutputNoise, clip_rows
+from collab.dp.output import Budgets, EpsilonLedger, Mechanism, OutputNoise, clip_rows
 from collab.errors import BadInput, CollabError, NotFound, Unauthorized, Unavailable, UsageError
 from collab.metering import CallReceipt, check_progress, request_hash, sign_call_receipt, verify_call_receipt
 from collab.mpc.parties import CLIENT, DEFAULT_TIMEOUT, OWNER, PROGRESS, PartyGroup, PartyStats, _share, free_port
@@ -757,12 +756,6 @@ def _he(request: InferRequest, served: ServedModel, head: LinearHead,
                 raise Unavailable(f"the owner's HE process exited with code {proc.returncode}: {last}")
             outputs.append(client.decrypt((work / "reply.bin").read_bytes(), head.classes).tolist())
     return outputs, {"he_request_bytes": sent}
-
-
-def embedding_cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    """Cosine similarity (what tests and the CLI's human output report)."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(x @ y / max(1e-12, math.sqrt(float(x @ x) * float(y @ y))))
 
 
 if __name__ == "__main__":
