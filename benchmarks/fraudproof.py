@@ -57,7 +57,7 @@ from collab.fixedpoint import Domain
 from collab.fraudproof.agents import ChallengerAgent, ClaimerAgent, GasLog, play, wrong_element_trace
 from collab.fraudproof.commitments import CHUNK_ELEMS, TensorHeader, name_hash
 from collab.fraudproof.program import Op, Program, ProgramBuilder, Ref
-from collab.fraudproof.trace import Trace, build_trace
+from collab.fraudproof.trace import Trace, build_trace, commit_value
 from collab.fraudproof.vm import Value, run as vm_run, tensor
 
 SUITE = "fraudproof"
@@ -84,7 +84,7 @@ class Sizes:
     offchain_elems: int
 
 
-FULL = Sizes((10**2, 10**3, 10**4), {"layers": 6, "seq": 128, "dim": 384, "ff": 1536}, 1 << 16)
+FULL = Sizes((10**2, 10**3, 10**4, 10**5), {"layers": 6, "seq": 128, "dim": 384, "ff": 1536}, 1 << 16)
 QUICK = Sizes((10**2,), {"layers": 1, "seq": 8, "dim": 32, "ff": 64}, 1 << 10)
 
 
@@ -451,10 +451,6 @@ def _err(fixed: Value, reference: np.ndarray) -> dict[str, float]:
     return {"max_abs": float(diff.max()), "rms": float(np.sqrt((diff**2).mean())), "ref_max_abs": float(np.abs(reference).max())}
 
 
-def _ordered(program: Program, inputs: dict[str, Value]) -> list[Value]:
-    return [inputs[n] for n in sorted(inputs, key=name_hash)]
-
-
 def _offchain(sizes: Sizes, log: Log) -> dict[str, Any]:
     log("off-chain cost and fixed-point error")
     n = sizes.offchain_elems
@@ -485,24 +481,36 @@ def _offchain(sizes: Sizes, log: Log) -> dict[str, Any]:
     jobs["encoder"] = _job(enc.program, enc.inputs, lambda: enc.float_out, extra={**sizes.encoder},
                            float_seconds=enc.float_seconds)
     ratios = [j["commit_vs_execute"] for j in jobs.values()]
-    return {"jobs": jobs, "max_commit_vs_execute": max(ratios), "target_commit_vs_execute": 3.0,
-            "pass": max(ratios) <= 3.0, "frac_bits": FRAC}
+    outputs_only = [j["commit_outputs_vs_execute"] for j in jobs.values()]
+    return {"jobs": jobs, "max_commit_vs_execute": max(ratios), "max_commit_outputs_vs_execute": max(outputs_only),
+            "target_commit_vs_execute": 3.0, "pass": max(ratios) <= 3.0,
+            "pass_inputs_precommitted": max(outputs_only) <= 3.0, "frac_bits": FRAC,
+            "note": ("commit = execute + hash every input and output (build_trace); commit_outputs = inputs passed "
+                     "already committed; float = the same computation in numpy float64 (TIES' threshold sort is in "
+                     "the float reference but precomputed as the VM's witness)")}
 
 
 def _job(program: Program, inputs: dict[str, Value], float_fn: Callable[[], np.ndarray], *,
          witnesses: dict[int, np.ndarray] | None = None, extra: dict[str, Any] | None = None,
          float_seconds: float | None = None) -> dict[str, Any]:
     """Time execute+commit, execute alone and the float reference; error of the last output vs float."""
-    outs, exec_s = _timed(lambda: vm_run(program, _ordered(program, inputs), witnesses))  # warm caches first
+    ordered = [inputs[n] for n in sorted(inputs, key=name_hash)]
+    # Inputs that are assets or submitted updates arrive already committed (hashed once, at registration or
+    # upload); build_trace then hashes only the step outputs. Both figures are reported.
+    committed = {n: commit_value(v) for n, v in inputs.items()}
+    outs, exec_s = _timed(lambda: vm_run(program, ordered, witnesses))  # warm caches first
     trace, commit_s = _timed(lambda: build_trace(program, inputs, witnesses))
+    _, outputs_s = _timed(lambda: build_trace(program, committed, witnesses))
     for _ in range(REPEATS - 1):  # best of REPEATS: the machine is shared, the minimum is the least noisy
-        exec_s = min(exec_s, _timed(lambda: vm_run(program, _ordered(program, inputs), witnesses))[1])
+        exec_s = min(exec_s, _timed(lambda: vm_run(program, ordered, witnesses))[1])
         commit_s = min(commit_s, _timed(lambda: build_trace(program, inputs, witnesses))[1])
+        outputs_s = min(outputs_s, _timed(lambda: build_trace(program, committed, witnesses))[1])
     reference, float_s = _timed(float_fn)
     float_s = float_s if float_seconds is None else float_seconds
     return {
         **(extra or {}), "steps": len(program.steps), "execute_commit_s": round(commit_s, 4), "execute_s": round(exec_s, 4),
-        "float_s": round(float_s, 6), "commit_vs_execute": round(commit_s / exec_s, 3),
+        "execute_commit_outputs_s": round(outputs_s, 4), "float_s": round(float_s, 6),
+        "commit_vs_execute": round(commit_s / exec_s, 3), "commit_outputs_vs_execute": round(outputs_s / exec_s, 3),
         "execute_vs_float": round(exec_s / max(float_s, 1e-9), 1), "error": _err(outs[-1], np.asarray(reference)),
         "output_root": "0x" + trace.output_root.hex(),
     }
@@ -579,13 +587,14 @@ def render(results: dict[str, Any]) -> RenderableType:
     gas_rows.append(("BLS consent check (3 signers, separate)", results["bls_consent"]["gas"], results["bls_consent"]["gas"]))
     targets = [(k, v["target"], v["measured"], v["pass"]) for k, v in results["targets"].items()]
     played = [(r["steps"], r["k"], r["rounds"], r["round_bound"], r["transactions"], r["within_bound"]) for r in results["moves"]["played"]]
-    off = [(k, j["commit_vs_execute"], j["execute_vs_float"], f"{j['error']['max_abs']:.2e}") for k, j in results["offchain"]["jobs"].items()]
+    off = [(k, j["commit_vs_execute"], j["commit_outputs_vs_execute"], j["execute_vs_float"], f"{j['error']['max_abs']:.2e}")
+           for k, j in results["offchain"]["jobs"].items()]
     d = results["encoder_dispute"]
     return Group(
         report.table("Fraud-proof gas per transaction", ["operation", "median", "max"], gas_rows),
         report.table("Targets", ["target", "limit", "measured", "pass"], targets),
         report.table("Played disputes", ["steps", "k", "rounds", "bound", "txs", "within"], played),
-        report.table("Off-chain cost and error", ["job", "commit/exec", "exec/float", "max |err|"], off),
+        report.table("Off-chain cost and error", ["job", "commit/exec", "commit outputs/exec", "exec/float", "max |err|"], off),
         f"encoder dispute ({d['layers']} layers, seq {d['seq']}, dim {d['dim']}, {d['steps']} steps): "
         f"{d['total_seconds']} s ({d['transactions']} transactions)",
     )
