@@ -13,10 +13,9 @@ real ``proveStep`` transactions, not estimates. Measured:
 - rounds and transactions of a dispute vs trace length for k = 2, 4, 16:
   the protocol's formula for 10^2..10^6 steps, and played games for the
   lengths that fit in time, each checked against the bound;
-- the wall time of a full dispute over an encoder program (built here with
-  ``ProgramBuilder``: ``collab/fraudproof/builders.py`` did not exist when
-  this suite was written, so the encoder is single-head and its size is
-  stated in the results);
+- the wall time of a full dispute over a 6-layer MiniLM-size encoder
+  (``collab.fraudproof.builders.encoder_forward`` when present, else a
+  single-head encoder built here; the results name which);
 - off-chain cost of execute+commit vs plain fixed-point execution and vs
   numpy float, and the fixed-point error vs float per job kind;
 - gas of a BLS consent-signature check (3-signer G2Basic aggregate through
@@ -84,8 +83,8 @@ class Sizes:
     offchain_elems: int
 
 
-FULL = Sizes((10**2, 10**3, 10**4, 10**5), {"layers": 6, "seq": 128, "dim": 384, "ff": 1536}, 1 << 16)
-QUICK = Sizes((10**2,), {"layers": 1, "seq": 8, "dim": 32, "ff": 64}, 1 << 10)
+FULL = Sizes((10**2, 10**3, 10**4, 10**5), {"layers": 6, "seq": 128, "dim": 384, "ff": 1536, "heads": 12}, 1 << 16)
+QUICK = Sizes((10**2,), {"layers": 1, "seq": 8, "dim": 32, "ff": 64, "heads": 2}, 1 << 10)
 
 
 def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick: bool | None = None) -> dict[str, Any]:
@@ -250,6 +249,50 @@ def encoder_program(layers: int, seq: int, dim: int, ff: int, seed: int = 5) -> 
     return Encoder(b.build(), inputs, out, time.perf_counter() - started)
 
 
+def encoder_for_dispute(layers: int, seq: int, dim: int, ff: int, heads: int) -> tuple[Program, dict[str, Value], str]:
+    """The encoder program a dispute is played over, and where it came from.
+
+    ``collab.fraudproof.builders.encoder_forward`` (a BERT/MiniLM encoder with
+    real multi-head attention, biases and LayerNorm affines) when that module
+    is present, over a random state dict of the given shape; this suite's
+    single-head :func:`encoder_program` otherwise.
+    """
+    try:
+        from collab.fraudproof.builders import EncoderShape, encoder_forward
+    except ImportError:
+        enc = encoder_program(layers, seq, dim, ff)
+        return enc.program, enc.inputs, "benchmarks.fraudproof.encoder_program (single-head; builders.py absent)"
+    job = encoder_forward(_bert_state(layers, dim, ff), list(range(1, seq + 1)), EncoderShape(dim, heads, layers), f=FRAC)
+    return job.program, job.inputs, f"collab.fraudproof.builders.encoder_forward ({heads} heads, random BERT weights)"
+
+
+def _bert_state(layers: int, dim: int, ff: int, vocab: int = 1000, positions: int = 512) -> dict[str, Any]:
+    """A random state dict with transformers' BertModel keys (the weights do not change the cost)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(3)
+
+    def rand(*shape: int, scale: float | None = None) -> Any:
+        return torch.randn(*shape, generator=gen) * (scale if scale is not None else 1 / math.sqrt(shape[-1]))
+
+    state: dict[str, Any] = {
+        "embeddings.word_embeddings.weight": rand(vocab, dim, scale=0.05),
+        "embeddings.position_embeddings.weight": rand(positions, dim, scale=0.05),
+        "embeddings.token_type_embeddings.weight": rand(2, dim, scale=0.05),
+        "embeddings.LayerNorm.weight": torch.ones(dim), "embeddings.LayerNorm.bias": torch.zeros(dim),
+    }
+    dense = {"attention.self.query": (dim, dim), "attention.self.key": (dim, dim), "attention.self.value": (dim, dim),
+             "attention.output.dense": (dim, dim), "intermediate.dense": (ff, dim), "output.dense": (dim, ff)}
+    for i in range(layers):
+        for part, shape in dense.items():
+            state[f"encoder.layer.{i}.{part}.weight"] = rand(*shape)
+            state[f"encoder.layer.{i}.{part}.bias"] = rand(shape[0], scale=0.02)
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            state[f"encoder.layer.{i}.{norm}.weight"] = torch.ones(dim)
+            state[f"encoder.layer.{i}.{norm}.bias"] = torch.zeros(dim)
+    return state
+
+
 def _encoder_float(f: dict[str, np.ndarray], layers: int, dim: int, eps: float) -> np.ndarray:
     def layernorm(a: np.ndarray) -> np.ndarray:
         d = a - a.mean(-1, keepdims=True)
@@ -363,12 +406,12 @@ class _Bench:
             started = time.perf_counter()
             program, inputs = add_chain(steps)
             honest = build_trace(program, inputs)
-            cheat = wrong_element_trace(honest, inputs, steps - 2, CHAIN_SHAPE[0] * CHAIN_SHAPE[1] - 1)
+            wrong = wrong_element_trace(honest, inputs, steps - 2, CHAIN_SHAPE[0] * CHAIN_SHAPE[1] - 1)
             build_s = time.perf_counter() - started
             for k in KS:
                 self.log(f"dispute over {steps} steps, k = {k}")
                 t0 = time.perf_counter()
-                game, moves = self.dispute(honest, cheat, k.bit_length() - 1)
+                game, moves = self.dispute(honest, wrong, k.bit_length() - 1)
                 rounds = sum(m in CLAIMER_MOVES for m in moves)
                 bound = round_bound(steps, chunks, k)
                 rows.append({
@@ -380,23 +423,29 @@ class _Bench:
         return rows
 
     def measure_encoder_dispute(self, size: dict[str, int]) -> dict[str, Any]:
-        """Wall time of a whole dispute over an encoder inference: both traces, every move, the proof."""
+        """Wall time of a whole dispute over an encoder inference: each side's trace, every move, the proof.
+
+        The claimer and the challenger build their traces on their own
+        machines at the same time, so the dispute's wall time is one trace
+        plus the game; the second trace (here the challenger's wrong
+        reference) is reported apart.
+        """
         self.log(f"encoder dispute: {size}")
-        enc = encoder_program(**size)
+        program, inputs, source = encoder_for_dispute(**size)
         started = time.perf_counter()
-        honest = build_trace(enc.program, enc.inputs)
-        last = len(enc.program.steps) - 1
-        cheat = wrong_element_trace(honest, enc.inputs, last // 2, 0)
-        traces_s = time.perf_counter() - started
+        honest = build_trace(program, inputs)
+        claimer_s = time.perf_counter() - started
         t0 = time.perf_counter()
-        game, moves = self.dispute(honest, cheat, 4, GasLog())
+        wrong = wrong_element_trace(honest, inputs, (len(program.steps) - 1) // 2, 0)
+        challenger_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        game, moves = self.dispute(honest, wrong, 4, GasLog())
+        game_s = time.perf_counter() - t0
         return {
-            "program": "encoder layers built with ProgramBuilder (collab/fraudproof/builders.py absent): "
-                       "single-head attention, post-LN, tanh-GELU FFN, no biases",
-            **size, "steps": len(enc.program.steps), "k": 16, "transactions": len(moves),
-            "disputed_step": game.step, "disputed_op": Op(enc.program.steps[game.step].op).name,
-            "traces_seconds": round(traces_s, 2), "game_seconds": round(time.perf_counter() - t0, 2),
-            "total_seconds": round(time.perf_counter() - started, 2),
+            "program": source, **size, "steps": len(program.steps), "k": 16, "transactions": len(moves),
+            "disputed_step": game.step, "disputed_op": Op(program.steps[game.step].op).name,
+            "claimer_trace_seconds": round(claimer_s, 2), "challenger_trace_seconds": round(challenger_s, 2),
+            "game_seconds": round(game_s, 2), "total_seconds": round(claimer_s + game_s, 2),
         }
 
     def measure_bls_consent(self, artifact: Any) -> dict[str, Any]:
@@ -477,8 +526,9 @@ def _offchain(sizes: Sizes, log: Log) -> dict[str, Any]:
     b.ring_to_fixed(b.ring_add(masked))
     jobs["masked_sum"] = _job(b.build(), {k: v[0] for k, v in parts.items()}, lambda: sum(v[1] for v in parts.values()))
     jobs["ties"] = _ties_job(rng, n)
-    enc = encoder_program(**sizes.encoder)
-    jobs["encoder"] = _job(enc.program, enc.inputs, lambda: enc.float_out, extra={**sizes.encoder},
+    shape = {k: v for k, v in sizes.encoder.items() if k != "heads"}
+    enc = encoder_program(**shape)
+    jobs["encoder"] = _job(enc.program, enc.inputs, lambda: enc.float_out, extra={**shape, "heads": 1},
                            float_seconds=enc.float_seconds)
     ratios = [j["commit_vs_execute"] for j in jobs.values()]
     outputs_only = [j["commit_outputs_vs_execute"] for j in jobs.values()]
@@ -595,6 +645,7 @@ def render(results: dict[str, Any]) -> RenderableType:
         report.table("Targets", ["target", "limit", "measured", "pass"], targets),
         report.table("Played disputes", ["steps", "k", "rounds", "bound", "txs", "within"], played),
         report.table("Off-chain cost and error", ["job", "commit/exec", "commit outputs/exec", "exec/float", "max |err|"], off),
-        f"encoder dispute ({d['layers']} layers, seq {d['seq']}, dim {d['dim']}, {d['steps']} steps): "
-        f"{d['total_seconds']} s ({d['transactions']} transactions)",
+        f"encoder dispute ({d['layers']} layers, seq {d['seq']}, dim {d['dim']}, {d['heads']} heads, {d['steps']} steps; "
+        f"{d['program']}): {d['total_seconds']} s (claimer trace {d['claimer_trace_seconds']} s, "
+        f"{d['transactions']} transactions in {d['game_seconds']} s)",
     )

@@ -108,6 +108,8 @@ def test_encoder_dispute_offchain_and_bls(bench_run: tuple[dict[str, Any], Path]
     data = bench_run[0]
     d = data["encoder_dispute"]
     assert d["steps"] > 10 and 0 <= d["disputed_step"] < d["steps"] and d["total_seconds"] > 0
+    assert d["program"].startswith(("collab.fraudproof.builders.encoder_forward", "benchmarks.fraudproof.encoder_program"))
+    assert d["transactions"] <= 2 * (math.ceil(math.log(d["steps"], 16)) + 5) + 2  # any output tensor here is < 16^4 chunks
     off = data["offchain"]
     assert set(off["jobs"]) == {"fedavg", "masked_sum", "ties", "encoder"}
     for name, job in off["jobs"].items():
