@@ -1,0 +1,55 @@
+"""``collab orchestrator start``: run the coordinator for this home's identity."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from collab.commands._common import chain_session, identity, settings
+from collab.errors import Unauthorized
+
+group = click.Group("orchestrator", help="Run the job coordinator (ZMQ ROUTER + CurveZMQ).")
+
+
+@group.command("start")
+@click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True, help="ZMQ endpoint to listen on (port 0 = any).")
+@click.option("--heartbeat-timeout", default=6.0, show_default=True, help="Seconds without a heartbeat before a node is away.")
+@click.pass_context
+def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
+    """Serve until SIGINT/SIGTERM; prints one JSON line (endpoint, CurveZMQ key, address) when ready."""
+    from chain.clients.claim_manager import ClaimManagerClient
+    from chain.clients.identity_registry import IdentityRegistryClient
+    from orchestrator.claims import ClaimJob
+    from orchestrator.jobs import JobStore
+    from orchestrator.server import IdentityCache, OrchestratorServer
+
+    conf = settings(ctx)
+    me = identity(ctx)
+    session = chain_session(ctx)
+    registry = IdentityRegistryClient.from_deployment(session.deployment, session.w3, me.account)
+    mine = registry.identity_of(me.address)
+    # INVARIANT: nodes pin the CurveZMQ key registered in the orchestrator's Sahara ID, so it must match ours.
+    if mine is None or not mine.active:
+        raise Unauthorized(f"{me.address} has no active Sahara ID", hint="register with `collab id register`")
+    if mine.keys.curve_key != me.curve_public:
+        raise Unauthorized("this home's CurveZMQ key differs from the one registered in its Sahara ID")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handlers: dict[str, Any] = {ClaimJob.kind: ClaimJob(ClaimManagerClient.from_deployment(session.deployment, session.w3, me.account))}
+    server = OrchestratorServer(
+        store=JobStore(conf.jobs_db), address=me.address, chain_id=session.deployment.chain_id,
+        curve_secret=me.curve_secret_z85, curve_public=me.curve_public_z85, identities=IdentityCache(registry),
+        handlers=handlers, bind=bind, heartbeat_timeout=heartbeat_timeout,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    click.echo(json.dumps({"endpoint": server.endpoint, "curve_key": me.curve_public_z85.decode(),
+                           "address": me.address, "identity_id": mine.id, "chain_id": session.deployment.chain_id}))
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
