@@ -1,0 +1,293 @@
+"""``collab watch``: re-execute every claim this home may see, challenge mismatches, play games to the end.
+
+One :meth:`Watcher.poll` does a bounded amount of work and returns: read new
+``ClaimPosted`` events, fetch each new claim's manifest, program, inputs and
+witnesses from the claimer's blob server (checking every object against its
+root and the claim's programRoot/inputRoot), re-run it, challenge when the
+trace or output root differs, then make at most one move in every open game
+(as challenger with the honest reference, or as claimer defending this home's
+own claims from its store). Progress is in SQLite next to the store, and the
+game state itself is on chain, so a restarted watcher resumes where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from chain.clients.bisection_game import BisectionGameClient, Phase
+from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+from chain.clients.data_availability import DataAvailabilityClient
+from chain.deployment import Deployment
+from collab.errors import CollabError, NotFound, ProtocolViolation
+from collab.fraudproof.agents import ChallengerAgent, ClaimerAgent
+from collab.fraudproof.blobserver import fetch
+from collab.fraudproof.program import Program
+from collab.fraudproof.store import Manifest, Store, tensor_from_bytes
+from collab.fraudproof.trace import Trace, build_trace
+from collab.fraudproof.vm import NoValidOutput
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cursor (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (claim_id TEXT PRIMARY KEY, verdict TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS games (game_id INTEGER PRIMARY KEY, claim_id TEXT NOT NULL, role TEXT NOT NULL,
+    status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+"""
+
+
+@dataclass(frozen=True)
+class GameRecord:
+    """A game this watcher plays (persisted)."""
+
+    game_id: int
+    claim_id: bytes
+    role: str  # "challenger" | "claimer"
+    status: str  # "open" | "won" | "lost"
+    detail: str
+
+
+class Watcher:
+    """Follows claims on one deployment as one account."""
+
+    def __init__(
+        self, w3: Web3, deployment: Deployment, account: LocalAccount, home: Path, sources: Sequence[str] = (), *, log2k: int = 1
+    ) -> None:
+        self.w3, self.account, self.sources, self.log2k = w3, account, list(sources), log2k
+        self.manager = ClaimManagerClient.from_deployment(deployment, w3, account)
+        self.game = BisectionGameClient.from_deployment(deployment, w3, account)
+        self.data = DataAvailabilityClient.from_deployment(deployment, w3, account)
+        self.store = Store(home)
+        self.chain_id = int(w3.eth.chain_id)
+        self.deploy_block = int(deployment.deploy_block)
+        self.db = sqlite3.connect(str(self.store.root / "watch.sqlite"))
+        self.db.executescript(SCHEMA)
+        self._traces: dict[bytes, Trace] = {}
+        self.reasons: list[str] = []
+
+    # ------------------------------------------------------------------ persistence
+
+    def _cursor(self) -> int:
+        row = self.db.execute("SELECT v FROM cursor WHERE k = 'block'").fetchone()
+        return int(row[0]) if row else self.deploy_block
+
+    def _set_cursor(self, block: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO cursor VALUES ('block', ?)", (block,))
+        self.db.commit()
+
+    def _record_claim(self, claim_id: bytes, verdict: str, detail: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (claim_id.hex(), verdict, detail))
+        self.db.commit()
+
+    def _record_game(self, game_id: int, claim_id: bytes, role: str, status: str, detail: str = "") -> None:
+        self.db.execute("INSERT OR REPLACE INTO games VALUES (?, ?, ?, ?, ?)", (game_id, claim_id.hex(), role, status, detail))
+        self.db.commit()
+
+    def games(self, status: str | None = None) -> list[GameRecord]:
+        """Persisted games (all, or those with ``status``)."""
+        rows = self.db.execute("SELECT game_id, claim_id, role, status, detail FROM games ORDER BY game_id").fetchall()
+        out = [GameRecord(int(g), bytes.fromhex(c), r, s, d) for g, c, r, s, d in rows]
+        return [g for g in out if status is None or g.status == status]
+
+    def verdicts(self) -> dict[bytes, tuple[str, str]]:
+        """claim id → (verdict, detail) for every claim seen."""
+        rows = self.db.execute("SELECT claim_id, verdict, detail FROM claims").fetchall()
+        return {bytes.fromhex(c): (v, d) for c, v, d in rows}
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ fetching and re-execution
+
+    def _get(self, claim_id: bytes, obj: str) -> bytes:
+        errors = []
+        for url in self.sources:
+            try:
+                return fetch(url, self.account, self.chain_id, claim_id, obj)
+            except CollabError as exc:
+                errors.append(str(exc))
+        raise NotFound(f"no source served {obj} of claim 0x{claim_id.hex()}: {'; '.join(errors) or 'no --source given'}")
+
+    def _fetch_claim(self, claim_id: bytes) -> Manifest:
+        """Fetch and verify a claim's objects into the local store (once)."""
+        try:
+            return self.store.manifest(claim_id)
+        except NotFound:
+            pass
+        manifest = Manifest.from_json(json.loads(self._get(claim_id, "manifest")))
+        manifest.overrides = {}  # never take a claimer's "overrides": the reference is recomputed
+        program = Program.from_bytes(self._get(claim_id, "0x" + manifest.program_root.hex()))
+        if program.root != manifest.program_root:
+            raise ProtocolViolation("served program does not open its root")
+        self.store.put_program(program)
+        for root in [*manifest.inputs.values(), *manifest.witnesses.values()]:
+            if not self.store.has(root):
+                self.store.put_tensor(tensor_from_bytes(self._get(claim_id, "0x" + root.hex()), root))
+        self.store.put_manifest(claim_id, manifest)
+        return manifest
+
+    def reference(self, claim_id: bytes) -> Trace:
+        """The honest trace of a claim (cached; rebuilt from the store after a restart)."""
+        if claim_id not in self._traces:
+            self._fetch_claim(claim_id)
+            self._traces[claim_id] = self.store.trace(claim_id, honest=True)
+        return self._traces[claim_id]
+
+    # ------------------------------------------------------------------ one pass
+
+    def poll(self) -> list[str]:
+        """Handle new claims and make one move in each open game; returns what happened."""
+        events: list[str] = []
+        head = int(self.w3.eth.block_number)
+        start = self._cursor()
+        if head >= start:
+            for posted in self.manager.posted(from_block=start):
+                events += self._new_claim(posted.claim_id, posted.claimer)
+            self._set_cursor(head + 1)
+        events += self._defend_own_claims()
+        for rec in self.games("open"):
+            events += self._play(rec)
+        return events
+
+    def run(self, interval: float = 2.0, once: bool = False) -> None:
+        """Poll until interrupted (or once)."""
+        while True:
+            for e in self.poll():
+                log.info("%s", e)
+            if once:
+                return
+            time.sleep(interval)
+
+    def challenge_one(self, claim_id: bytes, claimer: str) -> list[str]:
+        """Re-execute one claim now (even if seen before without a game) and challenge it on a mismatch."""
+        if self.verdicts().get(claim_id, ("", ""))[0] != "disagree":
+            self.db.execute("DELETE FROM claims WHERE claim_id = ?", (claim_id.hex(),))
+            self.db.commit()
+        return self._new_claim(claim_id, claimer)
+
+    def _new_claim(self, claim_id: bytes, claimer: str) -> list[str]:
+        if claim_id in self.verdicts():
+            return []
+        tag = f"claim 0x{claim_id.hex()[:12]}"
+        if claimer.lower() == self.account.address.lower():
+            self._record_claim(claim_id, "own", "")
+            return []
+        if not self.manager.is_audience(claim_id, self.account.address):
+            self._record_claim(claim_id, "not-audience", "")
+            return [f"{tag}: not in its audience, skipped"]
+        if self.manager.claim_status(claim_id) != ClaimStatus.PENDING:
+            self._record_claim(claim_id, "closed", "")
+            return []
+        try:
+            ref = self.reference(claim_id)
+        except NoValidOutput as exc:
+            detail = f"the program has no valid output on its inputs: {exc}"
+            ref = None
+        except CollabError as exc:
+            self._record_claim(claim_id, "unverified", str(exc))
+            return [f"{tag}: cannot re-execute ({exc})"]
+        claim = self.manager.get_claim(claim_id)
+        if ref is not None:
+            ok_inputs = ref.input_root == claim.input_root and ref.program.step_tree.root == claim.step_tree_root
+            if not ok_inputs:
+                self._record_claim(claim_id, "unverified", "served program/inputs do not match the claim's roots")
+                return [f"{tag}: served data does not match the claim's roots; not challenged"]
+            if claim.trace_root == ref.root and claim.output_root == ref.output_root:
+                self._record_claim(claim_id, "agree", "")
+                return [f"{tag}: re-executed, agrees"]
+            detail = (
+                f"trace root differs (claimed 0x{claim.trace_root.hex()[:12]}, expected 0x{ref.root.hex()[:12]}); "
+                f"output root {'differs' if claim.output_root != ref.output_root else 'agrees'}"
+            )
+        else:
+            self._record_claim(claim_id, "unverified", detail)
+            return [f"{tag}: {detail}"]
+        agent = ChallengerAgent(self.manager, self.game, ref)
+        game_id = agent.challenge(claim_id)
+        self._record_claim(claim_id, "disagree", detail)
+        self._record_game(game_id, claim_id, "challenger", "open", detail)
+        log.warning("%s: disagree: %s; challenged in game %d", tag, detail, game_id)
+        return [f"{tag}: disagree ({detail}); challenged, game {game_id}"]
+
+    def _defend_own_claims(self) -> list[str]:
+        known = {g.game_id for g in self.games()}
+        out = []
+        for claim_id in self.store.claim_ids():
+            try:
+                claim = self.manager.get_claim(claim_id)
+            except CollabError:
+                continue
+            if claim.claimer.lower() != self.account.address.lower():
+                continue
+            topic = "0x" + claim_id.hex()
+            for e in self.manager._events("ChallengeOpened", from_block=self.deploy_block, topics=[None, topic]):
+                gid = int(e.args["challengeId"])
+                if gid not in known and int(e.args.get("kind", 0)) == 0:
+                    self._record_game(gid, claim_id, "claimer", "open")
+                    out.append(f"claim 0x{claim_id.hex()[:12]}: challenged in game {gid}; defending")
+        return out
+
+    def _play(self, rec: GameRecord) -> list[str]:
+        g = self.game.get_game(rec.game_id)
+        tag = f"game {rec.game_id}"
+        if g.phase == Phase.RESOLVED:
+            return [self._finish(rec, g)]
+        try:
+            if rec.role == "challenger":
+                moved = ChallengerAgent(self.manager, self.game, self.reference(rec.claim_id)).act(rec.game_id)
+            else:
+                trace = self._traces.get(rec.claim_id) or self.store.trace(rec.claim_id)
+                self._traces[rec.claim_id] = trace
+                moved = ClaimerAgent(self.manager, self.game, self.data, trace, job_id=b"\x00" * 32, log2k=self.log2k).act(rec.game_id)
+        except CollabError as exc:
+            return [f"{tag}: move failed: {exc}"]
+        g = self.game.get_game(rec.game_id)
+        out = [f"{tag}: {moved}"] if moved else []
+        if g.phase == Phase.RESOLVED:
+            out.append(self._finish(rec, g))
+        return out
+
+    def _finish(self, rec: GameRecord, g: Any) -> str:
+        won = (not g.claimer_won) if rec.role == "challenger" else g.claimer_won
+        detail = rec.detail
+        if rec.role == "challenger":
+            try:
+                ref = self.reference(rec.claim_id)
+                _, expected = ref.expected(g.step, g.element_index)
+                detail = (
+                    f"step {g.step} ({_op_name(ref, g.step)}), element {g.element_index}: "
+                    f"expected 0x{expected.hex()}, claimed 0x{g.claimed_word.hex()}"
+                )
+            except Exception as exc:  # the explanation must not stop the bookkeeping
+                detail = f"step {g.step}, element {g.element_index} ({exc})"
+        self._record_game(rec.game_id, rec.claim_id, rec.role, "won" if won else "lost", detail)
+        msg = f"game {rec.game_id} resolved: {rec.role} {'won' if won else 'lost'}; {detail}"
+        log.warning("%s", msg)
+        return msg
+
+
+def _op_name(trace: Trace, step: int) -> str:
+    from collab.fraudproof.program import Op
+
+    op = trace.program.steps[step].op
+    return Op(op).name if op in Op._value2member_map_ else str(op)
+
+
+def rebuild(program: Program, manifest: Manifest, store: Store) -> Trace:
+    """A trace from a manifest's objects (tools and tests)."""
+    inputs = {n: store.get_tensor(r) for n, r in manifest.inputs.items()}
+    witnesses = {i: store.get_tensor(r).data for i, r in manifest.witnesses.items()}
+    return build_trace(program, inputs, witnesses)  # type: ignore[arg-type]
+
+
+__all__ = ["GameRecord", "Watcher", "rebuild"]
