@@ -143,6 +143,22 @@ def test_real_job_cheater_is_caught_by_the_watcher_and_loses(env: GameEnv, dispu
     assert d.watcher.verdicts()[d.claim_id][0] == "disagree"
 
 
+def test_a_wrong_ties_threshold_witness_loses_at_the_assertion(env: GameEnv, dispute_for: Callable[..., Dispute]) -> None:
+    needs_verifier(env)
+    job = builders.ties_merge(_states(1)[0], _states(3)[1:], 0.5)
+    first = min(job.witnesses)
+    job.witnesses[first] = job.witnesses[first] + 1  # not the k-th largest magnitude: ASSERT_KTH has no valid output
+    assert_step = next(i for i, s in enumerate(job.program.steps) if s.op == Op.ASSERT_KTH)
+    from collab.fixedpoint import Domain
+    from collab.fraudproof.commitments import TensorHeader
+
+    d = dispute_for(job, {assert_step: Value(TensorHeader(Domain.FIXED, 0, ()), np.array(1, dtype=np.int64))})
+    d.play()
+    (game,) = d.watcher.games()
+    assert game.status == "won" and f"step {assert_step} (ASSERT_KTH)" in game.detail
+    assert env.manager().claim_status(d.claim_id) == ClaimStatus.REJECTED
+
+
 def test_honest_claim_is_not_challenged(env: GameEnv, dispute_for: Callable[..., Dispute]) -> None:
     d = dispute_for(builders.fedavg(_states(2), [1, 1]), {})
     events = d.watcher.poll()

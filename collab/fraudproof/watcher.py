@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
@@ -28,13 +29,16 @@ from chain.clients.bisection_game import BisectionGameClient, Phase
 from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
 from chain.clients.data_availability import DataAvailabilityClient
 from chain.deployment import Deployment
-from collab.errors import CollabError, NotFound, ProtocolViolation
+
+from collab.errors import BadInput, CollabError, NotFound, ProtocolViolation
+from collab.fixedpoint import Domain
 from collab.fraudproof.agents import ChallengerAgent, ClaimerAgent
 from collab.fraudproof.blobserver import fetch
+from collab.fraudproof.commitments import TensorHeader
 from collab.fraudproof.program import Program
 from collab.fraudproof.store import Manifest, Store, tensor_from_bytes
-from collab.fraudproof.trace import Trace, build_trace
-from collab.fraudproof.vm import NoValidOutput
+from collab.fraudproof.trace import Trace, build_trace, input_bundle
+from collab.fraudproof.vm import NoValidOutput, Value, execute_step
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +143,8 @@ class Watcher:
     def reference(self, claim_id: bytes) -> Trace:
         """The honest trace of a claim (cached; rebuilt from the store after a restart)."""
         if claim_id not in self._traces:
-            self._fetch_claim(claim_id)
-            self._traces[claim_id] = self.store.trace(claim_id, honest=True)
+            manifest = self._fetch_claim(claim_id)
+            self._traces[claim_id] = reference_trace(self.store.get_program(manifest.program_root), manifest, self.store)
         return self._traces[claim_id]
 
     # ------------------------------------------------------------------ one pass
@@ -190,28 +194,21 @@ class Watcher:
             return []
         try:
             ref = self.reference(claim_id)
-        except NoValidOutput as exc:
-            detail = f"the program has no valid output on its inputs: {exc}"
-            ref = None
         except CollabError as exc:
             self._record_claim(claim_id, "unverified", str(exc))
             return [f"{tag}: cannot re-execute ({exc})"]
         claim = self.manager.get_claim(claim_id)
-        if ref is not None:
-            ok_inputs = ref.input_root == claim.input_root and ref.program.step_tree.root == claim.step_tree_root
-            if not ok_inputs:
-                self._record_claim(claim_id, "unverified", "served program/inputs do not match the claim's roots")
-                return [f"{tag}: served data does not match the claim's roots; not challenged"]
-            if claim.trace_root == ref.root and claim.output_root == ref.output_root:
-                self._record_claim(claim_id, "agree", "")
-                return [f"{tag}: re-executed, agrees"]
-            detail = (
-                f"trace root differs (claimed 0x{claim.trace_root.hex()[:12]}, expected 0x{ref.root.hex()[:12]}); "
-                f"output root {'differs' if claim.output_root != ref.output_root else 'agrees'}"
-            )
-        else:
-            self._record_claim(claim_id, "unverified", detail)
-            return [f"{tag}: {detail}"]
+        ok_inputs = ref.input_root == claim.input_root and ref.program.step_tree.root == claim.step_tree_root
+        if not ok_inputs:
+            self._record_claim(claim_id, "unverified", "served program/inputs do not match the claim's roots")
+            return [f"{tag}: served data does not match the claim's roots; not challenged"]
+        if claim.trace_root == ref.root and claim.output_root == ref.output_root:
+            self._record_claim(claim_id, "agree", "")
+            return [f"{tag}: re-executed, agrees"]
+        detail = (
+            f"trace root differs (claimed 0x{claim.trace_root.hex()[:12]}, expected 0x{ref.root.hex()[:12]}); "
+            f"output root {'differs' if claim.output_root != ref.output_root else 'agrees'}"
+        )
         agent = ChallengerAgent(self.manager, self.game, ref)
         game_id = agent.challenge(claim_id)
         self._record_claim(claim_id, "disagree", detail)
@@ -283,11 +280,43 @@ def _op_name(trace: Trace, step: int) -> str:
     return Op(op).name if op in Op._value2member_map_ else str(op)
 
 
-def rebuild(program: Program, manifest: Manifest, store: Store) -> Trace:
-    """A trace from a manifest's objects (tools and tests)."""
+def reference_trace(program: Program, manifest: Manifest, store: Store) -> Trace:
+    """The honest trace of a manifest's job, with the claimer's witnesses (protocol §3.5).
+
+    A step with no valid output (an ``ASSERT_KTH`` over a wrong witness, an
+    ill-formed step) gets a zero tensor of its declared header in the
+    reference: whatever the claimer committed there is wrong, so the
+    challenger's descent stops at that step and its one-step proof wins.
+    """
     inputs = {n: store.get_tensor(r) for n, r in manifest.inputs.items()}
     witnesses = {i: store.get_tensor(r).data for i, r in manifest.witnesses.items()}
-    return build_trace(program, inputs, witnesses)  # type: ignore[arg-type]
+    ordered = [v for _, v in input_bundle(inputs)]
+    values: list[Value] = list(ordered)
+    overrides: dict[int, Value] = {}
+    for i, step in enumerate(program.steps):
+        try:
+            if any(t >= len(values) for t in step.inputs):
+                raise NoValidOutput(f"step {i} reads a later tensor")
+            v = execute_step(step, [values[t] for t in step.inputs], witnesses.get(i))  # type: ignore[arg-type]
+        except (NoValidOutput, BadInput) as exc:
+            log.warning("step %d has no valid output (%s): the reference commits zeros there", i, exc)
+            header = _header_or_zero(step.out_header)
+            v = Value(header, np.zeros(header.shape, dtype=np.int64)) if header.domain != Domain.BUNDLE else _empty_bundle(header)
+            overrides[i] = v
+        values.append(v)
+    return build_trace(program, inputs, witnesses, overrides)  # type: ignore[arg-type]
 
 
-__all__ = ["GameRecord", "Watcher", "rebuild"]
+def _header_or_zero(word: bytes) -> TensorHeader:
+    try:
+        return TensorHeader.decode(word)
+    except BadInput:
+        return TensorHeader(Domain.FIXED, 0, ())
+
+
+def _empty_bundle(header: TensorHeader) -> Value:
+    zero = Value(TensorHeader(Domain.FIXED, 0, ()), np.zeros((), dtype=np.int64))
+    return Value(header, None, tuple((i.to_bytes(32, "big"), zero) for i in range(header.numel)))
+
+
+__all__ = ["GameRecord", "Watcher", "reference_trace"]
