@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -77,6 +79,14 @@ class OrchestratorClient:
         raise Unavailable(f"no reply from the orchestrator at {self.endpoint} within {self.timeout:.0f} s",
                           hint="is `collab orchestrator start` running and reachable?")
 
+    def hello(self) -> dict[str, Any]:
+        """The orchestrator's account and chain, learned over the key-pinned link (before any signing)."""
+        reply = self.send_raw(json.dumps({"hello": True}).encode())
+        if not reply.get("ok"):
+            raise_reply(reply)
+        self.orchestrator, self.chain_id = reply["result"]["address"], int(reply["result"]["chain_id"])
+        return reply["result"]  # type: ignore[no-any-return]
+
     def signed(self, payload: dict[str, Any], *, ttl: int = 60) -> dict[str, Any]:
         return sign_request(self.account, payload, chain_id=self.chain_id, verifying_contract=self.orchestrator,
                             nonce=next(self._nonces), ttl=ttl)
@@ -85,6 +95,31 @@ class OrchestratorClient:
         """Signed request; returns the result or raises the server's error."""
         rid = f"{op}-{time.time_ns()}"
         reply = self.send_raw(json.dumps(self.signed({"op": op, "rid": rid, **fields})).encode(), rid)
+        if not reply.get("ok"):
+            raise_reply(reply)
+        return reply.get("result")
+
+
+class NodeSocketClient:
+    """JSON-lines requests to a node's local API on ``node.sock`` (what user commands use)."""
+
+    def __init__(self, path: Path | str, timeout: float = 30.0) -> None:
+        self.path, self.timeout = Path(path), timeout
+
+    def request(self, op: str, **fields: Any) -> Any:
+        if not self.path.exists():
+            raise Unavailable(f"no node is listening on {self.path}", hint="start one with `collab node start`")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(str(self.path))
+                sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+                line = sock.makefile("rb").readline()
+        except OSError as exc:
+            raise Unavailable(f"node at {self.path} did not answer: {exc}", hint="is `collab node start` running?") from exc
+        if not line:
+            raise Unavailable(f"node at {self.path} closed the connection")
+        reply = json.loads(line)
         if not reply.get("ok"):
             raise_reply(reply)
         return reply.get("result")

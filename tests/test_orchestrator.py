@@ -222,3 +222,53 @@ def test_only_the_submitter_cancels(orch: Orch, member: LocalAccount, game_env: 
     assert c.request("cancel", id=job["id"])["state"] == "cancelled"
     with pytest.raises(ProtocolViolation, match="already cancelled"):
         c.request("cancel", id=job["id"])
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLLAB_PASSPHRASE": "pw"}
+    return subprocess.run([*COLLAB, "--home", str(home), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_node_local_api_status_and_jobs_cli(orch: Orch, game_env: GameEnv, tmp_path_factory: pytest.TempPathFactory) -> None:  # noqa: F811
+    home = tmp_path_factory.mktemp("node-home")
+    node_ident = _funded_registered(game_env.w3, game_env.deployment, home, "node-a")
+    game_env.deployment.save(home / "deployment.json")
+    assert _cli(home, "node", "status").returncode == 5  # nothing running yet
+    env = {**os.environ, "COLLAB_PASSPHRASE": "pw"}
+    proc = subprocess.Popen(
+        [*COLLAB, "--home", str(home), "node", "start", "--orchestrator", orch.info["endpoint"],
+         "--orchestrator-id", str(orch.info["identity_id"]), "--source", "127.0.0.3", "--heartbeat", "0.3"],
+        stdout=subprocess.PIPE, stderr=open(home / "node.log", "w"), text=True, env=env)
+    try:
+        ready = json.loads(proc.stdout.readline() if proc.stdout else "")
+        assert ready["orchestrator"] == orch.info["address"] and (home / "node.sock").exists()
+        assert oct((home / "node.sock").stat().st_mode & 0o777) == "0o600"
+        time.sleep(0.8)
+        status = json.loads(_cli(home, "--json", "node", "status").stdout)
+        assert status["connected"] is True and status["address"] == node_ident.address
+        assert status["orchestrator_address"] == orch.info["address"]
+
+        from orchestrator.client import NodeSocketClient
+
+        api = NodeSocketClient(home / "node.sock")
+        claim = claim_to_json(game_env.claimer_agent().claim_input())
+        job = api.request("submit", kind="claim", payload={"claim": claim}, needs=[Account.create().address], timeout=60)["job"]
+        listed = json.loads(_cli(home, "--json", "jobs", "list").stdout)["jobs"]
+        assert job["id"] in {j["id"] for j in listed}
+        shown = json.loads(_cli(home, "--json", "jobs", "show", job["id"]).stdout)
+        assert shown["state"] == "created" and shown["payload"]["submitter"] == node_ident.address
+        assert json.loads(_cli(home, "--json", "jobs", "cancel", job["id"]).stdout)["state"] == "cancelled"
+        again = _cli(home, "jobs", "cancel", job["id"])
+        assert again.returncode == 6 and again.stderr.startswith("error:") and "Traceback" not in again.stderr
+        missing = _cli(home, "jobs", "show", "0xdead")
+        assert missing.returncode == 3 and "no job" in missing.stderr
+        human = _cli(home, "node", "status")
+        assert human.returncode == 0 and node_ident.address in human.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert not (home / "node.sock").exists()
+    assert _cli(home, "node", "status").returncode == 5
+    time.sleep(1.6)  # the orchestrator's heartbeat timeout in these tests is 1.5 s
+    nodes = {n["address"]: n for n in orch.client(game_env.claimer).request("nodes")}
+    assert nodes[node_ident.address]["status"] == "away" and nodes[node_ident.address]["endpoint"] == "127.0.0.3"

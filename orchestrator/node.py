@@ -1,0 +1,122 @@
+"""The participant node: one process per home, between user commands and the orchestrator.
+
+User commands never hold a ZMQ link or the unlocked keys themselves: they send
+JSON lines to the node's Unix socket (``node.sock``, mode 0600, so only the
+home's owner can use it), and the node signs and forwards what needs the
+orchestrator. A heartbeat thread keeps the orchestrator's view of this node
+fresh and records whether the orchestrator is reachable, for ``node status``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socketserver
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from collab.errors import BadInput, CollabError
+from orchestrator.client import OrchestratorClient
+
+log = logging.getLogger("collab.node")
+
+FORWARDED = {"jobs", "job", "cancel", "submit", "nodes", "ping"}
+
+
+class Node:
+    """State shared by the local API handlers and the heartbeat thread."""
+
+    def __init__(self, client: OrchestratorClient, socket_path: Path, *, endpoint: str = "",
+                 heartbeat_interval: float = 1.0) -> None:
+        self.client, self.socket_path, self.endpoint = client, Path(socket_path), endpoint
+        self.heartbeat_interval = heartbeat_interval
+        self._lock = threading.Lock()  # one ZMQ socket, many API threads
+        self._stop = threading.Event()
+        self.started = time.time()
+        self.last_ok: float | None = None
+        self.last_error: str | None = None
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+
+    def forward(self, op: str, **fields: Any) -> Any:
+        with self._lock:
+            return self.client.request(op, **fields)
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        connected = self.last_ok is not None and now - self.last_ok < 3 * self.heartbeat_interval + 1
+        return {"address": self.client.account.address, "orchestrator": self.client.endpoint.split(";")[-1],
+                "orchestrator_address": self.client.orchestrator, "chain_id": self.client.chain_id,
+                "connected": connected, "last_heartbeat": self.last_ok, "last_error": self.last_error,
+                "uptime": round(now - self.started, 1), "socket": str(self.socket_path), "pid": os.getpid()}
+
+    def handle(self, request: Any) -> dict[str, Any]:
+        try:
+            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                raise BadInput("request must be a JSON object with an op")
+            fields = {k: v for k, v in request.items() if k != "op"}
+            op = request["op"]
+            if op == "status":
+                return {"ok": True, "result": self.status()}
+            if op in FORWARDED:
+                return {"ok": True, "result": self.forward(op, **fields)}
+            raise BadInput(f"unknown node op {op!r}")
+        except CollabError as exc:
+            return {"ok": False, **exc.to_json()}
+
+    def _heartbeats(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.forward("heartbeat", endpoint=self.endpoint, info={"pid": os.getpid()})
+                self.last_ok, self.last_error = time.time(), None
+            except CollabError as exc:
+                self.last_error = str(exc)
+                log.warning("heartbeat failed: %s", exc)
+            self._stop.wait(self.heartbeat_interval)
+
+    def bind(self) -> None:
+        """Create ``node.sock`` (0600) now, so a ready message printed after this is true."""
+        node = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for line in self.rfile:
+                    try:
+                        reply = node.handle(json.loads(line))
+                    except ValueError as exc:
+                        reply = {"ok": False, **BadInput(f"request is not JSON: {exc}").to_json()}
+                    self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+        if self.socket_path.exists():
+            self.socket_path.unlink()  # a stale socket from a dead node
+        old_umask = os.umask(0o177)
+        try:
+            self._server = socketserver.ThreadingUnixStreamServer(str(self.socket_path), Handler)
+        finally:
+            os.umask(old_umask)
+        self._server.daemon_threads = True
+
+    def serve_forever(self) -> None:
+        if self._server is None:
+            self.bind()
+        assert self._server is not None
+        if self._stop.is_set():
+            self._server.server_close()
+            self.socket_path.unlink(missing_ok=True)
+            return
+        beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self._stop.set()
+            self._server.server_close()
+            self.socket_path.unlink(missing_ok=True)
+            self.client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            threading.Thread(target=self._server.shutdown, daemon=True).start()
