@@ -159,6 +159,19 @@ def test_a_wrong_ties_threshold_witness_loses_at_the_assertion(env: GameEnv, dis
     assert env.manager().claim_status(d.claim_id) == ClaimStatus.REJECTED
 
 
+def test_the_claimer_watcher_answers_data_challenges_from_its_store(env: GameEnv, dispute_for: Callable[..., Dispute]) -> None:
+    from collab.fraudproof.agents import ChallengerAgent
+
+    job = builders.fedavg(_states(2), [1, 1])
+    d = dispute_for(job, {})
+    asker = ChallengerAgent(env.manager(env.challengers[2]), env.game(env.challengers[2]), job.trace())
+    cid = asker.challenge_input(d.claim_id, 1)
+    assert env.data().open_challenges(d.claim_id) == [cid]
+    events = d.claimer_watcher.poll()
+    assert f"answered data challenge {cid}" in " ".join(events)
+    assert env.data().open_challenges(d.claim_id) == []
+
+
 def test_honest_claim_is_not_challenged(env: GameEnv, dispute_for: Callable[..., Dispute]) -> None:
     d = dispute_for(builders.fedavg(_states(2), [1, 1]), {})
     events = d.watcher.poll()

@@ -226,6 +226,11 @@ class Watcher:
                 continue
             if claim.claimer.lower() != self.account.address.lower():
                 continue
+            if self.data.open_challenges(claim_id):
+                trace = self._own_trace(claim_id)
+                agent = ClaimerAgent(self.manager, self.game, self.data, trace, job_id=b"\x00" * 32)
+                for cid in agent.answer_data(claim_id):
+                    out.append(f"claim 0x{claim_id.hex()[:12]}: answered data challenge {cid}")
             topic = "0x" + claim_id.hex()
             for e in self.manager._events("ChallengeOpened", from_block=self.deploy_block, topics=[None, topic]):
                 gid = int(e.args["challengeId"])
@@ -233,6 +238,12 @@ class Watcher:
                     self._record_game(gid, claim_id, "claimer", "open")
                     out.append(f"claim 0x{claim_id.hex()[:12]}: challenged in game {gid}; defending")
         return out
+
+    def _own_trace(self, claim_id: bytes) -> Trace:
+        """The trace this home posted for its claim (exactly as committed, from the store)."""
+        if claim_id not in self._traces:
+            self._traces[claim_id] = self.store.trace(claim_id)
+        return self._traces[claim_id]
 
     def _play(self, rec: GameRecord) -> list[str]:
         g = self.game.get_game(rec.game_id)
@@ -243,8 +254,7 @@ class Watcher:
             if rec.role == "challenger":
                 moved = ChallengerAgent(self.manager, self.game, self.reference(rec.claim_id)).act(rec.game_id)
             else:
-                trace = self._traces.get(rec.claim_id) or self.store.trace(rec.claim_id)
-                self._traces[rec.claim_id] = trace
+                trace = self._own_trace(rec.claim_id)
                 moved = ClaimerAgent(self.manager, self.game, self.data, trace, job_id=b"\x00" * 32, log2k=self.log2k).act(rec.game_id)
         except CollabError as exc:
             return [f"{tag}: move failed: {exc}"]
