@@ -178,6 +178,7 @@ def _wait(orch: Orch, job_id: str, states: set[str], timeout: float = 30) -> str
     raise AssertionError(f"job {job_id} stuck in {orch.job_state(job_id)}; wanted {states}")
 
 
+@pytest.mark.slow
 def test_claim_job_resumes_after_sigkill_and_never_double_posts(
     orch: Orch, member: LocalAccount, game_env: GameEnv, chain_snapshot: str, time_travel: Callable[[int], int],  # noqa: F811
 ) -> None:
@@ -229,11 +230,17 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*COLLAB, "--home", str(home), *args], capture_output=True, text=True, env=env, timeout=60)
 
 
+@pytest.mark.slow
 def test_node_local_api_status_and_jobs_cli(orch: Orch, game_env: GameEnv, tmp_path_factory: pytest.TempPathFactory) -> None:  # noqa: F811
     home = tmp_path_factory.mktemp("node-home")
     node_ident = _funded_registered(game_env.w3, game_env.deployment, home, "node-a")
     game_env.deployment.save(home / "deployment.json")
     assert _cli(home, "node", "status").returncode == 5  # nothing running yet
+    both = _cli(home, "node", "start", "--orchestrator-key", "x" * 40, "--orchestrator-id", "1")
+    assert both.returncode == 2 and "exactly one" in both.stderr
+    wrong_id = _cli(home, "node", "start", "--orchestrator", orch.info["endpoint"], "--orchestrator-id",
+                    str(IdentityRegistryClient.from_deployment(game_env.deployment, game_env.w3).id_of(game_env.claimer.address)))
+    assert wrong_id.returncode != 0 and "Traceback" not in wrong_id.stderr  # that ID's key is not the server's
     env = {**os.environ, "COLLAB_PASSPHRASE": "pw"}
     proc = subprocess.Popen(
         [*COLLAB, "--home", str(home), "node", "start", "--orchestrator", orch.info["endpoint"],
@@ -253,7 +260,7 @@ def test_node_local_api_status_and_jobs_cli(orch: Orch, game_env: GameEnv, tmp_p
         api = NodeSocketClient(home / "node.sock")
         claim = claim_to_json(game_env.claimer_agent().claim_input())
         job = api.request("submit", kind="claim", payload={"claim": claim}, needs=[Account.create().address], timeout=60)["job"]
-        listed = json.loads(_cli(home, "--json", "jobs", "list").stdout)["jobs"]
+        listed = json.loads(_cli(home, "jobs", "list", "--json").stdout)["jobs"]
         assert job["id"] in {j["id"] for j in listed}
         shown = json.loads(_cli(home, "--json", "jobs", "show", job["id"]).stdout)
         assert shown["state"] == "created" and shown["payload"]["submitter"] == node_ident.address

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from collab.commands._common import emit, settings
+from collab.commands._common import emit, settings, state
 
 group = click.Group("jobs", help="List, inspect and cancel orchestrator jobs (via the local node).")
 
@@ -16,7 +16,19 @@ def _node(ctx: click.Context):  # type: ignore[no-untyped-def]
     return NodeSocketClient(settings(ctx).node_socket)
 
 
+def json_flag(f):  # type: ignore[no-untyped-def]
+    """``--json`` after the subcommand too (``collab jobs list --json``), same as the global flag."""
+
+    def enable(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            state(ctx).json_output = True
+
+    return click.option("--json", "json_local", is_flag=True, expose_value=False, is_eager=True, callback=enable,
+                        help="Print results as JSON on stdout.")(f)
+
+
 @group.command("list")
+@json_flag
 @click.pass_context
 def list_jobs(ctx: click.Context) -> None:
     """Every job the orchestrator knows, oldest first."""
@@ -29,6 +41,7 @@ def list_jobs(ctx: click.Context) -> None:
 
 @group.command("show")
 @click.argument("job_id")
+@json_flag
 @click.pass_context
 def show(ctx: click.Context, job_id: str) -> None:
     """One job, with its recorded data (claim id, tx hashes)."""
@@ -37,6 +50,7 @@ def show(ctx: click.Context, job_id: str) -> None:
 
 @group.command("cancel")
 @click.argument("job_id")
+@json_flag
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job you submitted (refused once it is terminal)."""
