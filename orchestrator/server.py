@@ -159,7 +159,10 @@ class OrchestratorServer:
             return {"pong": True, "identity_id": identity_id, "time": now}
         if op == "heartbeat":
             node = self.nodes.get(sender) or NodeInfo(sender, identity_id, now)
-            node.last_seen, node.endpoint, node.info = now, str(payload.get("endpoint", "")), dict(payload.get("info") or {})
+            info = payload.get("info") or {}
+            if not isinstance(info, dict):
+                raise BadInput("heartbeat info must be an object")
+            node.last_seen, node.endpoint, node.info = now, str(payload.get("endpoint", "")), info
             self.nodes[sender] = node
             return {"status": "online", "timeout": self.heartbeat_timeout}
         if op == "nodes":
@@ -167,9 +170,10 @@ class OrchestratorServer:
                      "status": n.status(now, self.heartbeat_timeout), "last_seen": n.last_seen} for n in self.nodes.values()]
         if op == "submit":
             kind, job_payload = payload.get("kind"), payload.get("payload")
+            needs, timeout = payload.get("needs") or [], payload.get("timeout", 60)
+            if not isinstance(needs, list) or not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+                raise BadInput("needs must be a list of addresses and timeout a positive number of seconds")
             validate_kind(str(kind), job_payload, self.handlers)
-            needs = payload.get("needs") or []
-            timeout = float(payload.get("timeout", 60))
             body = {**job_payload, "submitter": sender, "needs": [str(a) for a in needs]}
             job, created = self.store.create(str(kind), body, deadline=now + timeout if needs else None)
             return {"job": job.to_json(), "created": created}
@@ -187,7 +191,11 @@ class OrchestratorServer:
     # ---------------------------------------------------------------- runner
 
     def _run_jobs(self) -> None:
+        last_prune = 0.0
         while not self._stop.wait(self.runner_interval):
+            if time.monotonic() - last_prune > 60:
+                self.store.prune_nonces()  # expired requests are refused by their expiry anyway
+                last_prune = time.monotonic()
             for job in self.store.active():
                 try:
                     self._advance(job)

@@ -138,6 +138,11 @@ def test_hostile_requests_get_error_replies_and_the_server_keeps_serving(orch: O
         c.request("submit", kind="teleport", payload={})
     with pytest.raises(BadInput, match="malformed claim"):
         c.request("submit", kind="claim", payload={"claim": {"job_id": "0x12"}})
+    for bad_fields in ({"needs": "everyone"}, {"timeout": "soon"}, {"timeout": -1}):
+        with pytest.raises(BadInput, match="needs must be"):
+            c.request("submit", kind="claim", payload={"claim": {}}, **bad_fields)
+    with pytest.raises(BadInput, match="heartbeat info"):
+        c.request("heartbeat", info=[1, 2])
     assert c.request("ping")["pong"] is True  # still serving
 
 
