@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from collab.errors import BadInput, CollabError
+from collab.vault import Vault
 from orchestrator.client import OrchestratorClient
 
 log = logging.getLogger("collab.node")
@@ -30,8 +31,9 @@ class Node:
     """State shared by the local API handlers and the heartbeat thread."""
 
     def __init__(self, client: OrchestratorClient, socket_path: Path, *, endpoint: str = "",
-                 heartbeat_interval: float = 1.0) -> None:
+                 heartbeat_interval: float = 1.0, vault: Vault | None = None) -> None:
         self.client, self.socket_path, self.endpoint = client, Path(socket_path), endpoint
+        self.vault = vault
         self.heartbeat_interval = heartbeat_interval
         self._lock = threading.Lock()  # one ZMQ socket, many API threads
         self._stop = threading.Event()
@@ -50,7 +52,8 @@ class Node:
         return {"address": self.client.account.address, "orchestrator": self.client.endpoint.split(";")[-1],
                 "orchestrator_address": self.client.orchestrator, "chain_id": self.client.chain_id,
                 "connected": connected, "last_heartbeat": self.last_ok, "last_error": self.last_error,
-                "uptime": round(now - self.started, 1), "socket": str(self.socket_path), "pid": os.getpid()}
+                "uptime": round(now - self.started, 1),
+                "vault_entries": len(self.vault.list()) if self.vault is not None else None, "socket": str(self.socket_path), "pid": os.getpid()}
 
     def handle(self, request: Any) -> dict[str, Any]:
         try:
@@ -60,6 +63,9 @@ class Node:
             op = request["op"]
             if op == "status":
                 return {"ok": True, "result": self.status()}
+            if op == "vault":
+                entries = self.vault.list() if self.vault is not None else []
+                return {"ok": True, "result": [e.to_json() for e in entries]}
             if op in FORWARDED:
                 return {"ok": True, "result": self.forward(op, **fields)}
             raise BadInput(f"unknown node op {op!r}")

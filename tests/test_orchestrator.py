@@ -258,11 +258,17 @@ def test_node_local_api_status_and_jobs_cli(orch: Orch, game_env: GameEnv, tmp_p
         time.sleep(0.8)
         status = json.loads(_cli(home, "--json", "node", "status").stdout)
         assert status["connected"] is True and status["address"] == node_ident.address
-        assert status["orchestrator_address"] == orch.info["address"]
+        assert status["orchestrator_address"] == orch.info["address"] and status["vault_entries"] == 0
 
         from orchestrator.client import NodeSocketClient
 
         api = NodeSocketClient(home / "node.sock")
+        from collab.vault import Vault
+
+        Vault(home / "vault", owner=node_ident.x25519_public).put(b"weights")
+        assert [e["plaintext_size"] for e in api.request("vault")] == [7]
+        with pytest.raises(BadInput, match="unknown node op"):
+            api.request("format-disk")
         claim = claim_to_json(game_env.claimer_agent().claim_input())
         job = api.request("submit", kind="claim", payload={"claim": claim}, needs=[Account.create().address], timeout=60)["job"]
         listed = json.loads(_cli(home, "jobs", "list", "--json").stdout)["jobs"]

@@ -60,7 +60,10 @@ def start(ctx: click.Context, endpoint: str, orchestrator_key: str | None, orche
     if expected_address is not None and hello["address"].lower() != expected_address.lower():
         raise BadInput(f"orchestrator at {endpoint} is {hello['address']}, not Sahara ID {orchestrator_id}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    node = Node(client, conf.node_socket, endpoint=source or "", heartbeat_interval=heartbeat)
+    from collab.vault import Vault
+
+    vault = Vault(conf.vault_dir, owner=me.x25519_public)
+    node = Node(client, conf.node_socket, endpoint=source or "", heartbeat_interval=heartbeat, vault=vault)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     node.bind()
     click.echo(json.dumps({"socket": str(conf.node_socket), "address": me.address, "orchestrator": hello["address"]}))
