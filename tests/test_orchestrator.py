@@ -243,7 +243,7 @@ def test_node_local_api_status_and_jobs_cli(orch: Orch, game_env: GameEnv, tmp_p
     assert _cli(home, "node", "status").returncode == 5  # nothing running yet
     both = _cli(home, "node", "start", "--orchestrator-key", "x" * 40, "--orchestrator-id", "1")
     assert both.returncode == 2 and "exactly one" in both.stderr
-    wrong_id = _cli(home, "node", "start", "--orchestrator", orch.info["endpoint"], "--orchestrator-id",
+    wrong_id = _cli(home, "node", "start", "--orchestrator", orch.info["endpoint"], "--timeout", "2", "--orchestrator-id",
                     str(IdentityRegistryClient.from_deployment(game_env.deployment, game_env.w3).id_of(game_env.claimer.address)))
     assert wrong_id.returncode != 0 and "Traceback" not in wrong_id.stderr  # that ID's key is not the server's
     env = {**os.environ, "COLLAB_PASSPHRASE": "pw"}
@@ -290,3 +290,13 @@ def test_node_local_api_status_and_jobs_cli(orch: Orch, game_env: GameEnv, tmp_p
     time.sleep(1.6)  # the orchestrator's heartbeat timeout in these tests is 1.5 s
     nodes = {n["address"]: n for n in orch.client(game_env.claimer).request("nodes")}
     assert nodes[node_ident.address]["status"] == "away" and nodes[node_ident.address]["endpoint"] == "127.0.0.3"
+
+
+@pytest.mark.slow
+def test_load_benchmark_runs_bounded_and_loses_nothing(tmp_path: Path) -> None:
+    from benchmarks.orchestrator import run
+
+    res = run(results_dir=tmp_path, clients=3, duration=1.5)
+    assert res["lost"] == 0 and res["ok"] > 10 and res["sent"] == res["ok"]
+    assert (tmp_path / "orchestrator.json").exists() and (tmp_path / "orchestrator.png").exists()
+    assert res["latency_ms"]["p50"] <= res["latency_ms"]["p99"]

@@ -24,9 +24,10 @@ group = click.Group("node", help="Run or query this home's participant node.")
 @click.option("--orchestrator-id", type=int, default=None, help="Orchestrator Sahara ID (its key is read on-chain).")
 @click.option("--source", default=None, help="Local address to connect from (e.g. 127.0.0.3), for multi-host setups.")
 @click.option("--heartbeat", default=1.0, show_default=True, help="Seconds between heartbeats.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for any orchestrator reply.")
 @click.pass_context
 def start(ctx: click.Context, endpoint: str, orchestrator_key: str | None, orchestrator_id: int | None,
-          source: str | None, heartbeat: float) -> None:
+          source: str | None, heartbeat: float, timeout: float) -> None:
     """Serve node.sock until SIGINT/SIGTERM; prints one JSON ready line."""
     from orchestrator.client import OrchestratorClient
     from orchestrator.node import Node
@@ -54,7 +55,7 @@ def start(ctx: click.Context, endpoint: str, orchestrator_key: str | None, orche
     host_port = endpoint.removeprefix("tcp://")
     connect = f"tcp://{source}:0;{host_port}" if source else endpoint
     client = OrchestratorClient(connect, key, me.account, chain_id=0, orchestrator="0x" + "00" * 20,
-                                curve_keypair=(me.curve_public_z85, me.curve_secret_z85))
+                                curve_keypair=(me.curve_public_z85, me.curve_secret_z85), timeout=timeout)
     hello = client.hello()
     # INVARIANT: with --orchestrator-id, the key-pinned link must lead to that identity's account.
     if expected_address is not None and hello["address"].lower() != expected_address.lower():
