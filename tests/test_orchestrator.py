@@ -284,7 +284,11 @@ def test_node_local_api_status_and_jobs_cli(orch: Orch, game_env: GameEnv, tmp_p
         assert human.returncode == 0 and node_ident.address in human.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
     assert not (home / "node.sock").exists()
     assert _cli(home, "node", "status").returncode == 5
     time.sleep(1.6)  # the orchestrator's heartbeat timeout in these tests is 1.5 s
