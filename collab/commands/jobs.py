@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
 import click
 from rich.table import Table
 
 from collab.commands._common import emit, settings, state
 
+if TYPE_CHECKING:
+    from orchestrator.client import NodeSocketClient
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 group = click.Group("jobs", help="List, inspect and cancel orchestrator jobs (via the local node).")
 
 
-def _node(ctx: click.Context):  # type: ignore[no-untyped-def]
+def _node(ctx: click.Context) -> NodeSocketClient:
     from orchestrator.client import NodeSocketClient
 
     return NodeSocketClient(settings(ctx).node_socket)
 
 
-def json_flag(f):  # type: ignore[no-untyped-def]
+def json_flag(f: F) -> F:
     """``--json`` after the subcommand too (``collab jobs list --json``), same as the global flag."""
 
     def enable(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
