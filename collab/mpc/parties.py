@@ -36,6 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -187,18 +188,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     args = ap.parse_args(argv)
+    return run_party_process(
+        args.rank, args.out, lambda: run_party(args.rank, args.world, args.master, json.loads(args.job.read_text()), args.timeout)
+    )
+
+
+def run_party_process(rank: int, out: Path, body: Callable[[], dict[str, Any]]) -> int:
+    """Run a party process's body, write its result atomically to ``out`` and return the exit code.
+
+    The parent reads only complete result files, and a party's failure becomes
+    one stderr line plus the error's exit code, which the parent's watchdog
+    reports (a peer vanishing surfaces here as a gloo RuntimeError).
+    """
     try:
-        job = json.loads(args.job.read_text())
-        result = run_party(args.rank, args.world, args.master, job, args.timeout)
-        tmp = args.out.with_suffix(".tmp")
+        result = body()
+        tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(result))
-        tmp.replace(args.out)
+        tmp.replace(out)
         return 0
     except CollabError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    except Exception as exc:  # a peer vanishing surfaces as a gloo RuntimeError
-        print(f"error: party {args.rank} failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+    except Exception as exc:
+        print(f"error: party {rank} failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return 10
 
 

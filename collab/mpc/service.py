@@ -71,7 +71,9 @@ import collab.mpc.compat as compat
 from collab.dp.output import Budgets, EpsilonLedger, Mechanism, OutputNoise, clip_rows
 from collab.errors import BadInput, CollabError, NotFound, Unauthorized, Unavailable, UsageError
 from collab.metering import CallReceipt, check_progress, request_hash, sign_call_receipt, verify_call_receipt
-from collab.mpc.parties import CLIENT, DEFAULT_TIMEOUT, OWNER, PROGRESS, PartyGroup, PartyStats, _share, free_port
+from collab.mpc.parties import (
+    CLIENT, DEFAULT_TIMEOUT, OWNER, PROGRESS, PartyGroup, PartyStats, _share, free_port, run_party_process,
+)
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -213,18 +215,9 @@ def party_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     args = ap.parse_args(argv)
-    try:
-        result = run_party(args.rank, args.master, json.loads(args.job.read_text()), args.timeout)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(args.out)
-        return 0
-    except CollabError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
-    except Exception as exc:  # a vanished peer surfaces as a gloo RuntimeError
-        print(f"error: party {args.rank} failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
-        return 10
+    return run_party_process(
+        args.rank, args.out, lambda: run_party(args.rank, args.master, json.loads(args.job.read_text()), args.timeout)
+    )
 
 
 class ServiceParties(PartyGroup):
