@@ -24,8 +24,10 @@ so the hiding is kept) to shrink it.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -56,9 +58,19 @@ class BfvParams:
     reply_moduli: int = 2  # data moduli kept in a flooded reply
 
 
+_SCRATCH: dict[int, Path] = {}
+
+
 def _scratch_dir() -> Path:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="collab-he-", dir=base))
+    """A RAM-backed directory for SEAL's file-only (de)serialisation, under one per-process root removed at exit."""
+    pid = os.getpid()
+    if pid not in _SCRATCH:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        path = Path(tempfile.mkdtemp(prefix="collab-he-", dir=base))
+        _SCRATCH[pid] = path
+        atexit.register(shutil.rmtree, path, True)
+    # One subdirectory per suite: two suites of one process (tests' run_pair) never share file names.
+    return Path(tempfile.mkdtemp(dir=_SCRATCH[pid]))
 
 
 class BfvSuite:
