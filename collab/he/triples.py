@@ -641,7 +641,9 @@ def run_pair(fn_name: str, *args: object, params: BfvParams | None = None) -> tu
 
     For tests and benchmarks: the two parties share nothing but the bytes on the channel.
     """
-    ch0, ch1 = QueueChannel.pair()
+    # A short peer timeout: if one party fails, the other gives up within two
+    # minutes instead of waiting out the network default.
+    ch0, ch1 = QueueChannel.pair(timeout=120.0)
     suites = (BfvSuite(params), BfvSuite(params))
     gens = [TripleGenerator(HeParty(suites[i]), ch) for i, ch in enumerate((ch0, ch1))]
     results: list[object] = [None, None]
