@@ -21,14 +21,14 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from collab import sqlite_store
 from collab.errors import BadInput, Unauthorized
 
 Mechanism = Literal["gaussian", "laplace"]
@@ -163,13 +163,8 @@ class EpsilonLedger:
         with self._db() as db:
             db.executescript(_SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite_store.connect(self.path)
 
     def spent(self, asset_id: int, licensee: str | None = None) -> float:
         """ε charged so far (reserved or spent) for the asset, or for one licensee of it."""

@@ -58,8 +58,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -69,6 +69,7 @@ import torch
 
 import collab.mpc.compat as compat
 from collab.dp.output import Budgets, EpsilonLedger, Mechanism, OutputNoise, clip_rows
+from collab import sqlite_store
 from collab.errors import BadInput, CollabError, NotFound, Unauthorized, Unavailable, UsageError
 from collab.metering import CallReceipt, check_progress, request_hash, sign_call_receipt, verify_call_receipt
 from collab.mpc.parties import (
@@ -331,13 +332,8 @@ class MeterStore:
         with self._db() as db:
             db.executescript(_METER_SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite_store.connect(self.path)
 
     def latest(self, license_id: int) -> tuple[CallReceipt, bytes, int] | None:
         """(receipt, signature, posted_total) held for the license, or None."""
