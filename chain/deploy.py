@@ -240,4 +240,28 @@ def _deploy_fraud_proof(d: _Deployer, params: str, identity: str, assets: str, a
     d.send("ClaimManager", "initialize", game.address, da.address)
     for name in ("Shares", "Receipts", "AssetRegistry", "IdentityRegistry"):
         d.send(name, "grantRole", d.read(name, "SETTLEMENT_ROLE"), manager.address)
+    _deploy_merge_registry(d, assets)
+    _deploy_round_registry(d, identity, assets)
 
+
+def _deploy_merge_registry(d: _Deployer, assets: str) -> None:
+    """MergeRegistry (claimed merges, docs/merging.md): settlement roles and an allowed ClaimManager hook."""
+    if "MergeRegistry" not in d.artifacts:
+        return
+    merges = d.deploy("MergeRegistry", d.clients["ClaimManager"].address, assets, d.clients["Receipts"].address,
+                      d.clients["Licensing"].address)
+    for name in ("Shares", "Receipts", "AssetRegistry"):
+        d.send(name, "grantRole", d.read(name, "SETTLEMENT_ROLE"), merges.address)
+    d.send("ClaimManager", "setSettlementHook", merges.address, True)
+
+
+def _deploy_round_registry(d: _Deployer, identity: str, assets: str) -> None:
+    """RoundRegistry (training rounds, docs/contracts.md): settlement roles, an allowed hook, REGISTRY_ROLE."""
+    if "RoundRegistry" not in d.artifacts:
+        return
+    manager = d.clients["ClaimManager"].address
+    rounds = d.deploy("RoundRegistry", identity, manager, assets, d.clients["Receipts"].address)
+    for name in ("Shares", "Receipts", "AssetRegistry"):
+        d.send(name, "grantRole", d.read(name, "SETTLEMENT_ROLE"), rounds.address)
+    d.send("ClaimManager", "setSettlementHook", rounds.address, True)
+    d.send("ClaimManager", "grantRole", d.read("ClaimManager", "REGISTRY_ROLE"), rounds.address)

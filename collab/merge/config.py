@@ -4,8 +4,8 @@ The file format is mergekit's own (``merge_method``, ``base_model``,
 ``models: [{model, parameters}]``, ``parameters``, ``dtype``) so configs move
 between collab and ``mergekit-yaml`` unchanged, with three additions:
 
-* an input may name a registered asset instead of a path: ``model: {asset: 7}``
-  (resolved to a local directory by an :data:`AssetResolver`, which is where
+* an input may name a registered asset instead of a path: ``model: asset:7`` or
+  ``model: {asset: 7}`` (resolved to a local directory by an :data:`AssetResolver`, which is where
   the on-chain ownership/license check belongs);
 * a LoRA adapter applied onto a base is ``model: ./base+./lora`` (mergekit's
   syntax) or ``model: {model: ./base, lora: ./lora}``;
@@ -37,6 +37,7 @@ DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
 
 _TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype"}
 _MODEL_KEYS = {"model", "parameters", "statistics"}
+ASSET_PREFIX = "asset:"
 
 AssetResolver = Callable[[int], Path]
 """Maps an asset id to a local model directory; raises a CollabError when it cannot."""
@@ -218,10 +219,12 @@ def _parse_input(item: Any, base_dir: Path, index: int, method: str) -> ModelInp
 
 
 def _parse_ref(value: Any, base_dir: Path, what: str) -> ModelRef:
-    """``path``, ``path+lora``, ``{asset: id}``, ``{model: path|{asset: id}, lora: path}``."""
+    """``path``, ``path+lora``, ``asset:id``, ``{asset: id}``, ``{model: path|{asset: id}, lora: path}``."""
     if isinstance(value, str):
         if not value.strip():
             raise BadInput(f"{what} is an empty path")
+        if value.startswith(ASSET_PREFIX):
+            return _parse_ref({"asset": _asset_number(value, what)}, base_dir, what)
         if "+" in value and not _path(value, base_dir).exists():
             model_part, _, lora_part = value.partition("+")
             if not model_part or not lora_part or "+" in lora_part:
@@ -252,6 +255,13 @@ def _parse_ref(value: Any, base_dir: Path, what: str) -> ModelRef:
             raise BadInput(f"{what}.lora must be an adapter directory")
         return replace(head, lora=_path(lora, base_dir))
     raise BadInput(f"{what} must be a path or a mapping, got {type(value).__name__}")
+
+
+def _asset_number(text: str, what: str) -> int:
+    digits = text[len(ASSET_PREFIX):].strip()
+    if not digits.isdigit():
+        raise BadInput(f"{what}: {text!r} is not `asset:<id>`")
+    return int(digits)
 
 
 def _parameters(value: Any, what: str) -> dict[str, Any]:
