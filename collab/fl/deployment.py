@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from collab.config import ENV_PASSPHRASE
 from collab.errors import BadInput, InternalError, Unavailable
 from collab.fl.app import APP_DIR
 from collab.fl.data import load_user_data
@@ -123,10 +124,11 @@ class FlowerDeployment:
         self.home = Path(self.home)
         self.port = self.port or free_port()
 
-    def _spawn(self, name: str, args: list[str], flwr_home: Path) -> FlowerProcess:
+    def _spawn(self, name: str, args: list[str], flwr_home: Path, extra_env: dict[str, str] | None = None) -> FlowerProcess:
         log = flwr_home / f"{name}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=flower_env(flwr_home))
+            env = {**flower_env(flwr_home), **(extra_env or {})}
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.processes[name] = FlowerProcess(name, proc, log)
         return self.processes[name]
 
@@ -156,10 +158,25 @@ class FlowerDeployment:
                 time.sleep(0.2)
         raise Unavailable(f"flower-superlink did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
 
-    def add_participant(self, participant: str, home: Path, data: Path, threads: int = 1) -> FlowerProcess:
+    def add_participant(
+        self,
+        participant: str,
+        home: Path,
+        data: Path,
+        threads: int = 1,
+        *,
+        passphrase: str | None = None,
+        keep_inputs: bool = False,
+        stall: str = "",
+    ) -> FlowerProcess:
         """Validate the participant's data, then start its SuperNode with FLWR_HOME in its home.
 
-        Raises :class:`BadInput` (nothing started) when the data is malformed.
+        ``passphrase`` unlocks the identity in ``home`` (given to the SuperNode
+        as ``COLLAB_PASSPHRASE``; its ClientApps sign with it). ``keep_inputs``
+        keeps the node's own SecAgg inputs in its home (audits, tests);
+        ``stall`` names a SecAgg stage at which the node hangs (fault
+        injection for tests). Raises :class:`BadInput` (nothing started) when
+        the data is malformed.
         """
         load_user_data(data)  # fail before any process or round exists
         flwr_home = Path(home) / "flower"
@@ -170,7 +187,10 @@ class FlowerDeployment:
                 "participant-id": participant,
                 "data-path": str(Path(data).resolve()),
                 "ledger-path": str((Path(home) / "privacy_ledger.json").resolve()),
+                "home": str(Path(home).resolve()),
                 "threads": threads,
+                "keep-inputs": keep_inputs,
+                "secagg-stall": stall,
             },
         )
         return self._spawn(
@@ -178,6 +198,7 @@ class FlowerDeployment:
             [str(BIN_DIR / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
              "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", str(node_config)],
             flwr_home,
+            {ENV_PASSPHRASE: passphrase} if passphrase else None,
         )
 
     def kill_participant(self, participant: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import pickle
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,32 @@ class SecAggParticipant:
         self._signed: tuple[int, ...] | None = None
         self._signature: ConsistencySignature | None = None
         self._revealed: dict[int, str] = {}  # owner -> "seed" | "key"
+
+    # ------------------------------------------------------------------ persistence
+
+    def export_state(self) -> bytes:
+        """This participant's secrets and progress, without the identity account.
+
+        Why: a Flower ClientApp is a fresh process per message, so the state
+        between rounds 0-4 lives in the node's own memory (``Context.state``,
+        never sent to the SuperLink). Only :meth:`restore` on the same node
+        reads it back; it is never accepted from the network.
+        """
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_account", "config")}
+        return pickle.dumps((self.config.to_bytes(), state), protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, blob: bytes, account: LocalAccount) -> SecAggParticipant:
+        """The participant saved by :meth:`export_state`, re-bound to its identity account."""
+        config_bytes, state = pickle.loads(blob)  # noqa: S301 - node-local state this node wrote itself
+        config = RoundConfig.from_bytes(config_bytes)
+        participant = cls.__new__(cls)
+        participant.__dict__.update(state)
+        participant.config = config
+        if account.address != config.member(participant.id).address:
+            raise Unauthorized(f"saved secure-aggregation state belongs to {config.member(participant.id).address}")
+        participant._account = account
+        return participant
 
     # ------------------------------------------------------------------ helpers
 

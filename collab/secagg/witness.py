@@ -25,10 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from collab.errors import ProtocolViolation
+from collab.errors import BadInput, ProtocolViolation
 from collab.secagg import crypto, masking
 from collab.secagg.config import RoundConfig
 from collab.secagg.messages import MaskedInput, SeedCommitment
+from collab.secagg.wire import Reader, Writer
+
+_TAG_WITNESS = 30
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,42 @@ class AggregationWitness:
     def values(self) -> np.ndarray:
         """``RING_TO_FIXED`` of :meth:`replay`, as floats."""
         return masking.decode(self.replay(), self.config.frac_bits)
+
+    def to_bytes(self) -> bytes:
+        """Canonical encoding, so the orchestrator can store a round's witness and claim it later."""
+        w = Writer(_TAG_WITNESS).var(self.config.to_bytes())
+        for ids in (self.survivors, self.dropped):
+            w.u32(len(ids))
+            for u in ids:
+                w.u32(u)
+        w.u32(len(self.masked_inputs))
+        for m in self.masked_inputs:
+            w.var(m.to_bytes())
+        w.u32(len(self.masks))
+        for t in self.masks:
+            w.u32(t.owner).u32(0 if t.peer is None else t.peer).fixed(t.seed, 32).u8(int(t.negate))
+        w.u32(len(self.commitments))
+        for c in self.commitments:
+            w.var(c.to_bytes())
+        return w.finish()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AggregationWitness:
+        """Inverse of :meth:`to_bytes` (BadInput when malformed; run :func:`verify_seed_commitments` to trust it)."""
+        r = Reader(data, _TAG_WITNESS, "aggregation witness")
+        config = RoundConfig.from_bytes(r.var())
+        survivors = tuple(r.u32() for _ in range(r.count()))
+        dropped = tuple(r.u32() for _ in range(r.count()))
+        masked = tuple(MaskedInput.from_bytes(r.var()) for _ in range(r.count()))
+        masks = []
+        for _ in range(r.count()):
+            owner, peer, seed, negate = r.u32(), r.u32(), r.fixed(32), r.u8()
+            if negate > 1:
+                raise BadInput("malformed mask term in an aggregation witness")
+            masks.append(MaskTerm(owner, peer or None, seed, bool(negate)))
+        commitments = tuple(SeedCommitment.from_bytes(r.var()) for _ in range(r.count()))
+        r.done()
+        return cls(config, survivors, dropped, masked, tuple(masks), commitments)
 
 
 def expected_pairs(config: RoundConfig, survivors: tuple[int, ...], dropped: tuple[int, ...]) -> set[tuple[int, int]]:

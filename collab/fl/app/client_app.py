@@ -1,37 +1,127 @@
-"""ClientApp: one participant's local round, on its own node, with its own data and privacy ledger.
+"""ClientApp: one participant's side of a round, on its own node, with its own data, ledger and keys.
 
-Node-local settings come from the SuperNode's ``--node-config``
-(``participant-id``, ``data-path``, ``ledger-path``); the task and the DP
-parameters from the run config every node shares. The budget is checked in
-the ledger *before* training; a refusal, bad data or a stalled DP-SGD run is
-returned as an error reply with its message, so the ServerApp drops this
-participant for the round and says why.
+Node-local settings come from the SuperNode's ``--node-config`` (``participant-id``,
+``data-path``, ``ledger-path``, ``home``); the identity passphrase from the
+SuperNode's ``COLLAB_PASSPHRASE``; the task and DP parameters from the run
+config every node shares.
+
+Message types (Flower Message API, one ClientApp process per message):
+
+* ``query.hello``: participant name, identity address, declared sample count;
+* ``train``: local DP-SGD from the received global model; the reply carries
+  the signed model receipt, the signed update commitment and, with secure
+  aggregation, the SecAgg round-0 key advertisement instead of the update;
+* ``train.secagg_share`` / ``_mask`` / ``_consistency`` / ``_unmask``:
+  SecAgg rounds 1-4 (``collab.secagg``). The participant's secrets and its
+  update between these messages live in ``Context.state``, which the
+  SuperNode keeps in its own memory and never sends to the SuperLink.
+
+Heavy imports (torch, transformers, Opacus) happen only in ``train``: every
+message starts a fresh process, and the SecAgg stages need none of them.
+A refusal (bad data, exhausted budget, protocol violation) is an error reply
+with its message, so the ServerApp drops this participant and says why.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
 
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from collab.dp.dpsgd import DPConfig, train_dp
-from collab.dp.ledger import PrivacyLedger
-from collab.errors import CollabError
-from collab.fl.app.server_app import task_config
+from collab.config import ENV_PASSPHRASE
+from collab.errors import CollabError, Unauthorized
+from collab.fl import attestation as att
 from collab.fl.data import load_user_data
-from collab.fl.task import build_model, load_trainable, trainable_state
+from collab.identity import Identity
+from collab.secagg import (
+    ConsistencyBroadcast,
+    ForwardedShares,
+    KeyBroadcast,
+    RoundConfig,
+    SecAggParticipant,
+    SurvivorList,
+    TensorLayout,
+)
 
 app = ClientApp()
 ERROR_CODE = 4242  # collab's refusals, distinct from Flower's own error codes
+STATE_KEY = "collab-secagg"
+FRAC_BITS = 24  # update words: n_k · θ_k at 2^-24 (|n_k θ| < 2^38 leaves ample ring headroom)
 
 
-def _train(msg: Message, context: Context) -> Message:
+def _identity(context: Context) -> Identity:
+    home = str(context.node_config.get("home", ""))
+    passphrase = os.environ.get(ENV_PASSPHRASE, "")
+    if not home or not passphrase:
+        raise Unauthorized("this node has no identity home or no COLLAB_PASSPHRASE; it cannot sign its updates")
+    return Identity.load(home, passphrase)
+
+
+def _data(context: Context) -> Any:
+    classes = str(context.run_config["classes"]).split(",")
+    return load_user_data(str(context.node_config["data-path"])).with_classes(classes)
+
+
+def _reply(msg: Message, **configs: dict[str, Any]) -> Message:
+    return Message(RecordDict({k: ConfigRecord(v) for k, v in configs.items()}), reply_to=msg)
+
+
+def _refuse(msg: Message, context: Context, exc: CollabError) -> Message:
+    participant = context.node_config.get("participant-id", "?")
+    return Message(Error(ERROR_CODE, f"{participant}: {exc}"), reply_to=msg)
+
+
+def _guarded(handler: Any) -> Any:
+    def run(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)  # type: ignore[no-any-return]
+        except CollabError as exc:
+            return _refuse(msg, context, exc)
+
+    run.__doc__ = handler.__doc__
+    return run
+
+
+# ---------------------------------------------------------------------- hello
+
+
+@app.query("hello")
+@_guarded
+def hello(msg: Message, context: Context) -> Message:
+    """Who this node is: participant name, identity address, declared sample count (the weight)."""
+    home = str(context.node_config.get("home", ""))
+    address = Identity.read_public(home).address if home else ""
+    return _reply(
+        msg,
+        info={"participant": str(context.node_config["participant-id"]), "address": address,
+              "num-examples": len(_data(context))},
+    )
+
+
+# ---------------------------------------------------------------------- train
+
+
+def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray], MetricRecord]:
+    """DP-SGD from the received model; returns the new travelling weights and the metrics (ε, losses)."""
+    import torch
+
+    from collab.dp.dpsgd import DPConfig, train_dp
+    from collab.dp.ledger import PrivacyLedger
+    from collab.fl.app.server_app import task_config
+    from collab.fl.task import build_model, load_trainable, trainable_state
+
+    torch.set_num_threads(int(context.node_config.get("threads", 1)))
     rc, nc = dict(context.run_config), dict(context.node_config)
     participant = str(nc["participant-id"])
     rnd = int(msg.content["config"]["server-round"])
-    data = load_user_data(str(nc["data-path"])).with_classes(str(rc["classes"]).split(","))
+    data = _data(context)
     dp = DPConfig(
         noise_multiplier=float(rc["noise-multiplier"]),
         max_grad_norm=float(rc["max-grad-norm"]),
@@ -57,18 +147,103 @@ def _train(msg: Message, context: Context) -> Message:
             "steps": report.steps,
         }
     )
-    info = ConfigRecord({"participant": participant})
-    return Message(
-        RecordDict({"arrays": ArrayRecord(trainable_state(model)), "metrics": metrics, "info": info}), reply_to=msg
-    )
+    return {k: v.detach().numpy() for k, v in trainable_state(model).items()}, metrics
+
+
+def _save_opening(context: Context, job: str, rnd: int, salt: bytes, commitment: bytes) -> None:
+    """Keep the salt that opens this node's update commitment (only this node can open it)."""
+    folder = Path(str(context.node_config["home"])) / "flower" / "commitments"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{hashlib.sha256(job.encode()).hexdigest()[:16]}-r{rnd}.json"
+    path.write_text(json.dumps({"job": job, "round": rnd, "salt": salt.hex(), "commitment": commitment.hex()}) + "\n")
+    path.chmod(0o600)
 
 
 @app.train()
+@_guarded
 def train(msg: Message, context: Context) -> Message:
-    """Train locally with DP-SGD and reply with the new adapters, ε spent so far and sample count."""
-    torch.set_num_threads(int(context.node_config.get("threads", 1)))
+    """Train locally, sign the model receipt and the update commitment; start SecAgg or send the update."""
+    from flwr.app import ArrayRecord
+
+    identity = _identity(context)
+    cfg = msg.content["config"]
+    job, rnd, member = str(cfg["job"]), int(cfg["server-round"]), int(cfg["member-id"])
+    received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    receipt = att.sign(identity.account, att.model_receipt_digest(job, rnd, att.model_hash(received)))
+    state, metrics = _local_round(msg, context)
+    weight = int(metrics["num-examples"])
+    layout = TensorLayout.of(state)
+    words = layout.pack({k: v.astype(np.float64) * weight for k, v in state.items()}, FRAC_BITS)
+    round_id = att.job_round_id(job, rnd)
+    salt = os.urandom(32)
+    commitment = att.update_commitment(round_id, salt, words)
+    _save_opening(context, job, rnd, salt, commitment)
+    info: dict[str, Any] = {
+        "participant": str(context.node_config["participant-id"]),
+        "model-receipt": receipt,
+        "update-commitment": commitment,
+        "update-signature": att.sign(identity.account, att.update_digest(round_id, member, weight, commitment)),
+    }
+    if bool(context.node_config.get("keep-inputs", False)):  # audits and tests: this node's own input, locally
+        np.save(Path(str(context.node_config["home"])) / "flower" / f"input-r{rnd}.npy", words)
+    content = RecordDict({"metrics": metrics})
+    if "secagg" in cfg:
+        config = RoundConfig.from_bytes(bytes(cfg["secagg"]))
+        participant = SecAggParticipant(config, member, identity.account)
+        info["advertisement"] = participant.advertise_keys().to_bytes()
+        context.state[STATE_KEY] = ConfigRecord(
+            {"participant": participant.export_state(), "words": words.astype("<i8").tobytes()}
+        )
+    else:
+        content["arrays"] = ArrayRecord({k: v for k, v in state.items()})
+    content["info"] = ConfigRecord(info)
+    return Message(content, reply_to=msg)
+
+
+# ---------------------------------------------------------------------- SecAgg rounds 1-4
+
+
+def _stage(msg: Message, context: Context, step: Any) -> Message:
+    saved = context.state.get(STATE_KEY)
+    if saved is None:
+        raise Unauthorized("no secure-aggregation state on this node for this round (restarted mid-round?)")
+    stall = str(context.node_config.get("secagg-stall", ""))
+    if stall and msg.metadata.message_type.endswith(stall):  # fault injection for tests: hang here
+        time.sleep(3600)
+    participant = SecAggParticipant.restore(bytes(saved["participant"]), _identity(context).account)
+    words = np.frombuffer(bytes(saved["words"]), dtype="<i8").astype(np.int64)
     try:
-        return _train(msg, context)
-    except CollabError as exc:
-        participant = context.node_config.get("participant-id", "?")
-        return Message(Error(ERROR_CODE, f"{participant}: {exc}"), reply_to=msg)
+        out = step(participant, bytes(msg.content["secagg"]["msg"]), words)
+    finally:  # an aborted participant stays aborted in later calls
+        context.state[STATE_KEY] = ConfigRecord({"participant": participant.export_state(), "words": saved["words"]})
+    return _reply(msg, secagg={"msg": out.to_bytes()})
+
+
+@app.train("secagg_share")
+@_guarded
+def secagg_share(msg: Message, context: Context) -> Message:
+    """Round 1: check the signed keys, send sealed Shamir shares and signed seed commitments."""
+    return _stage(msg, context, lambda p, data, _: p.share_keys(KeyBroadcast.from_bytes(data)))
+
+
+@app.train("secagg_mask")
+@_guarded
+def secagg_mask(msg: Message, context: Context) -> Message:
+    """Round 2: the masked input y_u in Z_2^64, signed."""
+    return _stage(msg, context, lambda p, data, words: p.mask_input(ForwardedShares.from_bytes(data), words))
+
+
+@app.train("secagg_consistency")
+@_guarded
+def secagg_consistency(msg: Message, context: Context) -> Message:
+    """Round 3: sign the survivor list (once)."""
+    return _stage(msg, context, lambda p, data, _: p.sign_survivors(SurvivorList.from_bytes(data)))
+
+
+@app.train("secagg_unmask")
+@_guarded
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Round 4: check the consistency signatures, reveal one share per peer; then forget the round."""
+    reply = _stage(msg, context, lambda p, data, _: p.unmask(ConsistencyBroadcast.from_bytes(data)))
+    del context.state[STATE_KEY]
+    return reply
