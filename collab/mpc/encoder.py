@@ -30,12 +30,14 @@ import torch
 
 import collab.mpc.compat  # noqa: F401  (must precede crypten)
 from collab.errors import BadInput
+from collab.mpc import fixed
 from collab.mpc.model import EncoderSpec, EncoderWeights, LayerWeights, Tokens
+from collab.mpc.profile import section, set_layer
 
 Tensor = Any  # torch.Tensor or crypten.CrypTensor: the two share the ops used here
 
-SoftmaxVariant = Literal["exact"]
-GeluVariant = Literal["poly", "sigmoid", "tanh"]
+SoftmaxVariant = Literal["exact", "shifted"]
+GeluVariant = Literal["poly", "poly2", "exppoly", "sigmoid", "tanh"]
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,24 @@ class Approximations:
 
     softmax
         ``"exact"``: CrypTen's recipe, exp(x - rowmax) / sum; the row max costs
-        a tree of secure comparisons. A max-free variant (a public shift) is
-        not offered: MiniLM's layer-0 row maxima span 0.1 to 40.7 and its
-        scores reach -70, beyond any single shift's safe range.
+        a tree of secure comparisons (n - 1 per row). ``"shifted"``: the row
+        max only in the layers listed in ``softmax_max_layers``; elsewhere
+        exp(x - softmax_shift) with a public shift and no comparison. One
+        shift cannot serve MiniLM's layer 0 (row maxima 0.1 to 31 in one
+        head, scores down to -57), but layers 1-5 have row maxima in
+        [-0.5, 9.2] (measured), so the default keeps the max in layer 0 only.
+        The denominator then spans ~6 decades, so its reciprocal is computed
+        as ``softmax_scale / sum`` by ``shifted_reciprocal_iters`` Newton steps
+        from a public guess (the steps act on one value per row: rounds, not bytes).
     gelu
         ``"poly"``: relu(x) - g(min(|x|, gelu_clip)) where g(t) = t*Phi(-t) is a
-        degree-``gelu_degree`` Chebyshev fit (one batched comparison).
+        degree-``gelu_degree`` Chebyshev fit (3 comparisons per element, one round).
+        ``"poly2"``: the same maths with 2 comparisons per element (sign of x,
+        then |x| against the clip: two rounds).
+        ``"exppoly"``: 1 comparison per element (the sign): g as a degree
+        ``gelu_degree`` polynomial of w = exp(-|x|) (limit exp, ``exp_iters``),
+        which needs no clipping since w is in (0, 1] (max error 1.2e-3 at degree
+        10, 3.6e-4 at 12).
         ``"sigmoid"``: x*sigmoid(1.702x) (max error ~0.02). ``"tanh"``: the
         tanh form of GELU over CrypTen's tanh. CrypTen's own ``erf`` is broken
         outside [-1, 1] and is never used.
@@ -75,17 +89,22 @@ class Approximations:
     reciprocal_iters: int = 10
     inv_sqrt_iters: int = 8
     layer_norm_scale: float = 1.0
+    softmax_max_layers: tuple[int, ...] = (0,)
+    softmax_shift: float = 4.0
+    softmax_scale: float = 1024.0
+    shifted_reciprocal_iters: int = 26
 
     def __post_init__(self) -> None:
-        if self.softmax != "exact":
+        if self.softmax not in ("exact", "shifted"):
             raise BadInput(f"unknown softmax variant {self.softmax!r}")
-        if self.gelu not in ("poly", "sigmoid", "tanh"):
+        if self.gelu not in ("poly", "poly2", "exppoly", "sigmoid", "tanh"):
             raise BadInput(f"unknown GELU variant {self.gelu!r}")
-        for name in ("gelu_degree", "exp_iters", "reciprocal_iters", "inv_sqrt_iters"):
-            if not 1 <= getattr(self, name) <= 32:
-                raise BadInput(f"{name} must be in [1, 32]")
-        if self.gelu_clip <= 0 or self.layer_norm_scale <= 0:
-            raise BadInput("gelu_clip and layer_norm_scale must be positive")
+        for name in ("gelu_degree", "exp_iters", "reciprocal_iters", "inv_sqrt_iters", "shifted_reciprocal_iters"):
+            if not 1 <= getattr(self, name) <= 64:
+                raise BadInput(f"{name} must be in [1, 64]")
+        if self.gelu_clip <= 0 or self.layer_norm_scale <= 0 or self.softmax_scale <= 0:
+            raise BadInput("gelu_clip, layer_norm_scale and softmax_scale must be positive")
+        object.__setattr__(self, "softmax_max_layers", tuple(int(i) for i in self.softmax_max_layers))
 
     def with_(self, **changes: Any) -> Approximations:
         return replace(self, **changes)
@@ -150,6 +169,21 @@ def gelu_residual_coefficients(degree: int, clip: float) -> tuple[float, ...]:
     return tuple(float(c) for c in np.polynomial.chebyshev.cheb2poly(cheb))
 
 
+@functools.lru_cache(maxsize=16)
+def gelu_exp_coefficients(degree: int, exp_iters: int) -> tuple[float, ...]:
+    """Monomial coefficients in u = 2w - 1 of a Chebyshev fit of t*Phi(-t) against w = limit-exp(-t).
+
+    w is the *approximated* exp the secure path computes, (1 - t/2^k)^(2^k),
+    so the fit absorbs the limit approximation's error; t covers [0, 2^k].
+    """
+    from scipy.special import ndtr
+
+    t = np.linspace(0.0, 2.0**exp_iters, 200001)
+    w = (1.0 - t / 2.0**exp_iters) ** (2**exp_iters)
+    cheb = np.polynomial.chebyshev.chebfit(2.0 * w - 1.0, t * ndtr(-t), degree)
+    return tuple(float(c) for c in np.polynomial.chebyshev.cheb2poly(cheb))
+
+
 def _polyval(u: Tensor, coeffs: tuple[float, ...]) -> Tensor:
     if _plain(u):
         return sum(c * u**k for k, c in enumerate(coeffs))
@@ -158,6 +192,11 @@ def _polyval(u: Tensor, coeffs: tuple[float, ...]) -> Tensor:
 
 def gelu(x: Tensor, approx: Approximations) -> Tensor:
     """GELU(x) = x * Phi(x) under the selected approximation."""
+    with section("gelu", not _plain(x)):
+        return _gelu(x, approx)
+
+
+def _gelu(x: Tensor, approx: Approximations) -> Tensor:
     if approx.gelu == "sigmoid":
         return x * (x * 1.702).sigmoid()
     if approx.gelu == "tanh":
@@ -165,6 +204,13 @@ def gelu(x: Tensor, approx: Approximations) -> Tensor:
         return x * 0.5 * (inner.tanh() + 1.0)
     # GELU(x) = relu(x) - g(|x|) with g(t) = t*Phi(-t), which is < 1.3e-4 beyond t = 4.
     clip = approx.gelu_clip
+    if approx.gelu in ("poly2", "exppoly"):
+        absx = x * (1.0 - 2.0 * _ltz(x))
+        if approx.gelu == "exppoly":
+            w = approx_exp(-absx, approx.exp_iters)
+            return (x + absx) * 0.5 - _polyval(w * 2.0 - 1.0, gelu_exp_coefficients(approx.gelu_degree, approx.exp_iters))
+        t = (absx - clip) * (1.0 - _ltz(-absx + clip)) + clip  # min(|x|, clip)
+        return (x + absx) * 0.5 - _polyval(t * (2.0 / clip) - 1.0, gelu_residual_coefficients(approx.gelu_degree, clip))
     signs = _ltz(_stack([x, x + clip, -x + clip]))
     neg, below, above = signs[0], signs[1], signs[2]
     absx = x * (1.0 - 2.0 * neg)
@@ -176,11 +222,12 @@ def gelu(x: Tensor, approx: Approximations) -> Tensor:
 
 def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float, approx: Approximations) -> Tensor:
     """LayerNorm over the last dim, with 1/sqrt(var) by Newton-Raphson."""
-    centered = x - x.mean(-1, keepdim=True)
-    var = centered.square().mean(-1, keepdim=True)
-    s = approx.layer_norm_scale
-    inv = approx_inv_sqrt((var + eps) * (1.0 / s), approx.inv_sqrt_iters) * (1.0 / math.sqrt(s))
-    return centered * inv * w + b
+    with section("layernorm", not _plain(x)):
+        centered = x - x.mean(-1, keepdim=True)
+        var = centered.square().mean(-1, keepdim=True)
+        s = approx.layer_norm_scale
+        inv = approx_inv_sqrt((var + eps) * (1.0 / s), approx.inv_sqrt_iters) * (1.0 / math.sqrt(s))
+        return centered * inv * w + b
 
 
 def _row_max(x: Tensor) -> Tensor:
@@ -188,18 +235,46 @@ def _row_max(x: Tensor) -> Tensor:
     return x.max(-1, keepdim=True)[0]
 
 
-def softmax(scores: Tensor, bias: Tensor, approx: Approximations) -> Tensor:
+def softmax(scores: Tensor, bias: Tensor, approx: Approximations, layer_index: int | None = None) -> Tensor:
     """Softmax over the last dim of ``scores + bias``.
 
     ``bias`` is 0 on real keys and -2^exp_iters on padding keys: then the
     limit-exp of a padding entry is (|x|/2^k)^(2^k), i.e. zero, for any
     |x| < 2^k, and the bias costs no multiplication.
     """
-    logits = scores + bias
-    logits = logits - _row_max(logits)
-    num = approx_exp(logits, approx.exp_iters)
-    inv = approx_reciprocal(num.sum(-1, keepdim=True), approx.reciprocal_iters)
-    return num * inv
+    with section("softmax", not _plain(scores)):
+        logits = scores + bias
+        if approx.softmax == "exact" or layer_index is None or layer_index in approx.softmax_max_layers:
+            logits = logits - _row_max(logits)
+            num = approx_exp(logits, approx.exp_iters)
+            inv = approx_reciprocal(num.sum(-1, keepdim=True), approx.reciprocal_iters)
+            return num * inv
+        # Max-free: a public shift; padding keys stay at (score - shift)/2^k, i.e. exp ~ 0.
+        num = approx_exp(logits - approx.softmax_shift, approx.exp_iters)
+        scaled_inv = _scaled_reciprocal(num.sum(-1, keepdim=True), approx)
+        return (num * scaled_inv) * (1.0 / approx.softmax_scale)
+
+
+def _scaled_reciprocal(total: Tensor, approx: Approximations) -> Tensor:
+    """softmax_scale / total over a ~6-decade range, by Newton from a public guess.
+
+    Representing softmax_scale/total (not 1/total) keeps ~10 more bits of a
+    large denominator's reciprocal in 16-bit fixed point. From the guess
+    y0 = scale/40000 Newton converges for totals below 80000 (then every
+    iterate stays below the limit, monotonically); a total t needs about
+    log2(40000/t) + 4 steps. ``y * total`` is formed first so that no
+    fixed-point product exceeds 2^31 before truncation.
+    """
+    k = approx.softmax_scale
+    y = total * 0.0 + shifted_guess(approx)
+    for _ in range(approx.shifted_reciprocal_iters):
+        y = y * (2.0 - (y * total) * (1.0 / k))
+    return y
+
+
+def shifted_guess(approx: Approximations) -> float:
+    """Newton's start for softmax_scale / total: converges for totals below 2 / guess * softmax_scale."""
+    return approx.softmax_scale / 40000.0
 
 
 # --------------------------------------------------------------------------- the model
@@ -302,12 +377,21 @@ def input_shapes(batch: int, seq_len: int, spec: EncoderSpec) -> dict[str, tuple
 
 def embed(inputs: SharedInputs, w: SharedWeights, spec: EncoderSpec, approx: Approximations) -> Tensor:
     """Word lookup as one-hot @ table (chunked over the vocabulary), + positions, LayerNorm."""
+    set_layer("embeddings")
     x = None
-    for i, chunk in enumerate(w.word_chunks):
-        start = i * VOCAB_CHUNK
-        part = inputs.one_hot[:, :, start : start + chunk.shape[0]].matmul(chunk)
-        x = part if x is None else x + part
+    with section("embedding", not _plain(inputs.one_hot)):
+        for i, chunk in enumerate(w.word_chunks):
+            start = i * VOCAB_CHUNK
+            rows = chunk.shape[0]
+            part = fixed.matmul(inputs.one_hot[:, :, start : start + rows], chunk)
+            x = part if x is None else x + part
     return layer_norm(x + w.pos_type, w.emb_ln_w, w.emb_ln_b, spec.layer_norm_eps, approx)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x @ weight + bias; ``weight`` may be a :class:`collab.mpc.fixed.MaskedWeight`."""
+    with section("linear", not _plain(x)):
+        return fixed.matmul(x, weight) + bias
 
 
 def _heads(x: Tensor, spec: EncoderSpec) -> Tensor:
@@ -315,31 +399,56 @@ def _heads(x: Tensor, spec: EncoderSpec) -> Tensor:
     return x.reshape(b, n, spec.heads, spec.head_dim).transpose(1, 2)
 
 
-def attention(x: Tensor, bias: Tensor, lw: LayerWeights, spec: EncoderSpec, approx: Approximations) -> Tensor:
+def attention(x: Tensor, bias: Tensor, lw: LayerWeights, spec: EncoderSpec, approx: Approximations,
+              index: int | None = None) -> Tensor:
     """Multi-head self-attention; the 1/sqrt(head_dim) scale is already in q_w, q_b."""
     b, n, d = x.shape
-    q = _heads(x.matmul(lw.q_w) + lw.q_b, spec)
-    k = _heads(x.matmul(lw.k_w) + lw.k_b, spec)
-    v = _heads(x.matmul(lw.v_w) + lw.v_b, spec)
-    probs = softmax(q.matmul(k.transpose(2, 3)), bias, approx)
-    ctx = probs.matmul(v).transpose(1, 2).reshape(b, n, d)
-    return ctx.matmul(lw.o_w) + lw.o_b
+    q = _heads(linear(x, lw.q_w, lw.q_b), spec)
+    k = _heads(linear(x, lw.k_w, lw.k_b), spec)
+    v = _heads(linear(x, lw.v_w, lw.v_b), spec)
+    with section("attn_matmul", not _plain(x)):
+        scores = q.matmul(k.transpose(2, 3))
+    probs = softmax(scores, bias, approx, index)
+    with section("attn_matmul", not _plain(x)):
+        ctx = probs.matmul(v).transpose(1, 2).reshape(b, n, d)
+    return linear(ctx, lw.o_w, lw.o_b)
 
 
-def layer(x: Tensor, bias: Tensor, lw: LayerWeights, spec: EncoderSpec, approx: Approximations) -> Tensor:
-    """One post-LN BERT layer: attention, residual + LN, GELU FFN, residual + LN."""
+def layer(x: Tensor, bias: Tensor, lw: LayerWeights, spec: EncoderSpec, approx: Approximations,
+          index: int | None = None) -> Tensor:
+    """One post-LN BERT layer: attention, residual + LN, GELU FFN, residual + LN.
+
+    ``index`` (the layer's position) selects per-layer knobs such as
+    ``softmax_max_layers``; None means "treat as a layer that keeps the max".
+    """
+    if index is not None:
+        set_layer(f"layer{index}")
     eps = spec.layer_norm_eps
-    x = layer_norm(x + attention(x, bias, lw, spec, approx), lw.ln1_w, lw.ln1_b, eps, approx)
-    h = gelu(x.matmul(lw.ff1_w) + lw.ff1_b, approx)
-    return layer_norm(x + h.matmul(lw.ff2_w) + lw.ff2_b, lw.ln2_w, lw.ln2_b, eps, approx)
+    x = layer_norm(x + attention(x, bias, lw, spec, approx, index), lw.ln1_w, lw.ln1_b, eps, approx)
+    h = gelu(linear(x, lw.ff1_w, lw.ff1_b), approx)
+    return layer_norm(x + linear(h, lw.ff2_w, lw.ff2_b), lw.ln2_w, lw.ln2_b, eps, approx)
 
 
 def encode(inputs: SharedInputs, w: SharedWeights, spec: EncoderSpec, approx: Approximations) -> Tensor:
     """Mean-pooled (not yet normalised) sentence embeddings, (batch, hidden)."""
     x = embed(inputs, w, spec, approx)
-    for lw in w.layers:
-        x = layer(x, inputs.attn_bias, lw, spec, approx)
+    for i, lw in enumerate(w.layers):
+        x = layer(x, inputs.attn_bias, lw, spec, approx, i)
     return (x * inputs.pool).sum(1)
+
+
+def mask_weights(w: SharedWeights) -> SharedWeights:
+    """Fix the Beaver masks of every matmul weight for this model load (collective; opens W - B once).
+
+    Element-wise weights (LayerNorm, biases) stay CrypTensors: they are small
+    and multiply activations element-wise. Without a supporting provider
+    (see :func:`collab.mpc.fixed.supported`) the weights are returned unchanged.
+    """
+    if not fixed.supported():
+        return w
+    matmul_fields = ("q_w", "k_w", "v_w", "o_w", "ff1_w", "ff2_w")
+    layers = [replace(lw, **{f: fixed.MaskedWeight(getattr(lw, f)) for f in matmul_fields}) for lw in w.layers]
+    return replace(w, word_chunks=[fixed.MaskedWeight(c) for c in w.word_chunks], layers=layers)
 
 
 def simulate(tokens: Tokens, weights: EncoderWeights, spec: EncoderSpec, approx: Approximations) -> torch.Tensor:

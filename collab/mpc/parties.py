@@ -104,7 +104,16 @@ def _share(tensors: dict[str, torch.Tensor] | None, shapes: dict[str, tuple[int,
 
 
 def run_party(rank: int, world: int, master: str, job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Body of one party process; returns what it writes to its result file."""
+    """Body of one party process; returns what it writes to its result file.
+
+    One process serves a *session*: the weights are shared (and, with
+    ``fixed_masks``, their Beaver masks fixed and ``W - B`` opened) once, then
+    every batch of ``batches`` (sizes; the client's job also holds the texts,
+    in order) runs online with its own measurements. ``profile`` adds per
+    (layer, op kind) costs; ``probe`` (benchmarks only) also opens every
+    layer's hidden states to the client, outside the measured figures, and
+    writes them to ``<out>.probes.pt``.
+    """
     from collab.mpc import encoder as enc
     from collab.mpc.model import load_spec, load_weights, model_dir, tokenize
 
@@ -119,43 +128,90 @@ def run_party(rank: int, world: int, master: str, job: dict[str, Any], timeout: 
     import crypten.communicator as comm
     from crypten.config import cfg
 
+    from collab.mpc.profile import OpProfile, profiling
+
     path = Path(job["model_dir"]) if job.get("model_dir") else model_dir()
     spec = load_spec(path)
     approx = enc.Approximations(**job.get("approx", {}))
-    seq_len, batch = int(job["seq_len"]), int(job["batch"])
+    seq_len = int(job["seq_len"])
+    sizes = [int(b) for b in job.get("batches", [job.get("batch", 0)])]
+    n_layers = int(job.get("layers", spec.layers))
+    if not sizes or min(sizes) < 1 or not 1 <= n_layers <= spec.layers:
+        raise BadInput("need at least one batch of at least one text, and 1..layers layers")
 
     # Local, private preparation happens before the rendezvous.
     own_weights = enc.prepare_weights(load_weights(path), spec, seq_len) if rank == OWNER else None
-    own_inputs = None
+    own_inputs: list[dict[str, torch.Tensor]] = []
     if rank == CLIENT:
-        tokens = tokenize(list(job["texts"]), seq_len, path)
-        if tokens.input_ids.shape[0] != batch:
-            raise BadInput("batch size does not match the number of texts")
-        own_inputs = enc.prepare_inputs(tokens, spec, approx)
+        texts = list(job["texts"])
+        if len(texts) != sum(sizes):
+            raise BadInput("batch sizes do not add up to the number of texts")
+        offset = 0
+        for size in sizes:
+            own_inputs.append(enc.prepare_inputs(tokenize(texts[offset : offset + size], seq_len, path), spec, approx))
+            offset += size
 
+    cfg.mpc.provider = str(job.get("provider", "TFP"))
     crypten.init()
     cfg.communicator.verbose = True
     _progress(rank, "connected")
+    batches: list[dict[str, Any]] = []
+    probes: list[list[torch.Tensor]] = []
+    plain_out: list[torch.Tensor] = []
     try:
+        comm.get().reset_communication_stats()
         t_share = time.perf_counter()
         flat_w = _share(own_weights, enc.weight_shapes(spec, seq_len), src=OWNER)
-        flat_in = _share(own_inputs, enc.input_shapes(batch, seq_len, spec), src=CLIENT)
         weights = enc.assemble_weights(flat_w, spec)
-        inputs = enc.SharedInputs(**flat_in)
+        weights.layers = weights.layers[:n_layers]
+        if job.get("fixed_masks"):
+            weights = enc.mask_weights(weights)
+        setup = comm.get().get_communication_stats()
         share_s = time.perf_counter() - t_share
         _progress(rank, "shared")
 
-        comm.get().reset_communication_stats()
-        t_online = time.perf_counter()
-        x = enc.embed(inputs, weights, spec, approx)
-        _progress(rank, "embedded")
-        for i, lw in enumerate(weights.layers):
-            x = enc.layer(x, inputs.attn_bias, lw, spec, approx)
-            _progress(rank, f"layer {i}")
-        pooled = (x * inputs.pool).sum(1)
-        plain = pooled.get_plain_text(dst=CLIENT)
-        online_s = time.perf_counter() - t_online
-        stats = comm.get().get_communication_stats()
+        for b, size in enumerate(sizes):
+            ins = own_inputs[b] if rank == CLIENT else None
+            inputs = enc.SharedInputs(**_share(ins, enc.input_shapes(size, seq_len, spec), src=CLIENT))
+            profile = OpProfile()
+            layer_probes: list[torch.Tensor] = []
+            probe_s, probe_stats = 0.0, [0, 0]
+            comm.get().reset_communication_stats()
+            t_online = time.perf_counter()
+
+            def probe(x: Any) -> None:
+                nonlocal probe_s
+                if not job.get("probe"):
+                    return
+                r0, b0 = comm.get().comm_rounds, comm.get().comm_bytes
+                tp = time.perf_counter()
+                opened = x.get_plain_text(dst=CLIENT)
+                if rank == CLIENT:
+                    layer_probes.append(opened.clone())
+                probe_s += time.perf_counter() - tp
+                probe_stats[0] += comm.get().comm_rounds - r0
+                probe_stats[1] += comm.get().comm_bytes - b0
+
+            with profiling(profile):
+                x = enc.embed(inputs, weights, spec, approx)
+                probe(x)
+                _progress(rank, "embedded")
+                for i, lw in enumerate(weights.layers):
+                    x = enc.layer(x, inputs.attn_bias, lw, spec, approx, i)
+                    probe(x)
+                    _progress(rank, f"layer {i}")
+            pooled = (x * inputs.pool).sum(1)
+            plain = pooled.get_plain_text(dst=CLIENT)
+            online_s = time.perf_counter() - t_online - probe_s
+            stats = comm.get().get_communication_stats()
+            batches.append({
+                "size": size, "online_s": online_s,
+                "rounds": int(stats["rounds"]) - probe_stats[0], "bytes": int(stats["bytes"]) - probe_stats[1],
+                "ops": profile.to_json(),
+            })  # fmt: skip
+            if rank == CLIENT:
+                plain_out.append(plain)
+                probes.append(layer_probes)
     finally:
         crypten.uninit()
 
@@ -166,15 +222,19 @@ def run_party(rank: int, world: int, master: str, job: dict[str, Any], timeout: 
                 role=ROLES[rank],
                 wall_s=time.perf_counter() - t0,
                 share_s=share_s,
-                online_s=online_s,
+                online_s=sum(b["online_s"] for b in batches),
                 max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                comm_rounds=int(stats["rounds"]),
-                comm_bytes=int(stats["bytes"]),
+                comm_rounds=sum(b["rounds"] for b in batches),
+                comm_bytes=sum(b["bytes"] for b in batches),
             )
-        )
+        ),
+        "setup": {"seconds": share_s, "rounds": int(setup["rounds"]), "bytes": int(setup["bytes"])},
+        "batches": batches,
     }
     if rank == CLIENT:
-        result["embeddings"] = torch.nn.functional.normalize(plain, dim=-1).tolist()
+        result["embeddings"] = torch.nn.functional.normalize(torch.cat(plain_out), dim=-1).tolist()
+        if job.get("probe"):
+            torch.save(probes, str(job["probe_path"]))
     return result
 
 
@@ -295,20 +355,71 @@ class PartyGroup:
         return lines[-1] if lines else "killed or crashed without output"
 
 
-def party_jobs(texts: list[str], seq_len: int, approx: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
-    """Per-party job descriptions: only the client's carries the texts."""
-    common = {"seq_len": seq_len, "batch": len(texts), "approx": approx or {}}
+def party_jobs(texts: list[str], seq_len: int, approx: dict[str, Any] | None = None, *,
+               batches: list[int] | None = None, **options: Any) -> dict[int, dict[str, Any]]:
+    """Per-party job descriptions: only the client's carries the texts.
+
+    ``batches`` splits ``texts`` into consecutive batches served by one
+    session (default: one batch); ``options`` (``fixed_masks``, ``layers``,
+    ``provider``, ``probe``, ``probe_path``) go to both parties.
+    """
+    sizes = list(batches) if batches else [len(texts)]
+    common = {"seq_len": seq_len, "batches": sizes, "approx": approx or {}, **options}
     return {OWNER: dict(common), CLIENT: dict(common, texts=list(texts))}
 
 
+@dataclass
+class SessionResult:
+    """A multi-batch session: the client's outputs, per-party setup and per-batch figures."""
+
+    embeddings: torch.Tensor  # (texts, hidden), L2-normalised, in input order
+    parties: list[PartyStats]
+    setup: list[dict[str, Any]]  # per party: model-load seconds, rounds, bytes
+    batches: list[list[dict[str, Any]]]  # per party, per batch: size, online_s, rounds, bytes, ops
+    probes: list[list[torch.Tensor]] | None  # per batch, per layer (embeddings first): hidden states
+    wall_s: float
+
+
+def secure_session(
+    batches: list[list[str]], seq_len: int, approx: dict[str, Any] | None = None, *, fixed_masks: bool = False,
+    layers: int | None = None, probe: bool = False, timeout: float = DEFAULT_TIMEOUT,
+) -> SessionResult:
+    """Serve several batches in one 2-party session: the weights are shared (and masked) once."""
+    texts = [t for batch in batches for t in batch]
+    if not texts or any(not batch for batch in batches):
+        raise BadInput("need at least one text in every batch")
+    t0 = time.perf_counter()
+    options: dict[str, Any] = {"fixed_masks": fixed_masks}
+    if layers is not None:
+        options["layers"] = layers
+    with tempfile.TemporaryDirectory(prefix="collab-mpc-probe-") as tmp:
+        if probe:
+            options.update(probe=True, probe_path=str(Path(tmp) / "probes.pt"))
+        group = PartyGroup(party_jobs(texts, seq_len, approx, batches=[len(b) for b in batches], **options),
+                           timeout=timeout)
+        group.start()
+        results = group.wait()
+        probes = torch.load(options["probe_path"]) if probe else None
+    ranks = sorted(results)
+    return SessionResult(
+        embeddings=torch.tensor(results[CLIENT]["embeddings"]),
+        parties=[PartyStats(**results[r]["stats"]) for r in ranks],
+        setup=[results[r]["setup"] for r in ranks],
+        batches=[results[r]["batches"] for r in ranks],
+        probes=probes,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
 def secure_embeddings(
-    texts: list[str], seq_len: int, approx: dict[str, Any] | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    texts: list[str], seq_len: int, approx: dict[str, Any] | None = None, *, fixed_masks: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> SecureResult:
     """Sentence embeddings of ``texts`` computed by 2 real parties; returned to the client."""
     if not texts:
         raise BadInput("need at least one text")
     t0 = time.perf_counter()
-    group = PartyGroup(party_jobs(texts, seq_len, approx), timeout=timeout)
+    group = PartyGroup(party_jobs(texts, seq_len, approx, fixed_masks=fixed_masks), timeout=timeout)
     group.start()
     results = group.wait()
     return SecureResult(
