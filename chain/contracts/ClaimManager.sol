@@ -31,6 +31,8 @@ contract ClaimManager is IClaimManager, AccessControl, ReentrancyGuard {
     int256 public constant REPUTATION_PENALTY = 20;
     /// @notice Reputation a claimer gains at finalization, or a challenger with a won challenge.
     int256 public constant REPUTATION_REWARD = 5;
+    /// @notice Role of job registries (e.g. RoundRegistry) that may reject a pending claim naming them as its hook.
+    bytes32 public constant REGISTRY_ROLE = keccak256("REGISTRY_ROLE");
 
     /// @notice Governed parameters.
     IProtocolParams public immutable PARAMS;
@@ -339,6 +341,23 @@ contract ClaimManager is IClaimManager, AccessControl, ReentrancyGuard {
         ch.status = ChallengeStatus.Refunded;
         _addCredit(ch.challenger, ch.bond);
         emit ChallengeClosed(challengeId, ch.claimId, ChallengeStatus.Refunded);
+    }
+
+    /// @inheritdoc IClaimManager
+    function rejectByRegistry(bytes32 claimId, address beneficiary) external onlyRole(REGISTRY_ROLE) {
+        Claim storage c = _pending(claimId);
+        // INVARIANT: a registry judges only the claims that chose it as their settlement hook.
+        if (c.settlementHook != msg.sender) revert NotClaimRegistry(claimId, msg.sender);
+        if (beneficiary == address(0) || beneficiary == c.claimer) revert InvalidBeneficiary(claimId, beneficiary);
+        Params storage p = _params[c.paramsVersion];
+        uint256 deadline = uint256(c.postedAt) + p.challengeWindow;
+        // INVARIANT: a registry's dispute, like a challenge, is decided inside the window only.
+        if (block.timestamp >= deadline) revert ChallengeWindowClosed(claimId, deadline);
+        c.status = ClaimStatus.Rejected;
+        // SAFETY: open challenges are refunded through `refundChallenge` / their court's report (§5.5).
+        _split(beneficiary, p.claimerBond, p.burnBps);
+        _reputation(c.claimer, -REPUTATION_PENALTY);
+        emit ClaimRejectedByRegistry(claimId, msg.sender, beneficiary);
     }
 
     // ------------------------------------------------------------------ finalization

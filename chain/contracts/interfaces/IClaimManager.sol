@@ -209,6 +209,12 @@ interface IClaimManager {
     /// @param challenger Its challenger.
     event ClaimRejected(bytes32 indexed claimId, uint256 indexed challengeId, address indexed challenger);
 
+    /// @notice A job registry rejected a pending claim (e.g. a won exclusion dispute); no settlement effect runs.
+    /// @param claimId The claim.
+    /// @param registry The registry (the claim's settlement hook).
+    /// @param beneficiary Who is credited the claimer's bond (minus the burn).
+    event ClaimRejectedByRegistry(bytes32 indexed claimId, address indexed registry, address indexed beneficiary);
+
     /// @notice A claim finalized.
     /// @param claimId The claim.
     /// @param outputRoot Its output.
@@ -334,6 +340,15 @@ interface IClaimManager {
     /// @param required Gas required.
     error InsufficientGasForHook(uint256 available, uint256 required);
 
+    /// @notice The caller is not the registry the claim named as its settlement hook.
+    /// @param claimId The claim.
+    /// @param caller The caller.
+    error NotClaimRegistry(bytes32 claimId, address caller);
+    /// @notice The beneficiary of a registry rejection is zero or the claimer itself.
+    /// @param claimId The claim.
+    /// @param beneficiary The beneficiary given.
+    error InvalidBeneficiary(bytes32 claimId, address beneficiary);
+
     /// @notice Posts a claim with `CLAIMER_BOND` as `msg.value`.
     /// @param input The claim (see `ClaimInput`).
     /// @return claimId The deterministic claim id.
@@ -371,6 +386,14 @@ interface IClaimManager {
     /// @notice Refunds the bond of a challenge left open when its claim was rejected by another one.
     /// @param challengeId The challenge.
     function refundChallenge(uint256 challengeId) external;
+
+    /// @notice Rejects a pending claim inside its window on behalf of the job registry it named as its
+    /// settlement hook (`REGISTRY_ROLE`): e.g. RoundRegistry after a won exclusion dispute. The claimer's
+    /// bond is split like a lost game: `(10000 − burnBps)/10000` to `beneficiary`, the rest burnt; the
+    /// claimer loses `REPUTATION_PENALTY`; challenges still open are refunded (`refundChallenge`).
+    /// @param claimId The claim.
+    /// @param beneficiary Who wronged by the claim is credited the bond (not the claimer).
+    function rejectByRegistry(bytes32 claimId, address beneficiary) external;
 
     /// @notice Sends the caller all its credit.
     /// @return amount Wei sent.

@@ -1,0 +1,412 @@
+"""RoundRegistry on a real anvil: opening, accepting and fixing; BLS consent; exclusion disputes;
+settlement through a real ClaimManager claim (asset, Receipts, Shares by weight only after finalization).
+
+The claim is a real fraud-proof claim (the ADD-chain program of test_claim_manager with its VM
+trace) posted under the round's job id with the registry as settlement hook and participants source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from py_ecc.optimized_bls12_381 import add, neg
+from web3 import Web3
+
+from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
+from chain.clients.bisection_game import BisectionGameClient
+from chain.clients.claim_manager import Audience, ClaimManagerClient, ClaimStatus
+from chain.clients.data_availability import DataAvailabilityClient
+from chain.clients.identity_registry import IdentityRegistryClient, Keys
+from chain.clients.receipts import ContributionKind, ReceiptsClient
+from chain.clients.round_registry import (
+    AttributionRecord,
+    RoundConfig,
+    RoundRegistryClient,
+    RoundStatus,
+    aggregate_consent,
+    epsilon_units,
+    sign_consent,
+    sign_update_receipt,
+)
+from chain.clients.shares import SharesClient
+from chain.deployment import Deployment
+from chain.errors import revert_class
+from collab import bls
+from collab.fraudproof.agents import ClaimerAgent
+from collab.fraudproof.trace import Trace, build_trace
+from tests.test_claim_manager import add_chain_program
+
+BASE_ROYALTY_BPS = 500
+CREATOR_BPS = 2_000
+SAMPLES = (120, 300, 181)  # weights of participants 0..2
+GAS: dict[str, int] = {}
+
+
+@dataclass
+class Member:
+    """A funded account with a Sahara ID and its BLS secret."""
+
+    account: LocalAccount
+    id: int
+    bls_secret: int
+    dataset: int = 0
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+
+@dataclass
+class RoundEnv:
+    w3: Web3
+    deployment: Deployment
+    creator: Member
+    aggregator: Member
+    participants: list[Member]
+    outsider: Member
+    base_asset: int
+    trace: Trace
+
+    def registry(self, who: Member | None = None) -> RoundRegistryClient:
+        return RoundRegistryClient.from_deployment(self.deployment, self.w3, (who or self.creator).account)
+
+    def manager(self, who: Member | None = None) -> ClaimManagerClient:
+        return ClaimManagerClient.from_deployment(self.deployment, self.w3, (who or self.aggregator).account)
+
+    def client(self, cls: Any, who: Member | None = None) -> Any:
+        return cls.from_deployment(self.deployment, self.w3, (who or self.creator).account)
+
+    def now(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def config(self, **changes: Any) -> RoundConfig:
+        base = RoundConfig(
+            base_asset_id=self.base_asset, rounds=2, participant_ids=[p.id for p in self.participants],
+            min_participants=2, epsilon_budget=epsilon_units(8.0), delta=10**13, deadline=self.now() + 3_600,
+            creator_share_bps=CREATOR_BPS, config_hash=Web3.keccak(text="lora r=4 q,v; bbc-news"),
+            aggregator=self.aggregator.address,
+        )
+        return dataclasses.replace(base, **changes)
+
+    def open_fixed(self, members: list[Member] | None = None, **changes: Any) -> int:
+        """A round where ``members`` (default: all participants) accepted, fixed by the creator."""
+        round_id = self.registry().create_round(self.config(**changes)).round_id
+        for i, m in enumerate(members if members is not None else self.participants):
+            self.registry(m).accept(round_id, SAMPLES[self.participants.index(m)], m.dataset)
+        self.registry().fix(round_id)
+        return round_id
+
+    def record(self, round_id: int, members: list[Member], **changes: Any) -> AttributionRecord:
+        t = self.trace
+        rec = AttributionRecord(
+            round_id=round_id, program_root=t.program.root, input_root=t.input_root, output_root=t.output_root,
+            content_hash=Web3.keccak(text=f"adapter of round {round_id}"), vault_uri=f"vault://round-{round_id}",
+            participants=[m.address for m in members], weights=[SAMPLES[self.participants.index(m)] for m in members],
+            update_commitments=[Web3.keccak(text=f"update {m.address}") for m in members],
+            epsilons=[epsilon_units(7.5)] * len(members),
+        ).sorted()
+        return dataclasses.replace(rec, **changes)
+
+    def consent(self, record: AttributionRecord, signers: list[Member]) -> bytes:
+        root = self.registry().local_root(record)
+        return aggregate_consent([sign_consent(m.bls_secret, root) for m in signers])
+
+    def post(self, round_id: int) -> bytes:
+        registry = self.registry()
+        acct = self.aggregator.account
+        agent = ClaimerAgent(
+            self.manager(), self.client(BisectionGameClient, self.aggregator),
+            self.client(DataAvailabilityClient, self.aggregator), self.trace, job_id=registry.job_id_of(round_id),
+        )
+        claim = dataclasses.replace(
+            agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
+            participant_registry=registry.address,
+        )
+        return ClaimManagerClient.from_deployment(self.deployment, self.w3, acct).post_claim(claim).claim_id
+
+
+def _member(w3: Web3, deployment: Deployment, label: str, role: str = "human") -> Member:
+    acct: LocalAccount = Account.from_key(Web3.keccak(text=f"collab round tests: {label}"))
+    w3.provider.make_request("anvil_setBalance", [acct.address, hex(10**22)])  # type: ignore[arg-type]
+    secret = bls.keygen(f"round-{label}".encode())
+    identity = IdentityRegistryClient.from_deployment(deployment, w3, acct)
+    ident = identity.id_of(acct.address) or identity.register(
+        label, role, identity.keys_for(secret, b"\x0c" * 32, b"\x0d" * 32)).id
+    return Member(acct, ident, secret)
+
+
+@pytest.fixture(scope="module")
+def round_env(w3: Web3, deployment: Deployment, deployer: LocalAccount) -> RoundEnv:
+    if "RoundRegistry" not in deployment.contracts:
+        pytest.skip("RoundRegistry is not deployed")
+    creator = _member(w3, deployment, "creator")
+    aggregator = _member(w3, deployment, "aggregator", "node")
+    IdentityRegistryClient.from_deployment(deployment, w3, deployer).grant_aggregator(aggregator.id)
+    participants = [_member(w3, deployment, f"participant-{i}") for i in range(3)]
+    outsider = _member(w3, deployment, "outsider")
+    assets = AssetRegistryClient.from_deployment(deployment, w3, creator.account)
+    base = assets.register(AssetInput(AssetKind.MODEL, Web3.keccak(text="minilm"), derivative_royalty_bps=BASE_ROYALTY_BPS))
+    for p in [*participants, outsider]:
+        p.dataset = AssetRegistryClient.from_deployment(deployment, w3, p.account).register(
+            AssetInput(AssetKind.DATASET, Web3.keccak(text=f"data of {p.address}"))).asset_id
+    program, inputs = add_chain_program()
+    return RoundEnv(w3, deployment, creator, aggregator, participants, outsider, base.asset_id, build_trace(program, inputs))
+
+
+@pytest.fixture
+def env(round_env: RoundEnv, chain_snapshot: str) -> RoundEnv:
+    return round_env
+
+
+# --------------------------------------------------------------------------- opening, accepting, fixing
+
+
+def test_round_opens_participants_accept_and_weights_are_fixed_before_training(env: RoundEnv) -> None:
+    registry = env.registry()
+    created = registry.create_round(env.config())
+    rid = created.round_id
+    assert created.job_id == registry.job_id_of(rid) and registry.get_round(rid).status == RoundStatus.OPEN
+    for m, n in zip(env.participants, SAMPLES, strict=True):
+        env.registry(m).accept(rid, n, m.dataset)
+    with pytest.raises(revert_class("AlreadyAccepted")):
+        env.registry(env.participants[0]).accept(rid, 5, env.participants[0].dataset)
+    with pytest.raises(revert_class("NotRoundCreator")):
+        env.registry(env.participants[0]).fix(rid)
+    registry.fix(rid)
+    r = registry.get_round(rid)
+    assert (r.status, r.accepted, r.total_weight) == (RoundStatus.FIXED, 3, sum(SAMPLES))
+    parts = registry.participants_of(rid)
+    assert [p.samples for p in parts] == list(SAMPLES) and all(p.accepted and not p.included for p in parts)
+    assert parts[0].bls_pubkey == bls.sk_to_pk(env.participants[0].bls_secret)
+    # INVARIANT: the set and weights cannot move once fixed.
+    with pytest.raises(revert_class("WrongRoundStatus")):
+        env.registry(env.participants[0]).accept(rid, 10_000, env.participants[0].dataset)
+    assert registry.is_participant(r.job_id, env.participants[1].address)
+    assert not registry.is_participant(r.job_id, env.outsider.address)
+
+
+def test_bad_round_input_gets_named_errors(env: RoundEnv, time_travel: Callable[[int], int]) -> None:
+    registry = env.registry()
+    with pytest.raises(revert_class("UnknownRound")):
+        registry.get_round(999)
+    with pytest.raises(revert_class("UnknownRound")):
+        env.registry(env.participants[0]).accept(999, 1, env.participants[0].dataset)
+    with pytest.raises(revert_class("NotBaseAssetOwner")):
+        env.registry(env.outsider).create_round(env.config())
+    with pytest.raises(revert_class("NotAggregator")):
+        registry.create_round(env.config(aggregator=env.outsider.address))
+    with pytest.raises(revert_class("InvalidRoundConfig")):
+        registry.create_round(env.config(min_participants=4))
+    with pytest.raises(revert_class("InvalidRoundConfig")):
+        registry.create_round(env.config(deadline=env.now() - 1))
+    with pytest.raises(revert_class("InvalidParticipant")):
+        registry.create_round(env.config(participant_ids=[env.participants[0].id, env.participants[0].id]))
+    rid = registry.create_round(env.config()).round_id
+    with pytest.raises(revert_class("NotInvited")):
+        env.registry(env.outsider).accept(rid, 10, env.outsider.dataset)
+    p0, p1 = env.participants[0], env.participants[1]
+    with pytest.raises(revert_class("InvalidDataset")):
+        env.registry(p0).accept(rid, 10, p1.dataset)  # someone else's data
+    with pytest.raises(revert_class("InvalidDataset")):
+        env.registry(p0).accept(rid, 10, env.base_asset)  # not a dataset
+    with pytest.raises(revert_class("ZeroSamples")):
+        env.registry(p0).accept(rid, 0, p0.dataset)
+    env.registry(p0).accept(rid, 10, p0.dataset)
+    with pytest.raises(revert_class("TooFewParticipants")):
+        registry.fix(rid)
+    time_travel(3_601)
+    with pytest.raises(revert_class("DeadlinePassed")):
+        env.registry(p1).accept(rid, 10, p1.dataset)
+    with pytest.raises(revert_class("TooFewParticipants")):
+        env.registry(env.outsider).fix(rid)  # anyone may fix after the deadline, but N=2 never accepted
+
+
+# --------------------------------------------------------------------------- consent and settlement
+
+
+def test_consent_of_every_participant_settles_receipts_and_shares_only_after_finalization(
+    env: RoundEnv, time_travel: Callable[[int], int]
+) -> None:
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    record = env.record(rid, env.participants)
+    assert registry.record_root(record) == registry.local_root(record)
+    signature = env.consent(record, env.participants)
+    GAS["bls consent check (3 signers)"] = registry.consent_gas(record, signature)
+    submitted = registry.submit_record(record, signature)
+    GAS["submitRecord (3 included)"] = submitted.tx.gas_used if submitted.tx else 0
+    claim_id = env.post(rid)
+    assert claim_id == submitted.claim_id and registry.round_of_claim(claim_id) == rid
+    with pytest.raises(revert_class("WrongRoundStatus")):
+        registry.submit_record(record, signature)  # one record per round
+
+    receipts = env.client(ReceiptsClient)
+    assets = env.client(AssetRegistryClient)
+    before_receipts, before_assets = receipts.receipt_count(), assets.asset_count()
+    with pytest.raises(revert_class("ClaimNotFinalized")):
+        registry.settle(claim_id, env.manager().roots_of(claim_id))
+    assert (receipts.receipt_count(), assets.asset_count()) == (before_receipts, before_assets)  # nothing before finalization
+
+    time_travel(env.manager().params_of(claim_id).challenge_window + 1)
+    tx = env.manager(env.outsider).finalize(claim_id)
+    GAS["finalize with settlement hook (3 contributors)"] = tx.gas_used
+    assert not tx.events_named("SettlementHookFailed")
+    asset_id = registry.settled_asset(claim_id)
+    assert asset_id == before_assets + 1 and registry.get_round(rid).status == RoundStatus.SETTLED
+    asset = assets.asset(asset_id)
+    assert asset.owner == env.creator.address and asset.kind == AssetKind.ADAPTER
+    assert asset.commitment_root == env.trace.output_root and asset.content_hash == record.content_hash
+    assert assets.parents_of(asset_id) == [(env.base_asset, BASE_ROYALTY_BPS)]
+
+    shares = env.client(SharesClient)
+    supply = shares.total_supply(asset_id)
+    creator_amount, amounts = registry.share_split(supply, CREATOR_BPS, record.weights)
+    rest = supply - supply * CREATOR_BPS // 10_000
+    assert amounts == [rest * w // sum(record.weights) for w in record.weights]
+    assert creator_amount + sum(amounts) == supply == 1_000_000
+    assert shares.balance_of(env.creator.address, asset_id) == creator_amount
+    for addr, weight, amount in zip(record.participants, record.weights, amounts, strict=True):
+        assert shares.balance_of(addr, asset_id) == amount
+        [token] = receipts.receipts_of(addr)
+        r = receipts.receipt(token)
+        assert (r.asset_id, r.claim_id, r.weight, r.kind) == (asset_id, claim_id, weight, ContributionKind.TRAINING_UPDATE)
+    with pytest.raises(revert_class("AlreadySettled")):
+        registry.settle(claim_id, env.manager().roots_of(claim_id))
+
+
+def test_consent_missing_a_participant_or_with_a_changed_weight_is_rejected(env: RoundEnv) -> None:
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    record = env.record(rid, env.participants)
+    with pytest.raises(revert_class("InvalidConsentSignature")):
+        registry.submit_record(record, env.consent(record, env.participants[:2]))  # one signature missing
+    heavier = dataclasses.replace(record, weights=[record.weights[0] * 10, *record.weights[1:]])
+    with pytest.raises(revert_class("WeightMismatch")):
+        registry.submit_record(heavier, env.consent(heavier, env.participants))  # even if everyone signed it
+    with pytest.raises(revert_class("InvalidConsentSignature")):
+        other = dataclasses.replace(record, output_root=Web3.keccak(text="another output"))
+        registry.submit_record(other, env.consent(record, env.participants))  # consent to a different record
+    with pytest.raises(revert_class("NotIncludable")):
+        outsider = dataclasses.replace(record, participants=[*record.participants[:2], env.outsider.address])
+        registry.submit_record(outsider, env.consent(record, env.participants))
+    with pytest.raises(revert_class("EpsilonOverBudget")):
+        spent = dataclasses.replace(record, epsilons=[epsilon_units(9.0)] * 3)
+        registry.submit_record(spent, env.consent(spent, env.participants))
+    with pytest.raises(revert_class("NotRoundAggregator")):
+        env.registry(env.participants[0]).submit_record(record, env.consent(record, env.participants))
+    assert registry.get_round(rid).status == RoundStatus.FIXED
+    env.post(rid)  # INVARIANT: the record must precede its claim
+    with pytest.raises(revert_class("ClaimAlreadyPosted")):
+        registry.submit_record(record, env.consent(record, env.participants))
+    assert registry.get_round(rid).status == RoundStatus.FIXED
+
+
+def test_rogue_key_needs_a_proof_of_possession_it_cannot_make(env: RoundEnv, w3: Web3) -> None:
+    # The attacker picks pk_rogue = pk_att − pk_victim: alone it could then sign for "both" (same message).
+    victim = env.participants[0]
+    att_secret = bls.keygen(b"rogue attacker")
+    rogue_point = add(bls.decode_g1(bls.sk_to_pk(att_secret)),
+                      neg(bls.decode_g1(bls.sk_to_pk(victim.bls_secret))))
+    rogue_pk = bls.encode_g1(rogue_point)
+    message = b"\x11" * 32
+    forged = bls.sign(att_secret, message)
+    assert bls.verify_aggregate([bls.sk_to_pk(victim.bls_secret), rogue_pk], message, forged)  # why PoP matters
+    attacker: LocalAccount = Account.from_key(Web3.keccak(text="collab round tests: rogue"))
+    w3.provider.make_request("anvil_setBalance", [attacker.address, hex(10**21)])  # type: ignore[arg-type]
+    identity = IdentityRegistryClient.from_deployment(env.deployment, w3, attacker)
+    pop = bls.prove_possession(att_secret, int(w3.eth.chain_id), identity.address, attacker.address)  # its own key's
+    with pytest.raises(revert_class("InvalidProofOfPossession")):
+        identity.register("rogue", "human", Keys(b"\x0c" * 32, b"\x0d" * 32, rogue_pk, pop))
+
+
+# --------------------------------------------------------------------------- exclusion
+
+
+def test_participant_left_out_despite_its_receipt_wins_the_exclusion_dispute(
+    env: RoundEnv, time_travel: Callable[[int], int]
+) -> None:
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    kept, dropped = env.participants[:2], env.participants[2]
+    record = env.record(rid, kept)  # N = 2: a valid record that silently drops participant 2
+    registry.submit_record(record, env.consent(record, kept))
+    claim_id = env.post(rid)
+    chain_id = int(env.w3.eth.chain_id)
+    commitment = Web3.keccak(text="dropped update")
+    receipt = sign_update_receipt(env.aggregator.account, chain_id, registry.address, rid, dropped.address, 2, commitment)
+    assert registry.receipt_digest(rid, dropped.address, 2, commitment)  # the contract's digest exists
+
+    mine = env.registry(dropped)
+    forged = sign_update_receipt(dropped.account, chain_id, registry.address, rid, dropped.address, 2, commitment)
+    with pytest.raises(revert_class("BadReceiptSignature")):
+        mine.dispute_exclusion(rid, 2, commitment, forged)
+    early = sign_update_receipt(env.aggregator.account, chain_id, registry.address, rid, dropped.address, 1, commitment)
+    with pytest.raises(revert_class("ReceiptNotFinalRound")):
+        mine.dispute_exclusion(rid, 1, commitment, early)
+    with pytest.raises(revert_class("NotExcluded")):
+        env.registry(kept[0]).dispute_exclusion(
+            rid, 2, commitment,
+            sign_update_receipt(env.aggregator.account, chain_id, registry.address, rid, kept[0].address, 2, commitment))
+    with pytest.raises(revert_class("NotParticipant")):
+        env.registry(env.outsider).dispute_exclusion(rid, 2, commitment, receipt)
+
+    manager = env.manager()
+    params = manager.params_of(claim_id)
+    tx = mine.dispute_exclusion(rid, 2, commitment, receipt)
+    GAS["disputeExclusion"] = tx.gas_used
+    assert tx.events_named("ClaimRejectedByRegistry") and tx.events_named("ExclusionDisputeWon")
+    assert manager.claim_status(claim_id) == ClaimStatus.REJECTED
+    assert manager.credit_of(dropped.address) == params.claimer_bond * (10_000 - params.burn_bps) // 10_000
+    assert manager.credit_of(env.aggregator.address) == 0  # no bond back to the cheater
+    time_travel(params.challenge_window + 1)
+    with pytest.raises(revert_class("ClaimNotPending")):
+        manager.finalize(claim_id)
+    with pytest.raises(revert_class("ClaimNotFinalized")):
+        registry.settle(claim_id, manager.roots_of(claim_id))
+    assert env.client(ReceiptsClient).receipts_of(kept[0].address) == []  # a rejected claim mints nothing
+
+
+def test_exclusion_dispute_after_the_window_is_refused(env: RoundEnv, time_travel: Callable[[int], int]) -> None:
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    kept, dropped = env.participants[:2], env.participants[2]
+    record = env.record(rid, kept)
+    registry.submit_record(record, env.consent(record, kept))
+    claim_id = env.post(rid)
+    commitment = Web3.keccak(text="late")
+    receipt = sign_update_receipt(env.aggregator.account, int(env.w3.eth.chain_id), registry.address, rid,
+                                  dropped.address, 2, commitment)
+    time_travel(env.manager().params_of(claim_id).challenge_window + 1)
+    with pytest.raises(revert_class("ChallengeWindowClosed")):
+        env.registry(dropped).dispute_exclusion(rid, 2, commitment, receipt)
+
+
+# --------------------------------------------------------------------------- audience
+
+
+def test_participants_audience_comes_from_the_registry(env: RoundEnv) -> None:
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed(env.participants[:2])  # participant 2 never accepted
+    record = env.record(rid, env.participants[:2])
+    registry.submit_record(record, env.consent(record, env.participants[:2]))
+    claim_id = env.post(rid)
+    manager = env.manager()
+    assert manager.is_audience(claim_id, env.participants[0].address)
+    assert not manager.is_audience(claim_id, env.outsider.address)
+    assert not manager.is_audience(claim_id, env.participants[2].address)  # invited but never accepted
+    with pytest.raises(revert_class("NotAudience")):
+        env.manager(env.outsider).challenge(claim_id)
+    game_id, _ = env.manager(env.participants[1]).challenge(claim_id)
+    assert game_id > 0
+
+
+def test_gas_report(capsys: pytest.CaptureFixture[str]) -> None:
+    with capsys.disabled():
+        for name, gas in GAS.items():
+            print(f"\nRoundRegistry gas: {name}: {gas:,}")
