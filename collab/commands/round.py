@@ -1,0 +1,281 @@
+"""``collab round create|fix|status|join``: training rounds in the on-chain RoundRegistry.
+
+A round is opened by the base model's owner (``create``), accepted by each
+invited participant from its own home (``join``: the data is validated and
+counted locally, committed to by a dataset asset, and only the sample count
+and the asset id go on-chain), and fixed (``fix``) before training starts.
+The Flower training itself is run by the participant's node (``collab node
+start --data PATH``) and the orchestrator; ``status`` shows the on-chain side:
+participants, weights, ε, and the state of the round's claim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from eth_utils import is_address, to_checksum_address
+from rich.table import Table
+
+from collab.commands._common import chain_session, emit, kv_table, log, settings
+from collab.errors import BadInput, NotFound, Unauthorized
+
+if TYPE_CHECKING:
+    from chain.clients.round_registry import Round, RoundRegistryClient
+    from collab.commands._common import ChainSession
+    from collab.fl.data import Dataset
+
+group = click.Group("round", help="Create, inspect and join training rounds.")
+
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400}
+
+
+def _registry(ctx: click.Context, need_account: bool) -> tuple[ChainSession, RoundRegistryClient]:
+    from chain.clients.round_registry import RoundRegistryClient
+
+    session = chain_session(ctx, need_account=need_account)
+    if "RoundRegistry" not in session.deployment.contracts:
+        raise NotFound("this deployment has no RoundRegistry", hint="redeploy with `collab chain deploy`")
+    return session, session.client(RoundRegistryClient)
+
+
+def parse_duration(text: str) -> int:
+    """``"3600"``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1d"`` -> seconds (> 0)."""
+    match = _DURATION.match(text.strip().lower())
+    if not match or int(match.group(1)) == 0:
+        raise BadInput(f"--deadline takes a positive duration such as 3600, 30m, 2h or 1d; got {text!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_ids(text: str) -> list[int]:
+    """``"3,4,5"`` -> [3, 4, 5] (Sahara IDs)."""
+    ids = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) == 0:
+            raise BadInput(f"--participants takes Sahara IDs separated by commas, got {part!r}")
+        ids.append(int(part))
+    return ids
+
+
+def config_hash(config: Path | None, model: str, task: str, lora_rank: int, lora_targets: str) -> tuple[bytes, dict[str, Any]]:
+    """keccak of the task/LoRA configuration: a given file's bytes, or the canonical JSON of the options."""
+    from eth_utils import keccak
+
+    if config is not None:
+        try:
+            raw = config.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no such config file: {config}") from None
+        return keccak(raw), {"file": str(config)}
+    spec = {"model": model, "task": task, "lora": {"r": lora_rank, "targets": sorted(lora_targets.split(","))}}
+    return keccak(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()), spec
+
+
+def _resolve_account(session: ChainSession, who: str | None) -> str:
+    """An address from a Sahara ID, an address, or (None) this home's account."""
+    from chain.clients.identity_registry import IdentityRegistryClient
+
+    if who is None:
+        assert session.account is not None
+        return str(session.account.address)
+    if is_address(who):
+        return to_checksum_address(who)
+    if who.isdigit():
+        ident = session.client(IdentityRegistryClient).identity(int(who))
+        return ident.account
+    raise BadInput(f"--aggregator takes a Sahara ID or an address, got {who!r}")
+
+
+@group.command("create")
+@click.option("--asset", "asset_id", type=click.IntRange(min=1), required=True, help="Base model asset id (yours).")
+@click.option("--rounds", type=click.IntRange(min=1, max=10_000), required=True, help="Flower rounds R.")
+@click.option("--participants", required=True, metavar="ID,ID,…", help="Invited participants' Sahara IDs.")
+@click.option("--min-participants", type=click.IntRange(min=1), required=True, help="N: participants needed.")
+@click.option("--epsilon", type=float, required=True, help="ε budget per participant (inf: no DP budget).")
+@click.option("--delta", type=float, default=1e-5, show_default=True, help="δ per participant.")
+@click.option("--deadline", default="1h", show_default=True, help="Time to accept, from now (e.g. 3600, 30m, 2h).")
+@click.option("--creator-share", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="Fraction of the new adapter's Shares you keep (the rest goes to participants by weight).")
+@click.option("--aggregator", default=None, metavar="ID|ADDRESS", help="The aggregating orchestrator (default: you).")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Task/LoRA configuration file (its keccak is recorded); default: the options below.")
+@click.option("--model", default="all-MiniLM-L6-v2", show_default=True, help="Base model architecture.")
+@click.option("--task", default="bbc-news", show_default=True, help="Task name.")
+@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
+@click.option("--lora-targets", default="query,value", show_default=True, help="LoRA target modules.")
+@click.pass_context
+def create(ctx: click.Context, asset_id: int, rounds: int, participants: str, min_participants: int, epsilon: float,
+           delta: float, deadline: str, creator_share: float, aggregator: str | None, config: Path | None, model: str,
+           task: str, lora_rank: int, lora_targets: str) -> None:
+    """Open a training round over a base model you own."""
+    from chain.clients.asset_registry import AssetRegistryClient
+    from chain.clients.identity_registry import IdentityRegistryClient
+    from chain.clients.round_registry import RoundConfig, delta_units, epsilon_units
+
+    ids = parse_ids(participants)
+    if len(set(ids)) != len(ids):
+        raise BadInput("--participants lists a Sahara ID twice")
+    if min_participants > len(ids):
+        raise BadInput(f"--min-participants {min_participants} exceeds the {len(ids)} invited participants")
+    seconds = parse_duration(deadline)
+    eps, dlt = epsilon_units(epsilon), delta_units(delta)
+    chash, spec = config_hash(config, model, task, lora_rank, lora_targets)
+    session, registry = _registry(ctx, need_account=True)
+    assert session.account is not None
+    assets = session.client(AssetRegistryClient)
+    if not assets.exists(asset_id):
+        raise NotFound(f"no asset {asset_id}", hint="see `collab asset list`")
+    if assets.owner_of(asset_id) != session.account.address:
+        raise Unauthorized(f"asset {asset_id} is not yours: only its owner opens rounds over it")
+    agg = _resolve_account(session, aggregator)
+    if not session.client(IdentityRegistryClient).can_aggregate(agg):
+        raise Unauthorized(f"{agg} may not aggregate (it needs the aggregator role, granted by the admin)")
+    now = int(session.w3.eth.get_block("latest")["timestamp"])
+    cfg = RoundConfig(asset_id, rounds, ids, min_participants, eps, dlt, now + seconds,
+                      round(creator_share * 10_000), chash, agg)
+    created = registry.create_round(cfg)
+    log(f"round {created.round_id} opened; participants accept with `collab join {created.round_id} --data PATH`")
+    data = {**registry.get_round(created.round_id).to_json(), "config": spec,
+            "tx": created.tx.tx_hash if created.tx else None}
+    emit(ctx, data, f"opened round {created.round_id} over asset {asset_id} ({len(ids)} invited, N={min_participants}, "
+                    f"ε={epsilon:g}); accept until chain time {now + seconds}")
+
+
+@group.command("fix")
+@click.argument("round_id", type=click.IntRange(min=1), metavar="ROUND")
+@click.pass_context
+def fix(ctx: click.Context, round_id: int) -> None:
+    """Fix the participant set and weights (the creator, or anyone after the deadline)."""
+    _, registry = _registry(ctx, need_account=True)
+    r = registry.get_round(round_id)
+    if r.accepted < r.min_participants:
+        raise BadInput(f"round {round_id} has {r.accepted} accepted participant(s); it needs {r.min_participants}")
+    tx = registry.fix(round_id)
+    r = registry.get_round(round_id)
+    emit(ctx, {**r.to_json(), "tx": tx.tx_hash},
+         f"round {round_id} fixed: {r.accepted} participants, total weight {r.total_weight}")
+
+
+@group.command("status")
+@click.argument("round_id", type=click.IntRange(min=1), metavar="ROUND")
+@click.pass_context
+def status(ctx: click.Context, round_id: int) -> None:
+    """Participants, weights, ε, and the round's claim on-chain."""
+    from chain.clients.claim_manager import ClaimManagerClient
+
+    session, registry = _registry(ctx, need_account=False)
+    r = registry.get_round(round_id)
+    parts = registry.participants_of(round_id)
+    claim: dict[str, Any] = {"claim_id": None, "status": "none", "settled_asset": None}
+    if any(r.claim_id):
+        manager = session.client(ClaimManagerClient)
+        claim = {"claim_id": "0x" + r.claim_id.hex(), "status": manager.claim_status(r.claim_id).name.lower(),
+                 "settled_asset": registry.settled_asset(r.claim_id) or None}
+    data = {"round": r.to_json(), "participants": [p.to_json() for p in parts], "claim": claim}
+    emit(ctx, data, _status_view(r, parts, claim))
+
+
+def _status_view(r: Round, parts: list[Any], claim: dict[str, Any]) -> Table:
+    from chain.clients.round_registry import epsilon_value
+
+    budget = epsilon_value(r.epsilon_budget)
+    summary = {"status": r.status.label, "base asset": r.base_asset_id, "rounds": r.rounds,
+               "participants": f"{r.accepted}/{r.invited} accepted, N={r.min_participants}",
+               "ε budget": "inf" if math.isinf(budget) else f"{budget:g}", "creator share": f"{r.creator_share_bps / 100:g}%",
+               "aggregator": r.aggregator, "claim": f"{claim['status']} {claim['claim_id'] or ''}".strip()}
+    if claim.get("settled_asset"):
+        summary["new asset"] = claim["settled_asset"]
+    table = kv_table(summary, title=f"round {r.id}")
+    rows = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in ("id", "account", "accepted", "weight", "dataset", "included", "ε spent"):
+        rows.add_column(column)
+    for p in parts:
+        spent = f"{epsilon_value(p.epsilon):g}" if p.included else "-"
+        rows.add_row(str(p.id), p.account if p.accepted else "-", "yes" if p.accepted else "no",
+                     str(p.samples or "-"), str(p.dataset_asset_id or "-"), "yes" if p.included else "no", spent)
+    outer = Table.grid()
+    outer.add_row(table)
+    outer.add_row(rows)
+    return outer
+
+
+# --------------------------------------------------------------------- join
+
+
+def data_commitment(data: Dataset) -> bytes:
+    """sha256 over the canonical JSON of the examples (class names, not indices): the dataset asset's contentHash."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(list(data.classes)).encode())
+    for text, label in zip(data.texts, data.labels, strict=True):
+        digest.update(b"\n" + json.dumps([text, data.classes[label]], ensure_ascii=False).encode())
+    return digest.digest()
+
+
+def join_round(ctx: click.Context, round_id: int, data_path: Path, dataset_asset: int | None) -> None:
+    """Validate the data locally, commit to it with a dataset asset, and accept the round on-chain."""
+    from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
+    from chain.clients.identity_registry import IdentityRegistryClient
+    from chain.clients.round_registry import RoundStatus
+    from collab.fl.data import load_user_data
+
+    data = load_user_data(data_path)  # BadInput naming the file and line, before anything is sent
+    session, registry = _registry(ctx, need_account=True)
+    assert session.account is not None
+    me = session.account.address
+    r = registry.get_round(round_id)
+    if r.status != RoundStatus.OPEN:
+        raise BadInput(f"round {round_id} is {r.status.label}: it no longer accepts participants")
+    now = int(session.w3.eth.get_block("latest")["timestamp"])
+    if now >= r.deadline:
+        raise BadInput(f"round {round_id} closed for joining {now - r.deadline} s ago (deadline passed)")
+    my_id = session.client(IdentityRegistryClient).id_of(me)
+    if my_id == 0:
+        raise Unauthorized(f"{me} has no Sahara ID", hint="register with `collab id register`")
+    parts = registry.participants_of(round_id)
+    mine = next((p for p in parts if p.id == my_id), None)
+    if mine is None:
+        raise Unauthorized(f"identity {my_id} is not invited to round {round_id}")
+    if mine.accepted:
+        raise BadInput(f"identity {my_id} already joined round {round_id} with {mine.samples} samples")
+    assets = session.client(AssetRegistryClient)
+    commitment = data_commitment(data)
+    registered = False
+    if dataset_asset is None:
+        found = next((a for a in assets.assets(owner=me) if a.kind == AssetKind.DATASET and a.content_hash == commitment), None)
+        if found is None:
+            log(f"registering {data_path.name} as a dataset asset (commitment {commitment.hex()[:16]}…) …")
+            dataset_asset = assets.register(AssetInput(AssetKind.DATASET, commitment)).asset_id
+            registered = True
+        else:
+            dataset_asset = found.id
+    elif not assets.exists(dataset_asset) or assets.owner_of(dataset_asset) != me:
+        raise Unauthorized(f"dataset asset {dataset_asset} is not yours")
+    tx = registry.accept(round_id, len(data), dataset_asset)
+    record = {"round_id": round_id, "data": str(data_path.resolve()), "samples": len(data),
+              "classes": data.class_counts(), "dataset_asset": dataset_asset, "joined_at": int(time.time())}
+    joins = settings(ctx).home / "rounds"
+    joins.mkdir(parents=True, exist_ok=True)
+    (joins / f"{round_id}.json").write_text(json.dumps(record, indent=2))
+    emit(ctx, {**record, "registered_dataset": registered, "tx": tx.tx_hash},
+         f"joined round {round_id} with {len(data)} samples (dataset asset {dataset_asset}); "
+         f"train by running `collab node start --data {data_path}`")
+
+
+@group.command("join")
+@click.argument("round_id", type=click.IntRange(min=1), metavar="ROUND")
+@click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
+              help="Your labelled data: a folder <class>/<file>, a CSV (text,label) or a JSONL file.")
+@click.option("--dataset-asset", type=click.IntRange(min=1), default=None,
+              help="Your dataset asset committing to the data (default: found by its commitment, or registered).")
+@click.pass_context
+def join(ctx: click.Context, round_id: int, data_path: Path, dataset_asset: int | None) -> None:
+    """Accept an invitation: declare your sample count and dataset asset on-chain."""
+    join_round(ctx, round_id, data_path, dataset_asset)

@@ -1,0 +1,175 @@
+"""`collab round create|fix|status|join` and `collab join` on a real anvil: the happy path, the claim's
+state in `round status`, and one-line errors with the architecture's exit codes for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
+from chain.clients.bisection_game import BisectionGameClient
+from chain.clients.claim_manager import Audience, ClaimManagerClient
+from chain.clients.data_availability import DataAvailabilityClient
+from chain.clients.identity_registry import IdentityRegistryClient, Keys
+from chain.clients.round_registry import AttributionRecord, RoundRegistryClient, aggregate_consent, epsilon_units
+from chain.deployment import Deployment
+from collab.cli import run as collab
+from collab.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNAUTHORIZED
+from collab.fraudproof.agents import ClaimerAgent
+from collab.fraudproof.trace import build_trace
+from collab.identity import Identity
+from tests.test_claim_manager import add_chain_program
+
+
+@dataclass
+class Homes:
+    creator: Path
+    alice: Path
+    bob: Path
+    outsider: Path
+    ids: dict[str, int]
+    base_asset: int
+    data: Path
+
+
+def _home(w3: Web3, deployment: Deployment, path: Path, name: str) -> tuple[Identity, int]:
+    me = Identity.create(path, "pw", scrypt_n=2**12)
+    deployment.save(path / "deployment.json")
+    w3.provider.make_request("anvil_setBalance", [me.address, hex(10**21)])  # type: ignore[arg-type]
+    client = IdentityRegistryClient.from_deployment(deployment, w3, me.account)
+    ident = client.register(name, "human", Keys(*me.registry_keys(int(w3.eth.chain_id), client.address))).id
+    return me, ident
+
+
+def _jsonl(path: Path, n: int, label_of: Callable[[int], str] = lambda i: ("sport", "tech")[i % 2]) -> Path:
+    path.write_text("".join(json.dumps({"text": f"article {i} about things", "label": label_of(i)}) + "\n" for i in range(n)))
+    return path
+
+
+@pytest.fixture
+def homes(w3: Web3, deployment: Deployment, deployer: LocalAccount, chain_snapshot: str, tmp_path: Path,
+          monkeypatch: pytest.MonkeyPatch) -> Homes:
+    if "RoundRegistry" not in deployment.contracts:
+        pytest.skip("RoundRegistry is not deployed")
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+    for var in ("COLLAB_DEPLOYMENT", "COLLAB_RPC_URL", "COLLAB_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    ids: dict[str, int] = {}
+    paths = {}
+    for name in ("creator", "alice", "bob", "outsider"):
+        paths[name] = tmp_path / name
+        me, ids[name] = _home(w3, deployment, paths[name], f"cli-round-{name}")
+        if name == "creator":
+            IdentityRegistryClient.from_deployment(deployment, w3, deployer).grant_aggregator(ids[name])
+            base = AssetRegistryClient.from_deployment(deployment, w3, me.account).register(
+                AssetInput(AssetKind.MODEL, Web3.keccak(text="cli base model"), derivative_royalty_bps=300)).asset_id
+    return Homes(paths["creator"], paths["alice"], paths["bob"], paths["outsider"], ids, base,
+                 _jsonl(tmp_path / "data.jsonl", 6))
+
+
+def cli(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = collab(["--home", str(home), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _create(capsys: pytest.CaptureFixture[str], h: Homes, *extra: str) -> int:
+    code, out, err = cli(capsys, h.creator, "--json", "round", "create", "--asset", str(h.base_asset), "--rounds", "2",
+                         "--participants", f"{h.ids['alice']},{h.ids['bob']}", "--min-participants", "2",
+                         "--epsilon", "8", "--delta", "1e-5", "--deadline", "30m", "--creator-share", "0.25", *extra)
+    assert code == 0, err
+    return int(json.loads(out)["id"])
+
+
+def test_create_join_fix_and_status_with_the_claim_state(
+    homes: Homes, tmp_path: Path, capsys: pytest.CaptureFixture[str], w3: Web3, deployment: Deployment
+) -> None:
+    h = homes
+    rid = _create(capsys, h)
+    code, out, err = cli(capsys, h.alice, "--json", "join", str(rid), "--data", str(h.data))
+    assert code == 0, err
+    joined = json.loads(out)
+    assert joined["samples"] == 6 and joined["registered_dataset"] and (h.alice / "rounds" / f"{rid}.json").is_file()
+    bob_data = _jsonl(tmp_path / "bob.jsonl", 9)
+    code, out, err = cli(capsys, h.bob, "--json", "round", "join", str(rid), "--data", str(bob_data))
+    assert code == 0, err
+    code, out, err = cli(capsys, h.bob, "round", "fix", str(rid))
+    assert code == EXIT_BAD_INPUT and "NotRoundCreator" in err and "Traceback" not in err
+    code, out, err = cli(capsys, h.creator, "--json", "round", "fix", str(rid))
+    assert code == 0, err
+    assert json.loads(out)["status"] == "fixed"
+
+    code, out, err = cli(capsys, h.outsider, "--json", "round", "status", str(rid))
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["round"]["status"] == "fixed" and status["round"]["total_weight"] == 15
+    assert [(p["id"], p["weight"]) for p in status["participants"]] == [(h.ids["alice"], 6), (h.ids["bob"], 9)]
+    assert status["claim"]["status"] == "none"
+
+    # The aggregator records both participants' consent and posts the claim: status shows it pending, with ε.
+    creator = Identity.load(h.creator, "pw")
+    signers = [Identity.load(p, "pw") for p in (h.alice, h.bob)]
+    registry = RoundRegistryClient.from_deployment(deployment, w3, creator.account)
+    program, inputs = add_chain_program()
+    trace = build_trace(program, inputs)
+    record = AttributionRecord(rid, trace.program.root, trace.input_root, trace.output_root, Web3.keccak(text="adapter"),
+                               "vault://adapter", [s.address for s in signers], [6, 9], [bytes(32), bytes(32)],
+                               [epsilon_units(3.25), epsilon_units(4.0)]).sorted()
+    root = registry.local_root(record)
+    registry.submit_record(record, aggregate_consent([s.bls_sign(root) for s in signers]))
+    manager = ClaimManagerClient.from_deployment(deployment, w3, creator.account)
+    agent = ClaimerAgent(manager, BisectionGameClient.from_deployment(deployment, w3, creator.account),
+                         DataAvailabilityClient.from_deployment(deployment, w3, creator.account), trace,
+                         job_id=registry.job_id_of(rid))
+    manager.post_claim(dataclasses.replace(agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
+                                           participant_registry=registry.address))
+    code, out, err = cli(capsys, h.outsider, "--json", "round", "status", str(rid))
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["round"]["status"] == "recorded" and status["claim"]["status"] == "pending"
+    assert sorted(p["epsilon"] for p in status["participants"]) == [3.25, 4.0]
+    code, out, err = cli(capsys, h.outsider, "round", "status", str(rid))  # the human view renders too
+    assert code == 0 and "pending" in out and "ε" in out
+
+
+def test_bad_input_gets_one_line_errors_and_exit_codes(
+    homes: Homes, tmp_path: Path, capsys: pytest.CaptureFixture[str], time_travel: Callable[[int], int]
+) -> None:
+    h = homes
+    code, _, err = cli(capsys, h.outsider, "round", "status", "999")
+    assert code == EXIT_NOT_FOUND and "UnknownRound" in err and "Traceback" not in err
+    code, _, err = cli(capsys, h.alice, "join", "999", "--data", str(h.data))
+    assert code == EXIT_NOT_FOUND and "UnknownRound" in err
+    code, _, err = cli(capsys, h.outsider, "round", "create", "--asset", str(h.base_asset), "--rounds", "1",
+                       "--participants", str(h.ids["alice"]), "--min-participants", "1", "--epsilon", "1")
+    assert code == EXIT_UNAUTHORIZED and "not yours" in err
+    code, _, err = cli(capsys, h.creator, "round", "create", "--asset", str(h.base_asset), "--rounds", "1",
+                       "--participants", str(h.ids["alice"]), "--min-participants", "2", "--epsilon", "1")
+    assert code == EXIT_BAD_INPUT and "--min-participants" in err
+    code, _, err = cli(capsys, h.creator, "round", "create", "--asset", str(h.base_asset), "--rounds", "1",
+                       "--participants", str(h.ids["alice"]), "--min-participants", "1", "--epsilon", "1",
+                       "--deadline", "soon")
+    assert code == EXIT_BAD_INPUT and "--deadline" in err
+    rid = _create(capsys, h)
+    code, _, err = cli(capsys, h.outsider, "join", str(rid), "--data", str(h.data))
+    assert code == EXIT_UNAUTHORIZED and "not invited" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": "a"}\n{"text": 3\n')
+    code, _, err = cli(capsys, h.alice, "join", str(rid), "--data", str(bad))
+    assert code == EXIT_BAD_INPUT and "bad.jsonl" in err and err.count("\n") == 1
+    code, _, err = cli(capsys, h.alice, "join", str(rid), "--data", str(tmp_path / "missing"))
+    assert code == EXIT_NOT_FOUND
+    # the round stayed untouched by the rejected joins:
+    code, out, _ = cli(capsys, h.outsider, "--json", "round", "status", str(rid))
+    assert json.loads(out)["round"]["accepted"] == 0
+    time_travel(31 * 60)
+    code, _, err = cli(capsys, h.alice, "join", str(rid), "--data", str(h.data))
+    assert code == EXIT_BAD_INPUT and "deadline passed" in err
