@@ -279,6 +279,20 @@ def test_a_claim_keeps_its_parameter_snapshot_when_governance_changes_them(
         manager.finalize(second)
 
 
+def test_a_change_back_to_the_same_values_reuses_the_snapshot(env: GameEnv) -> None:
+    # The epoch moves, so the values are read again (batched), but equal values keep the stored version.
+    manager = env.manager(env.claimer)
+    first = env.claimer_agent().post()
+    version = manager.get_claim(first).params_version
+    env.set_param("BURN_BPS", manager.params_of(first).burn_bps)
+    second = env.claimer_agent().post()
+    assert second != first and manager.get_claim(second).params_version == version
+    env.set_param("BURN_BPS", manager.params_of(first).burn_bps + 1)
+    third = env.claimer_agent().post()
+    assert manager.get_claim(third).params_version == version + 1
+    assert manager.params_of(third).burn_bps == manager.params_of(first).burn_bps + 1
+
+
 # --------------------------------------------------------------------------- audiences
 
 

@@ -112,3 +112,20 @@ def test_solidity_param_keys_equal_the_python_keys(w3: Web3, deployer: LocalAcco
     address, _ = deploy_contract(w3, deployer, artifact)
     keys = ContractClient(w3, address, artifact.abi, name="ParamKeysHarness")._call("keys")
     assert [bytes(k) for k in keys] == [key_of(name) for name in PARAM_NAMES]
+
+
+def test_get_many_reads_values_in_order_and_refuses_unknown_keys(deployed: ProtocolParamsClient) -> None:
+    names = ["CLAIMER_BOND", "CHALLENGE_WINDOW", "BURN_BPS"]
+    assert deployed.get_many(names) == [DEFAULT_PARAMS[n] for n in names]
+    assert deployed.get_many([]) == []
+    with pytest.raises(revert_class("UnknownParam")) as err:
+        deployed.get_many(["CLAIMER_BOND", "NO_SUCH_PARAM"])
+    assert err.value.error_args == {"key": "0x" + key_of("NO_SUCH_PARAM").hex()}
+
+
+def test_every_set_moves_the_epoch_even_to_the_same_value(fresh: ProtocolParamsClient) -> None:
+    # ClaimManager reuses its parameter snapshot while the epoch stands still, so no set may leave it unmoved.
+    assert fresh.epoch() == 0
+    fresh.set("BURN_BPS", 10)
+    fresh.set("BURN_BPS", 10)
+    assert fresh.epoch() == 2 and fresh.get_many(["BURN_BPS"]) == [10]

@@ -64,6 +64,14 @@ class ProtocolParamsClient(ContractClient):
         """Current value; reverts ``UnknownParam`` for a key never set."""
         return int(self._call("get", key_of(name_or_key)))
 
+    def get_many(self, names_or_keys: list[str | bytes]) -> list[int]:
+        """Current values in one call (``getMany``); reverts ``UnknownParam`` if any key was never set."""
+        return [int(v) for v in self._call("getMany", [key_of(n) for n in names_or_keys])]
+
+    def epoch(self) -> int:
+        """How many ``set`` calls so far: values read under one epoch stay valid until it moves."""
+        return int(self._call("epoch"))
+
     def is_set(self, name_or_key: str | bytes) -> bool:
         """Whether the parameter was ever set."""
         return bool(self._call("isSet", key_of(name_or_key)))

@@ -129,13 +129,14 @@ contract BisectionGame is IBisectionGame {
         bytes32 computed = LibMerkle.traceLeaf(g.step, LibMerkle.tensorRoot(chunkRoot, header));
         // INVARIANT: the header and chunk root are the preimage of the disputed trace leaf.
         if (computed != g.node) revert HeaderMismatch(g.node, computed);
-        g.header = header;
         emit HeaderRevealed(gameId, g.step, chunkRoot, header);
         // INVARIANT: an invalid header has no correct value; the claimer loses at once.
         if (!LibMerkle.isValidHeader(header)) {
             _resolve(g, gameId, false, Reason.InvalidHeader);
             return;
         }
+        // SAFETY: a valid header's bytes 27..31 are zero, so bytes27 keeps all of it.
+        g.header = bytes27(header);
         g.node = chunkRoot;
         g.depth = 0;
         g.index = 0;
@@ -189,7 +190,7 @@ contract BisectionGame is IBisectionGame {
         IClaimManager(MANAGER).checkRoots(g.claimId, proof.claimRoots);
         (uint16 op, uint32[] memory ids, bytes32 outHeader, bytes memory params) = _checkedStep(g, proof);
         // INVARIANT: the revealed output header must be the one the step declares.
-        if (g.header != outHeader) {
+        if (bytes32(g.header) != outHeader) {
             _resolve(g, gameId, false, Reason.HeaderMismatch);
             return;
         }
@@ -198,7 +199,7 @@ contract BisectionGame is IBisectionGame {
             _resolve(g, gameId, false, Reason.IllFormedInput);
             return;
         }
-        uint256 element = LibMerkle.domainOf(g.header) == LibMerkle.DOMAIN_BUNDLE
+        uint256 element = LibMerkle.domainOf(bytes32(g.header)) == LibMerkle.DOMAIN_BUNDLE
             ? g.index
             : uint256(g.index) * LibMerkle.CHUNK_ELEMS + g.element;
         (IOneStepVerifier.Verdict verdict, bytes32 expected) =
@@ -304,7 +305,7 @@ contract BisectionGame is IBisectionGame {
 
     /// @dev A chunk-tree leaf was reached: a bundle entry is the disputed element, a chunk needs its bytes.
     function _enterLeaf(Game storage g) private {
-        if (LibMerkle.domainOf(g.header) == LibMerkle.DOMAIN_BUNDLE) {
+        if (LibMerkle.domainOf(bytes32(g.header)) == LibMerkle.DOMAIN_BUNDLE) {
             g.claimedWord = g.node;
             g.phase = Phase.Step;
             _handOver(g, Side.Challenger);

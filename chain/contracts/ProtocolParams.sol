@@ -12,6 +12,8 @@ contract ProtocolParams is IProtocolParams, Ownable {
     mapping(bytes32 key => uint256) private _values;
     /// @dev key => whether it was ever set (a set 0 differs from "never set").
     mapping(bytes32 key => bool) private _set;
+    /// @inheritdoc IProtocolParams
+    uint256 public epoch;
 
     /// @param initialOwner The account that sets the initial values (the deployer),
     /// which then hands ownership to the timelock.
@@ -19,9 +21,15 @@ contract ProtocolParams is IProtocolParams, Ownable {
 
     /// @inheritdoc IProtocolParams
     function get(bytes32 key) external view returns (uint256) {
-        // INVARIANT: a parameter nobody set is an error, never a silent 0.
-        if (!_set[key]) revert UnknownParam(key);
-        return _values[key];
+        return _get(key);
+    }
+
+    /// @inheritdoc IProtocolParams
+    function getMany(bytes32[] calldata keys) external view returns (uint256[] memory values) {
+        values = new uint256[](keys.length);
+        for (uint256 i; i < keys.length; ++i) {
+            values[i] = _get(keys[i]);
+        }
     }
 
     /// @inheritdoc IProtocolParams
@@ -29,11 +37,19 @@ contract ProtocolParams is IProtocolParams, Ownable {
         uint256 oldValue = _values[key];
         _values[key] = value;
         _set[key] = true;
+        // INVARIANT: every change moves the epoch, so a cache keyed by it is never stale.
+        ++epoch;
         emit ParamSet(key, oldValue, value);
     }
 
     /// @inheritdoc IProtocolParams
     function isSet(bytes32 key) external view returns (bool) {
         return _set[key];
+    }
+
+    function _get(bytes32 key) private view returns (uint256) {
+        // INVARIANT: a parameter nobody set is an error, never a silent 0.
+        if (!_set[key]) revert UnknownParam(key);
+        return _values[key];
     }
 }

@@ -21,6 +21,17 @@ interface IProtocolParams {
     /// @return The value.
     function get(bytes32 key) external view returns (uint256);
 
+    /// @notice The current values of `keys`, in order, in one call (a reader that needs
+    /// several values pays one call instead of one per key); reverts `UnknownParam` on any unset key.
+    /// @param keys The parameter keys.
+    /// @return values The values, `values[i]` for `keys[i]`.
+    function getMany(bytes32[] calldata keys) external view returns (uint256[] memory values);
+
+    /// @notice A counter that moves on every `set`: a reader may cache values it read under one
+    /// epoch and reuse them while the epoch is unchanged (`ClaimManager`'s parameter snapshot does).
+    /// @return The number of `set` calls so far.
+    function epoch() external view returns (uint256);
+
     /// @notice Sets `key` to `value`; owner (the timelock) only.
     /// @param key The parameter key.
     /// @param value The new value.
