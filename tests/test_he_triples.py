@@ -140,6 +140,32 @@ def test_batched_matmul_triples_follow_torch_matmul_shapes() -> None:
     assert np.array_equal(c, mm(a, b))
 
 
+def test_fixed_mask_matmul_triples_reuse_the_weight_mask_and_stay_exact() -> None:
+    """Two queries against one per-load mask B: each (a, c) is fresh, c = a @ B exactly, B never moves."""
+    ch0, ch1 = QueueChannel.pair(timeout=120.0)
+    gens = [TripleGenerator(HeParty(), ch) for ch in (ch0, ch1)]
+    rng = Rng()
+    b_shares = [rng.uint64((8, 6)), rng.uint64((8, 6))]
+    out: list[list[tuple[np.ndarray, np.ndarray]]] = [[], []]
+
+    def body(i: int) -> None:
+        for size in ((2, 3, 8), (4, 8)):
+            out[i].append(gens[i].matmul_fixed(size, b_shares[i]))
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b = add(*b_shares)
+    for (a0, c0), (a1, c1) in zip(out[0], out[1]):
+        a, c = add(a0, a1), add(c0, c1)
+        assert np.array_equal(c, mm(a, b))
+    assert out[0][0][1].shape == (2, 3, 6)
+    with pytest.raises(BadInput):
+        gens[0].matmul_fixed((4, 7), b_shares[0])
+
+
 def test_long_inner_dimension_is_split_into_separately_masked_groups(suite: BfvSuite) -> None:
     plan = plan_matmul(1, 5000, 1, suite)
     assert plan.groups >= 2  # 5000 products of 128 bits would leave < 40 bits of mask

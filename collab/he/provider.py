@@ -128,6 +128,19 @@ class HomomorphicTupleProvider(TupleProvider):  # type: ignore[misc]
         a, b, c = gen.mul(tuple(size0), tuple(size1)) if op == "mul" else gen.matmul(tuple(size0), tuple(size1))
         return tuple(ArithmeticSharedTensor.from_shares(_as_int64(t), precision=0) for t in (a, b, c))
 
+    def fixed_matmul_triple(self, size0, b_share):  # type: ignore[no-untyped-def]
+        """Shares of (a, a @ B) for this party's share ``b_share`` of a per-load fixed mask B.
+
+        Used by :class:`collab.mpc.fixed.MaskedWeight`; traced and cached like
+        CrypTen's own requests (the cache key holds the ``b_share`` object,
+        which lives for the model load).
+        """
+        out = (*tuple(size0)[:-1], int(b_share.shape[1]))
+        if self.tracing:
+            return self._dry(tuple(size0), out)
+        a, c = self._gen().matmul_fixed(tuple(size0), b_share.numpy().view(np.uint64))
+        return tuple(ArithmeticSharedTensor.from_shares(_as_int64(t), precision=0) for t in (a, c))
+
     def square(self, size, device=None):  # type: ignore[no-untyped-def]
         """Shares of (r, r^2)."""
         if self.tracing:
@@ -163,6 +176,8 @@ class HomomorphicTupleProvider(TupleProvider):  # type: ignore[misc]
 
 def install_provider(params: BfvParams | None = None) -> HomomorphicTupleProvider:
     """Register (idempotently) the HE provider under ``"HE"`` in CrypTen, replacing its stub."""
+    if "fixed_matmul_triple" not in TupleProvider.TRACEABLE_FUNCTIONS:  # CrypTen traces/caches by this list
+        TupleProvider.TRACEABLE_FUNCTIONS.append("fixed_matmul_triple")
     registry: dict[str, Any] = getattr(crypten.mpc, _REGISTRY)
     current = registry.get(NAME)
     if isinstance(current, HomomorphicTupleProvider) and current.params == params:

@@ -584,6 +584,20 @@ class TripleGenerator:
                 c2 = c2.squeeze(-1)
             return a, b, c2
 
+    def matmul_fixed(self, size0: tuple[int, ...], b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shares of a fresh ``a`` of ``size0`` and ``c = a @ B`` for a mask ``B`` fixed per model load.
+
+        ``b`` is this party's own share of B (2-D, drawn locally once); B is
+        jointly random and never opened, so the weight's ``W - B`` can be
+        opened once and reused, and each query only needs this (a, c).
+        """
+        with self._timed("matmul_fixed"):
+            if b.ndim != 2 or size0[-1] != b.shape[0]:
+                raise BadInput(f"fixed-mask matmul shapes {tuple(size0)} and {b.shape} do not match")
+            a = self.party.rng.uint64(tuple(size0))
+            c = self._matmul2d(a.reshape(-1, b.shape[0]), np.ascontiguousarray(b, dtype=U64))
+            return a, c.reshape(*size0[:-1], b.shape[1])
+
     def _matmul2d(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         self.setup()
         n, k = a.shape
