@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from eth_utils import to_checksum_address
 
@@ -20,6 +21,11 @@ from chain.clients.claim_manager import ClaimRoots
 from collab.errors import BadInput, InternalError
 
 ZERO32 = b"\x00" * 32
+
+
+def _b32(value: Any) -> bytes:
+    """bytes32 from a call result or decoded event (bytes or 0x-hex)."""
+    return bytes.fromhex(value.removeprefix("0x")) if isinstance(value, str) else bytes(value)
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class MergeRegistryClient(ContractClient):
         if not events:
             raise InternalError("record did not emit MergeRecorded")
         a = events[0].args
-        return MergeRecorded(bytes(a["jobId"]), to_checksum_address(a["merger"]), bytes(a["claimId"]),
+        return MergeRecorded(_b32(a["jobId"]), to_checksum_address(a["merger"]), _b32(a["claimId"]),
                              tuple(int(p) for p in a["parents"]), tuple(to_checksum_address(c) for c in a["contributors"]),
                              tuple(int(w) for w in a["weights"]), tx)
 
@@ -117,13 +123,13 @@ class MergeRegistryClient(ContractClient):
         raw = self._call("job", job_id)
         contributors, weights = self._call("contributorsOf", job_id)
         parents = self._call("parentsOf", job_id)
-        return MergeJob(job_id, to_checksum_address(raw[0]), bytes(raw[1]), bytes(raw[2]), int(raw[3]), int(raw[4]),
+        return MergeJob(job_id, to_checksum_address(raw[0]), _b32(raw[1]), _b32(raw[2]), int(raw[3]), int(raw[4]),
                         tuple(to_checksum_address(c) for c in contributors), tuple(int(w) for w in weights),
                         tuple(int(p) for p in parents))
 
     def job_of_claim(self, claim_id: bytes) -> bytes:
         """The job a claim settles (zero bytes if none)."""
-        return bytes(self._call("jobOfClaim", claim_id))
+        return _b32(self._call("jobOfClaim", claim_id))
 
     def settled_asset(self, claim_id: bytes) -> int:
         """The asset registered when the claim settled (0 before)."""

@@ -123,13 +123,15 @@ class PostedMerge:
 def record_and_post(
     output: ClaimedOutput, *, merger: Any, home: Path, vault: Any, manager: Any, game: Any, data: Any,
     registry: Any, audience: str = "participants", verify_asset: int = 0, merger_share_bps: int = 0,
-    royalty_bps: int = 0, kind: str = "model",
+    royalty_bps: int = 0, kind: str = "model", overrides: Any = None,
 ) -> PostedMerge:
     """Vault the output, record the job in MergeRegistry, store the job, post the claim (hook: the registry).
 
     ``merger`` is the signing account; ``vault`` the merger's :class:`~collab.vault.Vault`;
     ``manager``/``game``/``data``/``registry`` the ClaimManager, BisectionGame,
     DataAvailability and MergeRegistry clients acting as the merger.
+    ``overrides`` (tests only) are the wrong step outputs of a cheating
+    claimer's trace, stored so its watcher can serve and defend them.
     """
     from chain.clients.asset_registry import AssetKind
     from chain.clients.claim_manager import Audience
@@ -158,7 +160,7 @@ def record_and_post(
         claim = replace(claim, participant_registry=registry.address)
     if claim.claim_id != recorded.claim_id:
         raise BadInput("MergeRegistry names a different claim id than the one about to be posted")
-    Store(home).save_job(claim.claim_id, plan.job.program, plan.job.inputs, plan.job.witnesses)  # servable first
+    Store(home).save_job(claim.claim_id, plan.job.program, plan.job.inputs, plan.job.witnesses, overrides)  # servable first
     posted = manager.post_claim(claim)
     return PostedMerge(posted.claim_id, job_id, entry.content_hash, entry.uri, recorded.parents, recorded.contributors,
                        recorded.weights, aud.name.lower())
