@@ -46,6 +46,7 @@ BASE_ROYALTY_BPS = 500
 CREATOR_BPS = 2_000
 SAMPLES = (120, 300, 181)  # weights of participants 0..2
 GAS: dict[str, int] = {}
+N_EXTRA = 5  # with the 3 participants: 8 contributors, more than the hook's 1.5M gas can settle
 
 
 @dataclass
@@ -70,6 +71,7 @@ class RoundEnv:
     aggregator: Member
     participants: list[Member]
     outsider: Member
+    extra: list[Member]
     base_asset: int
     trace: Trace
 
@@ -150,13 +152,15 @@ def round_env(w3: Web3, deployment: Deployment, deployer: LocalAccount) -> Round
     IdentityRegistryClient.from_deployment(deployment, w3, deployer).grant_aggregator(aggregator.id)
     participants = [_member(w3, deployment, f"participant-{i}") for i in range(3)]
     outsider = _member(w3, deployment, "outsider")
+    extra = [_member(w3, deployment, f"extra-{i}") for i in range(N_EXTRA)]
     assets = AssetRegistryClient.from_deployment(deployment, w3, creator.account)
     base = assets.register(AssetInput(AssetKind.MODEL, Web3.keccak(text="minilm"), derivative_royalty_bps=BASE_ROYALTY_BPS))
-    for p in [*participants, outsider]:
+    for p in [*participants, outsider, *extra]:
         p.dataset = AssetRegistryClient.from_deployment(deployment, w3, p.account).register(
             AssetInput(AssetKind.DATASET, Web3.keccak(text=f"data of {p.address}"))).asset_id
     program, inputs = add_chain_program()
-    return RoundEnv(w3, deployment, creator, aggregator, participants, outsider, base.asset_id, build_trace(program, inputs))
+    return RoundEnv(w3, deployment, creator, aggregator, participants, outsider, extra, base.asset_id,
+                    build_trace(program, inputs))
 
 
 @pytest.fixture
@@ -404,6 +408,37 @@ def test_participants_audience_comes_from_the_registry(env: RoundEnv) -> None:
         env.manager(env.outsider).challenge(claim_id)
     game_id, _ = env.manager(env.participants[1]).challenge(claim_id)
     assert game_id > 0
+
+
+def test_settlement_too_big_for_the_hook_is_completed_by_anyone_with_settle(
+    env: RoundEnv, time_travel: Callable[[int], int]
+) -> None:
+    members = [*env.participants, *env.extra]
+    registry = env.registry()
+    rid = registry.create_round(env.config(participant_ids=[m.id for m in members], min_participants=len(members))).round_id
+    for i, m in enumerate(members):
+        env.registry(m).accept(rid, 10 + i, m.dataset)
+    registry.fix(rid)
+    t = env.trace
+    record = AttributionRecord(
+        rid, t.program.root, t.input_root, t.output_root, Web3.keccak(text="big round"), "vault://big",
+        [m.address for m in members], [10 + i for i in range(len(members))], [bytes(32)] * len(members),
+        [epsilon_units(1.0)] * len(members),
+    ).sorted()
+    GAS[f"bls consent check ({len(members)} signers)"] = env.registry(env.aggregator).consent_gas(
+        record, env.consent(record, members))
+    env.registry(env.aggregator).submit_record(record, env.consent(record, members))
+    claim_id = env.post(rid)
+    time_travel(env.manager().params_of(claim_id).challenge_window + 1)
+    tx = env.manager(env.outsider).finalize(claim_id)
+    assert tx.events_named("SettlementHookFailed")  # the claim is final; its effects are not lost:
+    assert env.manager().claim_status(claim_id) == ClaimStatus.FINALIZED and registry.settled_asset(claim_id) == 0
+    settled = env.registry(env.outsider).settle(claim_id, env.manager().roots_of(claim_id))
+    GAS[f"settle ({len(members)} contributors)"] = settled.gas_used
+    asset_id = registry.settled_asset(claim_id)
+    shares = env.client(SharesClient)
+    assert sum(shares.balance_of(a, asset_id) for a in [env.creator.address, *record.participants]) == 1_000_000
+    assert all(len(env.client(ReceiptsClient).receipts_of(m.address)) == 1 for m in members)
 
 
 def test_gas_report(capsys: pytest.CaptureFixture[str]) -> None:

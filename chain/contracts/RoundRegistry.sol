@@ -44,8 +44,6 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     mapping(uint256 roundId => mapping(uint256 id => uint256)) private _slotOfId;
     /// @dev roundId => account => index + 1 (set at acceptance).
     mapping(uint256 roundId => mapping(address account => uint256)) private _slotOf;
-    /// @dev roundId => included accounts (record order).
-    mapping(uint256 roundId => address[]) private _included;
     /// @dev roundId => the record's settlement data.
     mapping(uint256 roundId => bytes32) private _outputRoot;
     mapping(uint256 roundId => bytes32) private _contentHash;
@@ -174,7 +172,6 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
             p.epsilon = record.epsilons[i];
             p.updateCommitment = record.updateCommitments[i];
         }
-        _included[roundId] = record.participants;
         _outputRoot[roundId] = record.outputRoot;
         _contentHash[roundId] = record.contentHash;
         _vaultUri[roundId] = record.vaultUri;
@@ -284,11 +281,7 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
         // INVARIANT: only the output the participants consented to settles.
         if (outputRoot != _outputRoot[roundId]) revert OutputMismatch(claimId, _outputRoot[roundId], outputRoot);
         Round storage r = _rounds[roundId];
-        address[] memory included = _included[roundId];
-        uint256[] memory weights = new uint256[](included.length);
-        for (uint256 i; i < included.length; ++i) {
-            weights[i] = _participants[roundId][_slotOf[roundId][included[i]] - 1].samples;
-        }
+        (address[] memory included, uint256[] memory weights) = _includedWithWeights(roundId);
         uint256[] memory parents = new uint256[](1);
         parents[0] = r.baseAssetId;
         a.owner = r.creator;
@@ -331,9 +324,30 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     }
 
     /// @inheritdoc IRoundRegistry
-    function includedOf(uint256 roundId) external view returns (address[] memory) {
+    function includedOf(uint256 roundId) external view returns (address[] memory included) {
         _existing(roundId);
-        return _included[roundId];
+        (included,) = _includedWithWeights(roundId);
+    }
+
+    /// @dev Included participants (invitation order) and their fixed weights, from the per-participant flags.
+    function _includedWithWeights(uint256 roundId)
+        private
+        view
+        returns (address[] memory accounts, uint256[] memory weights)
+    {
+        Participant[] storage ps = _participants[roundId];
+        uint256 n;
+        for (uint256 i; i < ps.length; ++i) {
+            if (ps[i].included) ++n;
+        }
+        accounts = new address[](n);
+        weights = new uint256[](n);
+        uint256 k;
+        for (uint256 i; i < ps.length; ++i) {
+            if (!ps[i].included) continue;
+            accounts[k] = ps[i].account;
+            weights[k++] = ps[i].samples;
+        }
     }
 
     /// @inheritdoc IRoundRegistry

@@ -327,10 +327,10 @@ interface IRoundRegistry {
     /// @return The participants.
     function participantsOf(uint256 roundId) external view returns (Participant[] memory);
 
-    /// @notice Included participants' accounts (empty before the record).
+    /// @notice Included participants' accounts in invitation order (empty before the record).
     /// @param roundId The round.
-    /// @return The accounts.
-    function includedOf(uint256 roundId) external view returns (address[] memory);
+    /// @return included The accounts.
+    function includedOf(uint256 roundId) external view returns (address[] memory included);
 
     /// @notice The round whose claim `claimId` is (0: none).
     /// @param claimId The claim.
