@@ -1,0 +1,88 @@
+"""``collab bench mpc`` in quick mode: real 2-party sessions, results on disk, the properties the figures must show.
+
+Quick mode (``COLLAB_BENCH_QUICK=1``) serves 3 sentences at seq 16 per
+configuration (plus 1-sentence ablations), about 3 minutes on 2 cores. The
+checks are structural or follow from the protocols, not from timings: fixed
+weight masks remove the weights' openings from every query (they move to the
+setup phase), the cheap path sends fewer bytes than the baseline, every
+configuration keeps mean cosine >= 0.999 against transformers, and bytes per
+op kind add up to no more than the query's total.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+COLLAB = Path(sys.executable).parent / "collab"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    work = tmp_path_factory.mktemp("bench-mpc")
+    command = [str(COLLAB)] if COLLAB.exists() else [sys.executable, "-m", "collab"]
+    env = {**os.environ, "COLLAB_BENCH_QUICK": "1", "COLLAB_HOME": str(work / "home")}
+    proc = subprocess.run([*command, "--json", "bench", "mpc", "--results-dir", str(work / "results")],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=880, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout), work / "results"
+
+
+def _run(results: dict[str, Any], config: str) -> dict[str, Any]:
+    return next(r for r in results["runs"] if r["config"] == config)
+
+
+def test_json_and_png_written(bench: tuple[dict[str, Any], Path]) -> None:
+    printed, out = bench
+    assert json.loads((out / "mpc.json").read_text()) == printed
+    assert (out / "mpc.png").read_bytes().startswith(b"\x89PNG")
+    assert printed["quick"] is True
+    assert {r["config"] for r in printed["runs"]} == {
+        "baseline", "fixed_masks", "cheap", "gelu_poly2", "gelu_exppoly", "softmax_shifted"}
+    assert [x["system"].split()[0] for x in printed["literature"]] == ["MPCFormer", "PUMA", "SIGMA", "BumbleBee", "Nimbus"]
+
+
+def test_every_configuration_is_accurate_per_layer(bench: tuple[dict[str, Any], Path]) -> None:
+    for run in bench[0]["runs"]:
+        acc = run["accuracy"]
+        assert acc["embedding"]["mean_cosine"] >= 0.999, run["config"]
+        assert [x["layer"] for x in acc["layers"]] == ["embeddings"] + [f"layer{i}" for i in range(6)]
+        assert all(x["mean_cosine"] >= 0.99 and x["max_abs_error"] < 5.0 for x in acc["layers"]), run["config"]
+
+
+def test_fixed_masks_move_the_weight_openings_out_of_the_query(bench: tuple[dict[str, Any], Path]) -> None:
+    results = bench[0]
+    base, fixed, cheap = (_run(results, c)["parties"][1] for c in ("baseline", "fixed_masks", "cheap"))
+    assert base["setup"]["bytes"] == 0 and fixed["setup"]["bytes"] > 100e6  # W - B opened once, at load
+    ops_base, ops_fixed = base["op_totals_single"], fixed["op_totals_single"]
+    # The one-hot embedding and the linears no longer open their weights per query.
+    assert ops_fixed["embedding"]["bytes"] * 10 < ops_base["embedding"]["bytes"]
+    assert ops_fixed["linear"]["bytes"] * 10 < ops_base["linear"]["bytes"]
+    # The masked path opens the same activations: the same rounds.
+    assert fixed["single"]["rounds"] == base["single"]["rounds"]
+    assert cheap["single"]["bytes"] < fixed["single"]["bytes"] < base["single"]["bytes"]
+
+
+def test_op_kinds_account_for_the_query(bench: tuple[dict[str, Any], Path]) -> None:
+    for run in bench[0]["runs"]:
+        party = run["parties"][1]
+        ops = party["op_totals_single"]
+        assert set(ops) == {"embedding", "linear", "attn_matmul", "softmax", "gelu", "layernorm"}
+        total = sum(v["bytes"] for v in ops.values())
+        assert 0.9 * party["single"]["bytes"] <= total <= party["single"]["bytes"]
+
+
+def test_fewer_comparisons_cost_fewer_gelu_bytes(bench: tuple[dict[str, Any], Path]) -> None:
+    results = bench[0]
+    gelu = {c: _run(results, c)["parties"][1]["op_totals_single"]["gelu"]["bytes"]
+            for c in ("fixed_masks", "gelu_poly2", "gelu_exppoly")}
+    assert gelu["gelu_exppoly"] < gelu["gelu_poly2"] < gelu["fixed_masks"]
+    shifted = _run(results, "softmax_shifted")["parties"][1]["op_totals_single"]["softmax"]["bytes"]
+    assert shifted < _run(results, "fixed_masks")["parties"][1]["op_totals_single"]["softmax"]["bytes"]
