@@ -8,54 +8,23 @@ budget test uses a tiny random encoder, since it only exercises the plumbing.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from collab.dp.ledger import PrivacyLedger, epsilon_of
-from collab.fl.data import Dataset, iid_split, load_bbc_news, take, train_test_split
 from collab.fl.deployment import FlowerDeployment
+import fl_helpers
+from fl_helpers import assert_all_stopped, process_tree
 
 pytestmark = pytest.mark.slow
 
 PARTICIPANTS = ("p0", "p1", "p2")
 
 
-def write_jsonl(path: Path, data: Dataset) -> Path:
-    path.write_text("".join(json.dumps({"text": t, "label": data.classes[y]}) + "\n" for t, y in zip(data.texts, data.labels)))
-    return path
-
-
-def start(tmp_path: Path, per_participant: int = 40) -> FlowerDeployment:
-    """A SuperLink and one SuperNode per participant home, each with an IID shard of the BBC training split."""
-    train, _ = train_test_split(load_bbc_news(), 0.2, seed=0)
-    shards = iid_split(take(train, per_participant * len(PARTICIPANTS), seed=11), len(PARTICIPANTS), seed=12)
-    deployment = FlowerDeployment(tmp_path / "orchestrator")
-    deployment.start_superlink()
-    for name, shard in zip(PARTICIPANTS, shards):
-        home = tmp_path / name
-        home.mkdir()
-        deployment.add_participant(name, home, write_jsonl(home / "data.jsonl", shard))
-    return deployment
-
-
-def process_tree(deployment: FlowerDeployment) -> list[psutil.Process]:
-    procs = []
-    for p in deployment.processes.values():
-        if p.proc.poll() is None:
-            procs.append(psutil.Process(p.proc.pid))
-        procs.extend(p.descendants())
-    return procs
-
-
-def assert_all_stopped(procs: list[psutil.Process]) -> None:
-    time.sleep(1)
-    alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
+def start(tmp_path: Path) -> FlowerDeployment:
+    return fl_helpers.start(tmp_path, PARTICIPANTS)
 
 
 def test_three_participants_minilm_dp_lora_round_improves_accuracy(tmp_path: Path) -> None:
@@ -82,17 +51,7 @@ def test_three_participants_minilm_dp_lora_round_improves_accuracy(tmp_path: Pat
 
 
 def wait_for_rounds(path: Path, count: int, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            try:
-                record: dict[str, Any] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                record = {}
-            if len(record.get("rounds", [])) >= count or record.get("status") == "failed":
-                return record
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {count} rounds after {timeout} s")
+    return fl_helpers.wait_for(path, lambda r: len(r.get("rounds", [])) >= count, timeout)
 
 
 def test_killed_participant_is_dropped_and_budget_stop_ends_training(tmp_path: Path) -> None:
