@@ -18,10 +18,16 @@ from chain.clients.bisection_game import BisectionGameClient
 from chain.clients.claim_manager import Audience, ClaimManagerClient
 from chain.clients.data_availability import DataAvailabilityClient
 from chain.clients.identity_registry import IdentityRegistryClient, Keys
-from chain.clients.round_registry import AttributionRecord, RoundRegistryClient, aggregate_consent, epsilon_units
+from chain.clients.round_registry import (
+    AttributionRecord,
+    RoundRegistryClient,
+    aggregate_consent,
+    epsilon_units,
+    sign_update_receipt,
+)
 from chain.deployment import Deployment
 from collab.cli import run as collab
-from collab.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_UNAUTHORIZED
+from collab.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PROTOCOL, EXIT_UNAUTHORIZED
 from collab.fraudproof.agents import ClaimerAgent
 from collab.fraudproof.trace import build_trace
 from collab.identity import Identity
@@ -81,6 +87,28 @@ def cli(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int
     return code, out, err
 
 
+def _record_and_post(h: Homes, w3: Web3, deployment: Deployment, rid: int, included: dict[Path, tuple[int, float]]) -> bytes:
+    """As the aggregator (the creator's home): submit the record with the included homes' consent, post the claim."""
+    creator = Identity.load(h.creator, "pw")
+    signers = [Identity.load(p, "pw") for p in included]
+    registry = RoundRegistryClient.from_deployment(deployment, w3, creator.account)
+    program, inputs = add_chain_program()
+    trace = build_trace(program, inputs)
+    record = AttributionRecord(
+        rid, trace.program.root, trace.input_root, trace.output_root, Web3.keccak(text="adapter"), "vault://adapter",
+        [s.address for s in signers], [w for w, _ in included.values()], [bytes(32)] * len(signers),
+        [epsilon_units(e) for _, e in included.values()]).sorted()
+    root = registry.local_root(record)
+    registry.submit_record(record, aggregate_consent([s.bls_sign(root) for s in signers]))
+    manager = ClaimManagerClient.from_deployment(deployment, w3, creator.account)
+    agent = ClaimerAgent(manager, BisectionGameClient.from_deployment(deployment, w3, creator.account),
+                         DataAvailabilityClient.from_deployment(deployment, w3, creator.account), trace,
+                         job_id=registry.job_id_of(rid))
+    claim = dataclasses.replace(agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
+                                participant_registry=registry.address)
+    return manager.post_claim(claim).claim_id
+
+
 def _create(capsys: pytest.CaptureFixture[str], h: Homes, *extra: str) -> int:
     code, out, err = cli(capsys, h.creator, "--json", "round", "create", "--asset", str(h.base_asset), "--rounds", "2",
                          "--participants", f"{h.ids['alice']},{h.ids['bob']}", "--min-participants", "2",
@@ -115,22 +143,7 @@ def test_create_join_fix_and_status_with_the_claim_state(
     assert status["claim"]["status"] == "none"
 
     # The aggregator records both participants' consent and posts the claim: status shows it pending, with ε.
-    creator = Identity.load(h.creator, "pw")
-    signers = [Identity.load(p, "pw") for p in (h.alice, h.bob)]
-    registry = RoundRegistryClient.from_deployment(deployment, w3, creator.account)
-    program, inputs = add_chain_program()
-    trace = build_trace(program, inputs)
-    record = AttributionRecord(rid, trace.program.root, trace.input_root, trace.output_root, Web3.keccak(text="adapter"),
-                               "vault://adapter", [s.address for s in signers], [6, 9], [bytes(32), bytes(32)],
-                               [epsilon_units(3.25), epsilon_units(4.0)]).sorted()
-    root = registry.local_root(record)
-    registry.submit_record(record, aggregate_consent([s.bls_sign(root) for s in signers]))
-    manager = ClaimManagerClient.from_deployment(deployment, w3, creator.account)
-    agent = ClaimerAgent(manager, BisectionGameClient.from_deployment(deployment, w3, creator.account),
-                         DataAvailabilityClient.from_deployment(deployment, w3, creator.account), trace,
-                         job_id=registry.job_id_of(rid))
-    manager.post_claim(dataclasses.replace(agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
-                                           participant_registry=registry.address))
+    _record_and_post(h, w3, deployment, rid, {h.alice: (6, 3.25), h.bob: (9, 4.0)})
     code, out, err = cli(capsys, h.outsider, "--json", "round", "status", str(rid))
     assert code == 0, err
     status = json.loads(out)
@@ -173,3 +186,35 @@ def test_bad_input_gets_one_line_errors_and_exit_codes(
     time_travel(31 * 60)
     code, _, err = cli(capsys, h.alice, "join", str(rid), "--data", str(h.data))
     assert code == EXIT_BAD_INPUT and "deadline passed" in err
+
+
+def test_left_out_participant_disputes_with_its_receipt(
+    homes: Homes, tmp_path: Path, capsys: pytest.CaptureFixture[str], w3: Web3, deployment: Deployment
+) -> None:
+    h = homes
+    rid = _create(capsys, h, "--min-participants", "1")  # N = 1: a record with alice alone is valid
+    for home, n in ((h.alice, 6), (h.bob, 9)):
+        assert cli(capsys, home, "join", str(rid), "--data", str(_jsonl(tmp_path / f"{home.name}.jsonl", n)))[0] == 0
+    assert cli(capsys, h.creator, "round", "fix", str(rid))[0] == 0
+    claim_id = _record_and_post(h, w3, deployment, rid, {h.alice: (6, 1.0)})  # bob silently dropped
+    aggregator, bob = Identity.load(h.creator, "pw"), Identity.load(h.bob, "pw")
+    registry = RoundRegistryClient.from_deployment(deployment, w3)
+    commitment = Web3.keccak(text="bob's last update")
+
+    def receipt_file(name: str, signer: LocalAccount) -> Path:
+        sig = sign_update_receipt(signer, int(w3.eth.chain_id), registry.address, rid, bob.address, 2, commitment)
+        path = tmp_path / name
+        path.write_text(json.dumps({"round_id": rid, "participant": bob.address, "fl_round": 2,
+                                    "update_commitment": "0x" + commitment.hex(), "signature": "0x" + sig.hex()}))
+        return path
+
+    code, _, err = cli(capsys, h.bob, "round", "dispute", str(rid), "--receipt", str(receipt_file("forged.json", bob.account)))
+    assert code == EXIT_PROTOCOL and "not by the round's aggregator" in err
+    code, _, err = cli(capsys, h.alice, "round", "dispute", str(rid), "--receipt", str(receipt_file("r.json", aggregator.account)))
+    assert code == EXIT_UNAUTHORIZED and "not yours" in err
+    code, out, err = cli(capsys, h.bob, "--json", "round", "dispute", str(rid), "--receipt", str(tmp_path / "r.json"))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["claim_id"] == "0x" + claim_id.hex() and result["claim_status"] == "rejected" and result["credit_wei"] > 0
+    code, out, _ = cli(capsys, h.outsider, "--json", "round", "status", str(rid))
+    assert json.loads(out)["claim"]["status"] == "rejected"

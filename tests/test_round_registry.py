@@ -391,6 +391,23 @@ def test_exclusion_dispute_after_the_window_is_refused(env: RoundEnv, time_trave
         env.registry(dropped).dispute_exclusion(rid, 2, commitment, receipt)
 
 
+def test_registry_rejection_is_limited_to_claims_that_named_the_registry(env: RoundEnv, deployer: LocalAccount) -> None:
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    record = env.record(rid, env.participants)
+    registry.submit_record(record, env.consent(record, env.participants))
+    claim_id = env.post(rid)
+    # A participant (no REGISTRY_ROLE) cannot reject directly.
+    with pytest.raises(revert_class("AccessControlUnauthorizedAccount")):
+        env.manager(env.participants[0])._transact("rejectByRegistry", claim_id, env.participants[0].address)
+    # Even a registry-role holder may reject only the claims whose settlement hook it is.
+    admin = ClaimManagerClient.from_deployment(env.deployment, env.w3, deployer)
+    admin._transact("grantRole", admin._call("REGISTRY_ROLE"), env.outsider.address)
+    with pytest.raises(revert_class("NotClaimRegistry")):
+        env.manager(env.outsider)._transact("rejectByRegistry", claim_id, env.outsider.address)
+    assert env.manager().claim_status(claim_id) == ClaimStatus.PENDING
+
+
 # --------------------------------------------------------------------------- audience
 
 

@@ -279,3 +279,67 @@ def join_round(ctx: click.Context, round_id: int, data_path: Path, dataset_asset
 def join(ctx: click.Context, round_id: int, data_path: Path, dataset_asset: int | None) -> None:
     """Accept an invitation: declare your sample count and dataset asset on-chain."""
     join_round(ctx, round_id, data_path, dataset_asset)
+
+
+# --------------------------------------------------------------------- exclusion dispute
+
+
+def read_receipt(path: Path) -> dict[str, Any]:
+    """An update receipt file: ``{round_id, participant, fl_round, update_commitment, signature}`` (hex bytes)."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"no such receipt file: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path}: not a JSON receipt ({exc})") from None
+    try:
+        receipt = {"round_id": int(raw["round_id"]), "participant": to_checksum_address(raw["participant"]),
+                   "fl_round": int(raw["fl_round"]), "update_commitment": _hex(raw["update_commitment"], 32),
+                   "signature": _hex(raw["signature"], 65)}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadInput(f"{path}: a receipt needs round_id, participant, fl_round, update_commitment and signature ({exc})") from None
+    return receipt
+
+
+def _hex(text: str, size: int) -> bytes:
+    value = bytes.fromhex(str(text).removeprefix("0x"))
+    if len(value) != size:
+        raise ValueError(f"expected {size} bytes, got {len(value)}")
+    return value
+
+
+@group.command("dispute")
+@click.argument("round_id", type=click.IntRange(min=1), metavar="ROUND")
+@click.option("--receipt", "receipt_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The aggregator's signed receipt for your last-round update (JSON).")
+@click.pass_context
+def dispute(ctx: click.Context, round_id: int, receipt_path: Path) -> None:
+    """Reject the round's claim when its record leaves you out despite the aggregator's receipt."""
+    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+    from chain.clients.round_registry import RoundStatus, recover_update_receipt
+    from collab.errors import ProtocolViolation
+
+    receipt = read_receipt(receipt_path)
+    if receipt["round_id"] != round_id:
+        raise BadInput(f"{receipt_path} is a receipt for round {receipt['round_id']}, not {round_id}")
+    session, registry = _registry(ctx, need_account=True)
+    assert session.account is not None
+    me = session.account.address
+    if receipt["participant"] != me:
+        raise Unauthorized(f"{receipt_path} acknowledges {receipt['participant']}'s update, not yours ({me})")
+    r = registry.get_round(round_id)
+    if r.status != RoundStatus.RECORDED:
+        raise BadInput(f"round {round_id} is {r.status.label}: there is no recorded claim to dispute")
+    signer = recover_update_receipt(receipt["signature"], int(session.w3.eth.chain_id), registry.address, round_id, me,
+                                    receipt["fl_round"], receipt["update_commitment"])
+    if signer != r.aggregator:
+        raise ProtocolViolation(f"the receipt is signed by {signer}, not by the round's aggregator {r.aggregator}")
+    if me in registry.included_of(round_id):
+        raise BadInput(f"the record of round {round_id} includes you: nothing to dispute")
+    tx = registry.dispute_exclusion(round_id, receipt["fl_round"], receipt["update_commitment"], receipt["signature"])
+    manager = session.client(ClaimManagerClient)
+    status = manager.claim_status(r.claim_id)
+    emit(ctx, {"round_id": round_id, "claim_id": "0x" + r.claim_id.hex(), "claim_status": status.name.lower(),
+               "credit_wei": manager.credit_of(me), "tx": tx.tx_hash},
+         f"claim 0x{r.claim_id.hex()[:16]}… {'rejected' if status == ClaimStatus.REJECTED else status.name.lower()}; "
+         f"withdraw your credit of {manager.credit_of(me)} wei from ClaimManager")
