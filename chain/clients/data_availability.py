@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import encode as abi_encode
+from eth_utils import keccak
 
 from chain.client import ContractClient, TxResult
-from collab.errors import NotFound
+from collab.errors import BadInput, NotFound
+
+MAX_SOURCE_BYTES = 256  # DataAvailability.MAX_SOURCE_BYTES
 
 
 class CommitmentKind(enum.IntEnum):
@@ -75,6 +78,11 @@ class DataChallenge:
         return cls(bytes(raw[0]), bytes(raw[1]), int(raw[2]), int(raw[3]), DataStatus(int(raw[4])))
 
 
+def source_pointer(url: str) -> bytes:
+    """A claim's ``daPointer`` for a blob-server URL: keccak256 of its UTF-8 bytes."""
+    return bytes(keccak(url.encode("utf-8")))
+
+
 class DataAvailabilityClient(ContractClient):
     """Calls on the deployed ``DataAvailability``."""
 
@@ -87,6 +95,26 @@ class DataAvailabilityClient(ContractClient):
     def expire(self, challenge_id: int) -> TxResult:
         """After the deadline: reject the claim."""
         return self._transact("expire", int(challenge_id))
+
+    def publish_source(self, url: str) -> bytes:
+        """Publish a blob-server URL on chain (once; idempotent); returns its ``daPointer``."""
+        raw = url.encode("utf-8")
+        scheme = 8 if raw.startswith(b"https://") else 7 if raw.startswith(b"http://") else 0
+        if not scheme or len(raw) <= scheme or len(raw) > MAX_SOURCE_BYTES:
+            raise BadInput(f"blob-server URL {url!r} must be http(s):// and at most {MAX_SOURCE_BYTES} bytes")
+        pointer = source_pointer(url)
+        if self.source_of(pointer) != url:
+            self._transact("publishSource", url)
+        return pointer
+
+    def source_of(self, pointer: bytes) -> str | None:
+        """The blob-server URL published under ``pointer``, or None (zero pointer or never published)."""
+        if bytes(pointer) == bytes(32):
+            return None
+        try:
+            return str(self._call("sourceOf", bytes(pointer)))
+        except NotFound:
+            return None
 
     def get_data_challenge(self, challenge_id: int) -> DataChallenge:
         """The data challenge (reverts ``UnknownDataChallenge``)."""

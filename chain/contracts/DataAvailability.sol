@@ -16,8 +16,13 @@ contract DataAvailability is IDataAvailability {
     /// @inheritdoc IDataAvailability
     address public immutable MANAGER;
 
+    /// @notice Longest blob-server URL accepted by `publishSource`.
+    uint256 public constant MAX_SOURCE_BYTES = 256;
+
     /// @dev challengeId => data challenge.
     mapping(uint256 challengeId => DataChallenge) private _challenges;
+    /// @dev daPointer => blob-server URL (pointer = keccak256 of the URL's bytes).
+    mapping(bytes32 pointer => string) private _sources;
 
     /// @param manager ClaimManager.
     constructor(address manager) {
@@ -110,6 +115,28 @@ contract DataAvailability is IDataAvailability {
         DataChallenge storage d = _challenges[challengeId];
         if (d.status == Status.None) revert UnknownDataChallenge(challengeId);
         return d;
+    }
+
+    /// @inheritdoc IDataAvailability
+    function publishSource(string calldata url) external returns (bytes32 pointer) {
+        bytes calldata raw = bytes(url);
+        // INVARIANT: only bounded http(s) URLs, so a watcher never follows another scheme.
+        if (raw.length == 0 || raw.length > MAX_SOURCE_BYTES || !_isHttp(raw)) revert InvalidSource(raw.length);
+        pointer = keccak256(raw);
+        if (bytes(_sources[pointer]).length != 0) return pointer;
+        _sources[pointer] = url;
+        emit SourcePublished(pointer, msg.sender, url);
+    }
+
+    /// @inheritdoc IDataAvailability
+    function sourceOf(bytes32 pointer) external view returns (string memory url) {
+        url = _sources[pointer];
+        if (bytes(url).length == 0) revert UnknownSource(pointer);
+    }
+
+    function _isHttp(bytes calldata raw) private pure returns (bool) {
+        if (raw.length > 7 && bytes7(raw[0:7]) == "http://") return true;
+        return raw.length > 8 && bytes8(raw[0:8]) == "https://";
     }
 
     function _open(uint256 challengeId) private view returns (DataChallenge storage d) {

@@ -66,10 +66,12 @@ def claim_view(claim_id: bytes, c: Claim) -> dict[str, Any]:
 @click.option("--job-id", default=None, help="32-byte hex job id (default: keccak of programRoot and inputRoot).")
 @click.option("--asset-id", type=int, default=0, show_default=True, help="Asset the claim is about (licensed audience).")
 @click.option("--log2k", type=click.IntRange(1, 4), default=1, show_default=True, help="Dissection arity exponent.")
+@click.option("--da-url", default=None, metavar="URL",
+              help="This home's blob server (e.g. `collab watch --serve`): published on chain as the claim's daPointer.")
 @click.pass_context
 def post(
     ctx: click.Context, program_file: Path, inputs_dir: Path, audience: str, participants: tuple[str, ...],
-    job_id: str | None, asset_id: int, log2k: int,
+    job_id: str | None, asset_id: int, log2k: int, da_url: str | None,
 ) -> None:
     """Run PROGRAM_FILE on the inputs and post the claim."""
     from chain.clients.bisection_game import BisectionGameClient
@@ -96,15 +98,19 @@ def post(
         trace, job_id=jid, log2k=log2k,
     )
     aud = Audience.LICENSED_VERIFIERS if audience.startswith("licensed") else Audience.parse(audience)
-    claim = agent.claim_input(audience=aud, participants=[to_checksum_address(p) for p in participants], asset_id=asset_id)
+    pointer = session.client(DataAvailabilityClient).publish_source(da_url) if da_url else bytes(32)
+    kw = {"audience": aud, "participants": [to_checksum_address(p) for p in participants], "asset_id": asset_id,
+          "da_pointer": pointer}
+    claim = agent.claim_input(**kw)  # type: ignore[arg-type]
     store = Store(settings(ctx).home)
     store.save_job(claim.claim_id, program, inputs, witnesses)  # before posting: the claim must be servable
     log(f"posting claim over {len(program.steps)} steps")
-    claim_id = agent.post(audience=aud, participants=[to_checksum_address(p) for p in participants], asset_id=asset_id)
+    claim_id = agent.post(**kw)
     data = {
         "claim_id": "0x" + claim_id.hex(), "job_id": "0x" + jid.hex(), "program_root": "0x" + program.root.hex(),
         "input_root": "0x" + trace.input_root.hex(), "output_root": "0x" + trace.output_root.hex(),
         "trace_root": "0x" + trace.root.hex(), "steps": len(program.steps), "audience": aud.name.lower(),
+        "da_pointer": "0x" + pointer.hex(), "da_url": da_url,
     }
     emit(ctx, data, kv_table(data, "claim posted"))
 
@@ -134,7 +140,12 @@ def list_claims(ctx: click.Context, mine: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, claim_id: str) -> None:
     """One claim: status, audience, roots."""
+    from chain.clients.data_availability import DataAvailabilityClient
+
     cid = parse_claim_id(claim_id)
     manager = _manager(ctx, need_account=False)
     data = claim_view(cid, manager.get_claim(cid))
+    pointer = manager.roots_of(cid).da_pointer
+    data["da_pointer"] = "0x" + pointer.hex()
+    data["da_url"] = chain_session(ctx, need_account=False).client(DataAvailabilityClient).source_of(pointer)
     emit(ctx, data, kv_table(data, "claim"))

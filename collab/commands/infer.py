@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from collab.commands._common import chain_session, emit, log, settings
 from collab.errors import NotFound, UsageError
+
+if TYPE_CHECKING:
+    from collab.commands._common import ChainSession
+    from collab.mpc.service import InferRequest, InferResult, OwnerNode
 
 ENV_OWNER_PASSPHRASE = "COLLAB_OWNER_PASSPHRASE"
 
@@ -40,10 +45,15 @@ ENV_OWNER_PASSPHRASE = "COLLAB_OWNER_PASSPHRASE"
 @click.option("--compute-party", "compute_parties", multiple=True, metavar="ADDRESS",
               help="Address of the third compute node credited its fee share (3 parties).")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds before the job is failed.")
+@click.option("--claim", "claim", is_flag=True,
+              help="plain only: the owner also runs the encoder in the fraud-proof VM and posts each output as a "
+                   "claim (its data, weights and tokens included, goes to the asset's licensed verifiers).")
+@click.option("--da-url", default=None, metavar="URL",
+              help="With --claim: the owner's blob server (e.g. `collab watch --serve`), published on chain as the claims' daPointer.")
 @click.pass_context
 def group(ctx: click.Context, asset_id: int, texts: tuple[str, ...], mode: str, parties: str, preprocessing: str,
           dp_epsilon: float | None, dp_mechanism: str, seq_len: int, owner_home: Path | None,
-          compute_parties: tuple[str, ...], timeout: float) -> None:
+          compute_parties: tuple[str, ...], timeout: float, claim: bool, da_url: str | None) -> None:
     """Run inference on ASSET_ID; the output goes to this home's identity alone."""
     from collab.config import Settings
     from collab.identity import Identity
@@ -51,6 +61,10 @@ def group(ctx: click.Context, asset_id: int, texts: tuple[str, ...], mode: str, 
 
     request = InferRequest(asset_id, tuple(texts), mode, int(parties), preprocessing,  # type: ignore[arg-type]
                            dp_epsilon, dp_mechanism, seq_len, timeout)  # type: ignore[arg-type]
+    if claim and mode != "plain":
+        raise UsageError("--claim needs --mode plain: only the owner's plaintext run can be re-executed by verifiers")
+    if da_url is not None and not claim:
+        raise UsageError("--da-url is for --claim")
     if owner_home is None:
         raise UsageError("no node routes inference yet: pass --owner-home with the asset owner's home")
     session = chain_session(ctx)  # exit 5 when the chain is down
@@ -66,7 +80,27 @@ def group(ctx: click.Context, asset_id: int, texts: tuple[str, ...], mode: str, 
     log(f"infer: asset {asset_id}, mode {mode}" + (f", {parties} parties, {preprocessing} preprocessing"
                                                     if mode == "mpc" else ""))
     result = run_inference(owner, session.account, request, client_home=conf.ensure_home())
-    emit(ctx, result.to_json(), _human(result.to_json()))
+    data = result.to_json()
+    if claim:
+        data["claims"] = _post_claims(session, owner, result, request, da_url)
+    emit(ctx, data, _human(data))
+
+
+def _post_claims(session: ChainSession, owner: OwnerNode, result: InferResult, request: InferRequest,
+                 da_url: str | None) -> list[dict[str, object]]:
+    """``--claim``: the owner's VM run of the served encoder on each text, stored and posted as claims."""
+    from collab.fraudproof.inference import encoder_jobs, post_inference_claims
+
+    served = owner.served(owner.assets().asset(request.asset_id))
+    log(f"infer: running the encoder in the fraud-proof VM for {len(request.texts)} claim(s)")
+    jobs = encoder_jobs(served.model_dir, request.texts, request.seq_len)
+    plain_embedding = result.labels is None and result.dp is None  # else the served output is not the embedding
+    assert session.account is not None
+    claims = post_inference_claims(
+        session.w3, session.deployment, owner.account, owner.settings.home, request.asset_id,
+        session.account.address, jobs, served=result.outputs if plain_embedding else None, da_url=da_url,
+    )
+    return [c.to_json() for c in claims]
 
 
 def _human(data: dict[str, object]) -> str:
@@ -84,4 +118,6 @@ def _human(data: dict[str, object]) -> str:
                      f"spent ε={dp['spent_licensee']:g} (you), ε={dp['spent_asset']:g} (asset)")  # type: ignore[index]
     for p in data.get("posted") or []:  # type: ignore[attr-defined]
         lines.append(f"receipt posted: license {p['license_id']} calls {p['calls']} paid {p['amount']} wei")
+    for c in data.get("claims") or []:  # type: ignore[attr-defined]
+        lines.append(f"claim posted: {c['claim_id']} (text {c['text_index']}, {c['steps']} steps, output {c['output_root']})")
     return "\n".join(lines)

@@ -77,6 +77,7 @@ class Watcher:
         self.db = sqlite3.connect(str(self.store.root / "watch.sqlite"))
         self.db.executescript(SCHEMA)
         self._traces: dict[bytes, Trace] = {}
+        self._claim_sources: dict[bytes, str | None] = {}
         self.reasons: list[str] = []
 
     # ------------------------------------------------------------------ persistence
@@ -113,14 +114,28 @@ class Watcher:
 
     # ------------------------------------------------------------------ fetching and re-execution
 
+    def sources_for(self, claim_id: bytes) -> list[str]:
+        """Where to fetch a claim's data: the ``--source`` URLs first, then the claim's own blob server
+        (its ``daPointer`` resolved through ``DataAvailability.sourceOf``, protocol §7.1)."""
+        urls = list(self.sources)
+        if claim_id not in self._claim_sources:
+            pointer = self.manager.roots_of(claim_id).da_pointer
+            self._claim_sources[claim_id] = self.data.source_of(pointer)
+        published = self._claim_sources[claim_id]
+        if published is not None and published not in urls:
+            urls.append(published)
+        return urls
+
     def _get(self, claim_id: bytes, obj: str) -> bytes:
         errors = []
-        for url in self.sources:
+        urls = self.sources_for(claim_id)
+        for url in urls:
             try:
                 return fetch(url, self.account, self.chain_id, claim_id, obj)
             except CollabError as exc:
-                errors.append(str(exc))
-        raise NotFound(f"no source served {obj} of claim 0x{claim_id.hex()}: {'; '.join(errors) or 'no --source given'}")
+                errors.append(f"{url}: {exc}")
+        reason = "; ".join(errors) or "its daPointer names no published blob server and no --source was given"
+        raise NotFound(f"no source served {obj} of claim 0x{claim_id.hex()}: {reason}")
 
     def _fetch_claim(self, claim_id: bytes) -> Manifest:
         """Fetch and verify a claim's objects into the local store (once)."""

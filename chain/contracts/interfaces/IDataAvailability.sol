@@ -91,8 +91,20 @@ interface IDataAvailability {
     /// @param claimId The claim.
     event DataChallengeExpired(uint256 indexed challengeId, bytes32 indexed claimId);
 
+    /// @notice A blob-server URL was published: claims whose `daPointer` is `pointer` are served there.
+    /// @param pointer `keccak256(bytes(url))`, the value a claim puts in `daPointer`.
+    /// @param publisher Who published it first (anyone may: the pointer binds the exact URL).
+    /// @param url The URL.
+    event SourcePublished(bytes32 indexed pointer, address indexed publisher, string url);
+
     /// @notice A zero address was given where a contract is needed.
     error DataAvailabilityZeroAddress();
+    /// @notice A URL that is empty, longer than `MAX_SOURCE_BYTES`, or not http(s).
+    /// @param length Its length in bytes.
+    error InvalidSource(uint256 length);
+    /// @notice No URL was published under this pointer.
+    /// @param pointer The pointer.
+    error UnknownSource(bytes32 pointer);
     /// @notice Only `ClaimManager` opens data challenges.
     /// @param caller The caller.
     error NotManager(address caller);
@@ -163,6 +175,17 @@ interface IDataAvailability {
     /// @param challengeId The challenge.
     /// @return The challenge.
     function getDataChallenge(uint256 challengeId) external view returns (DataChallenge memory);
+
+    /// @notice Publishes a blob-server URL so that `daPointer = keccak256(bytes(url))` resolves to it
+    /// (docs/protocol.md §7.1); idempotent, and the pointer binds the URL, so no one can redirect it.
+    /// @param url An `http://` or `https://` URL of at most `MAX_SOURCE_BYTES` bytes.
+    /// @return pointer `keccak256(bytes(url))`.
+    function publishSource(string calldata url) external returns (bytes32 pointer);
+
+    /// @notice The URL published under `pointer` (reverts `UnknownSource`).
+    /// @param pointer A claim's `daPointer`.
+    /// @return The blob-server URL.
+    function sourceOf(bytes32 pointer) external view returns (string memory);
 
     /// @notice The claim manager.
     /// @return Its address.
