@@ -31,6 +31,7 @@ from chain.clients.round_registry import (
     RoundStatus,
     aggregate_consent,
     epsilon_units,
+    record_from_attribution,
     sign_consent,
     sign_update_receipt,
 )
@@ -38,6 +39,7 @@ from chain.clients.shares import SharesClient
 from chain.deployment import Deployment
 from chain.errors import revert_class
 from collab import bls
+from collab.errors import BadInput
 from collab.fraudproof.agents import ClaimerAgent
 from collab.fraudproof.trace import Trace, build_trace
 from tests.test_claim_manager import add_chain_program
@@ -456,6 +458,25 @@ def test_settlement_too_big_for_the_hook_is_completed_by_anyone_with_settle(
     shares = env.client(SharesClient)
     assert sum(shares.balance_of(a, asset_id) for a in [env.creator.address, *record.participants]) == 1_000_000
     assert all(len(env.client(ReceiptsClient).receipts_of(m.address)) == 1 for m in members)
+
+
+def test_record_from_a_flower_attribution_includes_only_the_last_rounds_participants() -> None:
+    a, b, c = (f"0x{i:040x}" for i in (0xA1, 0xB2, 0xC3))
+    item = lambda addr, w, eps, tag: {"address": addr, "weight": w, "epsilon": eps,  # noqa: E731
+                                      "update_commitment": "0x" + Web3.keccak(text=tag).hex().removeprefix("0x")}
+    attribution = {"rounds": [
+        {"round": 1, "included": [item(a, 10, 1.5, "a1"), item(b, 20, 1.5, "b1"), item(c, 30, 1.5, "c1")]},
+        {"round": 2, "included": [item(b, 20, 3.0, "b2"), item(a, 10, 3.0, "a2")]},  # c dropped in round 2
+    ]}
+    z = bytes(32)
+    rec = record_from_attribution(attribution, 7, program_root=z, input_root=z, output_root=z, content_hash=z,
+                                  vault_uri="vault://x")
+    assert [p.lower() for p in rec.participants] == [a, b] and rec.weights == (10, 20)
+    assert rec.epsilons == (epsilon_units(3.0),) * 2
+    assert rec.update_commitments[0] == Web3.keccak(Web3.keccak(text="a1") + Web3.keccak(text="a2"))
+    with pytest.raises(BadInput):
+        record_from_attribution({"rounds": []}, 7, program_root=z, input_root=z, output_root=z, content_hash=z,
+                                vault_uri="")
 
 
 def test_gas_report(capsys: pytest.CaptureFixture[str]) -> None:

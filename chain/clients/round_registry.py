@@ -214,6 +214,38 @@ class AttributionRecord:
         ))
 
 
+def record_from_attribution(
+    attribution: dict[str, Any], round_id: int, *, program_root: bytes, input_root: bytes, output_root: bytes,
+    content_hash: bytes, vault_uri: str,
+) -> AttributionRecord:
+    """The on-chain record of a Flower job's ``attribution.json`` (written by ``collab.fl.app.server_app``).
+
+    Included = the participants aggregated in the **last** round (a dropped one
+    gets nothing); weight = its attested example count; update commitment =
+    ``keccak`` over its per-round commitments in round order; ε = its final
+    (cumulative) ε from the record, in millionths.
+    """
+    rounds = attribution.get("rounds") or []
+    if not rounds:
+        raise BadInput("the attribution record has no completed round")
+    last = {str(item["address"]).lower() for item in rounds[-1].get("included", [])}
+    if not last:
+        raise BadInput("the last round of the attribution record includes nobody")
+    commitments: dict[str, list[bytes]] = {}
+    facts: dict[str, tuple[int, float]] = {}
+    for entry in rounds:
+        for item in entry.get("included", []):
+            addr = str(item["address"]).lower()
+            commitments.setdefault(addr, []).append(_bytes(item["update_commitment"]))
+            facts[addr] = (int(item["weight"]), float(item["epsilon"]))
+    rows = sorted(last)
+    return AttributionRecord(
+        int(round_id), bytes(program_root), bytes(input_root), bytes(output_root), bytes(content_hash), vault_uri,
+        tuple(to_checksum_address(a) for a in rows), tuple(facts[a][0] for a in rows),
+        tuple(keccak(b"".join(commitments[a])) for a in rows), tuple(epsilon_units(facts[a][1]) for a in rows),
+    ).sorted()
+
+
 def sign_consent(bls_secret: int, root: bytes) -> bytes:
     """A participant's consent: ``G2Basic.Sign`` over the 32-byte record root."""
     from collab import bls
