@@ -8,8 +8,10 @@ trace) posted under the round's job id with the registry as settlement hook and 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +41,10 @@ from chain.clients.shares import SharesClient
 from chain.deployment import Deployment
 from chain.errors import revert_class
 from collab import bls
-from collab.errors import BadInput
+from collab.errors import BadInput, Unauthorized
+from collab.fraudproof.blobserver import BlobServer, fetch
+from collab.fraudproof.store import Store
+from collab.fraudproof.vm import Value
 from collab.fraudproof.agents import ClaimerAgent
 from collab.fraudproof.trace import Trace, build_trace
 from tests.test_claim_manager import add_chain_program
@@ -76,6 +81,7 @@ class RoundEnv:
     extra: list[Member]
     base_asset: int
     trace: Trace
+    inputs: dict[str, Value]
 
     def registry(self, who: Member | None = None) -> RoundRegistryClient:
         return RoundRegistryClient.from_deployment(self.deployment, self.w3, (who or self.creator).account)
@@ -162,7 +168,7 @@ def round_env(w3: Web3, deployment: Deployment, deployer: LocalAccount) -> Round
             AssetInput(AssetKind.DATASET, Web3.keccak(text=f"data of {p.address}"))).asset_id
     program, inputs = add_chain_program()
     return RoundEnv(w3, deployment, creator, aggregator, participants, outsider, extra, base.asset_id,
-                    build_trace(program, inputs))
+                    build_trace(program, inputs), inputs)
 
 
 @pytest.fixture
@@ -413,7 +419,7 @@ def test_registry_rejection_is_limited_to_claims_that_named_the_registry(env: Ro
 # --------------------------------------------------------------------------- audience
 
 
-def test_participants_audience_comes_from_the_registry(env: RoundEnv) -> None:
+def test_participants_audience_comes_from_the_registry(env: RoundEnv, tmp_path: Path) -> None:
     registry = env.registry(env.aggregator)
     rid = env.open_fixed(env.participants[:2])  # participant 2 never accepted
     record = env.record(rid, env.participants[:2])
@@ -425,6 +431,18 @@ def test_participants_audience_comes_from_the_registry(env: RoundEnv) -> None:
     assert not manager.is_audience(claim_id, env.participants[2].address)  # invited but never accepted
     with pytest.raises(revert_class("NotAudience")):
         env.manager(env.outsider).challenge(claim_id)
+    # The aggregator's blob server serves the claim's data to participants only (it asks isAudience).
+    store = Store(tmp_path / "aggregator")
+    store.save_job(claim_id, env.trace.program, env.inputs)
+    chain_id = int(env.w3.eth.chain_id)
+    server = BlobServer(store, chain_id, manager.is_audience).start()
+    try:
+        manifest = json.loads(fetch(server.url, env.participants[0].account, chain_id, claim_id))
+        assert manifest and fetch(server.url, env.participants[0].account, chain_id, claim_id, "0x" + env.trace.program.root.hex())
+        with pytest.raises(Unauthorized):
+            fetch(server.url, env.outsider.account, chain_id, claim_id)
+    finally:
+        server.stop()
     game_id, _ = env.manager(env.participants[1]).challenge(claim_id)
     assert game_id > 0
 
