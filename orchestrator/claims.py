@@ -105,3 +105,17 @@ class ClaimJob:
         if status == ClaimStatus.REJECTED:
             return JobState.REJECTED
         return job.state
+
+
+def prepare_claim(built: Any, job_id: bytes, home: Any, *, participants: list[str] | None = None,
+                  asset_id: int = 0) -> ClaimInput:
+    """Trace a builder job, store it under its claim id in ``home``'s fraud-proof store (so the blob server
+    serves it and the watcher can defend it) and return the claim input; nothing is posted here."""
+    from collab.fraudproof.agents import ClaimerAgent
+    from collab.fraudproof.store import Store
+
+    trace = built.trace()
+    agent = ClaimerAgent(None, None, None, trace, job_id=job_id)  # type: ignore[arg-type]  # only builds the input
+    claim = agent.claim_input(audience=Audience.PUBLIC, participants=participants or [], asset_id=asset_id)
+    Store(home).save_job(claim.claim_id, built.program, built.inputs, built.witnesses)
+    return claim

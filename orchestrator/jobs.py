@@ -95,6 +95,9 @@ CREATE TABLE IF NOT EXISTS transitions (
 CREATE TABLE IF NOT EXISTS nonces (
   sender TEXT NOT NULL, nonce TEXT NOT NULL, expiry INTEGER NOT NULL, PRIMARY KEY (sender, nonce));
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS nodes (
+  address TEXT PRIMARY KEY, identity_id INTEGER NOT NULL, last_seen REAL NOT NULL,
+  endpoint TEXT NOT NULL DEFAULT '', info TEXT NOT NULL DEFAULT '{}');
 """
 
 
@@ -205,6 +208,27 @@ class JobStore:
         if job.state.terminal:
             raise ProtocolViolation(f"job {job_id} is already {job.state.value}")
         return self.transition(job_id, job.state, JobState.CANCELLED, error=reason)
+
+    # ---------------------------------------------------------------- nodes
+
+    def see_node(self, address: str, identity_id: int, endpoint: str, info: dict[str, Any], now: float | None = None) -> None:
+        """Record a heartbeat: presence survives an orchestrator restart (a node is away until it beats again)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO nodes VALUES (?,?,?,?,?) ON CONFLICT(address) DO UPDATE SET identity_id=excluded.identity_id, "
+                       "last_seen=excluded.last_seen, endpoint=excluded.endpoint, info=excluded.info",
+                       (address.lower(), int(identity_id), time.time() if now is None else now, endpoint, json.dumps(info)))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node ever seen: address (lower case), identity_id, last_seen, endpoint, info."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM nodes ORDER BY address").fetchall()
+        return [{"address": r["address"], "identity_id": r["identity_id"], "last_seen": r["last_seen"],
+                 "endpoint": r["endpoint"], "info": json.loads(r["info"])} for r in rows]
+
+    def last_seen(self, address: str) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT last_seen FROM nodes WHERE address=?", (address.lower(),)).fetchone()
+        return None if row is None else float(row["last_seen"])
 
     # ---------------------------------------------------------------- nonces
 

@@ -4,7 +4,12 @@ User commands never hold a ZMQ link or the unlocked keys themselves: they send
 JSON lines to the node's Unix socket (``node.sock``, mode 0600, so only the
 home's owner can use it), and the node signs and forwards what needs the
 orchestrator. A heartbeat thread keeps the orchestrator's view of this node
-fresh and records whether the orchestrator is reachable, for ``node status``.
+fresh and records whether the orchestrator is reachable, for ``node status``;
+the heartbeat reply lists the jobs this node takes part in, which the
+:class:`~orchestrator.workers.TaskRunner` acts on. With a chain connection the
+node also runs its blob server and watcher (:class:`~orchestrator.workers.ClaimWorkers`)
+and serves ``infer`` (the client's side of a routed secure inference),
+``challenge`` and ``games`` for the user commands.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collab.errors import BadInput, CollabError
+from collab.errors import BadInput, CollabError, Unavailable
 from collab.vault import Vault
 from orchestrator.client import OrchestratorClient
+from orchestrator.workers import ClaimWorkers, NodeChain, TaskRunner
 
 log = logging.getLogger("collab.node")
 
@@ -31,9 +37,15 @@ class Node:
     """State shared by the local API handlers and the heartbeat thread."""
 
     def __init__(self, client: OrchestratorClient, socket_path: Path, *, endpoint: str = "",
-                 heartbeat_interval: float = 1.0, vault: Vault | None = None) -> None:
+                 heartbeat_interval: float = 1.0, vault: Vault | None = None, chain: NodeChain | None = None,
+                 data: Path | None = None, adapter: Path | None = None) -> None:
         self.client, self.socket_path, self.endpoint = client, Path(socket_path), endpoint
-        self.vault = vault
+        self.vault, self.chain = vault, chain
+        self.chain_lock = threading.Lock()  # one account: the watcher and metering never race for its nonce
+        self.claims: ClaimWorkers | None = None
+        self.tasks = TaskRunner(self, data=data, adapter=adapter) if chain is not None else None
+        self.orchestrator_blob_url = ""
+        self._peers: tuple[float, list[str]] = (0.0, [])
         self.heartbeat_interval = heartbeat_interval
         self._lock = threading.Lock()  # one ZMQ socket, many API threads
         self._stop = threading.Event()
@@ -53,7 +65,26 @@ class Node:
                 "orchestrator_address": self.client.orchestrator, "chain_id": self.client.chain_id,
                 "connected": connected, "last_heartbeat": self.last_ok, "last_error": self.last_error,
                 "uptime": round(now - self.started, 1),
-                "vault_entries": len(self.vault.list()) if self.vault is not None else None, "socket": str(self.socket_path), "pid": os.getpid()}
+                "vault_entries": len(self.vault.list()) if self.vault is not None else None, "socket": str(self.socket_path), "pid": os.getpid(),
+                "blob_url": self.claims.blob_url if self.claims else None,
+                "workers": {"watcher": self.claims is not None, "tasks": self.tasks is not None,
+                            "supernodes": sorted(self.tasks.supernodes) if self.tasks else []}}
+
+    def sources(self) -> list[str]:
+        """Blob servers to fetch claim data from: the orchestrator's and every peer node's (refreshed every 5 s)."""
+        at, urls = self._peers
+        if time.monotonic() - at > 5:
+            try:
+                urls = [str(n["info"].get("blob_url", "")) for n in self.forward("nodes")]
+            except CollabError:
+                pass
+            self._peers = (time.monotonic(), urls)
+        return [u for u in [self.orchestrator_blob_url, *urls] if u]
+
+    def _claims(self) -> ClaimWorkers:
+        if self.claims is None:
+            raise Unavailable("this node runs no watcher (started without a chain connection)")
+        return self.claims
 
     def handle(self, request: Any) -> dict[str, Any]:
         try:
@@ -66,6 +97,21 @@ class Node:
             if op == "vault":
                 entries = self.vault.list() if self.vault is not None else []
                 return {"ok": True, "result": [e.to_json() for e in entries]}
+            if op == "infer":
+                from orchestrator.inference import run_client_side
+
+                return {"ok": True, "result": run_client_side(self, fields)}
+            if op == "challenge":
+                raw = str(fields.get("claim_id", ""))
+                try:
+                    cid = bytes.fromhex(raw.removeprefix("0x"))
+                except ValueError:
+                    cid = b""
+                if len(cid) != 32:
+                    raise BadInput(f"claim id {raw!r} is not 32 bytes of hex")
+                return {"ok": True, "result": self._claims().challenge(cid)}
+            if op == "games":
+                return {"ok": True, "result": {"games": self._claims().games, "events": self._claims().events[-50:]}}
             if op in FORWARDED:
                 return {"ok": True, "result": self.forward(op, **fields)}
             raise BadInput(f"unknown node op {op!r}")
@@ -75,8 +121,12 @@ class Node:
     def _heartbeats(self) -> None:
         while not self._stop.is_set():
             try:
-                self.forward("heartbeat", endpoint=self.endpoint, info={"pid": os.getpid()})
+                info = {"pid": os.getpid(), "blob_url": self.claims.blob_url if self.claims else ""}
+                reply = self.forward("heartbeat", endpoint=self.endpoint, info=info)
                 self.last_ok, self.last_error = time.time(), None
+                self.orchestrator_blob_url = str((reply or {}).get("blob_url") or "")
+                if self.tasks is not None:
+                    self.tasks.on_tasks(list((reply or {}).get("tasks") or []))
             except CollabError as exc:
                 self.last_error = str(exc)
                 log.warning("heartbeat failed: %s", exc)
@@ -112,12 +162,18 @@ class Node:
             self._server.server_close()
             self.socket_path.unlink(missing_ok=True)
             return
+        if self.chain is not None:
+            self.claims = ClaimWorkers(self.chain, self.sources, self.chain_lock).start()
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beat.start()
         try:
             self._server.serve_forever(poll_interval=0.2)
         finally:
             self._stop.set()
+            if self.tasks is not None:
+                self.tasks.stop()
+            if self.claims is not None:
+                self.claims.stop()
             self._server.server_close()
             self.socket_path.unlink(missing_ok=True)
             self.client.close()

@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -30,20 +29,6 @@ log = logging.getLogger("collab.orchestrator")
 MAX_REQUEST_BYTES = 256 * 1024
 IDENTITY_TTL = 10.0
 HEARTBEAT_TIMEOUT = 6.0
-
-
-@dataclass
-class NodeInfo:
-    """What the server knows about a participant node from its heartbeats."""
-
-    address: str
-    identity_id: int
-    last_seen: float
-    endpoint: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def status(self, now: float, timeout: float) -> str:
-        return "online" if now - self.last_seen <= timeout else "away"
 
 
 class IdentityCache:
@@ -74,7 +59,11 @@ class OrchestratorServer:
         self.store, self.address, self.chain_id = store, address, chain_id
         self.identities, self.handlers = identities, handlers
         self.heartbeat_timeout, self.runner_interval = heartbeat_timeout, runner_interval
-        self.nodes: dict[str, NodeInfo] = {}
+        self.chain_lock = threading.Lock()  # the runner's claim posts and the watcher share one account
+        self.blob_url = ""  # the orchestrator's blob server (claims it posts), told to nodes in heartbeat replies
+        for handler in handlers.values():
+            if hasattr(handler, "presence"):
+                handler.presence = self.node_status
         self._stop = threading.Event()
         self.ctx = zmq.Context()
         self.auth = ThreadAuthenticator(self.ctx)
@@ -158,16 +147,16 @@ class OrchestratorServer:
         if op == "ping":
             return {"pong": True, "identity_id": identity_id, "time": now}
         if op == "heartbeat":
-            node = self.nodes.get(sender) or NodeInfo(sender, identity_id, now)
             info = payload.get("info") or {}
             if not isinstance(info, dict):
                 raise BadInput("heartbeat info must be an object")
-            node.last_seen, node.endpoint, node.info = now, str(payload.get("endpoint", "")), info
-            self.nodes[sender] = node
-            return {"status": "online", "timeout": self.heartbeat_timeout}
+            self.store.see_node(sender, identity_id, str(payload.get("endpoint", "")), info, now)
+            return {"status": "online", "timeout": self.heartbeat_timeout, "blob_url": self.blob_url,
+                    "tasks": self.tasks_for(sender)}
         if op == "nodes":
-            return [{"address": n.address, "identity_id": n.identity_id, "endpoint": n.endpoint,
-                     "status": n.status(now, self.heartbeat_timeout), "last_seen": n.last_seen} for n in self.nodes.values()]
+            return [{**n, "status": self.node_status(n["address"], now)} for n in self.store.nodes()]
+        if op == "report":
+            return self.report(sender, payload)
         if op == "submit":
             kind, job_payload = payload.get("kind"), payload.get("payload")
             needs, timeout = payload.get("needs") or [], payload.get("timeout", 60)
@@ -198,14 +187,15 @@ class OrchestratorServer:
                 last_prune = time.monotonic()
             for job in self.store.active():
                 try:
-                    self._advance(job)
+                    with self.chain_lock:
+                        self._advance(job)
                 except Exception:
                     log.exception("job %s: runner step failed; retried next pass", job.id)
 
     def _advance(self, job: Any) -> None:
         needs = job.payload.get("needs") or []
         now = time.time()
-        missing = [a for a in needs if a not in self.nodes or self.nodes[a].status(now, self.heartbeat_timeout) != "online"]
+        missing = [a for a in needs if self.node_status(a, now) != "online"]
         if missing and job.state in (JobState.CREATED, JobState.COLLECTING):
             if job.deadline is not None and now > job.deadline:
                 self.store.transition(job.id, job.state, JobState.FAILED,
@@ -213,3 +203,35 @@ class OrchestratorServer:
             return
         step(self.store, self.handlers, job)
 
+    # ---------------------------------------------------------------- nodes
+
+    def node_status(self, address: str, now: float | None = None) -> str:
+        """``online`` if ``address`` beat within the timeout, ``away`` if it beat before, ``unknown`` if never."""
+        seen = self.store.last_seen(address)
+        if seen is None:
+            return "unknown"
+        return "online" if (now or time.time()) - seen <= self.heartbeat_timeout else "away"
+
+    def tasks_for(self, sender: str) -> list[dict[str, Any]]:
+        """Active jobs this node takes part in (needed, or submitted): what its workers act on."""
+        me = sender.lower()
+        out = []
+        for job in self.store.active():
+            needs = [str(a).lower() for a in job.payload.get("needs") or []]
+            if me in needs or str(job.payload.get("submitter", "")).lower() == me:
+                out.append(job.to_json())
+        return out
+
+    def report(self, sender: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A node's result for a job it takes part in, stored under ``r/<address>/<key>`` in the job's data."""
+        job = self.store.get(str(payload.get("id")))
+        key, value = payload.get("key"), payload.get("value")
+        if not isinstance(key, str) or not key or "/" in key:
+            raise BadInput("report key must be a non-empty string without '/'")
+        me = sender.lower()
+        if me not in [str(a).lower() for a in job.payload.get("needs") or []] and me != str(job.payload.get("submitter", "")).lower():
+            raise Unauthorized(f"{sender} takes no part in job {job.id}")
+        if job.state.terminal:
+            raise BadInput(f"job {job.id} is already {job.state.value}")
+        self.store.update_data(job.id, {f"r/{me}/{key}": value})
+        return {"recorded": True}

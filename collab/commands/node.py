@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import click
 import zmq
@@ -25,9 +26,15 @@ group = click.Group("node", help="Run or query this home's participant node.")
 @click.option("--source", default=None, help="Local address to connect from (e.g. 127.0.0.3), for multi-host setups.")
 @click.option("--heartbeat", default=1.0, show_default=True, help="Seconds between heartbeats.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for any orchestrator reply.")
+@click.option("--data", type=click.Path(dir_okay=True, path_type=Path), default=None,
+              help="This participant's training data (folder, CSV or JSONL) for training rounds.")
+@click.option("--adapter", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Adapter (safetensors) this node contributes to merges (default <home>/adapter.safetensors).")
+@click.option("--no-workers", is_flag=True, help="Only the local API and heartbeats (no chain, watcher, blob server).")
 @click.pass_context
 def start(ctx: click.Context, endpoint: str, orchestrator_key: str | None, orchestrator_id: int | None,
-          source: str | None, heartbeat: float, timeout: float) -> None:
+          source: str | None, heartbeat: float, timeout: float, data: Path | None, adapter: Path | None,
+          no_workers: bool) -> None:
     """Serve node.sock until SIGINT/SIGTERM; prints one JSON ready line."""
     from orchestrator.client import OrchestratorClient
     from orchestrator.node import Node
@@ -64,7 +71,16 @@ def start(ctx: click.Context, endpoint: str, orchestrator_key: str | None, orche
     from collab.vault import Vault
 
     vault = Vault(conf.vault_dir, owner=me.x25519_public)
-    node = Node(client, conf.node_socket, endpoint=source or "", heartbeat_interval=heartbeat, vault=vault)
+    chain = None
+    if not no_workers:
+        from orchestrator.workers import NodeChain
+
+        if data is not None and not data.exists():
+            raise BadInput(f"no training data at {data}")
+        session = chain_session(ctx)
+        chain = NodeChain(session.w3, session.deployment, session.account, conf)
+    node = Node(client, conf.node_socket, endpoint=source or "", heartbeat_interval=heartbeat, vault=vault,
+                chain=chain, data=data.resolve() if data else None, adapter=adapter)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     node.bind()
     click.echo(json.dumps({"socket": str(conf.node_socket), "address": me.address, "orchestrator": hello["address"]}))

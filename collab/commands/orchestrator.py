@@ -39,12 +39,25 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
     if mine.keys.curve_key != me.curve_public:
         raise Unauthorized("this home's CurveZMQ key differs from the one registered in its Sahara ID")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    handlers: dict[str, Any] = {ClaimJob.kind: ClaimJob(ClaimManagerClient.from_deployment(session.deployment, session.w3, me.account))}
+    from orchestrator.inference import InferenceJob
+    from orchestrator.merges import MergeJob
+    from orchestrator.rounds import RoundJob
+    from orchestrator.workers import ClaimWorkers, NodeChain
+
+    handlers: dict[str, Any] = {
+        ClaimJob.kind: ClaimJob(ClaimManagerClient.from_deployment(session.deployment, session.w3, me.account)),
+        RoundJob.kind: RoundJob(conf.home), MergeJob.kind: MergeJob(conf.home), InferenceJob.kind: InferenceJob(),
+    }
     server = OrchestratorServer(
         store=JobStore(conf.jobs_db), address=me.address, chain_id=session.deployment.chain_id,
         curve_secret=me.curve_secret_z85, curve_public=me.curve_public_z85, identities=IdentityCache(registry),
         handlers=handlers, bind=bind, heartbeat_timeout=heartbeat_timeout,
     )
+    # The claimer of its rounds and merges: serves their data and defends them in the fraud-proof game.
+    # INVARIANT: one lock for every write of this account (job runner posting claims, watcher moves).
+    claims = ClaimWorkers(NodeChain(session.w3, session.deployment, me.account, conf), lambda: [], server.chain_lock,
+                          host=bind.removeprefix("tcp://").rsplit(":", 1)[0].replace("*", "0.0.0.0")).start()
+    server.blob_url = claims.blob_url
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     click.echo(json.dumps({"endpoint": server.endpoint, "curve_key": me.curve_public_z85.decode(),
                            "address": me.address, "identity_id": mine.id, "chain_id": session.deployment.chain_id}))
@@ -53,3 +66,6 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
         server.serve_forever()
     except KeyboardInterrupt:
         server.stop()
+    finally:
+        claims.stop()
+        handlers[RoundJob.kind].close()

@@ -1,0 +1,213 @@
+"""The ``round`` job kind: one federated DP-LoRA training round among named participants' nodes.
+
+The orchestrator runs the Flower SuperLink and the ServerApp (``flwr run``)
+through :mod:`collab.fl.deployment`; each participant's node starts its own
+SuperNode when it sees the job in a heartbeat reply. States:
+
+* CREATED -> COLLECTING: the SuperLink port is chosen and written first, then
+  the SuperLink starts; nodes start SuperNodes and report ``supernode``;
+* COLLECTING -> COMPUTING once every named node has reported (or the job's
+  deadline fails it), then ``flwr run`` starts; a node lost mid-round is
+  dropped by the ServerApp and the round completes if ``min_participants``
+  remain (the claim names only those who contributed: the lost one gets
+  nothing);
+* COMPUTING -> COMPUTED when the ServerApp's record is final (after a restart
+  it is read from the record file; live orphans of a SIGKILLed orchestrator
+  are waited for, dead ones are restarted on the same port);
+* COMPUTED -> CLAIMED: a child ``claim`` job with a deterministic id (so a
+  re-run cannot post twice) over the FedAvg program of the participants'
+  reported round metrics; CLAIMED -> FINALIZED/REJECTED follows that claim.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psutil
+import torch
+from eth_utils import is_address, keccak
+
+from collab.errors import BadInput, ProtocolViolation
+from orchestrator.claims import claim_to_json, prepare_claim
+from orchestrator.jobs import Job, JobState, JobStore, register_handler
+
+log = logging.getLogger("collab.orchestrator.round")
+
+DEFAULT_CONFIG: dict[str, Any] = {"model": "tiny", "num-rounds": 1, "max-len": 32, "epochs": 1, "batch-size": 8,
+                                  "lr": 0.01, "noise-multiplier": 0.8, "epsilon": 50.0, "test-samples": 40,
+                                  "round-timeout": 180.0, "node-wait": 60.0}
+
+
+def _alive(pid: int | None, name: str) -> bool:
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(int(pid))
+        return proc.status() != psutil.STATUS_ZOMBIE and any(name in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _kill(pid: int | None, name: str) -> None:
+    """Stop a process this job started (checked by name, so a recycled pid is left alone) and its children."""
+    if not _alive(pid, name):
+        return
+    proc = psutil.Process(int(pid))  # type: ignore[arg-type]
+    for p in [*proc.children(recursive=True), proc]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+@register_handler
+class RoundJob:
+    """Runs the Flower side in the orchestrator's home; the claim goes through the ``claim`` kind."""
+
+    kind: ClassVar[str] = "round"
+
+    def __init__(self, home: Path, store_home: Path | None = None) -> None:
+        self.home = Path(home)
+        self.store_home = Path(store_home or home)
+        self.deployments: dict[str, Any] = {}
+        self.runs: dict[str, Any] = {}
+
+    def validate(self, payload: dict[str, Any]) -> None:
+        parts = payload.get("participants")
+        if not isinstance(parts, list) or len(parts) < 2 or not all(is_address(str(p)) for p in parts):
+            raise BadInput("a round needs at least two participant addresses")
+        if not isinstance(payload.get("config", {}), dict):
+            raise BadInput("round config must be an object of Flower run-config values")
+        minimum = payload.get("min_participants", 2)
+        if not isinstance(minimum, int) or not 1 <= minimum <= len(parts):
+            raise BadInput("min_participants must be between 1 and the number of participants")
+
+    def _dir(self, job: Job) -> Path:
+        path = self.home / "rounds" / job.id[2:18]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _deployment(self, job: Job) -> Any:
+        from collab.fl.deployment import FlowerDeployment
+
+        dep = self.deployments.get(job.id)
+        if dep is None:
+            dep = self.deployments[job.id] = FlowerDeployment(self._dir(job), port=int(job.data["superlink_port"]),
+                                                              secure=False)  # see workers.TaskRunner: no TLS yet
+        return dep
+
+    def _ensure_superlink(self, job: Job, store: JobStore) -> None:
+        dep = self._deployment(job)
+        if "superlink" in dep.processes and dep.processes["superlink"].proc.poll() is None:
+            return
+        if _alive(job.data.get("superlink_pid"), "flower-superlink"):
+            return  # an orphan of a killed orchestrator still serves the nodes
+        dep.start_superlink()
+        store.update_data(job.id, {"superlink_pid": dep.processes["superlink"].proc.pid})
+
+    def advance(self, job: Job, store: JobStore) -> JobState:
+        from collab.fl.deployment import free_port
+
+        needs = [str(a).lower() for a in job.payload.get("needs") or []]
+        if job.state == JobState.CREATED:
+            store.update_data(job.id, {"superlink_port": free_port(),
+                                       "superlink_address": "127.0.0.1"})  # written before the SuperLink exists
+            return JobState.COLLECTING
+        result = self._dir(job) / "result.json"
+        if job.state == JobState.COLLECTING:
+            self._ensure_superlink(job, store)
+            reported = [a for a in needs if job.data.get(f"r/{a}/supernode")]
+            return JobState.COMPUTING if len(reported) == len(needs) else job.state
+        if job.state == JobState.COMPUTING:
+            record = _record(result)
+            if record.get("status") in ("completed", "failed"):
+                return self._finish_run(job, store, record)
+            if job.id in self.runs and self.runs[job.id].proc.poll() is None:
+                return job.state
+            if _alive(job.data.get("run_pid"), "flwr"):
+                return job.state
+            self._ensure_superlink(job, store)
+            config = {**DEFAULT_CONFIG, **job.payload.get("config", {}), "expected-participants": len(needs),
+                      "min-participants": int(job.payload.get("min_participants", 2))}
+            run = self._deployment(job).start_run(config, result)
+            self.runs[job.id] = run
+            store.update_data(job.id, {"run_pid": run.proc.pid, "run_started": time.time(),
+                                       "restarts": int(job.data.get("restarts", -1)) + 1})
+            return job.state
+        return self.follow_claim(job, store)
+
+    @staticmethod
+    def follow_claim(job: Job, store: JobStore) -> JobState:
+        """COMPUTED -> CLAIMED through a child ``claim`` job (idempotent by its id), then follow its outcome."""
+        if job.state == JobState.COMPUTED:
+            claim_job, _ = store.create("claim", {"claim": job.data["claim"], "parent": job.id, "submitter": "", "needs": []})
+            if job.data.get("claim_job") != claim_job.id:
+                store.update_data(job.id, {"claim_job": claim_job.id})
+            if claim_job.state in (JobState.FAILED, JobState.CANCELLED):
+                raise ProtocolViolation(f"the claim job {claim_job.id} {claim_job.state.value}: {claim_job.error}")
+            posted = claim_job.state in (JobState.CLAIMED, JobState.CHALLENGED, JobState.FINALIZED, JobState.REJECTED)
+            if posted:
+                store.update_data(job.id, {k: v for k, v in claim_job.data.items() if k in ("post_tx", "post_dedup")})
+            return JobState.CLAIMED if posted else job.state  # CLAIMED once the claim is on chain
+        if job.state in (JobState.CLAIMED, JobState.CHALLENGED):
+            child = store.get(job.data["claim_job"])
+            store.update_data(job.id, {k: v for k, v in child.data.items() if k in ("post_tx", "finalize_tx", "post_dedup")})
+            if child.state in (JobState.FINALIZED, JobState.REJECTED):
+                return child.state
+            if child.state == JobState.CHALLENGED:
+                return JobState.CHALLENGED
+            if child.state in (JobState.FAILED, JobState.CANCELLED):
+                raise ProtocolViolation(f"the claim job {child.id} {child.state.value}: {child.error}")
+            return JobState.CLAIMED if job.state == JobState.CHALLENGED else job.state
+        return job.state
+
+    def _finish_run(self, job: Job, store: JobStore, record: dict[str, Any]) -> JobState:
+        self._stop(job)
+        if record["status"] == "failed":
+            raise ProtocolViolation(f"the Flower round failed: {record.get('reason', 'no reason recorded')}")
+        last = record["rounds"][-1]
+        participants = sorted(last["participants"])
+        from collab.fraudproof import builders
+
+        witness = self._dir(job) / f"round-{len(record['rounds'])}.witness"
+        if witness.is_file():  # secure aggregation: the claim is the masked ring sum of the SecAgg witness
+            from collab.secagg.witness import AggregationWitness
+
+            built = builders.masked_sum_from_witness(AggregationWitness.from_bytes(witness.read_bytes()))
+            over = "the SecAgg masked sum of the contributors' updates (round witness)"
+        else:  # plain FedAvg rounds do not export individual updates: the claim covers the round's metrics
+            states = [{"metrics": torch.tensor([float(last["examples"][p]), float(record["epsilon"].get(p, 0.0)),
+                                                float(last.get("accuracy", 0.0))])} for p in participants]
+            built = builders.fedavg(states, [int(last["examples"][p]) for p in participants])
+            over = "the FedAvg of the contributors' round metrics (examples, ε, accuracy); no SecAgg witness"
+        claim = prepare_claim(built, keccak(text=f"round:{job.id}"), self.store_home, participants=[])
+        facts = {"claim": claim_to_json(claim), "claim_id": "0x" + claim.claim_id.hex(),
+                 "participants": participants, "dropped": record.get("dropped", []),
+                 "accuracy": record.get("final_accuracy"), "base_accuracy": record.get("base_accuracy"),
+                 "epsilon": record.get("epsilon", {}), "examples": last["examples"], "rounds": len(record["rounds"]),
+                 "secure_aggregation": bool(record.get("secure_aggregation")), "claim_over": over}
+        store.update_data(job.id, facts)
+        return JobState.COMPUTED
+
+    def _stop(self, job: Job) -> None:
+        dep = self.deployments.pop(job.id, None)
+        self.runs.pop(job.id, None)
+        if dep is not None:
+            dep.stop()
+        _kill(job.data.get("run_pid"), "flwr")
+        _kill(job.data.get("superlink_pid"), "flower-superlink")
+
+    def close(self) -> None:
+        for dep in self.deployments.values():
+            dep.stop()
+
+
+def _record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}

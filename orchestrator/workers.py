@@ -1,0 +1,223 @@
+"""Workers a node (and the orchestrator) runs inside its own process.
+
+* :class:`ClaimWorkers`: the blob server over the home's fraud-proof store (so
+  the audience of this home's claims can fetch their data) and a watcher
+  thread (:mod:`collab.fraudproof.watcher`) that re-executes every claim it can
+  see, challenges wrong ones and defends this home's own. Blob-server URLs of
+  the other nodes come from the orchestrator's node list, so a node watches
+  claims of peers it never configured.
+* :class:`TaskRunner`: acts on the jobs a heartbeat reply lists for this node:
+  a SuperNode for a ``round`` (through :mod:`collab.fl.deployment`), the
+  adapter upload for a ``merge``, the owner's CrypTen party for an
+  ``inference``. Each action runs once per job (and a dead SuperNode is
+  restarted while its round is still running).
+
+All chain writes of one account go through one lock, so the watcher and the
+metering of an inference never race for the account's nonce.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from collab.errors import CollabError
+
+log = logging.getLogger("collab.node.workers")
+
+
+@dataclass
+class NodeChain:
+    """The chain a node acts on: web3, the deployment, its unlocked account and its home's settings."""
+
+    w3: Any
+    deployment: Any
+    account: Any
+    settings: Any
+
+
+class ClaimWorkers:
+    """Blob server + watcher thread for one home and account."""
+
+    def __init__(self, chain: NodeChain, sources: Callable[[], list[str]], lock: threading.Lock, *,
+                 interval: float = 1.0, host: str = "127.0.0.1") -> None:
+        self.chain, self.sources, self.lock, self.interval, self.host = chain, sources, lock, interval, host
+        self.server: Any = None
+        self.games: list[dict[str, Any]] = []
+        self.events: list[str] = []
+        self._stop = threading.Event()
+        self._requests: queue.Queue[tuple[bytes, queue.Queue[Any]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def blob_url(self) -> str:
+        return self.server.url if self.server is not None else ""
+
+    def start(self) -> ClaimWorkers:
+        from chain.clients.claim_manager import ClaimManagerClient
+        from collab.fraudproof.blobserver import BlobServer
+        from collab.fraudproof.store import Store
+
+        manager = ClaimManagerClient.from_deployment(self.chain.deployment, self.chain.w3, None)
+        self.server = BlobServer(Store(self.chain.settings.home), int(self.chain.w3.eth.chain_id), manager.is_audience,
+                                 host=self.host).start()
+        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.server is not None:
+            self.server.stop()
+
+    def challenge(self, claim_id: bytes, timeout: float = 120.0) -> dict[str, Any]:
+        """Re-execute one claim now in the watcher thread (challenging it if wrong); its verdict."""
+        reply: queue.Queue[Any] = queue.Queue()
+        self._requests.put((claim_id, reply))
+        try:
+            out = reply.get(timeout=timeout)
+        except queue.Empty:
+            from collab.errors import Unavailable
+
+            raise Unavailable(f"the node's watcher did not answer within {timeout:.0f} s") from None
+        if isinstance(out, CollabError):
+            raise out
+        return out  # type: ignore[no-any-return]
+
+    def _run(self) -> None:
+        from collab.fraudproof.watcher import Watcher
+
+        c = self.chain
+        watcher = Watcher(c.w3, c.deployment, c.account, c.settings.home, [])  # its SQLite lives in this thread
+        try:
+            while not self._stop.is_set():
+                try:
+                    watcher.sources = [u for u in self.sources() if u and u != self.blob_url]
+                    with self.lock:
+                        new = watcher.poll()
+                    self._serve_requests(watcher)
+                    for e in new:
+                        log.info("watcher: %s", e)
+                    self.events = (self.events + new)[-200:]
+                    self.games = [{**g.__dict__, "claim_id": "0x" + g.claim_id.hex()} for g in watcher.games()]
+                except CollabError as exc:
+                    log.warning("watcher pass failed: %s", exc)
+                except Exception:  # noqa: BLE001 - a transient RPC error must not end the watcher
+                    log.exception("watcher pass failed")
+                self._stop.wait(self.interval)
+        finally:
+            watcher.close()
+
+    def _serve_requests(self, watcher: Any) -> None:
+        while True:
+            try:
+                claim_id, reply = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                with self.lock:
+                    posted = watcher.manager.posted_event(claim_id)
+                    events = watcher.challenge_one(claim_id, posted.claimer)
+                verdict, detail = watcher.verdicts().get(claim_id, ("unknown", ""))
+                games = [g.game_id for g in watcher.games() if g.claim_id == claim_id and g.role == "challenger"]
+                reply.put({"claim_id": "0x" + claim_id.hex(), "verdict": verdict, "detail": detail, "games": games,
+                           "events": events})
+            except CollabError as exc:
+                reply.put(exc)
+
+
+class TaskRunner:
+    """Turns the jobs listed in heartbeat replies into this node's work (once per job)."""
+
+    def __init__(self, node: Any, *, data: Path | None = None, adapter: Path | None = None) -> None:
+        self.node, self.data, self.adapter = node, data, adapter
+        self.started: set[str] = set()
+        self.supernodes: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def me(self) -> str:
+        return str(self.node.client.account.address).lower()
+
+    def on_tasks(self, tasks: list[dict[str, Any]]) -> None:
+        live = {t["id"] for t in tasks}
+        for task in tasks:
+            try:
+                self._one(task)
+            except CollabError as exc:
+                log.warning("job %s: %s", task["id"], exc)
+        with self._lock:
+            for jid in [j for j in self.supernodes if j not in live]:
+                self.supernodes.pop(jid).stop()  # the round is over (or gone): stop its SuperNode
+
+    def _report(self, jid: str) -> Callable[[str, Any], None]:
+        return lambda key, value: self.node.forward("report", id=jid, key=key, value=value)
+
+    def _one(self, task: dict[str, Any]) -> None:
+        jid, kind, state, payload = task["id"], task["kind"], task["state"], task["payload"]
+        needed = self.me in [str(a).lower() for a in payload.get("needs") or []]
+        if kind == "round" and needed and state in ("collecting", "computing") and "superlink_port" in task["data"]:
+            self._supernode(task)
+        elif jid in self.started:
+            return
+        elif kind == "merge" and needed and state == "collecting":
+            self.started.add(jid)
+            self._adapter(jid)
+        elif kind == "inference" and needed and state == "collecting" and str(payload.get("owner", "")).lower() == self.me:
+            self.started.add(jid)
+            threading.Thread(target=self._owner_side, args=(task,), name=f"infer-{jid[:10]}", daemon=True).start()
+
+    def _supernode(self, task: dict[str, Any]) -> None:
+        from collab.fl.deployment import FlowerDeployment
+
+        jid = task["id"]
+        with self._lock:
+            current = self.supernodes.get(jid)
+            if current is not None and current.proc.poll() is None:
+                return
+            if self.data is None:
+                if jid not in self.started:
+                    self.started.add(jid)
+                    self._report(jid)("supernode", {"ok": False, "error": "this node has no training data (--data)"})
+                return
+            home = Path(self.node.chain.settings.home)
+            # TODO(issue 8 TLS): the SuperLink's CA and this node's auth key travel through the job once the
+            # deployment takes them from files it did not create; until then rounds run without TLS on loopback.
+            deployment = FlowerDeployment(home / "flower-rounds", port=int(task["data"]["superlink_port"]), secure=False)
+            self.supernodes[jid] = deployment.add_participant(self.me, home, self.data,
+                                                              passphrase=os.environ.get("COLLAB_PASSPHRASE"))
+            log.info("job %s: SuperNode started (pid %d)", jid, self.supernodes[jid].proc.pid)
+        if jid not in self.started:
+            self.started.add(jid)
+            self._report(jid)("supernode", {"ok": True, "pid": self.supernodes[jid].proc.pid})
+
+    def _adapter(self, jid: str) -> None:
+        from orchestrator.merges import encode_adapter
+
+        path = self.adapter or Path(self.node.chain.settings.home) / "adapter.safetensors"
+        if not path.is_file():
+            log.warning("job %s: no adapter at %s to contribute", jid, path)
+            return
+        self._report(jid)("adapter", encode_adapter(path))
+
+    def _owner_side(self, task: dict[str, Any]) -> None:
+        from collab.mpc.service import OwnerNode
+        from orchestrator.inference import serve_owner_side
+
+        c = self.node.chain
+        owner = OwnerNode.from_home(c.settings, c.w3, c.deployment, c.account)
+        serve_owner_side(owner, task, self._report(task["id"]), self.node.chain_lock)
+
+    def stop(self) -> None:
+        with self._lock:
+            for proc in self.supernodes.values():
+                proc.stop()
+            self.supernodes.clear()
