@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from collab.config import ENV_PASSPHRASE
 from collab.errors import BadInput, InternalError, Unavailable
 from collab.fl.app import APP_DIR
 from collab.fl.data import load_user_data
+from collab.fl.tls import node_auth_key, server_tls
 
 CONNECTION = "collab"
 BIN_DIR = Path(sys.executable).parent
@@ -118,7 +120,9 @@ class FlowerDeployment:
 
     home: Path
     port: int = 0
+    secure: bool = True
     processes: dict[str, FlowerProcess] = field(default_factory=dict)
+    node_keys: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -126,24 +130,37 @@ class FlowerDeployment:
 
     def _spawn(self, name: str, args: list[str], flwr_home: Path, extra_env: dict[str, str] | None = None) -> FlowerProcess:
         log = flwr_home / f"{name}.log"
-        with log.open("wb") as out:
+        with log.open("ab") as out:  # a restarted process appends to its predecessor's log
             env = {**flower_env(flwr_home), **(extra_env or {})}
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.processes[name] = FlowerProcess(name, proc, log)
         return self.processes[name]
 
     def start_superlink(self, timeout: float = 60.0) -> None:
-        """Start the SuperLink (all APIs on one loopback port) and wait until it accepts connections."""
+        """Start the SuperLink (all APIs on one loopback port) and wait until it accepts connections.
+
+        With ``secure`` (the default): TLS with a locally generated CA and
+        ``--enable-supernode-auth``; the public keys of the SuperNodes already
+        added are (re-)registered, since the SuperLink keeps them in memory.
+        """
         flwr_home = self.home / "flower"
         flwr_home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.secure:
+            tls = server_tls(flwr_home / "tls")
+            security = ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.cert),
+                        "--ssl-keyfile", str(tls.key), "--enable-supernode-auth"]
+            connection = f'root-certificates = "{tls.ca_cert}"\n'
+        else:
+            security, connection = ["--insecure"], "insecure = true\n"
         # The CLI's connection to this SuperLink, named `collab`, in the orchestrator's FLWR_HOME.
         (flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'address = "127.0.0.1:{self.port}"\n{connection}'
         )
         link = self._spawn(
             "superlink",
-            [str(BIN_DIR / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+            [str(BIN_DIR / "flower-superlink"), *security, "--disable-runtime-dependency-installation",
+             "--database", str(flwr_home / "superlink.db"),  # nodes, runs, keys survive a restart
              "--host", "127.0.0.1", "--port", str(self.port)],
             flwr_home,
         )
@@ -153,10 +170,23 @@ class FlowerDeployment:
                 raise Unavailable(f"flower-superlink exited with {link.proc.returncode}:\n{link.tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+                    break
             except OSError:
                 time.sleep(0.2)
-        raise Unavailable(f"flower-superlink did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
+        else:
+            raise Unavailable(f"flower-superlink did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
+        for public in self.node_keys.values():
+            self.register_node(public)
+
+    def register_node(self, public_key: Path) -> None:
+        """``flwr supernode register``: let a SuperNode with this OpenSSH public key connect."""
+        flwr_home = self.home / "flower"
+        done = subprocess.run(
+            [str(BIN_DIR / "flwr"), "supernode", "register", str(public_key), CONNECTION],
+            env=flower_env(flwr_home), capture_output=True, text=True, timeout=120, check=False,
+        )
+        if done.returncode != 0 and "already" not in (done.stdout + done.stderr).lower():
+            raise Unavailable(f"flwr supernode register failed ({done.returncode}): {(done.stdout + done.stderr)[-500:]}")
 
     def add_participant(
         self,
@@ -193,9 +223,17 @@ class FlowerDeployment:
                 "secagg-stall": stall,
             },
         )
+        security = ["--insecure"]
+        if self.secure:  # the CA certificate travels to the participant out of band; here, a local copy
+            ca = flwr_home / "superlink-ca.pem"
+            shutil.copyfile(self.home / "flower" / "tls" / "ca.pem", ca)
+            private, public = node_auth_key(flwr_home / "auth")
+            self.node_keys[participant] = public
+            self.register_node(public)
+            security = ["--root-certificates", str(ca), "--auth-supernode-private-key", str(private)]
         return self._spawn(
             f"supernode-{participant}",
-            [str(BIN_DIR / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+            [str(BIN_DIR / "flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
              "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", str(node_config)],
             flwr_home,
             {ENV_PASSPHRASE: passphrase} if passphrase else None,

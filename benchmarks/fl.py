@@ -1,0 +1,462 @@
+"""``collab bench fl``: federated DP-LoRA training rounds, measured.
+
+Two kinds of measurement, each labelled in the JSON:
+
+* **Real Flower deployments** (SuperLink + SuperNodes on loopback, the
+  ``collab.fl`` ServerApp/ClientApp, tiny encoder so compute does not hide the
+  framework): Flower's fixed cost per round (plain round time minus the local
+  training compute of one participant measured in-process), round time vs
+  participants (3, 5, 20; SecAgg+ with 6 neighbours at 20), secure-aggregation
+  overhead (secure minus plain round time, same deployment), and the bytes of
+  a round's payloads (measured for the tiny model; for MiniLM computed from the
+  same message sizes: LoRA+head vs full fine-tuning).
+* **In-process learning experiments** with the very functions the ClientApp
+  and ServerApp call (``train_dp``, FedAvg ``aggregate``; transport does not
+  change what is learned): DP-SGD step time vs non-private on the same LoRA
+  model, accuracy vs ε ∈ {1, 8, ∞} (3 participants, IID and Dirichlet non-IID,
+  against centralized non-private and local-only training), and a
+  loss-threshold membership-inference attack on inserted canary articles
+  (random-label canaries, half trained on, half not; advantage = (AUC − 0.5)
+  in points, threshold-free so a small canary set does not flatter it).
+
+``COLLAB_BENCH_QUICK=1`` (CI) shrinks everything: tiny encoder, few samples,
+one Flower deployment of 3 participants. A full run (MiniLM, 128 tokens) is
+sized for well under the issue's 2-hour budget on 2 cores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Group, RenderableType
+
+from benchmarks import report
+
+SUITE = "fl"
+Log = Callable[[str], None]
+DELTA = 1e-5
+EPSILONS = (1.0, 8.0, math.inf)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    model: str
+    max_len: int
+    per_participant: int
+    test: int
+    rounds: int
+    epochs: int
+    batch: int
+    lr: float
+    splits: tuple[str, ...]
+    counts: tuple[int, ...]
+    step_batches: int
+    canaries: int
+    mia_epochs: int
+
+
+FULL = Sizes("minilm", 128, 200, 300, 3, 2, 16, 0.005, ("iid", "noniid"), (3, 5, 20), 20, 50, 6)
+QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, ("iid",), (3,), 4, 12, 3)
+
+
+# ---------------------------------------------------------------------- in-process learning
+
+
+def _task(s: Sizes, classes: list[str]) -> Any:
+    from collab.fl.task import TaskConfig
+
+    return TaskConfig(num_labels=len(classes), kind=s.model, max_len=s.max_len, seed=0)
+
+
+def sigma_for(epsilon: float, rate: float, steps: int) -> float:
+    """The smallest noise multiplier whose RDP ε after ``steps`` at ``rate`` is at most ``epsilon`` (δ = 1e-5)."""
+    from collab.dp.ledger import epsilon_of
+
+    if math.isinf(epsilon):
+        return 0.0
+    lo, hi = 0.3, 64.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if epsilon_of([(mid, rate, steps)], DELTA) > epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _federated(s: Sizes, shards: list[Any], test: Any, sigma: float, rounds: int, epochs: int) -> tuple[float, int]:
+    """FedAvg of DP-SGD rounds with the ClientApp's functions; (accuracy, stalled local rounds)."""
+    import torch
+
+    from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
+    from collab.fl.app.server_app import aggregate
+    from collab.fl.task import build_model, evaluate, load_trainable, trainable_state
+
+    task = _task(s, list(test.classes))
+    model = build_model(task)
+    dp = DPConfig(noise_multiplier=sigma, max_grad_norm=1.0, batch_size=s.batch, epochs=epochs, lr=s.lr)
+    stalled = 0
+    for rnd in range(rounds):
+        start = trainable_state(model)
+        updates = []
+        for k, shard in enumerate(shards):
+            load_trainable(model, start)
+            try:
+                train_dp(model, shard, dp, task.max_len, seed=1000 * rnd + k)
+            except TrainingStalled:
+                stalled += 1  # the guard keeps this update out, as the ClientApp would
+                continue
+            updates.append((trainable_state(model), len(shard)))
+        load_trainable(model, aggregate(updates) if updates else start)
+    torch.manual_seed(0)
+    return evaluate(model, test, task.max_len)[1], stalled
+
+
+def _data(s: Sizes, n: int, split: str) -> tuple[list[Any], Any]:
+    from collab.fl.data import dirichlet_split, iid_split, load_bbc_news, take, train_test_split
+
+    train, test = train_test_split(load_bbc_news(), 0.2, seed=0)
+    pool = take(train, s.per_participant * n, seed=3)
+    shards = iid_split(pool, n, seed=4) if split == "iid" else dirichlet_split(pool, n, alpha=0.5, seed=4)
+    return shards, take(test, s.test, seed=5)
+
+
+def accuracy_vs_epsilon(s: Sizes, say: Log) -> dict[str, Any]:
+    """Federated accuracy at each ε and split; centralized non-private and local-only baselines."""
+    from collab.dp.dpsgd import DPConfig
+    from collab.fl.data import Dataset
+
+    out: dict[str, Any] = {}
+    for split in s.splits:
+        shards, test = _data(s, 3, split)
+        rate = DPConfig(batch_size=s.batch).sample_rate(len(shards[0]))
+        steps = s.rounds * s.epochs * DPConfig(batch_size=s.batch).batches(len(shards[0]))
+        row: dict[str, Any] = {}
+        for eps in EPSILONS:
+            sigma = sigma_for(eps, rate, steps)
+            acc, stalled = _federated(s, shards, test, sigma, s.rounds, s.epochs)
+            row["inf" if math.isinf(eps) else f"{eps:g}"] = {"accuracy": acc, "sigma": sigma, "stalled": stalled}
+            say(f"accuracy {split} ε={eps}: {acc:.3f} (σ={sigma:.2f})")
+        union = Dataset(tuple(t for d in shards for t in d.texts), tuple(y for d in shards for y in d.labels), shards[0].classes)
+        row["centralized"] = {"accuracy": _federated(s, [union], test, 0.0, s.rounds, s.epochs)[0]}
+        local = [_federated(s, [d], test, 0.0, s.rounds, s.epochs)[0] for d in shards]
+        row["local_only"] = {"accuracy": float(np.mean(local)), "per_participant": local}
+        say(f"accuracy {split}: centralized {row['centralized']['accuracy']:.3f}, local {row['local_only']['accuracy']:.3f}")
+        out[split] = row
+    return out
+
+
+def dp_step_time(s: Sizes, say: Log) -> dict[str, Any]:
+    """Seconds per DP-SGD step vs a non-private step on the same LoRA model (local evaluation subtracted)."""
+    from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
+    from collab.fl.task import build_model, evaluate
+
+    shards, _ = _data(s, 1, "iid")
+    data = shards[0]
+    task = _task(s, list(data.classes))
+    timings = {}
+    for label, sigma in (("non_private", 0.0), ("dp_sgd", 1.0)):
+        model = build_model(task)
+        t0 = time.perf_counter()
+        evaluate(model, data, task.max_len)
+        t_eval = time.perf_counter() - t0
+        dp = DPConfig(noise_multiplier=sigma, batch_size=s.batch, epochs=1, lr=s.lr)
+        t0 = time.perf_counter()
+        try:
+            report_ = train_dp(model, data, dp, task.max_len, seed=1)
+            steps = report_.steps
+        except TrainingStalled:
+            steps = dp.steps(len(data))
+        timings[label] = max(1e-9, time.perf_counter() - t0 - 2 * t_eval) / steps
+    ratio = timings["dp_sgd"] / timings["non_private"]
+    say(f"DP-SGD step {timings['dp_sgd'] * 1000:.1f} ms vs {timings['non_private'] * 1000:.1f} ms: {ratio:.2f}x")
+    return {"seconds_per_step": timings, "ratio": ratio, "batch": s.batch, "max_len": s.max_len, "model": s.model}
+
+
+def _canaries(n: int, classes: tuple[str, ...], vocab: list[str], seed: int) -> Any:
+    from collab.fl.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    texts = tuple(" ".join(rng.choice(vocab, size=40)) for _ in range(n))
+    return Dataset(texts, tuple(int(y) for y in rng.integers(0, len(classes), size=n)), classes)
+
+
+def _auc(members: np.ndarray, others: np.ndarray) -> float:
+    """P(score_member > score_non_member), ties half: the threshold-free attack success."""
+    m, o = members[:, None], others[None, :]
+    return float(((m > o).sum() + 0.5 * (m == o).sum()) / (len(members) * len(others)))
+
+
+def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
+    """Loss-threshold attack on random-label canaries inserted into participant 0's data."""
+    import torch
+
+    from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
+    from collab.fl.app.server_app import aggregate
+    from collab.fl.data import Dataset
+    from collab.fl.task import build_model, encode, load_trainable, trainable_state
+
+    shards, _ = _data(s, 3, "iid")
+    classes = shards[0].classes
+    vocab = sorted({w for t in shards[1].texts for w in t.split() if w.isalpha()})
+    inside, outside = _canaries(s.canaries, classes, vocab, 7), _canaries(s.canaries, classes, vocab, 8)
+    p0 = Dataset(shards[0].texts + inside.texts, shards[0].labels + inside.labels, classes)
+    data = [p0, *shards[1:]]
+    task = _task(s, list(classes))
+    out: dict[str, Any] = {"canaries_in": s.canaries, "canaries_out": s.canaries, "epochs": s.mia_epochs}
+    for eps in (math.inf, 8.0, 1.0):
+        rate = DPConfig(batch_size=s.batch).sample_rate(len(p0))
+        steps = s.rounds * s.mia_epochs * DPConfig(batch_size=s.batch).batches(len(p0))
+        sigma = sigma_for(eps, rate, steps)
+        model = build_model(task)
+        dp = DPConfig(noise_multiplier=sigma, max_grad_norm=1.0, batch_size=s.batch, epochs=s.mia_epochs, lr=s.lr)
+        for rnd in range(s.rounds):
+            start, updates = trainable_state(model), []
+            for k, shard in enumerate(data):
+                load_trainable(model, start)
+                try:
+                    train_dp(model, shard, dp, task.max_len, seed=50 + 10 * rnd + k)
+                except TrainingStalled:
+                    continue
+                updates.append((trainable_state(model), len(shard)))
+            load_trainable(model, aggregate(updates) if updates else start)
+        losses = []
+        with torch.no_grad():
+            for d in (inside, outside):
+                ids, mask, y = encode(d, task.max_len)
+                losses.append(torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask), y,
+                                                                reduction="none").numpy())
+        auc = _auc(-losses[0], -losses[1])  # lower loss → "member"
+        key = "inf" if math.isinf(eps) else f"{eps:g}"
+        out[key] = {"auc": auc, "advantage_points": 100 * (auc - 0.5), "sigma": sigma}
+        say(f"membership inference ε={eps}: AUC {auc:.3f}")
+    return out
+
+
+# ---------------------------------------------------------------------- real Flower deployments
+
+
+def _flower_runs(s: Sizes, say: Log) -> dict[str, Any]:
+    """Real SuperLink/SuperNode rounds (tiny model): plain and secure at 3, secure at each count."""
+    from collab.fl.data import iid_split, load_bbc_news, take, train_test_split
+    from collab.fl.deployment import FlowerDeployment
+    from collab.identity import Identity
+
+    per = 8
+    base: dict[str, Any] = {
+        "model": "tiny", "num-rounds": 1, "max-len": 32, "epochs": 1, "batch-size": 8, "lr": 0.01,
+        "noise-multiplier": 1.0, "epsilon": 100.0, "test-samples": 20, "round-timeout": 1800.0,
+        "secagg-timeout": 1800.0, "node-wait": 300.0,
+    }
+    train, _ = train_test_split(load_bbc_news(), 0.2, seed=0)
+    out: dict[str, Any] = {"per_participant": per, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="collab-bench-fl-") as tmp:
+        root = Path(tmp)
+        for n in s.counts:
+            names = [f"p{i:02d}" for i in range(n)]
+            shards = iid_split(take(train, per * n, seed=11), n, seed=12)
+            with FlowerDeployment(root / f"orch-{n}") as dep:
+                t0 = time.monotonic()
+                dep.start_superlink()
+                for name, shard in zip(names, shards):
+                    home = root / f"n{n}" / name
+                    home.mkdir(parents=True)
+                    Identity.create(home, "bench", scrypt_n=2)  # benchmark homes only: cheap KDF
+                    data = home / "data.jsonl"
+                    data.write_text("".join(f'{{"text": {_json(t)}, "label": "{shard.classes[y]}"}}\n'
+                                            for t, y in zip(shard.texts, shard.labels)))
+                    dep.add_participant(name, home, data, passphrase="bench")
+                startup = time.monotonic() - t0
+                modes = (False, True) if n == s.counts[0] else (True,)
+                for secure in modes:
+                    cfg = {**base, "expected-participants": n, "min-participants": max(2, n - 1),
+                           "secure-aggregation": secure, "secagg-neighbours": 6 if n > 8 else 0,
+                           "job-id": f"bench-{n}-{int(secure)}"}
+                    result = root / f"r-{n}-{int(secure)}" / "result.json"
+                    result.parent.mkdir()
+                    t0 = time.monotonic()
+                    record = dep.run(cfg, result, timeout=3600)
+                    wall = time.monotonic() - t0
+                    if record["status"] != "completed":
+                        raise RuntimeError(f"bench round with {n} participants failed: {record.get('reason')}")
+                    rnd = record["rounds"][0]
+                    out["runs"].append({
+                        "participants": n, "secure": secure, "round_s": rnd["seconds"], "train_phase_s": rnd["train_seconds"],
+                        "secagg_s": rnd.get("secagg_seconds", 0.0), "secagg_bytes": rnd.get("secagg_bytes", 0),
+                        "run_wall_s": wall, "deployment_start_s": startup,
+                    })
+                    say(f"flower n={n} secure={secure}: round {rnd['seconds']:.1f} s")
+    return out
+
+
+def _json(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+def _local_compute_s(say: Log) -> float:
+    """In-process time of one participant's local round in the Flower runs' config (tiny, 8 examples)."""
+    from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
+    from collab.fl.task import TaskConfig, build_model
+
+    shards, _ = _data(Sizes("tiny", 32, 8, 8, 1, 1, 8, 0.01, ("iid",), (3,), 1, 1, 1), 1, "iid")
+    model = build_model(TaskConfig(num_labels=5, kind="tiny", max_len=32))
+    t0 = time.perf_counter()
+    try:
+        train_dp(model, shards[0], DPConfig(noise_multiplier=1.0, batch_size=8, lr=0.01), 32, seed=0)
+    except TrainingStalled:
+        pass
+    return time.perf_counter() - t0
+
+
+def bytes_per_round(flower: dict[str, Any]) -> dict[str, Any]:
+    """Payload bytes of one round per participant: LoRA+head vs full fine-tuning of MiniLM, plain vs SecAgg."""
+    from collab.fl.task import TaskConfig, build_model
+
+    tiny = build_model(TaskConfig(num_labels=5, kind="tiny", max_len=32))
+    tiny_len = sum(p.numel() for p in tiny.parameters() if p.requires_grad)
+    minilm = build_model(TaskConfig(num_labels=5, kind="minilm", max_len=128))
+    lora = sum(p.numel() for p in minilm.parameters() if p.requires_grad)
+    full = sum(p.numel() for p in minilm.parameters())
+    runs = [r for r in flower["runs"] if r["secure"]]
+    per_party = [(r["secagg_bytes"] - r["participants"] * 8 * tiny_len) / r["participants"] for r in runs]
+    protocol = float(np.mean(per_party)) if per_party else 0.0  # keys, sealed shares, signatures, survivor lists
+    return {
+        "trainable_params": {"lora_head": lora, "full": full, "tiny_lora_head": tiny_len},
+        "per_participant_bytes": {
+            "lora_plain": 2 * 4 * lora,  # float32 down + up
+            "lora_secagg": 4 * lora + 8 * lora + protocol,  # float32 down, int64 masked words up, protocol messages
+            "full_plain": 2 * 4 * full,
+        },
+        "secagg_protocol_bytes_per_participant": protocol,
+        "method": "payload sizes (tensor bytes and SecAgg message encodings), gRPC framing excluded",
+    }
+
+
+# ---------------------------------------------------------------------- suite
+
+
+def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick: bool | None = None) -> dict[str, Any]:
+    """Run the suite; write ``fl.json`` and ``fl.png``; return the results."""
+    import torch
+
+    say = log or (lambda _m: None)
+    quick = os.environ.get("COLLAB_BENCH_QUICK", "") not in ("", "0") if quick is None else quick
+    s = QUICK if quick else FULL
+    torch.set_num_threads(2)
+    out_dir = report.results_dir(results_dir)
+    started = time.monotonic()
+    flower = _flower_runs(s, say)
+    local = _local_compute_s(say)
+    first = {(r["participants"], r["secure"]): r for r in flower["runs"]}
+    n0 = s.counts[0]
+    plain, secure = first[(n0, False)], first[(n0, True)]
+    results: dict[str, Any] = {
+        "suite": SUITE, "created_at": report.utc_now(), "machine": report.machine_facts(), "quick": quick,
+        "versions": report.package_versions(["flwr", "opacus", "peft", "torch"]),
+        "sizes": s.__dict__,
+        "flower": flower,
+        "fixed_cost_per_round_s": plain["round_s"] - local,
+        "local_compute_s": local,
+        "round_time_vs_participants": {str(r["participants"]): r["round_s"] for r in flower["runs"] if r["secure"]},
+        "secagg_overhead": {"plain_round_s": plain["round_s"], "secure_round_s": secure["round_s"],
+                            "extra_s": secure["round_s"] - plain["round_s"], "ratio": secure["round_s"] / plain["round_s"]},
+        "bytes": bytes_per_round(flower),
+        "dp_step": dp_step_time(s, say),
+        "accuracy": accuracy_vs_epsilon(s, say),
+        "membership_inference": membership_inference(s, say),
+        "targets": {"fixed_cost_s": 15.0, "dp_step_ratio": 2.0, "fed_vs_central_points": 2.0,
+                    "eps8_vs_nonprivate_points": 5.0, "mia_no_dp_min_points": 10.0, "mia_eps8_max_points": 2.0},
+    }
+    acc = results["accuracy"]["iid"]
+    mia = results["membership_inference"]
+    results["checks"] = {
+        "fixed_cost_ok": results["fixed_cost_per_round_s"] <= 15.0,
+        "dp_step_ok": results["dp_step"]["ratio"] <= 2.0,
+        "fed_vs_central_points": 100 * (acc["centralized"]["accuracy"] - acc["inf"]["accuracy"]),
+        "eps8_vs_nonprivate_points": 100 * (acc["inf"]["accuracy"] - acc["8"]["accuracy"]),
+        "mia_no_dp_points": mia["inf"]["advantage_points"],
+        "mia_eps8_points": mia["8"]["advantage_points"],
+    }
+    results["total_s"] = time.monotonic() - started
+    json_path, png_path = out_dir / f"{SUITE}.json", out_dir / f"{SUITE}.png"
+    results["files"] = {"json": str(json_path), "png": str(png_path)}
+    plot(results, png_path)
+    report.write_json(json_path, results)
+    say(f"wrote {json_path} and {png_path}")
+    return results
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Four panels: round time vs participants, accuracy vs ε, MIA advantage vs ε, bytes per participant."""
+    plt = report.pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    rt = results["round_time_vs_participants"]
+    ax = axes[0][0]
+    ax.plot([int(k) for k in rt], list(rt.values()), "o-", label="secure round")
+    ax.axhline(results["secagg_overhead"]["plain_round_s"], color="#999999", linestyle="--", label="plain round (3)")
+    ax.set_xlabel("participants (tiny model)")
+    ax.set_ylabel("round time (s)")
+    ax.legend()
+    ax = axes[0][1]
+    labels = ["1", "8", "inf"]
+    for split, row in results["accuracy"].items():
+        ax.plot(labels, [row[k]["accuracy"] for k in labels], "o-", label=f"federated {split}")
+        ax.axhline(row["centralized"]["accuracy"], linestyle="--", label=f"centralized ({split})")
+        ax.axhline(row["local_only"]["accuracy"], linestyle=":", label=f"local only ({split})")
+    ax.set_xlabel("ε")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    ax = axes[1][0]
+    mia = results["membership_inference"]
+    ax.bar(["no DP", "ε=8", "ε=1"], [mia["inf"]["advantage_points"], mia["8"]["advantage_points"],
+                                      mia["1"]["advantage_points"]])
+    ax.axhline(10, color="#c44e52", linestyle="--", label="no-DP target ≥ 10")
+    ax.axhline(2, color="#55a868", linestyle="--", label="ε=8 target ≤ 2")
+    ax.set_ylabel("MIA advantage (AUC − 0.5, points)")
+    ax.legend(fontsize=7)
+    ax = axes[1][1]
+    b = results["bytes"]["per_participant_bytes"]
+    ax.bar(list(b), [v / 1e6 for v in b.values()])
+    ax.set_yscale("log")
+    ax.set_ylabel("MB per participant per round (MiniLM)")
+    fig.suptitle(f"collab bench fl ({'quick' if results['quick'] else 'full'})")
+    fig.tight_layout()
+    return report.save_figure(fig, path)
+
+
+def render(results: dict[str, Any]) -> RenderableType:
+    ov, dp, b = results["secagg_overhead"], results["dp_step"], results["bytes"]["per_participant_bytes"]
+    acc = results["accuracy"]
+    rows: list[list[Any]] = [
+        ["Flower fixed cost per round (s)", round(results["fixed_cost_per_round_s"], 1)],
+        *[[f"secure round, {k} participants (s)", round(v, 1)] for k, v in results["round_time_vs_participants"].items()],
+        ["plain round, 3 participants (s)", round(ov["plain_round_s"], 1)],
+        ["secure-aggregation overhead (s)", round(ov["extra_s"], 1)],
+        ["DP-SGD step / non-private step", round(dp["ratio"], 2)],
+        ["MB/participant/round LoRA plain", round(b["lora_plain"] / 1e6, 3)],
+        ["MB/participant/round LoRA SecAgg", round(b["lora_secagg"] / 1e6, 3)],
+        ["MB/participant/round full fine-tuning", round(b["full_plain"] / 1e6, 1)],
+    ]
+    for split, row in acc.items():
+        for k in ("1", "8", "inf", "centralized", "local_only"):
+            rows.append([f"accuracy {split} {k}", round(row[k]["accuracy"], 3)])
+    for k in ("inf", "8", "1"):
+        rows.append([f"MIA advantage ε={k} (points)", round(results["membership_inference"][k]["advantage_points"], 1)])
+    return Group(report.table("federated DP-LoRA rounds", ["metric", "value"], rows))
+
+
+if __name__ == "__main__":
+    import sys
+
+    res = run(log=lambda m: print(m, file=sys.stderr))
+    report.print_renderable(render(res))

@@ -1,0 +1,54 @@
+"""``collab bench fl`` in quick mode end to end: real Flower rounds (tiny model), in-process DP experiments.
+
+The suite runs once through the console script with ``COLLAB_BENCH_QUICK=1``
+into a temporary results directory; the tests check structure and the
+properties that hold whatever the machine's speed (no timed assertions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+COLLAB = Path(sys.executable).parent / "collab"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    work = tmp_path_factory.mktemp("bench-fl")
+    env = {**os.environ, "COLLAB_HOME": str(work / "home"), "COLLAB_BENCH_QUICK": "1"}
+    command = [str(COLLAB)] if COLLAB.exists() else [sys.executable, "-m", "collab"]
+    proc = subprocess.run([*command, "--json", "bench", "fl", "--results-dir", str(work / "results")], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((work / "results" / "fl.json").read_text()), work / "results"
+
+
+def test_quick_bench_writes_json_and_png(bench: tuple[dict[str, Any], Path]) -> None:
+    results, folder = bench
+    assert results["suite"] == "fl" and results["quick"] is True
+    assert (folder / "fl.png").stat().st_size > 0
+    runs = results["flower"]["runs"]
+    assert {(r["participants"], r["secure"]) for r in runs} == {(3, False), (3, True)}
+    assert all(r["round_s"] > 0 for r in runs)
+    assert next(r for r in runs if r["secure"])["secagg_bytes"] > 0
+
+
+def test_quick_bench_figures_are_consistent(bench: tuple[dict[str, Any], Path]) -> None:
+    results, _ = bench
+    b = results["bytes"]["per_participant_bytes"]
+    assert b["lora_plain"] < b["lora_secagg"] < b["full_plain"]  # LoRA travels, full fine-tuning would not
+    assert results["dp_step"]["ratio"] > 0
+    for row in results["accuracy"].values():
+        assert {"1", "8", "inf", "centralized", "local_only"} <= set(row)
+        assert all(0.0 <= row[k]["accuracy"] <= 1.0 for k in ("1", "8", "inf", "centralized", "local_only"))
+        assert row["1"]["sigma"] > row["8"]["sigma"] > row["inf"]["sigma"] == 0.0  # smaller ε, more noise
+    mia = results["membership_inference"]
+    assert all(-50.0 <= mia[k]["advantage_points"] <= 50.0 for k in ("inf", "8", "1"))
