@@ -45,7 +45,7 @@ def test_json_and_png_written(bench: tuple[dict[str, Any], Path]) -> None:
     assert (out / "mpc.png").read_bytes().startswith(b"\x89PNG")
     assert printed["quick"] is True
     assert {r["config"] for r in printed["runs"]} == {
-        "baseline", "fixed_masks", "cheap", "gelu_poly2", "gelu_exppoly", "softmax_shifted"}
+        "baseline", "fixed_masks", "cheap", "gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted"}
     assert [x["system"].split()[0] for x in printed["literature"]] == ["MPCFormer", "PUMA", "SIGMA", "BumbleBee", "Nimbus"]
 
 
@@ -82,7 +82,7 @@ def test_op_kinds_account_for_the_query(bench: tuple[dict[str, Any], Path]) -> N
 def test_fewer_comparisons_cost_fewer_gelu_bytes(bench: tuple[dict[str, Any], Path]) -> None:
     results = bench[0]
     gelu = {c: _run(results, c)["parties"][1]["op_totals_single"]["gelu"]["bytes"]
-            for c in ("fixed_masks", "gelu_poly2", "gelu_exppoly")}
-    assert gelu["gelu_exppoly"] < gelu["gelu_poly2"] < gelu["fixed_masks"]
+            for c in ("fixed_masks", "gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed")}
+    assert gelu["gelu_exppoly_packed"] < gelu["gelu_exppoly"] < gelu["gelu_poly2"] < gelu["fixed_masks"]
     shifted = _run(results, "softmax_shifted")["parties"][1]["op_totals_single"]["softmax"]["bytes"]
     assert shifted < _run(results, "fixed_masks")["parties"][1]["op_totals_single"]["softmax"]["bytes"]

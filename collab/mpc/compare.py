@@ -1,21 +1,23 @@
-"""A cheaper secure sign test for bounded values: three comparisons per 64-bit adder word.
+"""A cheaper secure sign test for bounded values: four comparisons per 64-bit adder word.
 
 CrypTen's ``x < 0`` converts each secret-shared 64-bit value to XOR shares
 and runs a 64-bit parallel-prefix adder on it (:func:`crypten.mpc.primitives.
 converters._A2B`), then converts the sign bit back. The adder's AND gates are
 the bulk of a comparison's traffic, one 64-bit word per value per gate.
 
-When ``|x| < 2^(lane - 1 + drop - precision)`` (here 2^7 = 128 with 20-bit lanes,
-4 dropped bits and 16 fractional bits) the sign survives two *local*
+When ``|x| < 2^(lane - 1 + drop - precision)`` (here 2^6 = 64 with 15-bit lanes,
+8 dropped bits and 16 fractional bits) the sign survives two *local*
 reductions of each party's share:
 
 1. drop the low ``drop`` bits (a logical shift): the shares then add up to
    ``floor(x / 2^drop)`` or one less (the lost carry), which changes the sign
-   only for ``0 <= x < 2^(drop - precision)`` (below 2.5e-4 here);
+   only for ``0 <= x < 2^(drop - precision)`` (below 2^-8 here);
 2. keep ``lane`` bits: addition mod 2^lane still gives the sign as the top bit.
 
-Three 20-bit lanes, each followed by a zero guard bit that absorbs the lane's
-carry, fit in one 64-bit word, so the same adder runs on a third of the words.
+Four 15-bit lanes, each followed by a zero guard bit that absorbs the lane's
+carry, fit in one 64-bit word, so the same adder runs on a quarter of the words.
+Callers must tolerate the band: the GELU of :mod:`collab.mpc.encoder` does,
+since relu(x) - g(|x|) is also GELU(x) when -x stands in for |x|.
 The sign bits are then shifted out locally and converted to arithmetic shares
 exactly as CrypTen's ``_ltz`` does. Semi-honest security is unchanged: the
 parties only ever add, shift and mask their own shares and run CrypTen's
@@ -30,14 +32,19 @@ import torch
 
 import collab.mpc.compat  # noqa: F401  (must precede crypten)
 
-LANE = 20
-LANES = 3
-DROP = 4
+LANE = 15
+LANES = 4
+DROP = 8
 
 
 def bound(precision_bits: int = 16) -> float:
-    """The largest |x| for which :func:`packed_ltz` is exact (up to the tiny band above 0)."""
+    """The largest |x| for which :func:`packed_ltz` is exact (up to the band above 0)."""
     return float(2 ** (LANE - 1 + DROP - precision_bits))
+
+
+def band(precision_bits: int = 16) -> float:
+    """Values in [0, band) may read as negative (the carry lost when dropping bits)."""
+    return float(2.0 ** (DROP - precision_bits))
 
 
 def packed_ltz(x: Any) -> Any:

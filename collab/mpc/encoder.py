@@ -66,9 +66,11 @@ class Approximations:
         10, 3.6e-4 at 12).
     packed_compare
         GELU's sign tests by :func:`collab.mpc.compare.packed_ltz`: three
-        values per 64-bit adder word (2.6x fewer bytes per comparison), exact
-        for |x| < 128 except that x in [0, 2^-12) may read as negative (an
-        error below 2.5e-4 in GELU). MiniLM's FFN inputs stay within [-18, 25].
+        values per 64-bit adder word (fewer bytes per comparison), exact for
+        |x| < 64 except that x in [0, 2^-8) may read as negative; for
+        ``exppoly`` that is harmless (-x then stands in for |x|, and
+        (x + t)/2 - g(t) is GELU(x) for t = +-x; the fit covers t >= -2^-8).
+        MiniLM's FFN inputs stay within [-18, 25] (measured).
         ``"sigmoid"``: x*sigmoid(1.702x) (max error ~0.02). ``"tanh"``: the
         tanh form of GELU over CrypTen's tanh. CrypTen's own ``erf`` is broken
         outside [-1, 1] and is never used.
@@ -192,7 +194,11 @@ def gelu_exp_coefficients(degree: int, exp_iters: int) -> tuple[float, ...]:
     """
     from scipy.special import ndtr
 
-    t = np.linspace(0.0, 2.0**exp_iters, 200001)
+    from collab.mpc.compare import band
+
+    # From -band: a packed sign test may read x in [0, band) as negative, and then
+    # -x stands in for |x|, which the same identity turns into GELU(x) again.
+    t = np.linspace(-band(), 2.0**exp_iters, 200001)
     w = (1.0 - t / 2.0**exp_iters) ** (2**exp_iters)
     cheb = np.polynomial.chebyshev.chebfit(2.0 * w - 1.0, t * ndtr(-t), degree)
     return tuple(float(c) for c in np.polynomial.chebyshev.cheb2poly(cheb))
