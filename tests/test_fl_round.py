@@ -60,7 +60,7 @@ def test_killed_participant_is_dropped_and_budget_stop_ends_training(tmp_path: P
     config: dict[str, Any] = {
         "model": "tiny", "num-rounds": 3, "min-participants": 2, "max-len": 32, "epochs": 2, "batch-size": 16,
         "lr": 0.01, "noise-multiplier": sigma, "epsilon": budget, "delta": 1e-5, "test-samples": 40,
-        "round-timeout": 90.0,
+        "round-timeout": 180.0,
     }
     result = tmp_path / "result.json"
     deployment = start(tmp_path)
