@@ -123,3 +123,15 @@ class NodeSocketClient:
         if not reply.get("ok"):
             raise_reply(reply)
         return reply.get("result")
+
+
+def node_running(path: Path | str, timeout: float = 30.0) -> NodeSocketClient | None:
+    """A client for the home's node if one answers on ``path`` (user commands route through it), else None."""
+    client = NodeSocketClient(path, timeout=timeout)
+    if not client.path.exists():
+        return None
+    try:
+        NodeSocketClient(path, timeout=5).request("status")
+    except Unavailable:
+        return None
+    return client

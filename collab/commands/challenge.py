@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from collab.commands._common import chain_session, emit, settings
+from collab.commands._common import chain_session, emit, log, settings
 from collab.commands.claims import parse_claim_id
 
 @click.command("challenge")
@@ -22,6 +22,14 @@ def challenge(ctx: click.Context, claim_id: str, sources: tuple[str, ...]) -> No
     from collab.fraudproof.watcher import Watcher
 
     cid = parse_claim_id(claim_id)
+    from orchestrator.client import node_running
+
+    node = node_running(settings(ctx).node_socket, timeout=180)
+    if node is not None:  # the node's watcher owns this home's game state and account: it challenges and plays
+        data = node.request("challenge", claim_id="0x" + cid.hex())
+        emit(ctx, {k: v for k, v in data.items() if k != "events"}, "\n".join(data["events"]) or f"{data['verdict']} {data['detail']}")
+        return
+    log("no node is running for this home: re-executing here (start `collab node start` to have its watcher play the game)")
     session = chain_session(ctx)
     assert session.account is not None
     watcher = Watcher(session.w3, session.deployment, session.account, settings(ctx).home, sources)
