@@ -120,7 +120,7 @@ class Network:
         wanted = {self.nodes[n].info["address"].lower() for n in names}
         while True:
             nodes = self.api(names[0]).request("nodes")
-            online = {n["address"] for n in nodes if n["status"] == "online"}
+            online = {n["address"].lower() for n in nodes if n["status"] == "online"}
             if wanted <= online:
                 return nodes  # type: ignore[no-any-return]
             if time.monotonic() > deadline:

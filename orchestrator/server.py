@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import zmq
+from eth_utils import to_checksum_address
 from zmq.auth.thread import ThreadAuthenticator
 
 from collab.errors import BadInput, CollabError, Unauthorized
@@ -154,7 +155,8 @@ class OrchestratorServer:
             return {"status": "online", "timeout": self.heartbeat_timeout, "blob_url": self.blob_url,
                     "tasks": self.tasks_for(sender)}
         if op == "nodes":
-            return [{**n, "status": self.node_status(n["address"], now)} for n in self.store.nodes()]
+            return [{**n, "address": to_checksum_address(n["address"]), "status": self.node_status(n["address"], now)}
+                    for n in self.store.nodes()]
         if op == "report":
             return self.report(sender, payload)
         if op == "submit":

@@ -22,7 +22,8 @@ from chain.anvil import rpc_answers
 pytestmark = pytest.mark.slow
 
 COLLAB = Path(sys.executable).parent / "collab"
-PHASES = ("identities", "asset", "license", "metering", "revenue_claimed")
+PHASES = ("identities", "asset", "license", "metering", "training_round", "shares_minted", "merge", "secure_inference",
+          "challenge_won", "revenue_claimed")
 ETHER = 10**18
 
 
@@ -42,7 +43,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], subp
     command = [str(COLLAB)] if COLLAB.exists() else [sys.executable, "-m", "collab"]
     proc = subprocess.run(
         [*command, "--json", "demo", "--quick", "--report", str(report_path)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=work, env=env, capture_output=True, text=True, timeout=1200, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -54,15 +55,32 @@ def test_every_phase_ok_with_transactions(demo: tuple[dict[str, Any], Any, Path]
     assert report["demo"]["ok"] is True and report["demo"]["quick"] is True
     for phase in PHASES:
         entry = report[phase]
+        if entry.get("pending"):  # waits for another issue's contracts: reported not ok, with the reason
+            assert entry["ok"] is False and phase in report["demo"]["pending"]
+            continue
         assert entry["ok"] is True, (phase, entry)
         assert entry["seconds"] > 0
         assert entry["transactions"], phase
         for tx in entry["transactions"]:
             assert tx["tx_hash"].startswith("0x") and len(tx["tx_hash"]) == 66
             assert tx["gas"] >= 21_000
-    # Phases of later issues are not faked.
-    for later in ("training_round", "shares_minted", "merge", "secure_inference", "challenge_won"):
-        assert later not in report
+
+
+def test_round_merge_inference_and_challenge_ran_in_the_processes(demo: tuple[dict[str, Any], Any, Path]) -> None:
+    report = demo[0]
+    rnd = report["training_round"]
+    assert sorted(rnd["participants"]) == ["alice", "bob", "carol"] and rnd["dropped"] == []
+    assert all(0 < e <= 50 for e in rnd["epsilon"].values()) and rnd["claim_status"] == "finalized"
+    assert len(rnd["processes"]) == 5 and rnd["nodes_online"] == 4  # orchestrator + 4 nodes, real pids
+    merge = report["merge"]
+    assert merge["adapters"] == 3 and merge["claim_status"] == "finalized" and merge["parameters"] > 0
+    inf = report["secure_inference"]
+    assert inf["preprocessing"] == "dealer" and inf["security"].startswith("INSECURE")  # --quick, labelled
+    assert inf["cosine_vs_plaintext"] > 0.99 and inf["license"]["kind"] == "api" and inf["posted"]
+    won = report["challenge_won"]
+    assert won["claim_status"] == "rejected" and won["claimer"] == "bob"
+    assert any(g["status"] == "won" for games in won["games"].values() for g in games)
+    assert sum(won["credit_gained_wei"].values()) >= won["winner_share_of_bond_wei"] > 0
 
 
 def test_report_file_equals_last_stdout_line(demo: tuple[dict[str, Any], Any, Path]) -> None:
@@ -72,9 +90,9 @@ def test_report_file_equals_last_stdout_line(demo: tuple[dict[str, Any], Any, Pa
 
 def test_identities_registered_with_their_keys(demo: tuple[dict[str, Any], Any, Path]) -> None:
     ids = demo[0]["identities"]["identities"]
-    assert [i["name"] for i in ids] == ["alice", "bob", "carol", "dave"]
-    assert sorted(i["sahara_id"] for i in ids) == [1, 2, 3, 4]
-    assert len({i["address"] for i in ids}) == 4
+    assert [i["name"] for i in ids] == ["alice", "bob", "carol", "dave", "orch"]
+    assert sorted(i["sahara_id"] for i in ids) == [1, 2, 3, 4, 5]
+    assert len({i["address"] for i in ids}) == 5
     assert all(i["active"] and i["bls_key_registered"] and i["x25519_key_registered"] for i in ids)
 
 
@@ -123,7 +141,8 @@ def test_revenue_amounts_add_up(demo: tuple[dict[str, Any], Any, Path]) -> None:
     report = demo[0]
     r = report["revenue_claimed"]
     sources = r["revenue_sources_wei"]
-    assert sources["api_fees_to_holders"] == report["metering"]["fees_to_share_holders_wei"]
+    served = sum(p["amount"] - p["compute_fee_per_party"] for p in report["secure_inference"]["posted"])
+    assert sources["api_fees_to_holders"] == report["metering"]["fees_to_share_holders_wei"] + served
     assert sources["long_term_license"] == report["license"]["long_term"]["price_wei"]
     assert r["total_paid_wei"] == sum(sources.values())
     claimed = r["claimed_wei"]

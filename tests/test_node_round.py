@@ -1,0 +1,140 @@
+"""A ``round`` job on real processes: a node dies mid-round, the orchestrator is SIGKILLed and restarted.
+
+The orchestrator (127.0.0.2) and three participant nodes run as ``collab``
+processes; each node starts its Flower SuperNode when the job reaches it. One
+node's whole process group is SIGKILLed once the round runs (a crashed host:
+the node and its SuperNode) and the orchestrator is SIGKILLed right after and
+restarted on the same port. The round completes with the two survivors, the
+dead node is named among the dropped and gets nothing in the claim, and the
+round's claim is posted exactly once. Small config: the tiny encoder, 16
+examples per participant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from chain.clients.claim_manager import ClaimManagerClient
+from collab.fl.data import iid_split, load_bbc_news, take, train_test_split
+from orchestrator.client import NodeSocketClient
+from test_claim_manager import GameEnv, game_env  # noqa: F401  (session fixture)
+from test_orchestrator import COLLAB, _funded_registered, _start
+
+pytestmark = pytest.mark.slow
+
+NAMES = ("p0", "p1", "p2")
+
+
+def _node(home: Path, endpoint: str, key: str, data: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "COLLAB_PASSPHRASE": "pw"}
+    proc = subprocess.Popen([*COLLAB, "--home", str(home), "node", "start", "--orchestrator", endpoint, "--orchestrator-key", key,
+                             "--heartbeat", "0.5", "--data", str(data)],
+                            stdout=subprocess.PIPE, stderr=open(home / "node.log", "a"), text=True, env=env,
+                            start_new_session=True)  # its own process group: killing it kills its SuperNode too
+    assert proc.stdout is not None and proc.stdout.readline(), (home / "node.log").read_text()[-2000:]
+    return proc
+
+
+def _wait(api: NodeSocketClient, job_id: str, pred: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            job = api.request("job", id=job_id)
+            if pred(job):
+                return job  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - the orchestrator is restarting
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not reach the expected state within {timeout} s")
+
+
+@pytest.fixture
+def network(game_env: GameEnv, tmp_path: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
+    orch_home = tmp_path / "orch"
+    orch_home.mkdir()
+    _funded_registered(game_env.w3, game_env.deployment, orch_home, "round-orchestrator")
+    game_env.deployment.save(orch_home / "deployment.json")
+    train, _ = train_test_split(load_bbc_news(), 0.2, seed=0)
+    shards = iid_split(take(train, 16 * len(NAMES), seed=3), len(NAMES), seed=4)
+    homes, procs = {}, {}
+    orch, info = _start(orch_home, "tcp://127.0.0.2:0")
+    net: dict[str, Any] = {"orch_home": orch_home, "orch": orch, "info": info, "homes": homes, "procs": procs}
+    try:
+        for name, shard in zip(NAMES, shards):
+            home = tmp_path / name
+            home.mkdir()
+            ident = _funded_registered(game_env.w3, game_env.deployment, home, f"round-{name}")
+            game_env.deployment.save(home / "deployment.json")
+            data = home / "train.jsonl"
+            data.write_text("".join(json.dumps({"text": t, "label": shard.classes[y]}) + "\n" for t, y in zip(shard.texts, shard.labels)))
+            homes[name] = (home, ident.address)
+            procs[name] = _node(home, info["endpoint"], info["curve_key"], data)
+        yield net
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        net["orch"].send_signal(signal.SIGTERM)
+        try:
+            net["orch"].wait(15)
+        except subprocess.TimeoutExpired:
+            net["orch"].kill()
+        for pid in net.get("orphans", []):  # flower processes of the killed orchestrator, if the job did not end them
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+
+
+def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[str, Any], game_env: GameEnv) -> None:  # noqa: F811
+    homes, procs = network["homes"], network["procs"]
+    api = NodeSocketClient(homes["p0"][0] / "node.sock", timeout=30)
+    parts = [homes[n][1] for n in NAMES]
+    config = {"model": "tiny", "num-rounds": 1, "max-len": 32, "epochs": 1, "batch-size": 8, "test-samples": 20,
+              "round-timeout": 90.0, "node-wait": 30.0}
+    job = api.request("submit", kind="round", payload={"participants": parts, "config": config, "min_participants": 2},
+                      needs=parts, timeout=300)["job"]
+    running = _wait(api, job["id"], lambda j: j["state"] == "computing" and j["data"].get("run_pid"), 240)
+    network["orphans"] = [running["data"]["run_pid"], running["data"]["superlink_pid"]]
+
+    os.killpg(procs["p2"].pid, signal.SIGKILL)  # p2's host dies mid-round: node and SuperNode at once
+    procs["p2"].wait(10)
+    network["orch"].send_signal(signal.SIGKILL)  # and the orchestrator with it
+    network["orch"].wait(10)
+    port = network["info"]["endpoint"].rsplit(":", 1)[1]
+    network["orch"], _ = _start(network["orch_home"], f"tcp://127.0.0.2:{port}")  # same home, same port
+
+    done = _wait(api, job["id"], lambda j: j["state"] in ("claimed", "challenged", "finalized", "failed"), 600)
+    assert done["state"] in ("claimed", "finalized"), done.get("error")
+    data = done["data"]
+    p2 = homes["p2"][1].lower()
+    assert sorted(data["participants"]) == sorted(homes[n][1].lower() for n in ("p0", "p1"))
+    assert p2 not in data["participants"] and p2 not in data["examples"]  # the dead node gets nothing
+    assert p2 in data["dropped"]
+    # Exactly one claim for this round on chain, even though the orchestrator died in the middle.
+    manager = ClaimManagerClient.from_deployment(game_env.deployment, game_env.w3)
+    claim_id = bytes.fromhex(data["claim_id"][2:])
+    posted = [p for p in manager.posted(from_block=game_env.deployment.deploy_block) if p.claim_id == claim_id]
+    assert len(posted) == 1 and posted[0].claimer == network["info"]["address"]
+    assert not any(_alive(pid) for pid in network["orphans"])  # the restarted orchestrator ended the old Flower run
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
