@@ -367,7 +367,8 @@ def _request_summary(requests: list[Any]) -> dict[str, dict[str, int]]:
     return out
 
 
-def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: float, execute: bool) -> dict[str, Any]:
+def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: float, execute: bool,
+                approx_knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """The MiniLM encoder with HE preprocessing: trace the tuple requests, produce them offline, run online.
 
     With ``execute`` False only the (free) trace runs: the request counts tell
@@ -384,7 +385,7 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
     he = install_provider()
     path = model_dir()
     spec = load_spec(path)
-    approx = enc.Approximations()
+    approx = enc.Approximations(**(approx_knobs or {}))
     text = "Secure inference keeps both the weights and the text private."
     own: dict[str, torch.Tensor] | None = None
     if rank == 0:
@@ -404,8 +405,8 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
 
         def forward() -> Any:
             x = enc.embed(inputs, weights, spec, approx)
-            for lw in weights.layers[:layers]:
-                x = enc.layer(x, inputs.attn_bias, lw, spec, approx)
+            for i, lw in enumerate(weights.layers[:layers]):
+                x = enc.layer(x, inputs.attn_bias, lw, spec, approx, i)
             return (x * inputs.pool).sum(1)
 
         he.trace(True)
@@ -446,10 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", type=int, default=0, help="run the MiniLM encoder at this seq_len with HE tuples")
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--trace-only", action="store_true", help="with --encoder: count tuple requests only")
+    ap.add_argument("--approx", default="{}", help="with --encoder: Approximations knobs as JSON")
     args = ap.parse_args(argv)
     try:
         if args.encoder:
-            result = run_encoder(args.rank, args.master, args.encoder, args.layers, args.timeout, not args.trace_only)
+            result = run_encoder(args.rank, args.master, args.encoder, args.layers, args.timeout, not args.trace_only,
+                                 json.loads(args.approx))
         elif args.bench:
             shapes = [tuple(int(v) for v in s.split("x")) for s in args.matmul]
             result = run_bench(args.rank, args.master, args.elements, shapes, args.timeout)  # type: ignore[arg-type]

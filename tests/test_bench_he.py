@@ -1,0 +1,62 @@
+"""``collab bench he`` in quick mode: real 2-process HE triples, op timings, free encoder traces, results on disk.
+
+Quick mode (``COLLAB_BENCH_QUICK=1``) takes about a minute: 16,384
+element-wise triples, one (8x384)(384x384) matmul triple, SEAL/TenSEAL op
+timings and free traces of the encoder's tuple requests at seq 4; the 14-23
+minute offline runs are carried over from the last full run and labelled so.
+Checks are structural or protocol facts, never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+COLLAB = Path(sys.executable).parent / "collab"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    work = tmp_path_factory.mktemp("bench-he")
+    command = [str(COLLAB)] if COLLAB.exists() else [sys.executable, "-m", "collab"]
+    env = {**os.environ, "COLLAB_BENCH_QUICK": "1", "COLLAB_HOME": str(work / "home")}
+    proc = subprocess.run([*command, "--json", "bench", "he", "--results-dir", str(work / "results")],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=580, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout), work / "results"
+
+
+def test_json_and_png_written(bench: tuple[dict[str, Any], Path]) -> None:
+    printed, out = bench
+    assert json.loads((out / "he.json").read_text()) == printed
+    assert (out / "he.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_throughput_and_op_timings_are_measured_here(bench: tuple[dict[str, Any], Path]) -> None:
+    results = bench[0]
+    ew = results["throughput"]["elementwise"]
+    assert ew["triples"] == 16384 and ew["triples_per_s"] > 0
+    assert ew["bytes_sent_per_party"] > 0
+    assert [m["shape"] for m in results["throughput"]["matmul"]] == ["(8x384)@(384x384)"]
+    assert set(results["ops_vs_tenseal_ci"]) == {"ckks8192_multiply", "ckks8192_dot"}
+    assert all(v > 0 for v in results["ops_ms"].values())
+
+
+def test_quick_mode_labels_the_long_offline_runs_as_previous(bench: tuple[dict[str, Any], Path]) -> None:
+    results = bench[0]
+    assert results["quick"] is True and results["encoder"] == []
+    assert [e["seq_len"] for e in results["previous"]["encoder"]] == [4, 8]
+
+
+def test_cheap_approximations_need_far_fewer_and_triples(bench: tuple[dict[str, Any], Path]) -> None:
+    traces = {t["approx"]: t["requests"] for t in bench[0]["traces"] if t["seq_len"] == 4}
+    default, cheap = traces["default"], traces["cheap"]
+    assert default["binary_triple"]["elements"] > 4 * cheap["binary_triple"]["elements"]
+    assert default["matmul_triple"]["calls"] == cheap["matmul_triple"]["calls"]  # the same linear algebra
