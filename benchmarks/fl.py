@@ -58,13 +58,12 @@ class Sizes:
     lr: float
     splits: tuple[str, ...]
     counts: tuple[int, ...]
-    step_batches: int
     canaries: int
     mia_epochs: int
 
 
-FULL = Sizes("minilm", 128, 200, 300, 3, 2, 16, 0.005, ("iid", "noniid"), (3, 5, 20), 20, 50, 6)
-QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, ("iid",), (3,), 4, 12, 3)
+FULL = Sizes("minilm", 128, 60, 200, 2, 2, 16, 0.005, ("iid", "noniid"), (3, 5, 20), 50, 6)
+QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, ("iid",), (3,), 12, 3)
 
 
 # ---------------------------------------------------------------------- in-process learning
@@ -308,7 +307,7 @@ def _local_compute_s(say: Log) -> float:
     from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
     from collab.fl.task import TaskConfig, build_model
 
-    shards, _ = _data(Sizes("tiny", 32, 8, 8, 1, 1, 8, 0.01, ("iid",), (3,), 1, 1, 1), 1, "iid")
+    shards, _ = _data(Sizes("tiny", 32, 8, 8, 1, 1, 8, 0.01, ("iid",), (3,), 1, 1), 1, "iid")
     model = build_model(TaskConfig(num_labels=5, kind="tiny", max_len=32))
     t0 = time.perf_counter()
     try:

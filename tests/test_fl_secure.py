@@ -40,8 +40,6 @@ def check_round(tmp_path: Path, rnd: int, survivors: list[str]) -> AggregationWi
     words = witness.replay()
     inputs = [np.load(tmp_path / name / "flower" / f"input-r{rnd}.npy") for name in survivors]
     assert np.array_equal(words, masking.ring_sum(inputs, len(words)))  # exact: the masks cancelled in Z_2^64
-    from collab.fl.record import words_hash
-
     assert summary["output_hash"] == words_hash(words)
     job = masked_sum_from_witness(witness)  # what the orchestrator claims
     assert np.array_equal(np.asarray(job.outputs()["sum"].data, dtype=np.int64).reshape(-1), words)

@@ -21,15 +21,12 @@ from collab.fraudproof.builders import masked_sum_from_witness
 from collab.secagg import (
     AggregationWitness,
     ConsistencyBroadcast,
-    ForwardedShares,
     KeyAdvertisement,
-    KeyBroadcast,
     Member,
     RoundConfig,
     SecAggParticipant,
     SecAggServer,
     ShareKeys,
-    SurvivorList,
     encode,
     verify_seed_commitments,
 )
