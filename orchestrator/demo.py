@@ -21,9 +21,13 @@ keystores, and then, all on-chain through the typed clients:
    to a second holder, revenue is paid, both holders claim, and the amounts
    are checked to add up.
 
-Later phases (training round, merge, secure inference, challenge) join when
-those capabilities land; they are not faked here. A phase is ``ok`` only if
-what it claims is read back from the chain. Nothing touches ``~/.collab``:
+6. then, with the orchestrator and four nodes running as ``collab``
+   processes (:mod:`orchestrator.demo_network`), the phases of
+   :mod:`orchestrator.demo_phases`: ``training_round``, ``shares_minted``
+   (pending until the settlement contracts are driven), ``merge``,
+   ``secure_inference`` and ``challenge_won``, before ``revenue_claimed``.
+
+A phase is ``ok`` only if what it claims is read back from the chain. Nothing touches ``~/.collab``:
 homes, the chain's records and its log live in a temporary directory.
 """
 

@@ -119,10 +119,11 @@ def training_round(demo: Demo, phase: Phase) -> None:
 
 def shares_minted(demo: Demo, phase: Phase) -> None:
     assert demo.deployment is not None
-    missing = [c for c in ("RoundRegistry", "AttributionSettlement") if c not in demo.deployment.contracts]
-    phase.facts["pending"] = (f"{' and '.join(missing)} not deployed yet: a finalized round claim cannot mint Receipts "
-                              "and Shares until the settlement contracts land" if missing else
-                              "settlement contracts are deployed but the demo does not drive them yet")
+    if "RoundRegistry" not in demo.deployment.contracts:
+        phase.facts["pending"] = "RoundRegistry is not deployed: a finalized round claim cannot mint Receipts and Shares"
+    else:
+        phase.facts["pending"] = ("RoundRegistry is deployed, but the orchestrator's round job does not open the round "
+                                  "there yet (participants' acceptance, BLS consent, settlement hook): its claim mints nothing")
     phase.ok = False
 
 
