@@ -357,6 +357,8 @@ def _request_summary(requests: list[Any]) -> dict[str, dict[str, int]]:
             m0, m1 = torch.empty(tuple(s0), device="meta"), torch.empty(tuple(s1), device="meta")
             kind = f"{op}_triple"
             numel = (torch.mul(m0, m1) if op == "mul" else torch.matmul(m0, m1)).numel()
+        elif func == "fixed_matmul_triple":
+            kind, numel = "fixed_matmul_triple", int(torch.Size(args[0][:-1]).numel()) * int(args[1].shape[1])
         elif func == "generate_binary_triple":
             kind, numel = "binary_triple", int(torch.broadcast_shapes(tuple(args[0]), tuple(args[1])).numel()) * 64
         else:
@@ -368,7 +370,7 @@ def _request_summary(requests: list[Any]) -> dict[str, dict[str, int]]:
 
 
 def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: float, execute: bool,
-                approx_knobs: dict[str, Any] | None = None) -> dict[str, Any]:
+                approx_knobs: dict[str, Any] | None = None, fixed_masks: bool = False) -> dict[str, Any]:
     """The MiniLM encoder with HE preprocessing: trace the tuple requests, produce them offline, run online.
 
     With ``execute`` False only the (free) trace runs: the request counts tell
@@ -402,6 +404,11 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
             for n, s in enc.input_shapes(1, seq_len, spec).items()
         }
         weights, inputs = enc.assemble_weights(flat_w, spec), enc.SharedInputs(**flat_in)
+        setup_bytes = 0
+        if fixed_masks:  # once per model load: B drawn locally by each party, W - B opened
+            comm.get().reset_communication_stats()
+            weights = enc.mask_weights(weights)
+            setup_bytes = int(comm.get().get_communication_stats()["bytes"])
 
         def forward() -> Any:
             x = enc.embed(inputs, weights, spec, approx)
@@ -412,7 +419,8 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
         he.trace(True)
         forward()
         he.trace(False)
-        result: dict[str, Any] = {"seq_len": seq_len, "layers": layers, "requests": _request_summary(he.request_cache)}
+        result: dict[str, Any] = {"seq_len": seq_len, "layers": layers, "fixed_masks": fixed_masks,
+                                  "setup_bytes": setup_bytes, "requests": _request_summary(he.request_cache)}
         if execute:
             t0 = time.perf_counter()
             he.fill_cache()
@@ -448,11 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--trace-only", action="store_true", help="with --encoder: count tuple requests only")
     ap.add_argument("--approx", default="{}", help="with --encoder: Approximations knobs as JSON")
+    ap.add_argument("--fixed-masks", action="store_true", help="with --encoder: weight masks fixed per model load")
     args = ap.parse_args(argv)
     try:
         if args.encoder:
             result = run_encoder(args.rank, args.master, args.encoder, args.layers, args.timeout, not args.trace_only,
-                                 json.loads(args.approx))
+                                 json.loads(args.approx), args.fixed_masks)
         elif args.bench:
             shapes = [tuple(int(v) for v in s.split("x")) for s in args.matmul]
             result = run_bench(args.rank, args.master, args.elements, shapes, args.timeout)  # type: ignore[arg-type]
