@@ -51,7 +51,7 @@ def test_throughput_and_op_timings_are_measured_here(bench: tuple[dict[str, Any]
 
 def test_quick_mode_labels_the_long_offline_runs_as_previous(bench: tuple[dict[str, Any], Path]) -> None:
     results = bench[0]
-    assert results["quick"] is True and results["encoder"] == []
+    assert results["quick"] is True and results["encoder"] == []  # no long offline run in quick mode
     assert [e["seq_len"] for e in results["previous"]["encoder"]] == [4, 8]
 
 
