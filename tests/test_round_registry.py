@@ -195,7 +195,8 @@ def test_round_opens_participants_accept_and_weights_are_fixed_before_training(e
     assert (r.status, r.accepted, r.total_weight) == (RoundStatus.FIXED, 3, sum(SAMPLES))
     parts = registry.participants_of(rid)
     assert [p.samples for p in parts] == list(SAMPLES) and all(p.accepted and not p.included for p in parts)
-    assert parts[0].bls_pubkey == bls.sk_to_pk(env.participants[0].bls_secret)
+    assert parts[0].bls_key_hash == Web3.keccak(bls.sk_to_pk(env.participants[0].bls_secret))
+    assert registry.consent_keys(rid, [env.participants[1].address]) == [bls.sk_to_pk(env.participants[1].bls_secret)]
     # INVARIANT: the set and weights cannot move once fixed.
     with pytest.raises(revert_class("WrongRoundStatus")):
         env.registry(env.participants[0]).accept(rid, 10_000, env.participants[0].dataset)
@@ -306,10 +307,15 @@ def test_consent_missing_a_participant_or_with_a_changed_weight_is_rejected(env:
         registry.submit_record(other, env.consent(record, env.participants))  # consent to a different record
     with pytest.raises(revert_class("NotIncludable")):
         outsider = dataclasses.replace(record, participants=[*record.participants[:2], env.outsider.address])
-        registry.submit_record(outsider, env.consent(record, env.participants))
+        keys = [*registry.consent_keys(rid, record.participants[:2]), bls.sk_to_pk(env.outsider.bls_secret)]
+        registry.submit_record(outsider, env.consent(record, env.participants), keys)
     with pytest.raises(revert_class("EpsilonOverBudget")):
         spent = dataclasses.replace(record, epsilons=[epsilon_units(9.0)] * 3)
         registry.submit_record(spent, env.consent(spent, env.participants))
+    with pytest.raises(revert_class("WrongConsentKey")):  # a key other than the one accepted with
+        keys = registry.consent_keys(rid, record.participants)
+        registry.submit_record(record, env.consent(record, env.participants),
+                               [bls.sk_to_pk(bls.keygen(b"someone else")), *keys[1:]])
     with pytest.raises(revert_class("NotRoundAggregator")):
         env.registry(env.participants[0]).submit_record(record, env.consent(record, env.participants))
     assert registry.get_round(rid).status == RoundStatus.FIXED

@@ -149,7 +149,7 @@ class Participant:
     epsilon: int
     dataset_asset_id: int
     update_commitment: bytes
-    bls_pubkey: bytes
+    bls_key_hash: bytes
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (without the key)."""
@@ -363,6 +363,23 @@ class RoundRegistryClient(ContractClient):
         """The ClaimManager this registry settles through."""
         return to_checksum_address(self._call("CLAIMS"))
 
+    def consent_keys(self, round_id: int, accounts: Sequence[str] | None = None) -> list[bytes]:
+        """Consent keys snapshotted at acceptance (from ``ParticipantAccepted``), for ``accounts`` in order (default: all)."""
+        topic = "0x" + int(round_id).to_bytes(32, "big").hex()
+        keys = {to_checksum_address(e.args["account"]): _bytes(e.args["blsPubkey"])
+                for e in self._events("ParticipantAccepted", topics=[topic])}
+        if accounts is None:
+            return list(keys.values())
+        missing = [a for a in accounts if to_checksum_address(a) not in keys]
+        if missing:
+            raise BadInput(f"{', '.join(missing)} did not accept round {round_id}")
+        return [keys[to_checksum_address(a)] for a in accounts]
+
+    def _keys(self, record: AttributionRecord, pubkeys: Sequence[bytes] | None) -> list[bytes]:
+        if pubkeys is not None:
+            return [bytes(k) for k in pubkeys]
+        return self.consent_keys(record.round_id, record.participants)
+
     def record_root(self, record: AttributionRecord) -> bytes:
         """The contract's root of ``record`` (equals :meth:`AttributionRecord.root`)."""
         return bytes(self._call("recordRoot", record.as_tuple()))
@@ -371,13 +388,16 @@ class RoundRegistryClient(ContractClient):
         """:meth:`AttributionRecord.root` bound to this deployment (no call)."""
         return record.root(int(self.w3.eth.chain_id), self.claim_manager(), self.address)
 
-    def verify_consent(self, record: AttributionRecord, signature: bytes) -> bytes:
-        """Reverts (e.g. ``InvalidConsentSignature``, ``WeightMismatch``) unless the consent holds; returns the root."""
-        return bytes(self._call("verifyConsent", record.as_tuple(), bytes(signature)))
+    def verify_consent(self, record: AttributionRecord, signature: bytes, pubkeys: Sequence[bytes] | None = None) -> bytes:
+        """Reverts (e.g. ``InvalidConsentSignature``, ``WeightMismatch``) unless the consent holds; returns the root.
 
-    def consent_gas(self, record: AttributionRecord, signature: bytes) -> int:
-        """Gas of the consent check alone (record checks, key aggregation, hash-to-curve, pairing)."""
-        fn = self.contract.functions.verifyConsent(record.as_tuple(), bytes(signature))
+        ``pubkeys`` default to the keys the participants accepted with.
+        """
+        return bytes(self._call("verifyConsent", record.as_tuple(), self._keys(record, pubkeys), bytes(signature)))
+
+    def consent_gas(self, record: AttributionRecord, signature: bytes, pubkeys: Sequence[bytes] | None = None) -> int:
+        """Gas of the consent check alone (record and key checks, key aggregation, hash-to-curve, pairing)."""
+        fn = self.contract.functions.verifyConsent(record.as_tuple(), self._keys(record, pubkeys), bytes(signature))
         return int(fn.estimate_gas({"from": self._me()})) - 21_000
 
     def receipt_digest(self, round_id: int, participant: str, fl_round: int, update_commitment: bytes) -> bytes:
@@ -411,9 +431,11 @@ class RoundRegistryClient(ContractClient):
         """Fix the participant set and weights."""
         return self._transact("fix", int(round_id))
 
-    def submit_record(self, record: AttributionRecord, signature: bytes) -> RecordSubmitted:
-        """Submit the consented record (aggregator only) before posting the claim."""
-        tx = self._transact("submitRecord", record.as_tuple(), bytes(signature))
+    def submit_record(
+        self, record: AttributionRecord, signature: bytes, pubkeys: Sequence[bytes] | None = None
+    ) -> RecordSubmitted:
+        """Submit the consented record (aggregator only) before posting the claim; keys default to the accepted ones."""
+        tx = self._transact("submitRecord", record.as_tuple(), self._keys(record, pubkeys), bytes(signature))
         e = _one(tx, "RecordSubmitted").args
         return RecordSubmitted(int(e["roundId"]), _bytes(e["claimId"]), _bytes(e["recordRoot"]), int(e["included"]), tx)
 

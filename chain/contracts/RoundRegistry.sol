@@ -132,11 +132,12 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
         p.accepted = true;
         p.samples = samples;
         p.datasetAssetId = datasetAssetId;
-        // Consent key snapshotted now: a later key rotation cannot change who must sign this round.
-        p.blsPubkey = IDENTITY.identity(id).keys.blsPubkey;
+        // Consent key snapshotted now (its hash; the key is logged): a later rotation cannot change who must sign.
+        bytes memory pubkey = IDENTITY.identity(id).keys.blsPubkey;
+        p.blsKeyHash = keccak256(pubkey);
         _slotOf[roundId][msg.sender] = slot;
         r.accepted += 1;
-        emit ParticipantAccepted(roundId, id, msg.sender, samples, datasetAssetId);
+        emit ParticipantAccepted(roundId, id, msg.sender, samples, datasetAssetId, pubkey);
     }
 
     /// @inheritdoc IRoundRegistry
@@ -158,11 +159,14 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     // ------------------------------------------------------------------ record and consent
 
     /// @inheritdoc IRoundRegistry
-    function submitRecord(AttributionRecord calldata record, bytes calldata signature) external returns (bytes32 claimId) {
+    function submitRecord(AttributionRecord calldata record, bytes[] calldata pubkeys, bytes calldata signature)
+        external
+        returns (bytes32 claimId)
+    {
         uint256 roundId = record.roundId;
         Round storage r = _withStatus(roundId, RoundStatus.Fixed);
         if (msg.sender != r.aggregator) revert NotRoundAggregator(roundId, msg.sender);
-        bytes32 root = verifyConsent(record, signature);
+        bytes32 root = verifyConsent(record, pubkeys, signature);
         claimId = CLAIMS.claimIdOf(r.jobId, record.programRoot, record.inputRoot);
         // INVARIANT: the record precedes its claim, so it is public for the claim's whole window.
         if (CLAIMS.claimStatus(claimId) != IClaimManager.ClaimStatus.None) revert ClaimAlreadyPosted(claimId);
@@ -183,8 +187,12 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     }
 
     /// @inheritdoc IRoundRegistry
-    function verifyConsent(AttributionRecord calldata record, bytes calldata signature) public view returns (bytes32 root) {
-        BLS.G1Point memory aggregate = _checkRecord(record);
+    function verifyConsent(AttributionRecord calldata record, bytes[] calldata pubkeys, bytes calldata signature)
+        public
+        view
+        returns (bytes32 root)
+    {
+        BLS.G1Point memory aggregate = _checkRecord(record, pubkeys);
         root = recordRoot(record);
         if (signature.length != _G2_LENGTH) revert InvalidConsentSignature(record.roundId, root);
         BLS.G2Point memory hashed = BLS.hashToG2(abi.encodePacked(root));
@@ -197,12 +205,17 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     }
 
     /// @dev Checks the record against the fixed round and returns the sum of the included participants' keys.
-    function _checkRecord(AttributionRecord calldata record) private view returns (BLS.G1Point memory aggregate) {
+    function _checkRecord(AttributionRecord calldata record, bytes[] calldata pubkeys)
+        private
+        view
+        returns (BLS.G1Point memory aggregate)
+    {
         uint256 roundId = record.roundId;
         Round storage r = _existing(roundId);
         uint256 n = record.participants.length;
         if (
             record.weights.length != n || record.updateCommitments.length != n || record.epsilons.length != n
+                || pubkeys.length != n
         ) revert MalformedRecord(roundId);
         // INVARIANT: at least N participants' updates were aggregated.
         if (n < r.minParticipants) revert TooFewParticipants(n, r.minParticipants);
@@ -217,7 +230,9 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
             // INVARIANT: no aggregator re-weights a contributor: weights are the counts fixed on-chain.
             if (record.weights[i] != p.samples) revert WeightMismatch(account, record.weights[i], p.samples);
             if (record.epsilons[i] > r.epsilonBudget) revert EpsilonOverBudget(account, record.epsilons[i], r.epsilonBudget);
-            BLS.G1Point memory pk = abi.decode(p.blsPubkey, (BLS.G1Point));
+            // INVARIANT: each key is the one snapshotted at acceptance (registered with a proof of possession).
+            if (keccak256(pubkeys[i]) != p.blsKeyHash) revert WrongConsentKey(account);
+            BLS.G1Point memory pk = abi.decode(pubkeys[i], (BLS.G1Point));
             aggregate = i == 0 ? pk : BLS.add(aggregate, pk);
         }
     }

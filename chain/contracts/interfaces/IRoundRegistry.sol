@@ -89,7 +89,8 @@ interface IRoundRegistry {
     /// @param epsilon ε spent, from the record (millionths).
     /// @param datasetAssetId The dataset asset committing to its data.
     /// @param updateCommitment Its update commitment, from the record.
-    /// @param blsPubkey Its BLS key, snapshotted from IdentityRegistry at acceptance (proof of possession checked there).
+    /// @param blsKeyHash keccak of its BLS key, snapshotted from IdentityRegistry at acceptance (proof of
+    /// possession checked there); the key itself is in `ParticipantAccepted` and passed back to `submitRecord`.
     struct Participant {
         uint256 id;
         address account;
@@ -99,7 +100,7 @@ interface IRoundRegistry {
         uint64 epsilon;
         uint256 datasetAssetId;
         bytes32 updateCommitment;
-        bytes blsPubkey;
+        bytes32 blsKeyHash;
     }
 
     /// @notice The attribution record every included participant BLS-signs (its root, `recordRoot`).
@@ -140,8 +141,14 @@ interface IRoundRegistry {
     /// @param account Its address.
     /// @param samples Its declared sample count (weight).
     /// @param datasetAssetId Its dataset asset.
+    /// @param blsPubkey Its consent key for this round (EIP-2537 G1, 128 bytes).
     event ParticipantAccepted(
-        uint256 indexed roundId, uint256 indexed participantId, address indexed account, uint64 samples, uint256 datasetAssetId
+        uint256 indexed roundId,
+        uint256 indexed participantId,
+        address indexed account,
+        uint64 samples,
+        uint256 datasetAssetId,
+        bytes blsPubkey
     );
 
     /// @notice The participant set and weights were fixed; training may start.
@@ -216,6 +223,9 @@ interface IRoundRegistry {
     /// @param roundId The round.
     /// @param account The caller.
     error NotRoundAggregator(uint256 roundId, address account);
+    /// @notice A consent key passed back is not the one snapshotted at acceptance.
+    /// @param account The participant.
+    error WrongConsentKey(address account);
     /// @notice The record's arrays differ in length, or it names another round.
     /// @param roundId The round.
     error MalformedRecord(uint256 roundId);
@@ -282,9 +292,12 @@ interface IRoundRegistry {
     /// @notice The aggregator submits the attribution record and the aggregate BLS consent of every
     /// included participant over its root; the claim (jobId, programRoot, inputRoot) is posted after.
     /// @param record The record.
+    /// @param pubkeys The included participants' consent keys (from `ParticipantAccepted`), aligned with `record.participants`.
     /// @param signature Aggregate G2Basic signature over `recordRoot(record)` (EIP-2537, 256 bytes).
     /// @return claimId The claim the record binds.
-    function submitRecord(AttributionRecord calldata record, bytes calldata signature) external returns (bytes32 claimId);
+    function submitRecord(AttributionRecord calldata record, bytes[] calldata pubkeys, bytes calldata signature)
+        external
+        returns (bytes32 claimId);
 
     /// @notice An accepted participant left out of the record proves the aggregator's receipt for its
     /// last-round update; the pending claim is rejected and the aggregator's bond credited to the caller.
@@ -297,9 +310,13 @@ interface IRoundRegistry {
 
     /// @notice Reverts unless `signature` is every included participant's consent to `record`; returns its root.
     /// @param record The record.
+    /// @param pubkeys The included participants' consent keys, aligned with `record.participants`.
     /// @param signature The aggregate signature.
     /// @return The record root.
-    function verifyConsent(AttributionRecord calldata record, bytes calldata signature) external view returns (bytes32);
+    function verifyConsent(AttributionRecord calldata record, bytes[] calldata pubkeys, bytes calldata signature)
+        external
+        view
+        returns (bytes32);
 
     /// @notice The root participants sign: bound to chain id, ClaimManager, this registry and every field.
     /// @param record The record.
