@@ -118,16 +118,18 @@ def quick() -> bool:
 
 
 def _scaled(plan: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """The full plan, or fewer sentences with ``COLLAB_BENCH_MPC_SENTENCES=N`` (seq 128 gets N/4, at least 3).
+    """The full plan, or fewer sentences with ``COLLAB_BENCH_MPC_SENTENCES=N`` (seq 128 gets N/5, at least 3).
 
-    A reduced run says so in the JSON (``sentences`` per run); the issue's
-    counts are the default.
+    A reduced run says so in the JSON (``sentences`` per run, ``reduced``);
+    its ablations run on 9 sentences at seq 32 and the single query at seq 128.
+    The issue's counts are the default.
     """
     n = os.environ.get("COLLAB_BENCH_MPC_SENTENCES")
     if not n:
         return plan
     count = max(3, int(n))
-    return [(seq, count if seq <= 64 else max(3, count // 4), batch) for seq, _, batch in plan]
+    ABLATION_SENTENCES.update({32: min(9, count), 128: 1})
+    return [(seq, count if seq <= 64 else max(3, count // 5), batch) for seq, _, batch in plan]
 
 
 def _batches(texts: list[str], batch: int) -> list[list[str]]:
@@ -225,6 +227,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None) -> dict[s
         "versions": report.package_versions(["crypten", "torch", "tenseal", "transformers"]),
         "setting": "2 real party processes, gloo over loopback, CrypTen dealer path (TFP); bytes are CrypTen's "
                    "counter per party (8 B per ring element, sent + received)",
+        "reduced": bool(os.environ.get("COLLAB_BENCH_MPC_SENTENCES")) and not is_quick,
         "runs": runs, "summary": summarize(runs), "targets": TARGETS, "issue_baseline": ISSUE_BASELINE,
         "literature": LITERATURE,
     }  # fmt: skip
