@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from collab.errors import BadInput, CollabError, Unavailable
+from collab.errors import BadInput, CollabError, InternalError, Unavailable
 from collab.vault import Vault
 from orchestrator.client import OrchestratorClient
 from orchestrator.workers import ClaimWorkers, NodeChain, TaskRunner
@@ -117,6 +117,9 @@ class Node:
             raise BadInput(f"unknown node op {op!r}")
         except CollabError as exc:
             return {"ok": False, **exc.to_json()}
+        except Exception as exc:  # a bug in one request must not kill the API thread or hang the user command
+            log.exception("node op failed")
+            return {"ok": False, **InternalError(f"{type(exc).__name__}: {exc}").to_json()}
 
     def _heartbeats(self) -> None:
         while not self._stop.is_set():
