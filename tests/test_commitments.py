@@ -204,3 +204,65 @@ def test_trace_step_and_program_leaves_use_distinct_prefixes() -> None:
     assert cm.node_hash(root, root) != cm.entry_leaf(root, root)
     # The descriptor is the Solidity abi.encode of (uint16, uint32[], bytes32, bytes).
     assert descriptor[:32] == (6).to_bytes(32, "big") and len(descriptor) % 32 == 0
+
+
+# ------------------------------------------------------------------ native batch hashing
+
+
+@pytest.mark.parametrize("size", [1, 64, 135, 136, 137, 256, 300])
+def test_batch_keccak_is_keccak_of_each_slice_with_and_without_prefix(size: int) -> None:
+    data = bytes(range(256)) * (3 * size // 256 + 1)
+    data = data[: 3 * size]
+    slices = [data[i : i + size] for i in range(0, len(data), size)]
+    assert cm.keccak_many(data, size) == [keccak(s) for s in slices]
+    assert cm.prefixed_many(b"\x00", data, size) == [keccak(b"\x00" + s) for s in slices]
+    with pytest.raises(BadInput):
+        cm.keccak_many_raw(data + b"\x01", size) if size > 1 else cm.keccak_many_raw(data, size, b"\x00\x01")
+
+
+def test_native_and_python_paths_commit_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collab.fraudproof import native
+
+    if native.lib() is None:
+        pytest.skip("no C compiler: only the Python path exists here")
+    values = np.arange(-5000, 5000, 7, dtype=np.int64)
+    header = cm.TensorHeader(Domain.FIXED, 8, (values.size,))
+    fast = cm.commit_tensor(values, header)
+    leaves = leaves_of(77)
+    fast_tree = cm.MerkleTree(leaves, cm.PAD_CHUNK_LEAF)
+    monkeypatch.setattr(native, "lib", lambda: None)
+    slow = cm.commit_tensor(values, header)
+    slow_tree = cm.MerkleTree(leaves, cm.PAD_CHUNK_LEAF)
+    assert fast.root == slow.root and fast_tree.root == slow_tree.root == naive_root(leaves, cm.PAD_CHUNK_LEAF)
+    assert [fast_tree.node(7, i) for i in range(128)] == [slow_tree.node(7, i) for i in range(128)]
+    assert fast.tree.range_proof(3, 9) == slow.tree.range_proof(3, 9)
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 255, 256, 257, 1000])
+def test_native_chunk_leaves_are_the_big_endian_zero_padded_chunks(n: int) -> None:
+    from collab.fraudproof import native
+
+    values = (np.arange(n, dtype=np.int64) - n // 2) * 0x0101010101  # every byte position used, negatives too
+    values[0] = INT64_MIN
+    got = native.chunk_leaves(values)
+    if got is None:
+        pytest.skip("no C compiler")
+    assert cm._split(got) == cm.chunk_leaves(values)
+
+
+def test_every_simd_width_hashes_alike() -> None:
+    from collab.fraudproof import native
+
+    if native.lib() is None:
+        pytest.skip("no C compiler")
+    data = bytes(range(256)) * 40
+    widest = native.simd_width()
+    try:
+        for width in (1, 4, 8):
+            native.simd_width(width)
+            for size in (64, 136, 257):
+                n = len(data) // size
+                expected = b"".join(keccak(b"\x01" + data[i * size : (i + 1) * size]) for i in range(n))
+                assert native.keccak_many(data[: n * size], size, 1) == expected, (width, size)
+    finally:
+        native.simd_width(max(widest, 8))

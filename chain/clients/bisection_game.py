@@ -81,8 +81,8 @@ class Game:
         return cls(
             bytes(raw[0]), to_checksum_address(raw[1]), int(raw[2]), int(raw[3]), Phase(int(raw[4])), Side(int(raw[5])),
             bool(raw[6]), bool(raw[7]), to_checksum_address(raw[8]), int(raw[9]), int(raw[10]), int(raw[11]),
-            int(raw[12]), int(raw[13]), int(raw[14]), int(raw[15]), int(raw[16]), int(raw[20]),
-            bytes(raw[17]), bytes(raw[18]), bytes(raw[19]).ljust(32, b"\x00"), bytes(raw[21]),
+            int(raw[12]), int(raw[13]), int(raw[14]), int(raw[15]), int(raw[16]), int(raw[17]),
+            bytes(raw[18]), bytes(raw[19]), bytes(raw[20]), bytes(raw[21]),
         )
 
     @property

@@ -17,6 +17,9 @@ import {LibMerkle} from "./lib/LibMerkle.sol";
 contract BisectionGame is IBisectionGame {
     /// @notice Op id of BUNDLE_GET (its entry tensor is passed as an extra input).
     uint16 internal constant OP_BUNDLE_GET = 32;
+    /// @notice `Game.header` before the header reveal: not a valid header (bytes 27..31 are not zero),
+    /// so it never equals a revealed one; non-zero, so the reveal updates the slot instead of creating it.
+    bytes32 public constant HEADER_UNSET = bytes32(uint256(1));
 
     /// @inheritdoc IBisectionGame
     address public immutable MANAGER;
@@ -60,6 +63,8 @@ contract BisectionGame is IBisectionGame {
         g.clockExtension = uint40(clockExtension);
         g.lastMoveAt = uint40(block.timestamp);
         g.node = traceRoot;
+        // SAFETY: the challenge pays for the header slot now; the claimer's header reveal only updates it.
+        g.header = HEADER_UNSET;
         uint8 depth = uint8(LibMerkle.treeDepth(stepCount));
         g.treeDepth = depth;
         // A one-step program starts at its only leaf: the claimer reveals the header.
@@ -135,8 +140,7 @@ contract BisectionGame is IBisectionGame {
             _resolve(g, gameId, false, Reason.InvalidHeader);
             return;
         }
-        // SAFETY: a valid header's bytes 27..31 are zero, so bytes27 keeps all of it.
-        g.header = bytes27(header);
+        g.header = header;
         g.node = chunkRoot;
         g.depth = 0;
         g.index = 0;
@@ -190,7 +194,7 @@ contract BisectionGame is IBisectionGame {
         IClaimManager(MANAGER).checkRoots(g.claimId, proof.claimRoots);
         (uint16 op, uint32[] memory ids, bytes32 outHeader, bytes memory params) = _checkedStep(g, proof);
         // INVARIANT: the revealed output header must be the one the step declares.
-        if (bytes32(g.header) != outHeader) {
+        if (g.header != outHeader) {
             _resolve(g, gameId, false, Reason.HeaderMismatch);
             return;
         }
@@ -199,7 +203,7 @@ contract BisectionGame is IBisectionGame {
             _resolve(g, gameId, false, Reason.IllFormedInput);
             return;
         }
-        uint256 element = LibMerkle.domainOf(bytes32(g.header)) == LibMerkle.DOMAIN_BUNDLE
+        uint256 element = LibMerkle.domainOf(g.header) == LibMerkle.DOMAIN_BUNDLE
             ? g.index
             : uint256(g.index) * LibMerkle.CHUNK_ELEMS + g.element;
         (IOneStepVerifier.Verdict verdict, bytes32 expected) =
@@ -305,7 +309,7 @@ contract BisectionGame is IBisectionGame {
 
     /// @dev A chunk-tree leaf was reached: a bundle entry is the disputed element, a chunk needs its bytes.
     function _enterLeaf(Game storage g) private {
-        if (LibMerkle.domainOf(bytes32(g.header)) == LibMerkle.DOMAIN_BUNDLE) {
+        if (LibMerkle.domainOf(g.header) == LibMerkle.DOMAIN_BUNDLE) {
             g.claimedWord = g.node;
             g.phase = Phase.Step;
             _handOver(g, Side.Challenger);

@@ -10,7 +10,7 @@ so the game agents can answer any reveal or proof request without rehashing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -19,6 +19,7 @@ from eth_hash.auto import keccak
 
 from collab.errors import BadInput, ProtocolViolation
 from collab.fixedpoint import FRAC_BITS_MAX, Domain
+from collab.fraudproof import native
 
 CHUNK_ELEMS = 32
 CHUNK_BYTES = 8 * CHUNK_ELEMS
@@ -72,24 +73,45 @@ def _keccak_many_c(data: bytes, size: int) -> list[bytes]:
     return [raw[32 * i : 32 * i + 32] for i in range(n)]
 
 
-def keccak_many(data: bytes, size: int) -> list[bytes]:
-    """keccak of every consecutive ``size``-byte slice of ``data`` (bulk hashing of leaves and nodes)."""
+def keccak_many_raw(data: bytes, size: int, prefix: bytes = b"") -> bytes | bytearray:
+    """keccak(prefix ‖ slice) of every consecutive ``size``-byte slice of ``data``, concatenated.
+
+    One native call (``native.py``) when the library is available, else
+    pycryptodome's C keccak driven from Python; ``prefix`` is at most one byte.
+    """
     if size <= 0 or len(data) % size:
         raise BadInput(f"{len(data)} bytes is not a whole number of {size}-byte preimages")
+    if len(prefix) > 1:
+        raise BadInput("a hash prefix is one byte")
+    out = native.keccak_many(data, size, prefix[0] if prefix else None)
+    if out is not None:
+        return out
+    if prefix:
+        n = len(data) // size
+        rows = np.frombuffer(data, dtype=np.uint8).reshape(n, size)
+        data = np.hstack([np.full((n, 1), prefix[0], dtype=np.uint8), rows]).tobytes()
+        size += 1
     if len(data) // size >= 8:
         try:
-            return _keccak_many_c(data, size)
+            return b"".join(_keccak_many_c(data, size))
         except (ImportError, AttributeError):  # pragma: no cover - pycryptodome without cffi
             pass
-    return [keccak(data[i : i + size]) for i in range(0, len(data), size)]
+    return b"".join(keccak(data[i : i + size]) for i in range(0, len(data), size))
+
+
+def _split(raw: bytes | bytearray) -> list[bytes]:
+    raw = bytes(raw)
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+
+def keccak_many(data: bytes, size: int) -> list[bytes]:
+    """keccak of every consecutive ``size``-byte slice of ``data`` (bulk hashing of leaves and nodes)."""
+    return _split(keccak_many_raw(data, size))
 
 
 def prefixed_many(prefix: bytes, data: bytes, size: int) -> list[bytes]:
     """keccak(prefix ‖ slice) for every ``size``-byte slice of ``data``."""
-    n = len(data) // size
-    rows = np.frombuffer(data, dtype=np.uint8).reshape(n, size)
-    col = np.full((n, 1), prefix[0], dtype=np.uint8)
-    return keccak_many(np.hstack([col, rows]).tobytes(), size + 1)
+    return _split(keccak_many_raw(data, size, prefix))
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
@@ -223,42 +245,57 @@ def zero_hashes(pad_leaf: bytes, depth: int = 64) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-@dataclass
 class MerkleTree:
-    """A padded binary Merkle tree with every level kept (levels[0] = leaves)."""
+    """A padded binary Merkle tree with every level kept (level 0 = leaves).
 
-    leaves: list[bytes]
-    pad_leaf: bytes
-    levels: list[list[bytes]] = field(init=False)
+    Levels are stored as concatenated 32-byte hashes (one bytes object per
+    level), built in one native call when available: a tree over 2^16 chunks
+    is then one C loop instead of 2^17 Python-level hash calls.
+    """
 
-    def __post_init__(self) -> None:
-        depth = tree_depth(len(self.leaves))
-        zeros = zero_hashes(self.pad_leaf)
-        levels = [list(self.leaves)]
-        for level in range(depth):
-            cur = levels[-1]
-            if len(cur) % 2:
-                cur = cur + [zeros[level]]
-            levels.append(prefixed_many(PREFIX_NODE, b"".join(cur), 64))
-        self.levels = levels
+    def __init__(self, leaves: Sequence[bytes] | bytes | bytearray, pad_leaf: bytes) -> None:
+        raw = leaves if isinstance(leaves, (bytes, bytearray)) else b"".join(leaves)
+        if len(raw) % 32:
+            raise BadInput("leaves are 32-byte hashes")
+        depth = tree_depth(len(raw) // 32)
+        zeros = zero_hashes(pad_leaf)
+        self.pad_leaf = pad_leaf
+        built = native.merkle_levels(raw, b"".join(zeros[:depth]), depth)
+        if built is None:
+            levels = [bytes(raw)]
+            for level in range(depth):
+                cur = levels[-1] + (zeros[level] if (len(levels[-1]) // 32) % 2 else b"")
+                levels.append(bytes(keccak_many_raw(cur, 64, PREFIX_NODE)))
+            built = bytearray(b"".join(levels)), [0]
+            for lv in levels:
+                built[1].append(built[1][-1] + len(lv) // 32)
+        # One buffer for all levels (level l = hashes offsets[l] .. offsets[l + 1]); never mutated.
+        self._buf, self._offsets = built
+
+    @property
+    def leaves(self) -> list[bytes]:
+        """The leaf hashes."""
+        return _split(bytes(self._buf[: 32 * self._offsets[1]]))
 
     @property
     def depth(self) -> int:
         """D(n)."""
-        return len(self.levels) - 1
+        return len(self._offsets) - 2
 
     @property
     def root(self) -> bytes:
         """The tree's root."""
-        return self.levels[-1][0]
+        return bytes(self._buf[32 * self._offsets[-2] : 32 * self._offsets[-2] + 32])
 
     def node(self, depth: int, index: int) -> bytes:
         """Node at (depth from the root, index); padding subtrees answer their zero hash."""
         level = self.depth - depth
         if not 0 <= level <= self.depth or not 0 <= index < (1 << depth):
             raise BadInput(f"no node ({depth}, {index}) in a tree of depth {self.depth}")
-        row = self.levels[level]
-        return row[index] if index < len(row) else zero_hashes(self.pad_leaf)[level]
+        start, end = self._offsets[level], self._offsets[level + 1]
+        if start + index < end:
+            return bytes(self._buf[32 * (start + index) : 32 * (start + index) + 32])
+        return zero_hashes(self.pad_leaf)[level]
 
     def children(self, depth: int, index: int, m: int) -> list[bytes]:
         """The 2**m' descendants a reveal shows, m' = min(m, depth left)."""
@@ -346,6 +383,11 @@ def chunk_leaves(values: np.ndarray) -> list[bytes]:
     return prefixed_many(PREFIX_CHUNK, chunk_data(values), CHUNK_BYTES)
 
 
+def chunk_leaves_raw(data: bytes) -> bytes:
+    """Leaf hashes of chunked data (whole 256-byte chunks), concatenated: what ``MerkleTree`` takes."""
+    return keccak_many_raw(data, CHUNK_BYTES, PREFIX_CHUNK)
+
+
 def element_of_chunk(chunk: bytes, u: int) -> int:
     """Element u (0..31) of a revealed chunk."""
     return int.from_bytes(chunk[8 * u : 8 * u + 8], "big", signed=True)
@@ -391,7 +433,10 @@ def commit_tensor(values: np.ndarray, header: TensorHeader) -> CommittedTensor:
         raise BadInput("use commit_bundle for bundles")
     if arr.size != header.numel:
         raise BadInput(f"{arr.size} values for a header of {header.numel} elements")
-    return CommittedTensor(arr.reshape(header.shape), header, MerkleTree(chunk_leaves(arr), PAD_CHUNK_LEAF))
+    leaves = native.chunk_leaves(arr)
+    if leaves is None:
+        leaves = chunk_leaves_raw(chunk_data(arr))
+    return CommittedTensor(arr.reshape(header.shape), header, MerkleTree(leaves, PAD_CHUNK_LEAF))
 
 
 @dataclass

@@ -18,18 +18,18 @@ import numpy as np
 
 from collab.errors import BadInput
 from collab.fixedpoint import Domain
+from collab.fraudproof import native
 from collab.fraudproof.commitments import (
     CHUNK_BYTES,
     CHUNK_ELEMS,
     PAD_CHUNK_LEAF,
     PAD_ENTRY_LEAF,
     PAD_TRACE_LEAF,
-    PREFIX_CHUNK,
     MerkleTree,
     TensorHeader,
     entry_leaf,
     name_hash,
-    prefixed_many,
+    chunk_leaves_raw,
     tensor_root,
     trace_leaf,
 )
@@ -51,7 +51,18 @@ class Committed:
 
     value: Value
     tree: MerkleTree
-    data: bytes = b""  # numeric: big-endian words padded to whole chunks; bundle: 64-byte entries
+    _data: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        """Numeric: big-endian words padded to whole chunks; bundle: 64-byte entries.
+
+        Built on first use: committing hashes the words natively without this
+        copy, and only tensors that are revealed or served need it."""
+        if self._data is None:
+            words = np.ascontiguousarray(self.value.flat()).astype(">i8").tobytes()
+            self._data = words + b"\x00" * ((-len(words)) % CHUNK_BYTES)
+        return self._data
 
     @property
     def header(self) -> TensorHeader:
@@ -91,10 +102,6 @@ class Committed:
         return first, raw, self.tree.range_proof(first, last + 1)
 
 
-def _chunk_leaves(data: bytes) -> list[bytes]:
-    return prefixed_many(PREFIX_CHUNK, data, CHUNK_BYTES)
-
-
 def commit_value(value: Value, cache: dict[int, Committed] | None = None) -> Committed:
     """Commit a VM value (bundles commit their entries' roots, reusing ``cache`` by identity)."""
     cache = {} if cache is None else cache
@@ -107,9 +114,13 @@ def commit_value(value: Value, cache: dict[int, Committed] | None = None) -> Com
         data = b"".join(nh + r for (nh, _), r in zip(entries, roots))
         tree = MerkleTree([entry_leaf(nh, r) for (nh, _), r in zip(entries, roots)], PAD_ENTRY_LEAF)
     else:
-        words = np.ascontiguousarray(value.flat()).astype(">i8").tobytes()
-        data = words + b"\x00" * ((-len(words)) % CHUNK_BYTES)
-        tree = MerkleTree(_chunk_leaves(data), PAD_CHUNK_LEAF)
+        leaves = native.chunk_leaves(value.flat())
+        data = None
+        if leaves is None:
+            words = np.ascontiguousarray(value.flat()).astype(">i8").tobytes()
+            data = words + b"\x00" * ((-len(words)) % CHUNK_BYTES)
+            leaves = chunk_leaves_raw(data)
+        tree = MerkleTree(leaves, PAD_CHUNK_LEAF)
     out = Committed(value, tree, data)
     cache[id(value)] = out
     return out

@@ -63,9 +63,9 @@ interface IBisectionGame {
     /// @param element Disputed element within the chunk (valid in phase Step).
     /// @param node Value of the current node (the chunk/entry leaf once a leaf is reached).
     /// @param pending `keccak(children)` of the last reveal, awaiting the pick.
-    /// @param header The disputed step's output header as revealed by the claimer (its first 27
-    /// bytes: a valid header's last 5 are zero), packed with `clockExtension` so that storing it
-    /// updates a slot `open` already wrote instead of filling a fresh one (~20k gas off revealHeader).
+    /// @param header The disputed step's output header as revealed by the claimer; until then
+    /// `HEADER_UNSET`, which `open` writes so that the header reveal updates a slot instead of
+    /// filling a fresh one (the challenge prepays that slot, ~20k gas).
     /// @param claimedWord The claimer's disputed element (sign-extended int64, or entry leaf).
     struct Game {
         bytes32 claimId;
@@ -85,10 +85,10 @@ interface IBisectionGame {
         uint8 depth;
         uint8 treeDepth;
         uint8 element;
+        uint40 clockExtension;
         bytes32 node;
         bytes32 pending;
-        bytes27 header;
-        uint40 clockExtension;
+        bytes32 header;
         bytes32 claimedWord;
     }
 
