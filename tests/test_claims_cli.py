@@ -156,3 +156,27 @@ def test_challenge_and_watch_commands_win_against_a_cheater(
         assert json.loads(out)["status"] == "rejected"
     finally:
         server.stop()
+
+
+def test_a_claim_posted_with_da_url_is_verified_without_source(
+    env: GameEnv, homes: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    claimer, watcher = homes
+    program, inputs = _job_files(tmp_path, _job())
+    server = BlobServer(Store(claimer), int(env.w3.eth.chain_id), env.manager().is_audience).start()
+    try:
+        code, _, err = cli(capsys, claimer, "claims", "post", str(program), "--inputs", str(inputs), "--da-url", "ftp://x")
+        assert code == 2 and "http" in err
+        code, out, err = cli(capsys, claimer, "--json", "claims", "post", str(program), "--inputs", str(inputs),
+                             "--da-url", server.url)
+        assert code == 0, err
+        posted = json.loads(out)
+        assert posted["da_url"] == server.url and posted["da_pointer"] != "0x" + "00" * 32
+        code, out, err = cli(capsys, watcher, "--json", "claims", "show", posted["claim_id"])
+        assert json.loads(out)["da_url"] == server.url
+        # No --source: the watcher finds the blob server through the claim's daPointer.
+        code, out, err = cli(capsys, watcher, "--json", "challenge", posted["claim_id"])
+        assert code == 0, err
+        assert json.loads(out)["verdict"] == "agree"
+    finally:
+        server.stop()
