@@ -77,6 +77,7 @@ def network(game_env: GameEnv, tmp_path: Path) -> Iterator[dict[str, Any]]:  # n
             game_env.deployment.save(home / "deployment.json")
             data = home / "train.jsonl"
             data.write_text("".join(json.dumps({"text": t, "label": shard.classes[y]}) + "\n" for t, y in zip(shard.texts, shard.labels)))
+            _adapter(home / "adapter.safetensors", len(homes))  # what the node contributes to merges
             homes[name] = (home, ident.address)
             procs[name] = _node(home, info["endpoint"], info["curve_key"], data)
         yield net
@@ -124,13 +125,39 @@ def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[s
     p2 = homes["p2"][1].lower()
     assert sorted(data["participants"]) == sorted(homes[n][1].lower() for n in ("p0", "p1"))
     assert p2 not in data["participants"] and p2 not in data["examples"]  # the dead node gets nothing
-    assert p2 in data["dropped"]
+    assert len(data["participants"]) == 2  # min_participants remained: the round completed without it
     # Exactly one claim for this round on chain, even though the orchestrator died in the middle.
     manager = ClaimManagerClient.from_deployment(game_env.deployment, game_env.w3)
     claim_id = bytes.fromhex(data["claim_id"][2:])
     posted = [p for p in manager.posted(from_block=game_env.deployment.deploy_block) if p.claim_id == claim_id]
     assert len(posted) == 1 and posted[0].claimer == network["info"]["address"]
     assert not any(_alive(pid) for pid in network["orphans"])  # the restarted orchestrator ended the old Flower run
+
+
+def _adapter(path: Path, seed: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    save_file({"lora_A": torch.randn(4, 8, generator=g), "lora_B": torch.randn(8, 4, generator=g)}, str(path))
+
+
+def test_merge_job_survives_a_sigkilled_orchestrator_with_one_claim(network: dict[str, Any], game_env: GameEnv) -> None:  # noqa: F811
+    homes = network["homes"]
+    api = NodeSocketClient(homes["p0"][0] / "node.sock", timeout=30)
+    parts = [homes[n][1] for n in ("p0", "p1")]
+    job = api.request("submit", kind="merge", payload={"participants": parts, "method": "linear"}, needs=parts, timeout=120)["job"]
+    _wait(api, job["id"], lambda j: j["state"] not in ("created", "collecting"), 120)
+    network["orch"].send_signal(signal.SIGKILL)  # somewhere between computing and posting
+    network["orch"].wait(10)
+    port = network["info"]["endpoint"].rsplit(":", 1)[1]
+    network["orch"], _ = _start(network["orch_home"], f"tcp://127.0.0.2:{port}")
+    done = _wait(api, job["id"], lambda j: j["state"] in ("claimed", "finalized", "failed"), 180)
+    assert done["state"] in ("claimed", "finalized"), done.get("error")
+    manager = ClaimManagerClient.from_deployment(game_env.deployment, game_env.w3)
+    claim_id = bytes.fromhex(done["data"]["claim_id"][2:])
+    assert [p.claim_id for p in manager.posted(from_block=game_env.deployment.deploy_block)].count(claim_id) == 1
+    assert Path(done["data"]["merged_path"]).is_file()
 
 
 def _alive(pid: int) -> bool:
