@@ -116,7 +116,7 @@ static void keccakf(uint64_t st[25]) {
     st[20] = a04; st[21] = a14; st[22] = a24; st[23] = a34; st[24] = a44;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
 __attribute__((target("avx2"))) static void keccakf_x4(v4 st[25]) {
     v4 a00 = st[0], a10 = st[1], a20 = st[2], a30 = st[3], a40 = st[4], a01 = st[5], a11 = st[6], a21 = st[7], a31 = st[8], a41 = st[9], a02 = st[10], a12 = st[11], a22 = st[12], a32 = st[13], a42 = st[14], a03 = st[15], a13 = st[16], a23 = st[17], a33 = st[18], a43 = st[19], a04 = st[20], a14 = st[21], a24 = st[22], a34 = st[23], a44 = st[24];
     v4 c0, c1, c2, c3, c4, d0, d1, d2, d3, d4;
@@ -307,7 +307,7 @@ static void keccak256(uint8_t prefix, size_t plen, const uint8_t *msg, size_t le
     memcpy(out, st, 32);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
 /* W preimages of `size` bytes at data + size * j, hashed side by side (lane j of every vector). */
 #include <immintrin.h>
 
@@ -372,7 +372,7 @@ int collab_keccak_many(const uint8_t *data, size_t size, size_t n, int prefix, u
     size_t plen = prefix < 0 ? 0 : 1;
     if (plen + size > 4096) return -1;
     size_t i = 0;
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
     int w = collab_keccak_width(0);
     if (w == 8)
         for (; i + 8 <= n; i += 8) keccak256_x8(p, plen, data + size * i, size, out + 32 * i, scratch);

@@ -51,13 +51,14 @@ def _build(target: Path) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
-                              capture_output=True, text=True, timeout=120, check=False)
-        if proc.returncode != 0:
-            log.warning("building %s failed: %s", SOURCE.name, proc.stderr.strip()[-500:])
-            return False
-        os.replace(tmp, target)  # atomic: another process sees the old state or the whole file
-        return True
+        for extra in ([], ["-DCOLLAB_NO_SIMD"]):  # a compiler without AVX-512 support still gets the scalar code
+            proc = subprocess.run([cc, "-O3", "-shared", "-fPIC", *extra, "-o", tmp, str(SOURCE)],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            if proc.returncode == 0:
+                os.replace(tmp, target)  # atomic: another process sees the old state or the whole file
+                return True
+        log.warning("building %s failed: %s", SOURCE.name, proc.stderr.strip()[-500:])
+        return False
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
