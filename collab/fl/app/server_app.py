@@ -38,7 +38,7 @@ from eth_hash.auto import keccak
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from collab.errors import CollabError
+from collab.errors import CollabError, ProtocolViolation
 from collab.fl import attestation as att
 from collab.fl.data import load_bbc_news, take, train_test_split
 from collab.fl.record import RECORD_VERSION, Checkpoint, JsonRecord, registry_rows, words_hash
@@ -143,7 +143,7 @@ def _check_reply(reply: Message, peer: Peer, job: str, rnd: int, sent_hash: byte
     """The attested facts of a train reply; ProtocolViolation/BadInput when a signature or the weight is off."""
     info, metrics = reply.content["info"], reply.content["metrics"]
     if str(info["participant"]) != peer.name or int(metrics["num-examples"]) != peer.weight:
-        raise CollabError(f"reply claims participant {info['participant']} with weight {metrics['num-examples']}")
+        raise ProtocolViolation(f"reply claims participant {info['participant']} with weight {metrics['num-examples']}")
     receipt, commitment, usig = bytes(info["model-receipt"]), bytes(info["update-commitment"]), bytes(info["update-signature"])
     att.check(att.model_receipt_digest(job, rnd, sent_hash), receipt, peer.address, f"{peer.name}'s model receipt")
     digest = att.update_digest(att.job_round_id(job, rnd), peer.member, peer.weight, commitment)
