@@ -199,6 +199,83 @@ def finalize_cmd(ctx: click.Context, claim_id: str) -> None:
                     f"Shares to {len(job.contributors)} input owner(s) and the merger")
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    from collab.errors import BadInput
+
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise BadInput(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+@group.command("stats-round")
+@click.option("--layout", "layout", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Any participant's statistics file: its names, shapes and shared parameters (no values are used).")
+@click.option("--member", "members", multiple=True, required=True, help="Participant address, in member order; repeat.")
+@click.option("--threshold", type=click.IntRange(min=2), default=None, help="Survivors needed (default: a majority).")
+@click.option("--frac-bits", type=click.IntRange(1, 62), default=24, show_default=True, help="Fixed-point bits of the sum.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Round file (JSON).")
+@click.pass_context
+def stats_round_cmd(ctx: click.Context, layout: Path, members: tuple[str, ...], threshold: int | None, frac_bits: int,
+                    out_path: Path) -> None:
+    """Write the public round of a networked RegMean/Fisher statistics sum."""
+    from eth_utils import is_address, to_checksum_address
+
+    from collab.errors import BadInput
+    from collab.merge import Contribution
+    from collab.merge.netstats import plan_round
+
+    for m in members:
+        if not is_address(m):
+            raise BadInput(f"member {m!r} is not an address")
+    rnd = plan_round(Contribution.load(layout), [to_checksum_address(m) for m in members], frac_bits=frac_bits,
+                     threshold=threshold)
+    rnd.save(out_path)
+    emit(ctx, {"round": str(out_path), "members": len(members), "threshold": rnd.config.threshold,
+               "length": rnd.config.length, "method": rnd.method}, f"wrote {out_path}: {len(members)} members, "
+         f"threshold {rnd.config.threshold}, {rnd.config.length} values")
+
+
+@group.command("stats-collect")
+@click.argument("round_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT the participants connect to.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where the summed statistics go (merge them with `collab merge run`).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True, help="Seconds per message.")
+@click.option("--join-timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
+              help="Seconds for every participant to connect.")
+@click.pass_context
+def stats_collect_cmd(ctx: click.Context, round_file: Path, listen: str, out_path: Path, timeout: float,
+                      join_timeout: float) -> None:
+    """Merger side: run the SecAgg server; only the participants' total is learnt and written."""
+    from collab.merge.netstats import StatsRound, StatsServer
+
+    rnd = StatsRound.load(round_file)
+    host, port = _host_port(listen)
+    with StatsServer(rnd, host, port, timeout=timeout, join_timeout=join_timeout) as server:
+        log(f"listening on {server.address[0]}:{server.address[1]} for {len(rnd.config.members)} participants")
+        result = server.run()
+        server.total().save(out_path)
+    emit(ctx, {"out": str(out_path), "survivors": list(result.survivors), "dropped": server.dropped},
+         f"summed the statistics of {len(result.survivors)} participant(s) into {out_path}")
+
+
+@group.command("stats-join")
+@click.argument("round_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("statistics", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--connect", required=True, help="HOST:PORT of the merger's stats-collect.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True, help="Seconds per message.")
+@click.pass_context
+def stats_join_cmd(ctx: click.Context, round_file: Path, statistics: Path, connect: str, timeout: float) -> None:
+    """Participant side: mask this home's statistics and take part in the round (signed with its account)."""
+    from collab.merge import Contribution
+    from collab.merge.netstats import StatsRound, participate
+
+    rnd = StatsRound.load(round_file)
+    participate(rnd, identity(ctx).account, Contribution.load(statistics), _host_port(connect), timeout=timeout)
+    emit(ctx, {"joined": True}, "statistics sent masked; the merger learns only the total")
+
+
 @group.command("methods")
 @click.pass_context
 def methods_cmd(ctx: click.Context) -> None:
