@@ -129,3 +129,18 @@ def test_merge_of_mismatched_adapters_fails_with_a_reason(tmp_path: Path) -> Non
     step(store, {"merge": handler}, store.get(job.id))  # type: ignore[arg-type]
     failed = step(store, {"merge": handler}, store.get(job.id))  # type: ignore[arg-type]
     assert failed.state == JobState.FAILED and "parameters" in (failed.error or "")
+
+
+def test_infer_without_a_node_or_owner_home_says_how_to_route(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "collab"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "collab"]
+    proc = subprocess.run([*command, "--home", str(tmp_path), "infer", "1", "--text", "hello"], capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "COLLAB_PASSPHRASE": "pw"})
+    from collab.errors import UsageError
+
+    assert proc.returncode == UsageError("x").exit_code and "Traceback" not in proc.stderr
+    assert "no node is running for this home" in proc.stderr and "collab node start" in proc.stderr
