@@ -60,7 +60,8 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
     server.blob_url = claims.blob_url
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     click.echo(json.dumps({"endpoint": server.endpoint, "curve_key": me.curve_public_z85.decode(),
-                           "address": me.address, "identity_id": mine.id, "chain_id": session.deployment.chain_id}))
+                           "address": me.address, "identity_id": mine.id, "chain_id": session.deployment.chain_id,
+                           "blob_url": claims.blob_url, "job_kinds": sorted(handlers)}))
     sys.stdout.flush()
     try:
         server.serve_forever()
