@@ -80,6 +80,7 @@ def _cli(env: Env, owner: Owner, tmp_path: Path, *extra: str) -> int:
     return run(args)
 
 
+@pytest.mark.slow
 def test_a_claimed_plain_inference_is_re_executed_and_agreed_with(
     env: Env, owner: Owner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -115,6 +116,7 @@ def test_a_claimed_plain_inference_is_re_executed_and_agreed_with(
         stranger.close()
 
 
+@pytest.mark.slow
 def test_a_wrong_claimed_inference_loses_to_a_verifier(env: Env, owner: Owner, tmp_path: Path) -> None:
     (job,) = encoder_jobs(env.model, [TEXT], 8)
     step = next(i for i, s in enumerate(job.program.steps) if s.op == Op.SOFTMAX)
