@@ -22,7 +22,6 @@ Nothing is minted until the claim finalizes; a rejected claim mints nothing.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -177,10 +176,6 @@ def describe(output: ClaimedOutput) -> dict[str, Any]:
         "weights_sha256": output.weights_sha256,
         "seconds": {k: round(v, 3) for k, v in output.seconds.items()},
     }
-
-
-def dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True)
 
 
 __all__ = ["WEIGHT_SCALE", "ClaimedOutput", "PostedMerge", "record_and_post", "describe", "execute", "job_id_for", "merge_inputs", "verify_artifact"]
