@@ -166,6 +166,9 @@ class TaskRunner:
         needed = self.me in [str(a).lower() for a in payload.get("needs") or []]
         if kind == "round" and needed and state in ("collecting", "computing") and "superlink_port" in task["data"]:
             self._supernode(task)
+        elif kind == "round" and jid in self.supernodes:  # the Flower part is over (claiming): free the SuperNode
+            with self._lock:
+                self.supernodes.pop(jid).stop()
         elif jid in self.started:
             return
         elif kind == "merge" and needed and state == "collecting":
