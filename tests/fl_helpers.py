@@ -30,14 +30,17 @@ def participant_home(root: Path, name: str, shard: Dataset) -> tuple[Path, Path]
     return home, write_jsonl(home / "data.jsonl", shard)
 
 
-def start(tmp_path: Path, names: tuple[str, ...], per_participant: int = 40, **node_kw: Any) -> FlowerDeployment:
+def start(
+    tmp_path: Path, names: tuple[str, ...], per_participant: int = 40, deployment_kw: dict[str, Any] | None = None,
+    **node_kw: Any,
+) -> FlowerDeployment:
     """A SuperLink and one SuperNode per participant home, each with an IID shard of the BBC training split.
 
     ``node_kw`` maps a participant name to extra ``add_participant`` keywords (``stall``, ``keep_inputs``).
     """
     train, _ = train_test_split(load_bbc_news(), 0.2, seed=0)
     shards = iid_split(take(train, per_participant * len(names), seed=11), len(names), seed=12)
-    deployment = FlowerDeployment(tmp_path / "orchestrator")
+    deployment = FlowerDeployment(tmp_path / "orchestrator", **(deployment_kw or {}))
     try:
         deployment.start_superlink()
         for name, shard in zip(names, shards):

@@ -121,6 +121,7 @@ class FlowerDeployment:
     home: Path
     port: int = 0
     secure: bool = True
+    persist: bool = True
     processes: dict[str, FlowerProcess] = field(default_factory=dict)
     node_keys: dict[str, Path] = field(default_factory=dict)
 
@@ -160,7 +161,8 @@ class FlowerDeployment:
         link = self._spawn(
             "superlink",
             [str(BIN_DIR / "flower-superlink"), *security, "--disable-runtime-dependency-installation",
-             "--database", str(flwr_home / "superlink.db"),  # nodes, runs, keys survive a restart
+             # nodes, runs and registered keys survive a restart (SQLite; in memory without ``persist``)
+             *(["--database", str(flwr_home / "superlink.db")] if self.persist else []),
              "--host", "127.0.0.1", "--port", str(self.port)],
             flwr_home,
         )
