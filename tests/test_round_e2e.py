@@ -42,8 +42,8 @@ pytestmark = pytest.mark.slow
 
 NAMES = ("p0", "p1", "p2")
 TINY = {"model": "tiny", "num-rounds": 1, "min-participants": 2, "max-len": 32, "epochs": 1, "batch-size": 16,
-        "lr": 0.01, "noise-multiplier": 0.8, "epsilon": 50.0, "test-samples": 40, "round-timeout": 120.0,
-        "secagg-timeout": 150.0}
+        "lr": 0.01, "noise-multiplier": 0.8, "epsilon": 50.0, "test-samples": 20, "round-timeout": 240.0,
+        "secagg-timeout": 240.0}
 
 
 def _fund(w3: Web3, address: str) -> None:
@@ -56,7 +56,7 @@ def test_a_real_secure_round_settles_attribution_only_after_finalization(
 ) -> None:
     if "RoundRegistry" not in deployment.contracts:
         pytest.skip("RoundRegistry is not deployed")
-    flower = start(tmp_path, NAMES)
+    flower = start(tmp_path, NAMES, per_participant=24)
     try:
         # The creator (also the aggregator here) and the participants' homes get Sahara IDs and dataset assets.
         creator = Identity.create(tmp_path / "creator", PASSPHRASE, scrypt_n=2)
@@ -81,7 +81,7 @@ def test_a_real_secure_round_settles_attribution_only_after_finalization(
             RoundRegistryClient.from_deployment(deployment, w3, me.account).accept(rid, samples, dataset)
         registry.fix(rid)
 
-        record = flower.run(TINY, tmp_path / "result.json", timeout=400)
+        record = flower.run(TINY, tmp_path / "result.json", timeout=900)
     finally:
         flower.stop()
     assert record["status"] == "completed", record.get("reason")
