@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # two real Flower runs on a shared machine
 COLLAB = Path(sys.executable).parent / "collab"
 
 
