@@ -73,7 +73,7 @@ class Sizes:
     disjoint: bool
 
 
-FULL = Sizes(participants=4, train=None, test=None, max_len=128, epochs=40, repeats=3, claimed_on_minilm=True, disjoint=True)
+FULL = Sizes(participants=4, train=None, test=None, max_len=64, epochs=40, repeats=2, claimed_on_minilm=True, disjoint=True)
 QUICK = Sizes(participants=3, train=150, test=90, max_len=24, epochs=25, repeats=1, claimed_on_minilm=False, disjoint=False)
 QUICK_TIMED = ("linear",)  # CI: one method through both CLIs
 
