@@ -137,7 +137,7 @@ class FlowerDeployment:
         self.processes[name] = FlowerProcess(name, proc, log)
         return self.processes[name]
 
-    def start_superlink(self, timeout: float = 60.0) -> None:
+    def start_superlink(self, timeout: float = 180.0) -> None:
         """Start the SuperLink (all APIs on one loopback port) and wait until it accepts connections.
 
         With ``secure`` (the default): TLS with a locally generated CA and
