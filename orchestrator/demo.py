@@ -613,6 +613,9 @@ def _facts_line(name: str, entry: dict[str, Any]) -> str:
     if name == "training_round":
         return (f"{', '.join(entry['participants'])} trained ({entry['model']}); accuracy {entry['base_accuracy']:.2f} -> "
                 f"{entry['accuracy']:.2f}; claim {entry['claim_id'][:18]}… {entry['claim_status']}")
+    if name == "shares_minted":
+        held = ", ".join(f"{h['name']} {h['shares']:,} (receipt {h['receipt_tokens']})" for h in entry["holders"])
+        return f"asset {entry['asset_id']} (parent {entry['parents']}): Shares {held}; creator {entry['creator_shares']:,}"
     if name == "merge":
         return f"{entry['method']} merge of {entry['adapters']} adapters ({entry['parameters']:,} params); claim {entry['claim_id'][:18]}… {entry['claim_status']}"
     if name == "secure_inference":

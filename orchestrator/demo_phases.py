@@ -4,9 +4,10 @@ Every phase here acts through the real processes (the orchestrator and the
 nodes started by :mod:`orchestrator.demo_network`) and checks its outcome on
 the chain: a round's claim and a merge's claim are read back from
 ClaimManager, the inference's call receipt from Licensing, the cheater's
-claim must end REJECTED with a watcher's game won. ``shares_minted`` waits for
-the RoundRegistry / settlement contracts: until they are deployed it reports
-``pending`` with the reason instead of pretending.
+claim must end REJECTED with a watcher's game won. The round is a
+RoundRegistry round opened by alice (the base model's owner) with the
+orchestrator as aggregator; ``shares_minted`` reads the Receipts and Shares
+its settlement minted to the participants back from the chain.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from chain.clients.asset_registry import AssetRegistryClient
 from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
 from collab.errors import Unavailable
 from orchestrator.demo_network import Network
@@ -90,12 +92,39 @@ def _claim_facts(demo: Demo, claim_id: str) -> dict[str, Any]:
             "steps": claim.step_count}
 
 
+CREATOR_SHARE_BPS = 1_000  # alice keeps 10 % of the round's adapter asset
+
+
+def open_round(demo: Demo, phase: Phase) -> int:
+    """The orchestrator gets the aggregator role (chain admin); alice opens a round over her base model."""
+    from chain.anvil import dev_account
+    from chain.clients.identity_registry import IdentityRegistryClient
+    from chain.clients.round_registry import RoundConfig, RoundRegistryClient, epsilon_units
+    from web3 import Web3
+
+    assert demo.w3 is not None and demo.deployment is not None
+    ids = IdentityRegistryClient.from_deployment(demo.deployment, demo.w3, dev_account(0))
+    orch = demo.actors["orch"]
+    if not ids.can_aggregate(orch.address):
+        demo._tx(phase, "grant the orchestrator the aggregator role (chain admin)", ids.grant_aggregator(orch.sahara_id).tx)
+    config = round_config(demo.options.quick)
+    now = int(demo.w3.eth.get_block("latest")["timestamp"])
+    registry = RoundRegistryClient.from_deployment(demo.deployment, demo.w3, demo.actors["alice"].account)
+    created = registry.create_round(RoundConfig(
+        demo.asset_id, int(config["num-rounds"]), [demo.actors[n].sahara_id for n in PARTICIPANTS], 2,
+        epsilon_units(float(config["epsilon"])), 10**13, now + 600, CREATOR_SHARE_BPS,
+        Web3.keccak(text=json.dumps(config, sort_keys=True)), orch.address))
+    demo._tx(phase, "alice opens the round in RoundRegistry", created.tx)
+    return created.round_id
+
+
 def training_round(demo: Demo, phase: Phase) -> None:
     net = start_network(demo, phase)
     parts = [demo.actors[n].address for n in PARTICIPANTS]
-    submitted = net.api("alice").request("submit", kind="round", needs=parts, timeout=300,
-                                         payload={"participants": parts, "config": round_config(demo.options.quick),
-                                                  "min_participants": 2})
+    payload: dict[str, Any] = {"participants": parts, "config": round_config(demo.options.quick), "min_participants": 2}
+    if "RoundRegistry" in demo.deployment.contracts:  # type: ignore[union-attr]
+        payload["round_id"] = phase.facts["round_id"] = open_round(demo, phase)
+    submitted = net.api("alice").request("submit", kind="round", needs=parts, timeout=300, payload=payload)
     job = net.wait_job("alice", submitted["job"]["id"], {"claimed", "challenged"}, timeout=600)
     demo.jobs["round"] = job["id"]
     data = job["data"]
@@ -118,13 +147,65 @@ def training_round(demo: Demo, phase: Phase) -> None:
 
 
 def shares_minted(demo: Demo, phase: Phase) -> None:
-    assert demo.deployment is not None
+    """Wait for the round's claim to finalize; ok only if its settlement minted Receipts and Shares by weight."""
+    from chain.clients.receipts import ReceiptsClient
+    from chain.clients.round_registry import RoundRegistryClient
+    from chain.clients.shares import SharesClient
+
+    assert demo.deployment is not None and demo.network is not None
     if "RoundRegistry" not in demo.deployment.contracts:
         phase.facts["pending"] = "RoundRegistry is not deployed: a finalized round claim cannot mint Receipts and Shares"
-    else:
-        phase.facts["pending"] = ("RoundRegistry is deployed, but the orchestrator's round job does not open the round "
-                                  "there yet (participants' acceptance, BLS consent, settlement hook): its claim mints nothing")
-    phase.ok = False
+        phase.ok = False
+        return
+    job = _wait_final(demo, demo.jobs["round"], timeout=180)
+    if job["state"] != "finalized":
+        raise Unavailable(f"round job {job['state']}: {job.get('error')}")
+    data = job["data"]
+    registry = demo._client(RoundRegistryClient)
+    claim_id = bytes.fromhex(data["claim_id"][2:])
+    asset_id = registry.settled_asset(claim_id)
+    receipts, shares = demo._client(ReceiptsClient), demo._client(SharesClient)
+    supply = shares.total_supply(asset_id) if asset_id else 0
+    names = {demo.actors[n].address.lower(): n for n in (*PARTICIPANTS, "orch")}
+    record = data["record"]
+    creator, expected = registry.share_split(supply, CREATOR_SHARE_BPS, record["weights"]) if asset_id else (0, [])
+    holders = []
+    creator_account = demo.actors["alice"].address.lower()
+    for account, weight, want in zip(record["participants"], record["weights"], expected):
+        want += creator if account.lower() == creator_account else 0  # alice also keeps the creator's fraction
+        tokens = [t for t in receipts.receipts_of(account) if receipts.receipt(t).claim_id == claim_id]
+        holders.append({"name": names.get(account.lower(), account), "account": account, "weight": weight,
+                        "receipt_tokens": tokens, "receipt_weights": [receipts.receipt(t).weight for t in tokens],
+                        "shares": shares.balance_of(account, asset_id) if asset_id else 0, "expected_shares": want})
+    if data.get("record_tx"):
+        phase.transactions.append(demo.tx_record("the orchestrator submits the consented record", data["record_tx"]))
+    if data.get("finalize_tx"):
+        phase.transactions.append(demo.tx_record("finalize: settlement mints Receipts and Shares", data["finalize_tx"]))
+    phase.facts.update({"round_id": record["round_id"], "claim_id": data["claim_id"], "asset_id": asset_id,
+                        "shares_supply": supply, "creator_share_bps": CREATOR_SHARE_BPS,
+                        "creator_shares": creator,
+                        "record_root": data.get("record_root"), "holders": holders,
+                        "parents": demo._client(AssetRegistryClient).parents_of(asset_id) if asset_id else []})
+    phase.ok = bool(asset_id) and len(holders) >= 2 and all(
+        h["shares"] == h["expected_shares"] > 0 and h["receipt_weights"] == [h["weight"]] for h in holders)
+
+
+def _wait_final(demo: Demo, job_id: str, timeout: float) -> dict[str, Any]:
+    """Follow a job to a final state while the chain keeps producing blocks.
+
+    anvil mines only on transactions, so a quiet demo chain would keep the
+    timestamp of the claim's own block and its challenge window would never
+    pass; an empty block every second (at wall-clock time, as a live chain
+    does) lets the orchestrator finalize when the window really has passed.
+    """
+    assert demo.w3 is not None and demo.network is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        demo.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        job = demo.network.api("alice").request("job", id=job_id)
+        if job["state"] in ("finalized", "rejected", "failed", "cancelled") or time.monotonic() > deadline:
+            return job  # type: ignore[no-any-return]
+        time.sleep(1.0)
 
 
 def merge(demo: Demo, phase: Phase) -> None:
@@ -264,9 +345,8 @@ def settle_claims(demo: Demo) -> None:
         jid = demo.jobs.get(key)
         if not jid:
             continue
-        try:
-            job = net.wait_job("alice", jid, {"finalized"}, timeout=90)
-        except Unavailable:
+        job = _wait_final(demo, jid, timeout=90)
+        if job["state"] != "finalized":
             continue
         facts = demo.phases[phase_name].facts
         facts["claim_status"] = job["state"]

@@ -17,6 +17,13 @@ SuperNode when it sees the job in a heartbeat reply. States:
 * COMPUTED -> CLAIMED: a child ``claim`` job with a deterministic id (so a
   re-run cannot post twice) over the FedAvg program of the participants'
   reported round metrics; CLAIMED -> FINALIZED/REJECTED follows that claim.
+
+With ``round_id`` in the payload the job drives that ``RoundRegistry`` round
+(:mod:`orchestrator.round_chain`): COLLECTING also waits until the round is
+fixed on-chain (the nodes accept, the creator's node fixes); COMPUTED first
+collects every included participant's BLS consent over the record root and
+submits the record; the claim then names the registry as settlement hook, so
+its finalization mints Receipts and Shares.
 """
 
 from __future__ import annotations
@@ -70,8 +77,9 @@ class RoundJob:
 
     kind: ClassVar[str] = "round"
 
-    def __init__(self, home: Path, store_home: Path | None = None) -> None:
+    def __init__(self, home: Path, store_home: Path | None = None, registry: Any = None) -> None:
         self.home = Path(home)
+        self.registry = registry  # RoundRegistryClient with the orchestrator's (aggregator's) account, or None
         self.store_home = Path(store_home or home)
         self.deployments: dict[str, Any] = {}
         self.runs: dict[str, Any] = {}
@@ -85,6 +93,14 @@ class RoundJob:
         minimum = payload.get("min_participants", 2)
         if not isinstance(minimum, int) or not 1 <= minimum <= len(parts):
             raise BadInput("min_participants must be between 1 and the number of participants")
+        rid = payload.get("round_id")
+        if rid is not None:
+            if not isinstance(rid, int) or rid <= 0:
+                raise BadInput("round_id must be a positive RoundRegistry round id")
+            if self.registry is None:
+                raise BadInput("this orchestrator has no RoundRegistry: submit the round without round_id")
+            if self.registry.get_round(rid).aggregator.lower() != str(self.registry.account.address).lower():
+                raise BadInput(f"round {rid} names another aggregator than this orchestrator")
 
     def _dir(self, job: Job) -> Path:
         path = self.home / "rounds" / job.id[2:18]
@@ -121,7 +137,9 @@ class RoundJob:
         if job.state == JobState.COLLECTING:
             self._ensure_superlink(job, store)
             reported = [a for a in needs if job.data.get(f"r/{a}/supernode")]
-            return JobState.COMPUTING if len(reported) == len(needs) else job.state
+            if len(reported) < len(needs) or not self._fixed(job, store):
+                return job.state
+            return JobState.COMPUTING
         if job.state == JobState.COMPUTING:
             record = _record(result)
             if record.get("status") in ("completed", "failed"):
@@ -138,7 +156,43 @@ class RoundJob:
             store.update_data(job.id, {"run_pid": run.proc.pid, "run_started": time.time(),
                                        "restarts": int(job.data.get("restarts", -1)) + 1})
             return job.state
-        return self.follow_claim(job, store)
+        if job.state == JobState.COMPUTED and job.payload.get("round_id") and not job.data.get("record_submitted"):
+            if not self._submit_record(job, store):
+                return job.state
+        state = self.follow_claim(job, store)
+        if state == JobState.FINALIZED and job.payload.get("round_id") and self.registry is not None:
+            asset = self.registry.settled_asset(bytes.fromhex(job.data["claim_id"][2:]))
+            store.update_data(job.id, {"settled_asset": asset})
+        return state
+
+    def _fixed(self, job: Job, store: JobStore) -> bool:
+        """Without a registry round: always; with one: once the creator fixed it on-chain."""
+        from chain.clients.round_registry import RoundStatus
+
+        rid = job.payload.get("round_id")
+        if not rid:
+            return True
+        r = self.registry.get_round(int(rid))
+        if r.status < RoundStatus.FIXED:
+            return False
+        if "total_weight" not in job.data:
+            store.update_data(job.id, {"total_weight": r.total_weight, "fixed_accepted": r.accepted})
+        return True
+
+    def _submit_record(self, job: Job, store: JobStore) -> bool:
+        """Every included participant's consent (reported by its node) -> ``submitRecord``; True once on-chain."""
+        from orchestrator.round_chain import record_from_json, submit_record
+
+        record = record_from_json(job.data["record"])
+        sigs = [job.data.get(f"r/{a.lower()}/consent") for a in record.participants]
+        refused = [a for a in record.participants if isinstance(job.data.get(f"r/{a.lower()}/consent"), dict)]
+        if refused:
+            raise ProtocolViolation(f"participant(s) {', '.join(refused)} refused to consent to the record")
+        if not all(isinstance(s, str) for s in sigs):
+            return False
+        tx = submit_record(self.registry, record, [bytes.fromhex(s[2:]) for s in sigs])  # type: ignore[index]
+        store.update_data(job.id, {"record_submitted": True, **({"record_tx": tx} if tx else {})})
+        return True
 
     @staticmethod
     def follow_claim(job: Job, store: JobStore) -> JobState:
@@ -184,8 +238,18 @@ class RoundJob:
                                                 float(last.get("accuracy", 0.0))])} for p in participants]
             built = builders.fedavg(states, [int(last["examples"][p]) for p in participants])
             over = "the FedAvg of the contributors' round metrics (examples, ε, accuracy); no SecAgg witness"
-        claim = prepare_claim(built, keccak(text=f"round:{job.id}"), self.store_home, participants=[])
-        facts = {"claim": claim_to_json(claim), "claim_id": "0x" + claim.claim_id.hex(),
+        extra: dict[str, Any] = {}
+        rid = job.payload.get("round_id")
+        if rid:  # the registry's job id, audience and hook; the record the participants consent to
+            from orchestrator.round_chain import record_to_json, round_claim
+
+            attribution = json.loads((self._dir(job) / "attribution.json").read_text())
+            claim, rec = round_claim(self.registry, int(rid), attribution, built, self.store_home)
+            extra = {"round_id": int(rid), "record": record_to_json(rec),
+                     "record_root": "0x" + self.registry.local_root(rec).hex()}
+        else:
+            claim = prepare_claim(built, keccak(text=f"round:{job.id}"), self.store_home, participants=[])
+        facts = {**extra, "claim": claim_to_json(claim), "claim_id": "0x" + claim.claim_id.hex(),
                  "participants": participants, "dropped": record.get("dropped", []),
                  "accuracy": record.get("final_accuracy"), "base_accuracy": record.get("base_accuracy"),
                  "epsilon": record.get("epsilon", {}), "examples": last["examples"], "rounds": len(record["rounds"]),

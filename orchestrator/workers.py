@@ -40,6 +40,7 @@ class NodeChain:
     deployment: Any
     account: Any
     settings: Any
+    identity: Any = None  # the home's unlocked Identity: its BLS key signs round consents
 
 
 class ClaimWorkers:
@@ -140,6 +141,7 @@ class TaskRunner:
     def __init__(self, node: Any, *, data: Path | None = None, adapter: Path | None = None) -> None:
         self.node, self.data, self.adapter = node, data, adapter
         self.started: set[str] = set()
+        self.done: set[tuple[str, str]] = set()  # registry steps taken for (job, step)
         self.supernodes: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -164,6 +166,13 @@ class TaskRunner:
     def _one(self, task: dict[str, Any]) -> None:
         jid, kind, state, payload = task["id"], task["kind"], task["state"], task["payload"]
         needed = self.me in [str(a).lower() for a in payload.get("needs") or []]
+        if kind == "round" and payload.get("round_id"):
+            try:
+                self._registry_steps(task, needed)
+            except CollabError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an RPC hiccup is retried at the next heartbeat
+                log.warning("job %s: registry step failed: %s", jid, exc)
         if kind == "round" and needed and state in ("collecting", "computing") and "superlink_port" in task["data"]:
             self._supernode(task)
         elif kind == "round" and jid in self.supernodes:  # the Flower part is over (claiming): free the SuperNode
@@ -201,6 +210,39 @@ class TaskRunner:
         if jid not in self.started:
             self.started.add(jid)
             self._report(jid)("supernode", {"ok": True, "pid": self.supernodes[jid].proc.pid})
+
+    def _registry_steps(self, task: dict[str, Any], needed: bool) -> None:
+        """A RoundRegistry round: accept (participant), fix (creator), consent to the record (included participant).
+
+        Each step reads the chain before acting, so a repeat after a node restart is harmless;
+        ``done`` only saves the chain reads while this process lives.
+        """
+        from orchestrator import round_chain
+
+        jid, state, rid, data = task["id"], task["state"], int(task["payload"]["round_id"]), task["data"]
+        chain, report = self.node.chain, self._report(jid)
+        if needed and state == "collecting" and (jid, "accepted") not in self.done and self.data is not None:
+            with self.node.chain_lock:
+                accepted = round_chain.node_accept(chain, rid, self.data)
+            self.done.add((jid, "accepted"))
+            report("accepted", accepted)
+            log.info("round %d accepted with %d samples (dataset asset %d)", rid, accepted["samples"], accepted["dataset_asset"])
+        submitter = str(task["payload"].get("submitter", "")).lower() == self.me
+        if submitter and state == "collecting" and (jid, "fixed") not in self.done:
+            with self.node.chain_lock:
+                tx = round_chain.creator_fix(chain, rid)
+            if tx is not None or data.get(f"r/{self.me}/fixed"):
+                self.done.add((jid, "fixed"))
+                report("fixed", {"tx": tx})
+        if state == "computed" and "record" in data and (jid, "consent") not in self.done and chain.identity is not None:
+            if self.me not in [str(a).lower() for a in data["record"]["participants"]]:
+                return
+            self.done.add((jid, "consent"))
+            try:
+                signature: Any = round_chain.node_consent(chain, chain.identity.bls_sign, data["record"])
+            except CollabError as exc:
+                signature = {"refused": str(exc)}  # the orchestrator fails the round rather than wait for us
+            report("consent", signature)
 
     def _adapter(self, jid: str) -> None:
         from orchestrator.merges import encode_adapter

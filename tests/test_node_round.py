@@ -6,7 +6,10 @@ node's whole process group is SIGKILLed once the round runs (a crashed host:
 the node and its SuperNode) and the orchestrator is SIGKILLed right after and
 restarted on the same port. The round completes with the two survivors, the
 dead node is named among the dropped and gets nothing in the claim, and the
-round's claim is posted exactly once. Small config: the tiny encoder, 16
+round's claim is posted exactly once. The round is a RoundRegistry round:
+the nodes accept it, its creator's node fixes it, the survivors' nodes
+BLS-consent to the record, and its finalization mints Receipts and Shares to
+them only. Small config: the tiny encoder, 16
 examples per participant.
 """
 
@@ -24,8 +27,16 @@ from typing import Any
 import psutil
 import pytest
 
+from web3 import Web3
+
+from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
 from chain.clients.claim_manager import ClaimManagerClient
+from chain.clients.identity_registry import IdentityRegistryClient
+from chain.clients.receipts import ReceiptsClient
+from chain.clients.round_registry import RoundConfig, RoundRegistryClient, RoundStatus, epsilon_units
+from chain.clients.shares import SharesClient
 from collab.fl.data import iid_split, load_bbc_news, take, train_test_split
+from conftest import increase_time
 from orchestrator.client import NodeSocketClient
 from test_claim_manager import GameEnv, game_env  # noqa: F401  (session fixture)
 from test_orchestrator import COLLAB, _funded_registered, _start
@@ -62,13 +73,14 @@ def _wait(api: NodeSocketClient, job_id: str, pred: Any, timeout: float) -> dict
 def network(game_env: GameEnv, tmp_path: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
     orch_home = tmp_path / "orch"
     orch_home.mkdir()
-    _funded_registered(game_env.w3, game_env.deployment, orch_home, "round-orchestrator")
+    orch_ident = _funded_registered(game_env.w3, game_env.deployment, orch_home, "round-orchestrator")
     game_env.deployment.save(orch_home / "deployment.json")
     train, _ = train_test_split(load_bbc_news(), 0.2, seed=0)
     shards = iid_split(take(train, 16 * len(NAMES), seed=3), len(NAMES), seed=4)
     homes, procs = {}, {}
     orch, info = _start(orch_home, "tcp://127.0.0.2:0")
-    net: dict[str, Any] = {"orch_home": orch_home, "orch": orch, "info": info, "homes": homes, "procs": procs}
+    net: dict[str, Any] = {"orch_home": orch_home, "orch": orch, "info": info, "homes": homes, "procs": procs,
+                           "idents": {"orch": orch_ident}}
     try:
         for name, shard in zip(NAMES, shards):
             home = tmp_path / name
@@ -79,6 +91,7 @@ def network(game_env: GameEnv, tmp_path: Path) -> Iterator[dict[str, Any]]:  # n
             data.write_text("".join(json.dumps({"text": t, "label": shard.classes[y]}) + "\n" for t, y in zip(shard.texts, shard.labels)))
             _adapter(home / "adapter.safetensors", len(homes))  # what the node contributes to merges
             homes[name] = (home, ident.address)
+            net["idents"][name] = ident
             procs[name] = _node(home, info["endpoint"], info["curve_key"], data)
         yield net
     finally:
@@ -107,8 +120,9 @@ def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[s
     parts = [homes[n][1] for n in NAMES]
     config = {"model": "tiny", "num-rounds": 1, "max-len": 32, "epochs": 1, "batch-size": 8, "test-samples": 20,
               "round-timeout": 90.0, "node-wait": 30.0}
-    job = api.request("submit", kind="round", payload={"participants": parts, "config": config, "min_participants": 2},
-                      needs=parts, timeout=300)["job"]
+    round_id = _open_round(network, game_env, config)
+    job = api.request("submit", kind="round", payload={"participants": parts, "config": config, "min_participants": 2,
+                                                       "round_id": round_id}, needs=parts, timeout=300)["job"]
     running = _wait(api, job["id"], lambda j: j["state"] == "computing" and j["data"].get("run_pid"), 240)
     network["orphans"] = [running["data"]["run_pid"], running["data"]["superlink_pid"]]
 
@@ -132,6 +146,40 @@ def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[s
     posted = [p for p in manager.posted(from_block=game_env.deployment.deploy_block) if p.claim_id == claim_id]
     assert len(posted) == 1 and posted[0].claimer == network["info"]["address"]
     assert not any(_alive(pid) for pid in network["orphans"])  # the restarted orchestrator ended the old Flower run
+
+    # RoundRegistry: fixed with all three, recorded with the survivors' consent, minted only at finalization.
+    registry = RoundRegistryClient.from_deployment(game_env.deployment, game_env.w3)
+    assert data["record_submitted"] and registry.get_round(round_id).status == RoundStatus.RECORDED
+    assert registry.round_of_claim(claim_id) == round_id
+    assert sorted(a.lower() for a in registry.included_of(round_id)) == sorted(data["participants"])
+    receipts = ReceiptsClient.from_deployment(game_env.deployment, game_env.w3)
+    assert all(receipts.receipts_of(homes[n][1]) == [] for n in NAMES)
+    increase_time(game_env.w3, manager.params_of(claim_id).challenge_window + 1)
+    final = _wait(api, job["id"], lambda j: j["state"] in ("finalized", "rejected", "failed"), 120)
+    assert final["state"] == "finalized", final.get("error")
+    asset = final["data"]["settled_asset"]
+    assert asset and asset == registry.settled_asset(claim_id)
+    shares = SharesClient.from_deployment(game_env.deployment, game_env.w3)
+    record = final["data"]["record"]
+    _, amounts = registry.share_split(shares.total_supply(asset), 1_000, record["weights"])
+    for account, weight, amount in zip(record["participants"], record["weights"], amounts, strict=True):
+        assert shares.balance_of(account, asset) == amount > 0
+        assert [receipts.receipt(t).weight for t in receipts.receipts_of(account)] == [weight]
+    assert receipts.receipts_of(homes["p2"][1]) == [] and shares.balance_of(homes["p2"][1], asset) == 0
+
+
+def _open_round(network: dict[str, Any], game_env: GameEnv, config: dict[str, Any]) -> int:  # noqa: F811
+    """The orchestrator gets the aggregator role; p0 registers a base model and opens a round naming it."""
+    w3, dep, idents = game_env.w3, game_env.deployment, network["idents"]
+    ids = IdentityRegistryClient.from_deployment(dep, w3, game_env.admin)
+    ids.grant_aggregator(ids.id_of(idents["orch"].address))
+    creator = idents["p0"].account
+    base = AssetRegistryClient.from_deployment(dep, w3, creator).register(
+        AssetInput(AssetKind.MODEL, Web3.keccak(text="node-round base"))).asset_id
+    now = int(w3.eth.get_block("latest")["timestamp"])
+    return RoundRegistryClient.from_deployment(dep, w3, creator).create_round(RoundConfig(
+        base, 1, [ids.id_of(idents[n].address) for n in NAMES], 2, epsilon_units(50.0), 10**13, now + 3600, 1_000,
+        Web3.keccak(text=json.dumps(config, sort_keys=True)), idents["orch"].address)).round_id
 
 
 def _adapter(path: Path, seed: int) -> None:

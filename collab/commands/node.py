@@ -78,7 +78,7 @@ def start(ctx: click.Context, endpoint: str, orchestrator_key: str | None, orche
         if data is not None and not data.exists():
             raise BadInput(f"no training data at {data}")
         session = chain_session(ctx)
-        chain = NodeChain(session.w3, session.deployment, session.account, conf)
+        chain = NodeChain(session.w3, session.deployment, session.account, conf, identity=me)
     node = Node(client, conf.node_socket, endpoint=source or "", heartbeat_interval=heartbeat, vault=vault,
                 chain=chain, data=data.resolve() if data else None, adapter=adapter)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())

@@ -46,7 +46,7 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
 
     handlers: dict[str, Any] = {
         ClaimJob.kind: ClaimJob(ClaimManagerClient.from_deployment(session.deployment, session.w3, me.account)),
-        RoundJob.kind: RoundJob(conf.home), MergeJob.kind: MergeJob(conf.home), InferenceJob.kind: InferenceJob(),
+        RoundJob.kind: RoundJob(conf.home, registry=_round_registry(session, me.account)), MergeJob.kind: MergeJob(conf.home), InferenceJob.kind: InferenceJob(),
     }
     server = OrchestratorServer(
         store=JobStore(conf.jobs_db), address=me.address, chain_id=session.deployment.chain_id,
@@ -70,3 +70,12 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
     finally:
         claims.stop()
         handlers[RoundJob.kind].close()
+
+
+def _round_registry(session: Any, account: Any) -> Any:
+    """The RoundRegistry client a round job drives as aggregator (None on a chain without one)."""
+    if "RoundRegistry" not in session.deployment.contracts:
+        return None
+    from chain.clients.round_registry import RoundRegistryClient
+
+    return RoundRegistryClient.from_deployment(session.deployment, session.w3, account)

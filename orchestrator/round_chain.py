@@ -1,0 +1,153 @@
+"""The on-chain side of a ``round`` job: RoundRegistry acceptance, fixing, consent, record and claim.
+
+A round job whose payload names ``round_id`` (opened on-chain by the base
+model's owner, naming the orchestrator as aggregator) is driven through
+``RoundRegistry`` in the order of docs/contracts.md:
+
+* participants' nodes ``accept`` with the sample count of their data and a
+  dataset asset committing to it (:func:`node_accept`, the same commitment
+  ``collab join`` uses); the creator's node ``fix``es once every invited
+  participant has accepted (:func:`creator_fix`: only the creator may fix
+  before the deadline);
+* after Flower, the orchestrator turns ``attribution.json`` into the on-chain
+  record (:func:`round_claim`); every included participant's node checks its
+  own row and BLS-signs the record root with its home's key
+  (:func:`node_consent`); the orchestrator aggregates and submits the record,
+  then posts the claim naming the registry as settlement hook and participant
+  source (audience: participants), whose finalization mints Receipts and Shares.
+
+Every step reads the chain first, so a repeated step (after a crash) is a no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chain.clients.claim_manager import Audience, ClaimInput
+from chain.clients.round_registry import (
+    AttributionRecord,
+    RoundRegistryClient,
+    RoundStatus,
+    aggregate_consent,
+    record_from_attribution,
+)
+from collab.errors import BadInput, ProtocolViolation, Unauthorized
+
+log = logging.getLogger("collab.orchestrator.round_chain")
+
+
+def record_to_json(record: AttributionRecord) -> dict[str, Any]:
+    """JSON form of a record for a job's data (what the nodes check and sign)."""
+    return {"round_id": record.round_id, "program_root": "0x" + record.program_root.hex(),
+            "input_root": "0x" + record.input_root.hex(), "output_root": "0x" + record.output_root.hex(),
+            "content_hash": "0x" + record.content_hash.hex(), "vault_uri": record.vault_uri,
+            "participants": list(record.participants), "weights": [int(w) for w in record.weights],
+            "update_commitments": ["0x" + bytes(c).hex() for c in record.update_commitments],
+            "epsilons": [int(e) for e in record.epsilons]}
+
+
+def record_from_json(raw: dict[str, Any]) -> AttributionRecord:
+    """Inverse of :func:`record_to_json`; BadInput when malformed."""
+    try:
+        def b(v: Any) -> bytes:
+            return bytes.fromhex(str(v).removeprefix("0x"))
+
+        return AttributionRecord(int(raw["round_id"]), b(raw["program_root"]), b(raw["input_root"]),
+                                 b(raw["output_root"]), b(raw["content_hash"]), str(raw["vault_uri"]),
+                                 tuple(raw["participants"]), tuple(int(w) for w in raw["weights"]),
+                                 tuple(b(c) for c in raw["update_commitments"]), tuple(int(e) for e in raw["epsilons"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadInput(f"malformed attribution record: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- participant's node
+
+
+def node_accept(chain: Any, round_id: int, data_path: Path) -> dict[str, Any]:
+    """Accept ``round_id`` with this node's data (sample count + dataset asset); a no-op if already accepted."""
+    from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
+    from chain.clients.identity_registry import IdentityRegistryClient
+    from collab.commands.round import data_commitment
+    from collab.fl.data import load_user_data
+
+    me = chain.account.address
+    registry = RoundRegistryClient.from_deployment(chain.deployment, chain.w3, chain.account)
+    my_id = IdentityRegistryClient.from_deployment(chain.deployment, chain.w3).id_of(me)
+    mine = next((p for p in registry.participants_of(round_id) if p.id == my_id), None)
+    if mine is None:
+        raise Unauthorized(f"identity {my_id} is not invited to round {round_id}")
+    if mine.accepted:
+        return {"samples": mine.samples, "dataset_asset": mine.dataset_asset_id, "tx": None}
+    if registry.get_round(round_id).status != RoundStatus.OPEN:
+        raise BadInput(f"round {round_id} no longer accepts participants")
+    data = load_user_data(data_path)
+    commitment = data_commitment(data)
+    assets = AssetRegistryClient.from_deployment(chain.deployment, chain.w3, chain.account)
+    found = next((a for a in assets.assets(owner=me) if a.kind == AssetKind.DATASET and a.content_hash == commitment), None)
+    dataset = found.id if found else assets.register(AssetInput(AssetKind.DATASET, commitment)).asset_id
+    tx = registry.accept(round_id, len(data), dataset)
+    return {"samples": len(data), "dataset_asset": dataset, "tx": tx.tx_hash}
+
+
+def creator_fix(chain: Any, round_id: int) -> str | None:
+    """Fix the round once every invited participant accepted (creator only); its tx hash, None if not yet."""
+    registry = RoundRegistryClient.from_deployment(chain.deployment, chain.w3, chain.account)
+    r = registry.get_round(round_id)
+    if r.status != RoundStatus.OPEN or r.accepted < r.invited or r.creator.lower() != chain.account.address.lower():
+        return None
+    return registry.fix(round_id).tx_hash
+
+
+def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any]) -> str:
+    """Check this node's row of the record against the chain, then BLS-sign the record root (hex signature).
+
+    A participant consents only to a record that carries its on-chain weight;
+    the root binds chain id, ClaimManager and registry, recomputed here.
+    """
+    record = record_from_json(raw)
+    me = chain.account.address.lower()
+    rows = [a.lower() for a in record.participants]
+    if me not in rows:
+        raise ProtocolViolation(f"the record of round {record.round_id} does not include {me}")
+    registry = RoundRegistryClient.from_deployment(chain.deployment, chain.w3)
+    mine = next(p for p in registry.participants_of(record.round_id) if p.account.lower() == me)
+    weight = record.weights[rows.index(me)]
+    if weight != mine.samples:
+        raise ProtocolViolation(f"the record gives {me} weight {weight}, not the {mine.samples} fixed on-chain")
+    root = registry.local_root(record)
+    return "0x" + bytes(bls_sign(root)).hex()
+
+
+# ----------------------------------------------------------------------------- orchestrator
+
+
+def round_claim(registry: RoundRegistryClient, round_id: int, attribution: dict[str, Any], built: Any,
+                home: Path) -> tuple[ClaimInput, AttributionRecord]:
+    """The claim (job id from the registry, hook = registry, audience = participants) and its record."""
+    from collab.fraudproof.agents import ClaimerAgent
+    from collab.fraudproof.store import Store
+
+    trace = built.trace()
+    output = next(iter(built.outputs().values()))
+    record = record_from_attribution(
+        attribution, round_id, program_root=built.program.root, input_root=trace.input_root,
+        output_root=trace.output_root, content_hash=hashlib.sha256(np.asarray(output.data).tobytes()).digest(),
+        vault_uri=f"vault://round-{round_id}")
+    agent = ClaimerAgent(None, None, None, trace, job_id=registry.job_id_of(round_id))  # type: ignore[arg-type]
+    claim = dataclasses.replace(agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
+                                participant_registry=registry.address)
+    Store(home).save_job(claim.claim_id, built.program, built.inputs, built.witnesses)
+    return claim, record
+
+
+def submit_record(registry: RoundRegistryClient, record: AttributionRecord, signatures: list[bytes]) -> str | None:
+    """Aggregate the consents and submit the record; None if the round already holds it (a re-run)."""
+    if registry.get_round(record.round_id).status != RoundStatus.FIXED:
+        return None
+    return registry.submit_record(record, aggregate_consent(signatures)).tx.tx_hash  # type: ignore[union-attr]
