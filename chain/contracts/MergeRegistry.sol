@@ -73,7 +73,13 @@ contract MergeRegistry is AttributionSettlement, IMergeRegistry, IJobParticipant
         _jobs[jobId] = MergeJob(msg.sender, claimId, outputRoot, mergerShareBps, baseAssetId);
         _assets[jobId] = asset;
         _jobOfClaim[claimId] = jobId;
-        emit MergeRecorded(jobId, msg.sender, claimId, parents, _contributors[jobId], _weights[jobId]);
+        _emitRecorded(jobId, claimId);
+    }
+
+    /// @dev Emits `MergeRecorded` from storage in its own frame, so `record` stays within the
+    /// legacy pipeline's stack (a stack-too-deep there would push every contract onto viaIR).
+    function _emitRecorded(bytes32 jobId, bytes32 claimId) private {
+        emit MergeRecorded(jobId, msg.sender, claimId, _parents[jobId], _contributors[jobId], _weights[jobId]);
     }
 
     /// @inheritdoc IMergeRegistry
