@@ -144,12 +144,12 @@ def run_party(rank: int, world: int, master: str, job: dict[str, Any], timeout: 
     own_inputs: list[dict[str, torch.Tensor]] = []
     if rank == CLIENT:
         texts = list(job["texts"])
-        if len(texts) != sum(sizes):
-            raise BadInput("batch sizes do not add up to the number of texts")
         offset = 0
-        for size in sizes:
+        for size in sizes:  # the texts' own faults (empty, ...) are reported first
             own_inputs.append(enc.prepare_inputs(tokenize(texts[offset : offset + size], seq_len, path), spec, approx))
             offset += size
+        if len(texts) != sum(sizes) or any(len(i["pool"]) != n for i, n in zip(own_inputs, sizes)):
+            raise BadInput("batch sizes do not add up to the number of texts")
 
     cfg.mpc.provider = str(job.get("provider", "TFP"))
     crypten.init()
