@@ -195,7 +195,9 @@ def train(msg: Message, context: Context) -> Message:
             {"participant": participant.export_state(), "words": words.astype("<i8").tobytes()}
         )
     else:
-        content["arrays"] = ArrayRecord({k: v for k, v in state.items()})
+        import torch
+
+        content["arrays"] = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
     content["info"] = ConfigRecord(info)
     return Message(content, reply_to=msg)
 
