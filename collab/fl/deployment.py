@@ -200,6 +200,8 @@ class FlowerDeployment:
         passphrase: str | None = None,
         keep_inputs: bool = False,
         stall: str = "",
+        superlink_ca: Path | None = None,
+        register: bool = True,
     ) -> FlowerProcess:
         """Validate the participant's data, then start its SuperNode with FLWR_HOME in its home.
 
@@ -207,8 +209,11 @@ class FlowerDeployment:
         as ``COLLAB_PASSPHRASE``; its ClientApps sign with it). ``keep_inputs``
         keeps the node's own SecAgg inputs in its home (audits, tests);
         ``stall`` names a SecAgg stage at which the node hangs (fault
-        injection for tests). Raises :class:`BadInput` (nothing started) when
-        the data is malformed.
+        injection for tests). Multi-host (``secure``): ``superlink_ca`` is the
+        SuperLink's CA certificate as the node received it, and ``register =
+        False`` leaves registering ``<home>/flower/auth/node_auth_key.pub`` to
+        the orchestrator (``register_node`` on its side). Raises
+        :class:`BadInput` (nothing started) when the data is malformed.
         """
         load_user_data(data)  # fail before any process or round exists
         flwr_home = Path(home) / "flower"
@@ -228,10 +233,11 @@ class FlowerDeployment:
         security = ["--insecure"]
         if self.secure:  # the CA certificate travels to the participant out of band; here, a local copy
             ca = flwr_home / "superlink-ca.pem"
-            shutil.copyfile(self.home / "flower" / "tls" / "ca.pem", ca)
+            shutil.copyfile(superlink_ca or self.home / "flower" / "tls" / "ca.pem", ca)
             private, public = node_auth_key(flwr_home / "auth")
-            self.node_keys[participant] = public
-            self.register_node(public)
+            if register:
+                self.node_keys[participant] = public
+                self.register_node(public)
             security = ["--root-certificates", str(ca), "--auth-supernode-private-key", str(private)]
         return self._spawn(
             f"supernode-{participant}",
