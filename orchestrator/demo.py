@@ -187,8 +187,9 @@ class Demo:
                 ("identities", self._identities), ("asset", self._asset), ("license", self._license),
                 ("metering", self._metering),
                 ("training_round", lambda ph: dp.training_round(self, ph)),
-                ("shares_minted", lambda ph: dp.shares_minted(self, ph)),
+                # the merge runs while the round's challenge window passes; shares_minted then reads the settlement
                 ("merge", lambda ph: dp.merge(self, ph)),
+                ("shares_minted", lambda ph: dp.shares_minted(self, ph)),
                 ("secure_inference", lambda ph: dp.secure_inference(self, ph)),
                 ("challenge_won", lambda ph: dp.challenge_won(self, ph)),
                 ("revenue_claimed", self._revenue),

@@ -124,7 +124,8 @@ def training_round(demo: Demo, phase: Phase) -> None:
     payload: dict[str, Any] = {"participants": parts, "config": round_config(demo.options.quick), "min_participants": 2}
     if "RoundRegistry" in demo.deployment.contracts:  # type: ignore[union-attr]
         payload["round_id"] = phase.facts["round_id"] = open_round(demo, phase)
-    submitted = net.api("alice").request("submit", kind="round", needs=parts, timeout=300, payload=payload)
+    # A loaded machine can hold the node's one orchestrator link for a while: the submit gets two minutes.
+    submitted = net.api("alice", timeout=120).request("submit", kind="round", needs=parts, timeout=300, payload=payload)
     job = net.wait_job("alice", submitted["job"]["id"], {"claimed", "challenged"}, timeout=600)
     demo.jobs["round"] = job["id"]
     data = job["data"]

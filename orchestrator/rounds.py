@@ -122,8 +122,8 @@ class RoundJob:
             return
         if _alive(job.data.get("superlink_pid"), "flower-superlink"):
             return  # an orphan of a killed orchestrator still serves the nodes
-        dep.start_superlink()
-        store.update_data(job.id, {"superlink_pid": dep.processes["superlink"].proc.pid})
+        dep.start_superlink()  # returns once it accepts connections: nodes start SuperNodes only then
+        store.update_data(job.id, {"superlink_pid": dep.processes["superlink"].proc.pid, "superlink_ready": True})
 
     def advance(self, job: Job, store: JobStore) -> JobState:
         from collab.fl.deployment import free_port

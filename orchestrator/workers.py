@@ -173,7 +173,8 @@ class TaskRunner:
                 raise
             except Exception as exc:  # noqa: BLE001 - an RPC hiccup is retried at the next heartbeat
                 log.warning("job %s: registry step failed: %s", jid, exc)
-        if kind == "round" and needed and state in ("collecting", "computing") and "superlink_port" in task["data"]:
+        # A SuperNode started before its SuperLink listens backs off exponentially (one demo lost 18 s that way).
+        if kind == "round" and needed and state in ("collecting", "computing") and task["data"].get("superlink_ready"):
             self._supernode(task)
         elif kind == "round" and jid in self.supernodes:  # the Flower part is over (claiming): free the SuperNode
             with self._lock:
