@@ -297,3 +297,28 @@ def test_merge_registry_checks_inputs_on_chain(env: GameEnv, parties: dict[str, 
         registry.record(b"\x01" * 32, *roots, [MergeInput(owned, 1)], asset)
     assert registry.is_participant(b"\x01" * 32, merger.address) and not registry.is_participant(b"\x01" * 32, owner.address)
     assert registry.share_split(1000, 100, [1, 2]) == (10 + 0, [330, 660])
+
+
+def test_a_model_with_more_than_64_tensors_is_bundled_in_groups(tmp_path: Path) -> None:
+    """A BUNDLE step takes at most 64 entries: bigger state dicts commit as a bundle of ≤64-tensor bundles."""
+    torch.manual_seed(3)
+    cfg = BertConfig(**(TINY | {"num_hidden_layers": 4}))
+    base = BertModel(cfg)
+    for i in range(2):
+        model = BertModel(cfg)
+        model.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * (i + 1))
+        model.save_pretrained(tmp_path / f"m{i}")
+    spec = parse_config({"merge_method": "linear", "models": [
+        {"model": str(tmp_path / f"m{i}"), "parameters": {"weight": 1.0}} for i in range(2)]})
+    plan = build_plan(spec.resolve_assets(None))
+    out = execute(plan, tmp_path / "out", tmp_path / "m0")
+    assert len(load_file(str(out.out_dir / "model.safetensors"))) > 64
+    assert out.trace.outputs[-1].value.header.shape == (2,)  # two groups
+    assert verify_artifact(out.out_dir, out.trace)
+    merge(spec, tmp_path / "mk")
+    ref = load_file(str(tmp_path / "mk" / "model.safetensors"))
+    for name, t in load_file(str(out.out_dir / "model.safetensors")).items():
+        np.testing.assert_allclose(t.numpy(), ref[name].numpy(), atol=2e-6)

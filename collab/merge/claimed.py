@@ -33,7 +33,7 @@ from collab.errors import BadInput
 from collab.fraudproof.trace import Trace
 from collab.merge.assets import CONFIG_METADATA_KEY
 from collab.merge.mergekit_merge import check_out_dir, staging_dir
-from collab.merge.programs import MergePlan
+from collab.merge.programs import MergePlan, output_state, output_values, state_bundle
 
 WEIGHT_SCALE = 10**6  # merge weights are recorded on-chain as integers (ratios are what count)
 
@@ -63,7 +63,7 @@ def execute(plan: MergePlan, out_dir: Path | str, config_source: Path) -> Claime
     trace = plan.job.trace()
     t1 = time.perf_counter()
     value = trace.outputs[-1].value
-    state = {k: v.contiguous() for k, v in plan.job.state_dict(value).items()}
+    state = {k: v.contiguous() for k, v in output_state(value, plan.job.like or {}).items()}
     config_text = config_path.read_text(encoding="utf-8")
     with staging_dir(out) as stage:
         save_file(state, str(stage / "model.safetensors"),
@@ -93,16 +93,16 @@ def verify_artifact(out_dir: Path, trace: Trace) -> bool:
     from safetensors.torch import load_file
 
     from collab.fraudproof.commitments import name_hash
-    from collab.fraudproof.convert import state_dict_bundle, to_vm
+    from collab.fraudproof.convert import to_vm
     from collab.fraudproof.trace import commit_value
 
     state = load_file(str(Path(out_dir) / "model.safetensors"))
     by_hash = {name_hash(n): n for n in state}
-    bundle = trace.outputs[-1].value
-    if bundle.entries is None or set(by_hash) != {h for h, _ in bundle.entries}:
+    outputs = output_values(trace.outputs[-1].value)
+    if set(by_hash) != set(outputs):
         return False
-    values = {by_hash[h]: to_vm(state[by_hash[h]], v.header.frac_bits)[0] for h, v in bundle.entries}
-    return commit_value(state_dict_bundle(values)).root == trace.output_root
+    values = {by_hash[h]: to_vm(state[by_hash[h]], v.header.frac_bits)[0] for h, v in outputs.items()}
+    return commit_value(state_bundle(values)).root == trace.output_root
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ def _linear(states: list[dict[str, torch.Tensor]], weights: list[float], normali
     b = ProgramBuilder({n: v.header for n, v in inputs.items()})
     out = {k: (b.weighted_sum([b[f"m{i}/{k}"] for i in range(len(states))], _fixed(w), FW) if k in fs else b[f"m0/{k}"])
            for k in keys}
-    b.bundle(out)
+    bundle_state(b, out)
     return Job(b.build(), inputs, like=dict(states[0]))
 
 
@@ -223,7 +223,7 @@ def _task_arithmetic(base: dict[str, torch.Tensor], states: list[dict[str, torch
             continue
         ds = [b.sub(b[f"m{i}/{k}"], b[f"base/{k}"]) for i in range(len(states))]
         out[k] = b.add(b[f"base/{k}"], b.weighted_sum(ds, _fixed(w), FW))
-    b.bundle(out)
+    bundle_state(b, out)
     return Job(b.build(), inputs, like=dict(base))
 
 
@@ -270,8 +270,69 @@ def _ties(base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]], 
             trimmed.append(b.ties_trim(t, tau))
         mean = b.ties_mean(b.ties_sign(trimmed), trimmed)
         out[k] = b.add(base_ref, b.scale(mean, round(lam * (1 << FW)), FW) if lam != 1 else mean)
-    b.bundle(out)
+    bundle_state(b, out)
     return Job(b.build(), inputs, witnesses, like=dict(base))
 
 
-__all__ = ["CLAIMABLE", "MergePlan", "build_plan", "load_state"]
+# --------------------------------------------------------------------- the output bundle
+
+
+def _groups(names: Sequence[str]) -> list[list[str]]:
+    """Names in name-hash order, cut into runs of at most MAX_INPUTS (a BUNDLE step's limit)."""
+    from collab.fraudproof.commitments import name_hash
+
+    ordered = sorted(names, key=name_hash)
+    return [ordered[i:i + MAX_INPUTS] for i in range(0, len(ordered), MAX_INPUTS)]
+
+
+def group_name(index: int) -> str:
+    """Entry name of the index-th group in a state dict of more than 64 tensors."""
+    return f"collab/group/{index}"
+
+
+def bundle_state(b: ProgramBuilder, out: Mapping[str, Ref]) -> Ref:
+    """The program's output: a BUNDLE of the tensors by name, or (over 64 tensors) a BUNDLE of ≤64-tensor BUNDLEs."""
+    groups = _groups(list(out))
+    if len(groups) == 1:
+        return b.bundle(dict(out))
+    if len(groups) > MAX_INPUTS:
+        raise BadInput(f"a claimed merge holds at most {MAX_INPUTS * MAX_INPUTS} tensors")
+    return b.bundle({group_name(i): b.bundle({n: out[n] for n in g}) for i, g in enumerate(groups)})
+
+
+def state_bundle(values: Mapping[str, Value]) -> Value:
+    """The same (possibly two-level) bundle over VM tensors: its root is the merged asset's commitmentRoot."""
+    from collab.fraudproof.commitments import name_hash
+    from collab.fraudproof.vm import bundle
+
+    def flat(names: Sequence[str]) -> Value:
+        return bundle(sorted(((name_hash(n), values[n]) for n in names), key=lambda kv: kv[0]))
+
+    groups = _groups(list(values))
+    if len(groups) == 1:
+        return flat(groups[0])
+    return bundle(sorted(((name_hash(group_name(i)), flat(g)) for i, g in enumerate(groups)), key=lambda kv: kv[0]))
+
+
+def output_values(value: Value) -> dict[bytes, Value]:
+    """The output's numeric tensors by name hash (through the group level when there is one)."""
+    out: dict[bytes, Value] = {}
+    for h, v in value.entries or ():
+        if v.entries is not None:
+            out.update(output_values(v))
+        else:
+            out[h] = v
+    return out
+
+
+def output_state(value: Value, like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dequantised output state dict (dtypes and shapes of ``like``)."""
+    from collab.fraudproof.commitments import name_hash
+    from collab.fraudproof.convert import state_dict_from_vm
+
+    by_hash = output_values(value)
+    values = {n: by_hash[name_hash(n)] for n in like}
+    return {n: t.reshape(like[n].shape) for n, t in state_dict_from_vm(values, like).items()}
+
+
+__all__ = ["CLAIMABLE", "MergePlan", "build_plan", "bundle_state", "load_state", "output_state", "output_values", "state_bundle"]
