@@ -83,6 +83,16 @@ def test_round_merge_inference_and_challenge_ran_in_the_processes(demo: tuple[di
     assert sum(won["credit_gained_wei"].values()) >= won["winner_share_of_bond_wei"] > 0
 
 
+def test_round_settlement_minted_receipts_and_shares_by_weight(demo: tuple[dict[str, Any], Any, Path]) -> None:
+    shares = demo[0]["shares_minted"]
+    assert shares["ok"] is True and "pending" not in shares and shares["asset_id"] > 0
+    assert sorted(h["name"] for h in shares["holders"]) == ["alice", "bob", "carol"]
+    for h in shares["holders"]:  # read back from Shares / Receipts, compared with the contract's shareSplit
+        assert h["shares"] == h["expected_shares"] > 0 and h["receipt_weights"] == [h["weight"]]
+    actions = [t["action"] for t in shares["transactions"]]
+    assert any("record" in a for a in actions) and any("finalize" in a for a in actions)
+
+
 def test_report_file_equals_last_stdout_line(demo: tuple[dict[str, Any], Any, Path]) -> None:
     report, _, work = demo
     assert json.loads((work / "report.json").read_text()) == report
