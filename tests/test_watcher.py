@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from chain.clients.bisection_game import Phase
-from chain.clients.claim_manager import Audience, ClaimStatus
+from chain.clients.claim_manager import Audience, ChallengeStatus, ClaimStatus
 from collab.errors import BadInput, Unauthorized
 from collab.fraudproof import builders
 from collab.fraudproof.agents import ClaimerAgent
@@ -225,3 +225,40 @@ def test_blob_server_refuses_non_audience_and_malformed_requests(env: GameEnv, d
     assert fetch(d.server.url, env.claimer, chain_id, d.claim_id, manifest["program_root"])
     # a challenger outside the audience never challenges: it cannot even read
     assert any("not in its audience" in e for e in Watcher(env.w3, env.deployment, env.challengers[1], d.watcher_home.parent / "other", [d.server.url]).poll())
+
+
+def test_second_challenger_stops_cleanly_and_gets_its_bond_back(env: GameEnv, dispute_for: Callable[..., Dispute]) -> None:
+    """Two watchers challenge one wrong claim; once one wins, the other's game is closed, refunded and left alone."""
+    needs_verifier(env)
+    job = builders.fedavg(_states(3), [1, 2, 3])
+    _, overrides = _flip(job, Op.WEIGHTED_SUM, 2)
+    d = dispute_for(job, overrides)
+    second = Watcher(env.w3, env.deployment, env.challengers[1], d.watcher_home.parent / "second", [d.server.url])
+    try:
+        log: list[str] = []
+        second_log: list[str] = []
+        for _ in range(400):
+            log += d.watcher.poll()
+            second_log += second.poll()
+            log += d.claimer_watcher.poll()
+            if d.watcher.games() and second.games() and not d.watcher.games("open") and not second.games("open"):
+                break
+        else:
+            raise AssertionError(f"games did not finish: {log[-6:]}")
+        assert env.manager().claim_status(d.claim_id) == ClaimStatus.REJECTED
+        (won,) = d.watcher.games()
+        (closed,) = second.games()
+        assert won.status == "won", log + second_log
+        assert closed.status == "refunded" and "game closed" in closed.detail, log
+        challenge = env.manager().get_challenge(closed.game_id)
+        assert challenge.status == ChallengeStatus.REFUNDED
+        assert f"withdrew {challenge.bond} wei" in closed.detail  # the bond came back and was pulled
+        assert env.manager().credit_of(env.challengers[1].address) == 0
+        mentions = [e for e in second_log if e.startswith(f"game {closed.game_id}:") and "closed" in e]
+        assert len(mentions) == 1, second_log  # logged once
+        (defended, _) = d.claimer_watcher.games()
+        assert {g.status for g in d.claimer_watcher.games()} == {"lost"} and defended.game_id == won.game_id
+        later = second.poll() + second.poll()  # no more moves, no GameClosed retries
+        assert not [e for e in later if f"game {closed.game_id}" in e]
+    finally:
+        second.close()

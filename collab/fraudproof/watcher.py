@@ -26,7 +26,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from chain.clients.bisection_game import BisectionGameClient, Phase
-from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+from chain.clients.claim_manager import ChallengeStatus, ClaimManagerClient, ClaimStatus
 from chain.clients.data_availability import DataAvailabilityClient
 from chain.deployment import Deployment
 
@@ -57,7 +57,7 @@ class GameRecord:
     game_id: int
     claim_id: bytes
     role: str  # "challenger" | "claimer"
-    status: str  # "open" | "won" | "lost"
+    status: str  # "open" | "won" | "lost" | "refunded" (another game decided the claim)
     detail: str
 
 
@@ -265,6 +265,8 @@ class Watcher:
         tag = f"game {rec.game_id}"
         if g.phase == Phase.RESOLVED:
             return [self._finish(rec, g)]
+        if self.manager.claim_status(rec.claim_id) != ClaimStatus.PENDING:
+            return [self._closed(rec)]
         try:
             if rec.role == "challenger":
                 moved = ChallengerAgent(self.manager, self.game, self.reference(rec.claim_id)).act(rec.game_id)
@@ -278,6 +280,40 @@ class Watcher:
         if g.phase == Phase.RESOLVED:
             out.append(self._finish(rec, g))
         return out
+
+    def _closed(self, rec: GameRecord) -> str:
+        """The claim was decided by another challenge: this game takes no more moves (``GameClosed``).
+
+        A challenger's bond comes back through ``refundChallenge`` (anyone may
+        call it once the claim is rejected); the watcher calls it if nobody has
+        yet, withdraws its credit and records the game as finished, so later
+        passes neither move nor log it again.
+        """
+        status = self.manager.claim_status(rec.claim_id)
+        detail = f"claim {status.name.lower()} by another challenge; game closed"
+        if rec.role == "claimer":
+            detail = f"defended claim {status.name.lower()} in another game; game closed"
+        if rec.role == "challenger":
+            if self.manager.get_challenge(rec.game_id).status == ChallengeStatus.OPEN and status == ClaimStatus.REJECTED:
+                try:
+                    self.manager.refund_challenge(rec.game_id)
+                except CollabError as exc:  # a concurrent refund is fine; anything else is logged, not retried
+                    detail += f" (refund: {exc})"
+            refunded = self.manager.get_challenge(rec.game_id).status == ChallengeStatus.REFUNDED
+            detail += f"; bond {'refunded' if refunded else 'not refunded'}{self._withdraw()}"
+        self._record_game(rec.game_id, rec.claim_id, rec.role, "refunded" if rec.role == "challenger" else "lost", detail)
+        msg = f"game {rec.game_id}: {detail}"
+        log.warning("%s", msg)
+        return msg
+
+    def _withdraw(self) -> str:
+        """Pull this account's ClaimManager credit (bond refunds, winnings), if any."""
+        if self.manager.credit_of(self.account.address) == 0:
+            return ""
+        try:
+            return f"; withdrew {self.manager.claim_credit()} wei"
+        except CollabError as exc:
+            return f"; credit not withdrawn ({exc})"
 
     def _finish(self, rec: GameRecord, g: Any) -> str:
         won = (not g.claimer_won) if rec.role == "challenger" else g.claimer_won
