@@ -201,6 +201,8 @@ def test_malformed_out_of_turn_and_foreign_moves_revert_with_named_errors(env: G
     game_id = challenger.challenge(claim_id)
     as_claimer, as_challenger, as_stranger = env.game(env.claimer), env.game(env.challengers[0]), env.game(env.challengers[3])
     g = as_claimer.get_game(game_id)
+    unset = (1).to_bytes(32, "big")  # HEADER_UNSET / PENDING_UNSET: prepaid slots, never a real header or hash
+    assert g.header == unset and g.pending == unset
     good = claimer.trace.tree.children(0, 0, 1)
     with pytest.raises(revert_class("OutOfTurn")):
         as_challenger.pick(game_id, good, 0)
@@ -252,6 +254,7 @@ def test_malformed_out_of_turn_and_foreign_moves_revert_with_named_errors(env: G
     g = as_claimer.get_game(game_id)
     assert g.phase == Phase.STEP and g.element_index == 2
     assert int.from_bytes(g.claimed_word, "big", signed=True) == int(out.value.flat()[2])
+    assert g.claimed_word == g.pending  # the pick's slot carries the claimed word from here on
 
 
 def test_challenges_close_with_the_window_and_need_the_exact_bond(env: GameEnv, time_travel: Callable[[int], int]) -> None:

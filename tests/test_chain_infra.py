@@ -124,6 +124,16 @@ def test_stack_too_deep_falls_back_to_via_ir(tmp_path: Path, monkeypatch: pytest
     assert seen == [False, True] and artifacts["Deep"].deployable
 
 
+def test_project_contracts_compile_on_the_legacy_pipeline() -> None:
+    """A stack-too-deep anywhere silently switches the whole tree to viaIR (~146 s compiles, other gas
+    figures): the cache of chain/contracts records which pipeline built it, and it must be the legacy one."""
+    from chain.paths import BUILD_DIR
+
+    compile_contracts()  # cached unless a source changed
+    cache = json.loads((BUILD_DIR / "artifacts-main.json").read_text())
+    assert cache["via_ir"] is False, "a contract needs viaIR (stack too deep on the legacy pipeline): restructure it"
+
+
 def test_compile_error_carries_solc_message(tmp_path: Path) -> None:
     root = tmp_path / "contracts"
     root.mkdir()

@@ -73,7 +73,6 @@ class Game:
     node: bytes
     pending: bytes
     header: bytes
-    claimed_word: bytes
 
     @classmethod
     def from_tuple(cls, raw: Sequence[Any]) -> Game:
@@ -82,8 +81,13 @@ class Game:
             bytes(raw[0]), to_checksum_address(raw[1]), int(raw[2]), int(raw[3]), Phase(int(raw[4])), Side(int(raw[5])),
             bool(raw[6]), bool(raw[7]), to_checksum_address(raw[8]), int(raw[9]), int(raw[10]), int(raw[11]),
             int(raw[12]), int(raw[13]), int(raw[14]), int(raw[15]), int(raw[16]), int(raw[17]),
-            bytes(raw[18]), bytes(raw[19]), bytes(raw[20]), bytes(raw[21]),
+            bytes(raw[18]), bytes(raw[19]), bytes(raw[20]),
         )
+
+    @property
+    def claimed_word(self) -> bytes:
+        """The claimer's disputed element: ``pending`` holds it from the Step phase on (protocol §5.3)."""
+        return self.pending
 
     @property
     def element_index(self) -> int:

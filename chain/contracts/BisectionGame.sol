@@ -20,6 +20,9 @@ contract BisectionGame is IBisectionGame {
     /// @notice `Game.header` before the header reveal: not a valid header (bytes 27..31 are not zero),
     /// so it never equals a revealed one; non-zero, so the reveal updates the slot instead of creating it.
     bytes32 public constant HEADER_UNSET = bytes32(uint256(1));
+    /// @notice `Game.pending` before the first reveal: no `keccak(children)` (a preimage of 1 is unknown);
+    /// non-zero, so the claimer's first reveal (the largest move at k = 16) updates the slot instead of creating it.
+    bytes32 public constant PENDING_UNSET = bytes32(uint256(1));
 
     /// @inheritdoc IBisectionGame
     address public immutable MANAGER;
@@ -65,6 +68,7 @@ contract BisectionGame is IBisectionGame {
         g.node = traceRoot;
         // SAFETY: the challenge pays for the header slot now; the claimer's header reveal only updates it.
         g.header = HEADER_UNSET;
+        g.pending = PENDING_UNSET; // likewise for the first reveal's children hash
         uint8 depth = uint8(LibMerkle.treeDepth(stepCount));
         g.treeDepth = depth;
         // A one-step program starts at its only leaf: the claimer reveals the header.
@@ -179,9 +183,11 @@ contract BisectionGame is IBisectionGame {
         if (leaf != g.node) revert ChunkMismatch(g.node, leaf);
         if (element >= LibMerkle.CHUNK_ELEMS) revert InvalidPick(element, LibMerkle.CHUNK_ELEMS);
         g.element = element;
-        g.claimedWord = bytes32(uint256(LibMerkle.elementAt(chunk, element)));
+        bytes32 claimed = bytes32(uint256(LibMerkle.elementAt(chunk, element)));
+        // The pick of the chunk is over: `pending` holds the claimed word from here on (see `Game`).
+        g.pending = claimed;
         g.phase = Phase.Step;
-        emit ElementPicked(gameId, element, g.claimedWord);
+        emit ElementPicked(gameId, element, claimed);
         _handOver(g, Side.Challenger);
     }
 
@@ -209,8 +215,8 @@ contract BisectionGame is IBisectionGame {
         (IOneStepVerifier.Verdict verdict, bytes32 expected) =
             IOneStepVerifier(VERIFIER).evaluate(op, params, outHeader, proof.inputs, element);
         bool claimerWon = verdict == IOneStepVerifier.Verdict.AnyValue
-            || (verdict == IOneStepVerifier.Verdict.Value && expected == g.claimedWord);
-        emit StepProven(gameId, verdict, expected, g.claimedWord);
+            || (verdict == IOneStepVerifier.Verdict.Value && expected == g.pending);
+        emit StepProven(gameId, verdict, expected, g.pending);
         _resolve(g, gameId, claimerWon, Reason.Proof);
     }
 
@@ -310,7 +316,7 @@ contract BisectionGame is IBisectionGame {
     /// @dev A chunk-tree leaf was reached: a bundle entry is the disputed element, a chunk needs its bytes.
     function _enterLeaf(Game storage g) private {
         if (LibMerkle.domainOf(g.header) == LibMerkle.DOMAIN_BUNDLE) {
-            g.claimedWord = g.node;
+            g.pending = g.node; // the claimed word (see `Game.pending`)
             g.phase = Phase.Step;
             _handOver(g, Side.Challenger);
         } else {

@@ -62,11 +62,13 @@ interface IBisectionGame {
     /// @param treeDepth Depth of the current tree.
     /// @param element Disputed element within the chunk (valid in phase Step).
     /// @param node Value of the current node (the chunk/entry leaf once a leaf is reached).
-    /// @param pending `keccak(children)` of the last reveal, awaiting the pick.
+    /// @param pending While descending: `keccak(children)` of the last reveal, awaiting the pick
+    /// (`PENDING_UNSET` before the first reveal, prepaid by the challenge like `header`). From the
+    /// Step phase on: the claimer's disputed element (sign-extended int64, or entry leaf), the
+    /// "claimed word"; reusing the slot (already non-zero) saves a fresh 20k-gas store per game.
     /// @param header The disputed step's output header as revealed by the claimer; until then
     /// `HEADER_UNSET`, which `open` writes so that the header reveal updates a slot instead of
     /// filling a fresh one (the challenge prepays that slot, ~20k gas).
-    /// @param claimedWord The claimer's disputed element (sign-extended int64, or entry leaf).
     struct Game {
         bytes32 claimId;
         address claimer;
@@ -89,7 +91,6 @@ interface IBisectionGame {
         bytes32 node;
         bytes32 pending;
         bytes32 header;
-        bytes32 claimedWord;
     }
 
     /// @notice Proof that tensor id `t` of the step has the root implied by its `InputTensor`.
