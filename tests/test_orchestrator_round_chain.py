@@ -1,0 +1,123 @@
+"""The RoundRegistry steps of a ``round`` job on a real anvil chain, without Flower (fast).
+
+Nodes accept with their data's sample count and a dataset asset (once), the
+creator fixes only when everyone accepted, a node consents only to a record
+carrying its on-chain weight, the aggregated consent verifies on-chain, and
+the orchestrator refuses a round naming another aggregator.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from web3 import Web3
+
+from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
+from chain.clients.identity_registry import IdentityRegistryClient, Keys
+from chain.clients.round_registry import (
+    AttributionRecord,
+    RoundConfig,
+    RoundRegistryClient,
+    RoundStatus,
+    aggregate_consent,
+    epsilon_units,
+)
+from collab.errors import BadInput, ProtocolViolation
+from collab.identity import Identity
+from orchestrator import round_chain
+from orchestrator.rounds import RoundJob
+from orchestrator.workers import NodeChain
+
+TEXTS = [("Shares rose after the bank's results.", "business"), ("The striker scored twice.", "sport"),
+         ("Profits fell in the third quarter.", "business"), ("The team won the cup final.", "sport")]
+
+
+def _identity(w3: Web3, deployment: Any, home: Path, name: str) -> Identity:
+    me = Identity.create(home, "pw", scrypt_n=2)
+    w3.provider.make_request("anvil_setBalance", [me.address, hex(10**21)])  # type: ignore[arg-type]
+    reg = IdentityRegistryClient.from_deployment(deployment, w3, me.account)
+    reg.register(f"rc-{name}", "human", Keys(*me.registry_keys(int(w3.eth.chain_id), reg.address)))
+    return me
+
+
+@pytest.fixture
+def env(tmp_path: Path, w3: Web3, deployment: Any, deployer: Any, chain_snapshot: str) -> dict[str, Any]:
+    if "RoundRegistry" not in deployment.contracts:
+        pytest.skip("RoundRegistry is not deployed")
+    people = {n: _identity(w3, deployment, tmp_path / n, n) for n in ("creator", "orch", "p1")}
+    ids = IdentityRegistryClient.from_deployment(deployment, w3, deployer)
+    ids.grant_aggregator(ids.id_of(people["orch"].address))
+    base = AssetRegistryClient.from_deployment(deployment, w3, people["creator"].account).register(
+        AssetInput(AssetKind.MODEL, Web3.keccak(text="rc base"))).asset_id
+    now = int(w3.eth.get_block("latest")["timestamp"])
+    rid = RoundRegistryClient.from_deployment(deployment, w3, people["creator"].account).create_round(RoundConfig(
+        base, 1, [ids.id_of(people[n].address) for n in ("creator", "p1")], 2, epsilon_units(8.0), 10**13,
+        now + 3600, 1_000, Web3.keccak(text="cfg"), people["orch"].address)).round_id
+    data = {}
+    for i, name in enumerate(("creator", "p1")):
+        path = tmp_path / name / "train.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in TEXTS[: 3 + i]))
+        data[name] = path
+    chains = {n: NodeChain(w3, deployment, p.account, None, identity=p) for n, p in people.items()}
+    return {"w3": w3, "deployment": deployment, "people": people, "rid": rid, "data": data, "chains": chains}
+
+
+def _record(env: dict[str, Any], weights: dict[str, int]) -> AttributionRecord:
+    people = env["people"]
+    names = list(weights)
+    return AttributionRecord(env["rid"], b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, "vault://rc",
+                             tuple(people[n].address for n in names), tuple(weights[n] for n in names),
+                             tuple(bytes([9 + i]) * 32 for i in range(len(names))),
+                             tuple(epsilon_units(1.5) for _ in names)).sorted()
+
+
+def test_accept_fix_consent_and_an_aggregate_the_contract_accepts(env: dict[str, Any]) -> None:
+    rid, chains, data = env["rid"], env["chains"], env["data"]
+    registry = RoundRegistryClient.from_deployment(env["deployment"], env["w3"])
+    first = round_chain.node_accept(chains["creator"], rid, data["creator"])
+    assert first["samples"] == 3 and first["tx"] and first["dataset_asset"] > 0
+    assert round_chain.creator_fix(chains["creator"], rid) is None  # p1 has not accepted yet
+    assert round_chain.node_accept(chains["p1"], rid, data["p1"])["samples"] == 4
+    again = round_chain.node_accept(chains["p1"], rid, data["p1"])  # a restarted node: read back, no second tx
+    assert again == {"samples": 4, "dataset_asset": again["dataset_asset"], "tx": None}
+    assert round_chain.creator_fix(chains["p1"], rid) is None  # only the creator fixes before the deadline
+    assert round_chain.creator_fix(chains["creator"], rid)
+    assert registry.get_round(rid).status == RoundStatus.FIXED and registry.get_round(rid).total_weight == 7
+
+    record = _record(env, {"creator": 3, "p1": 4})
+    raw = round_chain.record_to_json(record)
+    assert round_chain.record_from_json(raw) == record
+    sigs = [bytes.fromhex(round_chain.node_consent(chains[n], env["people"][n].bls_sign, raw)[2:]) for n in ("creator", "p1")]
+    by_account = dict(zip((env["people"][n].address for n in ("creator", "p1")), sigs))
+    ordered = [by_account[a] for a in record.participants]
+    assert registry.verify_consent(record, aggregate_consent(ordered)) == registry.local_root(record)
+
+
+def test_a_node_refuses_a_reweighted_record_or_one_without_it(env: dict[str, Any]) -> None:
+    rid, chains, data = env["rid"], env["chains"], env["data"]
+    for name in ("creator", "p1"):
+        round_chain.node_accept(chains[name], rid, data[name])
+    round_chain.creator_fix(chains["creator"], rid)
+    reweighted = round_chain.record_to_json(_record(env, {"creator": 30, "p1": 4}))
+    with pytest.raises(ProtocolViolation, match="weight 30"):
+        round_chain.node_consent(chains["creator"], env["people"]["creator"].bls_sign, reweighted)
+    without_me = round_chain.record_to_json(_record(env, {"p1": 4}))
+    with pytest.raises(ProtocolViolation, match="does not include"):
+        round_chain.node_consent(chains["creator"], env["people"]["creator"].bls_sign, without_me)
+    with pytest.raises(BadInput, match="malformed"):
+        round_chain.record_from_json({"round_id": rid})
+
+
+def test_the_orchestrator_refuses_a_round_of_another_aggregator(env: dict[str, Any], tmp_path: Path) -> None:
+    other = RoundRegistryClient.from_deployment(env["deployment"], env["w3"], env["people"]["p1"].account)
+    job = RoundJob(tmp_path / "orch-home", registry=other)
+    parts = [env["people"][n].address for n in ("creator", "p1")]
+    with pytest.raises(BadInput, match="another aggregator"):
+        job.validate({"participants": parts, "round_id": env["rid"]})
+    with pytest.raises(BadInput, match="round_id"):
+        job.validate({"participants": parts, "round_id": -1})
+    with pytest.raises(BadInput, match="no RoundRegistry"):
+        RoundJob(tmp_path / "orch-home").validate({"participants": parts, "round_id": env["rid"]})
