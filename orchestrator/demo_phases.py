@@ -119,7 +119,9 @@ def open_round(demo: Demo, phase: Phase) -> int:
 
 
 def training_round(demo: Demo, phase: Phase) -> None:
+    started = time.monotonic()
     net = start_network(demo, phase)
+    phase.facts["network_start_s"] = round(time.monotonic() - started, 1)
     parts = [demo.actors[n].address for n in PARTICIPANTS]
     payload: dict[str, Any] = {"participants": parts, "config": round_config(demo.options.quick), "min_participants": 2}
     if "RoundRegistry" in demo.deployment.contracts:  # type: ignore[union-attr]
@@ -139,6 +141,7 @@ def training_round(demo: Demo, phase: Phase) -> None:
         "epsilon": {names.get(a, a): e for a, e in data["epsilon"].items()},
         "base_accuracy": data.get("base_accuracy"), "accuracy": data.get("accuracy"),
         "post_tx": data.get("post_tx"), "claim_over": data.get("claim_over"),
+        "flower_seconds": data.get("flower_seconds", {}),
         **_claim_facts(demo, data["claim_id"]),
     })
     if data.get("post_tx"):

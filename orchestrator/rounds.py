@@ -253,7 +253,9 @@ class RoundJob:
                  "participants": participants, "dropped": record.get("dropped", []),
                  "accuracy": record.get("final_accuracy"), "base_accuracy": record.get("base_accuracy"),
                  "epsilon": record.get("epsilon", {}), "examples": last["examples"], "rounds": len(record["rounds"]),
-                 "secure_aggregation": bool(record.get("secure_aggregation")), "claim_over": over}
+                 "secure_aggregation": bool(record.get("secure_aggregation")), "claim_over": over,
+                 "flower_seconds": {k: round(float(last[k]), 1) for k in ("train_seconds", "secagg_seconds", "seconds")
+                                    if k in last}}
         store.update_data(job.id, facts)
         return JobState.COMPUTED
 
