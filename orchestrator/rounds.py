@@ -48,6 +48,8 @@ DEFAULT_CONFIG: dict[str, Any] = {"model": "tiny", "num-rounds": 1, "max-len": 3
                                   "lr": 0.01, "noise-multiplier": 0.8, "epsilon": 50.0, "test-samples": 40,
                                   "round-timeout": 180.0, "node-wait": 60.0}
 
+CONSENT_WAIT = 300.0  # seconds the included participants' nodes have to sign the record root
+
 
 def _alive(pid: int | None, name: str) -> bool:
     if not pid:
@@ -189,6 +191,14 @@ class RoundJob:
         if refused:
             raise ProtocolViolation(f"participant(s) {', '.join(refused)} refused to consent to the record")
         if not all(isinstance(s, str) for s in sigs):
+            asked = float(job.data.get("consent_asked") or 0)
+            if not asked:
+                store.update_data(job.id, {"consent_asked": time.time()})
+            elif time.time() - asked > float(job.payload.get("consent_wait", CONSENT_WAIT)):
+                silent = [a for a, s in zip(record.participants, sigs) if not isinstance(s, str)]
+                raise ProtocolViolation(f"no consent from {', '.join(silent)} within "
+                                        f"{float(job.payload.get('consent_wait', CONSENT_WAIT)):.0f} s: the record "
+                                        "cannot be submitted without every included participant")
             return False
         tx = submit_record(self.registry, record, [bytes.fromhex(s[2:]) for s in sigs])  # type: ignore[index]
         store.update_data(job.id, {"record_submitted": True, **({"record_tx": tx} if tx else {})})
