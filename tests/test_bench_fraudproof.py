@@ -118,5 +118,9 @@ def test_encoder_dispute_offchain_and_bls(bench_run: tuple[dict[str, Any], Path]
         assert job["error"]["max_abs"] <= 1e-2 * max(1.0, job["error"]["ref_max_abs"]), name
     assert off["jobs"]["masked_sum"]["error"]["max_abs"] == 0.0  # masks cancel exactly in the ring
     assert off["pass"] == (off["max_commit_vs_execute"] <= 3.0)
+    # Both figures, with the work moved to receipt shown, never just the flattering one.
+    assert off["pass_inputs_precommitted"] == (off["max_commit_outputs_vs_execute"] <= 3.0)
+    assert all(j["commit_inputs_at_receipt_s"] >= 0 for j in off["jobs"].values())
+    assert "not removed" in off["inputs_precommitted_reasoning"]
     bls = data["bls_consent"]
     assert bls["signers"] == 3 and 100_000 < bls["gas"] < 1_000_000 and len(bls["tx_hash"]) == 66
