@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,6 @@ from chain.clients.round_registry import (
     record_from_attribution,
 )
 from collab.errors import BadInput, ProtocolViolation, Unauthorized
-
-log = logging.getLogger("collab.orchestrator.round_chain")
 
 
 def record_to_json(record: AttributionRecord) -> dict[str, Any]:
