@@ -36,6 +36,9 @@ ENV_OWNER_PASSPHRASE = "COLLAB_OWNER_PASSPHRASE"
               help="3 adds an independent compute process that deals CrypTen's tuples (TTP).")
 @click.option("--preprocessing", type=click.Choice(["he", "dealer"]), default="he", show_default=True,
               help="2 parties: tuples from the two-party BFV protocol (he) or CrypTen's dealer (benchmarks).")
+@click.option("--approx", type=click.Choice(["cheap", "exact"]), default="cheap", show_default=True,
+              help="mpc: cheap = one-comparison GELU, packed sign tests, softmax max in layer 0 only (calibrated on "
+                   "MiniLM, mean cosine >= 0.9999); exact = CrypTen's recipes (max per row, 3-comparison GELU).")
 @click.option("--dp-epsilon", type=float, default=None, help="Per-query ε of the owner's output noise.")
 @click.option("--dp-mechanism", type=click.Choice(["gaussian", "laplace"]), default="gaussian", show_default=True)
 @click.option("--seq-len", type=click.IntRange(2, 512), default=16, show_default=True,
@@ -52,7 +55,7 @@ ENV_OWNER_PASSPHRASE = "COLLAB_OWNER_PASSPHRASE"
               help="With --claim: the owner's blob server (e.g. `collab watch --serve`), published on chain as the claims' daPointer.")
 @click.pass_context
 def group(ctx: click.Context, asset_id: int, texts: tuple[str, ...], mode: str, parties: str, preprocessing: str,
-          dp_epsilon: float | None, dp_mechanism: str, seq_len: int, owner_home: Path | None,
+          approx: str, dp_epsilon: float | None, dp_mechanism: str, seq_len: int, owner_home: Path | None,
           compute_parties: tuple[str, ...], timeout: float, claim: bool, da_url: str | None) -> None:
     """Run inference on ASSET_ID; the output goes to this home's identity alone."""
     from collab.config import Settings
@@ -60,7 +63,7 @@ def group(ctx: click.Context, asset_id: int, texts: tuple[str, ...], mode: str, 
     from collab.mpc.service import InferRequest, OwnerNode, run_inference
 
     request = InferRequest(asset_id, tuple(texts), mode, int(parties), preprocessing,  # type: ignore[arg-type]
-                           dp_epsilon, dp_mechanism, seq_len, timeout)  # type: ignore[arg-type]
+                           dp_epsilon, dp_mechanism, seq_len, timeout, approx)  # type: ignore[arg-type]
     if claim and mode != "plain":
         raise UsageError("--claim needs --mode plain: only the owner's plaintext run can be re-executed by verifiers")
     if da_url is not None and not claim:

@@ -120,6 +120,25 @@ class Approximations:
         return replace(self, **changes)
 
 
+# Named presets of `collab infer --approx` and the benchmark. ``cheap`` is the
+# one-comparison exp-polynomial GELU with packed sign tests plus the shifted
+# softmax (row max in layer 0 only); its shift and scale were calibrated on
+# all-MiniLM-L6-v2 (mean cosine per layer >= 0.99998 vs transformers, measured
+# in benchmarks/results/mpc.json). ``exact`` keeps CrypTen's recipes.
+APPROX_PRESETS: dict[str, dict[str, Any]] = {
+    "exact": {},
+    "cheap": {"gelu": "exppoly", "gelu_degree": 6, "gelu_exp_iters": 6, "packed_compare": True,
+              "softmax": "shifted", "exp_iters": 8},
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The knobs of a named preset (``exact`` or ``cheap``) as a job-file dict."""
+    if name not in APPROX_PRESETS:
+        raise BadInput(f"unknown approximation preset {name!r} (exact or cheap)")
+    return dict(APPROX_PRESETS[name])
+
+
 # --------------------------------------------------------------------------- helpers
 
 

@@ -23,8 +23,13 @@ Who makes ``(A, C)`` for the fixed ``B`` depends on the tuple provider:
   ``B`` locally (so ``B`` is jointly random and unknown to both), and each
   query's ``(A, C)`` comes from the two-party BFV protocol with the party's
   fixed ``B`` share as the answerer's operand;
-* other providers (the 3-party ``TTP``) keep CrypTen's per-query triples:
-  :func:`supported` is False and the weights stay plain CrypTensors.
+* ``TTP`` (3 parties: the helper deals): each party draws its share of
+  ``B`` from the generator it shares with the helper, and the helper, which
+  regenerates those shares, keeps ``B`` for the session
+  (:func:`install_ttp_server` adds the two requests ``fixed_mask`` and
+  ``fixed_matmul`` to CrypTen's ``TTPServer``); per query it deals ``A`` and
+  ``C = A @ B`` like any other triple. The helper already knows every tuple,
+  so keeping ``B`` gives it nothing new.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 import collab.mpc.compat  # noqa: F401  (must precede crypten)
 from collab.errors import InternalError
 
-SUPPORTED = ("TFP", "HE")
+SUPPORTED = ("TFP", "HE", "TTP")
 
 
 def _provider_name() -> str:
@@ -78,15 +83,24 @@ class MaskedWeight:
         from crypten.mpc.primitives import ArithmeticSharedTensor
 
         if not supported():
-            raise InternalError(f"fixed weight masks need a 2-party TFP or HE provider, not {_provider_name()}")
+            raise InternalError(f"fixed weight masks need a 2-party TFP, HE or TTP provider, not {_provider_name()}")
         share = weight._tensor  # ArithmeticSharedTensor at the encoder's scale
         self.shape = tuple(share.size())
         self.encoder = share.encoder
         self.rank = comm.get().get_rank()
         self.provider = _provider_name()
+        self.key = _next_key()  # the helper's name for B (TTP); same construction order on every party
         if self.provider == "TFP":
             self._b_plain = _ring(self.shape) if self.rank == 0 else None
             self.b = _from_src0(self._b_plain, self.shape)
+        elif self.provider == "TTP":
+            from crypten.mpc.provider.ttp_provider import TTPClient
+
+            self._b_plain = None
+            b_share = _ring_from(self.shape, TTPClient.get().get_generator())
+            if self.rank == 0:
+                TTPClient.get().ttp_request("fixed_mask", None, self.key, self.shape)
+            self.b = ArithmeticSharedTensor.from_shares(b_share, precision=0)
         else:
             self._b_plain = None
             self.b = ArithmeticSharedTensor.from_shares(_ring(self.shape), precision=0)
@@ -99,6 +113,14 @@ class MaskedWeight:
             a_plain = _ring(size) if self.rank == 0 else None
             c_plain = a_plain.matmul(self._b_plain) if self.rank == 0 else None  # type: ignore[union-attr]
             return _from_src0(a_plain, size).share, _from_src0(c_plain, out_size).share
+        if self.provider == "TTP":
+            from crypten.mpc.provider.ttp_provider import TTPClient
+
+            gen = TTPClient.get().get_generator()
+            a_share = _ring_from(size, gen)  # drawn before C, in the order the helper regenerates them
+            if self.rank == 0:
+                return a_share, TTPClient.get().ttp_request("fixed_matmul", None, self.key, tuple(size))
+            return a_share, _ring_from(_matmul_size(size, self.shape), gen)
         import crypten.mpc
 
         provider = crypten.mpc.get_default_provider()
@@ -118,6 +140,49 @@ class MaskedWeight:
         out.share = z
         out.div_(self.encoder.scale)  # both operands carry the scale: truncate once, as CrypTen does
         return _wrap(x, out)
+
+
+_KEYS = [0]
+
+
+def _next_key() -> int:
+    _KEYS[0] += 1
+    return _KEYS[0]
+
+
+def _ring_from(size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    from crypten.common.rng import generate_random_ring_element
+
+    return generate_random_ring_element(size, generator=generator)
+
+
+def _matmul_size(size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(torch.empty(size0, device="meta").matmul(torch.empty(size1, device="meta")).shape)
+
+
+def install_ttp_server() -> None:
+    """Teach CrypTen's ``TTPServer`` (the helper process) the fixed-mask requests; call before ``TTPServer()``.
+
+    ``fixed_mask`` regenerates every party's share of ``B`` and keeps the sum;
+    ``fixed_matmul`` regenerates the shares of a fresh ``A`` and returns rank
+    0's share of ``C = A @ B`` (the others draw theirs from their generators),
+    exactly as CrypTen's own ``additive`` request does for a fresh ``B``.
+    """
+    from crypten.mpc.provider.ttp_provider import TTPServer
+
+    def fixed_mask(self: Any, key: int, size: tuple[int, ...]) -> torch.Tensor:
+        if not hasattr(self, "_fixed_b"):
+            self._fixed_b = {}
+        self._fixed_b[key] = self._get_additive_PRSS(size)
+        return torch.zeros(1, dtype=torch.long)
+
+    def fixed_matmul(self: Any, key: int, size0: tuple[int, ...]) -> torch.Tensor:
+        a = self._get_additive_PRSS(size0)
+        c = a.matmul(self._fixed_b[key])
+        return c - self._get_additive_PRSS(c.size(), remove_rank=True)
+
+    TTPServer.fixed_mask = fixed_mask  # type: ignore[attr-defined]
+    TTPServer.fixed_matmul = fixed_matmul  # type: ignore[attr-defined]
 
 
 def _wrap(like: Any, tensor: Any) -> Any:

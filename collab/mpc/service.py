@@ -89,6 +89,7 @@ if TYPE_CHECKING:
 HELPER = 2
 Mode = Literal["mpc", "he", "plain"]
 Preprocessing = Literal["he", "dealer"]
+Approx = Literal["cheap", "exact"]
 DEFAULT_SEQ_LEN = 16
 DEFAULT_BATCH = 1
 
@@ -142,6 +143,9 @@ def run_party(rank: int, master: str, job: dict[str, Any], timeout: float) -> di
     if rank == HELPER:  # the independent compute node: CrypTen's dealer, sees no input, weight or output
         from crypten.mpc.provider import TTPServer
 
+        from collab.mpc.fixed import install_ttp_server
+
+        install_ttp_server()  # it keeps the fixed weight masks B of this model load
         TTPServer()  # returns when rank 0 sends "terminate" at uninit
         return {"role": "helper", "wall_s": time.perf_counter() - t0}
 
@@ -160,6 +164,8 @@ def run_party(rank: int, master: str, job: dict[str, Any], timeout: float) -> di
         flat_w = _share(own if rank == OWNER else None, w_shapes, src=OWNER)
         flat_in = _share(own if rank == CLIENT else None, enc.input_shapes(batch, seq_len, spec), src=CLIENT)
         weights = enc.assemble_weights({k: v for k, v in flat_w.items() if not k.startswith(("head.", "noise"))}, spec)
+        if job.get("fixed_masks"):  # W - B opened once at load; each query then opens only x - A (TFP, HE)
+            weights = enc.mask_weights(weights)
         inputs = enc.SharedInputs(**flat_in)
         share_s = time.perf_counter() - t_share
 
@@ -543,8 +549,11 @@ class InferRequest:
     dp_mechanism: Mechanism = "gaussian"
     seq_len: int = DEFAULT_SEQ_LEN
     timeout: float = DEFAULT_TIMEOUT
+    approx: Approx = "cheap"
 
     def __post_init__(self) -> None:
+        if self.approx not in ("cheap", "exact"):
+            raise UsageError("--approx is cheap or exact")
         if self.mode not in ("mpc", "he", "plain"):
             raise UsageError(f"unknown mode {self.mode!r} (mpc, he or plain)")
         if self.parties not in (2, 3):
@@ -685,8 +694,11 @@ def _execute(request: InferRequest, served: ServedModel, head: LinearHead | None
         return _plain(request, served, head, drawn), {}
     if request.mode == "he":
         return _he(request, served, head, drawn)  # type: ignore[arg-type]
+    from collab.mpc.encoder import preset
+
     common = {"seq_len": request.seq_len, "batch": batch, "out_dim": out_dim, "provider": request.provider,
               "model_dir": str(served.model_dir), "dp": drawn is not None,
+              "approx": preset(request.approx), "fixed_masks": True,
               "head_classes": head.classes if head is not None else 0}
     jobs: dict[int, dict[str, Any]] = {
         OWNER: dict(common, head=str(served.head_path) if served.head_path else None,
