@@ -322,3 +322,23 @@ def test_a_model_with_more_than_64_tensors_is_bundled_in_groups(tmp_path: Path) 
     ref = load_file(str(tmp_path / "mk" / "model.safetensors"))
     for name, t in load_file(str(out.out_dir / "model.safetensors")).items():
         np.testing.assert_allclose(t.numpy(), ref[name].numpy(), atol=2e-6)
+
+
+def test_fast_quantise_is_bit_identical_to_to_vm() -> None:
+    """The claimed path's vectorised quantiser gives to_vm's words (ties to even, subnormals, saturation, NaN)."""
+    import numpy as np
+    import torch
+
+    from collab.errors import BadInput
+    from collab.fraudproof.convert import to_vm
+    from collab.merge.programs import quantise
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(5000, generator=g) * 3, torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, -0.0, 1e-40, 3e38, -3e38])])
+    for t, f in [(x, 20), (x / 2**20, 24), (x.half().float(), 10), (x.to(torch.bfloat16), 12), (x.double(), 16),
+                 (torch.arange(7), 0)]:
+        words = quantise(t, f).data
+        assert np.array_equal(words, to_vm(t, f)[0].data), (t.dtype, f)
+        assert quantise(t[:100], f, float(t[:100].abs().max())).data.tolist() == to_vm(t[:100], f)[0].data.tolist()
+    with pytest.raises(BadInput):
+        quantise(torch.tensor([1.0, float("nan")]), 8)

@@ -93,15 +93,15 @@ def verify_artifact(out_dir: Path, trace: Trace) -> bool:
     from safetensors.torch import load_file
 
     from collab.fraudproof.commitments import name_hash
-    from collab.fraudproof.convert import to_vm
     from collab.fraudproof.trace import commit_value
+    from collab.merge.programs import quantise
 
     state = load_file(str(Path(out_dir) / "model.safetensors"))
     by_hash = {name_hash(n): n for n in state}
     outputs = output_values(trace.outputs[-1].value)
     if set(by_hash) != set(outputs):
         return False
-    values = {by_hash[h]: to_vm(state[by_hash[h]], v.header.frac_bits)[0] for h, v in outputs.items()}
+    values = {by_hash[h]: quantise(state[by_hash[h]], v.header.frac_bits) for h, v in outputs.items()}
     return commit_value(state_bundle(values)).root == trace.output_root
 
 

@@ -38,12 +38,12 @@ import numpy as np
 import torch
 
 from collab.errors import BadInput
-from collab.fixedpoint import Domain
+from collab.fixedpoint import Domain, check_frac_bits
 from collab.fraudproof.builders import Job
 from collab.fraudproof.commitments import TensorHeader
 from collab.fraudproof.convert import to_vm
 from collab.fraudproof.program import MAX_INPUTS, MAX_REDUCE, ProgramBuilder, Ref
-from collab.fraudproof.vm import Value
+from collab.fraudproof.vm import Value, tensor
 from collab.merge.config import MergeSpec, ModelRef
 
 CLAIMABLE: tuple[str, ...] = ("linear", "task_arithmetic", "ties")
@@ -112,7 +112,11 @@ def _frac_bits(bound: float) -> int:
 
 
 def _max_abs(t: torch.Tensor) -> float:
-    return float(t.detach().abs().max()) if t.numel() else 0.0
+    """max |t| in one pass without a temporary (NaN propagates, so _frac_bits refuses it)."""
+    if not t.numel():
+        return 0.0
+    lo, hi = torch.aminmax(t.detach())
+    return max(-float(lo), float(hi)) if not (torch.isnan(lo) or torch.isnan(hi)) else math.nan
 
 
 def _kth_largest_abs(words: np.ndarray, k: int) -> int:
@@ -164,8 +168,31 @@ def _check_keys(states: Sequence[Mapping[str, torch.Tensor]], labels: Sequence[s
     return keys
 
 
-def _quantise(into: dict[str, Value], name: str, t: torch.Tensor, f: int) -> None:
-    into[name] = to_vm(t, f)[0]
+def quantise(t: torch.Tensor, f: int, max_abs: float | None = None) -> Value:
+    """The FIXED VM tensor of ``t`` at f fractional bits, bit-identical to ``to_vm(t, f)[0]``.
+
+    Why not ``to_vm``: it also measures the round-trip error (a second
+    quantisation) through float64, which dominated a claimed merge's time.
+    Scaling a float32 by 2^f (f ≥ 0) is exact, and ``torch.round`` rounds half
+    to even like ``np.rint``, so the words are the same; integer, float64,
+    non-finite or saturating tensors take the generic path (which refuses NaN).
+    ``max_abs`` (a finite max |t| the caller already has) skips the range scan.
+    """
+    x = t.detach()
+    check_frac_bits(f)
+    if not torch.is_floating_point(x) or x.dtype == torch.float64:
+        return to_vm(x, f)[0]
+    scaled = torch.round(x.float() * float(1 << f))
+    trusted = max_abs is not None and math.isfinite(max_abs) and max_abs * 2.0 ** f < 2.0 ** 61
+    if scaled.numel() and not trusted:
+        lo, hi = torch.aminmax(scaled)
+        if not (-float(lo) < 2.0 ** 62 and float(hi) < 2.0 ** 62):  # also catches NaN/inf
+            return to_vm(x, f)[0]
+    return tensor(scaled.to(torch.int64).numpy(), Domain.FIXED, f)
+
+
+def _quantise(into: dict[str, Value], name: str, t: torch.Tensor, f: int, max_abs: float | None = None) -> None:
+    into[name] = quantise(t, f, max_abs)
 
 
 def _linear(states: list[dict[str, torch.Tensor]], weights: list[float], normalize: bool) -> Job:
@@ -178,9 +205,10 @@ def _linear(states: list[dict[str, torch.Tensor]], weights: list[float], normali
     fs: dict[str, int] = {}
     for k in keys:
         if torch.is_floating_point(states[0][k]):
-            fs[k] = _frac_bits(sum(abs(x) for x in w) * max(_max_abs(s[k]) for s in states))
+            mags = [_max_abs(s[k]) for s in states]
+            fs[k] = _frac_bits(sum(abs(x) for x in w) * max(mags))
             for i, s in enumerate(states):
-                _quantise(inputs, f"m{i}/{k}", s[k], fs[k])
+                _quantise(inputs, f"m{i}/{k}", s[k], fs[k], mags[i])
         else:
             _quantise(inputs, f"m0/{k}", states[0][k], 0)
     b = ProgramBuilder({n: v.header for n, v in inputs.items()})
@@ -195,7 +223,8 @@ def _fixed(ws: Sequence[float]) -> list[int]:
 
 
 def _deltas_bound(base: torch.Tensor, states: Sequence[Mapping[str, torch.Tensor]], k: str) -> list[float]:
-    return [_max_abs(s[k].double() - base.double()) for s in states]
+    b = base.double()
+    return [_max_abs(s[k].double() - b) for s in states]
 
 
 def _task_arithmetic(base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]], weights: list[float],
@@ -332,7 +361,17 @@ def output_state(value: Value, like: Mapping[str, torch.Tensor]) -> dict[str, to
 
     by_hash = output_values(value)
     values = {n: by_hash[name_hash(n)] for n in like}
-    return {n: t.reshape(like[n].shape) for n, t in state_dict_from_vm(values, like).items()}
+    out: dict[str, torch.Tensor] = {}
+    slow: dict[str, Value] = {}
+    for n, v in values.items():
+        words = v.data
+        if like[n].dtype == torch.float32 and words is not None and (not words.size or int(np.abs(words).max()) < 1 << 24):
+            # |k| < 2^24: k and k·2^-f are exact float32, the same value as float64 dequantisation then rounding
+            out[n] = (torch.from_numpy(words).to(torch.float32) * (2.0 ** -v.header.frac_bits)).reshape(like[n].shape)
+        else:
+            slow[n] = v
+    out.update({n: t.reshape(like[n].shape) for n, t in state_dict_from_vm(slow, like).items()})
+    return {n: out[n] for n in like}
 
 
 __all__ = ["CLAIMABLE", "MergePlan", "build_plan", "bundle_state", "load_state", "output_state", "output_values", "state_bundle"]
