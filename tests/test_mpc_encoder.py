@@ -253,3 +253,68 @@ def test_fixed_weight_masks_give_the_same_embedding_and_open_the_weights_once() 
     for p_batch, f_batch in zip(plain.batches[1], fixed.batches[1]):
         assert f_batch["rounds"] == p_batch["rounds"]  # the same protocol shape
         assert f_batch["bytes"] * 3 < p_batch["bytes"]  # without the weights' openings
+
+
+def test_cheap_preset_gelu_and_packed_row_max_on_crypten_shares() -> None:
+    """The `cheap` preset's GELU (6 lanes, split polynomial) and the packed layer-0 row max, in one process."""
+    import crypten
+
+    from collab.mpc.encoder import preset
+
+    cheap = Approximations(**preset("cheap"))
+    crypten.init()
+    try:
+        x = torch.linspace(-30.0, 30.0, 6001)
+        out = enc.gelu(crypten.cryptensor(x), cheap).get_plain_text()
+        scores = torch.randn(3, 5, 17) * 20 - torch.tensor([0.0, 256.0]).repeat_interleave(torch.tensor([9, 8]))
+        m = enc._packed_row_max(crypten.cryptensor(scores)).get_plain_text()
+    finally:
+        crypten.uninit()
+    assert (out - torch.nn.functional.gelu(x)).abs().max().item() < 3e-3
+    true_max = scores.max(-1, keepdim=True)[0]
+    assert ((true_max - m) < 2.0**-5 + 1e-3).all() and ((m - true_max) < 1e-3).all()  # a misread costs < band
+
+
+def test_split_polynomial_matches_the_plain_polynomial() -> None:
+    import crypten
+
+    coeffs = (0.3, -0.7, 0.2, 0.9, -0.4, 0.1, 0.5, -0.2)
+    u = torch.linspace(-1.0, 1.0, 101)
+    crypten.init()
+    try:
+        got = {d: enc._polyval(crypten.cryptensor(u), coeffs[: d + 1]).get_plain_text() for d in (3, 6, 7)}
+    finally:
+        crypten.uninit()
+    for d, out in got.items():
+        assert (out - enc._polyval(u, coeffs[: d + 1])).abs().max().item() < 1e-3
+
+
+def test_six_lane_sign_test_is_exact_outside_its_band_and_cheaper_than_four() -> None:
+    """Two real CrypTen processes: 6 sign tests per adder word, mistakes only in [0, 2^-2)."""
+    from crypten.mpc import run_multiprocess
+
+    from collab.mpc.compare import band, bound
+
+    @run_multiprocess(world_size=2)
+    def body() -> None:
+        import crypten
+        import crypten.communicator as comm
+        from crypten.config import cfg
+
+        from collab.mpc.compare import packed_ltz
+
+        cfg.communicator.verbose = True
+        lim = bound(lanes=6)
+        x = torch.cat([torch.linspace(-lim + 0.5, lim - 0.5, 6001), torch.tensor([0.0, 0.2, 0.26, -(2.0**-16)])])
+        cx = crypten.cryptensor(x)
+        comm.get().reset_communication_stats()
+        got = packed_ltz(cx, lanes=6).get_plain_text()
+        six = comm.get().get_communication_stats()["bytes"]
+        comm.get().reset_communication_stats()
+        packed_ltz(cx)
+        four = comm.get().get_communication_stats()["bytes"]
+        wrong = got != (x < 0).float()
+        assert bool(((x[wrong] >= 0) & (x[wrong] < band(lanes=6))).all())
+        assert six < four
+
+    assert body() is not None

@@ -35,19 +35,36 @@ import collab.mpc.compat  # noqa: F401  (must precede crypten)
 LANE = 15
 LANES = 4
 DROP = 8
+BOUND_LOG2 = 6  # |x| < 64 by default
 
 
-def bound(precision_bits: int = 16) -> float:
+def layout(lanes: int = LANES, bound_log2: int = BOUND_LOG2, precision_bits: int = 16) -> tuple[int, int]:
+    """(lane bits, dropped bits) for ``lanes`` lanes per word and |x| < 2^bound_log2.
+
+    More lanes means narrower lanes, so more low bits are dropped and the
+    band of misread non-negative values widens: 4 lanes keep 15 bits (band
+    2^-8 for |x| < 64), 5 keep 11 (2^-4), 6 keep 9 (2^-2).
+    """
+    if not 2 <= lanes <= 8:
+        from collab.errors import BadInput
+
+        raise BadInput("packed comparisons need 2 to 8 lanes per word")
+    lane = 64 // lanes - 1  # one guard bit per lane
+    return lane, bound_log2 + precision_bits - (lane - 1)
+
+
+def bound(precision_bits: int = 16, lanes: int = LANES, bound_log2: int = BOUND_LOG2) -> float:
     """The largest |x| for which :func:`packed_ltz` is exact (up to the band above 0)."""
-    return float(2 ** (LANE - 1 + DROP - precision_bits))
+    lane, drop = layout(lanes, bound_log2, precision_bits)
+    return float(2 ** (lane - 1 + drop - precision_bits))
 
 
-def band(precision_bits: int = 16) -> float:
+def band(precision_bits: int = 16, lanes: int = LANES, bound_log2: int = BOUND_LOG2) -> float:
     """Values in [0, band) may read as negative (the carry lost when dropping bits)."""
-    return float(2.0 ** (DROP - precision_bits))
+    return float(2.0 ** (layout(lanes, bound_log2, precision_bits)[1] - precision_bits))
 
 
-def packed_ltz(x: Any) -> Any:
+def packed_ltz(x: Any, lanes: int = LANES, bound_log2: int = BOUND_LOG2) -> Any:
     """``[x < 0]`` as an arithmetic CrypTensor (like ``x._ltz()``), for |x| below :func:`bound`."""
     import crypten.communicator as comm
     from crypten.mpc.primitives import BinarySharedTensor
@@ -55,18 +72,19 @@ def packed_ltz(x: Any) -> Any:
 
     ast = x._tensor
     shape = ast.share.shape
-    lanes = (ast.share >> DROP) & ((1 << LANE) - 1)  # bits [DROP, DROP + LANE) of this party's share
-    flat = lanes.reshape(-1)
+    lane, drop = layout(lanes, bound_log2, ast.encoder._precision_bits)
+    kept = (ast.share >> drop) & ((1 << lane) - 1)  # bits [drop, drop + lane) of this party's share
+    flat = kept.reshape(-1)
     n = flat.numel()
-    per_lane = -(-n // LANES)
-    flat = torch.nn.functional.pad(flat, (0, per_lane * LANES - n)).reshape(LANES, per_lane)
+    per_lane = -(-n // lanes)
+    flat = torch.nn.functional.pad(flat, (0, per_lane * lanes - n)).reshape(lanes, per_lane)
     packed = flat[0]
-    for j in range(1, LANES):
-        packed = packed | (flat[j] << (j * (LANE + 1)))
+    for j in range(1, lanes):
+        packed = packed | (flat[j] << (j * (lane + 1)))
     total = BinarySharedTensor.stack(
         [BinarySharedTensor(packed, src=i) for i in range(comm.get().get_world_size())]
     ).sum(dim=0)  # the parallel-prefix adder, on a third of the words
-    bits = BinarySharedTensor.stack([(total >> (j * (LANE + 1) + LANE - 1)) & 1 for j in range(LANES)])
+    bits = BinarySharedTensor.stack([(total >> (j * (lane + 1) + lane - 1)) & 1 for j in range(lanes)])
     bits.share = bits.share.reshape(-1)[:n].reshape(shape)
     bits.encoder = ast.encoder
     result = x.shallow_copy()

@@ -74,6 +74,15 @@ class Approximations:
         ``"sigmoid"``: x*sigmoid(1.702x) (max error ~0.02). ``"tanh"``: the
         tanh form of GELU over CrypTen's tanh. CrypTen's own ``erf`` is broken
         outside [-1, 1] and is never used.
+    compare_lanes
+        Values per 64-bit adder word in the packed sign tests: 4 (band 2^-8),
+        5 (2^-4) or 6 (2^-2); the exp-polynomial GELU's fit covers the band.
+    packed_max
+        The layer-0 softmax row max by a tree of packed comparisons of
+        differences below 512 (4 lanes, band 2^-5: a misread picks a value
+        at most 2^-5 below the max, and softmax is shift-invariant) instead
+        of CrypTen's 64-bit comparisons. MiniLM's layer-0 logits, padding
+        bias included, differ by at most ~350 within a row.
     exp_iters
         Squarings in exp(x) = (1 + x/2^k)^(2^k); valid for x >= -2^k.
     reciprocal_iters
@@ -102,6 +111,8 @@ class Approximations:
     shifted_reciprocal_iters: int = 26
     packed_compare: bool = False
     gelu_exp_iters: int = 8
+    compare_lanes: int = 4
+    packed_max: bool = False
 
     def __post_init__(self) -> None:
         if self.softmax not in ("exact", "shifted"):
@@ -112,6 +123,8 @@ class Approximations:
                      "gelu_exp_iters"):
             if not 1 <= getattr(self, name) <= 64:
                 raise BadInput(f"{name} must be in [1, 64]")
+        if not 2 <= self.compare_lanes <= 8:
+            raise BadInput("compare_lanes must be in [2, 8]")
         if self.gelu_clip <= 0 or self.layer_norm_scale <= 0 or self.softmax_scale <= 0:
             raise BadInput("gelu_clip, layer_norm_scale and softmax_scale must be positive")
         object.__setattr__(self, "softmax_max_layers", tuple(int(i) for i in self.softmax_max_layers))
@@ -127,8 +140,8 @@ class Approximations:
 # in benchmarks/results/mpc.json). ``exact`` keeps CrypTen's recipes.
 APPROX_PRESETS: dict[str, dict[str, Any]] = {
     "exact": {},
-    "cheap": {"gelu": "exppoly", "gelu_degree": 6, "gelu_exp_iters": 6, "packed_compare": True,
-              "softmax": "shifted", "exp_iters": 8},
+    "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
+              "compare_lanes": 6, "packed_max": True, "softmax": "shifted", "exp_iters": 8},
 }
 
 
@@ -146,14 +159,18 @@ def _plain(x: Tensor) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def _ltz(x: Tensor, packed: bool = False) -> Tensor:
-    """1 where x < 0 else 0 (a secure comparison on CrypTensors; ``packed``: 3 per adder word)."""
+def _ltz(x: Tensor, packed: bool = False, lanes: int = 4, bound_log2: int = 6) -> Tensor:
+    """1 where x < 0 else 0 (a secure comparison on CrypTensors; ``packed``: ``lanes`` per adder word)."""
     if _plain(x):
+        if packed:  # the packed test's band: [0, band) may read as negative; simulate its worst case
+            from collab.mpc.compare import band
+
+            return (x < band(lanes=lanes, bound_log2=bound_log2)).to(x.dtype)
         return (x < 0).to(x.dtype)
     if packed:
         from collab.mpc.compare import packed_ltz
 
-        return packed_ltz(x)
+        return packed_ltz(x, lanes, bound_log2)
     return x._ltz()
 
 
@@ -205,7 +222,7 @@ def gelu_residual_coefficients(degree: int, clip: float) -> tuple[float, ...]:
 
 
 @functools.lru_cache(maxsize=16)
-def gelu_exp_coefficients(degree: int, exp_iters: int) -> tuple[float, ...]:
+def gelu_exp_coefficients(degree: int, exp_iters: int, lanes: int = 4) -> tuple[float, ...]:
     """Monomial coefficients in u = 2w - 1 of a Chebyshev fit of t*Phi(-t) against w = limit-exp(-t).
 
     w is the *approximated* exp the secure path computes, (1 - t/2^k)^(2^k),
@@ -217,7 +234,7 @@ def gelu_exp_coefficients(degree: int, exp_iters: int) -> tuple[float, ...]:
 
     # From -band: a packed sign test may read x in [0, band) as negative, and then
     # -x stands in for |x|, which the same identity turns into GELU(x) again.
-    t = np.linspace(-band(), 2.0**exp_iters, 200001)
+    t = np.linspace(-band(lanes=lanes), 2.0**exp_iters, 200001)
     w = (1.0 - t / 2.0**exp_iters) ** (2**exp_iters)
     cheb = np.polynomial.chebyshev.chebfit(2.0 * w - 1.0, t * ndtr(-t), degree)
     return tuple(float(c) for c in np.polynomial.chebyshev.cheb2poly(cheb))
@@ -226,7 +243,32 @@ def gelu_exp_coefficients(degree: int, exp_iters: int) -> tuple[float, ...]:
 def _polyval(u: Tensor, coeffs: tuple[float, ...]) -> Tensor:
     if _plain(u):
         return sum(c * u**k for k, c in enumerate(coeffs))
-    return u.polynomial(list(coeffs[1:])) + coeffs[0]
+    return _polyval_split(u, coeffs)
+
+
+def _polyval_split(u: Tensor, coeffs: tuple[float, ...]) -> Tensor:
+    """p(u) = A(u) + u^m * B(u) with m = ceil((d + 1) / 2): powers u..u^m, then one product.
+
+    CrypTen's ``polynomial`` builds every power up to the next power of two
+    by stacked products (degree 7: 9 openings per element); this needs the
+    powers up to u^m (squares where it can: 1 opening, else 2) and one more
+    product (degree 6: 5 openings, degree 7: 6), in the same 3 rounds.
+    """
+    d = len(coeffs) - 1
+    if d <= 2:
+        return u.polynomial(list(coeffs[1:])) + coeffs[0]
+    m = (d + 2) // 2
+    powers = {1: u, 2: u.square()}
+    for k in range(3, m + 1):
+        powers[k] = powers[k // 2].square() if k % 2 == 0 else powers[k - 1] * u
+
+    def combo(cs: tuple[float, ...]) -> Tensor:
+        out = powers[1] * cs[1] + cs[0] if len(cs) > 1 else u * 0.0 + cs[0]
+        for k, c in enumerate(cs[2:], start=2):
+            out = out + powers[k] * c
+        return out
+
+    return combo(coeffs[:m]) + powers[m] * combo(coeffs[m:])
 
 
 def gelu(x: Tensor, approx: Approximations) -> Tensor:
@@ -244,10 +286,10 @@ def _gelu(x: Tensor, approx: Approximations) -> Tensor:
     # GELU(x) = relu(x) - g(|x|) with g(t) = t*Phi(-t), which is < 1.3e-4 beyond t = 4.
     clip = approx.gelu_clip
     if approx.gelu in ("poly2", "exppoly"):
-        absx = x * (1.0 - 2.0 * _ltz(x, approx.packed_compare))
+        absx = x * (1.0 - 2.0 * _ltz(x, approx.packed_compare, approx.compare_lanes))
         if approx.gelu == "exppoly":
             w = approx_exp(-absx, approx.gelu_exp_iters)
-            coeffs = gelu_exp_coefficients(approx.gelu_degree, approx.gelu_exp_iters)
+            coeffs = gelu_exp_coefficients(approx.gelu_degree, approx.gelu_exp_iters, approx.compare_lanes)
             return (x + absx) * 0.5 - _polyval(w * 2.0 - 1.0, coeffs)
         t = (absx - clip) * (1.0 - _ltz(-absx + clip, approx.packed_compare)) + clip  # min(|x|, clip)
         return (x + absx) * 0.5 - _polyval(t * (2.0 / clip) - 1.0, gelu_residual_coefficients(approx.gelu_degree, clip))
@@ -275,6 +317,25 @@ def _row_max(x: Tensor) -> Tensor:
     return x.max(-1, keepdim=True)[0]
 
 
+def _packed_row_max(x: Tensor) -> Tensor:
+    """Max over the last dim by a halving tree of packed sign tests on differences below 512."""
+    while x.size(-1) > 1:
+        half = x.size(-1) // 2
+        a, b, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+        d = b - a
+        m = a + d * (1.0 - _ltz(d, True, 4, 9))  # b where b >= a (up to the band), else a
+        x = m if rest.size(-1) == 0 else _cat([m, rest])
+    return x
+
+
+def _cat(xs: list[Tensor]) -> Tensor:
+    if _plain(xs[0]):
+        return torch.cat(xs, -1)
+    import crypten
+
+    return crypten.cat(xs, -1)
+
+
 def softmax(scores: Tensor, bias: Tensor, approx: Approximations, layer_index: int | None = None) -> Tensor:
     """Softmax over the last dim of ``scores + bias``.
 
@@ -285,7 +346,7 @@ def softmax(scores: Tensor, bias: Tensor, approx: Approximations, layer_index: i
     with section("softmax", not _plain(scores)):
         logits = scores + bias
         if approx.softmax == "exact" or layer_index is None or layer_index in approx.softmax_max_layers:
-            logits = logits - _row_max(logits)
+            logits = logits - (_packed_row_max(logits) if approx.packed_max else _row_max(logits))
             num = approx_exp(logits, approx.exp_iters)
             inv = approx_reciprocal(num.sum(-1, keepdim=True), approx.reciprocal_iters)
             return num * inv
