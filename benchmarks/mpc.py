@@ -21,8 +21,12 @@ Configurations (same encoder, same sentences, same run):
 * ablations on top of ``fixed_masks``: ``gelu_poly2`` (2 comparisons),
   ``gelu_exppoly`` (1 comparison, a degree-6 polynomial of exp(-|x|)),
   ``gelu_exppoly_packed`` (that comparison with 4 values per adder word),
-  ``softmax_shifted`` (no row max after layer 0);
-* ``cheap`` - fixed masks + packed 1-comparison GELU + the shifted softmax.
+  ``softmax_shifted`` (no row max after layer 0), ``cheap_v1`` (the previous
+  cheap path: 4-lane sign tests, degree-6 polynomial, CrypTen's row max);
+* ``cheap`` - the default of ``collab infer --mode mpc``: fixed masks, the
+  1-comparison GELU with 6 sign tests per adder word and a degree-7
+  polynomial in one split product, the shifted softmax with the layer-0 row
+  max by packed comparisons.
 
 Full mode (``collab bench mpc``): the issue's 200 sentences at seq 32 and 50
 at seq 128. ``COLLAB_BENCH_QUICK=1``: 3 sentences at seq 16, for CI. Timings
@@ -56,11 +60,16 @@ APPROX: dict[str, dict[str, Any]] = {
     "gelu_exppoly": EXPPOLY,
     "gelu_exppoly_packed": {**EXPPOLY, "packed_compare": True},
     "softmax_shifted": SHIFTED,
-    "cheap": {**EXPPOLY, "packed_compare": True, **SHIFTED},
+    # = collab.mpc.encoder.APPROX_PRESETS["cheap"], the default of `collab infer --mode mpc` (a test checks it):
+    # 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max.
+    "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
+              "compare_lanes": 6, "packed_max": True, **SHIFTED},
+    # the previous cheap path (4-lane sign tests, degree 6): the effect of the last step as an ablation
+    "cheap_v1": {**EXPPOLY, "packed_compare": True, **SHIFTED},
 }
 FIXED = {name: name != "baseline" for name in APPROX}
 MAIN = ("baseline", "fixed_masks", "cheap")
-ABLATIONS = ("gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted")
+ABLATIONS = ("gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted", "cheap_v1")
 
 # (seq_len, sentences, batch size) per mode; ablations use the first ABLATION_SENTENCES only.
 FULL_PLAN = [(32, 200, 8), (128, 50, 2)]

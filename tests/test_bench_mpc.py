@@ -45,7 +45,8 @@ def test_json_and_png_written(bench: tuple[dict[str, Any], Path]) -> None:
     assert (out / "mpc.png").read_bytes().startswith(b"\x89PNG")
     assert printed["quick"] is True
     assert {r["config"] for r in printed["runs"]} == {
-        "baseline", "fixed_masks", "cheap", "gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted"}
+        "baseline", "fixed_masks", "cheap", "gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted",
+        "cheap_v1"}
     assert [x["system"].split()[0] for x in printed["literature"]] == ["MPCFormer", "PUMA", "SIGMA", "BumbleBee", "Nimbus"]
 
 
@@ -68,6 +69,15 @@ def test_fixed_masks_move_the_weight_openings_out_of_the_query(bench: tuple[dict
     # The masked path opens the same activations: the same rounds.
     assert fixed["single"]["rounds"] == base["single"]["rounds"]
     assert cheap["single"]["bytes"] < fixed["single"]["bytes"] < base["single"]["bytes"]
+    # 6-lane sign tests, the split polynomial and the packed row max: fewer bytes than the previous cheap path.
+    assert cheap["single"]["bytes"] < _run(results, "cheap_v1")["parties"][1]["single"]["bytes"]
+
+
+def test_the_benchmarked_cheap_path_is_the_infer_default() -> None:
+    from benchmarks.mpc import APPROX
+    from collab.mpc.encoder import preset
+
+    assert APPROX["cheap"] == preset("cheap")
 
 
 def test_op_kinds_account_for_the_query(bench: tuple[dict[str, Any], Path]) -> None:
