@@ -25,7 +25,16 @@ def to_vm(x: Any, f: int) -> tuple[Value, QuantError]:
     """Quantise a torch tensor / array to a FIXED VM tensor at ``f`` fractional bits, with its error."""
     arr = x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
     words = fx.to_fixed(arr, f)  # refuses NaN
-    return tensor(words.reshape(arr.shape), Domain.FIXED, f), fx.quantization_error(arr, f)
+    return tensor(words.reshape(arr.shape), Domain.FIXED, f), _error(arr, words, f)
+
+
+def _error(arr: np.ndarray, words: np.ndarray, f: int) -> QuantError:
+    """``fx.quantization_error(arr, f)`` from the words already computed (it would quantise a second time)."""
+    if arr.size == 0:
+        return QuantError(0.0, 0.0, 0)
+    diff = fx.from_fixed(words, f) - arr
+    saturated = int(np.count_nonzero((words == fx.INT64_MAX) | (words == fx.INT64_MIN)))
+    return QuantError(float(np.abs(diff).max()), float(np.sqrt(np.mean(diff * diff))), saturated)
 
 
 def from_vm(value: Value, dtype: torch.dtype = torch.float64) -> torch.Tensor:
