@@ -31,7 +31,7 @@ from eth_utils import is_address
 from collab.errors import BadInput, CollabError, ProtocolViolation, Unavailable
 from orchestrator.jobs import Job, JobState, JobStore, register_handler
 
-PUBLIC_FIELDS = ("mode", "parties", "preprocessing", "dp_epsilon", "dp_mechanism", "seq_len", "timeout", "batch")
+PUBLIC_FIELDS = ("mode", "parties", "preprocessing", "dp_epsilon", "dp_mechanism", "seq_len", "timeout", "approx", "batch")
 
 
 def report_of(job: dict[str, Any] | Job, address: str, key: str) -> Any:
@@ -125,7 +125,8 @@ def serve_owner_side(owner: Any, job: dict[str, Any], report: Callable[[str, Any
         request = InferRequest(int(payload["asset_id"]), ("hidden",) * int(public.get("batch", 1)), "mpc",
                                int(public.get("parties", 2)), public.get("preprocessing", "dealer"),
                                public.get("dp_epsilon"), public.get("dp_mechanism", "gaussian"),
-                               int(public.get("seq_len", 16)), float(public.get("timeout", 600)))
+                               int(public.get("seq_len", 16)), float(public.get("timeout", 600)),
+                               str(public.get("approx", "cheap")))  # type: ignore[arg-type]
         if request.parties != 2:
             raise BadInput("routed inference runs two parties (owner and client)")
         assets, licensing = owner.assets(), owner.licensing()
@@ -149,8 +150,12 @@ def serve_owner_side(owner: Any, job: dict[str, Any], report: Callable[[str, Any
                                     client, _compute_parties(owner, request))
             accepted = True
         drawn = noise.sample((len(request.texts), out_dim)) if noise is not None else None
+        from collab.mpc.encoder import preset
+
+        # Both parties must run the same approximations and mask schedule: the client copies these from ``master``.
         common = {"seq_len": request.seq_len, "batch": len(request.texts), "out_dim": out_dim, "provider": request.provider,
-                  "dp": drawn is not None, "head_classes": head.classes if head is not None else 0}
+                  "dp": drawn is not None, "head_classes": head.classes if head is not None else 0,
+                  "approx": preset(request.approx), "fixed_masks": True}
         mine = dict(common, model_dir=str(served.model_dir), head=str(served.head_path) if served.head_path else None,
                     noise=drawn.tolist() if drawn is not None else None)
         master = f"{host}:{free_port(host)}"
@@ -194,7 +199,8 @@ def run_client_side(node: Any, fields: dict[str, Any]) -> dict[str, Any]:
         request = InferRequest(int(fields["asset_id"]), tuple(texts), str(fields.get("mode", "mpc")),  # type: ignore[arg-type]
                                int(fields.get("parties", 2)), str(fields.get("preprocessing", "dealer")),  # type: ignore[arg-type]
                                fields.get("dp_epsilon"), str(fields.get("dp_mechanism", "gaussian")),  # type: ignore[arg-type]
-                               int(fields.get("seq_len", 16)), float(fields.get("timeout", 600)))
+                               int(fields.get("seq_len", 16)), float(fields.get("timeout", 600)),
+                               str(fields.get("approx", "cheap")))  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError) as exc:
         raise BadInput(f"bad infer request: {exc}") from None
     if request.mode != "mpc" or request.parties != 2:
@@ -225,7 +231,8 @@ def run_client_side(node: Any, fields: dict[str, Any]) -> dict[str, Any]:
             raise Unavailable(f"the owner's node did not start its party within {request.timeout:.0f} s")
         if master is None:
             time.sleep(0.3)
-    mine = {k: master[k] for k in ("seq_len", "batch", "out_dim", "provider", "dp", "head_classes")} | {"texts": list(request.texts)}
+    shared = ("seq_len", "batch", "out_dim", "provider", "dp", "head_classes", "approx", "fixed_masks")
+    mine = {k: master[k] for k in shared if k in master} | {"texts": list(request.texts)}
     try:
         with tempfile.TemporaryDirectory(prefix="collab-client-") as tmp:
             result = _wait_party(_party(CLIENT, master["master"], mine, request.timeout, Path(tmp)), CLIENT, Path(tmp),

@@ -44,7 +44,7 @@ ENV_OWNER_PASSPHRASE = "COLLAB_OWNER_PASSPHRASE"
 @click.option("--seq-len", type=click.IntRange(2, 512), default=16, show_default=True,
               help="Public padded length (hides the true length).")
 @click.option("--owner-home", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The asset owner's home, serving the call locally (until nodes route inference).")
+              help="The asset owner's home, serving the call in this process (without it the call goes through this home's node).")
 @click.option("--compute-party", "compute_parties", multiple=True, metavar="ADDRESS",
               help="Address of the third compute node credited its fee share (3 parties).")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds before the job is failed.")
@@ -80,7 +80,7 @@ def group(ctx: click.Context, asset_id: int, texts: tuple[str, ...], mode: str, 
         log(f"infer: asset {asset_id} via this home's node ({preprocessing} preprocessing)")
         routed = node.request("infer", asset_id=asset_id, texts=list(texts), mode=mode, parties=2,
                               preprocessing=preprocessing, dp_epsilon=dp_epsilon, dp_mechanism=dp_mechanism,
-                              seq_len=seq_len, timeout=timeout)
+                              seq_len=seq_len, timeout=timeout, approx=approx)
         emit(ctx, routed, _human(routed))
         return
     session = chain_session(ctx)  # exit 5 when the chain is down
