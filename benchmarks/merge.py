@@ -75,6 +75,8 @@ class Sizes:
 
 FULL = Sizes(participants=4, train=None, test=None, max_len=64, epochs=40, repeats=2, claimed_on_minilm=True, disjoint=True)
 QUICK = Sizes(participants=3, train=150, test=90, max_len=24, epochs=25, repeats=1, claimed_on_minilm=False, disjoint=False)
+# COLLAB_BENCH_MEDIUM=1: quick-sized quality and timing, but both splits and the claimed path on real MiniLM
+MEDIUM = Sizes(participants=3, train=300, test=120, max_len=32, epochs=25, repeats=1, claimed_on_minilm=True, disjoint=True)
 QUICK_TIMED = ("linear",)  # CI: one method through both CLIs
 
 
@@ -99,7 +101,8 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick:
     """Run the suite; write ``merge.json`` and ``merge.png``; return the results."""
     say = log or (lambda _m: None)
     quick = os.environ.get("COLLAB_BENCH_QUICK", "") not in ("", "0") if quick is None else quick
-    sizes = QUICK if quick else FULL
+    medium = not quick and os.environ.get("COLLAB_BENCH_MEDIUM", "") not in ("", "0")
+    sizes = QUICK if quick else MEDIUM if medium else FULL
     out_dir = report.results_dir(results_dir)
     started = time.monotonic()
     torch.manual_seed(0)
@@ -115,6 +118,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick:
     results: dict[str, Any] = {
         "suite": SUITE,
         "quick": quick,
+        "mode": "quick" if quick else "medium" if medium else "full",
         "created_at": report.utc_now(),
         "machine": report.machine_facts(),
         "versions": report.package_versions(["torch", "transformers", "mergekit", "numpy"]),
