@@ -243,11 +243,10 @@ class RoundJob:
 
             built = builders.masked_sum_from_witness(AggregationWitness.from_bytes(witness.read_bytes()))
             over = "the SecAgg masked sum of the contributors' updates (round witness)"
-        else:  # plain FedAvg rounds do not export individual updates: the claim covers the round's metrics
-            states = [{"metrics": torch.tensor([float(last["examples"][p]), float(record["epsilon"].get(p, 0.0)),
-                                                float(last.get("accuracy", 0.0))])} for p in participants]
-            built = builders.fedavg(states, [int(last["examples"][p]) for p in participants])
-            over = "the FedAvg of the contributors' round metrics (examples, ε, accuracy); no SecAgg witness"
+        else:  # plain (INSECURE) rounds: the claim is the FedAvg of the updates the aggregator received
+            built = builders.fedavg(*_plain_updates(self._dir(job) / f"round-{len(record['rounds'])}.updates.pt",
+                                                    participants))
+            over = "the FedAvg of the contributors' updates as received (plain aggregation, no SecAgg)"
         extra: dict[str, Any] = {}
         rid = job.payload.get("round_id")
         if rid:  # the registry's job id, audience and hook; the record the participants consent to
@@ -287,3 +286,16 @@ def _record(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())  # type: ignore[no-any-return]
     except (OSError, ValueError):
         return {}
+
+
+def _plain_updates(path: Path, participants: list[str]) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+    """The last round's updates and sample counts, in ``participants`` order, as the ServerApp saved them."""
+    try:
+        saved = torch.load(path, weights_only=True)
+        by_name = {n: (s, int(w)) for n, s, w in zip(saved["participants"], saved["states"], saved["weights"], strict=True)}
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ProtocolViolation(f"cannot read the plain round's updates {path.name}: {exc}") from None
+    missing = [p for p in participants if p not in by_name]
+    if missing:
+        raise ProtocolViolation(f"the plain round's updates lack {', '.join(missing)}")
+    return [by_name[p][0] for p in participants], [by_name[p][1] for p in participants]

@@ -72,6 +72,7 @@ def test_round_merge_inference_and_challenge_ran_in_the_processes(demo: tuple[di
     assert sorted(rnd["participants"]) == ["alice", "bob", "carol"] and rnd["dropped"] == []
     assert all(0 < e <= 50 for e in rnd["epsilon"].values()) and rnd["claim_status"] == "finalized"
     assert len(rnd["processes"]) == 5 and rnd["nodes_online"] == 4  # orchestrator + 4 nodes, real pids
+    assert rnd["aggregation"].startswith("INSECURE") and "updates" in rnd["claim_over"]  # --quick: FedAvg of the updates
     merge = report["merge"]
     assert merge["adapters"] == 3 and merge["claim_status"] == "finalized" and merge["parameters"] > 0
     inf = report["secure_inference"]

@@ -261,6 +261,7 @@ def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.
     attested: dict[str, dict[str, Any]] = {}
     ads: dict[int, bytes] = {}
     updates: list[tuple[dict[str, torch.Tensor], int]] = []
+    senders: list[str] = []
     for node, p in by_node.items():
         reply = replies.get(node)
         if reply is None:
@@ -279,6 +280,7 @@ def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.
             ads[p.member] = bytes(reply.content["info"]["advertisement"])
         else:
             updates.append((reply.content["arrays"].to_torch_state_dict(), p.weight))
+            senders.append(p.name)
     entry["train_seconds"] = time.monotonic() - started
     summary: dict[str, Any] = {"round": rnd, "global_model_hash": "0x" + sent_hash.hex()}
     if secure:
@@ -314,6 +316,10 @@ def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.
         included = [p.name for p in peers if p.name in attested]
         new = aggregate(updates) if len(updates) >= minimum else {}
         summary["round_id"] = "0x" + att.job_round_id(job, rnd).hex()
+        if out is not None and updates:  # the aggregator sees plain updates anyway: keep them for the FedAvg claim
+            torch.save({"participants": senders, "weights": [w for _, w in updates],
+                        "states": [state for state, _ in updates]}, out / f"round-{rnd}.updates.pt")
+            summary["updates"] = f"round-{rnd}.updates.pt"
     for name in list(attested):
         if name not in included:
             entry["dropped"].setdefault(name, "dropped during secure aggregation")
