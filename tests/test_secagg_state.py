@@ -16,7 +16,6 @@ from eth_account import Account
 
 from collab.errors import BadInput, ProtocolViolation, Unauthorized
 from collab.fl import attestation as att
-from collab.fl.record import registry_rows
 from collab.fraudproof.builders import masked_sum_from_witness
 from collab.secagg import (
     AggregationWitness,
@@ -113,16 +112,3 @@ def test_signed_update_commitment_binds_round_member_and_weight() -> None:
         with pytest.raises(ProtocolViolation):
             att.check(digest, sig, acct.address, "changed weight, round or member")
     assert att.model_hash({"a": np.zeros(2)}) != att.model_hash({"a": np.ones(2)})
-
-
-def test_registry_rows_order_by_address_and_weight_by_rounds_done() -> None:
-    a, b = sorted((ACCOUNTS[1].address, ACCOUNTS[2].address), key=lambda x: int(x, 16), reverse=True)
-    c = "0x" + "11" * 32
-    body = {
-        "participants": {"x": {"address": a, "weight": 10, "epsilon": 1.5}, "y": {"address": b, "weight": 30, "epsilon": 2.0}},
-        "rounds": [{"included": [{"participant": "x", "update_commitment": c}, {"participant": "y", "update_commitment": c}]},
-                   {"included": [{"participant": "x", "update_commitment": c}]}],
-    }
-    rows = registry_rows(body)
-    assert rows["participants"] == [b, a] and rows["weights"] == [30, 20] and rows["epsilons_micro"] == [2_000_000, 1_500_000]
-    assert rows["update_commitments"][0] != rows["update_commitments"][1]  # one vs two rounds of commitments

@@ -85,26 +85,3 @@ class Checkpoint:
         with np.load(io.BytesIO(raw)) as npz:
             weights = {k: npz[k] for k in npz.files}
         return int(meta["round"]), weights, dict(meta["records"])
-
-
-def registry_rows(attribution: Mapping[str, Any]) -> dict[str, list[Any]]:
-    """The per-participant rows of ``IRoundRegistry.AttributionRecord``, ordered by address as the contract wants.
-
-    A participant's update commitment is keccak over its per-round commitments
-    in round order; its weight is its declared sample count times the number
-    of Flower rounds its update was aggregated in (nothing for rounds it did
-    not finish); ε is the last one its node reported, in millionths.
-    """
-    commitments: dict[str, list[bytes]] = {}
-    for rnd in attribution.get("rounds", []):
-        for item in rnd["included"]:
-            commitments.setdefault(item["participant"], []).append(bytes.fromhex(item["update_commitment"][2:]))
-    rows = []
-    for name, chain in commitments.items():
-        p = attribution["participants"][name]
-        digest = keccak(b"collab-fl/v1/updates" + b"".join(chain))
-        rows.append((int(p["address"], 16), p["address"], p["weight"] * len(chain), "0x" + digest.hex(),
-                     round(float(p["epsilon"]) * 1_000_000)))
-    rows.sort()
-    return {"participants": [r[1] for r in rows], "weights": [r[2] for r in rows],
-            "update_commitments": [r[3] for r in rows], "epsilons_micro": [r[4] for r in rows]}

@@ -41,7 +41,7 @@ from flwr.serverapp import Grid, ServerApp
 from collab.errors import CollabError, ProtocolViolation
 from collab.fl import attestation as att
 from collab.fl.data import load_bbc_news, take, train_test_split
-from collab.fl.record import RECORD_VERSION, Checkpoint, JsonRecord, registry_rows, words_hash
+from collab.fl.record import RECORD_VERSION, Checkpoint, JsonRecord, words_hash
 from collab.fl.secure import SecureRound
 from collab.fl.task import TaskConfig, build_model, evaluate, load_trainable, trainable_state
 from collab.secagg import Member, RoundConfig, TensorLayout, TooFewSurvivors
@@ -228,7 +228,6 @@ def main(grid: Grid, context: Context) -> None:
             p["epsilon"] = item["epsilon"]
             p["rounds"].append(rnd)
         attribution.body["rounds"] = [*attribution.body["rounds"], {**entry.pop("attribution"), "included": attested}]
-        attribution.update(registry_record=registry_rows(attribution.body))
         record.update(dropped=dropped, rounds=[*record.body["rounds"], entry])
         if checkpoint is not None:
             checkpoint.save(job, rnd, _numpy(trainable_state(model)),
