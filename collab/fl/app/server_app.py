@@ -227,7 +227,7 @@ def main(grid: Grid, context: Context) -> None:
                                                       "weight": item["weight"], "rounds": []})
             p["epsilon"] = item["epsilon"]
             p["rounds"].append(rnd)
-        attribution.body["rounds"] = [*attribution.body["rounds"], {**entry.pop("attribution"), "included": attested}]
+        attribution.update(rounds=[*attribution.body["rounds"], {**entry.pop("attribution"), "included": attested}])
         record.update(dropped=dropped, rounds=[*record.body["rounds"], entry])
         if checkpoint is not None:
             checkpoint.save(job, rnd, _numpy(trainable_state(model)),
