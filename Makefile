@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: setup test test-fast demo demo-quick bench clean
+.PHONY: setup test test-fast test-scale demo demo-quick bench clean
 
 setup: $(VENV)/.collab-python chain/node_modules/.collab-npm
 
@@ -40,6 +40,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# Scale tests too heavy for CI's two cores (20 Flower participants on one machine).
+test-scale: setup
+	COLLAB_SCALE_TESTS=1 $(PY) -m pytest -q tests/test_fl_scale.py
 
 demo: setup
 	$(COLLAB) demo
