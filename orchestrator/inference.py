@@ -113,6 +113,7 @@ def serve_owner_side(owner: Any, job: dict[str, Any], report: Callable[[str, Any
     from chain.clients.licensing import LicenseKind
     from collab.dp.output import OutputNoise
     from collab.metering import CallReceipt
+    from collab.mpc.encoder import preset
     from collab.mpc.parties import OWNER, free_port
     from collab.mpc.service import InferRequest, _compute_parties, _hidden, check_license
 
@@ -150,8 +151,6 @@ def serve_owner_side(owner: Any, job: dict[str, Any], report: Callable[[str, Any
                                     client, _compute_parties(owner, request))
             accepted = True
         drawn = noise.sample((len(request.texts), out_dim)) if noise is not None else None
-        from collab.mpc.encoder import preset
-
         # Both parties must run the same approximations and mask schedule: the client copies these from ``master``.
         common = {"seq_len": request.seq_len, "batch": len(request.texts), "out_dim": out_dim, "provider": request.provider,
                   "dp": drawn is not None, "head_classes": head.classes if head is not None else 0,
