@@ -8,25 +8,19 @@ properties that hold whatever the machine's speed (no timed assertions).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_helpers import run_quick_bench
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # two real Flower runs on a shared machine
-COLLAB = Path(sys.executable).parent / "collab"
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     work = tmp_path_factory.mktemp("bench-fl")
-    env = {**os.environ, "COLLAB_HOME": str(work / "home"), "COLLAB_BENCH_QUICK": "1"}
-    command = [str(COLLAB)] if COLLAB.exists() else [sys.executable, "-m", "collab"]
-    proc = subprocess.run([*command, "--json", "bench", "fl", "--results-dir", str(work / "results")], cwd=work,
-                          env=env, capture_output=True, text=True, timeout=1800, check=False)
+    proc = run_quick_bench(work, "fl", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((work / "results" / "fl.json").read_text()), work / "results"
 

@@ -12,15 +12,11 @@ unchanged, the claimed artifacts re-commit to their claims, and the files exist.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_helpers import run_quick_bench
 
-COLLAB = Path(sys.executable).parent / "collab"
 METHODS = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "regmean", "fisher"}
 
 pytestmark = pytest.mark.slow
@@ -29,10 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("bench-merge")
-    command = [str(COLLAB)] if COLLAB.exists() else [sys.executable, "-m", "collab"]
-    env = {**os.environ, "COLLAB_HOME": str(work / "home"), "COLLAB_BENCH_QUICK": "1"}
-    proc = subprocess.run([*command, "--json", "bench", "merge", "--results-dir", str(work / "results")], cwd=work,
-                          env=env, capture_output=True, text=True, timeout=1800, check=False)
+    proc = run_quick_bench(work, "merge", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results: dict[str, Any] = json.loads(proc.stdout)
     assert json.loads((work / "results" / "merge.json").read_text())["quality"] == results["quality"]

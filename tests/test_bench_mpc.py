@@ -12,25 +12,19 @@ op kind add up to no more than the query's total.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_helpers import run_quick_bench
 
-COLLAB = Path(sys.executable).parent / "collab"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     work = tmp_path_factory.mktemp("bench-mpc")
-    command = [str(COLLAB)] if COLLAB.exists() else [sys.executable, "-m", "collab"]
-    env = {**os.environ, "COLLAB_BENCH_QUICK": "1", "COLLAB_HOME": str(work / "home")}
-    proc = subprocess.run([*command, "--json", "bench", "mpc", "--results-dir", str(work / "results")],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=880, check=False)
+    proc = run_quick_bench(work, "mpc", timeout=880)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout), work / "results"
 
