@@ -27,13 +27,9 @@ AUDIENCES = ("public", "participants", "licensed", "licensed-verifiers")
 
 def parse_claim_id(text: str) -> bytes:
     """A 0x-prefixed or bare 32-byte hex claim id."""
-    try:
-        raw = bytes.fromhex(text.removeprefix("0x"))
-    except ValueError:
-        raise BadInput(f"claim id {text!r} is not hex") from None
-    if len(raw) != 32:
-        raise BadInput(f"claim id {text!r} is not 32 bytes")
-    return raw
+    from collab.fraudproof.store import parse_bytes32
+
+    return parse_bytes32(text, "claim id")
 
 
 def _manager(ctx: click.Context, need_account: bool = True) -> ClaimManagerClient:

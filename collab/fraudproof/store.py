@@ -41,13 +41,15 @@ def _hex(b: bytes) -> str:
     return "0x" + b.hex()
 
 
-def _unhex(s: str) -> bytes:
+def parse_bytes32(s: str, what: str = "") -> bytes:
+    """A 0x-prefixed or bare 32-byte hex value (roots, claim ids); ``what`` names it in the error."""
+    label = f"{what} {s!r}" if what else repr(s)
     try:
         raw = bytes.fromhex(s.removeprefix("0x"))
     except ValueError:
-        raise BadInput(f"{s!r} is not hex") from None
+        raise BadInput(f"{label} is not hex") from None
     if len(raw) != 32:
-        raise BadInput(f"{s!r} is not 32 bytes")
+        raise BadInput(f"{label} is not 32 bytes")
     return raw
 
 
@@ -93,10 +95,10 @@ class Manifest:
     def from_json(cls, data: Mapping[str, object]) -> Manifest:
         try:
             return cls(
-                _unhex(str(data["program_root"])),
-                {str(n): _unhex(str(r)) for n, r in dict(data["inputs"]).items()},  # type: ignore[call-overload]
-                {int(i): _unhex(str(r)) for i, r in dict(data.get("witnesses", {})).items()},  # type: ignore[call-overload]
-                {int(i): _unhex(str(r)) for i, r in dict(data.get("overrides", {})).items()},  # type: ignore[call-overload]
+                parse_bytes32(str(data["program_root"])),
+                {str(n): parse_bytes32(str(r)) for n, r in dict(data["inputs"]).items()},  # type: ignore[call-overload]
+                {int(i): parse_bytes32(str(r)) for i, r in dict(data.get("witnesses", {})).items()},  # type: ignore[call-overload]
+                {int(i): parse_bytes32(str(r)) for i, r in dict(data.get("overrides", {})).items()},  # type: ignore[call-overload]
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadInput(f"malformed claim manifest: {exc}") from None
