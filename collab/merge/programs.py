@@ -10,10 +10,14 @@ this module builds the programs from a :class:`~collab.merge.config.MergeSpec`:
 * ``ties``: per input, the task vector Δᵢ = θᵢ − base trimmed to its
   k = max(1, ⌊densityᵢ·n⌋) largest magnitudes (mergekit's ``magnitude``
   rule; the threshold is a WITNESS checked by COUNT_ABS/ASSERT_KTH), the sign
-  elected by Σ Δᵢ, the disjoint mean, then base + λ·mean. mergekit divides by
-  Σ wᵢ over the agreeing inputs; the VM's TIES_MEAN divides by their count, so
-  a claimed TIES merge needs equal weights (then the two agree) and
-  ``normalize: true`` (the default).
+  elected by Σ wᵢΔᵢ, the disjoint weighted mean Σ_S wᵢΔᵢ / Σ_S wᵢ over the
+  agreeing inputs S (mergekit's ``normalize: true``, the default), then
+  base + λ·mean. The VM's TIES_MEAN divides by the *count* of agreeing inputs,
+  so unequal weights enter as multiplicities: weights in the ratio
+  n₁ : … : n_N of integers with Σ nᵢ ≤ 64 pass input i's trimmed delta nᵢ
+  times to TIES_SIGN and TIES_MEAN, whose count then is Σ_S nᵢ, exactly
+  mergekit's divisor (one rounding, no new op). Weights without such a ratio
+  are refused.
 
 Differences from mergekit that remain (documented in docs/merging.md): values
 equal to the threshold are all kept (mergekit breaks ties arbitrarily), and an
@@ -149,10 +153,7 @@ def build_plan(spec: MergeSpec) -> MergePlan:
         densities = [_param(spec, m.parameters, "density", 1.0) for m in others]
         if not _flag(spec, "normalize", True):
             raise BadInput("a claimed TIES merge needs normalize: true (the VM's disjoint mean divides by the count)")
-        if len(set(weights)) != 1 or weights[0] <= 0:
-            raise BadInput("a claimed TIES merge needs equal positive weights (the VM's disjoint mean is unweighted)",
-                           hint="use task_arithmetic for unequal weights, or merge unclaimed")
-        job = _ties(base, states, densities, lam)
+        job = _ties(base, states, densities, lam, ties_multiplicities(weights))
     return MergePlan(spec.method, refs, spec.base, tuple(weights), job)
 
 
@@ -256,8 +257,33 @@ def _task_arithmetic(base: dict[str, torch.Tensor], states: list[dict[str, torch
     return Job(b.build(), inputs, like=dict(base))
 
 
+def ties_multiplicities(weights: Sequence[float]) -> list[int]:
+    """Smallest integers n with n_i / n_j = w_i / w_j and Σ n ≤ 64 (TIES_MEAN's inputs); BadInput if none.
+
+    Why: the disjoint weighted mean Σ_S wᵢΔᵢ / Σ_S wᵢ is TIES_MEAN's count-mean
+    over input i repeated nᵢ times. Ratios are matched to 1e-9 relative (far
+    below mergekit's float32 arithmetic).
+    """
+    if any(w <= 0 or not math.isfinite(w) for w in weights):
+        raise BadInput("a claimed TIES merge needs positive weights (Shares are attributed by weight)")
+    top = max(weights)
+    for total in range(len(weights), MAX_INPUTS + 1):
+        # the largest weight gets the largest count; try every count for it that fits the budget
+        for n_top in range(1, total + 1):
+            counts = [round(w / top * n_top) for w in weights]
+            if min(counts) < 1 or sum(counts) != total:
+                continue
+            if all(abs(c * top - w * n_top) <= 1e-9 * w * n_top for c, w in zip(counts, weights)):
+                return counts
+    raise BadInput(f"claimed TIES weights {list(weights)} are not in a ratio of small integers (their sum at most "
+                   f"{MAX_INPUTS}), which the VM's disjoint mean needs",
+                   hint="round the weights to such a ratio (e.g. 0.7/0.3 = 7:3), use task_arithmetic, or merge unclaimed")
+
+
 def _ties(base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]], densities: list[float],
-          lam: float) -> Job:
+          lam: float, counts: Sequence[int] | None = None) -> Job:
+    """TIES with input i counted ``counts[i]`` times in the sign election and the disjoint mean (its weight)."""
+    counts = list(counts or [1] * len(states))
     keys = _check_keys([base, *states], ["base", *(f"model {i}" for i in range(len(states)))])
     for d in densities:
         if not 0 < d <= 1:
@@ -297,7 +323,8 @@ def _ties(base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]], 
             tau = b.witness(TensorHeader(Domain.FIXED, t.f, ()))
             b.assert_kth(b.sum(b.count_abs(t, tau, block)), kk)
             trimmed.append(b.ties_trim(t, tau))
-        mean = b.ties_mean(b.ties_sign(trimmed), trimmed)
+        voters = [t for t, n in zip(trimmed, counts) for _ in range(n)]
+        mean = b.ties_mean(b.ties_sign(voters), voters)
         out[k] = b.add(base_ref, b.scale(mean, round(lam * (1 << FW)), FW) if lam != 1 else mean)
     bundle_state(b, out)
     return Job(b.build(), inputs, witnesses, like=dict(base))
@@ -374,4 +401,5 @@ def output_state(value: Value, like: Mapping[str, torch.Tensor]) -> dict[str, to
     return {n: out[n] for n in like}
 
 
-__all__ = ["CLAIMABLE", "MergePlan", "build_plan", "bundle_state", "load_state", "output_state", "output_values", "state_bundle"]
+__all__ = ["CLAIMABLE", "MergePlan", "build_plan", "bundle_state", "load_state", "output_state", "output_values", "state_bundle",
+           "ties_multiplicities"]
