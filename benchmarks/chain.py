@@ -97,12 +97,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None) -> dict[s
         "baseline": baseline,
         "claim_scaling": scaling,
     }
-    json_path, png_path = out_dir / f"{SUITE}.json", out_dir / f"{SUITE}.png"
-    results["files"] = {"json": str(json_path), "png": str(png_path)}
-    plot(results, png_path)
-    report.write_json(json_path, results)
-    say(f"wrote {json_path} and {png_path}")
-    return results
+    return report.publish(out_dir, SUITE, results, lambda png: plot(results, png), say)
 
 
 # --------------------------------------------------------------------- measurements

@@ -129,12 +129,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick:
         "bls_consent": consent,
     }
     results["seconds"] = round(time.monotonic() - started, 2)
-    json_path, png_path = out_dir / f"{SUITE}.json", out_dir / f"{SUITE}.png"
-    results["files"] = {"json": str(json_path), "png": str(png_path)}
-    plot(results, png_path)
-    report.write_json(json_path, results)
-    say(f"wrote {json_path} and {png_path}")
-    return results
+    return report.publish(out_dir, SUITE, results, lambda png: plot(results, png), say)
 
 
 # --------------------------------------------------------------------- the protocol's bound

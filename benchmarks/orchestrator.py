@@ -136,12 +136,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, client
         "targets": {"rps": TARGET_RPS, "p99_ms": TARGET_P99_MS, "lost": 0},
     }
     results["meets_targets"] = bool(rps >= TARGET_RPS and p(0.99) < TARGET_P99_MS and lost == 0)
-    json_path, png_path = out_dir / f"{SUITE}.json", out_dir / f"{SUITE}.png"
-    results["files"] = {"json": str(json_path), "png": str(png_path)}
-    plot(results, latencies, png_path)
-    report.write_json(json_path, results)
-    say(f"wrote {json_path} and {png_path}")
-    return results
+    return report.publish(out_dir, SUITE, results, lambda png: plot(results, latencies, png), say)
 
 
 def plot(results: dict[str, Any], latencies: list[float], path: Path) -> Path:

@@ -13,7 +13,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -85,6 +85,22 @@ def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     os.chmod(tmp, 0o644)  # results are published, not secret (mkstemp creates 0600)
     os.replace(tmp, path)
     return path
+
+
+def publish(
+    out_dir: Path, suite: str, results: dict[str, Any], draw: Callable[[Path], Any], say: Callable[[str], Any]
+) -> dict[str, Any]:
+    """Write ``<suite>.png`` (through ``draw``) and ``<suite>.json`` under ``out_dir``; return ``results``.
+
+    The JSON is written last and names both files, so a JSON on disk always
+    has its plot beside it.
+    """
+    json_path, png_path = out_dir / f"{suite}.json", out_dir / f"{suite}.png"
+    results["files"] = {"json": str(json_path), "png": str(png_path)}
+    draw(png_path)
+    write_json(json_path, results)
+    say(f"wrote {json_path} and {png_path}")
+    return results
 
 
 def pyplot() -> Any:
