@@ -9,7 +9,8 @@ the heartbeat reply lists the jobs this node takes part in, which the
 :class:`~orchestrator.workers.TaskRunner` acts on. With a chain connection the
 node also runs its blob server and watcher (:class:`~orchestrator.workers.ClaimWorkers`)
 and serves ``infer`` (the client's side of a routed secure inference),
-``challenge`` and ``games`` for the user commands.
+``challenge``, ``games`` and the claims and merge operations of
+:mod:`orchestrator.local_ops` for the user commands.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from collab.errors import BadInput, CollabError, InternalError, Unavailable
 from collab.vault import Vault
+from orchestrator import local_ops
 from orchestrator.client import OrchestratorClient
 from orchestrator.workers import ClaimWorkers, NodeChain, TaskRunner
 
@@ -86,6 +88,16 @@ class Node:
             raise Unavailable("this node runs no watcher (started without a chain connection)")
         return self.claims
 
+    def _actor(self) -> local_ops.Actor:
+        """This home as the actor of a claims or merge operation (chain writes under the account's lock)."""
+        chain = self.chain
+        if chain is None or chain.identity is None:
+            raise Unavailable("this node runs without a chain connection (started with --no-workers)",
+                              hint="restart it without --no-workers, or stop it to run the command in-process")
+        return local_ops.Actor(home=Path(chain.settings.home), vault_dir=Path(chain.settings.vault_dir),
+                               session=lambda need_account=True: chain, identity=lambda: chain.identity,
+                               log=log.info, lock=self.chain_lock)
+
     def handle(self, request: Any) -> dict[str, Any]:
         try:
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
@@ -102,14 +114,10 @@ class Node:
 
                 return {"ok": True, "result": run_client_side(self, fields)}
             if op == "challenge":
-                raw = str(fields.get("claim_id", ""))
-                try:
-                    cid = bytes.fromhex(raw.removeprefix("0x"))
-                except ValueError:
-                    cid = b""
-                if len(cid) != 32:
-                    raise BadInput(f"claim id {raw!r} is not 32 bytes of hex")
+                cid = local_ops.parse_claim_id(str(fields.get("claim_id", "")))
                 return {"ok": True, "result": self._claims().challenge(cid)}
+            if op in local_ops.OPS:  # claims and merges: the node's keys, store and nonce lock do the work
+                return {"ok": True, "result": local_ops.run(op, self._actor(), fields)}
             if op == "games":
                 return {"ok": True, "result": {"games": self._claims().games, "events": self._claims().events[-50:]}}
             if op in FORWARDED:

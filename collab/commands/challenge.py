@@ -8,10 +8,14 @@ watch``, which finds it in the same SQLite state.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from collab.commands._common import chain_session, emit, log, settings
+from collab.commands._route import via_node
 from collab.commands.claims import parse_claim_id
+
 
 @click.command("challenge")
 @click.argument("claim_id")
@@ -22,26 +26,23 @@ def challenge(ctx: click.Context, claim_id: str, sources: tuple[str, ...]) -> No
     from collab.fraudproof.watcher import Watcher
 
     cid = parse_claim_id(claim_id)
-    from orchestrator.client import node_running
 
-    node = node_running(settings(ctx).node_socket, timeout=180)
-    if node is not None:  # the node's watcher owns this home's game state and account: it challenges and plays
-        data = node.request("challenge", claim_id="0x" + cid.hex())
-        emit(ctx, {k: v for k, v in data.items() if k != "events"}, "\n".join(data["events"]) or f"{data['verdict']} {data['detail']}")
-        return
-    log("no node is running for this home: re-executing here (start `collab node start` to have its watcher play the game)")
-    session = chain_session(ctx)
-    assert session.account is not None
-    watcher = Watcher(session.w3, session.deployment, session.account, settings(ctx).home, sources)
-    try:
-        posted = watcher.manager.posted_event(cid)
-        events = watcher.challenge_one(cid, posted.claimer)
-        verdict, detail = watcher.verdicts().get(cid, ("unknown", ""))
-        games = [g.game_id for g in watcher.games() if g.claim_id == cid and g.role == "challenger"]
-    finally:
-        watcher.close()
-    data = {"claim_id": "0x" + cid.hex(), "verdict": verdict, "detail": detail, "games": games}
-    emit(ctx, data, "\n".join(events) or f"{verdict} {detail}")
+    def here() -> dict[str, Any]:
+        log("no node is running for this home: re-executing here (start `collab node start` to have its watcher play the game)")
+        session = chain_session(ctx)
+        assert session.account is not None
+        watcher = Watcher(session.w3, session.deployment, session.account, settings(ctx).home, sources)
+        try:
+            posted = watcher.manager.posted_event(cid)
+            events = watcher.challenge_one(cid, posted.claimer)
+            verdict, detail = watcher.verdicts().get(cid, ("unknown", ""))
+            games = [g.game_id for g in watcher.games() if g.claim_id == cid and g.role == "challenger"]
+        finally:
+            watcher.close()
+        return {"claim_id": "0x" + cid.hex(), "verdict": verdict, "detail": detail, "games": games, "events": events}
 
+    # the node's watcher owns this home's game state and account: it challenges and plays
+    data = via_node(ctx, "challenge", {"claim_id": "0x" + cid.hex()}, timeout=180, local=here)
+    emit(ctx, {k: v for k, v in data.items() if k != "events"}, "\n".join(data["events"]) or f"{data['verdict']} {data['detail']}")
 
 group = challenge

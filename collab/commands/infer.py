@@ -69,18 +69,15 @@ def group(ctx: click.Context, asset_id: int, texts: tuple[str, ...], mode: str, 
     if da_url is not None and not claim:
         raise UsageError("--da-url is for --claim")
     if owner_home is None:  # routed: this home's node -> the orchestrator -> the asset owner's node
-        from orchestrator.client import node_running
+        from collab.commands._route import NO_NODE, via_node
 
-        node = node_running(settings(ctx).node_socket, timeout=timeout + 120)
-        if node is None:
-            raise UsageError("no node is running for this home: start one with `collab node start`, "
-                             "or pass --owner-home with the asset owner's home")
         if mode != "mpc" or parties != "2" or claim:
             raise UsageError("a node routes --mode mpc with 2 parties; use --owner-home for other modes and --claim")
-        log(f"infer: asset {asset_id} via this home's node ({preprocessing} preprocessing)")
-        routed = node.request("infer", asset_id=asset_id, texts=list(texts), mode=mode, parties=2,
-                              preprocessing=preprocessing, dp_epsilon=dp_epsilon, dp_mechanism=dp_mechanism,
-                              seq_len=seq_len, timeout=timeout, approx=approx)
+        routed = via_node(ctx, "infer", {
+            "asset_id": asset_id, "texts": list(texts), "mode": mode, "parties": 2, "preprocessing": preprocessing,
+            "dp_epsilon": dp_epsilon, "dp_mechanism": dp_mechanism, "seq_len": seq_len, "timeout": timeout,
+            "approx": approx}, timeout=timeout + 120, missing=f"{NO_NODE}, or pass --owner-home with the asset owner's home",
+            note=f"infer: asset {asset_id} via this home's node ({preprocessing} preprocessing)")
         emit(ctx, routed, _human(routed))
         return
     session = chain_session(ctx)  # exit 5 when the chain is down

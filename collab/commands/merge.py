@@ -12,53 +12,26 @@ fraud-proof program: the dequantised VM output is the merged model (and goes
 into the vault), the job is recorded in MergeRegistry and the claim posted;
 ``finalize`` ends the challenge window and shows the asset registered with
 its parents and Shares.
+
+``run`` and ``finalize`` go through this home's node when it runs (its keys,
+vault and account); otherwise they run in this process. Either way the work is
+:mod:`orchestrator.local_ops`, so the output and exit codes are the same.
 """
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
-from collab.commands._common import chain_session, emit, identity, kv_table, log, settings, to_jsonable
-
-if TYPE_CHECKING:
-    from collab.merge import MergeSpec
-    from collab.merge.assets import AssetGrant
+from collab.commands._common import emit, identity, kv_table, log, to_jsonable
+from collab.commands._route import home_op
+from orchestrator.local_ops import MERGE_AUDIENCES as AUDIENCES
 
 group = click.Group("merge", help="Merge models, claim merges on-chain, list merge methods.")
 
-AUDIENCES = ("participants", "public", "licensed-verifiers")
-
-
-@contextlib.contextmanager
-def _resolved(ctx: click.Context, spec: MergeSpec) -> Iterator[tuple[MergeSpec, dict[int, AssetGrant]]]:
-    """The spec with asset inputs checked on-chain and decrypted from the vault (temp dirs removed after)."""
-    from chain.clients.asset_registry import AssetRegistryClient
-    from chain.clients.licensing import LicensingClient
-    from collab.merge.assets import VaultResolver, asset_ids_of, check_access, local_config_source
-    from collab.vault import Vault
-
-    ids = asset_ids_of(spec)
-    if not ids:
-        yield spec.resolve_assets(None), {}
-        return
-    session = chain_session(ctx)
-    assert session.account is not None
-    licensing = session.client(LicensingClient)
-    grants = check_access(session.client(AssetRegistryClient), licensing, session.account.address, ids)
-    log(f"on-chain check: " + ", ".join(f"asset {g.asset_id} ({g.basis})" for g in grants.values()))
-    me = identity(ctx)
-    conf = settings(ctx)
-    with tempfile.TemporaryDirectory(prefix="collab-merge-assets-") as work:
-        resolver = VaultResolver(grants, Vault(conf.vault_dir), me.x25519_private_key, licensing, Path(work),
-                                 config_from=local_config_source(spec))
-        yield spec.resolve_assets(resolver), grants
+MERGE_TIMEOUT = 24 * 3600.0  # a node answers `merge run` when the merge is done; a large one takes hours
 
 
 @group.command("run")
@@ -82,83 +55,20 @@ def _resolved(ctx: click.Context, spec: MergeSpec) -> Iterator[tuple[MergeSpec, 
 @click.pass_context
 def run_cmd(ctx: click.Context, config: Path, out_dir: Path | None, seed: int, ring_bits: int | None, claim: bool,
             audience: str, verify_asset: int | None, merger_share_bps: int, royalty_bps: int) -> None:
-    """Merge the models (or statistics) named in CONFIG."""
-    from collab.merge import RingSum, load_config, merge
-
-    spec = load_config(config)
+    """Merge the models (or statistics) named in CONFIG (in this home's node when it runs)."""
     out = out_dir if out_dir is not None else Path.cwd() / f"merged-{config.stem}"
-    if ring_bits is not None and not spec.is_data_aware:
-        raise click.UsageError("--ring-bits applies to regmean and fisher merges only")
-    if claim:
-        from collab.merge.programs import CLAIMABLE
-
-        if spec.method not in CLAIMABLE:
-            raise click.UsageError(f"--claim takes {', '.join(CLAIMABLE)} merges, not {spec.method}")
-        _run_claimed(ctx, spec, out, audience, verify_asset, merger_share_bps, royalty_bps)
+    data = home_op(ctx, "merge_run", {  # absolute paths: a running node has its own working directory
+        "config": str(config.absolute()), "out_dir": str(out.absolute()), "seed": seed, "ring_bits": ring_bits,
+        "claim": claim, "audience": audience, "verify_asset": verify_asset, "merger_share_bps": merger_share_bps,
+        "royalty_bps": royalty_bps}, timeout=MERGE_TIMEOUT)
+    if "claim_id" in data:
+        human = kv_table({k: v for k, v in data.items() if k not in ("assets", "contributors", "seconds")},
+                         "merge claim posted")
+        emit(ctx, data, human)
         return
-    collector = RingSum(frac_bits=ring_bits) if ring_bits is not None else None
-    with _resolved(ctx, spec) as (resolved, grants):
-        log(f"merging {len(spec.models)} input(s) with {spec.method} into {out}")
-        result = merge(resolved, out, seed=seed, collector=collector)
-    data: dict[str, Any] = {
-        "method": result.method,
-        "out_dir": str(result.out_dir.resolve()),
-        "inputs": list(result.inputs),
-        "tensors": result.tensors,
-        "parameters": result.parameters,
-        "weights_sha256": result.weights_sha256,
-        "seconds": round(result.seconds, 3),
-        "assets": [g.to_json() for g in grants.values()],
-        "details": to_jsonable(result.details),
-    }
-    human = (f"merged {len(result.inputs)} input(s) with {result.method} into {data['out_dir']}\n"
-             f"{result.tensors} tensors, {result.parameters} parameters, sha256 {result.weights_sha256}, "
-             f"{result.seconds:.2f}s")
-    emit(ctx, data, human)
-
-
-def _run_claimed(ctx: click.Context, spec: MergeSpec, out: Path, audience: str, verify_asset: int | None,
-                 merger_share_bps: int, royalty_bps: int) -> None:
-    from chain.clients.bisection_game import BisectionGameClient
-    from chain.clients.claim_manager import ClaimManagerClient
-    from chain.clients.data_availability import DataAvailabilityClient
-    from chain.clients.merge_registry import MergeRegistryClient
-    from collab.merge.assets import local_config_source
-    from collab.merge.claimed import describe, execute, record_and_post
-    from collab.merge.mergekit_merge import check_out_dir
-    from collab.merge.programs import build_plan
-    from collab.vault import Vault
-
-    check_out_dir(out)
-    session = chain_session(ctx)
-    assert session.account is not None
-    registry = session.client(MergeRegistryClient)  # NotFound early when the deployment has no MergeRegistry
-    with _resolved(ctx, spec) as (resolved, grants):
-        log(f"building the {spec.method} program over {len(resolved.models)} input(s)")
-        plan = build_plan(resolved)
-        source = local_config_source(resolved)
-        assert source is not None
-        log(f"running and committing {len(plan.job.program.steps)} steps")
-        output = execute(plan, out, source)
-    conf = settings(ctx)
-    me = identity(ctx)
-    vault = Vault(conf.vault_dir, owner=me.x25519_public)
-    first_asset = next(iter(grants), 0)
-    posted = record_and_post(
-        output, merger=session.account, home=conf.home, vault=vault,
-        manager=session.client(ClaimManagerClient), game=session.client(BisectionGameClient),
-        data=session.client(DataAvailabilityClient), registry=registry, audience=audience,
-        verify_asset=verify_asset or first_asset, merger_share_bps=merger_share_bps, royalty_bps=royalty_bps,
-    )
-    data = {
-        "claim_id": "0x" + posted.claim_id.hex(), "job_id": "0x" + posted.job_id.hex(), "method": spec.method,
-        "out_dir": str(out.resolve()), **describe(output), "content_hash": "0x" + posted.content_hash.hex(),
-        "vault_uri": posted.vault_uri, "audience": posted.audience, "parents": list(posted.parents),
-        "contributors": [{"account": a, "weight": w} for a, w in zip(posted.contributors, posted.weights)],
-        "merger_share_bps": merger_share_bps, "assets": [g.to_json() for g in grants.values()],
-    }
-    human = kv_table({k: v for k, v in data.items() if k not in ("assets", "contributors", "seconds")}, "merge claim posted")
-    emit(ctx, data, human)
+    emit(ctx, data, f"merged {len(data['inputs'])} input(s) with {data['method']} into {data['out_dir']}\n"
+                    f"{data['tensors']} tensors, {data['parameters']} parameters, sha256 {data['weights_sha256']}, "
+                    f"{data['seconds']:.2f}s")
 
 
 @group.command("finalize")
@@ -166,37 +76,13 @@ def _run_claimed(ctx: click.Context, spec: MergeSpec, out: Path, audience: str, 
 @click.pass_context
 def finalize_cmd(ctx: click.Context, claim_id: str) -> None:
     """End a merge claim's challenge window: the merged asset is registered and its Shares minted."""
-    from chain.clients.asset_registry import AssetRegistryClient
-    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
-    from chain.clients.merge_registry import MergeRegistryClient
     from collab.commands.claims import parse_claim_id
-    from collab.errors import NotFound, ProtocolViolation
 
-    cid = parse_claim_id(claim_id)
-    session = chain_session(ctx)
-    manager = session.client(ClaimManagerClient)
-    registry = session.client(MergeRegistryClient)
-    job_id = registry.job_of_claim(cid)
-    if job_id == bytes(32):
-        raise NotFound(f"claim {claim_id} is not a recorded merge")
-    status = manager.get_claim(cid).status
-    if status == ClaimStatus.PENDING:
-        manager.finalize(cid)
-        status = manager.get_claim(cid).status
-    if status == ClaimStatus.REJECTED:
-        raise ProtocolViolation(f"merge claim {claim_id} was rejected: nothing is registered or minted")
-    asset_id = registry.settled_asset(cid)
-    if asset_id == 0:
-        raise ProtocolViolation(f"merge claim {claim_id} finalized but its settlement failed",
-                                hint="retry with MergeRegistry.settle")
-    asset = session.client(AssetRegistryClient).asset(asset_id)
-    job = registry.job(job_id)
-    data = {"claim_id": "0x" + cid.hex(), "status": status.name.lower(), "asset": asset.to_json(),
-            "contributors": [{"account": a, "weight": w} for a, w in zip(job.contributors, job.weights)],
-            "merger_share_bps": job.merger_share_bps}
-    parents = ", ".join(f"{i} ({b} bps)" for i, b in asset.parents) or "none"
-    emit(ctx, data, f"merge claim finalized: asset {asset_id} registered (parents {parents}), "
-                    f"Shares to {len(job.contributors)} input owner(s) and the merger")
+    data = home_op(ctx, "merge_finalize", {"claim_id": "0x" + parse_claim_id(claim_id).hex()}, timeout=300)
+    asset = data["asset"]
+    parents = ", ".join(f"{p['id']} ({p['bps']} bps)" for p in asset["parents"]) or "none"
+    emit(ctx, data, f"merge claim finalized: asset {asset['id']} registered (parents {parents}), "
+                    f"Shares to {len(data['contributors'])} input owner(s) and the merger")
 
 
 def _host_port(text: str) -> tuple[str, int]:
