@@ -185,6 +185,85 @@ def install_ttp_server() -> None:
     TTPServer.fixed_matmul = fixed_matmul  # type: ignore[attr-defined]
 
 
+HELD_PROVIDERS = ("TFP", "HE")
+MATMUL_FIELDS = ("q_w", "k_w", "v_w", "o_w", "ff1_w", "ff2_w")
+
+
+def held_names(shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """The flat weight names (:func:`collab.mpc.encoder.weight_shapes`) that multiply activations as matmuls."""
+    return [k for k in shapes if k.startswith("word.") or k.rsplit(".", 1)[-1] in MATMUL_FIELDS]
+
+
+def encode_held(weight: torch.Tensor) -> torch.Tensor:
+    """The owner's plaintext weight at CrypTen's fixed-point scale: computed once per model load."""
+    from crypten.encoder import FixedPointEncoder
+
+    return FixedPointEncoder().encode(weight.float())
+
+
+class OwnerHeldWeight:
+    """A weight the owner holds in the clear and never shares: its fixed mask is the weight itself.
+
+    The persistent owner party (:mod:`collab.mpc.persistent`) serves each
+    query to a *fresh* client process, which cannot keep a ``D = W - B``
+    opened at model load. But the owner knows ``W``, so its fixed mask can be
+    held by the owner alone: ``B = W`` (all on the owner's side), ``D = 0``,
+    and nothing about the weight is ever opened. Each query's triple is a
+    fresh shared ``A`` with ``C = A @ W``; the client's share of ``x - A``
+    goes to the owner only (half the bytes of an opening), and
+
+        x @ W = C + (x - A) @ W      (owner: c0 + E @ W, client: c1).
+
+    ``E = x - A`` hides ``x`` from the owner as any Beaver opening does
+    (``A`` is fresh per query and unknown to it; on the dealer path ``TFP``
+    the owner deals ``A`` and could unmask, as for every TFP triple). The
+    client sees only its shares of ``A`` and ``C``, uniform. Triples: ``TFP``
+    the owner draws ``A`` and computes ``C`` locally; ``HE`` the two-party BFV
+    ``fixed_matmul_triple`` with the owner's operand ``W`` and the client's
+    zero (its noise flooding is what keeps ``W`` from the client). ``TTP`` is
+    not supported: the helper would need ``W``.
+    """
+
+    def __init__(self, held: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+        import crypten.communicator as comm
+
+        if _provider_name() not in HELD_PROVIDERS or comm.get().get_world_size() != 2:
+            raise InternalError(f"owner-held weights need a 2-party TFP or HE provider, not {_provider_name()}")
+        self.rank = comm.get().get_rank()
+        self.shape = tuple(shape)
+        if (held is None) != (self.rank != 0) or (held is not None and tuple(held.shape) != self.shape):
+            raise InternalError("the owner (rank 0) alone holds the weight, of the agreed shape")
+        self.held = held
+        self._zero: torch.Tensor | None = None  # the client's operand in the HE protocol (same object when traced)
+
+    def _triple(self, size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This party's shares of a fresh ``A`` of ``size`` and ``C = A @ W``."""
+        if _provider_name() == "TFP":
+            a_plain = _ring(size) if self.rank == 0 else None
+            c_plain = a_plain.matmul(self.held) if self.rank == 0 else None  # type: ignore[union-attr,arg-type]
+            return _from_src0(a_plain, size).share, _from_src0(c_plain, _matmul_size(size, self.shape)).share
+        import crypten.mpc
+
+        if self.held is None and self._zero is None:
+            self._zero = torch.zeros(self.shape, dtype=torch.long)
+        operand = self.held if self.held is not None else self._zero
+        a, c = crypten.mpc.get_default_provider().fixed_matmul_triple(tuple(size), operand)
+        return a.share, c.share
+
+    def rmatmul(self, x: Any) -> Any:
+        """``x @ W`` for a secret-shared ``x`` (batch dims allowed), at ``x``'s fixed-point scale."""
+        import crypten.communicator as comm
+
+        xs = x._tensor
+        a, c = self._triple(tuple(xs.size()))
+        eps = comm.get().reduce(xs.share - a, 0)  # only the owner needs x - A (dst positional: CrypTen logs it)
+        z = c + eps.matmul(self.held) if self.rank == 0 else c
+        out = xs.clone()
+        out.share = z
+        out.div_(xs.encoder.scale)  # both operands carry the scale: truncate once, as CrypTen does
+        return _wrap(x, out)
+
+
 def _wrap(like: Any, tensor: Any) -> Any:
     out = like.shallow_copy()
     out._tensor = tensor
@@ -197,5 +276,5 @@ def masked(weight: Any) -> Any:
 
 
 def matmul(x: Any, w: Any) -> Any:
-    """``x @ w`` for a plain/shared ``w`` or a :class:`MaskedWeight`."""
-    return w.rmatmul(x) if isinstance(w, MaskedWeight) else x.matmul(w)
+    """``x @ w`` for a plain/shared ``w``, a :class:`MaskedWeight` or an :class:`OwnerHeldWeight`."""
+    return w.rmatmul(x) if isinstance(w, (MaskedWeight, OwnerHeldWeight)) else x.matmul(w)

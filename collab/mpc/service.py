@@ -97,8 +97,8 @@ DEFAULT_BATCH = 1
 # =========================================================================== the party processes
 
 
-def _party_tensors(job: dict[str, Any], rank: int) -> tuple[Any, Any, dict[str, torch.Tensor] | None]:
-    """Each party's private, local preparation (before the rendezvous)."""
+def _party_tensors(job: dict[str, Any], rank: int, loaded: Any = None) -> tuple[Any, Any, dict[str, torch.Tensor] | None]:
+    """Each party's private, local preparation (before the rendezvous); ``loaded``: the owner's weights, if kept."""
     from collab.mpc import encoder as enc
     from collab.mpc.model import load_spec, load_weights, model_dir, tokenize
 
@@ -107,7 +107,7 @@ def _party_tensors(job: dict[str, Any], rank: int) -> tuple[Any, Any, dict[str, 
     approx = enc.Approximations(**job.get("approx", {}))
     own: dict[str, torch.Tensor] | None = None
     if rank == OWNER:
-        own = enc.prepare_weights(load_weights(path), spec, int(job["seq_len"]))
+        own = enc.prepare_weights(loaded if loaded is not None else load_weights(path), spec, int(job["seq_len"]))
         if job.get("head"):
             from collab.he.ckks_head import load_head
 
@@ -125,31 +125,52 @@ def _party_tensors(job: dict[str, Any], rank: int) -> tuple[Any, Any, dict[str, 
 def run_party(rank: int, master: str, job: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Body of one party process of a served call; returns what goes to its result file."""
     compat.set_collective_timeout(timeout)
+    if rank == HELPER:  # the independent compute node: CrypTen's dealer, sees no input, weight or output
+        os.environ.update(RANK=str(rank), WORLD_SIZE="2", RENDEZVOUS=f"tcp://{master}", DISTRIBUTED_BACKEND="gloo")
+        from crypten.config import cfg
+        from crypten.mpc.provider import TTPServer
+
+        from collab.mpc.fixed import install_ttp_server
+
+        t0 = time.perf_counter()
+        cfg.mpc.provider = str(job["provider"])
+        install_ttp_server()  # it keeps the fixed weight masks B of this model load
+        TTPServer()  # returns when rank 0 sends "terminate" at uninit
+        return {"role": "helper", "wall_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    spec, approx, own = _party_tensors(job, rank)
+    return run_session(rank, master, job, spec, approx, own, t0=t0)
+
+
+def run_session(rank: int, master: str, job: dict[str, Any], spec: Any, approx: Any,
+                own: dict[str, torch.Tensor] | None, held: dict[str, torch.Tensor] | None = None,
+                t0: float | None = None) -> dict[str, Any]:
+    """One CrypTen session of a served call: rendezvous, share, (offline,) online, open to the client, uninit.
+
+    A per-call party process runs it once; the owner's persistent party
+    (:mod:`collab.mpc.persistent`) runs it once per query with its ``held``
+    weights (fixed-point, encoded once per model load) and a fresh rendezvous.
+    With ``owner_held`` in the job the matmul weights are never shared:
+    :class:`collab.mpc.fixed.OwnerHeldWeight`.
+    """
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", RENDEZVOUS=f"tcp://{master}", DISTRIBUTED_BACKEND="gloo")
     import crypten
     import crypten.communicator as comm
     from crypten.config import cfg
 
     from collab.mpc import encoder as enc
+    from collab.mpc import fixed
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if t0 is None else t0
     provider = str(job["provider"])
     he = None
     if provider == "HE":
         from collab.he.provider import install_provider
 
         he = install_provider()
+        he._generator = None  # a new session gets fresh keys (never a previous session's generator) ...
+        he.traffic = type(he.traffic)()  # ... and its own traffic count
     cfg.mpc.provider = provider
-    if rank == HELPER:  # the independent compute node: CrypTen's dealer, sees no input, weight or output
-        from crypten.mpc.provider import TTPServer
-
-        from collab.mpc.fixed import install_ttp_server
-
-        install_ttp_server()  # it keeps the fixed weight masks B of this model load
-        TTPServer()  # returns when rank 0 sends "terminate" at uninit
-        return {"role": "helper", "wall_s": time.perf_counter() - t0}
-
-    spec, approx, own = _party_tensors(job, rank)
     batch, seq_len, out_dim = int(job["batch"]), int(job["seq_len"]), int(job["out_dim"])
     crypten.init()
     cfg.communicator.verbose = True
@@ -160,11 +181,17 @@ def run_party(rank: int, master: str, job: dict[str, Any], timeout: float) -> di
             w_shapes["head.w"], w_shapes["head.b"] = (spec.hidden, int(job["head_classes"])), (int(job["head_classes"]),)
         if job.get("dp"):
             w_shapes["noise"] = (batch, out_dim)
+        names = fixed.held_names(w_shapes) if job.get("owner_held") else []
         t_share = time.perf_counter()
-        flat_w = _share(own if rank == OWNER else None, w_shapes, src=OWNER)
+        shared = {k: v for k, v in w_shapes.items() if k not in names}
+        flat_w = _share({k: own[k] for k in shared} if rank == OWNER and own is not None else None, shared, src=OWNER)
+        if names and rank == OWNER and held is None:  # a per-call owner encodes them now
+            held = {k: fixed.encode_held(own[k]) for k in names}  # type: ignore[index]
+        for k in names:
+            flat_w[k] = fixed.OwnerHeldWeight(held[k] if rank == OWNER else None, w_shapes[k])  # type: ignore[index]
         flat_in = _share(own if rank == CLIENT else None, enc.input_shapes(batch, seq_len, spec), src=CLIENT)
         weights = enc.assemble_weights({k: v for k, v in flat_w.items() if not k.startswith(("head.", "noise"))}, spec)
-        if job.get("fixed_masks"):  # W - B opened once at load; each query then opens only x - A (TFP, HE)
+        if job.get("fixed_masks") and not names:  # W - B opened once per session; each query opens only x - A
             weights = enc.mask_weights(weights)
         inputs = enc.SharedInputs(**flat_in)
         share_s = time.perf_counter() - t_share
@@ -247,7 +274,16 @@ class ServiceParties(PartyGroup):
 
 
 def launch_parties(jobs: dict[int, dict[str, Any]], timeout: float) -> dict[int, dict[str, Any]]:
-    """Start the party processes of one call and wait for them (the only place processes start)."""
+    """Run the parties of one call and wait for them (the only place a call's processes start).
+
+    A job with ``owner_held`` weights is served by the model's persistent owner
+    party (:func:`collab.mpc.persistent.owner_parties`) and a fresh client
+    process; any other (3 parties, ``fixed_masks`` per call) by fresh processes.
+    """
+    if jobs[OWNER].get("owner_held"):
+        from collab.mpc.persistent import owner_parties
+
+        return owner_parties().serve(Path(jobs[OWNER]["model_dir"]), jobs[OWNER], jobs[CLIENT], timeout)
     group = ServiceParties(jobs, timeout=timeout)
     group.start()
     return group.wait()
@@ -696,9 +732,12 @@ def _execute(request: InferRequest, served: ServedModel, head: LinearHead | None
         return _he(request, served, head, drawn)  # type: ignore[arg-type]
     from collab.mpc.encoder import preset
 
+    # Two parties: the model's persistent owner party with owner-held weights (nothing opened, per load or
+    # per query); three: fresh processes with W - B opened once per call (the helper keeps B, see fixed.py).
+    persistent = request.parties == 2
     common = {"seq_len": request.seq_len, "batch": batch, "out_dim": out_dim, "provider": request.provider,
               "model_dir": str(served.model_dir), "dp": drawn is not None,
-              "approx": preset(request.approx), "fixed_masks": True,
+              "approx": preset(request.approx), "fixed_masks": not persistent, "owner_held": persistent,
               "head_classes": head.classes if head is not None else 0}
     jobs: dict[int, dict[str, Any]] = {
         OWNER: dict(common, head=str(served.head_path) if served.head_path else None,
@@ -709,6 +748,8 @@ def _execute(request: InferRequest, served: ServedModel, head: LinearHead | None
         jobs[HELPER] = {"provider": "TTP"}
     results = launch_parties(jobs, request.timeout)
     stats = {"parties": [results[r]["stats"] for r in (OWNER, CLIENT)], "offline_s": results[OWNER].get("offline_s", 0.0)}
+    if "party" in results[OWNER]:  # the persistent owner party: its pid, how many queries it served, its load time
+        stats["owner_party"] = results[OWNER]["party"]
     if "offline_bytes_sent" in results[OWNER]:
         stats["offline_bytes_sent"] = results[OWNER]["offline_bytes_sent"] + results[CLIENT]["offline_bytes_sent"]
     return [[float(v) for v in row] for row in results[CLIENT]["output"]], stats
