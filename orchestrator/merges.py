@@ -1,29 +1,42 @@
-"""The ``merge`` job kind: merge the participants' adapters, as a fraud-provable claim the orchestrator posts.
+"""The ``merge`` job kind: merge the participants' adapters, as a claimed merge settled by MergeRegistry.
 
 CREATED -> COLLECTING: each named node sees the job and reports its adapter
 (safetensors, base64) under ``adapter``; COLLECTING -> COMPUTING once all
-have; COMPUTING -> COMPUTED runs the merge as a VM program
-(:mod:`collab.fraudproof.builders`: linear or TIES), so its output is exactly
-what the claim commits to, stores it (program, inputs) for the blob server and
-writes the merged safetensors in the orchestrator's home; COMPUTED -> CLAIMED
-creates the child ``claim`` job (deterministic claim id) and the job follows
-it to FINALIZED or REJECTED.
+have; COMPUTING -> COMPUTED builds and runs the merge exactly as ``collab merge
+run --claim`` does (:mod:`collab.merge.programs` + :mod:`collab.merge.claimed`:
+linear, task arithmetic or weighted TIES, the stored file is the dequantised
+VM output), vaults the output, records the job in ``MergeRegistry`` (inputs:
+the participants' adapter assets named in ``assets``, or 0 for an unregistered
+adapter, which weighs for the orchestrator) and stores the program for the
+blob server; COMPUTED -> CLAIMED creates the child ``claim`` job (deterministic
+claim id, the registry as settlement hook) and the job follows it to FINALIZED
+(the merged asset is registered with the input assets as parents and its
+Shares minted to their owners by weight) or REJECTED (nothing minted).
+
+Crash-safe: the MergeRegistry job id is ``keccak("merge:" + job id)``, so a
+restarted orchestrator re-running COMPUTING reads its own record back instead
+of recording twice, reuses the vault entry of the same output, and names the
+same claim, which the claim job posts once.
+
+An adapter is a task vector: TIES and task arithmetic merge it against a zero
+base (trim, elect, disjoint mean of the adapters themselves).
 """
 
 from __future__ import annotations
 
 import base64
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 from eth_utils import is_address, keccak
 
-from collab.errors import BadInput, ProtocolViolation
-from orchestrator.claims import claim_to_json, prepare_claim
+from collab.errors import BadInput, CollabError, ProtocolViolation, Unauthorized
+from orchestrator.claims import claim_to_json
 from orchestrator.jobs import Job, JobState, JobStore, register_handler
 from orchestrator.rounds import RoundJob
 
-METHODS = ("linear", "ties")
+METHODS = ("linear", "task_arithmetic", "ties")
 
 
 def encode_adapter(path: Path) -> str:
@@ -42,12 +55,20 @@ def decode_adapter(text: str) -> dict[str, Any]:
 
 @register_handler
 class MergeJob:
-    """Collects adapters from nodes, merges them in the VM, claims the result."""
+    """Collects adapters from nodes, merges them as a claimed merge, records it in MergeRegistry, claims it."""
 
     kind: ClassVar[str] = "merge"
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, registry: Any = None, vault: Any = None, assets: Any = None,
+                 account: Any = None) -> None:
+        """``registry``/``assets``: MergeRegistry / AssetRegistry clients acting as the orchestrator
+        (``account``); ``vault``: the orchestrator's vault. Without a registry (a chain without
+        MergeRegistry) the claim is a plain public one and nothing is settled."""
         self.home = Path(home)
+        self.registry = registry
+        self.vault = vault
+        self.assets = assets
+        self.account = account
 
     def validate(self, payload: dict[str, Any]) -> None:
         parts = payload.get("participants")
@@ -55,9 +76,21 @@ class MergeJob:
             raise BadInput("a merge needs at least two participant addresses")
         if payload.get("method", "linear") not in METHODS:
             raise BadInput(f"merge method must be one of {', '.join(METHODS)}")
-        weights = payload.get("weights")
-        if weights is not None and (not isinstance(weights, list) or len(weights) != len(parts)):
-            raise BadInput("weights must list one number per participant")
+        for key in ("weights", "assets"):
+            value = payload.get(key)
+            if value is not None and (not isinstance(value, list) or len(value) != len(parts)):
+                raise BadInput(f"{key} must list one number per participant")
+        weights = payload.get("weights") or []
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights):
+            raise BadInput("merge weights must be positive numbers (Shares are minted by weight)")
+        assets = payload.get("assets") or []
+        if not all(isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in assets):
+            raise BadInput("assets must be asset ids (0 for an unregistered adapter)")
+        if any(assets) and self.registry is None:
+            raise BadInput("this orchestrator has no MergeRegistry: submit the merge without assets")
+        bps = payload.get("merger_share_bps", 0)
+        if not isinstance(bps, int) or not 0 <= bps <= 10_000:
+            raise BadInput("merger_share_bps must be 0..10000")
 
     def advance(self, job: Job, store: JobStore) -> JobState:
         needs = [str(a).lower() for a in job.payload.get("needs") or []]
@@ -69,28 +102,76 @@ class MergeJob:
             return self._compute(job, store)
         return RoundJob.follow_claim(job, store)
 
-    def _compute(self, job: Job, store: JobStore) -> JobState:
+    def _dir(self, job: Job) -> Path:
+        return self.home / "merges" / job.id[2:18]
+
+    def _spec(self, job: Job, states: list[dict[str, Any]]) -> Any:
+        """The job as a MergeSpec over the adapters written as local model directories (asset ids as provenance)."""
+        import torch
         from safetensors.torch import save_file
 
-        from collab.fraudproof import builders
+        from collab.merge.config import MergeSpec, ModelInput, ModelRef
+
+        payload = job.payload
+        method = payload.get("method", "linear")
+        weights = [float(w) for w in payload.get("weights") or [1.0] * len(states)]
+        assets = [int(a) for a in payload.get("assets") or [0] * len(states)]
+        density = payload.get("density", 0.5)
+        densities = density if isinstance(density, list) else [density] * len(states)
+        root = self._dir(job) / "inputs"
+        if root.exists():
+            shutil.rmtree(root)  # a re-run after a crash writes the same files again
+
+        def write(name: str, state: dict[str, Any]) -> Path:
+            (root / name).mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(root / name / "model.safetensors"))
+            return root / name
+
+        models = []
+        for i, (state, w, a) in enumerate(zip(states, weights, assets)):
+            params: dict[str, Any] = {"weight": w} | ({"density": float(densities[i])} if method == "ties" else {})
+            models.append(ModelInput(ModelRef(path=write(f"p{i}", state), asset_id=a or None), params))
+        base = None
+        if method != "linear":  # an adapter is a task vector: its base is zero
+            base = ModelRef(path=write("base", {k: torch.zeros_like(v) for k, v in states[0].items()}))
+        shared = {"lambda": float(payload["lambda"])} if "lambda" in payload else {}
+        return MergeSpec(method, tuple(models), base, shared)
+
+    def _check_owners(self, job: Job, parts: list[str]) -> None:
+        """Each named asset must be owned by the participant that contributes it (Shares go to its owner)."""
+        for part, asset_id in zip(parts, job.payload.get("assets") or []):
+            if asset_id and self.assets is not None:
+                owner = self.assets.asset(int(asset_id)).owner.lower()
+                if owner != part:
+                    raise Unauthorized(f"asset {asset_id} is owned by {owner}, not by participant {part}")
+
+    def _compute(self, job: Job, store: JobStore) -> JobState:
+        from collab.merge.claimed import execute, prepare_claim
+        from collab.merge.programs import build_plan
 
         parts = [str(a).lower() for a in job.payload["participants"]]
+        self._check_owners(job, parts)
         states = [decode_adapter(job.data[f"r/{a}/adapter"]) for a in parts]
-        method = job.payload.get("method", "linear")
+        out = self._dir(job) / "merged"
+        if out.exists():
+            shutil.rmtree(out)
         try:
-            if method == "ties":
-                built = builders.ties_merge(states[0], states[1:], float(job.payload.get("density", 0.5)))
-            else:
-                built = builders.linear_merge(states, [float(w) for w in job.payload.get("weights") or [1.0] * len(states)])
-        except BadInput:
-            raise
-        except Exception as exc:  # noqa: BLE001 - mismatched adapters are the participants' bad input
-            raise ProtocolViolation(f"cannot merge these adapters: {exc}") from None
-        claim = prepare_claim(built, keccak(text=f"merge:{job.id}"), self.home)
-        out = self.home / "merges" / f"{job.id[2:18]}.safetensors"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in built.state_dict().items()}, str(out))
-        store.update_data(job.id, {"claim": claim_to_json(claim), "claim_id": "0x" + claim.claim_id.hex(),
-                                   "merged_path": str(out), "method": method, "tensors": len(states[0]),
-                                   "parameters": int(sum(v.numel() for v in states[0].values()))})
+            output = execute(build_plan(self._spec(job, states)), out, None)
+        except CollabError as exc:
+            raise ProtocolViolation(f"cannot merge these adapters (the participants' parameters differ?): {exc}") from None
+        claim, posted = prepare_claim(
+            output, merger=self.account, home=self.home, vault=self.vault, registry=self.registry,
+            audience=job.payload.get("audience") or ("participants" if all(job.payload.get("assets") or [0]) else "public"),
+            merger_share_bps=int(job.payload.get("merger_share_bps", 0)),
+            royalty_bps=int(job.payload.get("royalty_bps", 0)), job_id=keccak(text=f"merge:{job.id}"),
+        )
+        method = job.payload.get("method", "linear")
+        store.update_data(job.id, {
+            "claim": claim_to_json(claim), "claim_id": "0x" + claim.claim_id.hex(), "merged_path": str(out / "model.safetensors"),
+            "method": method, "tensors": len(states[0]), "parameters": int(sum(v.numel() for v in states[0].values())),
+            "merge_job_id": "0x" + posted.job_id.hex(), "content_hash": "0x" + posted.content_hash.hex(),
+            "vault_uri": posted.vault_uri, "parents": list(posted.parents), "audience": posted.audience,
+            "contributors": [{"account": c, "weight": w} for c, w in zip(posted.contributors, posted.weights)],
+            "output_root": "0x" + output.trace.output_root.hex(), "weights_sha256": output.weights_sha256,
+        })
         return JobState.COMPUTED

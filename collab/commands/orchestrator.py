@@ -46,7 +46,7 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
 
     handlers: dict[str, Any] = {
         ClaimJob.kind: ClaimJob(ClaimManagerClient.from_deployment(session.deployment, session.w3, me.account)),
-        RoundJob.kind: RoundJob(conf.home, registry=_round_registry(session, me.account)), MergeJob.kind: MergeJob(conf.home), InferenceJob.kind: InferenceJob(),
+        RoundJob.kind: RoundJob(conf.home, registry=_round_registry(session, me.account)), MergeJob.kind: _merge_job(conf, session, me), InferenceJob.kind: InferenceJob(),
     }
     server = OrchestratorServer(
         store=JobStore(conf.jobs_db), address=me.address, chain_id=session.deployment.chain_id,
@@ -70,6 +70,21 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
     finally:
         claims.stop()
         handlers[RoundJob.kind].close()
+
+
+def _merge_job(conf: Any, session: Any, me: Any) -> Any:
+    """The merge job kind, settling through MergeRegistry (registry, vault, asset reads as this orchestrator)."""
+    from orchestrator.merges import MergeJob
+
+    if "MergeRegistry" not in session.deployment.contracts:
+        return MergeJob(conf.home)
+    from chain.clients.asset_registry import AssetRegistryClient
+    from chain.clients.merge_registry import MergeRegistryClient
+    from collab.vault import Vault
+
+    return MergeJob(conf.home, registry=MergeRegistryClient.from_deployment(session.deployment, session.w3, me.account),
+                    vault=Vault(conf.vault_dir, owner=me.x25519_public), account=me.account,
+                    assets=AssetRegistryClient.from_deployment(session.deployment, session.w3))
 
 
 def _round_registry(session: Any, account: Any) -> Any:

@@ -49,26 +49,31 @@ class ClaimedOutput:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def execute(plan: MergePlan, out_dir: Path | str, config_source: Path) -> ClaimedOutput:
-    """Run and commit the plan's program; write the dequantised output as a transformers model directory."""
+def execute(plan: MergePlan, out_dir: Path | str, config_source: Path | None) -> ClaimedOutput:
+    """Run and commit the plan's program; write the dequantised output as a transformers model directory.
+
+    ``config_source=None`` (adapters merged by the orchestrator) writes the
+    weights without an architecture ``config.json``.
+    """
     import hashlib
 
     from safetensors.torch import save_file
 
     out = check_out_dir(out_dir)
-    config_path = Path(config_source) / "config.json"
-    if not config_path.is_file():
+    config_path = Path(config_source) / "config.json" if config_source is not None else None
+    if config_path is not None and not config_path.is_file():
         raise BadInput(f"{config_source} has no config.json for the merged model")
     t0 = time.perf_counter()
     trace = plan.job.trace()
     t1 = time.perf_counter()
     value = trace.outputs[-1].value
     state = {k: v.contiguous() for k, v in output_state(value, plan.job.like or {}).items()}
-    config_text = config_path.read_text(encoding="utf-8")
+    config_text = config_path.read_text(encoding="utf-8") if config_path is not None else None
     with staging_dir(out) as stage:
-        save_file(state, str(stage / "model.safetensors"),
-                  metadata={"format": "pt", CONFIG_METADATA_KEY: config_text})
-        (stage / "config.json").write_text(config_text, encoding="utf-8")
+        meta = {"format": "pt"} | ({CONFIG_METADATA_KEY: config_text} if config_text is not None else {})
+        save_file(state, str(stage / "model.safetensors"), metadata=meta)
+        if config_text is not None:
+            (stage / "config.json").write_text(config_text, encoding="utf-8")
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     return ClaimedOutput(plan, trace, out, digest, {"trace": t1 - t0, "write": time.perf_counter() - t1})
 
@@ -132,6 +137,27 @@ def record_and_post(
     ``overrides`` (tests only) are the wrong step outputs of a cheating
     claimer's trace, stored so its watcher can serve and defend them.
     """
+    claim, recorded = prepare_claim(output, merger=merger, home=home, vault=vault, registry=registry,
+                                    audience=audience, verify_asset=verify_asset, merger_share_bps=merger_share_bps,
+                                    royalty_bps=royalty_bps, kind=kind, overrides=overrides)
+    posted = manager.post_claim(claim)
+    return replace(recorded, claim_id=posted.claim_id)
+
+
+def prepare_claim(
+    output: ClaimedOutput, *, merger: Any, home: Path, vault: Any, registry: Any, audience: str = "participants",
+    verify_asset: int = 0, merger_share_bps: int = 0, royalty_bps: int = 0, kind: str = "model",
+    overrides: Any = None, job_id: bytes | None = None,
+) -> tuple[Any, PostedMerge]:
+    """Everything before posting: vault the output, record the job in MergeRegistry, store the job; the claim input.
+
+    Why separate: the orchestrator posts through its own ``claim`` job (so a
+    restart never double-posts), the CLI posts at once (:func:`record_and_post`).
+    Repeatable: an already recorded ``job_id`` (a restarted orchestrator) is
+    read back instead of recorded again, and the vault entry of the same
+    output is reused. ``job_id`` defaults to :func:`job_id_for`. ``registry=None``
+    (a chain without MergeRegistry) stores and builds a public claim only.
+    """
     from chain.clients.asset_registry import AssetKind
     from chain.clients.claim_manager import Audience
     from chain.clients.merge_registry import MergedAsset, MergeInput
@@ -139,6 +165,12 @@ def record_and_post(
     from collab.fraudproof.store import Store
 
     plan, trace = output.plan, output.trace
+    if registry is None:  # a chain without MergeRegistry: a plain public claim, nothing to settle
+        if job_id is None:
+            raise BadInput("a merge claim without MergeRegistry needs an explicit job id")
+        claim = ClaimerAgent(None, None, None, trace, job_id=job_id).claim_input()  # type: ignore[arg-type]
+        Store(home).save_job(claim.claim_id, plan.job.program, plan.job.inputs, plan.job.witnesses, overrides)
+        return claim, PostedMerge(claim.claim_id, job_id, b"", "", (), (), (), "public")
     aud = Audience.LICENSED_VERIFIERS if audience.startswith("licensed") else Audience.parse(audience)
     claim_kw: dict[str, Any] = {"audience": aud, "settlement_hook": registry.address}
     if aud == Audience.LICENSED_VERIFIERS:
@@ -147,22 +179,38 @@ def record_and_post(
         claim_kw["asset_id"] = verify_asset
     inputs = [MergeInput(a, w) for a, w in merge_inputs(plan)]
     base_asset = plan.base.asset_id if plan.base is not None and plan.base.asset_id is not None else 0
-    entry = vault.put(output.out_dir / "model.safetensors")
-    job_id = job_id_for(merger.address, plan, trace)
-    asset = MergedAsset(entry.content_hash, entry.key_commitment or b"\x00" * 32, entry.uri, AssetKind.parse(kind),
-                        royalty_bps)
-    recorded = registry.record(job_id, plan.job.program.root, trace.input_root, trace.output_root, inputs, asset,
-                               base_asset_id=base_asset, merger_share_bps=merger_share_bps)
-    agent = ClaimerAgent(manager, game, data, trace, job_id=job_id)
+    job_id = job_id or job_id_for(merger.address, plan, trace)
+    entry = _vault_entry(vault, output)
+    recorded_job = registry.job(job_id)
+    if int(recorded_job.merger, 16) == 0:
+        asset = MergedAsset(entry.content_hash, entry.key_commitment or b"\x00" * 32, entry.uri,
+                            AssetKind.parse(kind), royalty_bps)
+        rec = registry.record(job_id, plan.job.program.root, trace.input_root, trace.output_root, inputs, asset,
+                              base_asset_id=base_asset, merger_share_bps=merger_share_bps)
+        claim_id, parents, contributors, weights = rec.claim_id, rec.parents, rec.contributors, rec.weights
+    else:  # recorded by an earlier run of this job that did not get to post
+        if recorded_job.merger.lower() != merger.address.lower():
+            raise BadInput(f"merge job 0x{job_id.hex()} was recorded by {recorded_job.merger}")
+        claim_id, parents = recorded_job.claim_id, recorded_job.parents
+        contributors, weights = recorded_job.contributors, recorded_job.weights
+    agent = ClaimerAgent(None, None, None, trace, job_id=job_id)  # type: ignore[arg-type]  # only builds the input
     claim = agent.claim_input(**claim_kw)
     if aud == Audience.PARTICIPANTS:
         claim = replace(claim, participant_registry=registry.address)
-    if claim.claim_id != recorded.claim_id:
+    if claim.claim_id != claim_id:
         raise BadInput("MergeRegistry names a different claim id than the one about to be posted")
     Store(home).save_job(claim.claim_id, plan.job.program, plan.job.inputs, plan.job.witnesses, overrides)  # servable first
-    posted = manager.post_claim(claim)
-    return PostedMerge(posted.claim_id, job_id, entry.content_hash, entry.uri, recorded.parents, recorded.contributors,
-                       recorded.weights, aud.name.lower())
+    return claim, PostedMerge(claim.claim_id, job_id, entry.content_hash, entry.uri, tuple(parents),
+                              tuple(contributors), tuple(weights), aud.name.lower())
+
+
+def _vault_entry(vault: Any, output: ClaimedOutput) -> Any:
+    """The vault entry of the output's weights: an existing one with the same plaintext, else a new one."""
+    digest = bytes.fromhex(output.weights_sha256)
+    for entry in vault.list():
+        if entry.plaintext_sha256 == digest and entry.key_commitment and getattr(vault, "owner", None) in entry.recipients:
+            return entry
+    return vault.put(output.out_dir / "model.safetensors")
 
 
 def describe(output: ClaimedOutput) -> dict[str, Any]:
@@ -178,4 +226,4 @@ def describe(output: ClaimedOutput) -> dict[str, Any]:
     }
 
 
-__all__ = ["WEIGHT_SCALE", "ClaimedOutput", "PostedMerge", "record_and_post", "describe", "execute", "job_id_for", "merge_inputs", "verify_artifact"]
+__all__ = ["WEIGHT_SCALE", "ClaimedOutput", "PostedMerge", "prepare_claim", "record_and_post", "describe", "execute", "job_id_for", "merge_inputs", "verify_artifact"]
