@@ -3,9 +3,10 @@
 The texts never leave the client's node. The orchestrator only routes: the
 client's node submits the public request (asset, mode, lengths) with its
 signed call receipt and ``needs = [owner]``; the owner's node sees the job in
-its heartbeat reply, checks the license and the receipt on-chain, starts its
-CrypTen party (rank 0, which hosts the gloo rendezvous) and reports the
-rendezvous address; the client's node then starts its own party (rank 1,
+its heartbeat reply, checks the license and the receipt on-chain, hands the
+query to the model's persistent CrypTen party (rank 0, started on the first
+call and kept across calls: :mod:`collab.mpc.persistent`), which opens a
+fresh gloo rendezvous, and reports its address; the client's node then starts its own party (rank 1,
 holding the texts) against it. Each side reports ``done``; the owner's node
 posts the call receipts (metering) after a successful call.
 
@@ -114,7 +115,7 @@ def serve_owner_side(owner: Any, job: dict[str, Any], report: Callable[[str, Any
     from collab.dp.output import OutputNoise
     from collab.metering import CallReceipt
     from collab.mpc.encoder import preset
-    from collab.mpc.parties import OWNER, free_port
+    from collab.mpc.persistent import owner_parties
     from collab.mpc.service import InferRequest, _compute_parties, _hidden, check_license
 
     payload = job["payload"]
@@ -154,20 +155,20 @@ def serve_owner_side(owner: Any, job: dict[str, Any], report: Callable[[str, Any
         # Both parties must run the same approximations and mask schedule: the client copies these from ``master``.
         common = {"seq_len": request.seq_len, "batch": len(request.texts), "out_dim": out_dim, "provider": request.provider,
                   "dp": drawn is not None, "head_classes": head.classes if head is not None else 0,
-                  "approx": preset(request.approx), "fixed_masks": True}
+                  "approx": preset(request.approx), "fixed_masks": False, "owner_held": True}
         mine = dict(common, model_dir=str(served.model_dir), head=str(served.head_path) if served.head_path else None,
                     noise=drawn.tolist() if drawn is not None else None)
-        master = f"{host}:{free_port(host)}"
-        with tempfile.TemporaryDirectory(prefix="collab-owner-") as tmp:
-            proc = _party(OWNER, master, mine, request.timeout, Path(tmp))
+        # The model's persistent party (started on the first call, kept across calls) opens a fresh rendezvous.
+        with owner_parties().acquire(served.model_dir) as party:
+            master = party.begin(mine, request.timeout, host)
             report("master", {"master": master, **common, "license": {"kind": grant.kind, "license_id": grant.license_id,
                                                                      "calls_left": grant.calls_left}})
-            result = _wait_party(proc, OWNER, Path(tmp), request.timeout + 30)
+            result = party.finish(request.timeout + 30)
         if charge is not None:
             ledger.confirm(charge)
         with chain_lock:
             posted = meter.flush(licensing, owner.batch) if grant.kind == "api" else []
-        report("done", {"ok": True, "stats": result.get("stats"), "posted": [
+        report("done", {"ok": True, "stats": result.get("stats"), "owner_party": result.get("party"), "posted": [
             {"license_id": p.license_id, "total_calls": p.total_calls, "calls": p.calls, "amount": p.amount,
              "compute_fee_per_party": p.compute_fee_per_party, "tx": p.tx.tx_hash if p.tx else None} for p in posted]})
     except CollabError as exc:
@@ -230,7 +231,7 @@ def run_client_side(node: Any, fields: dict[str, Any]) -> dict[str, Any]:
             raise Unavailable(f"the owner's node did not start its party within {request.timeout:.0f} s")
         if master is None:
             time.sleep(0.3)
-    shared = ("seq_len", "batch", "out_dim", "provider", "dp", "head_classes", "approx", "fixed_masks")
+    shared = ("seq_len", "batch", "out_dim", "provider", "dp", "head_classes", "approx", "fixed_masks", "owner_held")
     mine = {k: master[k] for k in shared if k in master} | {"texts": list(request.texts)}
     try:
         with tempfile.TemporaryDirectory(prefix="collab-client-") as tmp:
@@ -252,4 +253,5 @@ def run_client_side(node: Any, fields: dict[str, Any]) -> dict[str, Any]:
             "outputs": [[float(v) for v in row] for row in result["output"]], "labels": None,
             "license": master.get("license"), "receipt": receipt.to_json() if receipt else None, "dp": None,
             "posted": (owner_done or {}).get("posted", []),
-            "stats": {"parties": [(owner_done or {}).get("stats"), result.get("stats")], "wall_s": time.perf_counter() - t0}}
+            "stats": {"parties": [(owner_done or {}).get("stats"), result.get("stats")],
+                      "owner_party": (owner_done or {}).get("owner_party"), "wall_s": time.perf_counter() - t0}}
