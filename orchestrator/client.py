@@ -25,11 +25,21 @@ from orchestrator.envelope import sign_request
 DEFAULT_TIMEOUT = 10.0
 
 
+_BY_EXIT_CODE: dict[Any, type[CollabError]] = {c.exit_code: c for c in (
+    errors.UsageError, errors.BadInput, errors.NotFound, errors.Unauthorized, errors.Unavailable,
+    errors.ProtocolViolation, errors.InternalError)}
+
+
 def raise_reply(reply: dict[str, Any]) -> None:
-    """Re-raise an error reply as its CollabError subclass (by name)."""
+    """Re-raise an error reply as its CollabError subclass (by name), else the class of its exit code.
+
+    A decoded contract revert (``UnknownClaim``, ``DuplicateClaim``) is named
+    after its Solidity error, not a collab.errors class; its exit code keeps
+    the meaning, so a routed command exits as the direct one does.
+    """
     cls = getattr(errors, str(reply.get("error")), None)
     if not (isinstance(cls, type) and issubclass(cls, CollabError)):
-        cls = errors.ProtocolViolation if reply.get("exit_code") == errors.EXIT_PROTOCOL else errors.InternalError
+        cls = _BY_EXIT_CODE.get(reply.get("exit_code"), errors.InternalError)
     try:
         exc = cls(str(reply.get("message", "error")))
     except TypeError:
