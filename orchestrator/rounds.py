@@ -4,8 +4,14 @@ The orchestrator runs the Flower SuperLink and the ServerApp (``flwr run``)
 through :mod:`collab.fl.deployment`; each participant's node starts its own
 SuperNode when it sees the job in a heartbeat reply. States:
 
-* CREATED -> COLLECTING: the SuperLink port is chosen and written first, then
-  the SuperLink starts; nodes start SuperNodes and report ``supernode``;
+* CREATED -> COLLECTING: the SuperLink port and its TLS CA certificate (the
+  CA made in this job's directory, :mod:`collab.fl.tls`) are written first, so
+  they travel to the nodes in heartbeat replies; then the SuperLink starts
+  (TLS, ``--enable-supernode-auth``). Each named node reports the public half
+  of the SuperNode key in its home (``auth_key``); the orchestrator registers
+  exactly those keys (``registered/<address>``) and only then does the node
+  start its SuperNode and report ``supernode``. A key from anyone else is
+  never registered, so its SuperNode is refused;
 * COLLECTING -> COMPUTING once every named node has reported (or the job's
   deadline fails it), then ``flwr run`` starts; a node lost mid-round is
   dropped by the ServerApp and the round completes if ``min_participants``
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,7 +45,8 @@ import psutil
 import torch
 from eth_utils import is_address, keccak
 
-from collab.errors import BadInput, ProtocolViolation
+from collab.config import ENV_PASSPHRASE
+from collab.errors import BadInput, ProtocolViolation, Unavailable
 from orchestrator.claims import claim_to_json, prepare_claim
 from orchestrator.jobs import Job, JobState, JobStore, register_handler
 
@@ -103,6 +111,9 @@ class RoundJob:
                 raise BadInput("this orchestrator has no RoundRegistry: submit the round without round_id")
             if self.registry.get_round(rid).aggregator.lower() != str(self.registry.account.address).lower():
                 raise BadInput(f"round {rid} names another aggregator than this orchestrator")
+            if not os.environ.get(ENV_PASSPHRASE):
+                raise Unavailable(f"this orchestrator runs without {ENV_PASSPHRASE}: its ServerApp could not "
+                                  "sign the participants' update receipts", hint=f"restart it with {ENV_PASSPHRASE} set")
 
     def _dir(self, job: Job) -> Path:
         path = self.home / "rounds" / job.id[2:18]
@@ -114,9 +125,35 @@ class RoundJob:
 
         dep = self.deployments.get(job.id)
         if dep is None:
-            dep = self.deployments[job.id] = FlowerDeployment(self._dir(job), port=int(job.data["superlink_port"]),
-                                                              secure=False)  # see workers.TaskRunner: no TLS yet
+            dep = self.deployments[job.id] = FlowerDeployment(self._dir(job), port=int(job.data["superlink_port"]))
+            for address in needs_of(job):  # a SuperLink restarted by this process re-registers the known keys
+                if job.data.get(f"registered/{address}"):
+                    dep.node_keys[address] = self._key_file(job, address)
         return dep
+
+    def _key_file(self, job: Job, address: str) -> Path:
+        return self._dir(job) / "flower" / "node-keys" / f"{address}.pub"
+
+    def _register_keys(self, job: Job, store: JobStore) -> None:
+        """Register the SuperNode key each named node reported (once per node); nobody else's."""
+        dep = self._deployment(job)
+        for address in needs_of(job):
+            reported = job.data.get(f"r/{address}/auth_key")
+            if not reported or reported in (job.data.get(f"registered/{address}"), job.data.get(f"auth_refused/{address}")):
+                continue
+            try:
+                public = check_auth_key(str(reported))
+            except BadInput as exc:
+                log.warning("job %s: SuperNode key of %s refused: %s", job.id, address, exc)
+                store.update_data(job.id, {f"auth_refused/{address}": reported})
+                continue
+            path = self._key_file(job, address)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(public)
+            dep.register_node(path)  # before the node's SuperNode connects: it waits for registered/<address>
+            dep.node_keys[address] = path
+            store.update_data(job.id, {f"registered/{address}": reported})
+            log.info("job %s: SuperNode key of %s registered", job.id, address)
 
     def _ensure_superlink(self, job: Job, store: JobStore) -> None:
         dep = self._deployment(job)
@@ -130,14 +167,18 @@ class RoundJob:
     def advance(self, job: Job, store: JobStore) -> JobState:
         from collab.fl.deployment import free_port
 
-        needs = [str(a).lower() for a in job.payload.get("needs") or []]
+        from collab.fl.tls import server_tls
+
+        needs = needs_of(job)
         if job.state == JobState.CREATED:
-            store.update_data(job.id, {"superlink_port": free_port(),
-                                       "superlink_address": "127.0.0.1"})  # written before the SuperLink exists
+            tls = server_tls(self._dir(job) / "flower" / "tls")  # the SuperLink reuses it; the CA key stays here
+            store.update_data(job.id, {"superlink_port": free_port(), "superlink_address": "127.0.0.1",
+                                       "superlink_ca": tls.ca_cert.read_text()})  # written before the SuperLink exists
             return JobState.COLLECTING
         result = self._dir(job) / "result.json"
         if job.state == JobState.COLLECTING:
             self._ensure_superlink(job, store)
+            self._register_keys(job, store)
             reported = [a for a in needs if job.data.get(f"r/{a}/supernode")]
             if len(reported) < len(needs) or not self._fixed(job, store):
                 return job.state
@@ -146,13 +187,14 @@ class RoundJob:
             record = _record(result)
             if record.get("status") in ("completed", "failed"):
                 return self._finish_run(job, store, record)
+            _progress(job, store, record)
             if job.id in self.runs and self.runs[job.id].proc.poll() is None:
                 return job.state
             if _alive(job.data.get("run_pid"), "flwr"):
                 return job.state
             self._ensure_superlink(job, store)
             config = {**DEFAULT_CONFIG, **job.payload.get("config", {}), "expected-participants": len(needs),
-                      "min-participants": int(job.payload.get("min_participants", 2))}
+                      "min-participants": int(job.payload.get("min_participants", 2)), **self._receipt_config(job)}
             run = self._deployment(job).start_run(config, result)
             self.runs[job.id] = run
             store.update_data(job.id, {"run_pid": run.proc.pid, "run_started": time.time(),
@@ -166,6 +208,21 @@ class RoundJob:
             asset = self.registry.settled_asset(bytes.fromhex(job.data["claim_id"][2:]))
             store.update_data(job.id, {"settled_asset": asset})
         return state
+
+    def _receipt_config(self, job: Job) -> dict[str, Any]:
+        """Run config for a registry round: the ServerApp signs an update receipt per accepted update.
+
+        It runs under the SuperLink, which inherits this process's environment,
+        so it unlocks this home's identity with the same ``COLLAB_PASSPHRASE``.
+        The on-chain round count wins over the job's config: a dispute needs
+        the receipt of the round the contract calls final.
+        """
+        rid = job.payload.get("round_id")
+        if not rid:
+            return {}
+        return {"registry-round": int(rid), "registry-address": str(self.registry.address),
+                "chain-id": int(self.registry.w3.eth.chain_id), "aggregator": str(self.registry.account.address),
+                "aggregator-home": str(Path(self.home).resolve()), "num-rounds": self.registry.get_round(int(rid)).rounds}
 
     def _fixed(self, job: Job, store: JobStore) -> bool:
         """Without a registry round: always; with one: once the creator fixed it on-chain."""
@@ -262,6 +319,7 @@ class RoundJob:
                  "participants": participants, "dropped": record.get("dropped", []),
                  "accuracy": record.get("final_accuracy"), "base_accuracy": record.get("base_accuracy"),
                  "epsilon": record.get("epsilon", {}), "examples": last["examples"], "rounds": len(record["rounds"]),
+                 "rounds_done": len(record["rounds"]), "receipts": record.get("receipts", {}),
                  "secure_aggregation": bool(record.get("secure_aggregation")), "claim_over": over,
                  "flower_seconds": {k: round(float(last[k]), 1) for k in ("train_seconds", "secagg_seconds", "seconds")
                                     if k in last}}
@@ -279,6 +337,36 @@ class RoundJob:
     def close(self) -> None:
         for dep in self.deployments.values():
             dep.stop()
+
+
+def _progress(job: Job, store: JobStore, record: dict[str, Any]) -> None:
+    """Mirror the live record's completed rounds into the job (``collab round status`` reads them from there)."""
+    rounds = record.get("rounds") or []
+    if len(rounds) == job.data.get("rounds_done", 0) and ("base_accuracy" in job.data or "base_accuracy" not in record):
+        return
+    store.update_data(job.id, {"rounds_done": len(rounds), "base_accuracy": record.get("base_accuracy"),
+                               "accuracy": rounds[-1].get("accuracy") if rounds else None,
+                               "epsilon": record.get("epsilon", {}), "dropped": record.get("dropped", [])})
+
+
+def needs_of(job: Job) -> list[str]:
+    """The job's named nodes, lower-case (the form of their report keys)."""
+    return [str(a).lower() for a in job.payload.get("needs") or []]
+
+
+def check_auth_key(text: str) -> str:
+    """An OpenSSH EC public key as a node reported it (one line); BadInput otherwise."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    line = text.strip()
+    try:
+        key = load_ssh_public_key(line.encode())
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"not an OpenSSH public key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or "\n" in line:
+        raise BadInput("a SuperNode key must be one OpenSSH EC public key")
+    return line + "\n"
 
 
 def _record(path: Path) -> dict[str, Any]:

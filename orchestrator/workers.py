@@ -7,7 +7,8 @@
   the other nodes come from the orchestrator's node list, so a node watches
   claims of peers it never configured.
 * :class:`TaskRunner`: acts on the jobs a heartbeat reply lists for this node:
-  a SuperNode for a ``round`` (through :mod:`collab.fl.deployment`), the
+  a SuperNode for a ``round`` (through :mod:`collab.fl.deployment`; TLS with
+  the CA the job carries, authenticated by a key the orchestrator registered), the
   adapter upload for a ``merge``, the owner's CrypTen party for an
   ``inference``. Each action runs once per job (and a dead SuperNode is
   restarted while its round is still running).
@@ -173,8 +174,7 @@ class TaskRunner:
                 raise
             except Exception as exc:  # noqa: BLE001 - an RPC hiccup is retried at the next heartbeat
                 log.warning("job %s: registry step failed: %s", jid, exc)
-        # A SuperNode started before its SuperLink listens backs off exponentially (one demo lost 18 s that way).
-        if kind == "round" and needed and state in ("collecting", "computing") and task["data"].get("superlink_ready"):
+        if kind == "round" and needed and state in ("collecting", "computing"):
             self._supernode(task)
         elif kind == "round" and jid in self.supernodes:  # the Flower part is over (claiming): free the SuperNode
             with self._lock:
@@ -189,9 +189,18 @@ class TaskRunner:
             threading.Thread(target=self._owner_side, args=(task,), name=f"infer-{jid[:10]}", daemon=True).start()
 
     def _supernode(self, task: dict[str, Any]) -> None:
-        from collab.fl.deployment import FlowerDeployment
+        """Report this home's SuperNode key, then (once the orchestrator registered it) start the SuperNode.
 
-        jid = task["id"]
+        TLS: the SuperLink's CA certificate arrives in the job's data; the node
+        verifies the SuperLink with it. Authentication: the SuperLink refuses
+        a SuperNode whose public key the orchestrator has not registered, so
+        the node reports ``auth_key`` first and waits for ``registered/<me>``.
+        A job without a CA (an older orchestrator) runs without TLS.
+        """
+        from collab.fl.deployment import FlowerDeployment
+        from collab.fl.tls import node_auth_key
+
+        jid, data = task["id"], task["data"]
         with self._lock:
             current = self.supernodes.get(jid)
             if current is not None and current.proc.poll() is None:
@@ -202,12 +211,27 @@ class TaskRunner:
                     self._report(jid)("supernode", {"ok": False, "error": "this node has no training data (--data)"})
                 return
             home = Path(self.node.chain.settings.home)
-            # TODO(issue 8 TLS): the SuperLink's CA and this node's auth key travel through the job once the
-            # deployment takes them from files it did not create; until then rounds run without TLS on loopback.
-            deployment = FlowerDeployment(home / "flower-rounds", port=int(task["data"]["superlink_port"]), secure=False)
+            secure = bool(data.get("superlink_ca"))
+            ca: Path | None = None
+            if secure:
+                public = node_auth_key(home / "flower" / "auth")[1].read_text()  # the key add_participant uses
+                if data.get(f"r/{self.me}/auth_key") != public:
+                    self._report(jid)("auth_key", public)
+                    return
+                if data.get(f"registered/{self.me}") != public:
+                    return  # the orchestrator registers it with its SuperLink first
+                ca = home / "flower-rounds" / f"{jid[2:18]}-ca.pem"
+                ca.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                ca.write_text(str(data["superlink_ca"]))
+            # A SuperNode started before its SuperLink listens backs off exponentially (one demo lost 18 s that way).
+            if not data.get("superlink_ready"):
+                return
+            deployment = FlowerDeployment(home / "flower-rounds", port=int(data["superlink_port"]), secure=secure)
             self.supernodes[jid] = deployment.add_participant(self.me, home, self.data,
-                                                              passphrase=os.environ.get("COLLAB_PASSPHRASE"))
-            log.info("job %s: SuperNode started (pid %d)", jid, self.supernodes[jid].proc.pid)
+                                                              passphrase=os.environ.get("COLLAB_PASSPHRASE"),
+                                                              superlink_ca=ca, register=False)
+            log.info("job %s: SuperNode started (pid %d%s)", jid, self.supernodes[jid].proc.pid,
+                     ", TLS + node authentication" if secure else ", no TLS")
         if jid not in self.started:
             self.started.add(jid)
             self._report(jid)("supernode", {"ok": True, "pid": self.supernodes[jid].proc.pid})

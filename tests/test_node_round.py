@@ -33,9 +33,16 @@ from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryCli
 from chain.clients.claim_manager import ClaimManagerClient
 from chain.clients.identity_registry import IdentityRegistryClient
 from chain.clients.receipts import ReceiptsClient
-from chain.clients.round_registry import RoundConfig, RoundRegistryClient, RoundStatus, epsilon_units
+from chain.clients.round_registry import (
+    RoundConfig,
+    RoundRegistryClient,
+    RoundStatus,
+    epsilon_units,
+    recover_update_receipt,
+)
 from chain.clients.shares import SharesClient
 from collab.fl.data import iid_split, load_bbc_news, take, train_test_split
+from collab.fl.receipts import receipt_path, receipts_dir
 from conftest import increase_time
 from orchestrator.client import NodeSocketClient
 from test_claim_manager import GameEnv, game_env  # noqa: F401  (session fixture)
@@ -146,6 +153,16 @@ def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[s
     posted = [p for p in manager.posted(from_block=game_env.deployment.deploy_block) if p.claim_id == claim_id]
     assert len(posted) == 1 and posted[0].claimer == network["info"]["address"]
     assert not any(_alive(pid) for pid in network["orphans"])  # the restarted orchestrator ended the old Flower run
+    # Flower ran with TLS (the CA travelled in the job) and authenticated SuperNodes (each named node's key registered).
+    assert data["superlink_ca"].startswith("-----BEGIN CERTIFICATE-----")
+    assert all(data[f"registered/{homes[n][1].lower()}"] == data[f"r/{homes[n][1].lower()}/auth_key"] for n in NAMES)
+    # Every included participant's node kept the aggregator's receipt for its final-round update; the dead one none.
+    rr = RoundRegistryClient.from_deployment(game_env.deployment, game_env.w3)
+    for name in ("p0", "p1"):
+        kept = json.loads(receipt_path(homes[name][0], round_id, 1).read_text())
+        assert recover_update_receipt(bytes.fromhex(kept["signature"][2:]), game_env.w3.eth.chain_id, rr.address, round_id,
+                                      homes[name][1], 1, bytes.fromhex(kept["update_commitment"][2:])) == network["info"]["address"]
+    assert not list(receipts_dir(homes["p2"][0]).glob("*.json")) if receipts_dir(homes["p2"][0]).exists() else True
 
     # RoundRegistry: fixed with all three, recorded with the survivors' consent, minted only at finalization.
     registry = RoundRegistryClient.from_deployment(game_env.deployment, game_env.w3)
