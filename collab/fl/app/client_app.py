@@ -11,6 +11,10 @@ Message types (Flower Message API, one ClientApp process per message):
 * ``train``: local DP-SGD from the received global model; the reply carries
   the signed model receipt, the signed update commitment and, with secure
   aggregation, the SecAgg round-0 key advertisement instead of the update;
+  in a RoundRegistry round it also carries the aggregator's update receipt
+  for the previous round, checked and kept (a bad one refuses the message);
+* ``query.receipt``: the receipt for the last round's update, kept in the
+  home for ``collab round dispute`` (:mod:`collab.fl.receipts`);
 * ``train.secagg_share`` / ``_mask`` / ``_consistency`` / ``_unmask``:
   SecAgg rounds 1-4 (``collab.secagg``). The participant's secrets and its
   update between these messages live in ``Context.state``, which the
@@ -150,11 +154,15 @@ def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray],
     return {k: v.detach().numpy() for k, v in trainable_state(model).items()}, metrics
 
 
+def _opening_path(context: Context, job: str, rnd: int) -> Path:
+    folder = Path(str(context.node_config["home"])) / "flower" / "commitments"
+    return folder / f"{hashlib.sha256(job.encode()).hexdigest()[:16]}-r{rnd}.json"
+
+
 def _save_opening(context: Context, job: str, rnd: int, salt: bytes, commitment: bytes) -> None:
     """Keep the salt that opens this node's update commitment (only this node can open it)."""
-    folder = Path(str(context.node_config["home"])) / "flower" / "commitments"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / f"{hashlib.sha256(job.encode()).hexdigest()[:16]}-r{rnd}.json"
+    path = _opening_path(context, job, rnd)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.write_text(json.dumps({"job": job, "round": rnd, "salt": salt.hex(), "commitment": commitment.hex()}) + "\n")
     path.chmod(0o600)
 
@@ -168,6 +176,8 @@ def train(msg: Message, context: Context) -> Message:
     identity = _identity(context)
     cfg = msg.content["config"]
     job, rnd, member = str(cfg["job"]), int(cfg["server-round"]), int(cfg["member-id"])
+    if "receipt" in cfg:  # the aggregator's receipt for this node's previous update: no further update without it
+        _keep_receipt(context, cfg)
     received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     receipt = att.sign(identity.account, att.model_receipt_digest(job, rnd, att.model_hash(received)))
     state, metrics = _local_round(msg, context)
@@ -200,6 +210,33 @@ def train(msg: Message, context: Context) -> Message:
         content["arrays"] = ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
     content["info"] = ConfigRecord(info)
     return Message(content, reply_to=msg)
+
+
+# ---------------------------------------------------------------------- update receipts
+
+
+def _keep_receipt(context: Context, cfg: Any) -> Path:
+    """Check the aggregator's receipt against the run's aggregator and this node's own commitment; store it."""
+    from collab.errors import BadInput
+    from collab.fl.receipts import ReceiptContext, keep
+
+    where = ReceiptContext.from_run_config(dict(context.run_config))
+    if where is None:
+        raise BadInput("an update receipt in a round outside the RoundRegistry")
+    home = str(context.node_config["home"])
+    opening = _opening_path(context, str(cfg["receipt-job"]), int(cfg["receipt-round"]))
+    try:
+        own: bytes | None = bytes.fromhex(json.loads(opening.read_text())["commitment"])
+    except (OSError, ValueError, KeyError):
+        own = None
+    return keep(home, where, Identity.read_public(home).address, cfg, own)
+
+
+@app.query("receipt")
+@_guarded
+def receipt(msg: Message, context: Context) -> Message:
+    """The aggregator's receipt for this node's last-round update: checked, then kept in the home for disputes."""
+    return _reply(msg, info={"stored": str(_keep_receipt(context, msg.content["receipt"]))})
 
 
 # ---------------------------------------------------------------------- SecAgg rounds 1-4

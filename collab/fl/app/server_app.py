@@ -15,6 +15,14 @@ update commitment, and aggregates:
 * ``false``: plain FedAvg of the updates in :func:`aggregate` (needed only
   for scoring that looks at individual updates; the record says so).
 
+For a ``RoundRegistry`` round (``registry-round`` > 0) the aggregator signs
+an EIP-712 update receipt for every update in a round's aggregate
+(:mod:`collab.fl.receipts`; its identity unlocked from ``aggregator-home``
+with the ``COLLAB_PASSPHRASE`` the SuperLink inherited) and delivers it in the
+participant's next message: the next round's ``train``, after the last round
+a final ``query.receipt``. A participant left out of the record despite it
+wins the exclusion dispute.
+
 Failed or silent participants are dropped (a killed SuperNode, an exhausted
 privacy budget, a bad signature); a round needs ``min-participants``. The
 held-out BBC News test split is public, so accuracy is measured after each
@@ -41,6 +49,7 @@ from flwr.serverapp import Grid, ServerApp
 from collab.errors import CollabError, ProtocolViolation
 from collab.fl import attestation as att
 from collab.fl.data import load_bbc_news, take, train_test_split
+from collab.fl.receipts import ReceiptContext, ReceiptSigner, delivery
 from collab.fl.record import RECORD_VERSION, Checkpoint, JsonRecord, words_hash
 from collab.fl.secure import SecureRound
 from collab.fl.task import TaskConfig, build_model, evaluate, load_trainable, trainable_state
@@ -199,6 +208,14 @@ def main(grid: Grid, context: Context) -> None:
         record.update(status="failed", reason=reason, rounds=rounds)
         log.error(reason)
 
+    where = ReceiptContext.from_run_config(rc)  # a RoundRegistry round: one signed receipt per accepted update
+    try:
+        signer = ReceiptSigner.load(where, str(rc.get("aggregator-home", ""))) if where else None
+    except CollabError as exc:
+        fail(str(exc))
+        return
+    pending = _pending_receipts(where, job, attribution.body) if where and resumed else {}
+
     try:
         nodes = _wait_for_nodes(grid, int(rc["expected-participants"]), minimum, float(rc["node-wait"]))
     except RuntimeError as exc:
@@ -212,7 +229,7 @@ def main(grid: Grid, context: Context) -> None:
         fail(f"only {len(peers)} participant(s) introduced themselves, {minimum} required: {refused}")
         return
     for rnd in range(start, int(rc["num-rounds"]) + 1):
-        entry = _run_round(grid, rc, job, rnd, model, peers, minimum, timeout, out)
+        entry = _run_round(grid, rc, job, rnd, model, peers, minimum, timeout, out, pending)
         dropped = sorted(set(record.body["dropped"]) | set(entry["dropped"]))
         record.body["epsilon"].update(entry["epsilon"])
         if "failed" in entry:
@@ -221,6 +238,8 @@ def main(grid: Grid, context: Context) -> None:
             return
         entry["loss"], entry["accuracy"] = evaluate(model, test, task.max_len)
         attested = entry.pop("attested")
+        if signer is not None and where is not None:
+            pending = _sign_receipts(signer, where, job, rnd, attested)
         parts = attribution.body["participants"]
         for item in attested:
             p = parts.setdefault(item["participant"], {"address": item["address"], "member_id": item["member_id"],
@@ -234,12 +253,56 @@ def main(grid: Grid, context: Context) -> None:
                             {"result": record.body, "attribution": attribution.body})
         log.info("round %d: accuracy %.3f with %s", rnd, entry["accuracy"], entry["participants"])
         peers = [p for p in peers if p.name in entry["participants"]]
+    if pending:  # before "completed": the orchestrator stops this run once the record is final
+        record.update(receipts=_deliver_receipts(grid, peers, pending, timeout))
     record.update(status="completed", final_accuracy=record.body["rounds"][-1]["accuracy"])
 
 
+def _sign_receipts(signer: ReceiptSigner, where: ReceiptContext, job: str, rnd: int,
+                   attested: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Sign a receipt for every update in this round's aggregate; what each participant's next message carries."""
+    pending = {}
+    for item in attested:
+        commitment = bytes.fromhex(item["update_commitment"][2:])
+        signature = signer.sign(item["address"], rnd, commitment)
+        item["aggregator_receipt"] = "0x" + signature.hex()  # kept in attribution.json too
+        pending[item["participant"]] = delivery(where, job, rnd, commitment, signature)
+    return pending
+
+
+def _pending_receipts(where: ReceiptContext, job: str, attribution: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """After a restart: the last completed round's receipts, still to be delivered."""
+    rounds = attribution.get("rounds") or []
+    last = rounds[-1] if rounds else {}
+    return {i["participant"]: delivery(where, job, int(last["round"]), bytes.fromhex(i["update_commitment"][2:]),
+                                       bytes.fromhex(i["aggregator_receipt"][2:]))
+            for i in last.get("included", []) if i.get("aggregator_receipt")}
+
+
+def _deliver_receipts(grid: Grid, peers: list[Peer], pending: dict[str, dict[str, Any]],
+                      timeout: float) -> dict[str, str]:
+    """The last round's receipts in a final ``query.receipt`` message; per participant, stored or why not."""
+    targets = [p for p in peers if p.name in pending]
+    msgs = [Message(RecordDict({"receipt": ConfigRecord(pending[p.name])}), dst_node_id=p.node,
+                    message_type=f"{MessageType.QUERY}.receipt") for p in targets]
+    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs, timeout=timeout)}
+    out = {}
+    for p in targets:
+        reply = replies.get(p.node)
+        out[p.name] = ("no reply" if reply is None else
+                       f"refused: {reply.error.reason}" if reply.has_error() else "stored")
+        if out[p.name] != "stored":
+            log.warning("receipt for %s not delivered: %s", p.name, out[p.name])
+    return out
+
+
 def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.nn.Module, peers: list[Peer],
-               minimum: int, timeout: float, out: Path | None) -> dict[str, Any]:
-    """One Flower round; updates ``model`` in place and returns the round's entry (``failed`` set on failure)."""
+               minimum: int, timeout: float, out: Path | None,
+               receipts: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One Flower round; updates ``model`` in place and returns the round's entry (``failed`` set on failure).
+
+    ``receipts``: the previous round's update receipts, delivered with each participant's train message.
+    """
     secure = bool(rc["secure-aggregation"])
     sent = _numpy(trainable_state(model))
     sent_hash = att.model_hash(sent)
@@ -249,7 +312,7 @@ def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.
     arrays = ArrayRecord(trainable_state(model))
     messages = []
     for p in peers:
-        config: dict[str, Any] = {"server-round": rnd, "job": job, "member-id": p.member}
+        config: dict[str, Any] = {"server-round": rnd, "job": job, "member-id": p.member, **(receipts or {}).get(p.name, {})}
         if cfg is not None:
             config["secagg"] = cfg.to_bytes()
         messages.append(Message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}),

@@ -1,0 +1,128 @@
+"""Update receipts in the live Flower flow: the aggregator signs, the participant checks and keeps.
+
+For a ``RoundRegistry`` round the ServerApp signs, for every update it
+accepts into a round's aggregate, the EIP-712 ``UpdateReceipt`` the contract
+checks in an exclusion dispute (``chain.clients.round_registry``): registry
+round id, participant, Flower round, and the participant's own signed update
+commitment. The receipt travels to that participant in its next message (the
+next round's ``train``, or a final ``query.receipt`` after the last round).
+The ClientApp keeps it only if the aggregator named in the run config signed
+it and it acknowledges the commitment this node itself made for that round;
+``collab round dispute ROUND`` re-checks the signer against the round's
+aggregator on-chain before using it, so a run config cannot lend a receipt
+authority it does not have.
+
+Receipts live in the participant's home under ``rounds/receipts/``, one JSON
+file per (registry round, Flower round), in the format ``collab round dispute
+--receipt`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from collab.config import ENV_PASSPHRASE
+from collab.errors import NotFound, ProtocolViolation, Unauthorized
+
+RECEIPTS_DIR = ("rounds", "receipts")
+
+
+@dataclass(frozen=True)
+class ReceiptContext:
+    """Where a receipt is valid: the chain, the RoundRegistry, its round, and the aggregator expected to sign."""
+
+    chain_id: int
+    registry: str
+    round_id: int
+    aggregator: str
+
+    @classmethod
+    def from_run_config(cls, rc: dict[str, Any]) -> ReceiptContext | None:
+        """None for a round outside the RoundRegistry (``registry-round`` = 0): nothing to dispute there."""
+        if int(rc.get("registry-round", 0) or 0) <= 0:
+            return None
+        return cls(int(rc["chain-id"]), str(rc["registry-address"]), int(rc["registry-round"]), str(rc["aggregator"]))
+
+
+class ReceiptSigner:
+    """The aggregator's side: its identity (unlocked in the ServerApp's process) and the round it signs for."""
+
+    def __init__(self, where: ReceiptContext, account: Any) -> None:
+        if str(account.address).lower() != where.aggregator.lower():
+            raise Unauthorized(f"the identity in the aggregator home is {account.address}, not the round's "
+                               f"aggregator {where.aggregator}")
+        self.where, self.account = where, account
+
+    @classmethod
+    def load(cls, where: ReceiptContext, home: str) -> ReceiptSigner:
+        """Unlock ``home``'s identity with ``COLLAB_PASSPHRASE`` (inherited from the orchestrator via the SuperLink)."""
+        from collab.identity import Identity
+
+        passphrase = os.environ.get(ENV_PASSPHRASE, "")
+        if not home or not passphrase:
+            raise Unauthorized(f"the aggregator cannot sign update receipts: no identity home or no {ENV_PASSPHRASE} "
+                               "in the SuperLink's environment")
+        return cls(where, Identity.load(home, passphrase).account)
+
+    def sign(self, participant: str, fl_round: int, commitment: bytes) -> bytes:
+        """The 65-byte receipt for one accepted update."""
+        from chain.clients.round_registry import sign_update_receipt
+
+        w = self.where
+        return sign_update_receipt(self.account, w.chain_id, w.registry, w.round_id, participant, fl_round, commitment)
+
+
+def delivery(where: ReceiptContext, job: str, fl_round: int, commitment: bytes, signature: bytes) -> dict[str, Any]:
+    """The receipt as the config entries of a Flower message."""
+    return {"receipt-round": int(fl_round), "receipt-commitment": bytes(commitment), "receipt": bytes(signature),
+            "receipt-registry-round": where.round_id, "receipt-job": job}
+
+
+def receipts_dir(home: str | Path) -> Path:
+    return Path(home).joinpath(*RECEIPTS_DIR)
+
+
+def receipt_path(home: str | Path, round_id: int, fl_round: int) -> Path:
+    return receipts_dir(home) / f"{int(round_id)}-r{int(fl_round)}.json"
+
+
+def keep(home: str | Path, where: ReceiptContext, participant: str, config: Any, own_commitment: bytes | None) -> Path:
+    """Check a delivered receipt and store it in ``home``; ProtocolViolation when it is not one to rely on.
+
+    ``own_commitment`` is the commitment this node signed for that Flower
+    round (None: it kept none, so the receipt acknowledges nothing of its own).
+    """
+    from chain.clients.round_registry import recover_update_receipt
+
+    fl_round, commitment, signature = int(config["receipt-round"]), bytes(config["receipt-commitment"]), bytes(config["receipt"])
+    if int(config["receipt-registry-round"]) != where.round_id:
+        raise ProtocolViolation(f"a receipt for registry round {config['receipt-registry-round']} in round {where.round_id}")
+    if own_commitment is None or commitment != own_commitment:
+        raise ProtocolViolation(f"the aggregator's receipt for Flower round {fl_round} acknowledges a commitment "
+                                "this node did not make")
+    signer = recover_update_receipt(signature, where.chain_id, where.registry, where.round_id, participant, fl_round,
+                                    commitment)
+    if signer.lower() != where.aggregator.lower():
+        raise ProtocolViolation(f"the receipt for Flower round {fl_round} is signed by {signer}, "
+                                f"not by the aggregator {where.aggregator}")
+    path = receipt_path(home, where.round_id, fl_round)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps({
+        "round_id": where.round_id, "participant": participant, "fl_round": fl_round,
+        "update_commitment": "0x" + commitment.hex(), "signature": "0x" + signature.hex(),
+        "aggregator": where.aggregator, "registry": where.registry, "chain_id": where.chain_id}, indent=2) + "\n")
+    return path
+
+
+def latest(home: str | Path, round_id: int) -> Path:
+    """The stored receipt of ``round_id`` with the highest Flower round; NotFound when the home holds none."""
+    found = sorted(receipts_dir(home).glob(f"{int(round_id)}-r*.json"),
+                   key=lambda p: int(p.stem.rsplit("-r", 1)[1]) if p.stem.rsplit("-r", 1)[1].isdigit() else -1)
+    if not found:
+        raise NotFound(f"this home holds no update receipt for round {round_id}",
+                       hint="pass --receipt FILE, or dispute from the participant's own home")
+    return found[-1]
