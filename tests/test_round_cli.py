@@ -28,9 +28,11 @@ from chain.clients.round_registry import (
 from chain.deployment import Deployment
 from collab.cli import run as collab
 from collab.errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PROTOCOL, EXIT_UNAUTHORIZED
+from collab.fl.receipts import receipt_path
 from collab.fraudproof.agents import ClaimerAgent
 from collab.fraudproof.trace import build_trace
 from collab.identity import Identity
+from orchestrator.jobs import JobStore
 from tests.test_claim_manager import add_chain_program
 
 
@@ -141,6 +143,22 @@ def test_create_join_fix_and_status_with_the_claim_state(
     assert status["round"]["status"] == "fixed" and status["round"]["total_weight"] == 15
     assert [(p["id"], p["weight"]) for p in status["participants"]] == [(h.ids["alice"], 6), (h.ids["bob"], 9)]
     assert status["claim"]["status"] == "none"
+    assert status["progress"] == {**status["progress"], "source": "chain", "rounds_done": None, "rounds": 2}
+
+    # Mid-training, the aggregator's home reads rounds done, accuracy and the live ε from its round job.
+    alice = Identity.load(h.alice, "pw").address
+    store = JobStore(h.creator / "jobs.db")
+    job, _ = store.create("round", {"participants": [alice], "round_id": rid, "needs": []})
+    store.update_data(job.id, {"rounds_done": 1, "accuracy": 0.625, "base_accuracy": 0.25, "epsilon": {alice.lower(): 1.5}})
+    store.close()
+    code, out, err = cli(capsys, h.creator, "round", "status", str(rid), "--json")
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["progress"]["source"] == "orchestrator" and status["progress"]["job_id"] == job.id
+    assert (status["progress"]["rounds_done"], status["progress"]["accuracy"]) == (1, 0.625)
+    assert [p["epsilon_spent"] for p in status["participants"]] == [1.5, None]  # bob's node has not reported yet
+    code, out, err = cli(capsys, h.creator, "round", "status", str(rid))
+    assert code == 0 and "1/2" in out and "0.625 (base 0.250)" in out and "1.5" in out
 
     # The aggregator records both participants' consent and posts the claim: status shows it pending, with ε.
     _record_and_post(h, w3, deployment, rid, {h.alice: (6, 3.25), h.bob: (9, 4.0)})
@@ -149,6 +167,8 @@ def test_create_join_fix_and_status_with_the_claim_state(
     status = json.loads(out)
     assert status["round"]["status"] == "recorded" and status["claim"]["status"] == "pending"
     assert sorted(p["epsilon"] for p in status["participants"]) == [3.25, 4.0]
+    assert sorted(p["epsilon_spent"] for p in status["participants"]) == [3.25, 4.0]
+    assert status["progress"]["rounds_done"] == 2  # the record covers all R rounds
     code, out, err = cli(capsys, h.outsider, "round", "status", str(rid))  # the human view renders too
     assert code == 0 and "pending" in out and "ε" in out
 
@@ -201,18 +221,26 @@ def test_left_out_participant_disputes_with_its_receipt(
     registry = RoundRegistryClient.from_deployment(deployment, w3)
     commitment = Web3.keccak(text="bob's last update")
 
-    def receipt_file(name: str, signer: LocalAccount) -> Path:
-        sig = sign_update_receipt(signer, int(w3.eth.chain_id), registry.address, rid, bob.address, 2, commitment)
-        path = tmp_path / name
-        path.write_text(json.dumps({"round_id": rid, "participant": bob.address, "fl_round": 2,
+    def receipt_file(name: str, signer: LocalAccount, fl_round: int = 2, path: Path | None = None) -> Path:
+        sig = sign_update_receipt(signer, int(w3.eth.chain_id), registry.address, rid, bob.address, fl_round, commitment)
+        path = path or tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"round_id": rid, "participant": bob.address, "fl_round": fl_round,
                                     "update_commitment": "0x" + commitment.hex(), "signature": "0x" + sig.hex()}))
         return path
+
+    code, _, err = cli(capsys, h.bob, "round", "dispute", str(rid))  # bob's node kept no receipt (yet)
+    assert code == EXIT_NOT_FOUND and "no update receipt" in err and "Traceback" not in err
+    receipt_file("", aggregator.account, 1, receipt_path(h.bob, rid, 1))  # only round 1's: not the final round
+    code, _, err = cli(capsys, h.bob, "round", "dispute", str(rid))
+    assert code == EXIT_BAD_INPUT and "final round 2" in err
 
     code, _, err = cli(capsys, h.bob, "round", "dispute", str(rid), "--receipt", str(receipt_file("forged.json", bob.account)))
     assert code == EXIT_PROTOCOL and "not by the round's aggregator" in err
     code, _, err = cli(capsys, h.alice, "round", "dispute", str(rid), "--receipt", str(receipt_file("r.json", aggregator.account)))
     assert code == EXIT_UNAUTHORIZED and "not yours" in err
-    code, out, err = cli(capsys, h.bob, "--json", "round", "dispute", str(rid), "--receipt", str(tmp_path / "r.json"))
+    receipt_path(h.bob, rid, 2).write_text((tmp_path / "r.json").read_text())  # as bob's node keeps it
+    code, out, err = cli(capsys, h.bob, "--json", "round", "dispute", str(rid))  # the latest kept receipt
     assert code == 0, err
     result = json.loads(out)
     assert result["claim_id"] == "0x" + claim_id.hex() and result["claim_status"] == "rejected" and result["credit_wei"] > 0

@@ -1,12 +1,13 @@
-"""``collab round create|fix|status|join``: training rounds in the on-chain RoundRegistry.
+"""``collab round create|fix|status|join|dispute``: training rounds in the on-chain RoundRegistry.
 
 A round is opened by the base model's owner (``create``), accepted by each
 invited participant from its own home (``join``: the data is validated and
 counted locally, committed to by a dataset asset, and only the sample count
 and the asset id go on-chain), and fixed (``fix``) before training starts.
 The Flower training itself is run by the participant's node (``collab node
-start --data PATH``) and the orchestrator; ``status`` shows the on-chain side:
-participants, weights, ε, and the state of the round's claim.
+start --data PATH``) and the orchestrator; ``status`` shows participants,
+weights, rounds done, accuracy, ε spent and the state of the round's claim;
+``dispute`` uses the aggregator's update receipt the node kept.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from eth_utils import is_address, to_checksum_address
 from rich.table import Table
 
 from collab.commands._common import chain_session, emit, kv_table, log, settings
+from collab.commands.jobs import json_flag
 from collab.errors import BadInput, NotFound, Unauthorized
 
 if TYPE_CHECKING:
@@ -166,44 +168,109 @@ def fix(ctx: click.Context, round_id: int) -> None:
 
 @group.command("status")
 @click.argument("round_id", type=click.IntRange(min=1), metavar="ROUND")
+@json_flag
 @click.pass_context
 def status(ctx: click.Context, round_id: int) -> None:
-    """Participants, weights, ε, and the round's claim on-chain."""
+    """Participants, rounds done, accuracy, ε spent per participant, and the round's claim on-chain.
+
+    The chain holds the participants, weights, the recorded ε and the claim;
+    rounds done and accuracy come from the round's job: this home's
+    orchestrator store if it aggregates the round, else the orchestrator
+    through this home's running node; without either, only what the chain
+    records (all R rounds once the record is submitted).
+    """
     from chain.clients.claim_manager import ClaimManagerClient
+    from chain.clients.round_registry import RoundStatus
 
     session, registry = _registry(ctx, need_account=False)
     r = registry.get_round(round_id)
     parts = registry.participants_of(round_id)
     claim: dict[str, Any] = {"claim_id": None, "status": "none", "settled_asset": None}
-    if any(r.claim_id):
-        manager = session.client(ClaimManagerClient)
-        claim = {"claim_id": "0x" + r.claim_id.hex(), "status": manager.claim_status(r.claim_id).name.lower(),
-                 "settled_asset": registry.settled_asset(r.claim_id) or None}
-    data = {"round": r.to_json(), "participants": [p.to_json() for p in parts], "claim": claim}
-    emit(ctx, data, _status_view(r, parts, claim))
+    job, source = round_job(ctx, round_id)
+    data = job["data"] if job else {}
+    claim_id = r.claim_id if any(r.claim_id) else bytes.fromhex(str(data.get("claim_id", "0x"))[2:])
+    if len(claim_id) == 32:  # the registry learns the claim id at submitRecord; the job knows it earlier
+        status_ = session.client(ClaimManagerClient).claim_status(claim_id)
+        claim = {"claim_id": "0x" + claim_id.hex(), "status": status_.name.lower(),
+                 "settled_asset": registry.settled_asset(claim_id) or None}
+    recorded = r.status >= RoundStatus.RECORDED
+    done = data.get("rounds_done", data.get("rounds"))
+    progress = {"source": source, "job_id": job["id"] if job else None, "job_state": job["state"] if job else None,
+                "job_error": job.get("error") if job else None,
+                "rounds_done": int(done) if done is not None else (r.rounds if recorded else None),
+                "rounds": r.rounds, "accuracy": data.get("accuracy"), "base_accuracy": data.get("base_accuracy"),
+                "dropped": data.get("dropped") or []}
+    live_eps = {str(k).lower(): v for k, v in (data.get("epsilon") or {}).items()}
+    rows = []
+    for p in parts:
+        row = p.to_json()
+        row["epsilon_spent"] = row["epsilon"] if p.included else live_eps.get(p.account.lower())
+        rows.append(row)
+    out = {"round": r.to_json(), "participants": rows, "progress": progress, "claim": claim}
+    emit(ctx, out, _status_view(r, rows, progress, claim))
 
 
-def _status_view(r: Round, parts: list[Any], claim: dict[str, Any]) -> Table:
+def round_job(ctx: click.Context, round_id: int) -> tuple[dict[str, Any] | None, str]:
+    """The orchestrator's newest job for ``round_id`` and where it was read ("orchestrator", "node" or "chain")."""
+    from orchestrator.client import node_running
+
+    conf = settings(ctx)
+    if conf.jobs_db.is_file():  # this home aggregates: its own job store (SQLite WAL, safe to read alongside)
+        from orchestrator.jobs import JobStore
+
+        store = JobStore(conf.jobs_db)
+        try:
+            jobs = [j.to_json() for j in store.list() if j.kind == "round" and j.payload.get("round_id") == round_id]
+        finally:
+            store.close()
+        if jobs:
+            return jobs[-1], "orchestrator"
+    node = node_running(conf.node_socket, timeout=10)
+    if node is not None:
+        jobs = [j for j in node.request("jobs") if j["kind"] == "round" and j["payload"].get("round_id") == round_id]
+        if jobs:
+            return jobs[-1], "node"
+    return None, "chain"
+
+
+def _fmt(value: Any, spec: str = "g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return format(value, spec)
+
+
+def _status_view(r: Round, rows: list[dict[str, Any]], progress: dict[str, Any], claim: dict[str, Any]) -> Table:
     from chain.clients.round_registry import epsilon_value
 
     budget = epsilon_value(r.epsilon_budget)
-    summary = {"status": r.status.label, "base asset": r.base_asset_id, "rounds": r.rounds,
+    acc = progress["accuracy"]
+    accuracy = "-" if acc is None else f"{acc:.3f}" + (
+        f" (base {progress['base_accuracy']:.3f})" if progress.get("base_accuracy") is not None else "")
+    summary = {"status": r.status.label, "base asset": r.base_asset_id,
+               "rounds done": f"{_fmt(progress['rounds_done'])}/{r.rounds}", "accuracy": accuracy,
                "participants": f"{r.accepted}/{r.invited} accepted, N={r.min_participants}",
                "ε budget": "inf" if math.isinf(budget) else f"{budget:g}", "creator share": f"{r.creator_share_bps / 100:g}%",
                "aggregator": r.aggregator, "claim": f"{claim['status']} {claim['claim_id'] or ''}".strip()}
+    if progress["job_id"]:
+        summary["job"] = f"{progress['job_state']} {progress['job_id'][:18]} (via {progress['source']})"
+        if progress.get("job_error"):
+            summary["job error"] = progress["job_error"]
     if claim.get("settled_asset"):
         summary["new asset"] = claim["settled_asset"]
     table = kv_table(summary, title=f"round {r.id}")
-    rows = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    view = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("id", "account", "accepted", "weight", "dataset", "included", "ε spent"):
-        rows.add_column(column)
-    for p in parts:
-        spent = f"{epsilon_value(p.epsilon):g}" if p.included else "-"
-        rows.add_row(str(p.id), p.account if p.accepted else "-", "yes" if p.accepted else "no",
-                     str(p.samples or "-"), str(p.dataset_asset_id or "-"), "yes" if p.included else "no", spent)
+        view.add_column(column)
+    dropped = {str(d).lower() for d in progress["dropped"]}
+    for p in rows:
+        included = "yes" if p["included"] else ("dropped" if p["account"].lower() in dropped else "no")
+        view.add_row(str(p["id"]), p["account"] if p["accepted"] else "-", "yes" if p["accepted"] else "no",
+                     str(p["weight"] or "-"), str(p["dataset_asset_id"] or "-"), included, _fmt(p["epsilon_spent"]))
     outer = Table.grid()
     outer.add_row(table)
-    outer.add_row(rows)
+    outer.add_row(view)
     return outer
 
 
@@ -310,15 +377,18 @@ def _hex(text: str, size: int) -> bytes:
 
 @group.command("dispute")
 @click.argument("round_id", type=click.IntRange(min=1), metavar="ROUND")
-@click.option("--receipt", "receipt_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The aggregator's signed receipt for your last-round update (JSON).")
+@click.option("--receipt", "receipt_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The aggregator's signed receipt for your last-round update (JSON); default: the one your node "
+                   "received and kept in this home.")
 @click.pass_context
-def dispute(ctx: click.Context, round_id: int, receipt_path: Path) -> None:
+def dispute(ctx: click.Context, round_id: int, receipt_path: Path | None) -> None:
     """Reject the round's claim when its record leaves you out despite the aggregator's receipt."""
     from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
     from chain.clients.round_registry import RoundStatus, recover_update_receipt
     from collab.errors import ProtocolViolation
+    from collab.fl.receipts import latest
 
+    receipt_path = receipt_path or latest(settings(ctx).home, round_id)
     receipt = read_receipt(receipt_path)
     if receipt["round_id"] != round_id:
         raise BadInput(f"{receipt_path} is a receipt for round {receipt['round_id']}, not {round_id}")
@@ -330,6 +400,9 @@ def dispute(ctx: click.Context, round_id: int, receipt_path: Path) -> None:
     r = registry.get_round(round_id)
     if r.status != RoundStatus.RECORDED:
         raise BadInput(f"round {round_id} is {r.status.label}: there is no recorded claim to dispute")
+    if receipt["fl_round"] != r.rounds:
+        raise BadInput(f"{receipt_path} acknowledges Flower round {receipt['fl_round']}; a dispute needs the "
+                       f"receipt of the final round {r.rounds}")
     signer = recover_update_receipt(receipt["signature"], int(session.w3.eth.chain_id), registry.address, round_id, me,
                                     receipt["fl_round"], receipt["update_commitment"])
     if signer != r.aggregator:
