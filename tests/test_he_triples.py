@@ -166,6 +166,105 @@ def test_fixed_mask_matmul_triples_reuse_the_weight_mask_and_stay_exact() -> Non
         gens[0].matmul_fixed((4, 7), b_shares[0])
 
 
+def _fixed_pair(b_shares: list[np.ndarray], size: tuple[int, ...]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[TripleGenerator]]:
+    ch0, ch1 = QueueChannel.pair(timeout=120.0)
+    gens = [TripleGenerator(HeParty(), ch) for ch in (ch0, ch1)]
+    out: list[tuple[np.ndarray, np.ndarray]] = [None, None]  # type: ignore[list-item]
+
+    def body(i: int) -> None:
+        gens[i].setup()
+        out[i] = gens[i].matmul_fixed(size, b_shares[i])
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out, gens
+
+
+def test_owner_held_fixed_mask_runs_one_cross_term_and_stays_exact() -> None:
+    """B held by one party (the other's share is zero, as for an owner-held weight): half the HE work, exact."""
+    rng = Rng()
+    w = rng.uint64((8, 6))
+    (t0, t1), gens = _fixed_pair([w, np.zeros((8, 6), dtype=U64)], (3, 8))
+    a, c = add(t0[0], t1[0]), add(t0[1], t1[1])
+    assert np.array_equal(c, mm(a, w))
+    (s0, s1), both = _fixed_pair([w, rng.uint64((8, 6))], (3, 8))
+    fixed_bytes = lambda gs: sum(v["bytes_sent"] for g in gs for k, v in g.traffic.kinds.items()  # noqa: E731
+                                 if k.startswith("matmul_fixed"))
+    one_way, two_way = fixed_bytes(gens), fixed_bytes(both)
+    assert one_way < 0.6 * two_way  # one offer and one reply instead of two each
+    assert gens[0].traffic.counts["matmul_fixed"] == 1
+
+
+class _ScriptedPeer:
+    """A channel whose 'peer' answers with fixed messages (an adversarial or broken party)."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self.replies = list(replies)
+
+    def exchange(self, payload: bytes) -> bytes:
+        return self.replies.pop(0)
+
+
+def test_a_peer_offering_against_a_zero_mask_is_a_protocol_violation(parties: tuple[HeParty, HeParty]) -> None:
+    a, b = parties
+    gen = TripleGenerator(a, _ScriptedPeer([b"\x00", b"unexpected offer"]))
+    gen._met = True  # keys already exchanged (the fixture's parties met)
+    with pytest.raises(ProtocolViolation):
+        gen.matmul_fixed((2, 8), np.zeros((8, 6), dtype=U64))
+
+
+def test_batched_requests_share_ciphertexts_and_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collab.he import batch
+    from collab.he.batch import Request
+
+    reqs = [Request("mul", ((3, 1, 5), (1, 4, 5))), Request("square", ((6,),)), Request("b2a", ((300,),)),
+            Request("binary", ((2, 3), (3,))), Request("matmul", ((2, 3, 4, 5), (2, 3, 5, 4))),
+            Request("matmul", ((4, 5), (5, 2)))] + [Request("mul", ((7,), (7,)))] * 20
+    monkeypatch.setattr(batch, "MAX_SLOTS", 400)  # several slot batches, one request larger than a batch
+    t0, t1 = run_pair("batched", reqs)
+    for req, s0, s1 in zip(reqs, t0, t1):
+        if req.kind == "binary":
+            x, y, z = (u ^ v for u, v in zip(s0, s1))
+            assert np.array_equal(z, x & y)
+            continue
+        v = [add(u, w) for u, w in zip(s0, s1)]
+        if req.kind == "mul":
+            assert np.array_equal(v[2], mul(v[0], v[1]))
+        elif req.kind == "square":
+            assert np.array_equal(v[1], mul(v[0], v[0]))
+        elif req.kind == "b2a":
+            bits = s0[1] ^ s1[1]
+            assert set(np.unique(bits).tolist()) == {0, 1} and np.array_equal(v[0], bits)
+        else:
+            assert v[2].shape == mm(v[0], v[1]).shape and np.array_equal(v[2], mm(v[0], v[1]))
+    with pytest.raises(BadInput):
+        run_pair("batched", [Request("conv", ((3,),))])
+
+
+def test_batching_many_small_requests_needs_far_fewer_round_trips() -> None:
+    from collab.he.batch import Request
+
+    ch0, ch1 = QueueChannel.pair(timeout=120.0)
+    gens = [TripleGenerator(HeParty(), ch) for ch in (ch0, ch1)]
+    reqs = [Request("mul", ((16,), (16,)))] * 12 + [Request("binary", ((4,), (4,)))] * 12
+
+    def body(i: int) -> None:
+        gens[i].setup()
+        gens[i].batched(reqs)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kinds = gens[0].traffic.kinds
+    assert kinds["slot batch"]["round_trips"] == 2 and kinds["binary batch"]["round_trips"] == 2  # not 24 + 24
+    assert gens[0].traffic.counts["mul"] == 12 and gens[0].traffic.counts["binary"] == 12
+
+
 def test_long_inner_dimension_is_split_into_separately_masked_groups(suite: BfvSuite) -> None:
     plan = plan_matmul(1, 5000, 1, suite)
     assert plan.groups >= 2  # 5000 products of 128 bits would leave < 40 bits of mask

@@ -28,6 +28,7 @@ multiplication and a comparison) used by the tests and benchmarks.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -159,6 +160,44 @@ class HomomorphicTupleProvider(TupleProvider):  # type: ignore[misc]
         a, b, c = self._gen().binary(tuple(size0), tuple(size1))
         return tuple(BinarySharedTensor.from_shares(_as_int64(t)) for t in (a, b, c))
 
+    def fill_cache(self) -> None:
+        """The offline phase: every traced request, small ones batched into shared ciphertexts.
+
+        CrypTen's own ``fill_cache`` calls the provider once per request; the
+        encoder's hundreds of small slot-wise and AND requests would then each
+        pay whole ciphertexts. Here they go through :func:`collab.he.batch.run_batched`
+        (same tuples, same protocol, far fewer ciphertexts); large matmuls and
+        fixed-mask matmuls still run one by one. Both parties traced the same
+        computation, so they walk the same request list in the same order.
+        """
+        from collab.he.batch import Request, run_batched, slot_matmul_fits
+
+        gen = self._gen()
+        batched: list[tuple[int, Request]] = []
+        results: list[Any] = [None] * len(self.request_cache)
+        for i, (func, args, kwargs) in enumerate(self.request_cache):
+            bound = inspect.signature(getattr(type(self), func)).bind(self, *args, **kwargs).arguments
+            extra = bound.get("args") or bound.get("kwargs")
+            req: Request | None = None
+            if func == "generate_additive_triple" and not extra:
+                s0, s1 = tuple(bound["size0"]), tuple(bound["size1"])
+                if bound["op"] == "mul" or (bound["op"] == "matmul" and slot_matmul_fits(s0, s1)):
+                    req = Request(bound["op"], (s0, s1))
+            elif func == "square":
+                req = Request("square", (tuple(bound["size"]),))
+            elif func == "B2A_rng":
+                req = Request("b2a", (tuple(bound["size"]),))
+            elif func == "generate_binary_triple":
+                req = Request("binary", (tuple(bound["size0"]), tuple(bound["size1"])))
+            if req is None:
+                results[i] = object.__getattribute__(self, func)(*args, **kwargs)
+            else:
+                batched.append((i, req))
+        for (i, req), shares in zip(batched, run_batched(gen, [r for _, r in batched])):
+            results[i] = _shared(req.kind, shares)
+        for (func, args, kwargs), result in zip(self.request_cache, results):
+            self.tuple_cache.setdefault((func, args, frozenset(kwargs.items())), []).append(result)
+
     def wrap_rng(self, size, device=None):  # type: ignore[no-untyped-def]
         """Only CrypTen's 3+-party truncation asks for wraps; this provider is two-party."""
         raise UsageError("wrap_rng is used only with 3 or more parties; the HE provider is two-party")
@@ -172,6 +211,16 @@ class HomomorphicTupleProvider(TupleProvider):  # type: ignore[misc]
             ArithmeticSharedTensor.from_shares(_as_int64(ra), precision=0),
             BinarySharedTensor.from_shares(_as_int64(rb)),
         )
+
+
+def _shared(kind: str, shares: tuple[np.ndarray, ...]) -> tuple[Any, ...]:
+    """CrypTen's shared tensors for one batched request's shares (as the one-by-one methods return them)."""
+    arith = lambda t: ArithmeticSharedTensor.from_shares(_as_int64(t), precision=0)  # noqa: E731
+    if kind == "binary":
+        return tuple(BinarySharedTensor.from_shares(_as_int64(t)) for t in shares)
+    if kind == "b2a":
+        return arith(shares[0]), BinarySharedTensor.from_shares(_as_int64(shares[1]))
+    return tuple(arith(t) for t in shares)
 
 
 def install_provider(params: BfvParams | None = None) -> HomomorphicTupleProvider:
@@ -426,6 +475,8 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
             he.fill_cache()
             result["offline_s"] = time.perf_counter() - t0
             result["offline_bytes_sent"] = he.traffic.bytes_sent
+            result["offline_kinds"] = he.traffic.kinds
+            result["load_average"] = os.getloadavg()
             he.request_cache = []
             comm.get().reset_communication_stats()
             t0 = time.perf_counter()

@@ -176,13 +176,22 @@ def mask_bits(suite: BfvSuite) -> int:
 
 @dataclass
 class Traffic:
-    """What one party sent/received and how long its HE work took (the offline phase)."""
+    """What one party sent/received and how long its HE work took (the offline phase).
+
+    ``kinds`` breaks the same figures down per tuple kind (and matmul shape),
+    so one run tells where the offline time goes.
+    """
 
     bytes_sent: int = 0
     bytes_received: int = 0
     messages: int = 0
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, dict[str, float]] = field(default_factory=dict)
+    current: str | None = None
+
+    def kind(self, name: str) -> dict[str, float]:
+        return self.kinds.setdefault(name, {"calls": 0, "seconds": 0.0, "bytes_sent": 0, "round_trips": 0})
 
 
 class HeParty:
@@ -517,14 +526,20 @@ class TripleGenerator:
 
     def _swap(self, payload: bytes) -> bytes:
         got = self.channel.exchange(payload)
-        self.traffic.bytes_sent += len(payload)
-        self.traffic.bytes_received += len(got)
-        self.traffic.messages += 1
+        t = self.traffic
+        t.bytes_sent += len(payload)
+        t.bytes_received += len(got)
+        t.messages += 1
+        if t.current is not None:
+            entry = t.kind(t.current)
+            entry["bytes_sent"] += len(payload)
+            entry["round_trips"] += 1
         return got
 
-    def _timed(self, kind: str) -> _Timer:
+    def _timed(self, kind: str, detail: str | None = None) -> _Timer:
+        """Time one tuple request; ``detail`` (e.g. a matmul shape) splits the per-kind profile."""
         self.traffic.counts[kind] = self.traffic.counts.get(kind, 0) + 1
-        return _Timer(self.traffic)
+        return _Timer(self.traffic, f"{kind} {detail}" if detail else kind)
 
     def setup(self) -> None:
         """Exchange public keys once (the one-time key transfer)."""
@@ -563,7 +578,7 @@ class TripleGenerator:
 
     def matmul(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Shares of (a, b, a@b) with torch.matmul's shape rules (batch dims broadcast)."""
-        with self._timed("matmul"):
+        with self._timed("matmul", f"{_shape(size0)}@{_shape(size1)}"):
             a, b = self.party.rng.uint64(tuple(size0)), self.party.rng.uint64(tuple(size1))
             a2 = a.reshape(1, -1) if a.ndim == 1 else a
             b2 = b.reshape(-1, 1) if b.ndim == 1 else b
@@ -591,24 +606,45 @@ class TripleGenerator:
         jointly random and never opened, so the weight's ``W - B`` can be
         opened once and reused, and each query only needs this (a, c).
         """
-        with self._timed("matmul_fixed"):
+        with self._timed("matmul_fixed", f"{_shape(size0)}@{_shape(b.shape)}"):
             if b.ndim != 2 or size0[-1] != b.shape[0]:
                 raise BadInput(f"fixed-mask matmul shapes {tuple(size0)} and {b.shape} do not match")
             a = self.party.rng.uint64(tuple(size0))
-            c = self._matmul2d(a.reshape(-1, b.shape[0]), np.ascontiguousarray(b, dtype=U64))
+            b = np.ascontiguousarray(b, dtype=U64)
+            # An owner-held weight (collab.mpc.fixed.OwnerHeldWeight) is the whole mask on one side and
+            # zeros on the other, which is public; a cross term with a zero operand is zero, so only
+            # the direction "other party offers, holder answers" runs. A random share is never all zero.
+            self.setup()
+            mine_zero = not b.any()
+            peer_zero = self._swap(b"\x01" if mine_zero else b"\x00") == b"\x01"
+            c = self._matmul2d(a.reshape(-1, b.shape[0]), b, offer=not peer_zero, answer=not mine_zero)
             return a, c.reshape(*size0[:-1], b.shape[1])
 
-    def _matmul2d(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def _matmul2d(self, a: np.ndarray, b: np.ndarray, *, offer: bool = True, answer: bool = True) -> np.ndarray:
+        """Our share of a_0 b_0 + a_1 b_1 + both cross terms; ``offer``/``answer`` False skip a zero term.
+
+        Both parties must agree on the directions: our ``offer`` is the peer's
+        ``answer``. A skipped direction sends empty messages in its place.
+        """
         self.setup()
         n, k = a.shape
         m = b.shape[1]
         plan = plan_matmul(n, k, m, self.party.suite)
         with np.errstate(over="ignore"):
-            local = _matmul_u64(a, b)
-            theirs = self._swap(self.party.offer_matmul(np.ascontiguousarray(a), plan))
-            reply, share_answer = self.party.answer_matmul(theirs, np.ascontiguousarray(b), plan)
-            share_offer = self.party.finish_matmul(self._swap(reply), plan)
-            return local + share_answer + share_offer
+            out = _matmul_u64(a, b)
+            theirs = self._swap(self.party.offer_matmul(np.ascontiguousarray(a), plan) if offer else b"")
+            reply = b""
+            if answer:
+                reply, share_answer = self.party.answer_matmul(theirs, np.ascontiguousarray(b), plan)
+                out = out + share_answer
+            elif theirs:
+                raise ProtocolViolation("peer offered a matmul cross term it should have skipped")
+            back = self._swap(reply)
+            if offer:
+                out = out + self.party.finish_matmul(back, plan)
+            elif back:
+                raise ProtocolViolation("peer answered a matmul cross term nobody offered")
+            return out
 
     def binary(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """XOR shares of (a, b, a AND b) on 64-bit words (broadcasting)."""
@@ -617,12 +653,22 @@ class TripleGenerator:
             a, b = self.party.rng.uint64(tuple(size0)), self.party.rng.uint64(tuple(size1))
             shape = np.broadcast_shapes(a.shape, b.shape)
             ab, bb = np.broadcast_to(a, shape).ravel(), np.broadcast_to(b, shape).ravel()
-            xa, xb = _bits_of(ab), _bits_of(bb)
-            theirs = self._swap(self.party.offer_bits(xa))
-            reply, s = self.party.answer_bits(theirs, xb)
-            mine = self.party.finish_bits(self._swap(reply), xa.size)
-            c = (ab & bb) ^ _words_of(s) ^ _words_of(mine)
+            c = (ab & bb) ^ self.cross_bits(_bits_of(ab), _bits_of(bb))
             return a, b, c.reshape(shape)
+
+    def cross_bits(self, xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
+        """Our XOR share, packed into 64-bit words, of x_self AND y_peer XOR x_peer AND y_self (bit vectors)."""
+        self.setup()
+        theirs = self._swap(self.party.offer_bits(xa))
+        reply, s = self.party.answer_bits(theirs, xb)
+        mine = self.party.finish_bits(self._swap(reply), xa.size)
+        return _words_of(s) ^ _words_of(mine)
+
+    def batched(self, requests: list[object]) -> list[tuple[np.ndarray, ...]]:
+        """Many small requests (:class:`collab.he.batch.Request`) sharing ciphertexts; see :mod:`collab.he.batch`."""
+        from collab.he.batch import run_batched
+
+        return run_batched(self, requests)  # type: ignore[arg-type]
 
     def b2a_bits(self, size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """A random bit r as (arithmetic share, XOR share): r = r0 + r1 - 2 r0 r1."""
@@ -633,6 +679,10 @@ class TripleGenerator:
                 return (r - cross).astype(U64), r
 
 
+def _shape(size: tuple[int, ...]) -> str:
+    return "(" + "x".join(str(int(d)) for d in size) + ")"
+
+
 def _matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b in Z_2^64 exactly (numpy integer matmul wraps, no BLAS, no float)."""
     with np.errstate(over="ignore"):
@@ -640,14 +690,26 @@ def _matmul_u64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class _Timer:
-    def __init__(self, traffic: Traffic) -> None:
-        self.traffic = traffic
+    """Adds a request's wall time to the totals and to its kind; nested requests count once (outermost)."""
+
+    def __init__(self, traffic: Traffic, kind: str) -> None:
+        self.traffic, self.name = traffic, kind
 
     def __enter__(self) -> None:
+        self.outer = self.traffic.current is None
+        if self.outer:
+            self.traffic.current = self.name
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self.traffic.seconds += time.perf_counter() - self.t0
+        if not self.outer:
+            return
+        dt = time.perf_counter() - self.t0
+        self.traffic.seconds += dt
+        entry = self.traffic.kind(self.name)
+        entry["calls"] += 1
+        entry["seconds"] += dt
+        self.traffic.current = None
 
 
 def run_pair(fn_name: str, *args: object, params: BfvParams | None = None) -> tuple[object, object]:
