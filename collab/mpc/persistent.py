@@ -289,6 +289,12 @@ class OwnerParties:
                     party = self._parties[key] = OwnerParty(Path(model_dir), idle_timeout=self.idle_timeout)
             yield party
 
+    def party(self, model_dir: Path) -> OwnerParty | None:
+        """The model's party if one is running (for status and tests), without starting one."""
+        with self._lock:
+            party = self._parties.get(_model_key(model_dir))
+        return party if party is not None and party.proc.poll() is None else None
+
     def pids(self) -> dict[str, int]:
         """Model directory -> pid of its party, for those running."""
         with self._lock:
