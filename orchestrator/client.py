@@ -135,13 +135,16 @@ class NodeSocketClient:
         return reply.get("result")
 
 
-def node_running(path: Path | str, timeout: float = 30.0) -> NodeSocketClient | None:
-    """A client for the home's node if one answers on ``path`` (user commands route through it), else None."""
-    client = NodeSocketClient(path, timeout=timeout)
-    if not client.path.exists():
+def node_status(path: Path | str) -> dict[str, Any] | None:
+    """The status of the node answering on ``path`` within 5 s, else None (no socket, or a dead node's)."""
+    if not Path(path).exists():
         return None
     try:
-        NodeSocketClient(path, timeout=5).request("status")
+        return NodeSocketClient(path, timeout=5).request("status")  # type: ignore[no-any-return]
     except Unavailable:
         return None
-    return client
+
+
+def node_running(path: Path | str, timeout: float = 30.0) -> NodeSocketClient | None:
+    """A client for the home's node if one answers on ``path`` (user commands route through it), else None."""
+    return NodeSocketClient(path, timeout=timeout) if node_status(path) is not None else None

@@ -69,6 +69,8 @@ class Node:
                 "uptime": round(now - self.started, 1),
                 "vault_entries": len(self.vault.list()) if self.vault is not None else None, "socket": str(self.socket_path), "pid": os.getpid(),
                 "blob_url": self.claims.blob_url if self.claims else None,
+                "deployment": str(self.chain.settings.deployment_path) if self.chain else None,
+                "rpc_url": self.chain.settings.rpc_url if self.chain else None,
                 "workers": {"watcher": self.claims is not None, "tasks": self.tasks is not None,
                             "supernodes": sorted(self.tasks.supernodes) if self.tasks else []}}
 

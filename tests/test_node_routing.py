@@ -25,6 +25,7 @@ import torch
 import yaml
 from transformers import BertConfig, BertModel
 
+from chain.deployment import Deployment
 from collab.errors import BadInput, NotFound
 from collab.fraudproof.store import Store
 from orchestrator.client import NodeSocketClient
@@ -58,7 +59,7 @@ def home(env: GameEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def start_node(env: GameEnv, home: Path, tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[str]]]:  # noqa: F811
+def start_node(env: GameEnv, home: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:  # noqa: F811
     """Starts the orchestrator now and returns a function that starts the home's node (both stopped after)."""
     orch_home = tmp_path / "o"
     orch_home.mkdir()
@@ -67,9 +68,9 @@ def start_node(env: GameEnv, home: Path, tmp_path: Path) -> Iterator[Callable[[]
     orch, info = _start(orch_home, "tcp://127.0.0.2:0")
     procs = [orch]
 
-    def start() -> subprocess.Popen[str]:
+    def start(*extra: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen([*COLLAB, "--home", str(home), "node", "start", "--orchestrator", info["endpoint"],
-                                 "--orchestrator-key", info["curve_key"], "--heartbeat", "0.5"],
+                                 "--orchestrator-key", info["curve_key"], "--heartbeat", "0.5", *extra],
                                 stdout=subprocess.PIPE, stderr=open(home / "node.log", "a"), text=True,
                                 env={**os.environ, "COLLAB_PASSPHRASE": "pw"})
         procs.append(proc)
@@ -108,7 +109,7 @@ def _error(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[
 
 
 def test_claims_and_merges_via_the_node_match_the_direct_path(
-    env: GameEnv, home: Path, start_node: Callable[[], subprocess.Popen[str]], zoo: dict[str, Path],  # noqa: F811
+    env: GameEnv, home: Path, start_node: Callable[..., subprocess.Popen[str]], zoo: dict[str, Path],  # noqa: F811
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     program, inputs = _job_files(tmp_path, _job())
@@ -127,7 +128,7 @@ def test_claims_and_merges_via_the_node_match_the_direct_path(
         ("merge", "run", str(tmp_path / "none.yml")))]
     assert direct_errors == [3, 2, 3, 3]
 
-    start_node()
+    node = start_node()
     monkeypatch.delenv("COLLAB_PASSPHRASE")  # from here on only the node can unlock this home's keys
     assert _ok(capsys, home, "claims", "list", "--mine") == direct_mine
     assert _ok(capsys, home, "claims", "show", posted["claim_id"]) == direct_show
@@ -169,9 +170,22 @@ def test_claims_and_merges_via_the_node_match_the_direct_path(
         api.request("merge_run", config=str(tmp_path / "none.yml"), out_dir=str(tmp_path / "x"))
     assert api.request("claims_list", mine=True) == {"claims": mine}
 
+    # Another deployment on the command line: not silently the node's chain, the command runs here (chain down: 5).
+    down = Deployment.load(home / "deployment.json")
+    down.rpc_url = "http://127.0.0.1:9"
+    down.save(tmp_path / "down.json")
+    code, err = cli(capsys, home, "--deployment", str(tmp_path / "down.json"), "claims", "list")[::2]
+    assert code == 5 and "not using this home's node" in err and "Traceback" not in err
+
+    # A node without a chain (--no-workers) cannot act: the command runs here, with the passphrase.
+    _stop(node)
+    start_node("--no-workers")
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+    assert _ok(capsys, home, "claims", "list", "--mine")["claims"] == mine
+
 
 def test_a_claimed_merge_runs_in_the_node_and_finalizes_through_it(
-    env: GameEnv, home: Path, start_node: Callable[[], subprocess.Popen[str]], zoo: dict[str, Path],  # noqa: F811
+    env: GameEnv, home: Path, start_node: Callable[..., subprocess.Popen[str]], zoo: dict[str, Path],  # noqa: F811
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     time_travel: Callable[[int], int],
 ) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from collab.commands._common import chain_session, identity, log, settings
+from collab.config import Settings
 from collab.errors import UsageError
 
 NO_NODE = "no node is running for this home: start one with `collab node start`"
@@ -27,19 +28,39 @@ def via_node(ctx: click.Context, op: str, fields: dict[str, Any], *, timeout: fl
              local: Callable[[], Any] | None = None, missing: str = NO_NODE, note: str | None = None) -> Any:
     """``op`` answered by the home's node if one runs, else ``local()`` (UsageError ``missing`` without one).
 
-    ``timeout`` bounds the wait for the node's answer: the node does the whole job before replying.
-    ``note`` is logged when the request goes to the node.
+    A node serves only the chain it was started on: with ``--deployment`` or
+    ``COLLAB_RPC_URL`` pointing elsewhere, or a node started ``--no-workers``
+    (no chain), the command does not silently use the node's chain; it runs
+    ``local`` instead, or stops with the reason. ``timeout`` bounds the wait
+    for the node's answer (it replies when the work is done); ``note`` is
+    logged when the request goes to the node.
     """
-    from orchestrator.client import node_running
+    from orchestrator.client import NodeSocketClient, node_status
 
-    node = node_running(settings(ctx).node_socket, timeout=timeout)
-    if node is not None:
-        if note:
-            log(note)
-        return node.request(op, **fields)
+    conf = settings(ctx)
+    status = node_status(conf.node_socket)
+    if status is not None:
+        unfit = _unfit(status, conf)
+        if unfit is None:
+            if note:
+                log(note)
+            return NodeSocketClient(conf.node_socket, timeout=timeout).request(op, **fields)
+        if local is None:
+            raise UsageError(f"this home's node cannot take `{op}`: {unfit}",
+                             hint="restart `collab node start` for this deployment")
+        log(f"not using this home's node: {unfit}; running here on {conf.deployment_path}")
     if local is None:
         raise UsageError(missing)
     return local()
+
+
+def _unfit(status: dict[str, Any], conf: Settings) -> str | None:
+    """Why the running node cannot act for this invocation's chain (None if it can)."""
+    if status.get("deployment") is None:
+        return "it runs without a chain (--no-workers)"
+    if (status["deployment"], status.get("rpc_url")) != (str(conf.deployment_path), conf.rpc_url):
+        return f"it serves {status['deployment']} (RPC {status.get('rpc_url') or 'from that file'})"
+    return None
 
 
 def home_op(ctx: click.Context, op: str, fields: dict[str, Any], *, timeout: float = 600.0) -> dict[str, Any]:
