@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
-from transformers import BertConfig, BertModel
 
 from chain.deployment import Deployment
 from collab.errors import BadInput, NotFound
@@ -31,12 +29,10 @@ from collab.fraudproof.store import Store
 from orchestrator.client import NodeSocketClient
 from test_claim_manager import GameEnv, env, game_env  # noqa: F401 - fixtures
 from test_claims_cli import _home, _job, _job_files, cli
+from test_merge_claim import zoo  # noqa: F401 - fixture (tiny BERT fine-tunes)
 from test_orchestrator import COLLAB, _funded_registered, _start
 
-pytestmark = pytest.mark.slow  # three real processes (orchestrator, node) and two merges
-
-TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
-        "vocab_size": 50, "max_position_embeddings": 16}
+pytestmark = pytest.mark.slow  # real orchestrator and node processes, merges of tiny models
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -80,20 +76,6 @@ def start_node(env: GameEnv, home: Path, tmp_path: Path) -> Iterator[Callable[..
     yield start
     for proc in reversed(procs):
         _stop(proc)
-
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("route-zoo")
-    torch.manual_seed(0)
-    base = BertModel(BertConfig(**TINY))
-    for i in range(2):
-        model = BertModel(base.config)
-        with torch.no_grad():
-            for p, q in zip(model.parameters(), base.parameters()):
-                p.copy_(q + 0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i + 1)))
-        model.save_pretrained(root / f"ft{i}")
-    return {p.name: p for p in root.iterdir()}
 
 
 def _ok(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> dict[str, Any]:
