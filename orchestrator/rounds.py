@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -137,6 +138,7 @@ class RoundJob:
     def _register_keys(self, job: Job, store: JobStore) -> None:
         """Register the SuperNode key each named node reported (once per node); nobody else's."""
         dep = self._deployment(job)
+        todo: list[tuple[str, str, Path]] = []
         for address in needs_of(job):
             reported = job.data.get(f"r/{address}/auth_key")
             if not reported or reported in (job.data.get(f"registered/{address}"), job.data.get(f"auth_refused/{address}")):
@@ -150,10 +152,17 @@ class RoundJob:
             path = self._key_file(job, address)
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             path.write_text(public)
-            dep.register_node(path)  # before the node's SuperNode connects: it waits for registered/<address>
+            todo.append((address, str(reported), path))
+        if not todo:
+            return
+        # One `flwr supernode register` process per key, side by side (each takes seconds on a loaded machine).
+        with ThreadPoolExecutor(len(todo)) as pool:
+            list(pool.map(dep.register_node, [path for _, _, path in todo]))
+        for address, _, path in todo:
             dep.node_keys[address] = path
-            store.update_data(job.id, {f"registered/{address}": reported})
-            log.info("job %s: SuperNode key of %s registered", job.id, address)
+        # Only now may the nodes start their SuperNodes: they wait for registered/<address>.
+        store.update_data(job.id, {f"registered/{address}": reported for address, reported, _ in todo})
+        log.info("job %s: SuperNode keys of %s registered", job.id, ", ".join(a for a, _, _ in todo))
 
     def _ensure_superlink(self, job: Job, store: JobStore) -> None:
         dep = self._deployment(job)
