@@ -5,7 +5,10 @@ addresses passed in. Each process gets ``FLWR_HOME`` inside its own collab
 home (``<home>/flower``), telemetry and update checks off, and the SuperLink
 runs with ``--disable-runtime-dependency-installation`` so nothing is
 installed at run time. Every process started here is stopped by its PID (and
-those of its descendants, which include the detached SuperExec Flower spawns).
+those of its descendants). A participant is, by default (``warm``), collab's
+warm ClientApp host (:mod:`collab.fl.clientapp_host`) with its SuperNode as a
+child in ``--isolation process`` mode: one long-lived process serves all of
+the node's Flower messages instead of a fresh ``flwr-clientapp`` per message.
 A participant's data is validated *before* its SuperNode starts, so bad data
 never reaches a round.
 """
@@ -122,6 +125,7 @@ class FlowerDeployment:
     port: int = 0
     secure: bool = True
     persist: bool = True
+    warm: bool = True  # False: Flower's default, a SuperExec and a fresh ClientApp process per message
     processes: dict[str, FlowerProcess] = field(default_factory=dict)
     node_keys: dict[str, Path] = field(default_factory=dict)
 
@@ -239,13 +243,14 @@ class FlowerDeployment:
                 self.node_keys[participant] = public
                 self.register_node(public)
             security = ["--root-certificates", str(ca), "--auth-supernode-private-key", str(private)]
-        return self._spawn(
-            f"supernode-{participant}",
-            [str(BIN_DIR / "flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
-             "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", str(node_config)],
-            flwr_home,
-            {ENV_PASSPHRASE: passphrase} if passphrase else None,
-        )
+        runtime = f"127.0.0.1:{free_port()}"  # the SuperNode's Runtime API, where ClientApps claim messages
+        supernode = [str(BIN_DIR / "flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
+                     "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--node-config", str(node_config)]
+        if self.warm:
+            supernode = [sys.executable, "-m", "collab.fl.clientapp_host", "--runtime-api-address", runtime,
+                         "--", *supernode, "--isolation", "process"]
+        return self._spawn(f"supernode-{participant}", supernode, flwr_home,
+                           {ENV_PASSPHRASE: passphrase} if passphrase else None)
 
     def kill_participant(self, participant: str) -> None:
         """SIGKILL a participant's SuperNode and everything it spawned (a crash, for fault-tolerance tests)."""

@@ -5,7 +5,7 @@ Node-local settings come from the SuperNode's ``--node-config`` (``participant-i
 SuperNode's ``COLLAB_PASSPHRASE``; the task and DP parameters from the run
 config every node shares.
 
-Message types (Flower Message API, one ClientApp process per message):
+Message types (Flower Message API, one ClientApp call per message):
 
 * ``query.hello``: participant name, identity address, declared sample count;
 * ``train``: local DP-SGD from the received global model; the reply carries
@@ -20,8 +20,11 @@ Message types (Flower Message API, one ClientApp process per message):
   update between these messages live in ``Context.state``, which the
   SuperNode keeps in its own memory and never sends to the SuperLink.
 
-Heavy imports (torch, transformers, Opacus) happen only in ``train``: every
-message starts a fresh process, and the SecAgg stages need none of them.
+Heavy imports (torch, transformers, Opacus) happen only in ``train``; the
+SecAgg stages need none of them. Under Flower's ``flwr-clientapp`` every
+message starts a fresh process; under collab's warm host
+(:mod:`collab.fl.clientapp_host`) one process per node serves them all and
+:mod:`collab.fl.warm` keeps the base model and the unlocked identity.
 A refusal (bad data, exhausted budget, protocol violation) is an error reply
 with its message, so the ServerApp drops this participant and says why.
 """
@@ -42,6 +45,7 @@ from flwr.clientapp import ClientApp
 from collab.config import ENV_PASSPHRASE
 from collab.errors import CollabError, Unauthorized
 from collab.fl import attestation as att
+from collab.fl import warm
 from collab.fl.data import load_user_data
 from collab.identity import Identity
 from collab.secagg import (
@@ -65,7 +69,7 @@ def _identity(context: Context) -> Identity:
     passphrase = os.environ.get(ENV_PASSPHRASE, "")
     if not home or not passphrase:
         raise Unauthorized("this node has no identity home or no COLLAB_PASSPHRASE; it cannot sign its updates")
-    return Identity.load(home, passphrase)
+    return warm.identity(home, passphrase)
 
 
 def _data(context: Context) -> Any:
@@ -119,7 +123,7 @@ def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray],
     from collab.dp.dpsgd import DPConfig, train_dp
     from collab.dp.ledger import PrivacyLedger
     from collab.fl.app.server_app import task_config
-    from collab.fl.task import build_model, load_trainable, trainable_state
+    from collab.fl.task import load_trainable, trainable_state
 
     torch.set_num_threads(int(context.node_config.get("threads", 1)))
     rc, nc = dict(context.run_config), dict(context.node_config)
@@ -137,7 +141,7 @@ def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray],
     ledger.open(participant, float(rc["epsilon"]), float(rc["delta"]))
     ledger.check(participant, dp.noise_multiplier, dp.sample_rate(len(data)), dp.steps(len(data)))
     task = task_config(rc)
-    model = build_model(task)
+    model = warm.fresh_model(task)  # the base model is loaded once per process
     load_trainable(model, msg.content["arrays"].to_torch_state_dict())
     seed = int.from_bytes(hashlib.sha256(f"{participant}/{rnd}/{task.seed}".encode()).digest()[:4], "big")
     report = train_dp(model, data, dp, task.max_len, seed)
