@@ -25,7 +25,7 @@ from chain.clients.round_registry import (
     aggregate_consent,
     epsilon_units,
 )
-from collab.errors import BadInput, ProtocolViolation
+from collab.errors import BadInput, ProtocolViolation, Unavailable
 from collab.identity import Identity
 from orchestrator import round_chain
 from orchestrator.rounds import RoundJob
@@ -121,3 +121,16 @@ def test_the_orchestrator_refuses_a_round_of_another_aggregator(env: dict[str, A
         job.validate({"participants": parts, "round_id": -1})
     with pytest.raises(BadInput, match="no RoundRegistry"):
         RoundJob(tmp_path / "orch-home").validate({"participants": parts, "round_id": env["rid"]})
+
+
+def test_a_registry_round_needs_the_aggregator_passphrase_for_its_receipts(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = RoundRegistryClient.from_deployment(env["deployment"], env["w3"], env["people"]["orch"].account)
+    job = RoundJob(tmp_path / "orch-home", registry=mine)
+    parts = [env["people"][n].address for n in ("creator", "p1")]
+    monkeypatch.delenv("COLLAB_PASSPHRASE", raising=False)
+    with pytest.raises(Unavailable, match="update receipts"):  # its ServerApp could not sign them
+        job.validate({"participants": parts, "round_id": env["rid"]})
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+    job.validate({"participants": parts, "round_id": env["rid"]})
