@@ -439,6 +439,66 @@ def test_a_failed_job_costs_neither_a_call_nor_epsilon(env: Env, chain_snapshot:
     assert again.receipt is not None and again.receipt["total_calls"] == 2
 
 
+@pytest.fixture
+def owner_parties() -> Iterator[Any]:
+    """The owner node's persistent parties (this test process acts as the owner's node); closed afterwards."""
+    from collab.mpc.persistent import owner_parties as pool
+
+    yield pool()
+    pool().close()
+
+
+@pytest.mark.slow
+def test_calls_share_the_owners_party_and_a_killed_party_fails_the_call_then_recovers(
+        env: Env, chain_snapshot: str, tmp_path: Path, owner_parties: Any) -> None:
+    import os
+    import signal
+    import threading
+
+    buyer = env.buyers[2]
+    lid = env.buy(buyer, LicenseKind.API, credit_calls=5)
+    node = env.node(home=_owner_home(tmp_path / "owner", {env.encoder_asset: {"model": str(env.model)}}), batch=100)
+    request = InferRequest(env.encoder_asset, (TEXT,), "mpc", 2, "dealer", seq_len=8, timeout=120)
+    first, second = (run_inference(node, buyer, request, client_home=tmp_path) for _ in range(2))
+    pid = first.stats["owner_party"]["pid"]
+    assert second.stats["owner_party"] == {**first.stats["owner_party"], "query": 2}  # same process, model loaded once
+    clean = _plaintext(env, [TEXT])
+    for result in (first, second):
+        out = np.asarray(result.outputs)
+        assert float((out @ clean.T).item() / np.linalg.norm(out)) > 0.999
+
+    # SIGKILL the owner's party mid-query: the client gets a clear error (exit 5), is charged nothing ...
+    failed: list[BaseException] = []
+    party = owner_parties.party(env.model)
+    assert party is not None and party.log().count("rank 0 shared") == 2
+    call = threading.Thread(target=lambda: _capture(failed, run_inference, node, buyer, request, client_home=tmp_path))
+    call.start()
+    deadline = time.monotonic() + 120
+    while party.log().count("rank 0 shared") < 3 and time.monotonic() < deadline:  # the third query is online
+        time.sleep(0.05)
+    assert party.pid == pid
+    os.kill(pid, signal.SIGKILL)
+    call.join(timeout=150)
+    assert not call.is_alive() and len(failed) == 1 and isinstance(failed[0], Unavailable)
+    assert failed[0].exit_code == EXIT_UNAVAILABLE
+    assert f"MPC party 0 (owner, pid {pid}) died during the query (killed by SIGKILL)" in str(failed[0])
+    assert "the next call starts a fresh one" in str(failed[0])
+    held = node.meter().latest(lid)
+    assert held is not None and held[0].total_calls == 2
+    # ... and the next call starts a fresh party.
+    again = run_inference(node, buyer, request, client_home=tmp_path)
+    assert again.stats["owner_party"]["pid"] != pid and again.stats["owner_party"]["query"] == 1
+    np.testing.assert_allclose(again.outputs, first.outputs, atol=2e-3)
+    assert again.receipt is not None and again.receipt["total_calls"] == 3
+
+
+def _capture(errors: list[BaseException], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    try:
+        fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        errors.append(exc)
+
+
 # --------------------------------------------------------------------------- the command
 
 
