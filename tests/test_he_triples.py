@@ -332,6 +332,24 @@ def test_offerer_receives_only_ciphertexts_that_decrypt_to_masked_values(parties
         assert 2**170 < float(np.mean([float(v) for v in full])) < 2**179
 
 
+def test_matmul_replies_hide_every_coefficient_not_only_the_outputs(parties: tuple[HeParty, HeParty]) -> None:
+    """Outputs carry 179-bit masks (exact after CRT); the partial sums elsewhere are uniform over Z_M."""
+    a, b = parties
+    plan = plan_matmul(2, 8, 3, a.suite)
+    x, y = np.full((2, 8), 2**64 - 1, dtype=U64), np.full((8, 3), 2**64 - 1, dtype=U64)
+    reply, share_b = b.answer_matmul(a.offer_matmul(x, plan), y, plan)
+    assert np.array_equal(add(a.finish_matmul(reply, plan), share_b), mm(x, y))
+    blobs, M = unpack(reply), a.suite.modulus
+    pts = [a.open_reply(k, blob) for k, blob in enumerate(blobs)]  # one reply per prime
+    coeff = lambda pt, i: pt[i] if i < pt.coeff_count() else 0  # noqa: E731
+    full = [sum(coeff(pt, i) * (M // p) * pow(M // p, -1, p) for pt, p in zip(pts, a.suite.primes)) % M
+            for i in range(0, a.suite.n, 97)]  # fmt: skip
+    outputs = set(a._positions(plan).ravel().tolist())
+    others = [v for i, v in zip(range(0, a.suite.n, 97), full) if i not in outputs]
+    assert len(others) > 100 and len({v >> 172 for v in others}) > 64  # top bits spread over all of Z_M
+    assert sum(v > 2 ** mask_bits(a.suite) for v in others) > len(others) // 4  # beyond the output masks' range
+
+
 # ---------------------------------------------------------------------- noise flooding
 
 

@@ -365,9 +365,9 @@ class HeParty:
         if len(blobs) != nb * kb * len(self.suite.primes):
             raise ProtocolViolation("matmul offer has the wrong number of ciphertexts")
         n_replies = nb * mb * plan.groups
-        masks, low = self._masks(n_replies * self.suite.n)
         terms = plan.group * plan.kw * plan.mw
         pos = self._positions(plan)
+        masks, low = self._reply_masks(n_replies, pos)
         share = np.zeros((plan.n, plan.m), dtype=U64)
         out = []
         for k, p in enumerate(self.suite.primes):
@@ -418,9 +418,27 @@ class HeParty:
                             cols = slice(bj * plan.mw, (bj + 1) * plan.mw)
                             h, w = share[rows, cols].shape
                             with np.errstate(over="ignore"):
-                                share[rows, cols] -= low[sl][pos[:h, :w]]
+                                share[rows, cols] -= low[r, :h, :w]
                         r += 1
         return pack(out), share
+
+    def _reply_masks(self, n_replies: int, pos: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Masks of every coefficient of ``n_replies`` matmul replies: residues per prime, and r mod 2^64 at outputs.
+
+        Output coefficients (``pos``) get r uniform in [0, 2^mask_bits), which
+        keeps them exact after CRT; every other coefficient (a partial inner
+        product nobody uses) only needs hiding, so it gets an independent
+        uniform residue per prime, i.e. a mask uniform over Z_M by CRT, which
+        hides it perfectly and costs a fraction of a 179-bit mask.
+        """
+        flat = pos.ravel()
+        out, low = self._masks(n_replies * flat.size)
+        masks = []
+        for k, p in enumerate(self.suite.primes):
+            full = self.rng.residues_below(n_replies * self.suite.n, p).reshape(n_replies, self.suite.n)
+            full[:, flat] = out[k].reshape(n_replies, flat.size)
+            masks.append(full.ravel())
+        return masks, low.reshape(n_replies, *pos.shape)
 
     def finish_matmul(self, reply: bytes, plan: MatmulPlan) -> np.ndarray:
         nb, _, mb = plan.blocks
