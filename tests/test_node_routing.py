@@ -86,8 +86,9 @@ def _ok(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> dict[str,
 
 def _error(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str]:
     code, out, err = cli(capsys, home, *args)
-    assert out == "" and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return code, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert out == "" and len(errors) == 1 and err.endswith(errors[0] + "\n") and "Traceback" not in err, err
+    return code, errors[0]
 
 
 def test_claims_and_merges_via_the_node_match_the_direct_path(

@@ -63,9 +63,11 @@ def _unfit(status: dict[str, Any], conf: Settings) -> str | None:
     return None
 
 
-def home_op(ctx: click.Context, op: str, fields: dict[str, Any], *, timeout: float = 600.0) -> dict[str, Any]:
+def home_op(ctx: click.Context, op: str, fields: dict[str, Any], *, timeout: float = 600.0,
+            note: str | None = None) -> dict[str, Any]:
     """A :mod:`orchestrator.local_ops` operation: in the node when it runs, else the same function here."""
-    return via_node(ctx, op, fields, timeout=timeout, local=lambda: _run_here(ctx, op, fields))  # type: ignore[no-any-return]
+    return via_node(ctx, op, fields, timeout=timeout, local=lambda: _run_here(ctx, op, fields),  # type: ignore[no-any-return]
+                    note=note)
 
 
 def _run_here(ctx: click.Context, op: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def post(
     data = home_op(ctx, "claims_post", {
         "program_file": str(program_file.absolute()), "inputs_dir": str(inputs_dir.absolute()), "audience": audience,
         "participants": list(participants), "job_id": job_id, "asset_id": asset_id, "log2k": log2k, "da_url": da_url,
-    })
+    }, note="claims post: running in this home's node (its account posts; progress in its log)")
     emit(ctx, data, kv_table(data, "claim posted"))
 
 

@@ -60,7 +60,7 @@ def run_cmd(ctx: click.Context, config: Path, out_dir: Path | None, seed: int, r
     data = home_op(ctx, "merge_run", {  # absolute paths: a running node has its own working directory
         "config": str(config.absolute()), "out_dir": str(out.absolute()), "seed": seed, "ring_bits": ring_bits,
         "claim": claim, "audience": audience, "verify_asset": verify_asset, "merger_share_bps": merger_share_bps,
-        "royalty_bps": royalty_bps}, timeout=MERGE_TIMEOUT)
+        "royalty_bps": royalty_bps}, timeout=MERGE_TIMEOUT, note="merge: running in this home's node (progress in its log)")
     if "claim_id" in data:
         human = kv_table({k: v for k, v in data.items() if k not in ("assets", "contributors", "seconds")},
                          "merge claim posted")
