@@ -1,11 +1,13 @@
 """``collab infer ASSET_ID --text "..."``: licensed, metered, private inference on an asset.
 
-Until the participant node's local API serves inference, the owner's side runs
-from the owner's home on this machine (``--owner-home``): its config says
-which model serves the asset, its account posts the call receipts, its
-SQLite ledgers hold the ε spent. The parties are still separate processes
-(CrypTen over gloo/TCP, or the CKKS owner process), so the same jobs run
-across hosts once the node routes them. Exit codes: 3 unknown asset, 4 not
+Without ``--owner-home`` the call goes through this home's node
+(:func:`collab.commands._route.via_node`), which submits it to the
+orchestrator and runs the client's CrypTen party against the owner's node
+(``--mode mpc``, two parties; docs/orchestrator.md). With ``--owner-home`` the
+owner's side runs from the owner's home on this machine: its config says which
+model serves the asset, its account posts the call receipts, its SQLite
+ledgers hold the ε spent; the parties are still separate processes (CrypTen
+over gloo/TCP, or the CKKS owner process). Exit codes: 3 unknown asset, 4 not
 licensed or over the privacy budget, 5 chain or a party unavailable.
 """
 
