@@ -25,7 +25,7 @@ from collab.errors import Unavailable
 from orchestrator.demo_network import Network
 
 if TYPE_CHECKING:
-    from orchestrator.demo import Actor, Demo, Phase
+    from orchestrator.demo import Demo, Phase
 
 PARTICIPANTS = ("alice", "bob", "carol")
 TEXTS = ("Markets rallied after the central bank held rates.",)
