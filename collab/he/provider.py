@@ -67,9 +67,11 @@ class DistChannel:
     def exchange(self, payload: bytes) -> bytes:
         size = torch.zeros(1, dtype=torch.int64)
         self._swap(torch.tensor([len(payload)], dtype=torch.int64), size)
-        out = torch.empty(int(size.item()), dtype=torch.uint8)
-        self._swap(torch.frombuffer(bytearray(payload), dtype=torch.uint8), out)
-        return out.numpy().tobytes()
+        # A skipped direction sends b"" (one-direction fixed-mask matmuls); torch.frombuffer refuses an empty buffer,
+        # so an empty message travels as one padding byte that the receiver drops.
+        out = torch.empty(max(1, int(size.item())), dtype=torch.uint8)
+        self._swap(torch.frombuffer(bytearray(payload or b"\0"), dtype=torch.uint8), out)
+        return out[: int(size.item())].numpy().tobytes()
 
 
 def _as_int64(x: np.ndarray) -> torch.Tensor:
