@@ -28,6 +28,13 @@ Configurations (same encoder, same sentences, same run):
   polynomial in one split product, the shifted softmax with the layer-0 row
   max by packed comparisons.
 
+Served calls (``service`` in the JSON): ``collab infer``'s own party body on
+one sentence, ``cheap``, dealer path: a per-call pair of fresh processes (the
+path before the persistent party, ``W - B`` opened in the call), the same
+with owner-held weights, then three consecutive calls to one persistent owner
+party (:mod:`collab.mpc.persistent`; a fresh client process per call). The
+load average at the start and end of the run is recorded with the figures.
+
 Full mode (``collab bench mpc``): the issue's 200 sentences at seq 32 and 50
 at seq 128. ``COLLAB_BENCH_QUICK=1``: 3 sentences at seq 16, for CI. Timings
 are noisy on a shared machine: compare ratios against ``baseline`` from the
@@ -218,11 +225,77 @@ def run_config(name: str, texts: list[str], seq_len: int, batch: int, log: Log) 
             "wall_s": result.wall_s}
 
 
+def _served_call(run: Callable[[], dict[int, dict[str, Any]]], ref: torch.Tensor) -> dict[str, Any]:
+    """One served call as the client sees it (wall time from request to output), the parties' figures, cosine."""
+    from collab.mpc.parties import CLIENT, OWNER
+
+    t0 = time.perf_counter()
+    results = run()
+    wall = time.perf_counter() - t0
+    out = torch.nn.functional.normalize(torch.tensor(results[CLIENT]["output"], dtype=torch.float64), dim=-1)
+    client, owner = results[CLIENT]["stats"], results[OWNER]["stats"]
+    return {"wall_s": wall, "client_online_s": client["online_s"], "client_share_s": client["share_s"],
+            "client_wall_s": client["wall_s"], "owner_wall_s": owner["wall_s"], "client_bytes": client["comm_bytes"],
+            "rounds": client["comm_rounds"], "owner_rss_mb": owner["max_rss_mb"],
+            "cosine": float((out * ref).sum()), "owner_party": results[OWNER].get("party")}
+
+
+def run_service(seq_len: int, log: Log) -> dict[str, Any]:
+    """Served calls (``collab infer``'s party body, ``cheap``, dealer path, one sentence): persistent vs per call.
+
+    ``per_call`` is the path before the persistent party: fresh owner and
+    client processes, ``W - B`` opened in the call; ``per_call_owner_held``
+    the same fresh processes with owner-held weights (the protocol change
+    alone); ``first``/``second``/``third`` three consecutive calls to one
+    persistent owner party (the first pays its start and model load; every
+    call starts a fresh client process, as a client's node does).
+    """
+    from collab.mpc.encoder import preset
+    from collab.mpc.model import load_spec, model_dir, reference_embeddings, tokenize
+    from collab.mpc.parties import CLIENT, OWNER
+    from collab.mpc.persistent import OwnerParties
+    from collab.mpc.service import ServiceParties
+
+    path = model_dir()
+    text = sentences(1)[0]
+    ref = torch.nn.functional.normalize(reference_embeddings(tokenize([text], seq_len, path), path).double(), dim=-1)
+
+    def jobs(owner_held: bool) -> dict[int, dict[str, Any]]:
+        common = {"seq_len": seq_len, "batch": 1, "out_dim": load_spec(path).hidden, "provider": "TFP",
+                  "model_dir": str(path), "dp": False, "head_classes": 0, "approx": preset("cheap"),
+                  "fixed_masks": not owner_held, "owner_held": owner_held}
+        return {OWNER: dict(common), CLIENT: dict(common, texts=[text])}
+
+    def fresh(j: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        group = ServiceParties(j, timeout=600)
+        group.start()
+        return group.wait()
+
+    held = jobs(True)
+    calls = {"per_call": _served_call(lambda: fresh(jobs(False)), ref),
+             "per_call_owner_held": _served_call(lambda: fresh(held), ref)}
+    log(f"served seq {seq_len}: per call {calls['per_call']['wall_s']:.1f}s, "
+        f"owner-held {calls['per_call_owner_held']['wall_s']:.1f}s")
+    pool = OwnerParties(idle_timeout=600)
+    try:
+        for name in ("first", "second", "third"):
+            calls[name] = _served_call(lambda: pool.serve(path, held[OWNER], held[CLIENT], 600), ref)
+            log(f"served seq {seq_len}: persistent {name} {calls[name]['wall_s']:.1f}s")
+    finally:
+        pool.close()
+    pids = {calls[n]["owner_party"]["pid"] for n in ("first", "second", "third")}
+    second, first, per_call = (calls[n]["wall_s"] for n in ("second", "first", "per_call"))
+    return {"seq_len": seq_len, "text": text, "approx": "cheap", "provider": "TFP", "calls": calls,
+            "same_owner_pid": len(pids) == 1, "second_vs_first": second / first, "second_vs_per_call": second / per_call,
+            "load_s": calls["first"]["owner_party"]["load_s"], "loadavg": list(os.getloadavg())}
+
+
 def run(results_dir: Path | str | None = None, log: Log | None = None) -> dict[str, Any]:
     """Run every configuration at each planned sequence length; write mpc.json and mpc.png."""
     log = log or (lambda message: None)
     is_quick = quick()
     plan = QUICK_PLAN if is_quick else _scaled(FULL_PLAN)
+    loadavg_start = list(os.getloadavg())  # the machine is shared: read the figures with its load
     runs: list[dict[str, Any]] = []
     for seq_len, count, batch in plan:
         texts = sentences(count, long=seq_len > 64)
@@ -231,13 +304,15 @@ def run(results_dir: Path | str | None = None, log: Log | None = None) -> dict[s
         subset = texts[: ABLATION_SENTENCES.get(seq_len, count)]
         for name in ABLATIONS:
             runs.append(run_config(name, subset, seq_len, batch, log))
+    service = run_service(plan[0][0], log)  # the first planned length (seq 32; seq 16 in quick mode)
     results = {
         "suite": SUITE, "measured_at": report.utc_now(), "quick": is_quick, "machine": report.machine_facts(),
+        "loadavg": {"start": loadavg_start, "end": list(os.getloadavg())},
         "versions": report.package_versions(["crypten", "torch", "tenseal", "transformers"]),
         "setting": "2 real party processes, gloo over loopback, CrypTen dealer path (TFP); bytes are CrypTen's "
                    "counter per party (8 B per ring element, sent + received)",
         "reduced": bool(os.environ.get("COLLAB_BENCH_MPC_SENTENCES")) and not is_quick,
-        "runs": runs, "summary": summarize(runs), "targets": TARGETS, "issue_baseline": ISSUE_BASELINE,
+        "runs": runs, "summary": summarize(runs), "service": service, "targets": TARGETS, "issue_baseline": ISSUE_BASELINE,
         "literature": LITERATURE,
     }  # fmt: skip
     out = report.results_dir(results_dir)
@@ -276,7 +351,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     plt = report.pyplot()
     runs = results["runs"]
     kinds = ["embedding", "linear", "attn_matmul", "softmax", "gelu", "layernorm"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    svc = results.get("service")
+    fig, axes = plt.subplots(1, 3 if svc else 2, figsize=(18 if svc else 13, 5))
     labels = [f"{r['config']}\nseq {r['seq_len']}" for r in runs]
     for ax, key, scale, unit in ((axes[0], "bytes", 1e6, "MB"), (axes[1], "seconds", 1.0, "s")):
         bottom = [0.0] * len(runs)
@@ -288,6 +364,14 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel(f"{unit} per query (client party)")
         ax.set_title(f"one query: {key} by op kind")
     axes[0].legend(fontsize=8)
+    if svc:  # served calls: what the persistent owner party saves per call
+        names = list(svc["calls"])
+        axes[2].bar(range(len(names)), [svc["calls"][n]["wall_s"] for n in names], label="wall (client waits)")
+        axes[2].bar(range(len(names)), [svc["calls"][n]["client_online_s"] for n in names], label="online")
+        axes[2].set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
+        axes[2].set_ylabel("seconds per call")
+        axes[2].set_title(f"served calls, seq {svc['seq_len']} (load {svc['loadavg'][0]:.1f})")
+        axes[2].legend(fontsize=8)
     fig.suptitle("Secure MiniLM (CrypTen 2PC, dealer path, loopback, this machine)")
     return report.save_figure(fig, path)
 
@@ -307,10 +391,18 @@ def render(results: dict[str, Any]) -> RenderableType:
          "setup MB", "mean cos", "min cos", "time/base", "bytes/base"],
         rows, numeric_from=1,
     )  # fmt: skip
+    svc = results.get("service")
+    served = report.table(
+        f"served calls, seq {svc['seq_len']} cheap, dealer (wall time the client waits; fresh client process each)",
+        ["call", "wall s", "client online s", "client MB", "owner pid", "cosine"],
+        [(name, round(c["wall_s"], 2), round(c["client_online_s"], 2), round(c["client_bytes"] / 1e6, 1),
+          (c["owner_party"] or {}).get("pid", "fresh"), f"{c['cosine']:.6f}") for name, c in svc["calls"].items()],
+        numeric_from=1,
+    ) if svc else None
     lit = report.table(
         "literature, BERT-base (other hardware and settings; not measured here)",
         ["system", "setting", "model", "seconds", "GB", "note"],
         [(x["system"], x["setting"], x["model"], x["seconds"], x["gb"], x["note"]) for x in results["literature"]],
         numeric_from=3,
     )
-    return Group(main, lit)
+    return Group(*(t for t in (main, served, lit) if t is not None))

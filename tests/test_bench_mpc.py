@@ -90,3 +90,16 @@ def test_fewer_comparisons_cost_fewer_gelu_bytes(bench: tuple[dict[str, Any], Pa
     assert gelu["gelu_exppoly_packed"] < gelu["gelu_exppoly"] < gelu["gelu_poly2"] < gelu["fixed_masks"]
     shifted = _run(results, "softmax_shifted")["parties"][1]["op_totals_single"]["softmax"]["bytes"]
     assert shifted < _run(results, "fixed_masks")["parties"][1]["op_totals_single"]["softmax"]["bytes"]
+
+
+def test_served_calls_reuse_one_owner_party(bench: tuple[dict[str, Any], Path]) -> None:
+    results = bench[0]
+    assert set(results["loadavg"]) == {"start", "end"}  # the figures carry the machine's load
+    svc = results["service"]
+    calls = svc["calls"]
+    assert list(calls) == ["per_call", "per_call_owner_held", "first", "second", "third"]
+    assert svc["same_owner_pid"] and [calls[n]["owner_party"]["query"] for n in ("first", "second", "third")] == [1, 2, 3]
+    assert calls["per_call"]["owner_party"] is None and calls["per_call_owner_held"]["owner_party"] is None
+    assert all(c["cosine"] > 0.999 for c in calls.values())
+    # Owner-held weights: x - A goes to the owner only, so a query sends fewer bytes than with W - B per call.
+    assert calls["second"]["client_bytes"] == calls["per_call_owner_held"]["client_bytes"] < calls["per_call"]["client_bytes"]
