@@ -291,3 +291,6 @@ class TaskRunner:
             for proc in self.supernodes.values():
                 proc.stop()
             self.supernodes.clear()
+        from collab.mpc.persistent import owner_parties
+
+        owner_parties().close()  # the owner's persistent CrypTen parties end with the node
