@@ -19,7 +19,9 @@ One call of :func:`run_inference` is what ``collab infer`` does:
    Share holders through the RevenueDistributor.
 4. **The job**, by mode:
 
-   * ``mpc``: real CrypTen party processes (``python -m collab.mpc.service``):
+   * ``mpc``: real CrypTen party processes (``python -m collab.mpc.service``;
+     with 2 parties the owner's is the model's persistent party of
+     :mod:`collab.mpc.persistent`, the client's a fresh process per call):
      the owner secret-shares the weights, the client its token ids; the
      embedding is L2-normalised on shares (sum of squares, Newton inverse
      square root), an optional classifier head is applied on shares, the
