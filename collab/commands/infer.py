@@ -7,8 +7,11 @@ orchestrator and runs the client's CrypTen party against the owner's node
 owner's side runs from the owner's home on this machine: its config says which
 model serves the asset, its account posts the call receipts, its SQLite
 ledgers hold the ε spent; the parties are still separate processes (CrypTen
-over gloo/TCP, or the CKKS owner process). Exit codes: 3 unknown asset, 4 not
-licensed or over the privacy budget, 5 chain or a party unavailable.
+over gloo/TCP, or the CKKS owner process). Two-party ``mpc`` calls are served
+by the model's persistent owner party (:mod:`collab.mpc.persistent`: kept by
+the owner's node across calls; with ``--owner-home`` it lives as long as this
+process). Exit codes: 3 unknown asset, 4 not licensed or over the privacy
+budget, 5 chain or a party unavailable (an owner party killed mid-call too).
 """
 
 from __future__ import annotations
