@@ -204,8 +204,11 @@ class OwnerParty:
                               "the next call starts a fresh one", rank=OWNER, exit_code=code)
         reply: dict[str, Any] = json.loads(line)
         if not reply.get("ok", reply.get("ready", False)):
-            if not reply.get("alive"):
-                self.proc.wait(timeout=30)
+            if not reply.get("alive"):  # it ends itself after a broken session; make sure it is gone
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.close()
             raise Unavailable(f"MPC party 0 (owner) failed: {reply.get('error', 'unknown error')}", rank=OWNER,
                               exit_code=reply.get("exit_code"))
         return reply
