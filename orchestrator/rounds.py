@@ -29,7 +29,10 @@ With ``round_id`` in the payload the job drives that ``RoundRegistry`` round
 fixed on-chain (the nodes accept, the creator's node fixes); COMPUTED first
 collects every included participant's BLS consent over the record root and
 submits the record; the claim then names the registry as settlement hook, so
-its finalization mints Receipts and Shares.
+its finalization mints Receipts and Shares. The ServerApp of such a round signs
+an update receipt per accepted update with this home's identity (run config
+from :meth:`RoundJob._receipt_config`), which the participants' nodes keep for
+an exclusion dispute.
 """
 
 from __future__ import annotations

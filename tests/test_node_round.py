@@ -163,6 +163,15 @@ def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[s
         assert recover_update_receipt(bytes.fromhex(kept["signature"][2:]), game_env.w3.eth.chain_id, rr.address, round_id,
                                       homes[name][1], 1, bytes.fromhex(kept["update_commitment"][2:])) == network["info"]["address"]
     assert not list(receipts_dir(homes["p2"][0]).glob("*.json")) if receipts_dir(homes["p2"][0]).exists() else True
+    # `collab round status` in p1's home reads the job through p1's node: rounds done, accuracy, ε per participant.
+    shown = subprocess.run([*COLLAB, "--home", str(homes["p1"][0]), "--json", "round", "status", str(round_id)],
+                           env={**os.environ, "COLLAB_PASSPHRASE": "pw"}, capture_output=True, text=True, timeout=180)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    status = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert status["progress"]["source"] == "node" and status["progress"]["job_id"] == job["id"]
+    assert status["progress"]["rounds_done"] == 1 and status["progress"]["accuracy"] == data["accuracy"]
+    spent = {p["account"].lower(): p["epsilon_spent"] for p in status["participants"]}
+    assert all(spent[a] == pytest.approx(data["epsilon"][a], abs=1e-6) for a in data["participants"]) and spent[p2] is None
 
     # RoundRegistry: fixed with all three, recorded with the survivors' consent, minted only at finalization.
     registry = RoundRegistryClient.from_deployment(game_env.deployment, game_env.w3)
