@@ -421,7 +421,8 @@ def _request_summary(requests: list[Any]) -> dict[str, dict[str, int]]:
 
 
 def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: float, execute: bool,
-                approx_knobs: dict[str, Any] | None = None, fixed_masks: bool = False) -> dict[str, Any]:
+                approx_knobs: dict[str, Any] | None = None, fixed_masks: bool = False,
+                owner_held: bool = False) -> dict[str, Any]:
     """The MiniLM encoder with HE preprocessing: trace the tuple requests, produce them offline, run online.
 
     With ``execute`` False only the (free) trace runs: the request counts tell
@@ -431,6 +432,7 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
 
     import collab.mpc.compat as compat
     from collab.mpc import encoder as enc
+    from collab.mpc import fixed
     from collab.mpc.model import load_spec, load_weights, model_dir, tokenize
 
     compat.set_collective_timeout(timeout)
@@ -448,7 +450,12 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
     cfg.communicator.verbose = True
     try:
         shapes = enc.weight_shapes(spec, seq_len)
-        flat_w = {n: crypten.cryptensor(own[n] if own else torch.zeros(s), src=0) for n, s in shapes.items()}
+        # owner_held: the matmul weights stay the owner's plaintext (collab infer's routed path, fixed.OwnerHeldWeight)
+        held = fixed.held_names(shapes) if owner_held else []
+        flat_w = {n: crypten.cryptensor(own[n] if own else torch.zeros(s), src=0) for n, s in shapes.items()
+                  if n not in held}
+        for n in held:
+            flat_w[n] = fixed.OwnerHeldWeight(fixed.encode_held(own[n]) if own else None, shapes[n])
         inputs_plain = enc.prepare_inputs(tokenize([text], seq_len, path), spec, approx) if rank == 1 else None
         flat_in = {
             n: crypten.cryptensor(inputs_plain[n] if inputs_plain else torch.zeros(s), src=1)
@@ -456,7 +463,7 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
         }
         weights, inputs = enc.assemble_weights(flat_w, spec), enc.SharedInputs(**flat_in)
         setup_bytes = 0
-        if fixed_masks:  # once per model load: B drawn locally by each party, W - B opened
+        if fixed_masks and not owner_held:  # once per model load: B drawn locally by each party, W - B opened
             comm.get().reset_communication_stats()
             weights = enc.mask_weights(weights)
             setup_bytes = int(comm.get().get_communication_stats()["bytes"])
@@ -471,6 +478,7 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
         forward()
         he.trace(False)
         result: dict[str, Any] = {"seq_len": seq_len, "layers": layers, "fixed_masks": fixed_masks,
+                                  "owner_held": owner_held,
                                   "setup_bytes": setup_bytes, "requests": _request_summary(he.request_cache)}
         if execute:
             t0 = time.perf_counter()
@@ -510,11 +518,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace-only", action="store_true", help="with --encoder: count tuple requests only")
     ap.add_argument("--approx", default="{}", help="with --encoder: Approximations knobs as JSON")
     ap.add_argument("--fixed-masks", action="store_true", help="with --encoder: weight masks fixed per model load")
+    ap.add_argument("--owner-held", action="store_true",
+                    help="with --encoder: matmul weights held by the owner in the clear (collab infer's routed path)")
     args = ap.parse_args(argv)
     try:
         if args.encoder:
             result = run_encoder(args.rank, args.master, args.encoder, args.layers, args.timeout, not args.trace_only,
-                                 json.loads(args.approx), args.fixed_masks)
+                                 json.loads(args.approx), args.fixed_masks, args.owner_held)
         elif args.bench:
             shapes = [tuple(int(v) for v in s.split("x")) for s in args.matmul]
             result = run_bench(args.rank, args.master, args.elements, shapes, args.timeout)  # type: ignore[arg-type]
