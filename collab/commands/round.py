@@ -26,7 +26,7 @@ from rich.table import Table
 
 from collab.commands._common import chain_session, emit, kv_table, log, settings
 from collab.commands.jobs import json_flag
-from collab.errors import BadInput, NotFound, Unauthorized
+from collab.errors import BadInput, NotFound, Unauthorized, Unavailable
 
 if TYPE_CHECKING:
     from chain.clients.round_registry import Round, RoundRegistryClient
@@ -227,7 +227,12 @@ def round_job(ctx: click.Context, round_id: int) -> tuple[dict[str, Any] | None,
             return jobs[-1], "orchestrator"
     node = node_running(conf.node_socket, timeout=10)
     if node is not None:
-        jobs = [j for j in node.request("jobs") if j["kind"] == "round" and j["payload"].get("round_id") == round_id]
+        try:
+            listed = node.request("jobs")
+        except Unavailable as exc:  # the node runs but its orchestrator is away: the chain still answers
+            log(f"the orchestrator did not answer through this home's node ({exc}); showing the chain only")
+            return None, "chain"
+        jobs = [j for j in listed if j["kind"] == "round" and j["payload"].get("round_id") == round_id]
         if jobs:
             return jobs[-1], "node"
     return None, "chain"
