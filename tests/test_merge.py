@@ -185,6 +185,53 @@ def test_dare_ties_is_reproducible_by_seed_and_density_one_is_ties(zoo: dict[str
         np.testing.assert_allclose(_sd(full.out_dir)[name], _sd(ties.out_dir)[name], rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize(("method", "params", "shared"), [
+    ("linear", [{"weight": 1.0}, {"weight": 0.3}], {}),
+    ("task_arithmetic", [{"weight": 1.0}, {"weight": 0.5}], {"lambda": 0.8}),
+    ("ties", [{"weight": 1.0, "density": 0.4}, {"weight": 0.5, "density": 1.0}], {"lambda": 0.9}),
+])
+def test_row_blocked_large_tensors_give_mergekits_values_bit_for_bit(
+    zoo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+    params: list[dict[str, Any]], shared: dict[str, Any],
+) -> None:
+    """Large tensors merged in row blocks through mergekit's own method equal mergekit's whole-tensor merge."""
+    from collab.merge import blocked
+    from collab.merge.mergekit_merge import run_mergekit
+
+    monkeypatch.setattr(blocked, "LARGE_BYTES", 4096)  # the embeddings and FFN weights of the tiny BERT
+    monkeypatch.setattr(blocked, "BLOCK_BYTES", 1000)  # several blocks per tensor, not a divisor of its rows
+    cfg: dict[str, Any] = {"merge_method": method, "models": _models(zoo, ["ft0", "ft1"], params), "parameters": shared}
+    if method != "linear":
+        cfg["base_model"] = str(zoo["base"])
+    spec = load_config(_write(tmp_path, cfg))
+    rows = run_mergekit(spec, tmp_path / "rows")
+    whole = run_mergekit(spec, tmp_path / "whole", blocked=False)
+    assert "embeddings.word_embeddings.weight" in rows.details["row_blocked"] and not whole.details["row_blocked"]
+    got, ref = load_file(str(tmp_path / "rows" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
+    assert got.keys() == ref.keys()
+    for name in ref:
+        assert got[name].shape == ref[name].shape and torch.equal(got[name].view(torch.int32), ref[name].view(torch.int32)), name
+    BertModel.from_pretrained(tmp_path / "rows")
+
+
+def test_row_blocking_leaves_random_and_whole_tensor_methods_to_mergekit(
+    zoo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from collab.merge import blocked
+
+    monkeypatch.setattr(blocked, "LARGE_BYTES", 4096)
+    dare = {"merge_method": "dare_ties", "base_model": str(zoo["base"]),
+            "models": _models(zoo, ["ft0", "ft1"], [{"weight": 1.0, "density": 0.5}] * 2)}
+    slerp = {"merge_method": "slerp", "base_model": str(zoo["ft0"]), "parameters": {"t": 0.3},
+             "models": _models(zoo, ["ft0", "ft1"], [{}, {}])}
+    rescaled = {"merge_method": "ties", "base_model": str(zoo["base"]), "parameters": {"rescale": True},
+                "models": _models(zoo, ["ft0", "ft1"], [{"weight": 1.0, "density": 0.5}] * 2)}
+    for i, cfg in enumerate((dare, slerp, rescaled)):
+        (tmp_path / str(i)).mkdir()
+        result, _ = _run(tmp_path / str(i), cfg)
+        assert result.details["row_blocked"] == [], cfg["merge_method"]
+
+
 def _slerp_reference(t: float, v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
     a, b = v0.reshape(-1), v1.reshape(-1)
     na, nb = (n if n > 1e-8 else 1.0 for n in (np.linalg.norm(a), np.linalg.norm(b)))  # a zero tensor (a bias)

@@ -185,8 +185,12 @@ def weight_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def run_mergekit(spec: MergeSpec, out_dir: Path | str, *, seed: int = 0) -> MergeResult:
-    """Merge ``spec`` (local paths only; resolve assets first) into ``out_dir`` with mergekit."""
+def run_mergekit(spec: MergeSpec, out_dir: Path | str, *, seed: int = 0, blocked: bool = True) -> MergeResult:
+    """Merge ``spec`` (local paths only; resolve assets first) into ``out_dir`` with mergekit.
+
+    ``blocked``: merge the largest tensors in row blocks through mergekit's own
+    method where that gives the same values (:mod:`collab.merge.blocked`).
+    """
     if spec.method not in MERGEKIT_METHODS:
         raise BadInput(f"{spec.method} is not a mergekit method")
     if any(r.path is None for r in spec.input_refs()):
@@ -204,7 +208,14 @@ def run_mergekit(spec: MergeSpec, out_dir: Path | str, *, seed: int = 0) -> Merg
         quiet_transformers()
         _reset_loader_cache()
         try:
-            run_merge(config, str(stage), options)
+            from collab.merge import blocked as row_blocks
+
+            large = row_blocks.plan(spec) if blocked else []
+            with (row_blocks.reduced_inputs(spec, large, Path(lora_cache) / "blocked") if large
+                  else contextlib.nullcontext(spec)) as run_spec:
+                run_merge(config if run_spec is spec else _mergekit_config(run_spec), str(stage), options)
+            if large:
+                row_blocks.fill(stage, spec, large)
         except (RuntimeError, ValueError, TypeError, pydantic.ValidationError) as exc:
             raise BadInput(f"mergekit rejected the {spec.method} merge: {' '.join(str(exc).split())}") from exc
         except FileNotFoundError as exc:
@@ -221,7 +232,8 @@ def run_mergekit(spec: MergeSpec, out_dir: Path | str, *, seed: int = 0) -> Merg
         parameters=sum(_numel(s) for s in out_shapes.values()),
         weights_sha256=_sha256_files(sorted(out.glob("*.safetensors"))),
         seconds=seconds,
-        details={"engine": "mergekit", "seed": seed, "dtype": spec.dtype, "input_tensors": len(shapes)},
+        details={"engine": "mergekit", "seed": seed, "dtype": spec.dtype, "input_tensors": len(shapes),
+                 "row_blocked": [b.name for b in large]},
     )
 
 

@@ -1,0 +1,316 @@
+"""The largest tensors of a merge in row blocks, through mergekit's own merge methods: same values, bounded memory.
+
+Why: mergekit's executor loads every input of a tensor at once and its TIES
+holds ~11 copies of it (inputs, stacked deltas, argsort indices, masks), so
+one 30522×384 embedding set a MiniLM merge's peak at 5.6x the model's size.
+
+How, without changing a value: the merge runs as usual through ``run_merge``,
+but on input copies whose large tensors are cut to their first row (byte
+ranges copied, nothing decoded); each large tensor is then merged by
+mergekit's registered method itself (``mergekit.merge_methods.registry``,
+the same ``method(groups, parameters=...)`` the executor calls), one row
+block at a time read straight from the input files, and streamed into the
+output file in place of the one-row placeholder.
+
+When this is the same merge:
+
+* ``linear`` and ``task_arithmetic`` are elementwise: a row block's output is
+  the rows of the whole tensor's output.
+* ``ties`` trims each task vector to its k = max(1, ⌊density·n⌋) largest
+  magnitudes, a choice over the whole tensor, and mergekit's ``argsort`` breaks
+  ties among equal magnitudes in an order that depends on the whole tensor
+  (it is not stable, and float32 deltas, multiples of their ulp, tie at the
+  boundary in practice: every MiniLM embedding tried did). So the trim runs on
+  the whole tensor, one input at a time, through mergekit's own ``sparsify``;
+  only which elements it kept is remembered (one bit each). Everything after
+  the trim is elementwise: per row block mergekit's TIES gets θ where the
+  trim kept it and the base elsewhere, with density 1, which is the same
+  trimmed task vector (a trimmed entry is +0 rather than ±0: equal values).
+  Peak: one input's trim (its delta, magnitudes, argsort indices, mask) instead
+  of all inputs' at once.
+* Not blocked: DARE (random masks drawn per tensor), SLERP (norms of whole
+  tensors), TIES with ``rescale`` (an L1 norm of the whole tensor), LoRA
+  inputs, non-float32 merges, per-layer parameter gradients, a base that is
+  also listed among the models.
+
+The tests compare the output with mergekit's unblocked ``run_merge``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from collab.merge.config import MergeSpec, ModelRef
+
+LARGE_BYTES = 8 * 2**20  # a tensor this big (per input) is merged in row blocks
+BLOCK_BYTES = 2**20  # bytes of one input's row block
+BLOCKABLE = ("linear", "task_arithmetic", "ties")
+_DTYPE_SIZE = {"F32": 4}
+
+
+# --------------------------------------------------------------------- safetensors files, read and written by byte range
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+def _entries(file: Path) -> tuple[dict[str, _Entry], dict[str, str]]:
+    """Tensor entries (absolute byte ranges) and the ``__metadata__`` of a safetensors file."""
+    with file.open("rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    meta = header.pop("__metadata__", None) or {}
+    base = 8 + size
+    return ({n: _Entry(n, h["dtype"], tuple(h["shape"]), base + h["data_offsets"][0], base + h["data_offsets"][1])
+             for n, h in header.items()}, meta)
+
+
+def _write(out: Path, layout: list[tuple[str, str, tuple[int, ...], int]], meta: Mapping[str, str],
+           chunks: Iterator[bytes]) -> None:
+    """Write a safetensors file: the header for ``layout`` (name, dtype, shape, nbytes) then ``chunks`` in order."""
+    header: dict[str, Any] = {"__metadata__": dict(meta)} if meta else {}
+    offset = 0
+    for name, dtype, shape, nbytes in layout:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
+    written = 0
+    with out.open("wb") as fh:
+        fh.write(struct.pack("<Q", len(text)) + text)
+        for chunk in chunks:
+            fh.write(chunk)
+            written += len(chunk)
+    if written != offset:
+        raise RuntimeError(f"wrote {written} tensor bytes to {out}, the header says {offset}")
+
+
+def _copy(fh: BinaryIO, start: int, end: int, step: int = 8 * 2**20) -> Iterator[bytes]:
+    fh.seek(start)
+    while start < end:
+        chunk = fh.read(min(step, end - start))
+        start += len(chunk)
+        yield chunk
+
+
+# --------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A tensor merged in row blocks; ``kept[i]``: the elements input i's TIES trim keeps (packed bits), or None."""
+
+    name: str
+    shape: tuple[int, ...]
+    kept: tuple[Any, ...] = ()
+
+
+def _files(ref: ModelRef) -> dict[str, tuple[Path, _Entry]]:
+    assert ref.path is not None
+    out: dict[str, tuple[Path, _Entry]] = {}
+    for file in sorted(Path(ref.path).glob("*.safetensors")):
+        out.update({n: (file, e) for n, e in _entries(file)[0].items()})
+    return out
+
+
+def _scalar_params(params: Mapping[str, Any]) -> bool:
+    return all(isinstance(v, (int, float, bool)) for v in params.values())
+
+
+def _eligible(spec: MergeSpec) -> bool:
+    refs = spec.input_refs()
+    non_base = [m for m in spec.models if m.ref is not None]
+    return (spec.method in BLOCKABLE and spec.dtype == "float32" and all(r.lora is None and r.path is not None for r in refs)
+            and (spec.base is None or all(m.ref != spec.base for m in non_base)) and _scalar_params(spec.parameters)
+            and all(_scalar_params(m.parameters) for m in non_base) and not spec.parameters.get("rescale", False)
+            and (spec.method != "linear" or spec.base is None))
+
+
+def _rows(shape: tuple[int, ...]) -> int:
+    per_row = 4
+    for d in shape[1:]:
+        per_row *= d
+    return max(1, BLOCK_BYTES // per_row)
+
+
+def _read_rows(file: Path, name: str, r0: int, r1: int) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        return f.get_slice(name)[r0:r1]
+
+
+def _trim_bits(base: tuple[Path, _Entry], model: tuple[Path, _Entry], density: float) -> "np.ndarray":
+    """Which elements mergekit's magnitude trim of θ − base keeps (its own ``sparsify``, whole tensor), packed bits."""
+    import numpy as np
+    from mergekit.sparsify import SparsificationMethod, sparsify
+
+    delta = _read_rows(model[0], model[1].name, 0, model[1].shape[0])
+    delta -= _read_rows(base[0], base[1].name, 0, base[1].shape[0])
+    kept = sparsify(delta, density=density, method=SparsificationMethod.magnitude)
+    del delta
+    return np.packbits((kept != 0).reshape(-1).numpy())
+
+
+def _unpack(bits: "np.ndarray", start: int, end: int) -> torch.Tensor:
+    import numpy as np
+
+    first = start // 8
+    flat = np.unpackbits(bits[first:(end + 7) // 8])[start - 8 * first:end - 8 * first]
+    return torch.from_numpy(flat.astype(bool))
+
+
+def plan(spec: MergeSpec) -> list[Blocked]:
+    """The tensors of ``spec`` to merge in row blocks (empty when the method or inputs do not allow it).
+
+    For TIES this already runs each input's trim of each large tensor (the
+    part that needs the whole tensor).
+    """
+    if not _eligible(spec):
+        return []
+    refs = spec.input_refs()  # base first
+    files = [_files(r) for r in refs]
+    out = []
+    non_base = [m for m in spec.models if m.ref is not None]
+    for name, (_, entry) in files[0].items():
+        sizes = [f[name][1] for f in files if name in f]
+        if (len(sizes) != len(files) or any(e.dtype != "F32" or e.shape != entry.shape for e in sizes)
+                or len(entry.shape) < 1 or entry.shape[0] < 2 or entry.end - entry.start < LARGE_BYTES):
+            continue
+        if spec.method == "ties":
+            kept = []
+            for i, m in enumerate(non_base):
+                density = float(m.parameters.get("density", spec.parameters.get("density", 1.0)))
+                kept.append(_trim_bits(files[0][name], files[i + 1][name], density) if density < 1 else None)
+            out.append(Blocked(name, entry.shape, tuple(kept)))
+            continue
+        out.append(Blocked(name, entry.shape))
+    return out
+
+
+# --------------------------------------------------------------------- inputs without the large tensors, and the fill
+
+
+@contextlib.contextmanager
+def reduced_inputs(spec: MergeSpec, blocked: list[Blocked], work: Path) -> Iterator[MergeSpec]:
+    """The spec over input copies whose blocked tensors are cut to their first row (config files linked)."""
+    names = {b.name for b in blocked}
+    mapping: dict[ModelRef, ModelRef] = {}
+    try:
+        for i, ref in enumerate(spec.input_refs()):
+            assert ref.path is not None
+            copy = work / f"in{i}"
+            copy.mkdir(parents=True)
+            for extra in Path(ref.path).iterdir():
+                if extra.is_file() and not extra.name.endswith(".safetensors") and not extra.name.endswith(".index.json"):
+                    (copy / extra.name).symlink_to(extra.resolve())
+            entries = sorted(_files(ref).items(), key=lambda kv: (str(kv[1][0]), kv[1][1].start))
+
+            def cut(e: _Entry) -> tuple[int, tuple[int, ...]]:
+                per_row = (e.end - e.start) // e.shape[0]
+                return (per_row, (1, *e.shape[1:])) if e.name in names else (e.end - e.start, e.shape)
+
+            layout = [(n, e.dtype, cut(e)[1], cut(e)[0]) for n, (_, e) in entries]
+
+            def chunks(entries: list[tuple[str, tuple[Path, _Entry]]] = entries) -> Iterator[bytes]:
+                for _, (file, e) in entries:
+                    with file.open("rb") as fh:
+                        yield from _copy(fh, e.start, e.start + cut(e)[0])
+
+            _write(copy / "model.safetensors", layout, {"format": "pt"}, chunks())
+            mapping[ref] = replace(ref, path=copy)
+        models = tuple(replace(m, ref=mapping[m.ref]) if m.ref is not None else m for m in spec.models)
+        yield replace(spec, base=mapping[spec.base] if spec.base is not None else None, models=models)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _parameters(spec: MergeSpec, blocked: Blocked) -> dict[str, Any]:
+    """mergekit's parameters for one blocked tensor: shared ones as given, per-input ones by input id."""
+    from mergekit.merge_methods import registry
+    from mergekit.merge_methods.base import ParameterScope
+
+    method = registry.get(spec.method)
+    non_base = [m for m in spec.models if m.ref is not None]
+    out: dict[str, Any] = {}
+    for p in method.spec.parameters:
+        if p.scope == ParameterScope.SHARED:
+            if p.name in spec.parameters:
+                out[p.name] = spec.parameters[p.name]
+            continue
+        values = {i: m.parameters.get(p.name, spec.parameters.get(p.name)) for i, m in enumerate(non_base)}
+        if p.name == "density" and blocked.kept:
+            values = dict.fromkeys(values, 1.0)  # trimmed by τ before mergekit sees the block
+        if any(v is not None for v in values.values()):
+            out[p.name] = {k: v for k, v in values.items() if v is not None}
+    return out
+
+
+def _merged_rows(spec: MergeSpec, blocked: Blocked, sources: list[tuple[Path, _Entry]], r0: int, r1: int) -> torch.Tensor:
+    from mergekit.merge_methods import registry
+    from mergekit.merge_methods.base import TensorGroup
+
+    has_base = spec.base is not None
+    tensors = [_read_rows(f, e.name, r0, r1) for f, e in sources]
+    if blocked.kept:  # TIES: θ where the trim kept it, the base elsewhere (mergekit's delta is then the trimmed one)
+        base, per_row = tensors[0], tensors[0][0].numel()
+        for i, bits in enumerate(blocked.kept):
+            if bits is not None:
+                keep = _unpack(bits, r0 * per_row, r1 * per_row).reshape(base.shape)
+                tensors[i + 1] = torch.where(keep, tensors[i + 1], base)
+    ids: list[Any] = (["base"] if has_base else []) + list(range(len(tensors) - int(has_base)))
+    group = TensorGroup.from_tensors(tensors, ids=ids, base_index=0 if has_base else None, name=blocked.name)
+    (merged,) = registry.get(spec.method)([group], parameters=_parameters(spec, blocked), dtype=torch.float32,
+                                          out_dtype=torch.float32)
+    return merged.contiguous()
+
+
+def fill(out_dir: Path, spec: MergeSpec, blocked: list[Blocked]) -> None:
+    """Replace each blocked tensor's one-row placeholder in ``out_dir``'s safetensors by its row-blocked merge."""
+    names = {b.name: b for b in blocked}
+    refs = spec.input_refs()
+    files = [_files(r) for r in refs]
+    for file in sorted(out_dir.glob("*.safetensors")):
+        entries, meta = _entries(file)
+        if not names.keys() & entries.keys():
+            continue
+        ordered = sorted(entries.values(), key=lambda e: e.start)
+        layout = []
+        for e in ordered:
+            shape = names[e.name].shape if e.name in names else e.shape
+            nbytes = (e.end - e.start) * (shape[0] if e.name in names else 1)
+            layout.append((e.name, e.dtype, shape, nbytes))
+
+        def chunks(ordered: list[_Entry] = ordered, file: Path = file) -> Iterator[bytes]:
+            with file.open("rb") as fh:
+                for e in ordered:
+                    if e.name not in names:
+                        yield from _copy(fh, e.start, e.end)
+                        continue
+                    b = names[e.name]
+                    step = _rows(b.shape)
+                    for r0 in range(0, b.shape[0], step):
+                        rows = _merged_rows(spec, b, [f[b.name] for f in files], r0, min(b.shape[0], r0 + step))
+                        yield rows.numpy().tobytes()
+
+        tmp = file.with_name(file.name + ".blocked")
+        _write(tmp, layout, meta, chunks())
+        tmp.replace(file)
+
+
+__all__ = ["BLOCKABLE", "Blocked", "LARGE_BYTES", "fill", "plan", "reduced_inputs"]
