@@ -249,7 +249,13 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
 
 
 def _flower_runs(s: Sizes, say: Log) -> dict[str, Any]:
-    """Real SuperLink/SuperNode rounds (tiny model): plain and secure at 3, secure at each count."""
+    """Real SuperLink/SuperNode rounds (tiny model): plain and secure at 3, secure at each count.
+
+    Each node is collab's warm ClientApp host (one process serves every
+    message); the first count also runs plain and secure on Flower's default
+    (a fresh ClientApp process per message), the same-run baseline, under
+    ``flower_default``.
+    """
     from collab.fl.data import iid_split, load_bbc_news, take, train_test_split
     from collab.fl.deployment import FlowerDeployment
     from collab.identity import Identity
@@ -261,18 +267,19 @@ def _flower_runs(s: Sizes, say: Log) -> dict[str, Any]:
         "secagg-timeout": 1800.0, "node-wait": 300.0,
     }
     train, _ = train_test_split(load_bbc_news(), 0.2, seed=0)
-    out: dict[str, Any] = {"per_participant": per, "runs": []}
+    out: dict[str, Any] = {"per_participant": per, "runs": [], "flower_default": []}
     with tempfile.TemporaryDirectory(prefix="collab-bench-fl-") as tmp:
         root = Path(tmp)
-        for n in s.counts:
+        for n, warm in [*((n, True) for n in s.counts), (s.counts[0], False)]:
+            tag = "" if warm else "-default"
             names = [f"p{i:02d}" for i in range(n)]
             shards = iid_split(take(train, per * n, seed=11), n, seed=12)
             tls = n <= 8  # 20 nodes over TLS timed out the SuperExec's handshakes under load (docs/training.md)
-            with FlowerDeployment(root / f"orch-{n}", secure=tls, persist=tls) as dep:
+            with FlowerDeployment(root / f"orch-{n}{tag}", secure=tls, persist=tls, warm=warm) as dep:
                 t0 = time.monotonic()
                 dep.start_superlink()
                 for name, shard in zip(names, shards):
-                    home = root / f"n{n}" / name
+                    home = root / f"n{n}{tag}" / name
                     home.mkdir(parents=True)
                     Identity.create(home, "bench", scrypt_n=2)  # benchmark homes only: cheap KDF
                     data = home / "data.jsonl"
@@ -281,11 +288,12 @@ def _flower_runs(s: Sizes, say: Log) -> dict[str, Any]:
                     dep.add_participant(name, home, data, passphrase="bench")
                 startup = time.monotonic() - t0
                 modes = (False, True) if n == s.counts[0] else (True,)
+                series = out["runs"] if warm else out["flower_default"]
                 for secure in modes:
                     cfg = {**base, "expected-participants": n, "min-participants": max(2, n - 1),
                            "secure-aggregation": secure, "secagg-neighbours": 6 if n > 8 else 0,
-                           "job-id": f"bench-{n}-{int(secure)}"}
-                    result = root / f"r-{n}-{int(secure)}" / "result.json"
+                           "job-id": f"bench-{n}-{int(secure)}{tag}"}
+                    result = root / f"r-{n}-{int(secure)}{tag}" / "result.json"
                     result.parent.mkdir()
                     t0 = time.monotonic()
                     record = dep.run(cfg, result, timeout=3600)
@@ -293,13 +301,26 @@ def _flower_runs(s: Sizes, say: Log) -> dict[str, Any]:
                     if record["status"] != "completed":
                         raise RuntimeError(f"bench round with {n} participants failed: {record.get('reason')}")
                     rnd = record["rounds"][0]
-                    out["runs"].append({
+                    series.append({
                         "participants": n, "secure": secure, "round_s": rnd["seconds"], "train_phase_s": rnd["train_seconds"],
                         "secagg_s": rnd.get("secagg_seconds", 0.0), "secagg_bytes": rnd.get("secagg_bytes", 0),
-                        "run_wall_s": wall, "deployment_start_s": startup, "tls_and_node_auth": tls,
+                        "run_wall_s": wall, "deployment_start_s": startup, "tls_and_node_auth": tls, "warm": warm,
                     })
-                    say(f"flower n={n} secure={secure}: round {rnd['seconds']:.1f} s")
+                    say(f"flower n={n} secure={secure}{' (Flower default)' if not warm else ''}: round {rnd['seconds']:.1f} s")
     return out
+
+
+def _warm_vs_default(flower: dict[str, Any], plain: dict[str, Any], secure: dict[str, Any], local: float) -> dict[str, Any]:
+    """The warm ClientApp host against Flower's default executor, measured in the same run (ratios: default / warm)."""
+    default = {r["secure"]: r for r in flower["flower_default"]}
+    return {
+        "default_fixed_cost_per_round_s": default[False]["round_s"] - local,
+        "default_plain_round_s": default[False]["round_s"], "default_secure_round_s": default[True]["round_s"],
+        "fixed_cost_ratio": (default[False]["round_s"] - local) / max(plain["round_s"] - local, 1e-9),
+        "plain_round_ratio": default[False]["round_s"] / plain["round_s"],
+        "secure_round_ratio": default[True]["round_s"] / secure["round_s"],
+        "secure_run_wall_ratio": default[True]["run_wall_s"] / secure["run_wall_s"],
+    }
 
 
 def _json(text: str) -> str:
@@ -375,6 +396,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick:
         "round_time_vs_participants": {str(r["participants"]): r["round_s"] for r in flower["runs"] if r["secure"]},
         "secagg_overhead": {"plain_round_s": plain["round_s"], "secure_round_s": secure["round_s"],
                             "extra_s": secure["round_s"] - plain["round_s"], "ratio": secure["round_s"] / plain["round_s"]},
+        "warm_vs_default": _warm_vs_default(flower, plain, secure, local),
         "bytes": bytes_per_round(flower),
         "dp_step": dp_step_time(s, say),
         "accuracy": accuracy_vs_epsilon(s, say),
@@ -409,6 +431,10 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax = axes[0][0]
     ax.plot([int(k) for k in rt], list(rt.values()), "o-", label="secure round")
     ax.axhline(results["secagg_overhead"]["plain_round_s"], color="#999999", linestyle="--", label="plain round (3)")
+    if "warm_vs_default" in results:  # the same rounds on Flower's default executor (a process per message)
+        wd = results["warm_vs_default"]
+        ax.plot([3], [wd["default_secure_round_s"]], "s", color="#c44e52", label="secure, Flower default (3)")
+        ax.plot([3], [wd["default_plain_round_s"]], "^", color="#c44e52", label="plain, Flower default (3)")
     ax.set_xlabel("participants (tiny model)")
     ax.set_ylabel("round time (s)")
     ax.legend()
@@ -446,6 +472,10 @@ def render(results: dict[str, Any]) -> RenderableType:
         ["Flower fixed cost per round (s)", round(results["fixed_cost_per_round_s"], 1)],
         *[[f"secure round, {k} participants (s)", round(v, 1)] for k, v in results["round_time_vs_participants"].items()],
         ["plain round, 3 participants (s)", round(ov["plain_round_s"], 1)],
+        *([["Flower default executor: fixed cost per round (s)", round(wd["default_fixed_cost_per_round_s"], 1)],
+           ["Flower default executor: secure round, 3 participants (s)", round(wd["default_secure_round_s"], 1)],
+           ["secure round, default / warm host", round(wd["secure_round_ratio"], 2)]]
+          if (wd := results.get("warm_vs_default")) else []),
         ["secure-aggregation overhead (s)", round(ov["extra_s"], 1)],
         ["DP-SGD step / non-private step", round(dp["ratio"], 2)],
         ["MB/participant/round LoRA plain", round(b["lora_plain"] / 1e6, 3)],

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import logging
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from logging import ERROR, INFO
 from types import FrameType
 from typing import Any
 
-ACTIVE_POLL_S, IDLE_POLL_S, ACTIVE_FOR_S = 0.1, 1.0, 120.0  # poll fast while a run is exchanging messages
+ACTIVE_POLL_S, IDLE_POLL_S, ACTIVE_FOR_S = 0.25, 1.0, 120.0  # faster while a run exchanges messages (idle: SuperExec's 1 s)
 TASK_RETRY_S = 120.0  # how long a task's Runtime API calls ride out transport errors
 PR_SET_PDEATHSIG = 1
 
@@ -145,6 +146,7 @@ def serve(address: str, node: subprocess.Popen[bytes]) -> int:
     from collab.fl import warm
 
     warm.preload()
+    logging.getLogger("flwr").propagate = False  # something in the heavy imports configures the root logger
     client = _client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"), retry=False)
     last_task = 0.0
     try:

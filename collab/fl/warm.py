@@ -12,8 +12,11 @@ message, ``Context.state`` and the node's files every time. Fresh processes
 from __future__ import annotations
 
 import copy
+import fcntl
 import functools
 import importlib
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from collab.identity import PUBLIC_FILE, Identity
@@ -21,18 +24,34 @@ from collab.identity import PUBLIC_FILE, Identity
 if TYPE_CHECKING:
     from collab.fl.task import Classifier, TaskConfig
 
-# What a ``train`` message imports; ``preload`` imports it before the first message arrives.
-HEAVY_MODULES = ("torch", "transformers", "peft", "opacus", "collab.fl.task", "collab.dp.dpsgd",
-                 "collab.dp.ledger", "collab.fl.app.server_app", "collab.fl.app.client_app")
+# What a ``train`` message imports (torch, transformers, peft, opacus come with these), in the order it does.
+HEAVY_MODULES = ("torch", "collab.dp.dpsgd", "collab.dp.ledger", "collab.fl.app.server_app", "collab.fl.task",
+                 "collab.fl.app.client_app")
+PRELOAD_LOCK = Path(tempfile.gettempdir()) / "collab-warm-preload.lock"
 
 
 def preload() -> None:
-    """Import everything a ``train`` message needs, and the tokenizer (seconds per process, once)."""
-    for name in HEAVY_MODULES:
-        importlib.import_module(name)
-    from collab.fl.task import tokenizer
+    """Import everything a ``train`` message needs, and the tokenizer (seconds of CPU per process, once).
 
-    tokenizer()
+    One process on the machine at a time (a file lock): twenty nodes on one
+    host importing torch at once starved the SuperLink until its sessions and
+    heartbeats timed out; in turn, they leave a core for Flower's own processes.
+    """
+    try:
+        lock = PRELOAD_LOCK.open("a")
+    except OSError:  # another user's lock file: import unserialised
+        lock = None
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in HEAVY_MODULES:
+            importlib.import_module(name)
+        from collab.fl.task import tokenizer
+
+        tokenizer()
+    finally:
+        if lock is not None:
+            lock.close()  # releases the lock
 
 
 @functools.lru_cache(maxsize=2)
