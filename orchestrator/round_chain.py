@@ -9,6 +9,9 @@ model's owner, naming the orchestrator as aggregator) is driven through
   ``collab join`` uses); the creator's node ``fix``es once every invited
   participant has accepted (:func:`creator_fix`: only the creator may fix
   before the deadline);
+* a participant's node left out of a submitted record while it holds the
+  aggregator's final-round update receipt disputes the claim in its window
+  (:func:`node_dispute`);
 * after Flower, the orchestrator turns ``attribution.json`` into the on-chain
   record (:func:`round_claim`); every included participant's node checks its
   own row and BLS-signs the record root with its home's key
@@ -119,6 +122,39 @@ def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any]) -> str:
         raise ProtocolViolation(f"the record gives {me} weight {weight}, not the {mine.samples} fixed on-chain")
     root = registry.local_root(record)
     return "0x" + bytes(bls_sign(root)).hex()
+
+
+def node_dispute(chain: Any, home: Path, round_id: int) -> str | None:
+    """Dispute the round's pending claim if its record leaves this node out while the node holds the
+    aggregator's receipt for its final-round update (kept by its ClientApp); the tx hash, else None.
+
+    An honest record includes everyone whose update entered the final
+    aggregate, and only they hold a final-round receipt, so this never fires
+    on an honest round. A receipt not signed by the round's aggregator is ignored.
+    """
+    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+    from chain.clients.round_registry import recover_update_receipt
+    from collab.commands.round import read_receipt
+    from collab.errors import NotFound
+    from collab.fl.receipts import latest, receipt_path
+
+    try:
+        latest(home, round_id)  # no receipt of this round at all: nothing to read on-chain either
+    except NotFound:
+        return None
+    registry = RoundRegistryClient.from_deployment(chain.deployment, chain.w3, chain.account)
+    r = registry.get_round(round_id)
+    me = str(chain.account.address)
+    path = receipt_path(home, round_id, r.rounds)
+    if r.status != RoundStatus.RECORDED or not path.is_file() or me in registry.included_of(round_id):
+        return None
+    receipt = read_receipt(path)
+    signer = recover_update_receipt(receipt["signature"], int(chain.w3.eth.chain_id), registry.address, round_id, me,
+                                    r.rounds, receipt["update_commitment"])
+    manager = ClaimManagerClient.from_deployment(chain.deployment, chain.w3)
+    if signer != r.aggregator or manager.claim_status(r.claim_id) != ClaimStatus.PENDING:
+        return None  # not a receipt to rely on, or the claim is not posted yet / already decided
+    return registry.dispute_exclusion(round_id, r.rounds, receipt["update_commitment"], receipt["signature"]).tx_hash
 
 
 # ----------------------------------------------------------------------------- orchestrator

@@ -259,6 +259,14 @@ class TaskRunner:
             if tx is not None or data.get(f"r/{self.me}/fixed"):
                 self.done.add((jid, "fixed"))
                 report("fixed", {"tx": tx})
+        if needed and state in ("computed", "claimed", "challenged") and (jid, "disputed") not in self.done:
+            if "record" in data and self.me not in [str(a).lower() for a in data["record"]["participants"]]:
+                with self.node.chain_lock:  # left out: dispute if this node holds a final-round receipt
+                    tx = round_chain.node_dispute(chain, Path(chain.settings.home), rid)
+                if tx is not None:
+                    self.done.add((jid, "disputed"))
+                    report("disputed", {"tx": tx})
+                    log.warning("round %d: left out of the record despite the aggregator's receipt: disputed (%s)", rid, tx)
         if state == "computed" and "record" in data and (jid, "consent") not in self.done and chain.identity is not None:
             if self.me not in [str(a).lower() for a in data["record"]["participants"]]:
                 return

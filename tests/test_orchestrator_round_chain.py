@@ -134,3 +134,54 @@ def test_a_registry_round_needs_the_aggregator_passphrase_for_its_receipts(
         job.validate({"participants": parts, "round_id": env["rid"]})
     monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
     job.validate({"participants": parts, "round_id": env["rid"]})
+
+
+def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[str, Any], tmp_path: Path) -> None:
+    import dataclasses
+
+    from chain.clients.bisection_game import BisectionGameClient
+    from chain.clients.claim_manager import Audience, ClaimManagerClient, ClaimStatus
+    from chain.clients.data_availability import DataAvailabilityClient
+    from chain.clients.round_registry import sign_update_receipt
+    from collab.fl.receipts import ReceiptContext, delivery, keep
+    from collab.fraudproof.agents import ClaimerAgent
+    from collab.fraudproof.trace import build_trace
+    from test_claim_manager import add_chain_program
+
+    chains, data, people, w3, dep = env["chains"], env["data"], env["people"], env["w3"], env["deployment"]
+    first = RoundRegistryClient.from_deployment(dep, w3).get_round(env["rid"])  # a round like it, with N = 1
+    ids = IdentityRegistryClient.from_deployment(dep, w3)
+    rid = RoundRegistryClient.from_deployment(dep, w3, people["creator"].account).create_round(RoundConfig(
+        first.base_asset_id, 1, [ids.id_of(people[n].address) for n in ("creator", "p1")], 1, epsilon_units(8.0), 10**13,
+        first.deadline, 1_000, Web3.keccak(text="cfg"), people["orch"].address)).round_id
+    for name in ("creator", "p1"):
+        round_chain.node_accept(chains[name], rid, data[name])
+    round_chain.creator_fix(chains["creator"], rid)
+    orch = people["orch"].account
+    registry = RoundRegistryClient.from_deployment(dep, w3, orch)
+    p1_home, mine = tmp_path / "p1-home", b"\x07" * 32
+    assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # no receipt held: no chain reads, nothing
+    where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, orch.address)
+    forged = sign_update_receipt(people["creator"].account, where.chain_id, where.registry, rid, people["p1"].address, 1, mine)
+    keep(p1_home, ReceiptContext(where.chain_id, where.registry, rid, people["creator"].address), people["p1"].address,
+         delivery(where, "job", 1, mine, forged), mine)  # a receipt from someone else than the aggregator
+    # The aggregator records and claims the round with the creator alone (p1 silently dropped).
+    trace = build_trace(*add_chain_program())
+    record = AttributionRecord(rid, trace.program.root, trace.input_root, trace.output_root, b"\x04" * 32, "vault://rc",
+                               (people["creator"].address,), (3,), (b"\x09" * 32,), (epsilon_units(1.0),))
+    registry.submit_record(record, aggregate_consent([people["creator"].bls_sign(registry.local_root(record))]))
+    assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # recorded, but the claim is not posted yet
+    manager = ClaimManagerClient.from_deployment(dep, w3, orch)
+    agent = ClaimerAgent(manager, BisectionGameClient.from_deployment(dep, w3, orch),
+                         DataAvailabilityClient.from_deployment(dep, w3, orch), trace, job_id=registry.job_id_of(rid))
+    claim_id = manager.post_claim(dataclasses.replace(
+        agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
+        participant_registry=registry.address)).claim_id
+    assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # the forged receipt is not relied on
+    assert round_chain.node_dispute(chains["creator"], tmp_path / "creator", rid) is None  # included, holds no receipt
+    keep(p1_home, where, people["p1"].address,
+         delivery(where, "job", 1, mine, sign_update_receipt(orch, where.chain_id, where.registry, rid,
+                                                            people["p1"].address, 1, mine)), mine)
+    assert round_chain.node_dispute(chains["p1"], p1_home, rid)  # the aggregator's own receipt: disputed
+    assert manager.claim_status(claim_id) == ClaimStatus.REJECTED
+    assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # decided: not twice
