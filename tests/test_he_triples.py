@@ -364,7 +364,14 @@ def test_flooded_reply_decrypts_correctly_with_a_checked_noise_budget(parties: t
     assert a.last_budgets and all(bits > 0 for bits in a.last_budgets)
 
 
-def test_flooding_adds_at_least_40_bits_of_noise_and_still_decrypts(suite: BfvSuite) -> None:
+@pytest.mark.parametrize("which", ["main", "bits"])
+def test_flooding_adds_at_least_40_bits_of_noise_and_still_decrypts(suite: BfvSuite, which: str) -> None:
+    """Both suites: the CRT suite of the arithmetic tuples and the N=8192 suite of the AND bits."""
+    from collab.he.triples import BIT_PARAMS
+
+    if which == "bits":
+        suite = BfvSuite(BIT_PARAMS)
+        assert suite.n == 8192 and sum(BIT_PARAMS.coeff_bits) <= 218  # SEAL's 128-bit bound at N = 8192
     ctx, k = suite.contexts[0], 0
     keygen = seal.KeyGenerator(ctx)
     pk = seal.PublicKey()
