@@ -74,7 +74,8 @@ def execute(plan: MergePlan, out_dir: Path | str, config_source: Path | None) ->
         save_file(state, str(stage / "model.safetensors"), metadata=meta)
         if config_text is not None:
             (stage / "config.json").write_text(config_text, encoding="utf-8")
-    digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    with (out / "model.safetensors").open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()  # streamed: the file is as large as the model
     return ClaimedOutput(plan, trace, out, digest, {"trace": t1 - t0, "write": time.perf_counter() - t1})
 
 

@@ -174,8 +174,8 @@ def quantise(t: torch.Tensor, f: int, max_abs: float | None = None) -> Value:
 
     Why not ``to_vm``: it also measures the round-trip error (a second
     quantisation) through float64, which dominated a claimed merge's time.
-    Scaling a float32 by 2^f (f ≥ 0) is exact, and ``torch.round`` rounds half
-    to even like ``np.rint``, so the words are the same; integer, float64,
+    Scaling a float32 by 2^f (f ≥ 0) is exact, and ``np.rint`` rounds half
+    to even, so the words are the same; integer, float64,
     non-finite or saturating tensors take the generic path (which refuses NaN).
     ``max_abs`` (a finite max |t| the caller already has) skips the range scan.
     """
@@ -183,13 +183,16 @@ def quantise(t: torch.Tensor, f: int, max_abs: float | None = None) -> Value:
     check_frac_bits(f)
     if not torch.is_floating_point(x) or x.dtype == torch.float64:
         return to_vm(x, f)[0]
-    scaled = torch.round(x.float() * float(1 << f))
+    # numpy: the same float32 products and half-to-even rounding, ~5x faster than torch's round + int64 cast
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = x.float().cpu().numpy() * np.float32(2.0 ** f)
+        np.rint(scaled, out=scaled)
     trusted = max_abs is not None and math.isfinite(max_abs) and max_abs * 2.0 ** f < 2.0 ** 61
-    if scaled.numel() and not trusted:
-        lo, hi = torch.aminmax(scaled)
+    if scaled.size and not trusted:
+        lo, hi = torch.aminmax(torch.from_numpy(scaled))
         if not (-float(lo) < 2.0 ** 62 and float(hi) < 2.0 ** 62):  # also catches NaN/inf
             return to_vm(x, f)[0]
-    return tensor(scaled.to(torch.int64).numpy(), Domain.FIXED, f)
+    return tensor(scaled.astype(np.int64), Domain.FIXED, f)
 
 
 def _quantise(into: dict[str, Value], name: str, t: torch.Tensor, f: int, max_abs: float | None = None) -> None:
@@ -394,7 +397,8 @@ def output_state(value: Value, like: Mapping[str, torch.Tensor]) -> dict[str, to
         words = v.data
         if like[n].dtype == torch.float32 and words is not None and (not words.size or int(np.abs(words).max()) < 1 << 24):
             # |k| < 2^24: k and k·2^-f are exact float32, the same value as float64 dequantisation then rounding
-            out[n] = (torch.from_numpy(words).to(torch.float32) * (2.0 ** -v.header.frac_bits)).reshape(like[n].shape)
+            out[n] = torch.from_numpy((words.astype(np.float32) * np.float32(2.0 ** -v.header.frac_bits))
+                                      .reshape(like[n].shape))
         else:
             slow[n] = v
     out.update({n: t.reshape(like[n].shape) for n, t in state_dict_from_vm(slow, like).items()})
