@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -345,27 +346,40 @@ class _Bench:
     # ----------------------------------------------------------------- memory
 
     def memory(self) -> dict[str, Any]:
-        """Peak anonymous memory of a TIES merge in a fresh process above its post-import level, vs one model.
+        """Peak anonymous memory of merges in a fresh process above its post-import level, vs one model.
 
         Sampled from ``RssAnon`` (heap: tensors; file pages that safetensors
         maps are not tensor memory) every 2 ms; the same measurement of
-        mergekit's bare ``run_merge`` on the same config is the reference.
+        mergekit's bare ``run_merge`` on the same config is the reference
+        (collab merges its largest tensors in row blocks through mergekit's
+        own method: collab/merge/blocked.py). TIES is the headline ratio; the
+        quick mode (tiny models, nothing large enough to block) measures TIES only.
         """
-        cfg_path = self.work / "mem.yml"
-        cfg_path.write_text(yaml.safe_dump(_config("ties", self.dirs, self.base_dir, [1.0] * len(self.dirs))))
-        rows = {}
-        for engine in ("collab", "mergekit"):
-            proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, engine, str(cfg_path), str(self.work / f"mem-{engine}")],
-                                  capture_output=True, text=True, timeout=1800, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-400:]}")
-            m = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows[engine] = {"above_baseline_mib": round(m["above"] / 2**20, 1), "ratio": round(m["above"] / self.model_bytes, 3),
-                            "peak_rss_above_mib": round(m["rss_above"] / 2**20, 1)}
-        self.say(f"memory: collab {rows['collab']['ratio']}x, mergekit {rows['mergekit']['ratio']}x one model")
-        return {"method": "TIES over the participants + base; peak RssAnon (sampled every 2 ms) minus its post-import value",
+        methods = ("ties",) if self.sizes is QUICK else ("ties", "task_arithmetic", "linear")
+        per_method: dict[str, dict[str, Any]] = {}
+        for method in methods:
+            cfg_path = self.work / f"mem-{method}.yml"
+            weights = [1.0] * len(self.dirs)
+            cfg_path.write_text(yaml.safe_dump(_config(method, self.dirs, self.base_dir, weights)))
+            rows = {}
+            for engine in ("collab", "mergekit"):
+                out = self.work / f"mem-{method}-{engine}"
+                proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, engine, str(cfg_path), str(out)],
+                                      capture_output=True, text=True, timeout=1800, check=False)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-400:]}")
+                m = json.loads(proc.stdout.strip().splitlines()[-1])
+                rows[engine] = {"above_baseline_mib": round(m["above"] / 2**20, 1),
+                                "ratio": round(m["above"] / self.model_bytes, 3),
+                                "peak_rss_above_mib": round(m["rss_above"] / 2**20, 1), "seconds": m["seconds"]}
+                shutil.rmtree(out, ignore_errors=True)
+            per_method[method] = rows
+            self.say(f"memory {method}: collab {rows['collab']['ratio']}x, mergekit {rows['mergekit']['ratio']}x one model")
+        ties = per_method["ties"]
+        return {"method": "peak RssAnon (sampled every 2 ms) minus its post-import value; headline: TIES",
                 "inputs": len(self.dirs) + 1, "model_mib": round(self.model_bytes / 2**20, 1),
-                "ratio": rows["collab"]["ratio"], "above_baseline_mib": rows["collab"]["above_baseline_mib"], "engines": rows}
+                "ratio": ties["collab"]["ratio"], "above_baseline_mib": ties["collab"]["above_baseline_mib"],
+                "engines": ties, "methods": per_method}
 
 
 _MEMORY_PROBE = """
@@ -392,13 +406,15 @@ def sample():
         time.sleep(0.002)
 t = threading.Thread(target=sample, daemon=True)
 t.start()
+t0 = time.perf_counter()
 if engine == 'collab':
     merge(spec, out)
 else:
     run_merge(_mergekit_config(spec), out, MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+seconds = round(time.perf_counter() - t0, 2)
 done.set()
 t.join()
-print(json.dumps({'above': peak[0] - base_anon, 'rss_above': peak[1] - base_rss}))
+print(json.dumps({'above': peak[0] - base_anon, 'rss_above': peak[1] - base_rss, 'seconds': seconds}))
 """
 
 
@@ -545,6 +561,8 @@ def render(results: dict[str, Any]) -> RenderableType:
     parts.append(report.table("Targets", ["target", "limit", "measured", "pass"],
                               [(k, v["target"], v["measured"], v["pass"]) for k, v in results["targets"].items()]))
     m = results["memory"]
-    parts.append(f"memory: {m['above_baseline_mib']} MiB above the post-import baseline for a {m['model_mib']} MiB model "
-                 f"({m['ratio']}x; {m['inputs']} inputs, TIES)")
+    parts.append(report.table(f"Memory above the post-import baseline / one model ({m['model_mib']} MiB, {m['inputs']} inputs)",
+                              ["method", "collab", "mergekit run_merge", "collab s", "mergekit s"],
+                              [(k, r["collab"]["ratio"], r["mergekit"]["ratio"], r["collab"].get("seconds"),
+                                r["mergekit"].get("seconds")) for k, r in m.get("methods", {"ties": m["engines"]}).items()]))
     return Group(*parts)
