@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 
 from collab.merge.config import MergeSpec, ModelRef
@@ -54,7 +55,6 @@ from collab.merge.config import MergeSpec, ModelRef
 LARGE_BYTES = 8 * 2**20  # a tensor this big (per input) is merged in row blocks
 BLOCK_BYTES = 2**20  # bytes of one input's row block
 BLOCKABLE = ("linear", "task_arithmetic", "ties")
-_DTYPE_SIZE = {"F32": 4}
 
 
 # --------------------------------------------------------------------- safetensors files, read and written by byte range
@@ -155,9 +155,8 @@ def _read_rows(file: Path, name: str, r0: int, r1: int) -> torch.Tensor:
         return f.get_slice(name)[r0:r1]
 
 
-def _trim_bits(base: tuple[Path, _Entry], model: tuple[Path, _Entry], density: float) -> "np.ndarray":
+def _trim_bits(base: tuple[Path, _Entry], model: tuple[Path, _Entry], density: float) -> np.ndarray:
     """Which elements mergekit's magnitude trim of θ − base keeps (its own ``sparsify``, whole tensor), packed bits."""
-    import numpy as np
     from mergekit.sparsify import SparsificationMethod, sparsify
 
     delta = _read_rows(model[0], model[1].name, 0, model[1].shape[0])
@@ -167,9 +166,7 @@ def _trim_bits(base: tuple[Path, _Entry], model: tuple[Path, _Entry], density: f
     return np.packbits((kept != 0).reshape(-1).numpy())
 
 
-def _unpack(bits: "np.ndarray", start: int, end: int) -> torch.Tensor:
-    import numpy as np
-
+def _unpack(bits: np.ndarray, start: int, end: int) -> torch.Tensor:
     first = start // 8
     flat = np.unpackbits(bits[first:(end + 7) // 8])[start - 8 * first:end - 8 * first]
     return torch.from_numpy(flat.astype(bool))
