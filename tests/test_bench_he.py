@@ -43,6 +43,13 @@ def test_throughput_and_op_timings_are_measured_here(bench: tuple[dict[str, Any]
     assert all(v > 0 for v in results["ops_ms"].values())
 
 
+def test_batched_small_requests_send_far_fewer_bytes(bench: tuple[dict[str, Any], Path]) -> None:
+    sr = bench[0]["throughput"]["small_requests"]
+    assert sr["requests"] == 30  # 10 each of mul, square, AND
+    assert sr["batched_bytes_sent"] * 5 < sr["one_by_one_bytes_sent"]  # shared ciphertexts, not one set per request
+    assert sr["speedup"] > 0 and len(sr["load_average"]) == 3
+
+
 def test_quick_mode_labels_the_long_offline_runs_as_previous(bench: tuple[dict[str, Any], Path]) -> None:
     results = bench[0]
     assert results["quick"] is True and results["encoder"] == []  # no long offline run in quick mode

@@ -359,8 +359,14 @@ def op_timings(repeat: int = 5) -> dict[str, float]:
     return out
 
 
-def run_bench(rank: int, master: str, elements: int, matmuls: list[tuple[int, int, int]], timeout: float) -> dict[str, Any]:
-    """Offline throughput between 2 real processes over gloo (no CrypTen): element-wise and matmul triples."""
+def run_bench(rank: int, master: str, elements: int, matmuls: list[tuple[int, int, int]], timeout: float,
+              small: int = 0) -> dict[str, Any]:
+    """Offline throughput between 2 real processes over gloo (no CrypTen): element-wise and matmul triples.
+
+    With ``small`` > 0 it also times that many encoder-sized requests (a
+    600-element mul, square and 64-word AND each) one by one and then batched,
+    in the same run, so the batching's speed-up is a ratio under one load.
+    """
     import datetime
 
     dist.init_process_group(
@@ -390,6 +396,8 @@ def run_bench(rank: int, master: str, elements: int, matmuls: list[tuple[int, in
                 {"shape": f"({n}x{k})@({k}x{m})", "seconds": time.perf_counter() - t0,
                  "bytes_sent_per_party": gen.traffic.bytes_sent - sent0}
             )  # fmt: skip
+        if small:
+            out["small_requests"] = _small_requests(gen, small)
         dist.barrier()
         if rank == 0:
             out["ops_ms"] = op_timings()
@@ -397,6 +405,22 @@ def run_bench(rank: int, master: str, elements: int, matmuls: list[tuple[int, in
         return out
     finally:
         dist.destroy_process_group()
+
+
+def _small_requests(gen: TripleGenerator, count: int) -> dict[str, Any]:
+    """``count`` encoder-sized requests of each kind, one by one vs batched (collab.he.batch), same run."""
+    from collab.he.batch import Request
+
+    reqs = [Request("mul", ((600,), (600,))), Request("square", ((600,),)), Request("binary", ((64,), (64,)))] * count
+    t0, sent0 = time.perf_counter(), gen.traffic.bytes_sent
+    for r in reqs:
+        {"mul": gen.mul, "square": gen.square, "binary": gen.binary}[r.kind](*r.sizes)
+    one_s, one_b = time.perf_counter() - t0, gen.traffic.bytes_sent - sent0
+    t0, sent0 = time.perf_counter(), gen.traffic.bytes_sent
+    gen.batched(reqs)
+    batch_s, batch_b = time.perf_counter() - t0, gen.traffic.bytes_sent - sent0
+    return {"requests": len(reqs), "one_by_one_s": one_s, "batched_s": batch_s, "speedup": one_s / batch_s,
+            "one_by_one_bytes_sent": one_b, "batched_bytes_sent": batch_b, "load_average": os.getloadavg()}
 
 
 def _request_summary(requests: list[Any]) -> dict[str, dict[str, int]]:
@@ -512,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--bench", action="store_true", help="measure offline throughput instead of the self-check")
     ap.add_argument("--elements", type=int, default=65536)
+    ap.add_argument("--small-requests", type=int, default=0, help="with --bench: one-by-one vs batched, N of each kind")
     ap.add_argument("--matmul", action="append", default=[], help="NxKxM, repeatable")
     ap.add_argument("--encoder", type=int, default=0, help="run the MiniLM encoder at this seq_len with HE tuples")
     ap.add_argument("--layers", type=int, default=6)
@@ -527,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                                  json.loads(args.approx), args.fixed_masks, args.owner_held)
         elif args.bench:
             shapes = [tuple(int(v) for v in s.split("x")) for s in args.matmul]
-            result = run_bench(args.rank, args.master, args.elements, shapes, args.timeout)  # type: ignore[arg-type]
+            result = run_bench(args.rank, args.master, args.elements, shapes, args.timeout,  # type: ignore[arg-type]
+                               args.small_requests)
         else:
             result = run_selfcheck(args.rank, args.master, args.provider, args.timeout)
     except CollabError as exc:
