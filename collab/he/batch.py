@@ -117,10 +117,10 @@ def _count(req: Request) -> int:
 def _groups(indices: list[int], requests: list[Request], cap: int) -> list[list[int]]:
     """Consecutive groups of requests of at most ``cap`` elements (a larger request goes alone)."""
     out: list[list[int]] = []
-    size = cap
+    size = 0
     for i in indices:
         n = _count(requests[i])
-        if size + n > cap:
+        if not out or size + n > cap:
             out.append([])
             size = 0
         out[-1].append(i)
@@ -128,12 +128,13 @@ def _groups(indices: list[int], requests: list[Request], cap: int) -> list[list[
     return out
 
 
-def run_batched(gen: TripleGenerator, requests: list[Request]) -> list[Result]:
+def run_batched(gen: TripleGenerator, requests: list[Request], label: str | None = None) -> list[Result]:
     """This party's shares of every request, in order; both parties pass the same list.
 
     Slot-wise kinds share cross_slots round trips, binary requests share
     cross_bits round trips; each batch is capped (and its randomness drawn only
-    when it runs) so memory stays bounded at long sequences.
+    when it runs) so memory stays bounded at long sequences. ``label`` names
+    the batches in the offline profile (default "slot batch" / "binary batch").
     """
     gen.setup()
     results: list[Result | None] = [None] * len(requests)
@@ -141,7 +142,7 @@ def run_batched(gen: TripleGenerator, requests: list[Request]) -> list[Result]:
     slots = [i for i, r in enumerate(requests) if r.kind != "binary"]
     with np.errstate(over="ignore"):
         for group in _groups(slots, requests, MAX_SLOTS):
-            with gen._timed("slot batch"):
+            with gen._timed(label or "slot batch", count=False):
                 jobs = [_job(gen, requests[i]) for i in group]
                 cross = gen.cross_slots(np.concatenate([j.x for j in jobs]), np.concatenate([j.y for j in jobs]))
                 pos = 0
@@ -149,7 +150,7 @@ def run_batched(gen: TripleGenerator, requests: list[Request]) -> list[Result]:
                     results[i] = j.finish(cross[pos : pos + j.x.size])
                     pos += j.x.size
         for group in _groups(binary, requests, MAX_BITS):
-            with gen._timed("binary batch"):
+            with gen._timed(label or "binary batch", count=False):
                 jobs = [_binary_job(gen, requests[i]) for i in group]
                 words = gen.cross_bits(np.concatenate([j.x for j in jobs]), np.concatenate([j.y for j in jobs]))
                 pos = 0

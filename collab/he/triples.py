@@ -564,9 +564,13 @@ class TripleGenerator:
             entry["round_trips"] += 1
         return got
 
-    def _timed(self, kind: str, detail: str | None = None) -> _Timer:
-        """Time one tuple request; ``detail`` (e.g. a matmul shape) splits the per-kind profile."""
-        self.traffic.counts[kind] = self.traffic.counts.get(kind, 0) + 1
+    def _timed(self, kind: str, detail: str | None = None, count: bool = True) -> _Timer:
+        """Time one tuple request; ``detail`` (e.g. a matmul shape) splits the per-kind profile.
+
+        ``counts`` counts requests; a batch (``count`` False) counts its requests itself.
+        """
+        if count:
+            self.traffic.counts[kind] = self.traffic.counts.get(kind, 0) + 1
         return _Timer(self.traffic, f"{kind} {detail}" if detail else kind)
 
     def setup(self) -> None:
@@ -592,21 +596,11 @@ class TripleGenerator:
 
     def mul(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Shares of (a, b, a*b) with a of ``size0``, b of ``size1`` (broadcasting as torch.mul)."""
-        with self._timed("mul"):
-            a, b = self.party.rng.uint64(tuple(size0)), self.party.rng.uint64(tuple(size1))
-            shape = np.broadcast_shapes(a.shape, b.shape)
-            ab, bb = np.broadcast_to(a, shape), np.broadcast_to(b, shape)
-            with np.errstate(over="ignore"):
-                c = ab * bb + self.cross_slots(ab.copy(), bb.copy())
-            return a, b, c
+        return self._one("mul", tuple(size0), tuple(size1))  # type: ignore[return-value]
 
     def square(self, size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Shares of (r, r^2): r^2 = r_0^2 + r_1^2 + 2 r_0 r_1."""
-        with self._timed("square"):
-            r = self.party.rng.uint64(tuple(size))
-            # Each cross term r_0 r_1 appears once per direction, so both directions sum to 2 r_0 r_1.
-            with np.errstate(over="ignore"):
-                return r, r * r + self.cross_slots(r, r)
+        return self._one("square", tuple(size))  # type: ignore[return-value]
 
     def matmul(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Shares of (a, b, a@b) with torch.matmul's shape rules (batch dims broadcast)."""
@@ -680,13 +674,7 @@ class TripleGenerator:
 
     def binary(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """XOR shares of (a, b, a AND b) on 64-bit words (broadcasting)."""
-        with self._timed("binary"):
-            self.setup()
-            a, b = self.party.rng.uint64(tuple(size0)), self.party.rng.uint64(tuple(size1))
-            shape = np.broadcast_shapes(a.shape, b.shape)
-            ab, bb = np.broadcast_to(a, shape).ravel(), np.broadcast_to(b, shape).ravel()
-            c = (ab & bb) ^ self.cross_bits(_bits_of(ab), _bits_of(bb))
-            return a, b, c.reshape(shape)
+        return self._one("binary", tuple(size0), tuple(size1))  # type: ignore[return-value]
 
     def cross_bits(self, xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
         """Our XOR share, packed into 64-bit words, of x_self AND y_peer XOR x_peer AND y_self (bit vectors)."""
@@ -704,11 +692,13 @@ class TripleGenerator:
 
     def b2a_bits(self, size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """A random bit r as (arithmetic share, XOR share): r = r0 + r1 - 2 r0 r1."""
-        with self._timed("b2a"):
-            r = self.party.rng.bits(int(np.prod(size))).reshape(size)
-            cross = self.cross_slots(r, r)  # shares of r0*r1 + r1*r0 = 2 r0 r1
-            with np.errstate(over="ignore"):
-                return (r - cross).astype(U64), r
+        return self._one("b2a", tuple(size))  # type: ignore[return-value]
+
+    def _one(self, kind: str, *sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        """One request on its own ciphertexts (the batch machinery with a batch of one), timed as ``kind``."""
+        from collab.he.batch import Request, run_batched
+
+        return run_batched(self, [Request(kind, sizes)], label=kind)[0]
 
 
 def _shape(size: tuple[int, ...]) -> str:
