@@ -34,9 +34,11 @@ NAMES = tuple(f"p{i:02d}" for i in range(20))
 
 @pytest.mark.timeout(2700)
 def test_twenty_participants_complete_one_secure_round(tmp_path: Path) -> None:
+    # batch-size 10 (Poisson rate 1): at 5, DP noise left three of these shards' local loss higher than before
+    # (deterministic seeds), the nodes refused to send, and SecAgg+ at 6 neighbours cannot lose a share holder
     config = {
         "model": "tiny", "num-rounds": 1, "expected-participants": 20, "min-participants": 15, "max-len": 32,
-        "epochs": 1, "batch-size": 5, "lr": 0.01, "noise-multiplier": 1.0, "epsilon": 100.0, "test-samples": 20,
+        "epochs": 1, "batch-size": 10, "lr": 0.01, "noise-multiplier": 1.0, "epsilon": 100.0, "test-samples": 20,
         "node-wait": 300.0, "round-timeout": 1500.0, "secagg-timeout": 900.0, "secagg-neighbours": 6,
     }
     deployment = start(tmp_path, NAMES, per_participant=10, deployment_kw={"secure": False, "persist": False},

@@ -15,6 +15,7 @@ import copy
 import fcntl
 import functools
 import importlib
+import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,18 +28,19 @@ if TYPE_CHECKING:
 # What a ``train`` message imports (torch, transformers, peft, opacus come with these), in the order it does.
 HEAVY_MODULES = ("torch", "collab.dp.dpsgd", "collab.dp.ledger", "collab.fl.app.server_app", "collab.fl.task",
                  "collab.fl.app.client_app")
-PRELOAD_LOCK = Path(tempfile.gettempdir()) / "collab-warm-preload.lock"
+PRELOAD_SLOTS = os.cpu_count() or 1  # concurrent preloads per machine
 
 
 def preload() -> None:
     """Import everything a ``train`` message needs, and the tokenizer (seconds of CPU per process, once).
 
-    One process on the machine at a time (a file lock): twenty nodes on one
-    host importing torch at once starved the SuperLink until its sessions and
-    heartbeats timed out; in turn, they leave a core for Flower's own processes.
+    At most one process per core at a time (file locks, a slot per core): twenty
+    nodes on one host importing torch at once starved the SuperLink until its
+    object-push sessions and heartbeats timed out.
     """
+    slot = Path(tempfile.gettempdir()) / f"collab-warm-preload.{os.getpid() % PRELOAD_SLOTS}.lock"
     try:
-        lock = PRELOAD_LOCK.open("a")
+        lock = slot.open("a")
     except OSError:  # another user's lock file: import unserialised
         lock = None
     try:
