@@ -4,9 +4,11 @@ The orchestrator runs the Flower SuperLink and the ServerApp (``flwr run``)
 through :mod:`collab.fl.deployment`; each participant's node starts its own
 SuperNode when it sees the job in a heartbeat reply. States:
 
-* CREATED -> COLLECTING: the SuperLink port and its TLS CA certificate (the
-  CA made in this job's directory, :mod:`collab.fl.tls`) are written first, so
-  they travel to the nodes in heartbeat replies; then the SuperLink starts
+* CREATED -> COLLECTING: the SuperLink's address (``superlink_host``: the
+  orchestrator's configuration, named in the certificate's SANs), port and
+  TLS CA certificate (the CA made in this job's directory,
+  :mod:`collab.fl.tls`) are written first, so they travel to the nodes in
+  heartbeat replies and the nodes connect to that address; then the SuperLink starts
   (TLS, ``--enable-supernode-auth``). Each named node reports the public half
   of the SuperNode key in its home (``auth_key``); the orchestrator registers
   exactly those keys (``registered/<address>``) and only then does the node
@@ -91,8 +93,10 @@ class RoundJob:
 
     kind: ClassVar[str] = "round"
 
-    def __init__(self, home: Path, store_home: Path | None = None, registry: Any = None) -> None:
+    def __init__(self, home: Path, store_home: Path | None = None, registry: Any = None,
+                 superlink_host: str = "127.0.0.1") -> None:
         self.home = Path(home)
+        self.superlink_host = superlink_host  # where nodes reach this orchestrator's SuperLinks (configuration)
         self.registry = registry  # RoundRegistryClient with the orchestrator's (aggregator's) account, or None
         self.store_home = Path(store_home or home)
         self.deployments: dict[str, Any] = {}
@@ -129,7 +133,8 @@ class RoundJob:
 
         dep = self.deployments.get(job.id)
         if dep is None:
-            dep = self.deployments[job.id] = FlowerDeployment(self._dir(job), port=int(job.data["superlink_port"]))
+            dep = self.deployments[job.id] = FlowerDeployment(  # the job's address: its certificate names it
+                self._dir(job), port=int(job.data["superlink_port"]), host=str(job.data.get("superlink_address", "127.0.0.1")))
             for address in needs_of(job):  # a SuperLink restarted by this process re-registers the known keys
                 if job.data.get(f"registered/{address}"):
                     dep.node_keys[address] = self._key_file(job, address)
@@ -177,14 +182,14 @@ class RoundJob:
         store.update_data(job.id, {"superlink_pid": dep.processes["superlink"].proc.pid, "superlink_ready": True})
 
     def advance(self, job: Job, store: JobStore) -> JobState:
-        from collab.fl.deployment import free_port
-
-        from collab.fl.tls import server_tls
+        from collab.fl.deployment import free_port, listen_host
+        from collab.fl.tls import server_tls, tls_hosts
 
         needs = needs_of(job)
         if job.state == JobState.CREATED:
-            tls = server_tls(self._dir(job) / "flower" / "tls")  # the SuperLink reuses it; the CA key stays here
-            store.update_data(job.id, {"superlink_port": free_port(), "superlink_address": "127.0.0.1",
+            host = self.superlink_host  # in the certificate's SANs; nodes connect to it (job data)
+            tls = server_tls(self._dir(job) / "flower" / "tls", tls_hosts(host))  # the SuperLink reuses it; the CA key stays here
+            store.update_data(job.id, {"superlink_port": free_port(listen_host(host)), "superlink_address": host,
                                        "superlink_ca": tls.ca_cert.read_text()})  # written before the SuperLink exists
             return JobState.COLLECTING
         result = self._dir(job) / "result.json"
@@ -226,6 +231,8 @@ class RoundJob:
 
         It runs under the SuperLink, which inherits this process's environment,
         so it unlocks this home's identity with the same ``COLLAB_PASSPHRASE``.
+        ``aggregator-home`` is server-only: the deployment keeps it (like the
+        result path) out of the run config the participants receive.
         The on-chain round count wins over the job's config: a dispute needs
         the receipt of the round the contract calls final.
         """

@@ -4,12 +4,16 @@ The job carries the SuperLink's CA certificate to the nodes (heartbeat
 replies show the job's data); the orchestrator registers exactly the SuperNode
 keys its named nodes report. A SuperNode with a registered key connects over
 TLS; one holding any other key is refused by the SuperLink; a malformed
-report is never registered. Marked slow: it starts Flower processes.
+report is never registered. Multi-host addressing: the SuperLink is
+advertised at 127.0.0.2 (the orchestrator's configuration), listens only
+there, and the nodes connect to the address the job carries. Marked slow: it
+starts Flower processes.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -47,7 +51,7 @@ def _nodes(orchestrator_dir: Path) -> list[dict[str, Any]]:
 
 
 def test_only_the_named_nodes_registered_keys_connect(tmp_path: Path) -> None:
-    store, handler = JobStore(tmp_path / "jobs.db"), RoundJob(tmp_path / "orch")
+    store, handler = JobStore(tmp_path / "jobs.db"), RoundJob(tmp_path / "orch", superlink_host="127.0.0.2")
     handlers: dict[str, Any] = {"round": handler}
     (alice, a, a_data), (bob, b, _), (mallory, _, m_data) = (_home(tmp_path, n) for n in ("alice", "bob", "mallory"))
     job, _ = store.create("round", {"participants": [a, b], "needs": [a, b], "submitter": a, "config": {}})
@@ -57,7 +61,9 @@ def test_only_the_named_nodes_registered_keys_connect(tmp_path: Path) -> None:
         data = store.get(job.id).data
         assert data["superlink_ca"].startswith("-----BEGIN CERTIFICATE-----") and data["superlink_port"]
         step(store, handlers, store.get(job.id))  # type: ignore[arg-type]  # the SuperLink starts (TLS, node auth)
-        assert store.get(job.id).data["superlink_ready"]
+        assert store.get(job.id).data["superlink_ready"] and data["superlink_address"] == "127.0.0.2"
+        with pytest.raises(OSError):  # it listens where it is advertised, not on 127.0.0.1
+            socket.create_connection(("127.0.0.1", int(data["superlink_port"])), timeout=2).close()
 
         public = node_auth_key(alice / "flower" / "auth")[1].read_text()  # what alice's node reports
         store.update_data(job.id, {f"r/{a}/auth_key": public, f"r/{b}/auth_key": "ssh-rsa not-a-key"})
@@ -68,7 +74,7 @@ def test_only_the_named_nodes_registered_keys_connect(tmp_path: Path) -> None:
 
         ca = tmp_path / "ca-from-job.pem"
         ca.write_text(data["superlink_ca"])
-        nodes.port = int(data["superlink_port"])
+        nodes.port, nodes.host = int(data["superlink_port"]), data["superlink_address"]  # as the nodes' TaskRunner
         good = nodes.add_participant(a, alice, a_data, passphrase=PASSPHRASE, superlink_ca=ca, register=False)
         rogue = nodes.add_participant("mallory", mallory, m_data, passphrase=PASSPHRASE, superlink_ca=ca, register=False)
         deadline = time.monotonic() + 240

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from collab.commands._common import chain_session, identity, settings
-from collab.errors import Unauthorized
+from collab.errors import Unauthorized, UsageError
 
 group = click.Group("orchestrator", help="Run the job coordinator (ZMQ ROUTER + CurveZMQ).")
 
@@ -19,8 +19,11 @@ group = click.Group("orchestrator", help="Run the job coordinator (ZMQ ROUTER + 
 @group.command("start")
 @click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True, help="ZMQ endpoint to listen on (port 0 = any).")
 @click.option("--heartbeat-timeout", default=6.0, show_default=True, help="Seconds without a heartbeat before a node is away.")
+@click.option("--superlink-host", default=None, metavar="HOST",
+              help="Address (IP or DNS name) nodes reach this orchestrator's Flower SuperLinks at; "
+                   "named in their TLS certificates. Default: the --bind host.")
 @click.pass_context
-def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
+def start(ctx: click.Context, bind: str, heartbeat_timeout: float, superlink_host: str | None) -> None:
     """Serve until SIGINT/SIGTERM; prints one JSON line (endpoint, CurveZMQ key, address) when ready."""
     from chain.clients.claim_manager import ClaimManagerClient
     from chain.clients.identity_registry import IdentityRegistryClient
@@ -29,6 +32,7 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
     from orchestrator.server import IdentityCache, OrchestratorServer
 
     conf = settings(ctx)
+    flower_host = superlink_host or _bind_host(bind)
     me = identity(ctx)
     session = chain_session(ctx)
     registry = IdentityRegistryClient.from_deployment(session.deployment, session.w3, me.account)
@@ -46,7 +50,7 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
 
     handlers: dict[str, Any] = {
         ClaimJob.kind: ClaimJob(ClaimManagerClient.from_deployment(session.deployment, session.w3, me.account)),
-        RoundJob.kind: RoundJob(conf.home, registry=_round_registry(session, me.account)), MergeJob.kind: _merge_job(conf, session, me), InferenceJob.kind: InferenceJob(),
+        RoundJob.kind: RoundJob(conf.home, registry=_round_registry(session, me.account), superlink_host=flower_host), MergeJob.kind: _merge_job(conf, session, me), InferenceJob.kind: InferenceJob(),
     }
     server = OrchestratorServer(
         store=JobStore(conf.jobs_db), address=me.address, chain_id=session.deployment.chain_id,
@@ -70,6 +74,15 @@ def start(ctx: click.Context, bind: str, heartbeat_timeout: float) -> None:
     finally:
         claims.stop()
         handlers[RoundJob.kind].close()
+
+
+def _bind_host(bind: str) -> str:
+    """The host of ``--bind``: the default address of the SuperLinks (a wildcard names no address to reach)."""
+    host = bind.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    if host in ("*", "0.0.0.0", "::", ""):
+        raise UsageError(f"--bind {bind} listens on every interface: pass --superlink-host, the address nodes "
+                         "reach this orchestrator's Flower SuperLinks at")
+    return host
 
 
 def _merge_job(conf: Any, session: Any, me: Any) -> Any:

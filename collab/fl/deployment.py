@@ -1,6 +1,8 @@
 """Flower's deployment engine as real processes: one SuperLink, one SuperNode per participant, ``flwr run``.
 
-Everything binds to loopback here; multi-host is only a matter of the
+The SuperLink listens on ``host`` (loopback by default; the orchestrator
+passes the address nodes reach it at, which its TLS certificate names) and
+SuperNodes connect to that address: multi-host is only a matter of the
 addresses passed in. Each process gets ``FLWR_HOME`` inside its own collab
 home (``<home>/flower``), telemetry and update checks off, and the SuperLink
 runs with ``--disable-runtime-dependency-installation`` so nothing is
@@ -15,6 +17,8 @@ never reaches a round.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -33,16 +37,44 @@ from collab.config import ENV_PASSPHRASE
 from collab.errors import BadInput, InternalError, Unavailable
 from collab.fl.app import APP_DIR
 from collab.fl.data import load_user_data
-from collab.fl.tls import node_auth_key, server_tls
+from collab.fl.tls import node_auth_key, server_tls, tls_hosts
 
 CONNECTION = "collab"
 BIN_DIR = Path(sys.executable).parent
+# Run-config keys that hold orchestrator-local paths: never sent to participants (see ``start_run``).
+SERVER_ONLY = ("result-path", "aggregator-home")
+ENV_SERVER_RUNS = "COLLAB_FL_SERVER_RUNS"  # the SuperLink's (and so its ServerApp's) folder of server-only config
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def listen_host(host: str) -> str:
+    """Where a SuperLink advertised as ``host`` listens: that IP itself, every interface for a DNS name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "0.0.0.0"
+    return host
+
+
+def server_only(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The ServerApp's view of ``run_config``: its server-only values (``server-run`` key) merged back in.
+
+    Called in the ServerApp's process, which inherits ``COLLAB_FL_SERVER_RUNS``
+    from its SuperLink; participants never see these values.
+    """
+    key, folder = str(run_config.get("server-run", "")), os.environ.get(ENV_SERVER_RUNS, "")
+    if not key or not folder:
+        return dict(run_config)
+    try:
+        extra = json.loads((Path(folder) / f"{key}.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InternalError(f"the ServerApp's server-only config {key} is unreadable: {exc}") from None
+    return {**run_config, **extra}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -123,6 +155,7 @@ class FlowerDeployment:
 
     home: Path
     port: int = 0
+    host: str = "127.0.0.1"  # the SuperLink's address as nodes reach it (listened on, in its certificate's SANs)
     secure: bool = True
     persist: bool = True
     warm: bool = True  # False: Flower's default, a SuperExec and a fresh ClientApp process per message
@@ -131,7 +164,7 @@ class FlowerDeployment:
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
-        self.port = self.port or free_port()
+        self.port = self.port or free_port(listen_host(self.host))
 
     def _spawn(self, name: str, args: list[str], flwr_home: Path, extra_env: dict[str, str] | None = None) -> FlowerProcess:
         log = flwr_home / f"{name}.log"
@@ -151,7 +184,7 @@ class FlowerDeployment:
         flwr_home = self.home / "flower"
         flwr_home.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.secure:
-            tls = server_tls(flwr_home / "tls")
+            tls = server_tls(flwr_home / "tls", tls_hosts(self.host))
             security = ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.cert),
                         "--ssl-keyfile", str(tls.key), "--enable-supernode-auth"]
             connection = f'root-certificates = "{tls.ca_cert}"\n'
@@ -160,27 +193,27 @@ class FlowerDeployment:
         # The CLI's connection to this SuperLink, named `collab`, in the orchestrator's FLWR_HOME.
         (flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\n{connection}'
+            f'address = "{self.host}:{self.port}"\n{connection}'
         )
         link = self._spawn(
             "superlink",
             [str(BIN_DIR / "flower-superlink"), *security, "--disable-runtime-dependency-installation",
              # nodes, runs and registered keys survive a restart (SQLite; in memory without ``persist``)
              *(["--database", str(flwr_home / "superlink.db")] if self.persist else []),
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            flwr_home,
+             "--host", listen_host(self.host), "--port", str(self.port)],
+            flwr_home, {ENV_SERVER_RUNS: str(flwr_home / "server-runs")},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if link.proc.poll() is not None:
                 raise Unavailable(f"flower-superlink exited with {link.proc.returncode}:\n{link.tail()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                with socket.create_connection((self.host, self.port), timeout=1):
                     break
             except OSError:
                 time.sleep(0.2)
         else:
-            raise Unavailable(f"flower-superlink did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
+            raise Unavailable(f"flower-superlink did not listen on {self.host}:{self.port} within {timeout:.0f} s")
         for public in self.node_keys.values():
             self.register_node(public)
 
@@ -244,7 +277,7 @@ class FlowerDeployment:
                 self.register_node(public)
             security = ["--root-certificates", str(ca), "--auth-supernode-private-key", str(private)]
         runtime = f"127.0.0.1:{free_port()}"  # the SuperNode's Runtime API, where ClientApps claim messages
-        supernode = [str(BIN_DIR / "flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
+        supernode = [str(BIN_DIR / "flower-supernode"), *security, "--superlink", f"{self.host}:{self.port}",
                      "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--node-config", str(node_config)]
         if self.warm:
             supernode = [sys.executable, "-m", "collab.fl.clientapp_host", "--runtime-api-address", runtime,
@@ -258,13 +291,31 @@ class FlowerDeployment:
 
     def start_run(self, run_config: dict[str, Any], result_path: Path) -> FlowerProcess:
         """``flwr run APP_DIR collab --stream`` with ``run_config`` overriding the app's defaults."""
-        flwr_home = self.home / "flower"
-        config_file = write_toml(flwr_home / "run-config.toml", {**run_config, "result-path": str(result_path.resolve())})
+        config_file = self.write_run_config(run_config, result_path)
         return self._spawn(
             "flwr-run",
             [str(BIN_DIR / "flwr"), "run", str(APP_DIR), CONNECTION, "--stream", "--run-config", str(config_file)],
-            flwr_home,
+            self.home / "flower",
         )
+
+    def write_run_config(self, run_config: dict[str, Any], result_path: Path) -> Path:
+        """The ``--run-config`` file of a run, without the orchestrator-local values.
+
+        Every participant receives the run config, so the orchestrator-local
+        values (``SERVER_ONLY``: the result path, the aggregator's home) go to
+        a file in the SuperLink's ``server-runs`` folder instead, named by
+        the ``server-run`` key the run config carries; the ServerApp merges
+        them back (:func:`server_only`).
+        """
+        flwr_home = self.home / "flower"
+        private = {"result-path": str(result_path.resolve()),
+                   **{k: v for k, v in run_config.items() if k in SERVER_ONLY and k != "result-path"}}
+        key = hashlib.sha256(private["result-path"].encode()).hexdigest()[:16]
+        runs = flwr_home / "server-runs"
+        runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (runs / f"{key}.json").write_text(json.dumps(private))
+        public = {k: v for k, v in run_config.items() if k not in SERVER_ONLY}
+        return write_toml(flwr_home / "run-config.toml", {**public, "server-run": key})
 
     def wait_run(self, run: FlowerProcess, result_path: Path, timeout: float) -> dict[str, Any]:
         """Wait for the run's record to reach a final state; return it."""

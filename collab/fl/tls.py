@@ -1,8 +1,8 @@
 """Locally generated key material for Flower's TLS and SuperNode authentication.
 
 * TLS: a private CA (EC P-256, self-signed) in the orchestrator's home signs
-  the SuperLink's server certificate (SANs: loopback plus any host names the
-  orchestrator is reached by). Participants verify the SuperLink with the CA
+  the SuperLink's server certificate (SANs: the address nodes reach the
+  SuperLink at, from the orchestrator's configuration, plus loopback). Participants verify the SuperLink with the CA
   certificate (``flower-supernode --root-certificates``); the CA key never
   leaves the orchestrator's home.
 * SuperNode authentication: each participant home holds an EC P-256 key in
@@ -49,8 +49,23 @@ class ServerTLS:
     key: Path
 
 
-def server_tls(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> ServerTLS:
-    """The CA and the SuperLink certificate in ``folder``, generated once (reused while present)."""
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def tls_hosts(host: str) -> tuple[str, ...]:
+    """SANs for a SuperLink advertised as ``host`` (an IP or a DNS name): that address first, then loopback."""
+    return tuple(dict.fromkeys((host, *LOOPBACK)))
+
+
+def server_sans(cert: Path) -> list[str]:
+    """The subject alternative names of a PEM certificate, as strings (what a node's TLS check matches)."""
+    loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    names = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(n.value) for n in names]
+
+
+def server_tls(folder: Path, hosts: tuple[str, ...] = LOOPBACK) -> ServerTLS:
+    """The CA and the SuperLink certificate for ``hosts`` in ``folder``, generated once (reused while present)."""
     out = ServerTLS(folder / "ca.pem", folder / "superlink.pem", folder / "superlink.key")
     if out.ca_cert.exists() and out.cert.exists() and out.key.exists():
         return out

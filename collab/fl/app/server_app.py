@@ -17,8 +17,9 @@ update commitment, and aggregates:
 
 For a ``RoundRegistry`` round (``registry-round`` > 0) the aggregator signs
 an EIP-712 update receipt for every update in a round's aggregate
-(:mod:`collab.fl.receipts`; its identity unlocked from ``aggregator-home``
-with the ``COLLAB_PASSPHRASE`` the SuperLink inherited) and delivers it in the
+(:mod:`collab.fl.receipts`; its identity unlocked from ``aggregator-home``, a
+server-only value like ``result-path`` that participants never see, with the
+``COLLAB_PASSPHRASE`` the SuperLink inherited) and delivers it in the
 participant's next message: the next round's ``train``, after the last round
 a final ``query.receipt``. A participant left out of the record despite it
 wins the exclusion dispute.
@@ -49,6 +50,7 @@ from flwr.serverapp import Grid, ServerApp
 from collab.errors import CollabError, ProtocolViolation
 from collab.fl import attestation as att
 from collab.fl.data import load_bbc_news, take, train_test_split
+from collab.fl.deployment import server_only
 from collab.fl.receipts import ReceiptContext, ReceiptSigner, delivery
 from collab.fl.record import RECORD_VERSION, Checkpoint, JsonRecord, words_hash
 from collab.fl.secure import SecureRound
@@ -172,7 +174,7 @@ def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-rounds`` rounds of local DP-SGD + (secure) aggregation; record accuracy, ε and attestations."""
-    rc = dict(context.run_config)
+    rc = server_only(dict(context.run_config))  # + the orchestrator-local values participants never see
     result_path = Path(str(rc["result-path"])) if str(rc.get("result-path", "")) else None
     out = result_path.parent if result_path else None
     job, secure = job_id(rc, out), bool(rc["secure-aggregation"])
