@@ -53,7 +53,7 @@ import torch
 from collab.merge.config import MergeSpec, ModelRef
 
 LARGE_BYTES = 8 * 2**20  # a tensor this big (per input) is merged in row blocks
-BLOCK_BYTES = 2**20  # bytes of one input's row block
+BLOCK_BYTES = 4 * 2**20  # bytes of one input's row block (smaller blocks pay mergekit's per-call overhead)
 BLOCKABLE = ("linear", "task_arithmetic", "ties")
 
 
