@@ -13,7 +13,8 @@ takes the SuperExec's place: it claims ClientApp tasks with the same
 with Flower's own steps from ``supernode/runtime/run_clientapp.py``
 (``pull_task_input``, FAB install, the FAB's ``ClientApp``,
 ``push_message``, ``push_task_output``). Same protocol, same app; the heavy
-imports (:func:`collab.fl.warm.preload`) and the base model happen once.
+imports (:func:`collab.fl.warm.preload`, in the background from the start) and the
+base model happen once.
 
 Not ``run_clientapp`` itself: it ends every task with ``flwr_exit``, which
 arms a forced ``os._exit`` after 5 s, and its heartbeat and retry helpers
@@ -37,6 +38,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from logging import ERROR, INFO
@@ -136,6 +138,18 @@ def serve_task(address: str, token: str) -> None:
     log(INFO, "[collab warm host] task done (%s)", status)
 
 
+def _preload() -> None:
+    from flwr.supercore import log
+
+    from collab.fl import warm
+
+    try:
+        warm.preload()
+    except Exception as exc:  # noqa: BLE001 - the first train imports (and reports) it again
+        log(ERROR, "[collab warm host] preload failed", exc_info=exc)
+    logging.getLogger("flwr").propagate = False  # something in the heavy imports configures the root logger
+
+
 def serve(address: str, node: subprocess.Popen[bytes]) -> int:
     """Claim and run ClientApp tasks until the SuperNode exits; return its exit code."""
     import httpx
@@ -143,10 +157,7 @@ def serve(address: str, node: subprocess.Popen[bytes]) -> int:
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
-    from collab.fl import warm
-
-    warm.preload()
-    logging.getLogger("flwr").propagate = False  # something in the heavy imports configures the root logger
+    threading.Thread(target=_preload, name="collab-preload", daemon=True).start()  # hello etc. need none of it
     client = _client(address, RuntimeVersionHttpInterceptor(component_name="SuperExec"), retry=False)
     last_task = 0.0
     try:

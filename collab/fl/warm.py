@@ -17,6 +17,7 @@ import functools
 import importlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,13 +32,27 @@ HEAVY_MODULES = ("torch", "collab.dp.dpsgd", "collab.dp.ledger", "collab.fl.app.
 PRELOAD_SLOTS = os.cpu_count() or 1  # concurrent preloads per machine
 
 
+_preload_lock = threading.Lock()
+_preloaded = False
+
+
 def preload() -> None:
     """Import everything a ``train`` message needs, and the tokenizer (seconds of CPU per process, once).
 
     At most one process per core at a time (file locks, a slot per core): twenty
     nodes on one host importing torch at once starved the SuperLink until its
-    object-push sessions and heartbeats timed out.
+    object-push sessions and heartbeats timed out. ``train`` calls it too, so a
+    message that arrives first waits for its turn (and for a preload already
+    running in this process) instead of importing beside it.
     """
+    global _preloaded
+    with _preload_lock:
+        if not _preloaded:
+            _preload_in_turn()
+            _preloaded = True
+
+
+def _preload_in_turn() -> None:
     slot = Path(tempfile.gettempdir()) / f"collab-warm-preload.{os.getpid() % PRELOAD_SLOTS}.lock"
     try:
         lock = slot.open("a")

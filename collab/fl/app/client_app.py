@@ -118,6 +118,7 @@ def hello(msg: Message, context: Context) -> Message:
 
 def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray], MetricRecord]:
     """DP-SGD from the received model; returns the new travelling weights and the metrics (ε, losses)."""
+    warm.preload()  # in a warm host: waits for its background preload; elsewhere: imports in turn with other nodes
     import torch
 
     from collab.dp.dpsgd import DPConfig, train_dp
