@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from collab import __version__
-from collab.commands._common import CliState
+from collab.commands._common import CliState, accept_json_everywhere
 from collab.errors import EXIT_INTERNAL, EXIT_USAGE, CollabError, InternalError, UsageError
 
 EXIT_INTERRUPTED = 130
@@ -72,7 +72,7 @@ class LazyGroup(click.Group):
         command = getattr(module, "group", None)
         if not isinstance(command, click.Command):
             raise InternalError(f"{module.__name__} does not define a click command named `group`")
-        return command
+        return accept_json_everywhere(command)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """List commands from the static table, without importing their modules."""

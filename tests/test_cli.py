@@ -132,6 +132,21 @@ def test_json_usage_error_has_the_same_shape(capsys: pytest.CaptureFixture[str])
     assert body["error"] == "UsageError" and body["exit_code"] == 1 and "nope" in body["message"]
 
 
+def test_json_after_the_subcommand_is_the_global_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`collab merge methods --json` and `collab id show --json` behave like `collab --json ...`."""
+    assert run(["merge", "methods", "--json"]) == 0
+    assert "methods" in json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("COLLAB_HOME", str(tmp_path))
+    assert run(["id", "show", "--json"]) == 3  # no deployment in an empty home
+    assert json.loads(capsys.readouterr().out)["error"] == "NotFound"
+    for name in available_groups():  # every command of every group takes it
+        group = cli.get_command(click.Context(cli), name)
+        commands = [group, *getattr(group, "commands", {}).values()]
+        assert all(any("--json" in p.opts for p in c.params) for c in commands), name
+
+
 def test_unexpected_exception_is_internal_without_traceback(
     probe: click.Group, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -65,6 +65,26 @@ def state(ctx: click.Context | None = None) -> CliState:
     return found
 
 
+def _enable_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        state(ctx).json_output = True
+
+
+def json_option() -> click.Option:
+    """``--json`` after a subcommand (``collab demo --json``): the same switch as the global flag."""
+    return click.Option(["--json", "json_local"], is_flag=True, expose_value=False, is_eager=True,
+                        callback=_enable_json, help="Print results as JSON on stdout.")
+
+
+def accept_json_everywhere(command: click.Command) -> click.Command:
+    """Give ``command`` and every subcommand under it a ``--json`` option (once each)."""
+    if not any("--json" in p.opts for p in command.params):
+        command.params.append(json_option())
+    for sub in getattr(command, "commands", {}).values():
+        accept_json_everywhere(sub)
+    return command
+
+
 def settings(ctx: click.Context | None = None) -> Settings:
     """The resolved :class:`Settings` of this invocation."""
     return state(ctx).settings()

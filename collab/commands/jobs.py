@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.table import Table
 
-from collab.commands._common import emit, settings, state
+from collab.commands._common import emit, json_option, settings
 
 if TYPE_CHECKING:
     from orchestrator.client import NodeSocketClient
@@ -26,13 +26,8 @@ def _node(ctx: click.Context) -> NodeSocketClient:
 
 def json_flag(f: F) -> F:
     """``--json`` after the subcommand too (``collab jobs list --json``), same as the global flag."""
-
-    def enable(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-        if value:
-            state(ctx).json_output = True
-
-    return click.option("--json", "json_local", is_flag=True, expose_value=False, is_eager=True, callback=enable,
-                        help="Print results as JSON on stdout.")(f)
+    f.__click_params__ = [*getattr(f, "__click_params__", []), json_option()]  # type: ignore[attr-defined]
+    return f
 
 
 @group.command("list")
