@@ -1,4 +1,4 @@
-"""The work behind ``collab claims`` and ``collab merge``: one implementation for the node and the command.
+"""The work behind ``collab claims``, ``collab merge`` and ``collab join``: one implementation for the node and the command.
 
 The architecture makes these user commands thin clients of the home's node:
 the node holds the unlocked keys, the fraud-proof store its watcher defends
@@ -278,11 +278,94 @@ def merge_finalize(actor: Actor, claim_id: str) -> dict[str, Any]:
             "merger_share_bps": job.merger_share_bps}
 
 
+# --------------------------------------------------------------------- round join
+
+
+def joined_path(home: Path, round_id: int) -> Path:
+    """Where a home keeps what it joined ``round_id`` with (data path, samples, dataset asset)."""
+    return Path(home) / "rounds" / f"{int(round_id)}.json"
+
+
+def joined_data(home: Path, round_id: int) -> Path | None:
+    """The data this home joined ``round_id`` with (its node's SuperNode trains on it), None if it did not join."""
+    try:
+        return Path(json.loads(joined_path(home, round_id).read_text())["data"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def round_join(actor: Actor, round_id: int, data: str, dataset_asset: int | None = None) -> dict[str, Any]:
+    """Validate the data, commit to it with a dataset asset, accept the round on-chain, keep the data path.
+
+    The data is parsed first, so malformed data is refused before any
+    transaction; only the sample count and the dataset asset id go on-chain.
+    The kept path (``<home>/rounds/<round>.json``) is what the home's node
+    trains on when the round's job starts (:class:`orchestrator.workers.TaskRunner`).
+    """
+    import time
+
+    from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
+    from chain.clients.identity_registry import IdentityRegistryClient
+    from chain.clients.round_registry import RoundRegistryClient, RoundStatus
+    from collab.commands.round import data_commitment
+    from collab.errors import Unauthorized
+    from collab.fl.data import load_user_data
+
+    for name, value in (("round_id", round_id), ("dataset_asset", dataset_asset)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise BadInput(f"{name} must be a positive integer, got {value!r}")
+    path = Path(str(data))
+    if not path.is_absolute():
+        raise BadInput(f"the data path must be absolute (the node has its own working directory): {data}")
+    dataset = load_user_data(path)  # BadInput naming the file and line, before anything is sent
+    session = actor.session(True)
+    if "RoundRegistry" not in session.deployment.contracts:
+        raise NotFound("this deployment has no RoundRegistry", hint="redeploy with `collab chain deploy`")
+    registry = _client(session, RoundRegistryClient)
+    me = session.account.address
+    r = registry.get_round(round_id)
+    if r.status != RoundStatus.OPEN:
+        raise BadInput(f"round {round_id} is {r.status.label}: it no longer accepts participants")
+    now = int(session.w3.eth.get_block("latest")["timestamp"])
+    if now >= r.deadline:
+        raise BadInput(f"round {round_id} closed for joining {now - r.deadline} s ago (deadline passed)")
+    my_id = _client(session, IdentityRegistryClient).id_of(me)
+    if my_id == 0:
+        raise Unauthorized(f"{me} has no Sahara ID", hint="register with `collab id register`")
+    mine = next((p for p in registry.participants_of(round_id) if p.id == my_id), None)
+    if mine is None:
+        raise Unauthorized(f"identity {my_id} is not invited to round {round_id}")
+    if mine.accepted:
+        raise BadInput(f"identity {my_id} already joined round {round_id} with {mine.samples} samples")
+    assets = _client(session, AssetRegistryClient)
+    commitment = data_commitment(dataset)
+    registered = False
+    with actor.lock:
+        if dataset_asset is None:
+            found = next((a for a in assets.assets(owner=me)
+                          if a.kind == AssetKind.DATASET and a.content_hash == commitment), None)
+            if found is None:
+                actor.log(f"registering {path.name} as a dataset asset (commitment {commitment.hex()[:16]}…) …")
+                dataset_asset = assets.register(AssetInput(AssetKind.DATASET, commitment)).asset_id
+                registered = True
+            else:
+                dataset_asset = found.id
+        elif not assets.exists(dataset_asset) or assets.owner_of(dataset_asset) != me:
+            raise Unauthorized(f"dataset asset {dataset_asset} is not yours")
+        tx = registry.accept(round_id, len(dataset), dataset_asset)
+    record = {"round_id": round_id, "data": str(path), "samples": len(dataset), "classes": dataset.class_counts(),
+              "dataset_asset": dataset_asset, "joined_at": int(time.time())}
+    kept = joined_path(actor.home, round_id)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(record, indent=2))
+    return {**record, "registered_dataset": registered, "tx": tx.tx_hash}
+
+
 # --------------------------------------------------------------------- dispatch
 
 OPS: dict[str, Callable[..., dict[str, Any]]] = {
     "claims_post": claims_post, "claims_list": claims_list, "claims_show": claims_show,
-    "merge_run": merge_run, "merge_finalize": merge_finalize,
+    "merge_run": merge_run, "merge_finalize": merge_finalize, "round_join": round_join,
 }
 
 

@@ -9,8 +9,9 @@ the heartbeat reply lists the jobs this node takes part in, which the
 :class:`~orchestrator.workers.TaskRunner` acts on. With a chain connection the
 node also runs its blob server and watcher (:class:`~orchestrator.workers.ClaimWorkers`)
 and serves ``infer`` (the client's side of a routed secure inference),
-``challenge``, ``games`` and the claims and merge operations of
-:mod:`orchestrator.local_ops` for the user commands.
+``challenge``, ``games`` and the claims, merge and round-join operations of
+:mod:`orchestrator.local_ops` for the user commands (a joined round's data
+path is kept in the home, and the task runner's SuperNode trains on it).
 """
 
 from __future__ import annotations

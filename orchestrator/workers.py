@@ -7,8 +7,10 @@
   the other nodes come from the orchestrator's node list, so a node watches
   claims of peers it never configured.
 * :class:`TaskRunner`: acts on the jobs a heartbeat reply lists for this node:
-  a SuperNode for a ``round`` (through :mod:`collab.fl.deployment`; TLS with
-  the CA the job carries, authenticated by a key the orchestrator registered), the
+  a SuperNode for a ``round`` (through :mod:`collab.fl.deployment`; connected
+  to the SuperLink address the job carries, TLS with the CA the job carries,
+  authenticated by a key the orchestrator registered; on the data the home
+  joined the round with, else the node's ``--data``), the
   adapter upload for a ``merge``, the owner's CrypTen party for an
   ``inference``. Each action runs once per job (and a dead SuperNode is
   restarted while its round is still running).
@@ -188,10 +190,19 @@ class TaskRunner:
             self.started.add(jid)
             threading.Thread(target=self._owner_side, args=(task,), name=f"infer-{jid[:10]}", daemon=True).start()
 
+    def data_for(self, task: dict[str, Any]) -> Path | None:
+        """What this node trains on in ``task``: the data ``collab join`` kept for its RoundRegistry round, else ``--data``."""
+        from orchestrator.local_ops import joined_data
+
+        rid = task["payload"].get("round_id")
+        joined = joined_data(Path(self.node.chain.settings.home), int(rid)) if rid else None
+        return joined or self.data
+
     def _supernode(self, task: dict[str, Any]) -> None:
         """Report this home's SuperNode key, then (once the orchestrator registered it) start the SuperNode.
 
-        TLS: the SuperLink's CA certificate arrives in the job's data; the node
+        It connects to the SuperLink's address from the job's data (the
+        orchestrator's configuration; its certificate names it). TLS: the SuperLink's CA certificate arrives in the job's data; the node
         verifies the SuperLink with it. Authentication: the SuperLink refuses
         a SuperNode whose public key the orchestrator has not registered, so
         the node reports ``auth_key`` first and waits for ``registered/<me>``.
@@ -205,10 +216,11 @@ class TaskRunner:
             current = self.supernodes.get(jid)
             if current is not None and current.proc.poll() is None:
                 return
-            if self.data is None:
+            train = self.data_for(task)
+            if train is None:
                 if jid not in self.started:
                     self.started.add(jid)
-                    self._report(jid)("supernode", {"ok": False, "error": "this node has no training data (--data)"})
+                    self._report(jid)("supernode", {"ok": False, "error": "this node has no training data (`collab join` or --data)"})
                 return
             home = Path(self.node.chain.settings.home)
             secure = bool(data.get("superlink_ca"))
@@ -226,8 +238,9 @@ class TaskRunner:
             # A SuperNode started before its SuperLink listens backs off exponentially (one demo lost 18 s that way).
             if not data.get("superlink_ready"):
                 return
-            deployment = FlowerDeployment(home / "flower-rounds", port=int(data["superlink_port"]), secure=secure)
-            self.supernodes[jid] = deployment.add_participant(self.me, home, self.data,
+            deployment = FlowerDeployment(home / "flower-rounds", port=int(data["superlink_port"]), secure=secure,
+                                          host=str(data.get("superlink_address") or "127.0.0.1"))
+            self.supernodes[jid] = deployment.add_participant(self.me, home, train,
                                                               passphrase=os.environ.get("COLLAB_PASSPHRASE"),
                                                               superlink_ca=ca, register=False)
             log.info("job %s: SuperNode started (pid %d%s)", jid, self.supernodes[jid].proc.pid,
@@ -246,9 +259,10 @@ class TaskRunner:
 
         jid, state, rid, data = task["id"], task["state"], int(task["payload"]["round_id"]), task["data"]
         chain, report = self.node.chain, self._report(jid)
-        if needed and state == "collecting" and (jid, "accepted") not in self.done and self.data is not None:
-            with self.node.chain_lock:
-                accepted = round_chain.node_accept(chain, rid, self.data)
+        train = self.data_for(task)
+        if needed and state == "collecting" and (jid, "accepted") not in self.done and train is not None:
+            with self.node.chain_lock:  # a no-op when `collab join` already accepted
+                accepted = round_chain.node_accept(chain, rid, train)
             self.done.add((jid, "accepted"))
             report("accepted", accepted)
             log.info("round %d accepted with %d samples (dataset asset %d)", rid, accepted["samples"], accepted["dataset_asset"])

@@ -1,11 +1,12 @@
 """``collab round create|fix|status|join|dispute``: training rounds in the on-chain RoundRegistry.
 
 A round is opened by the base model's owner (``create``), accepted by each
-invited participant from its own home (``join``: the data is validated and
-counted locally, committed to by a dataset asset, and only the sample count
-and the asset id go on-chain), and fixed (``fix``) before training starts.
-The Flower training itself is run by the participant's node (``collab node
-start --data PATH``) and the orchestrator; ``status`` shows participants,
+invited participant from its own home (``join``, through the home's node when
+one runs: the data is validated and counted locally, committed to by a
+dataset asset, and only the sample count and the asset id go on-chain), and
+fixed (``fix``) before training starts. The Flower training itself is run by
+the participant's node (on the data it joined with, else its ``--data``) and
+the orchestrator; ``status`` shows participants,
 weights, rounds done, accuracy, ε spent and the state of the round's claim;
 ``dispute`` uses the aggregator's update receipt the node kept.
 """
@@ -16,7 +17,6 @@ import hashlib
 import json
 import math
 import re
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -292,53 +292,19 @@ def data_commitment(data: Dataset) -> bytes:
 
 
 def join_round(ctx: click.Context, round_id: int, data_path: Path, dataset_asset: int | None) -> None:
-    """Validate the data locally, commit to it with a dataset asset, and accept the round on-chain."""
-    from chain.clients.asset_registry import AssetInput, AssetKind, AssetRegistryClient
-    from chain.clients.identity_registry import IdentityRegistryClient
-    from chain.clients.round_registry import RoundStatus
-    from collab.fl.data import load_user_data
+    """Accept the round through this home's node (or here without one): :func:`orchestrator.local_ops.round_join`.
 
-    data = load_user_data(data_path)  # BadInput naming the file and line, before anything is sent
-    session, registry = _registry(ctx, need_account=True)
-    assert session.account is not None
-    me = session.account.address
-    r = registry.get_round(round_id)
-    if r.status != RoundStatus.OPEN:
-        raise BadInput(f"round {round_id} is {r.status.label}: it no longer accepts participants")
-    now = int(session.w3.eth.get_block("latest")["timestamp"])
-    if now >= r.deadline:
-        raise BadInput(f"round {round_id} closed for joining {now - r.deadline} s ago (deadline passed)")
-    my_id = session.client(IdentityRegistryClient).id_of(me)
-    if my_id == 0:
-        raise Unauthorized(f"{me} has no Sahara ID", hint="register with `collab id register`")
-    parts = registry.participants_of(round_id)
-    mine = next((p for p in parts if p.id == my_id), None)
-    if mine is None:
-        raise Unauthorized(f"identity {my_id} is not invited to round {round_id}")
-    if mine.accepted:
-        raise BadInput(f"identity {my_id} already joined round {round_id} with {mine.samples} samples")
-    assets = session.client(AssetRegistryClient)
-    commitment = data_commitment(data)
-    registered = False
-    if dataset_asset is None:
-        found = next((a for a in assets.assets(owner=me) if a.kind == AssetKind.DATASET and a.content_hash == commitment), None)
-        if found is None:
-            log(f"registering {data_path.name} as a dataset asset (commitment {commitment.hex()[:16]}…) …")
-            dataset_asset = assets.register(AssetInput(AssetKind.DATASET, commitment)).asset_id
-            registered = True
-        else:
-            dataset_asset = found.id
-    elif not assets.exists(dataset_asset) or assets.owner_of(dataset_asset) != me:
-        raise Unauthorized(f"dataset asset {dataset_asset} is not yours")
-    tx = registry.accept(round_id, len(data), dataset_asset)
-    record = {"round_id": round_id, "data": str(data_path.resolve()), "samples": len(data),
-              "classes": data.class_counts(), "dataset_asset": dataset_asset, "joined_at": int(time.time())}
-    joins = settings(ctx).home / "rounds"
-    joins.mkdir(parents=True, exist_ok=True)
-    (joins / f"{round_id}.json").write_text(json.dumps(record, indent=2))
-    emit(ctx, {**record, "registered_dataset": registered, "tx": tx.tx_hash},
-         f"joined round {round_id} with {len(data)} samples (dataset asset {dataset_asset}); "
-         f"train by running `collab node start --data {data_path}`")
+    The node validates the data before any transaction, accepts on-chain with
+    its unlocked keys and keeps the data path for the round, so its SuperNode
+    trains on this data when the round's job starts. Without a node the same
+    function runs in this process; ``--json`` output and exit codes are the same.
+    """
+    from collab.commands._route import home_op
+
+    fields = {"round_id": round_id, "data": str(data_path.resolve()), "dataset_asset": dataset_asset}
+    out = home_op(ctx, "round_join", fields, note=f"joining round {round_id} through this home's node")
+    emit(ctx, out, f"joined round {round_id} with {out['samples']} samples (dataset asset {out['dataset_asset']}); "
+                   f"this home's node (`collab node start`) trains on {data_path} when the round starts")
 
 
 @group.command("join")
