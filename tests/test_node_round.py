@@ -9,8 +9,14 @@ dead node is named among the dropped and gets nothing in the claim, and the
 round's claim is posted exactly once. The round is a RoundRegistry round:
 the nodes accept it, its creator's node fixes it, the survivors' nodes
 BLS-consent to the record, and its finalization mints Receipts and Shares to
-them only. Small config: the tiny encoder, 16
-examples per participant.
+them only. p1's node starts without ``--data``: p1 joins with ``collab join``
+through its node (the passphrase removed from the command's environment, so
+only the node can sign; malformed data is refused first), and the node's
+SuperNode trains on the data it joined with. Multi-host configuration: the
+orchestrator binds 127.0.0.2, so its SuperLink is advertised (job data,
+certificate) and listens there; the nodes connect from 127.0.0.3-5. The run
+config the SuperLink hands to every SuperNode holds no orchestrator-local path.
+Small config: the tiny encoder, 16 examples per participant.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -53,10 +60,10 @@ pytestmark = pytest.mark.slow
 NAMES = ("p0", "p1", "p2")
 
 
-def _node(home: Path, endpoint: str, key: str, data: Path) -> subprocess.Popen[str]:
+def _node(home: Path, endpoint: str, key: str, data: Path | None, source: str) -> subprocess.Popen[str]:
     env = {**os.environ, "COLLAB_PASSPHRASE": "pw"}
     proc = subprocess.Popen([*COLLAB, "--home", str(home), "node", "start", "--orchestrator", endpoint, "--orchestrator-key", key,
-                             "--heartbeat", "0.5", "--data", str(data)],
+                             "--heartbeat", "0.5", "--source", source, *(["--data", str(data)] if data else [])],
                             stdout=subprocess.PIPE, stderr=open(home / "node.log", "a"), text=True, env=env,
                             start_new_session=True)  # its own process group: killing it kills its SuperNode too
     assert proc.stdout is not None and proc.stdout.readline(), (home / "node.log").read_text()[-2000:]
@@ -89,7 +96,7 @@ def network(game_env: GameEnv, tmp_path: Path) -> Iterator[dict[str, Any]]:  # n
     net: dict[str, Any] = {"orch_home": orch_home, "orch": orch, "info": info, "homes": homes, "procs": procs,
                            "idents": {"orch": orch_ident}}
     try:
-        for name, shard in zip(NAMES, shards):
+        for i, (name, shard) in enumerate(zip(NAMES, shards)):
             home = tmp_path / name
             home.mkdir()
             ident = _funded_registered(game_env.w3, game_env.deployment, home, f"round-{name}")
@@ -99,7 +106,8 @@ def network(game_env: GameEnv, tmp_path: Path) -> Iterator[dict[str, Any]]:  # n
             _adapter(home / "adapter.safetensors", len(homes))  # what the node contributes to merges
             homes[name] = (home, ident.address)
             net["idents"][name] = ident
-            procs[name] = _node(home, info["endpoint"], info["curve_key"], data)
+            net.setdefault("data", {})[name] = data  # p1's node runs without --data: p1 joins with `collab join`
+            procs[name] = _node(home, info["endpoint"], info["curve_key"], None if name == "p1" else data, f"127.0.0.{3 + i}")
         yield net
     finally:
         for proc in procs.values():
@@ -128,6 +136,7 @@ def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[s
     config = {"model": "tiny", "num-rounds": 1, "max-len": 32, "epochs": 1, "batch-size": 8, "test-samples": 20,
               "round-timeout": 90.0, "node-wait": 30.0}
     round_id = _open_round(network, game_env, config)
+    _join_through_the_node(homes["p1"][0], round_id, network["data"]["p1"])
     job = api.request("submit", kind="round", payload={"participants": parts, "config": config, "min_participants": 2,
                                                        "round_id": round_id}, needs=parts, timeout=300)["job"]
     running = _wait(api, job["id"], lambda j: j["state"] == "computing" and j["data"].get("run_pid"), 240)
@@ -153,8 +162,10 @@ def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[s
     posted = [p for p in manager.posted(from_block=game_env.deployment.deploy_block) if p.claim_id == claim_id]
     assert len(posted) == 1 and posted[0].claimer == network["info"]["address"]
     assert not any(_alive(pid) for pid in network["orphans"])  # the restarted orchestrator ended the old Flower run
-    # Flower ran with TLS (the CA travelled in the job) and authenticated SuperNodes (each named node's key registered).
-    assert data["superlink_ca"].startswith("-----BEGIN CERTIFICATE-----")
+    # Flower ran with TLS (the CA travelled in the job) and authenticated SuperNodes (each named node's key registered),
+    # its SuperLink at the orchestrator's configured address; the run config all SuperNodes got has no orchestrator path.
+    assert data["superlink_ca"].startswith("-----BEGIN CERTIFICATE-----") and data["superlink_address"] == "127.0.0.2"
+    _assert_no_orchestrator_paths(network["orch_home"], job["id"], network["info"]["address"])
     assert all(data[f"registered/{homes[n][1].lower()}"] == data[f"r/{homes[n][1].lower()}/auth_key"] for n in NAMES)
     # Every included participant's node kept the aggregator's receipt for its final-round update; the dead one none.
     rr = RoundRegistryClient.from_deployment(game_env.deployment, game_env.w3)
@@ -193,6 +204,42 @@ def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[s
         assert shares.balance_of(account, asset) == amount + extra and amount > 0
         assert [receipts.receipt(t).weight for t in receipts.receipts_of(account)] == [weight]
     assert receipts.receipts_of(homes["p2"][1]) == [] and shares.balance_of(homes["p2"][1], asset) == 0
+
+
+def _join_through_the_node(home: Path, round_id: int, data: Path) -> None:
+    """``collab join`` in p1's home without the passphrase: only its node can sign, so success means routed."""
+    env = {k: v for k, v in os.environ.items() if k != "COLLAB_PASSPHRASE"}
+
+    def join(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*COLLAB, "--home", str(home), "--json", "join", str(round_id), "--data", str(path)],
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+
+    bad = home / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": "sport"}\n{"text": 3\n')
+    refused = join(bad)  # with --json the error is one JSON object on stdout
+    error = json.loads(refused.stdout.strip())
+    assert refused.returncode == 2 and error["error"] == "BadInput" and "bad.jsonl" in error["message"], refused
+    assert "Traceback" not in refused.stderr
+    done = join(data)
+    assert done.returncode == 0, done.stderr[-2000:]
+    joined = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(joined) == {"round_id", "data", "samples", "classes", "dataset_asset", "joined_at", "registered_dataset", "tx"}
+    assert joined["round_id"] == round_id and joined["samples"] == 16 and joined["data"] == str(data.resolve())
+    assert joined["registered_dataset"] and joined["tx"]
+    assert json.loads((home / "rounds" / f"{round_id}.json").read_text())["data"] == str(data.resolve())
+    assert "registering train.jsonl as a dataset asset" in (home / "node.log").read_text()  # the node did it
+
+
+def _assert_no_orchestrator_paths(orch_home: Path, job_id: str, aggregator: str) -> None:
+    """The run configs the job's SuperLink stored (what it sends every SuperNode) name no orchestrator path."""
+    db = orch_home / "rounds" / job_id[2:18] / "flower" / "superlink.db"
+    with sqlite3.connect(db) as conn:
+        configs = [json.loads(row[0]) for row in conn.execute("SELECT override_config FROM run")]
+    assert configs
+    for config in configs:
+        assert not {"result-path", "aggregator-home"} & set(config) and config["server-run"]
+        assert config["aggregator"] == aggregator  # the receipt settings are there, the aggregator's home is not
+        assert str(orch_home) not in json.dumps(config) and not any("/" in str(v) for v in config.values()), config
 
 
 def _open_round(network: dict[str, Any], game_env: GameEnv, config: dict[str, Any]) -> int:  # noqa: F811
