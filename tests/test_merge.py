@@ -186,7 +186,6 @@ def test_dare_ties_is_reproducible_by_seed_and_density_one_is_ties(zoo: dict[str
 
 
 @pytest.mark.parametrize(("method", "params", "shared"), [
-    ("linear", [{"weight": 1.0}, {"weight": 0.3}], {}),
     ("task_arithmetic", [{"weight": 1.0}, {"weight": 0.5}], {"lambda": 0.8}),
     ("ties", [{"weight": 1.0, "density": 0.4}, {"weight": 0.5, "density": 1.0}], {"lambda": 0.9}),
 ])
@@ -214,7 +213,7 @@ def test_row_blocked_large_tensors_give_mergekits_values_bit_for_bit(
     BertModel.from_pretrained(tmp_path / "rows")
 
 
-def test_row_blocking_leaves_random_and_whole_tensor_methods_to_mergekit(
+def test_row_blocking_leaves_random_whole_tensor_and_linear_merges_to_mergekit(
     zoo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from collab.merge import blocked
@@ -226,7 +225,8 @@ def test_row_blocking_leaves_random_and_whole_tensor_methods_to_mergekit(
              "models": _models(zoo, ["ft0", "ft1"], [{}, {}])}
     rescaled = {"merge_method": "ties", "base_model": str(zoo["base"]), "parameters": {"rescale": True},
                 "models": _models(zoo, ["ft0", "ft1"], [{"weight": 1.0, "density": 0.5}] * 2)}
-    for i, cfg in enumerate((dare, slerp, rescaled)):
+    linear = {"merge_method": "linear", "models": _models(zoo, ["ft0", "ft1"], [{"weight": 1.0}, {"weight": 0.3}])}
+    for i, cfg in enumerate((dare, slerp, rescaled, linear)):
         (tmp_path / str(i)).mkdir()
         result, _ = _run(tmp_path / str(i), cfg)
         assert result.details["row_blocked"] == [], cfg["merge_method"]
