@@ -20,7 +20,7 @@ import pytest
 from collab.cli import run as collab
 from collab.errors import EXIT_USAGE, InternalError
 from collab.fl.app import APP_DIR
-from collab.fl.deployment import ENV_SERVER_RUNS, FlowerDeployment, server_only
+from collab.fl.deployment import ENV_SERVER_RUNS, FlowerDeployment, host_port, server_only
 from collab.fl.tls import server_sans
 from orchestrator.jobs import JobState, JobStore, step
 from orchestrator.rounds import RoundJob
@@ -42,6 +42,11 @@ def test_the_superlink_address_is_configuration_in_the_job_and_the_certificate(t
         assert dep.host == host and dep.port == data["superlink_port"]
     finally:
         store.close()
+
+
+def test_addresses_as_flower_takes_them() -> None:
+    assert host_port("127.0.0.2", 9092) == "127.0.0.2:9092" and host_port("::1", 9092) == "[::1]:9092"
+    assert host_port("orchestrator.example", 1) == "orchestrator.example:1"
 
 
 def test_a_wildcard_bind_needs_an_explicit_superlink_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

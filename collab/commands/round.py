@@ -315,7 +315,7 @@ def join_round(ctx: click.Context, round_id: int, data_path: Path, dataset_asset
               help="Your dataset asset committing to the data (default: found by its commitment, or registered).")
 @click.pass_context
 def join(ctx: click.Context, round_id: int, data_path: Path, dataset_asset: int | None) -> None:
-    """Accept an invitation: declare your sample count and dataset asset on-chain."""
+    """Accept an invitation: declare your sample count and dataset asset on-chain (through your node if it runs)."""
     join_round(ctx, round_id, data_path, dataset_asset)
 
 

@@ -55,6 +55,11 @@ def listen_host(host: str) -> str:
     return host
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC and Flower's config take it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def server_only(run_config: dict[str, Any]) -> dict[str, Any]:
     """The ServerApp's view of ``run_config``: its server-only values (``server-run`` key) merged back in.
 
@@ -193,7 +198,7 @@ class FlowerDeployment:
         # The CLI's connection to this SuperLink, named `collab`, in the orchestrator's FLWR_HOME.
         (flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{self.host}:{self.port}"\n{connection}'
+            f'address = "{host_port(self.host, self.port)}"\n{connection}'
         )
         link = self._spawn(
             "superlink",
@@ -277,7 +282,7 @@ class FlowerDeployment:
                 self.register_node(public)
             security = ["--root-certificates", str(ca), "--auth-supernode-private-key", str(private)]
         runtime = f"127.0.0.1:{free_port()}"  # the SuperNode's Runtime API, where ClientApps claim messages
-        supernode = [str(BIN_DIR / "flower-supernode"), *security, "--superlink", f"{self.host}:{self.port}",
+        supernode = [str(BIN_DIR / "flower-supernode"), *security, "--superlink", host_port(self.host, self.port),
                      "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--node-config", str(node_config)]
         if self.warm:
             supernode = [sys.executable, "-m", "collab.fl.clientapp_host", "--runtime-api-address", runtime,
