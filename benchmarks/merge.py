@@ -356,6 +356,11 @@ class _Bench:
         quick mode (tiny models, nothing large enough to block) measures TIES only.
         """
         methods = ("ties",) if self.sizes is QUICK else ("ties", "task_arithmetic", "linear")
+        for d in [self.base_dir, *self.dirs]:  # warm the page cache: the first probe would pay the disk reads alone
+            for file in d.glob("*.safetensors"):
+                with file.open("rb") as fh:
+                    while fh.read(1 << 24):
+                        pass
         per_method: dict[str, dict[str, Any]] = {}
         for method in methods:
             cfg_path = self.work / f"mem-{method}.yml"
