@@ -12,7 +12,8 @@ takes the SuperExec's place: it claims ClientApp tasks with the same
 ``AcquireTask`` call ``run_superexec`` makes, and runs each one in-process
 with Flower's own steps from ``supernode/runtime/run_clientapp.py``
 (``pull_task_input``, FAB install, the FAB's ``ClientApp``,
-``push_message``, ``push_task_output``). Same protocol, same app; the heavy
+``push_message``, ``push_task_output``), each task in its own thread as the
+SuperExec starts a process per task. Same protocol, same app; the heavy
 imports (:func:`collab.fl.warm.preload`, in the background from the start) and the
 base model happen once.
 
@@ -41,11 +42,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from logging import ERROR, INFO
 from types import FrameType
 from typing import Any
 
 ACTIVE_POLL_S, IDLE_POLL_S, ACTIVE_FOR_S = 0.25, 1.0, 120.0  # faster while a run exchanges messages (idle: SuperExec's 1 s)
+FAB_MODULES = ("client_app", "server_app")  # the app's modules, imported from the installed FAB
 TASK_RETRY_S = 120.0  # how long a task's Runtime API calls ride out transport errors
 PR_SET_PDEATHSIG = 1
 
@@ -98,6 +101,7 @@ def serve_task(address: str, token: str) -> None:
     from flwr.cli.install import install_from_fab
     from flwr.clientapp.client_app import LoadClientAppError
     from flwr.clientapp.utils import get_load_client_app_fn
+    from flwr.common.config import get_project_dir
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore import log
     from flwr.supercore.heartbeat import HeartbeatSender
@@ -114,7 +118,9 @@ def serve_task(address: str, token: str) -> None:
         message, context, run, fab = pull_task_input(client)
         install_from_fab(fab.content, skip_prompt=True)
         load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
-        app = load(run.fab_id, run.fab_version, fab.hash_str)
+        with _fab_lock:
+            _forget_other_fab(get_project_dir(run.fab_id, run.fab_version, fab.hash_str))
+            app = load(run.fab_id, run.fab_version, fab.hash_str)
         reply = app(message=message, context=context)
         status, details = SubStatus.COMPLETED, ""
     except Exception as exc:  # noqa: BLE001 - as run_clientapp: any failure becomes an error reply
@@ -132,10 +138,18 @@ def serve_task(address: str, token: str) -> None:
         push_task_output(client, context, status, details)
         heartbeat.stop()
         client.close()
-        # The next message imports the FAB's modules afresh (cheap: their imports are warm), as a new process would.
-        for name in ("client_app", "server_app"):
-            sys.modules.pop(name, None)
     log(INFO, "[collab warm host] task done (%s)", status)
+
+
+_fab_lock = threading.Lock()
+
+
+def _forget_other_fab(app_dir: Path) -> None:
+    """Drop the FAB modules a previous task imported from another FAB, so this task imports its own."""
+    for name in FAB_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and Path(getattr(module, "__file__", "") or "/").resolve().parent != app_dir.resolve():
+            del sys.modules[name]
 
 
 def _preload() -> None:
@@ -167,7 +181,10 @@ def serve(address: str, node: subprocess.Popen[bytes]) -> int:
             except httpx.HTTPError:  # the SuperNode's Runtime API is not up yet (or going away)
                 res = None
             if res is not None and res.HasField("task") and res.token:
-                serve_task(address, res.token)
+                # A thread per task, as the SuperExec starts a process per task: a task that never ends (a
+                # message of a run the SuperLink stopped, whose objects never arrive) must not block the next.
+                threading.Thread(target=serve_task, args=(address, res.token), name=f"task-{res.task.task_id}",
+                                 daemon=True).start()
                 last_task = time.monotonic()
                 continue
             time.sleep(ACTIVE_POLL_S if time.monotonic() - last_task < ACTIVE_FOR_S else IDLE_POLL_S)
