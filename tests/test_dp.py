@@ -52,8 +52,20 @@ def test_stalled_adapter_fails_loudly_instead_of_sending_a_broken_update(shard: 
     model = tiny()
     frozen = next(p for n, p in model.named_parameters() if n.endswith("value.lora_B.default.weight"))
     frozen.register_hook(lambda grad: torch.zeros_like(grad))
-    with pytest.raises(TrainingStalled, match="adapter tensor"):
+    with pytest.raises(TrainingStalled, match="no gradient reached 2 adapter tensor"):
         train_dp(model, shard, DPConfig(noise_multiplier=0.0, batch_size=8, epochs=1, lr=1e-2), 32, seed=0)
+
+
+def test_adapter_moved_only_by_noise_fails_loudly(shard: Dataset) -> None:
+    """Under DP the noise moves a tensor that learns nothing; the guard looks at the signal, not the move.
+
+    One LoRA module disconnected from the loss (scaling 0): its A and B get no per-sample gradient.
+    """
+    model = tiny()
+    lora = next(m for n, m in model.named_modules() if n.endswith("layer.0.attention.self.value"))
+    lora.scaling["default"] = 0.0
+    with pytest.raises(TrainingStalled, match="no gradient reached 2 adapter tensor"):
+        train_dp(model, shard, DPConfig(noise_multiplier=0.8, batch_size=8, epochs=1, lr=1e-2), 32, seed=0)
 
 
 def test_training_that_does_not_lower_the_loss_fails_loudly(shard: Dataset) -> None:
