@@ -41,9 +41,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# Scale tests too heavy for CI's two cores (20 Flower participants on one machine).
+# The 20-participant Flower test alone (it also runs in `make test`, marked slow).
 test-scale: setup
-	COLLAB_SCALE_TESTS=1 $(PY) -m pytest -q tests/test_fl_scale.py
+	$(PY) -m pytest -q tests/test_fl_scale.py
 
 demo: setup
 	$(COLLAB) demo
