@@ -352,30 +352,45 @@ def softmax(scores: Tensor, bias: Tensor, approx: Approximations, layer_index: i
             return num * inv
         # Max-free: a public shift; padding keys stay at (score - shift)/2^k, i.e. exp ~ 0.
         num = approx_exp(logits - approx.softmax_shift, approx.exp_iters)
-        scaled_inv = _scaled_reciprocal(num.sum(-1, keepdim=True), approx)
+        scaled_inv = scaled_reciprocal(num.sum(-1, keepdim=True), approx)
         return (num * scaled_inv) * (1.0 / approx.softmax_scale)
 
 
-def _scaled_reciprocal(total: Tensor, approx: Approximations) -> Tensor:
-    """softmax_scale / total over a ~6-decade range, by Newton from a public guess.
+def scaled_reciprocal(total: Tensor, approx: Approximations) -> Tensor:
+    """softmax_scale / total over a ~6-decade range, keeping every truncated product small.
 
     Representing softmax_scale/total (not 1/total) keeps ~10 more bits of a
-    large denominator's reciprocal in 16-bit fixed point. From the guess
-    y0 = scale/40000 Newton converges for totals below 80000 (then every
-    iterate stays below the limit, monotonically); a total t needs about
-    log2(40000/t) + 4 steps. ``y * total`` is formed first so that no
-    fixed-point product exceeds 2^31 before truncation.
+    large denominator's reciprocal in 16-bit fixed point. But a two-party
+    truncation fails (the result is off by 2^32) with probability ~|v| / 2^32
+    for a product of real value v, and Newton steps straight toward
+    1024/total truncate ``y * total ~ 1024`` and ``y * (2 - ...) ~ y`` (up to
+    ~10^4) about 50 times per row: ~0.03 failures per sentence at seq 128
+    (measured, see docs/secure_inference.md). So Newton runs toward
+    ``RECIPROCAL_UNIT / total`` (products ~8), and the last step lifts the
+    result to the full scale exactly: ``r * (scale/unit)`` by a public integer
+    (no truncation), corrected by the residual ``e = 1 - r * total / unit``
+    as ``k/t = R / (1 - e) = R + R (e + e^2 + e^3)``, whose product is small
+    because ``e`` is. From the guess y0 = unit/50000 Newton converges for
+    totals below 100000; a total t needs about log2(50000/t) + 4 steps.
     """
-    k = approx.softmax_scale
+    unit = RECIPROCAL_UNIT
     y = total * 0.0 + shifted_guess(approx)
-    for _ in range(approx.shifted_reciprocal_iters):
-        y = y * (2.0 - (y * total) * (1.0 / k))
-    return y
+    for _ in range(approx.shifted_reciprocal_iters - 1):
+        y = y * (2.0 - (y * total) * (1.0 / unit))
+    e = 1.0 - (y * total) * (1.0 / unit)  # |e| <~ 2^-16 * total / unit: r's own rounding
+    ratio = approx.softmax_scale / unit
+    lifted = y * int(ratio) if ratio == int(ratio) else y * ratio  # an int multiplies shares exactly
+    return lifted + lifted * (e * (e * (e + 1.0) + 1.0))
+
+
+#: Newton's target scale in :func:`scaled_reciprocal`: products stay ~8 (failure odds ~2^-29
+#: each), and 8/total is still ~5 fixed-point units at the largest convergent total (100000).
+RECIPROCAL_UNIT = 8.0
 
 
 def shifted_guess(approx: Approximations) -> float:
-    """Newton's start for softmax_scale / total: converges for totals below 2 / guess * softmax_scale."""
-    return approx.softmax_scale / 40000.0
+    """Newton's start for RECIPROCAL_UNIT / total: converges for totals below 100000."""
+    return RECIPROCAL_UNIT / 50000.0
 
 
 # --------------------------------------------------------------------------- the model
