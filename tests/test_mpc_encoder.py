@@ -318,3 +318,59 @@ def test_six_lane_sign_test_is_exact_outside_its_band_and_cheaper_than_four() ->
         assert six < four
 
     assert body() is not None
+
+
+# --------------------------------------------------------------------------- two-party truncation failures
+
+# Row totals of the shifted softmax (layers 1-5) at seq 128, measured on BBC News and the benchmark's
+# long sentences: 0.12 to 44000 (benchmarks/mpc_truncation.py).
+ROW_TOTALS = (0.12, 44000.0)
+
+
+def _fix_crypten_seeds(rank: int, seed: int) -> None:
+    """Deterministic shares and dealer tuples: CrypTen seeds its generators from os.urandom."""
+    import crypten
+
+    torch.manual_seed(seed + rank)
+    for name, value in {"prev": seed + 10 + (rank + 1) % 2, "next": seed + 10 + rank,
+                        "local": seed + 20 + rank, "global": seed + 30}.items():
+        for gen in crypten.generators[name].values():
+            gen.manual_seed(value)
+
+
+@pytest.mark.timeout(60)
+def test_shifted_softmax_reciprocal_survives_two_party_truncation(tmp_path) -> None:
+    """2^17 row totals on two real parties: no output off by ~2^32 (a failed local truncation).
+
+    CrypTen truncates a 2-party product of real value v wrongly with odds ~|v|/2^32. The former
+    Newton steps toward scale/total truncated products of ~scale and ~scale/total about 50 times
+    per row: at the default scale 1024, ~5.5 expected failures per 2^20 rows (0.033 per sentence
+    at seq 128, measured). Scale 2^14 multiplies those odds by 16 (~11 expected here, so the
+    former code fails reliably) while 2^17 rows keep the test short; steps toward 8/total, lifted
+    by an exact integer, do not depend on the scale (~0.01 expected here).
+    """
+    from crypten.mpc import run_multiprocess
+
+    from collab.mpc.encoder import preset
+
+    cheap = Approximations(**preset("cheap")).with_(softmax_scale=2.0**14)
+    out = tmp_path / "wrong.pt"
+
+    @run_multiprocess(world_size=2)
+    def body() -> None:
+        import crypten
+        import crypten.communicator as comm
+
+        rank = comm.get().get_rank()
+        torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it hangs)
+        _fix_crypten_seeds(rank, 1234)
+        t = torch.logspace(math.log10(ROW_TOTALS[0]), math.log10(ROW_TOTALS[1]), 2**17)
+        y = enc.scaled_reciprocal(crypten.cryptensor(t, src=0), cheap).get_plain_text()
+        if rank == 0:
+            torch.save((y * t / cheap.softmax_scale - 1.0).abs(), str(out))
+
+    assert body() is not None
+    rel = torch.load(str(out))
+    wrong = rel > 0.01
+    assert int(wrong.sum()) <= 1, f"{int(wrong.sum())} of {rel.numel()} reciprocals off (max {rel.max():.3g})"
+    assert rel[~wrong].max().item() < 2e-3  # and the lifted reciprocal keeps the former accuracy
