@@ -46,6 +46,7 @@ class Node:
         self.vault, self.chain = vault, chain
         self.chain_lock = threading.Lock()  # one account: the watcher and metering never race for its nonce
         self.claims: ClaimWorkers | None = None
+        self.keys: Any = None  # orchestrator.key_delivery.KeyDelivery: Full-access keys of this account's assets
         self.tasks = TaskRunner(self, data=data, adapter=adapter) if chain is not None else None
         self.orchestrator_blob_url = ""
         self._peers: tuple[float, list[str]] = (0.0, [])
@@ -72,7 +73,7 @@ class Node:
                 "blob_url": self.claims.blob_url if self.claims else None,
                 "deployment": str(self.chain.settings.deployment_path) if self.chain else None,
                 "rpc_url": self.chain.settings.rpc_url if self.chain else None,
-                "workers": {"watcher": self.claims is not None, "tasks": self.tasks is not None,
+                "workers": {"watcher": self.claims is not None, "tasks": self.tasks is not None, "key_delivery": self.keys is not None,
                             "supernodes": sorted(self.tasks.supernodes) if self.tasks else []}}
 
     def sources(self) -> list[str]:
@@ -178,6 +179,10 @@ class Node:
             return
         if self.chain is not None:
             self.claims = ClaimWorkers(self.chain, self.sources, self.chain_lock).start()
+            if self.chain.identity is not None:  # its X25519 key unwraps the vault keys it delivers
+                from orchestrator.key_delivery import KeyDelivery
+
+                self.keys = KeyDelivery(self.chain, self.chain_lock).start()
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         beat.start()
         try:
@@ -188,6 +193,8 @@ class Node:
                 self.tasks.stop()
             if self.claims is not None:
                 self.claims.stop()
+            if self.keys is not None:
+                self.keys.stop()
             self._server.server_close()
             self.socket_path.unlink(missing_ok=True)
             self.client.close()
