@@ -62,7 +62,7 @@ from chain.deploy import DEMO_PARAMS
 from chain.deployment import Deployment
 from chain.errors import ContractRevert
 from collab.config import Settings
-from collab.errors import BadInput, CollabError, InternalError, NotFound
+from collab.errors import BadInput, CollabError, InternalError, NotFound, Unavailable
 from collab.identity import Identity
 from collab.metering import CallReceipt, check_progress, request_hash, sign_call_receipt, verify_call_receipt
 
@@ -385,11 +385,11 @@ class Demo:
         self._tx(phase, "alice offers a Full-access license", offer.tx)
         bought = buyer.buy(offer.offer_id, value=FULL_ACCESS_PRICE)
         self._tx(phase, "dave buys Full-access (price held in escrow)", bought.tx, FULL_ACCESS_PRICE)
-        # Alice's node wraps the vault key for the X25519 key dave registered on-chain, not one he hands over.
-        recipient = self._client(IdentityRegistryClient).identity(dave.sahara_id).keys.x25519_key
-        wrapped = _vault(alice).add_recipient(self.vault_entry, alice.identity.x25519_private_key, recipient)
-        delivered = owner.deliver_key(bought.license_id, wrapped)
-        self._tx(phase, "alice's node delivers the wrapped vault key", delivered.tx)
+        # Alice's node (its key-delivery worker) sees the escrow and wraps the vault key for the X25519 key
+        # dave registered on-chain, not one he hands over; the demo only waits for the delivery on the chain.
+        tx_hash = self._await_key_delivery(alice, bought.license_id)
+        phase.transactions.append(self.tx_record("alice's node delivers the wrapped vault key", tx_hash))
+        wrapped = buyer.wrapped_key(bought.license_id)
         # Dave: the wrap from the chain, checked against the asset's key commitment, opens the stored blob.
         asset = self._client(AssetRegistryClient).asset(self.asset_id)
         data_key = unwrap_delivered_key(buyer.wrapped_key(bought.license_id), dave.identity.x25519_private_key, asset.key_commitment)
@@ -406,6 +406,33 @@ class Demo:
             "decrypted_matches_registered_file": _sha256_file(model) == _sha256_file(model_weights_file()),
             "licensed_before_release": buyer.is_licensed(self.asset_id, dave.address, LicenseKind.FULL_ACCESS),
         }
+
+    def _await_key_delivery(self, owner: Actor, license_id: int, timeout: float = 60.0) -> str:
+        """Run the owner node's key-delivery worker until it delivered ``license_id``; the delivery's tx hash.
+
+        Alice's node process starts with the training round, so here the same
+        worker (:class:`orchestrator.key_delivery.KeyDelivery`) runs on her
+        home and account; it leaves the release to the revenue phase.
+        """
+        import threading
+
+        from orchestrator.key_delivery import KeyDelivery
+        from orchestrator.workers import NodeChain
+
+        chain = NodeChain(self.w3, self.deployment, owner.account, Settings.resolve(home=owner.home, env={}), owner.identity)
+        worker = KeyDelivery(chain, threading.Lock(), interval=0.25, release=False).start()
+        licensing = self._client(LicensingClient)
+        try:
+            end = time.monotonic() + timeout
+            while not licensing.wrapped_key(license_id):
+                if time.monotonic() > end:
+                    raise Unavailable(f"alice's node did not deliver the key of license {license_id} within {timeout:.0f} s",
+                                      hint="; ".join(worker.events[-3:]))
+                time.sleep(0.25)
+        finally:
+            worker.stop()
+        logs = licensing.contract.events.KeyDelivered().get_logs(from_block=0, argument_filters={"licenseId": license_id})
+        return "0x" + bytes(logs[-1]["transactionHash"]).hex()
 
     def _metering(self, phase: Phase) -> None:
         alice, carol, dave = self.actors["alice"], self.actors["carol"], self.actors["dave"]

@@ -95,7 +95,8 @@ class Network:
     def start_node(self, name: str, home: Path, passphrase: str, *, data: Path | None = None) -> Proc:
         assert self.orchestrator is not None
         args = ["node", "start", "--orchestrator", self.orchestrator.info["endpoint"],
-                "--orchestrator-key", self.orchestrator.info["curve_key"], "--heartbeat", "0.5"]
+                "--orchestrator-key", self.orchestrator.info["curve_key"], "--heartbeat", "0.5",
+                "--no-release"]  # the demo's revenue phase releases the Full-access escrow itself
         if data is not None:
             args += ["--data", str(data)]
         self.nodes[name] = start_process(f"node-{name}", home, args, passphrase)
@@ -106,7 +107,8 @@ class Network:
         assert self.orchestrator is not None
         for name, (home, data) in nodes.items():
             args = ["node", "start", "--orchestrator", self.orchestrator.info["endpoint"],
-                    "--orchestrator-key", self.orchestrator.info["curve_key"], "--heartbeat", "0.5"]
+                    "--orchestrator-key", self.orchestrator.info["curve_key"], "--heartbeat", "0.5",
+                    "--no-release"]  # as above
             self.nodes[name] = spawn(f"node-{name}", home, args + (["--data", str(data)] if data else []), passphrase)
         for proc in self.nodes.values():
             wait_ready(proc)
