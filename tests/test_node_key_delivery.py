@@ -88,3 +88,38 @@ def test_the_owners_node_delivers_the_full_access_key_once_and_releases(
     text = log.read_text()
     assert text.count("vault key delivered") == 1 and text.count("escrow of 1000 wei released") == 1
     assert text.count(f"license {licenses[1]}: asset {assets[1]} has no entry") == 2, text[-2000:]  # once per node run
+
+
+def test_the_worker_refuses_a_key_changed_since_the_purchase_and_other_owners_licenses(
+    env: GameEnv, home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+) -> None:
+    """In-process worker passes: a licensee who re-keys after buying gets nothing (logged once); a stranger's node delivers nothing."""
+    import threading
+
+    from chain.clients.identity_registry import IdentityRegistryClient, Keys
+    from collab.identity import Identity
+    from orchestrator.key_delivery import KeyDelivery
+    from orchestrator.workers import NodeChain
+
+    buyer_home, stranger_home = tmp_path / "buyer", tmp_path / "stranger"
+    buyer, stranger = _home(env, buyer_home, "rekey-buyer", True), _home(env, stranger_home, "stranger", True)
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"weights" * 500)
+    asset_id = _ok(capsys, home, "asset", "register", "--kind", "model", "--file", str(f), "--vault")["id"]
+    offer = _ok(capsys, home, "license", "offer", str(asset_id), "--kind", "full-access", "--price", "1000")
+    license_id = _ok(capsys, buyer_home, "license", "buy", str(offer["offer_id"]))["license_id"]
+
+    def worker(ident: Identity, h: Path) -> KeyDelivery:
+        return KeyDelivery(NodeChain(env.w3, env.deployment, ident.account, Settings.resolve(home=h, env={}), ident), threading.Lock())
+
+    assert worker(stranger, stranger_home).poll() == []  # not its asset
+    registry = IdentityRegistryClient.from_deployment(env.deployment, env.w3, buyer.account)
+    old = registry.identity_of(buyer.address).keys  # type: ignore[union-attr]
+    registry.update_keys(Keys(old.curve_key, bytes(31) + b"\x09", old.bls_pubkey, old.bls_pop))
+    owner = worker(Identity.load(home, "pw"), home)
+    assert owner.poll() == [] and owner.poll() == []
+    licensing = LicensingClient.from_deployment(env.deployment, env.w3, None)
+    assert licensing.license(license_id).escrow_state == EscrowState.AWAITING_KEY and licensing.wrapped_key(license_id) == b""
+    assert [e for e in owner.events if "changed its X25519 key" in e] == [
+        f"license {license_id}: licensee {buyer.address} changed its X25519 key since the purchase: the contract "
+        "records another recipient key"]
