@@ -441,9 +441,13 @@ def test_a_failed_job_costs_neither_a_call_nor_epsilon(env: Env, chain_snapshot:
 
 @pytest.fixture
 def owner_parties() -> Iterator[Any]:
-    """The owner node's persistent parties (this test process acts as the owner's node); closed afterwards."""
+    """The owner node's persistent parties (this test process acts as the owner's node), fresh; closed afterwards.
+
+    Earlier tests in this process may have left a party for the same model in the pool: close it first.
+    """
     from collab.mpc.persistent import owner_parties as pool
 
+    pool().close()
     yield pool()
     pool().close()
 
