@@ -81,3 +81,20 @@ def increase_time(w3: Web3, seconds: int) -> int:
 def time_travel(w3: Web3) -> Callable[[int], int]:
     """``time_travel(seconds)``: advance chain time (use with ``chain_snapshot``)."""
     return lambda seconds: increase_time(w3, seconds)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Kill what tests left running, so the run can exit.
+
+    A test that times out (pytest-timeout) while its party processes
+    (multiprocessing children) wait on each other leaves them alive, and
+    multiprocessing's exit handler then joins them forever: the summary is
+    printed but the process never exits (seen once locally). CI must end.
+    """
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
