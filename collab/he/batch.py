@@ -140,24 +140,21 @@ def run_batched(gen: TripleGenerator, requests: list[Request], label: str | None
     results: list[Result | None] = [None] * len(requests)
     binary = [i for i, r in enumerate(requests) if r.kind == "binary"]
     slots = [i for i, r in enumerate(requests) if r.kind != "binary"]
+    passes = (  # (requests, cap, job builder, shared cross-term round trip, outputs per job input, profile label)
+        (slots, MAX_SLOTS, _job, gen.cross_slots, 1, label or "slot batch"),
+        (binary, MAX_BITS, _binary_job, gen.cross_bits, 64, label or "binary batch"),  # 64 bits in one output word
+    )
     with np.errstate(over="ignore"):
-        for group in _groups(slots, requests, MAX_SLOTS):
-            with gen._timed(label or "slot batch", count=False):
-                jobs = [_job(gen, requests[i]) for i in group]
-                cross = gen.cross_slots(np.concatenate([j.x for j in jobs]), np.concatenate([j.y for j in jobs]))
-                pos = 0
-                for i, j in zip(group, jobs):
-                    results[i] = j.finish(cross[pos : pos + j.x.size])
-                    pos += j.x.size
-        for group in _groups(binary, requests, MAX_BITS):
-            with gen._timed(label or "binary batch", count=False):
-                jobs = [_binary_job(gen, requests[i]) for i in group]
-                words = gen.cross_bits(np.concatenate([j.x for j in jobs]), np.concatenate([j.y for j in jobs]))
-                pos = 0
-                for i, j in zip(group, jobs):
-                    count = j.x.size // 64
-                    results[i] = j.finish(words[pos : pos + count])
-                    pos += count
+        for indices, cap, make_job, cross_terms, per_output, name in passes:
+            for group in _groups(indices, requests, cap):
+                with gen._timed(name, count=False):
+                    jobs = [make_job(gen, requests[i]) for i in group]
+                    cross = cross_terms(np.concatenate([j.x for j in jobs]), np.concatenate([j.y for j in jobs]))
+                    pos = 0
+                    for i, j in zip(group, jobs):
+                        count = j.x.size // per_output
+                        results[i] = j.finish(cross[pos : pos + count])
+                        pos += count
     for req in requests:
         gen.traffic.counts[req.kind] = gen.traffic.counts.get(req.kind, 0) + 1
     if any(r is None for r in results):
