@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
-from collab.commands._common import emit, json_option, settings
+from collab.commands._common import emit, settings
 
 if TYPE_CHECKING:
     from orchestrator.client import NodeSocketClient
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 group = click.Group("jobs", help="List, inspect and cancel orchestrator jobs (via the local node).")
 
@@ -24,14 +21,7 @@ def _node(ctx: click.Context) -> NodeSocketClient:
     return NodeSocketClient(settings(ctx).node_socket)
 
 
-def json_flag(f: F) -> F:
-    """``--json`` after the subcommand too (``collab jobs list --json``), same as the global flag."""
-    f.__click_params__ = [*getattr(f, "__click_params__", []), json_option()]  # type: ignore[attr-defined]
-    return f
-
-
 @group.command("list")
-@json_flag
 @click.pass_context
 def list_jobs(ctx: click.Context) -> None:
     """Every job the orchestrator knows, oldest first."""
@@ -44,7 +34,6 @@ def list_jobs(ctx: click.Context) -> None:
 
 @group.command("show")
 @click.argument("job_id")
-@json_flag
 @click.pass_context
 def show(ctx: click.Context, job_id: str) -> None:
     """One job, with its recorded data (claim id, tx hashes)."""
@@ -53,7 +42,6 @@ def show(ctx: click.Context, job_id: str) -> None:
 
 @group.command("cancel")
 @click.argument("job_id")
-@json_flag
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a job you submitted (refused once it is terminal)."""

@@ -13,7 +13,6 @@ import zmq
 import zmq.utils.z85
 
 from collab.commands._common import chain_session, emit, identity, settings
-from collab.commands.jobs import json_flag
 from collab.errors import BadInput, NotFound
 
 group = click.Group("node", help="Run or query this home's participant node.")
@@ -95,7 +94,6 @@ def start(ctx: click.Context, endpoint: str, orchestrator_key: str | None, orche
 
 
 @group.command("status")
-@json_flag
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Ask the running node for its state (exit 5 if none is running)."""

@@ -25,7 +25,6 @@ from eth_utils import is_address, to_checksum_address
 from rich.table import Table
 
 from collab.commands._common import chain_session, emit, kv_table, log, settings
-from collab.commands.jobs import json_flag
 from collab.errors import BadInput, NotFound, Unauthorized, Unavailable
 
 if TYPE_CHECKING:
@@ -168,7 +167,6 @@ def fix(ctx: click.Context, round_id: int) -> None:
 
 @group.command("status")
 @click.argument("round_id", type=click.IntRange(min=1), metavar="ROUND")
-@json_flag
 @click.pass_context
 def status(ctx: click.Context, round_id: int) -> None:
     """Participants, rounds done, accuracy, ε spent per participant, and the round's claim on-chain.
