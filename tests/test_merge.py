@@ -45,14 +45,15 @@ def _bert(**overrides: Any) -> BertModel:
     return BertModel(BertConfig(**(TINY | overrides)))
 
 
-def _perturbed(base: BertModel, seed: int, scale: float = 0.02) -> BertModel:
-    """A deterministic 'fine-tune': base weights plus seeded Gaussian noise."""
+def _perturbed(base: BertModel, seed: int, scale: float = 0.02, grid: float | None = None) -> BertModel:
+    """A deterministic 'fine-tune': base weights plus seeded Gaussian noise (rounded to multiples of ``grid``)."""
     model = BertModel(base.config)
     model.load_state_dict(base.state_dict())
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
+            noise = scale * torch.randn(p.shape, generator=gen)
+            p.add_(noise if grid is None else torch.round(noise / grid) * grid)
     return model
 
 
@@ -66,6 +67,8 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base.save_pretrained(root / "base")
     for i in range(3):
         _perturbed(base, seed=i + 1).save_pretrained(root / f"ft{i}")
+    for i in range(2):  # deltas on a coarse grid: thousands of equal magnitudes at every TIES cut-off
+        _perturbed(base, seed=i + 1, grid=2**-6).save_pretrained(root / f"tied{i}")
     torch.manual_seed(7)
     lora = get_peft_model(BertModel.from_pretrained(root / "base"),
                           LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=False))
@@ -185,24 +188,33 @@ def test_dare_ties_is_reproducible_by_seed_and_density_one_is_ties(zoo: dict[str
         np.testing.assert_allclose(_sd(full.out_dir)[name], _sd(ties.out_dir)[name], rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize(("method", "params", "shared"), [
-    ("task_arithmetic", [{"weight": 1.0}, {"weight": 0.5}], {"lambda": 0.8}),
-    ("ties", [{"weight": 1.0, "density": 0.4}, {"weight": 0.5, "density": 1.0}], {"lambda": 0.9}),
+@pytest.mark.parametrize(("method", "inputs", "params", "shared"), [
+    ("task_arithmetic", ["ft0", "ft1"], [{"weight": 1.0}, {"weight": 0.5}], {"lambda": 0.8}),
+    ("ties", ["ft0", "ft1"], [{"weight": 1.0, "density": 0.4}, {"weight": 0.5, "density": 1.0}], {"lambda": 0.9}),
+    ("ties", ["tied0", "tied1"], [{"weight": 1.0, "density": 0.3}, {"weight": 0.5, "density": 0.7}], {}),
+    ("ties", ["ft0", "ft1"], [{"weight": 1.0, "density": 0.0}, {"weight": 1.0, "density": 1e-9}], {}),
 ])
 def test_row_blocked_large_tensors_give_mergekits_values_bit_for_bit(
-    zoo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+    zoo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, inputs: list[str],
     params: list[dict[str, Any]], shared: dict[str, Any],
 ) -> None:
-    """Large tensors merged in row blocks through mergekit's own method equal mergekit's whole-tensor merge."""
+    """Large tensors merged in row blocks through mergekit's own method equal mergekit's whole-tensor merge.
+
+    TIES is compared with mergekit's trim under a stable ``argsort`` (equal
+    magnitudes at the cut-off kept in index order): mergekit's own sort is
+    unstable, and the ``tied`` inputs have thousands of equal magnitudes there.
+    """
     from collab.merge import blocked
     from collab.merge.mergekit_merge import run_mergekit
 
     monkeypatch.setattr(blocked, "LARGE_BYTES", 4096)  # the embeddings and FFN weights of the tiny BERT
     monkeypatch.setattr(blocked, "BLOCK_BYTES", 1000)  # several blocks per tensor, not a divisor of its rows
-    cfg: dict[str, Any] = {"merge_method": method, "models": _models(zoo, ["ft0", "ft1"], params), "parameters": shared}
+    cfg: dict[str, Any] = {"merge_method": method, "models": _models(zoo, inputs, params), "parameters": shared}
     if method != "linear":
         cfg["base_model"] = str(zoo["base"])
     spec = load_config(_write(tmp_path, cfg))
+    unstable = torch.argsort  # mergekit's trim of the small tensors in both runs too
+    monkeypatch.setattr(torch, "argsort", lambda *a, **kw: unstable(*a, **kw, stable=True))
     rows = run_mergekit(spec, tmp_path / "rows")
     whole = run_mergekit(spec, tmp_path / "whole", blocked=False)
     assert "embeddings.word_embeddings.weight" in rows.details["row_blocked"] and not whole.details["row_blocked"]

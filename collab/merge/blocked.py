@@ -18,29 +18,34 @@ When this is the same merge:
   only ~1x for it) is elementwise: a row block's output is the rows of the
   whole tensor's output.
 * ``ties`` trims each task vector to its k = max(1, ⌊density·n⌋) largest
-  magnitudes, a choice over the whole tensor, and mergekit's ``argsort`` breaks
-  ties among equal magnitudes in an order that depends on the whole tensor
-  (it is not stable, and float32 deltas, multiples of their ulp, tie at the
-  boundary in practice: every MiniLM embedding tried did). So the trim runs on
-  the whole tensor, one input at a time, through mergekit's own ``sparsify``;
-  only which elements it kept is remembered (one bit each). Everything after
-  the trim is elementwise: per row block mergekit's TIES gets θ where the
-  trim kept it and the base elsewhere, with density 1, which is the same
-  trimmed task vector (a trimmed entry is +0 rather than ±0: equal values).
-  Peak: one input's trim (its delta, magnitudes, argsort indices, mask) instead
-  of all inputs' at once.
+  magnitudes, a choice over the whole tensor. Its k-th largest magnitude is
+  found exactly in two streaming passes over the row blocks (a radix select
+  on the float32 bit patterns of |θ − base|, which order like the values:
+  16-bit histograms, then the low 16 bits within the selected bin); the trim
+  keeps every magnitude above it and, among those equal to it, the first ones
+  in index order, k in all. That is mergekit's ``magnitude`` with a *stable*
+  ``argsort``; mergekit's own ``argsort`` is unstable (its order among equal
+  magnitudes depends on the whole tensor and on torch's sort internals), and
+  float32 deltas, multiples of their ulp, do tie at the k-th magnitude in
+  practice, so the two differ only in which of those tied elements are kept.
+  Everything after the trim is elementwise: per row block mergekit's TIES
+  gets θ where the trim keeps it and the base elsewhere, with density 1,
+  which is the same trimmed task vector (a trimmed entry is +0 rather than
+  ±0: equal values). Peak: a few row blocks, nothing of tensor size.
 * Not blocked: DARE (random masks drawn per tensor), SLERP (norms of whole
   tensors), TIES with ``rescale`` (an L1 norm of the whole tensor), LoRA
   inputs, non-float32 merges, per-layer parameter gradients, a base that is
   also listed among the models.
 
-The tests compare the output with mergekit's unblocked ``run_merge``.
+The tests compare the output with mergekit's unblocked ``run_merge`` (for TIES
+with a stable ``argsort``), bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import struct
 from collections.abc import Iterator, Mapping
@@ -48,7 +53,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 
 from collab.merge.config import MergeSpec, ModelRef
@@ -115,12 +119,28 @@ def _copy(fh: BinaryIO, start: int, end: int, step: int = 8 * 2**20) -> Iterator
 
 
 @dataclass(frozen=True)
+class Trim:
+    """One input's TIES trim of a tensor: keep |Δ| above ``threshold`` and the first ``ties`` equal to it.
+
+    ``threshold`` is the float32 bit pattern (as int32) of the k-th largest
+    |Δ|; bit patterns of non-negative floats order like the floats (NaN
+    above +inf, as in torch's sort).
+    """
+
+    threshold: int
+    ties: int
+
+
+KEEP_NONE = Trim(threshold=2**31 - 1, ties=0)  # density ≤ 0: mergekit zeroes the task vector
+
+
+@dataclass(frozen=True)
 class Blocked:
-    """A tensor merged in row blocks; ``kept[i]``: the elements input i's TIES trim keeps (packed bits), or None."""
+    """A tensor merged in row blocks; ``kept[i]``: input i's TIES trim (None: density ≥ 1, nothing trimmed)."""
 
     name: str
     shape: tuple[int, ...]
-    kept: tuple[Any, ...] = ()
+    kept: tuple[Trim | None, ...] = ()
 
 
 def _files(ref: ModelRef) -> dict[str, tuple[Path, _Entry]]:
@@ -158,31 +178,85 @@ def _read_rows(file: Path, name: str, r0: int, r1: int) -> torch.Tensor:
         return f.get_slice(name)[r0:r1]
 
 
-def _trim_bits(base: tuple[Path, _Entry], model: tuple[Path, _Entry], density: float) -> np.ndarray:
-    """Which elements mergekit's magnitude trim of θ − base keeps (its own ``sparsify``, whole tensor), packed bits."""
-    from mergekit.sparsify import SparsificationMethod, sparsify
-
-    delta = _read_rows(model[0], model[1].name, 0, model[1].shape[0])
-    delta -= _read_rows(base[0], base[1].name, 0, base[1].shape[0])
-    kept = sparsify(delta, density=density, method=SparsificationMethod.magnitude)
-    del delta
-    return np.packbits((kept != 0).reshape(-1).numpy())
+def _row_blocks(shape: tuple[int, ...]) -> Iterator[tuple[int, int]]:
+    step = _rows(shape)
+    for r0 in range(0, shape[0], step):
+        yield r0, min(shape[0], r0 + step)
 
 
-def _unpack(bits: np.ndarray, start: int, end: int) -> torch.Tensor:
-    first = start // 8
-    flat = np.unpackbits(bits[first:(end + 7) // 8])[start - 8 * first:end - 8 * first]
-    return torch.from_numpy(flat.astype(bool))
+def _magnitude_bits(theta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """|θ − base| as float32 bit patterns (int32), flattened: mergekit's delta and magnitudes, elementwise."""
+    return (theta - base).abs().reshape(-1).view(torch.int32)
+
+
+def _select(hist: torch.Tensor, k: int) -> tuple[int, int]:
+    """The bin holding the k-th largest value (bins in ascending order) and how many values lie above that bin."""
+    at_or_above = torch.flip(hist, [0]).cumsum(0)
+    j = int(torch.searchsorted(at_or_above, k))
+    b = len(hist) - 1 - j
+    return b, int(at_or_above[j] - hist[b])
+
+
+def _trim(base: tuple[Path, _Entry], model: tuple[Path, _Entry], density: float) -> Trim:
+    """mergekit's magnitude trim of θ − base (k = max(1, ⌊density·n⌋)) as a threshold, in two passes over row blocks."""
+    shape = base[1].shape
+    n = math.prod(shape)
+    if density <= 0:
+        return KEEP_NONE
+    k = max(1, int(density * n))
+
+    def bits() -> Iterator[torch.Tensor]:
+        for r0, r1 in _row_blocks(shape):
+            yield _magnitude_bits(_read_rows(model[0], model[1].name, r0, r1), _read_rows(base[0], base[1].name, r0, r1))
+
+    high = torch.zeros(1 << 15, dtype=torch.int64)  # sign bit clear: the top 16 bits are < 2^15
+    for b in bits():
+        high += torch.bincount(b >> 16, minlength=1 << 15)
+    h, above = _select(high, k)
+    low = torch.zeros(1 << 16, dtype=torch.int64)
+    for b in bits():
+        low += torch.bincount(b[(b >> 16) == h] & 0xFFFF, minlength=1 << 16)
+    lo, above_in_bin = _select(low, k - above)
+    return Trim(threshold=(h << 16) | lo, ties=k - above - above_in_bin)
+
+
+def _kept(trim: Trim, theta: torch.Tensor, base: torch.Tensor, ties_before: int) -> tuple[torch.Tensor, int]:
+    """The block's kept elements (θ's shape) and how many of its magnitudes equal the threshold."""
+    bits = _magnitude_bits(theta, base)
+    keep = bits > trim.threshold
+    tied = bits == trim.threshold
+    if trim.ties > ties_before:  # tied elements still to keep, the first in index order
+        keep |= tied & (tied.cumsum(0) + ties_before <= trim.ties)
+    return keep.reshape(theta.shape), int(tied.sum())
+
+
+def _large_frees_to_os(threshold: int = 1 << 20) -> None:
+    """Serve allocations of ``threshold`` bytes or more with mmap, so freed tensors go back to the OS (glibc).
+
+    Why: glibc raises its mmap threshold (up to 32 MiB) each time a large
+    mmapped block is freed; after mergekit's whole tensors are freed, the row
+    blocks' tensors then come from the heap, which keeps what it grew to. A
+    TIES merge of three MiniLM peaked at 1.4-1.6x one model that way and at
+    0.8-1.0x with the threshold fixed (it stays fixed for the process: one
+    mmap per large tensor, no measurable cost next to a merge). A no-op where
+    the C library has no ``mallopt``.
+    """
+    import ctypes
+
+    m_mmap_threshold = -3
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, threshold)
 
 
 def plan(spec: MergeSpec) -> list[Blocked]:
     """The tensors of ``spec`` to merge in row blocks (empty when the method or inputs do not allow it).
 
-    For TIES this already runs each input's trim of each large tensor (the
-    part that needs the whole tensor).
+    For TIES this already finds each input's trim threshold of each large
+    tensor (the part that needs the whole tensor).
     """
     if not _eligible(spec):
         return []
+    _large_frees_to_os()
     refs = spec.input_refs()  # base first
     files = [_files(r) for r in refs]
     out = []
@@ -196,7 +270,7 @@ def plan(spec: MergeSpec) -> list[Blocked]:
             kept = []
             for i, m in enumerate(non_base):
                 density = float(m.parameters.get("density", spec.parameters.get("density", 1.0)))
-                kept.append(_trim_bits(files[0][name], files[i + 1][name], density) if density < 1 else None)
+                kept.append(_trim(files[0][name], files[i + 1][name], density) if density < 1 else None)
             out.append(Blocked(name, entry.shape, tuple(kept)))
             continue
         out.append(Blocked(name, entry.shape))
@@ -261,17 +335,20 @@ def _parameters(spec: MergeSpec, blocked: Blocked) -> dict[str, Any]:
     return out
 
 
-def _merged_rows(spec: MergeSpec, blocked: Blocked, sources: list[tuple[Path, _Entry]], r0: int, r1: int) -> torch.Tensor:
+def _merged_rows(spec: MergeSpec, blocked: Blocked, sources: list[tuple[Path, _Entry]], r0: int, r1: int,
+                 ties_seen: list[int]) -> torch.Tensor:
+    """Rows r0:r1 of the merged tensor; ``ties_seen[i]``: input i's tied magnitudes in earlier blocks (updated)."""
     from mergekit.merge_methods import registry
     from mergekit.merge_methods.base import TensorGroup
 
     has_base = spec.base is not None
     tensors = [_read_rows(f, e.name, r0, r1) for f, e in sources]
-    if blocked.kept:  # TIES: θ where the trim kept it, the base elsewhere (mergekit's delta is then the trimmed one)
-        base, per_row = tensors[0], tensors[0][0].numel()
-        for i, bits in enumerate(blocked.kept):
-            if bits is not None:
-                keep = _unpack(bits, r0 * per_row, r1 * per_row).reshape(base.shape)
+    if blocked.kept:  # TIES: θ where the trim keeps it, the base elsewhere (mergekit's delta is then the trimmed one)
+        base = tensors[0]
+        for i, trim in enumerate(blocked.kept):
+            if trim is not None:
+                keep, tied = _kept(trim, tensors[i + 1], base, ties_seen[i])
+                ties_seen[i] += tied
                 tensors[i + 1] = torch.where(keep, tensors[i + 1], base)
     ids: list[Any] = (["base"] if has_base else []) + list(range(len(tensors) - int(has_base)))
     group = TensorGroup.from_tensors(tensors, ids=ids, base_index=0 if has_base else None, name=blocked.name)
@@ -303,14 +380,13 @@ def fill(out_dir: Path, spec: MergeSpec, blocked: list[Blocked]) -> None:
                         yield from _copy(fh, e.start, e.end)
                         continue
                     b = names[e.name]
-                    step = _rows(b.shape)
-                    for r0 in range(0, b.shape[0], step):
-                        rows = _merged_rows(spec, b, [f[b.name] for f in files], r0, min(b.shape[0], r0 + step))
-                        yield rows.numpy().tobytes()
+                    ties_seen = [0] * len(b.kept)
+                    for r0, r1 in _row_blocks(b.shape):
+                        yield _merged_rows(spec, b, [f[b.name] for f in files], r0, r1, ties_seen).numpy().tobytes()
 
         tmp = file.with_name(file.name + ".blocked")
         _write(tmp, layout, meta, chunks())
         tmp.replace(file)
 
 
-__all__ = ["BLOCKABLE", "Blocked", "LARGE_BYTES", "fill", "plan", "reduced_inputs"]
+__all__ = ["BLOCKABLE", "Blocked", "LARGE_BYTES", "Trim", "fill", "plan", "reduced_inputs"]
