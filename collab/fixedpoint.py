@@ -374,6 +374,8 @@ def rescale_array(v: Any, fa: int, fb: int) -> IntArray:
     arr = np.asarray(v)
     if fb >= fa:
         s = fb - fa
+        if arr.dtype == np.int64 and s == 0:
+            return arr.astype(np.int64)  # a copy, as on every other path
         if arr.dtype == np.int64 and s <= 62:
             hi = (1 << (63 - s)) - 1
             lo = -(1 << (63 - s))

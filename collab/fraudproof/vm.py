@@ -72,9 +72,9 @@ def _absmax(a: np.ndarray) -> int:
 def _exact_sum(terms: Sequence[np.ndarray], bound: int) -> np.ndarray:
     """Σ terms, int64 when ``bound`` proves it fits, else exact Python ints."""
     if bound < (1 << 62):
-        total = np.zeros(terms[0].shape, dtype=np.int64)
-        for t in terms:
-            total = total + t
+        total = np.array(terms[0], dtype=np.int64)  # a copy: summed in place
+        for t in terms[1:]:
+            total += t
         return total
     total_o = np.zeros(terms[0].shape, dtype=object)
     for t in terms:
@@ -83,9 +83,11 @@ def _exact_sum(terms: Sequence[np.ndarray], bound: int) -> np.ndarray:
 
 
 def _shifted(a: np.ndarray, s: int) -> tuple[np.ndarray, int]:
-    """a · 2^s exactly, with a bound on the result."""
+    """a · 2^s exactly, with a bound on the result: int64 below 2^62 (``a`` itself when s = 0), else exact ints."""
     bound = _absmax(a) << s
     if bound < (1 << 62):
+        if s == 0:
+            return a, bound  # callers do not write to it
         return a << s, bound
     return a.astype(object) * (1 << s), bound
 
@@ -103,20 +105,24 @@ def _scaled_div_array(num: np.ndarray, d: np.ndarray, fa: int, fo: int) -> np.nd
     up, down = max(0, fo - fa), max(0, fa - fo)
     shape = np.shape(num)
     n_arr, d_arr = np.asarray(num), np.broadcast_to(np.asarray(d), shape)
+    d64 = np.asarray(d_arr, dtype=np.int64) if d_arr.dtype != object else d_arr
     if (
         n_arr.dtype == np.int64
+        and d64.dtype == np.int64
         and up < 62
         and down < 62
         and _absmax(n_arr) < (1 << (62 - up))
-        and _absmax(np.asarray(d_arr, dtype=np.int64)) < (1 << (62 - down))
+        and _absmax(d64) < (1 << (62 - down))
     ):
-        # int64 fast path: both scaled operands provably fit, numpy's // is floor division.
-        n64 = n_arr << up
-        d64 = np.asarray(d_arr, dtype=np.int64) << down
-        q = n64 // d64
-        r = n64 - q * d64
-        inc = (2 * r > d64) | ((2 * r == d64) & ((q & 1) == 1))
-        return (q + inc.astype(np.int64)).reshape(shape)
+        # int64 fast path: both scaled operands provably fit; divmod floors, so 0 <= r < d and 2r fits.
+        n64 = n_arr << up if up else n_arr
+        d64 = d64 << down if down else d64
+        q, r = np.divmod(n64, d64)
+        twice = r << 1
+        inc = twice > d64
+        inc |= (twice == d64) & (q & 1).astype(bool)
+        q += inc
+        return q.reshape(shape)
     n_o = np.asarray(num).astype(object).reshape(-1) * (1 << up)
     d_o = np.broadcast_to(np.asarray(d).astype(object), shape).reshape(-1) * (1 << down)
     q = n_o // d_o
@@ -168,8 +174,11 @@ def execute_step(step: Step, inputs: Sequence[Value], witness: np.ndarray | None
         big = max(fs)
         ta, ba = _shifted(a, big - fs[0])
         tb, bb = _shifted(b, big - fs[1])
+        if ba + bb < (1 << 62):  # both int64 (see _shifted) and so is the exact result: one pass
+            total = ta - tb if op == Op.SUB else ta + tb
+            return done(total if big == fo else fx.rescale_array(total, big, fo))
         if op == Op.SUB:
-            tb = -tb  # int64 only below 2^62 (see _shifted), so negation is exact
+            tb = -tb
         return done(fx.rescale_array(_exact_sum([ta, tb], ba + bb), big, fo))
     if op == Op.BIAS_ADD:
         a, b = data
@@ -273,20 +282,27 @@ def execute_step(step: Step, inputs: Sequence[Value], witness: np.ndarray | None
         return done(np.array(1, dtype=np.int64))
     if op == Op.TIES_TRIM:
         a, tau_v = data[0], int(data[1].reshape(-1)[0])
-        keep = np.ones(a.shape, bool) if tau_v <= 0 else (a >= tau_v) | (a <= -tau_v)
-        return done(fx.rescale_array(np.where(keep, a, 0), fs[0], fo))
+        trimmed = a if tau_v <= 0 else np.where((a >= tau_v) | (a <= -tau_v), a, 0)
+        return done(trimmed if fs[0] == fo else fx.rescale_array(trimmed, fs[0], fo))
     if op == Op.TIES_SIGN:
         bound = sum(_absmax(a) for a in data)
         return done(_sign(_exact_sum(list(data), bound)))
     if op == Op.TIES_MEAN:
         s, ts = data[0], data[1:]
-        masks = [(t != 0) & (_sign(t) == s) for t in ts]
-        picked = [np.where(m, t, 0) for m, t in zip(masks, ts)]
-        total = _exact_sum(picked, sum(_absmax(t) for t in ts))
-        count = np.sum(masks, axis=0).astype(np.int64)
-        safe = np.where(count == 0, 1, count)
-        mean = _scaled_div_array(total, safe, fs[1], fo)
-        return done(np.where(count == 0, 0, mean))
+        up, down = s > 0, s < 0
+        masks = [(up & (t > 0)) | (down & (t < 0)) for t in ts]  # t ≠ 0 with sign(t) = s
+        bound = sum(_absmax(t) for t in ts)
+        if bound < (1 << 62):  # summed in place where picked
+            total = np.zeros(s.shape, dtype=np.int64)
+            for m, t in zip(masks, ts):
+                np.add(total, t, out=total, where=m)
+        else:
+            total = _exact_sum([np.where(m, t, 0) for m, t in zip(masks, ts)], bound)
+        count = np.zeros(s.shape, dtype=np.int64)
+        for m in masks:
+            count += m
+        # Where no input agrees, total is 0, and so is 0 / 1: the mean is 0 without a mask.
+        return done(_scaled_div_array(total, np.maximum(count, 1), fs[1], fo))
     if op == Op.BUNDLE:
         return Value(out, None, tuple(zip(list(p[0]), inputs)))
     if op == Op.BUNDLE_GET:
