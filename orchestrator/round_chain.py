@@ -104,17 +104,30 @@ def creator_fix(chain: Any, round_id: int) -> str | None:
     return registry.fix(round_id).tx_hash
 
 
-def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any]) -> str:
+def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | None = None) -> str:
     """Check this node's row of the record against the chain, then BLS-sign the record root (hex signature).
 
-    A participant consents only to a record that carries its on-chain weight;
-    the root binds chain id, ClaimManager and registry, recomputed here.
+    A participant consents only to a record that carries its on-chain weight
+    and, with ``home``, includes everyone on the last SecAgg survivor list
+    this node signed (their masked inputs are in the sum; one left out is an
+    aggregator withholding a receipt: :mod:`collab.fl.receipts`). The root
+    binds chain id, ClaimManager and registry, recomputed here.
     """
+    from collab.fl.receipts import last_signed_survivors
+
     record = record_from_json(raw)
     me = chain.account.address.lower()
     rows = [a.lower() for a in record.participants]
     if me not in rows:
         raise ProtocolViolation(f"the record of round {record.round_id} does not include {me}")
+    signed = last_signed_survivors(home, record.round_id) if home is not None else None
+    if signed is not None:
+        fl_round, survivors = signed
+        left_out = [a for a in survivors if a.lower() not in rows]
+        if left_out:
+            raise ProtocolViolation(f"the record of round {record.round_id} leaves out {', '.join(left_out)}, on the "
+                                    f"survivor list this node signed in Flower round {fl_round} (their updates are "
+                                    "in the aggregate)")
     registry = RoundRegistryClient.from_deployment(chain.deployment, chain.w3)
     mine = next(p for p in registry.participants_of(record.round_id) if p.account.lower() == me)
     weight = record.weights[rows.index(me)]

@@ -286,7 +286,8 @@ class TaskRunner:
                 return
             self.done.add((jid, "consent"))
             try:
-                signature: Any = round_chain.node_consent(chain, chain.identity.bls_sign, data["record"])
+                signature: Any = round_chain.node_consent(chain, chain.identity.bls_sign, data["record"],
+                                                            Path(chain.settings.home))
             except CollabError as exc:
                 signature = {"refused": str(exc)}  # the orchestrator fails the round rather than wait for us
             report("consent", signature)

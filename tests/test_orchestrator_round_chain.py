@@ -111,6 +111,30 @@ def test_a_node_refuses_a_reweighted_record_or_one_without_it(env: dict[str, Any
         round_chain.record_from_json({"round_id": rid})
 
 
+def test_a_node_refuses_a_record_that_leaves_out_a_survivor_it_signed_for(env: dict[str, Any], tmp_path: Path) -> None:
+    """The aggregator withheld p1's last receipt and left it out: the creator, who signed p1 onto the
+    final survivor list, refuses; an unreadable survivor file refuses too (never consent blind)."""
+    from collab.fl.receipts import SURVIVORS_DIR, keep_survivors
+
+    rid, chains, people = env["rid"], env["chains"], env["people"]
+    for name in ("creator", "p1"):
+        round_chain.node_accept(chains[name], rid, env["data"][name])
+    round_chain.creator_fix(chains["creator"], rid)
+    home = tmp_path / "creator-home"
+    both = [people["creator"].address, people["p1"].address]
+    keep_survivors(home, rid, 1, [people["creator"].address])  # an earlier Flower round: superseded
+    keep_survivors(home, rid, 2, both)
+    without_p1 = round_chain.record_to_json(_record(env, {"creator": 3}))
+    with pytest.raises(ProtocolViolation, match=f"leaves out {people['p1'].address}.*Flower round 2"):
+        round_chain.node_consent(chains["creator"], people["creator"].bls_sign, without_p1, home)
+    complete = round_chain.record_to_json(_record(env, {"creator": 3, "p1": 4}))
+    assert round_chain.node_consent(chains["creator"], people["creator"].bls_sign, complete, home).startswith("0x")
+    assert round_chain.node_consent(chains["creator"], people["creator"].bls_sign, without_p1).startswith("0x")
+    home.joinpath(*SURVIVORS_DIR, f"{rid}-r3.json").write_text("{not json")
+    with pytest.raises(ProtocolViolation, match="unreadable"):
+        round_chain.node_consent(chains["creator"], people["creator"].bls_sign, complete, home)
+
+
 def test_the_orchestrator_refuses_a_round_of_another_aggregator(env: dict[str, Any], tmp_path: Path) -> None:
     other = RoundRegistryClient.from_deployment(env["deployment"], env["w3"], env["people"]["p1"].account)
     job = RoundJob(tmp_path / "orch-home", registry=other)

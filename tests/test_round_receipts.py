@@ -5,9 +5,13 @@ aggregator's identity unlocked in the ServerApp (``COLLAB_PASSPHRASE``
 inherited through the SuperLink). Every included participant's node checks
 and keeps the aggregator's receipt for each of its updates (round 1's
 arrives with round 2's train message, round 2's in the final
-``query.receipt``). The aggregator then cheats: it records and claims the
-round without p1, and p1 wins the exclusion dispute with ``collab round
-dispute ROUND`` from its home, no receipt file named.
+``query.receipt``), and the SecAgg survivor list it signed in each round.
+The aggregator then cheats: it records and claims the round without p1. p0's
+node refuses to consent to that record (p1 is on the survivor list p0
+signed, so the aggregator cannot drop p1 even by withholding p1's last
+receipt); with p0's consent forged into the test anyway, p1 wins the
+exclusion dispute with ``collab round dispute ROUND`` from its home, no
+receipt file named.
 """
 
 from __future__ import annotations
@@ -36,19 +40,22 @@ from chain.clients.round_registry import (
 from chain.deployment import Deployment
 from collab.cli import run as collab
 from collab.fl.data import load_user_data
-from collab.fl.receipts import receipt_path
+from collab.errors import ProtocolViolation
+from collab.fl.receipts import SURVIVORS_DIR, receipt_path
 from collab.fraudproof.agents import ClaimerAgent
 from collab.fraudproof.trace import build_trace
 from collab.identity import Identity
 from fl_helpers import PASSPHRASE, start
+from orchestrator import round_chain
+from orchestrator.workers import NodeChain
 from test_claim_manager import add_chain_program
 
 pytestmark = pytest.mark.slow
 
 NAMES = ("p0", "p1")
-TINY = {"model": "tiny", "num-rounds": 2, "min-participants": 1, "max-len": 32, "epochs": 1, "batch-size": 8,
+TINY = {"model": "tiny", "num-rounds": 2, "min-participants": 2, "max-len": 32, "epochs": 1, "batch-size": 8,
         "lr": 0.01, "noise-multiplier": 0.8, "epsilon": 50.0, "test-samples": 10, "round-timeout": 240.0,
-        "secure-aggregation": False}
+        "secagg-timeout": 150.0}
 
 
 def _register(w3: Web3, deployment: Deployment, me: Identity, name: str) -> int:
@@ -100,11 +107,21 @@ def test_included_nodes_keep_receipts_and_a_left_out_one_wins_the_dispute(
                                             rid, me.address, fl_round, bytes.fromhex(kept["update_commitment"][2:]))
             assert signer == aggregator.address and kept["participant"] == me.address
 
-    # The aggregator records and claims the round without p1 (p0 consents to a record that is right about p0).
+    both = sorted(me.address for me in homes.values())
+    for name in NAMES:  # each node kept the survivor list it signed, per Flower round
+        for fl_round in (1, 2):
+            kept = json.loads((tmp_path / name).joinpath(*SURVIVORS_DIR, f"{rid}-r{fl_round}.json").read_text())
+            assert sorted(kept["survivors"]) == both
+
+    # The aggregator records and claims the round without p1; p0's node will not consent to that.
     trace = build_trace(*add_chain_program())
     cheat = AttributionRecord(rid, trace.program.root, trace.input_root, trace.output_root, Web3.keccak(text="adapter"),
                               "vault://adapter", [homes["p0"].address], [weights["p0"]], [bytes(32)],
                               [epsilon_units(1.0)])
+    p0_node = NodeChain(w3, deployment, homes["p0"].account, None, identity=homes["p0"])
+    with pytest.raises(ProtocolViolation, match=f"leaves out {homes['p1'].address}"):
+        round_chain.node_consent(p0_node, homes["p0"].bls_sign, round_chain.record_to_json(cheat), tmp_path / "p0")
+    # p0's BLS key signs it here directly (a colluding p0): p1's receipt still rejects the claim.
     registry.submit_record(cheat, aggregate_consent([homes["p0"].bls_sign(registry.local_root(cheat))]))
     manager = ClaimManagerClient.from_deployment(deployment, w3, aggregator.account)
     agent = ClaimerAgent(manager, BisectionGameClient.from_deployment(deployment, w3, aggregator.account),

@@ -15,6 +15,17 @@ authority it does not have.
 Receipts live in the participant's home under ``rounds/receipts/``, one JSON
 file per (registry round, Flower round), in the format ``collab round dispute
 --receipt`` reads.
+
+A receipt reaches its participant only after the update was aggregated, so
+an aggregator could withhold the last one and leave that participant out.
+What binds it then is SecAgg's survivor list: every survivor signs U3 (the
+participants whose masked inputs the server holds; their inputs are all in
+the sum, since a survivor's pairwise masks are never revealed), and the
+ClientApp keeps the addresses it signed under ``rounds/survivors/``. A node
+consents only to a record that includes every address of the last survivor
+list it signed (``orchestrator.round_chain.node_consent``), so leaving out
+a survivor costs the aggregator every other honest survivor's consent, and
+those it then leaves out hold their own receipts.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from collab.config import ENV_PASSPHRASE
 from collab.errors import NotFound, ProtocolViolation, Unauthorized
 
 RECEIPTS_DIR = ("rounds", "receipts")
+SURVIVORS_DIR = ("rounds", "survivors")
 
 
 @dataclass(frozen=True)
@@ -120,9 +132,43 @@ def keep(home: str | Path, where: ReceiptContext, participant: str, config: Any,
 
 def latest(home: str | Path, round_id: int) -> Path:
     """The stored receipt of ``round_id`` with the highest Flower round; NotFound when the home holds none."""
-    found = sorted(receipts_dir(home).glob(f"{int(round_id)}-r*.json"),
-                   key=lambda p: int(p.stem.rsplit("-r", 1)[1]) if p.stem.rsplit("-r", 1)[1].isdigit() else -1)
+    found = _by_flower_round(receipts_dir(home), round_id)
     if not found:
         raise NotFound(f"this home holds no update receipt for round {round_id}",
                        hint="pass --receipt FILE, or dispute from the participant's own home")
     return found[-1]
+
+
+def _by_flower_round(folder: Path, round_id: int) -> list[Path]:
+    """``<round>-r<fl round>.json`` files of ``round_id``, lowest Flower round first."""
+    def fl_round(p: Path) -> int:
+        tail = p.stem.rsplit("-r", 1)[1]
+        return int(tail) if tail.isdigit() else -1
+
+    return sorted(folder.glob(f"{int(round_id)}-r*.json"), key=fl_round)
+
+
+def keep_survivors(home: str | Path, round_id: int, fl_round: int, addresses: list[str]) -> Path:
+    """Record the survivor list (participant addresses) this node signed in ``fl_round`` of registry round ``round_id``."""
+    path = Path(home).joinpath(*SURVIVORS_DIR) / f"{int(round_id)}-r{int(fl_round)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"round_id": int(round_id), "fl_round": int(fl_round), "survivors": addresses}) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def last_signed_survivors(home: str | Path, round_id: int) -> tuple[int, list[str]] | None:
+    """(Flower round, addresses) of the last survivor list this node signed in ``round_id``; None if it signed none.
+
+    ProtocolViolation when the stored file is unreadable: a node must not
+    consent blind because its own record of what it signed is damaged.
+    """
+    found = _by_flower_round(Path(home).joinpath(*SURVIVORS_DIR), round_id)
+    if not found:
+        return None
+    try:
+        body = json.loads(found[-1].read_text())
+        return int(body["fl_round"]), [str(a) for a in body["survivors"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProtocolViolation(f"the survivor list this node signed ({found[-1]}) is unreadable: {exc}") from exc

@@ -207,7 +207,7 @@ def train(msg: Message, context: Context) -> Message:
         participant = SecAggParticipant(config, member, identity.account)
         info["advertisement"] = participant.advertise_keys().to_bytes()
         context.state[STATE_KEY] = ConfigRecord(
-            {"participant": participant.export_state(), "words": words.astype("<i8").tobytes()}
+            {"participant": participant.export_state(), "words": words.astype("<i8").tobytes(), "fl-round": rnd}
         )
     else:
         import torch
@@ -259,7 +259,7 @@ def _stage(msg: Message, context: Context, step: Any) -> Message:
     try:
         out = step(participant, bytes(msg.content["secagg"]["msg"]), words)
     finally:  # an aborted participant stays aborted in later calls
-        context.state[STATE_KEY] = ConfigRecord({"participant": participant.export_state(), "words": saved["words"]})
+        context.state[STATE_KEY] = ConfigRecord({**dict(saved), "participant": participant.export_state()})
     return _reply(msg, secagg={"msg": out.to_bytes()})
 
 
@@ -280,8 +280,23 @@ def secagg_mask(msg: Message, context: Context) -> Message:
 @app.train("secagg_consistency")
 @_guarded
 def secagg_consistency(msg: Message, context: Context) -> Message:
-    """Round 3: sign the survivor list (once)."""
-    return _stage(msg, context, lambda p, data, _: p.sign_survivors(SurvivorList.from_bytes(data)))
+    """Round 3: sign the survivor list (once), and keep who was on it (the record must include them all)."""
+    def sign(p: SecAggParticipant, data: bytes, _: Any) -> Any:
+        survivors = SurvivorList.from_bytes(data)
+        signature = p.sign_survivors(survivors)
+        _keep_survivors(context, [p.config.member(u).address for u in survivors.survivors])
+        return signature
+
+    return _stage(msg, context, sign)
+
+
+def _keep_survivors(context: Context, addresses: list[str]) -> None:
+    from collab.fl.receipts import ReceiptContext, keep_survivors
+
+    where = ReceiptContext.from_run_config(dict(context.run_config))
+    saved = context.state.get(STATE_KEY)
+    if where is not None and saved is not None and "fl-round" in saved:
+        keep_survivors(str(context.node_config["home"]), where.round_id, int(saved["fl-round"]), addresses)
 
 
 @app.train("secagg_unmask")
