@@ -11,6 +11,7 @@ bulk, and reusing the trees for every proof.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -318,19 +319,22 @@ def build_trace(
     bundle_value = Value(TensorHeader(Domain.BUNDLE, 0, (len(ordered),)), None, tuple(ordered))
     bundle_c = commit_value(bundle_value, cache)
     values = [v for _, v in ordered]
-    outputs: list[Committed] = []
-    leaves: list[bytes] = []
-    for i, step in enumerate(program.steps):
-        if overrides and i in overrides:
-            v = overrides[i]
-        else:
-            if any(t >= program.n_inputs + i for t in step.inputs):
-                raise NoValidOutput(f"step {i} reads a tensor that is not computed yet")
-            v = execute_step(step, [values[t] for t in step.inputs], (witnesses or {}).get(i))
-        values.append(v)
-        c = commit_value(v, cache)
-        outputs.append(c)
-        leaves.append(trace_leaf(i, c.root))
+    # Two-stage pipeline: this thread executes step i+1 while one worker commits step i (numpy's
+    # large-array kernels and the native keccak release the GIL). Only the worker touches ``cache``
+    # until the loop ends, and it commits in step order, so the result is the sequential one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as committer:
+        pending: list[Future[Committed]] = []
+        for i, step in enumerate(program.steps):
+            if overrides and i in overrides:
+                v = overrides[i]
+            else:
+                if any(t >= program.n_inputs + i for t in step.inputs):
+                    raise NoValidOutput(f"step {i} reads a tensor that is not computed yet")
+                v = execute_step(step, [values[t] for t in step.inputs], (witnesses or {}).get(i))
+            values.append(v)
+            pending.append(committer.submit(commit_value, v, cache))
+        outputs = [f.result() for f in pending]
+    leaves = [trace_leaf(i, c.root) for i, c in enumerate(outputs)]
     tree = MerkleTree(leaves, PAD_TRACE_LEAF)
     return Trace(program, committed_in, bundle_c, outputs, tree, cache)
 
