@@ -682,9 +682,17 @@ def gelu_array(x: Any, fi: int, fo: int) -> IntArray:
 
 
 def reciprocal_array(x: Any, fi: int, fo: int) -> IntArray:
-    """Vectorised :func:`reciprocal_fx`."""
+    """Vectorised :func:`reciprocal_fx`: int64 arithmetic when 2^(fi+fo) ≤ 2^61 and no word is INT64_MIN."""
     arr = np.asarray(x, dtype=np.int64)
-    return np.array([reciprocal_fx(int(v), fi, fo) for v in arr.ravel()], dtype=np.int64).reshape(arr.shape)
+    if fi + fo > 61 or (arr.size and int(arr.min()) == INT64_MIN):
+        return np.array([reciprocal_fx(int(v), fi, fo) for v in arr.ravel()], dtype=np.int64).reshape(arr.shape)
+    n = np.int64(1 << (fi + fo))
+    d = np.abs(arr)
+    num = np.where(arr < 0, -n, n)  # rdiv(n, x) = rdiv(sign(x)·n, |x|)
+    d_safe = np.where(d == 0, 1, d)
+    q, r = np.divmod(num, d_safe)  # floor: 0 <= r < d, so d - r >= 1 and nothing overflows
+    half_up = (r > d_safe - r) | ((r == d_safe - r) & (q & 1).astype(bool))
+    return np.where(d == 0, INT64_MAX, q + half_up)
 
 
 def inv_sqrt_array(x: Any, fi: int, fo: int) -> IntArray:

@@ -179,6 +179,15 @@ def test_reciprocal_and_inv_sqrt_arrays_match_scalar() -> None:
     assert fx.inv_sqrt_array(arr, 16, 16).tolist() == [fx.inv_sqrt_fx(v, 16, 16) for v in values]
 
 
+@settings(max_examples=80)
+@given(st.lists(st.one_of(I64, st.integers(-(1 << 12), 1 << 12), st.sampled_from([0, 1, -1, fx.INT64_MIN, fx.INT64_MAX])),
+                min_size=1, max_size=40), st.integers(0, 40), st.integers(0, 40))
+def test_reciprocal_array_matches_scalar_on_both_paths(values: list[int], fi: int, fo: int) -> None:
+    """int64 path when 2^(fi+fo) ≤ 2^61 and no INT64_MIN, the exact per-element path otherwise."""
+    arr = np.array(values, dtype=np.int64)
+    assert fx.reciprocal_array(arr, fi, fo).tolist() == [fx.reciprocal_fx(v, fi, fo) for v in values]
+
+
 def naive_matmul(a: np.ndarray, w: np.ndarray) -> list[list[int]]:
     return [[sum(int(x) * int(y) for x, y in zip(row, col)) for col in w] for row in a]
 
