@@ -184,6 +184,8 @@ def test_reciprocal_and_inv_sqrt_arrays_match_scalar() -> None:
                 min_size=1, max_size=40), st.integers(0, 40), st.integers(0, 40))
 def test_reciprocal_array_matches_scalar_on_both_paths(values: list[int], fi: int, fo: int) -> None:
     """int64 path when 2^(fi+fo) ≤ 2^61 and no INT64_MIN, the exact per-element path otherwise."""
+    tie = 1 << (fi + fo + 1)  # 2^(fi+fo) / x is exactly ±1/2 here: the only ties, rounded to even (0)
+    values = values + [v for v in (tie, -tie, tie - 1, 1 - tie) if abs(v) <= fx.INT64_MAX]
     arr = np.array(values, dtype=np.int64)
     assert fx.reciprocal_array(arr, fi, fo).tolist() == [fx.reciprocal_fx(v, fi, fo) for v in values]
 
