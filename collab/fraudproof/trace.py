@@ -315,14 +315,12 @@ def build_trace(
     ordered = input_bundle(plain)
     if len(ordered) != program.n_inputs:
         raise BadInput(f"the program takes {program.n_inputs} inputs, got {len(ordered)}")
-    committed_in = [commit_value(v, cache) for _, v in ordered]
-    bundle_value = Value(TensorHeader(Domain.BUNDLE, 0, (len(ordered),)), None, tuple(ordered))
-    bundle_c = commit_value(bundle_value, cache)
     values = [v for _, v in ordered]
-    # Two-stage pipeline: this thread executes step i+1 while one worker commits step i (numpy's
-    # large-array kernels and the native keccak release the GIL). Only the worker touches ``cache``
-    # until the loop ends, and it commits in step order, so the result is the sequential one.
+    # Two-stage pipeline: this thread executes step i+1 while one worker commits the inputs, then
+    # step i (numpy's large-array kernels and the native keccak release the GIL). Only the worker
+    # touches ``cache`` until the loop ends, and it commits in order, so the result is the sequential one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as committer:
+        inputs_pending = [committer.submit(commit_value, v, cache) for _, v in ordered]
         pending: list[Future[Committed]] = []
         for i, step in enumerate(program.steps):
             if overrides and i in overrides:
@@ -333,7 +331,10 @@ def build_trace(
                 v = execute_step(step, [values[t] for t in step.inputs], (witnesses or {}).get(i))
             values.append(v)
             pending.append(committer.submit(commit_value, v, cache))
+        committed_in = [f.result() for f in inputs_pending]
         outputs = [f.result() for f in pending]
+    bundle_value = Value(TensorHeader(Domain.BUNDLE, 0, (len(ordered),)), None, tuple(ordered))
+    bundle_c = commit_value(bundle_value, cache)  # its entries' roots are cached by now
     leaves = [trace_leaf(i, c.root) for i, c in enumerate(outputs)]
     tree = MerkleTree(leaves, PAD_TRACE_LEAF)
     return Trace(program, committed_in, bundle_c, outputs, tree, cache)
