@@ -54,16 +54,23 @@ class Sizes:
     test: int
     rounds: int
     epochs: int
-    batch: int
+    batch: int  # non-private training (ε = ∞, centralized, local-only)
     lr: float
+    dp_batch: int  # DP-SGD: larger batches and a larger step (clipping bounds each update)
+    dp_lr: float
     splits: tuple[str, ...]
     counts: tuple[int, ...]
     canaries: int
     mia_epochs: int
 
 
-FULL = Sizes("minilm", 128, 60, 200, 2, 2, 16, 0.005, ("iid", "noniid"), (3, 5, 20), 50, 6)
-QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, ("iid",), (3,), 12, 3)
+# DP-SGD needs data and large batches: at 60 articles per participant and batch 16, ε = 8 sat near
+# chance (0.33 vs 0.90 non-private). 200 per participant; DP-SGD at batch 64 with lr 0.02 (tuned at
+# ε = 8 on the IID split: lr 0.002 → 0.46, 0.005 → 0.72, 0.01 → 0.84, 0.02 → 0.89), non-private
+# training at batch 16 with lr 0.005 (at batch 64 / lr 0.02 Adam overshot: centralized 0.54, local 0.37,
+# its loss-rise guard dropping updates). Well inside the 2-hour budget.
+FULL = Sizes("minilm", 128, 200, 200, 2, 2, 16, 0.005, 64, 0.02, ("iid", "noniid"), (3, 5, 20), 50, 4)
+QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3)
 
 
 # ---------------------------------------------------------------------- in-process learning
@@ -73,6 +80,14 @@ def _task(s: Sizes, classes: list[str]) -> Any:
     from collab.fl.task import TaskConfig
 
     return TaskConfig(num_labels=len(classes), kind=s.model, max_len=s.max_len, seed=0)
+
+
+def _training(s: Sizes, sigma: float, epochs: int) -> Any:
+    """DP-SGD's hyper-parameters when ``sigma`` > 0, the non-private ones otherwise."""
+    from collab.dp.dpsgd import DPConfig
+
+    batch, lr = (s.dp_batch, s.dp_lr) if sigma > 0 else (s.batch, s.lr)
+    return DPConfig(noise_multiplier=sigma, max_grad_norm=1.0, batch_size=batch, epochs=epochs, lr=lr)
 
 
 def sigma_for(epsilon: float, rate: float, steps: int) -> float:
@@ -101,7 +116,7 @@ def _federated(s: Sizes, shards: list[Any], test: Any, sigma: float, rounds: int
 
     task = _task(s, list(test.classes))
     model = build_model(task)
-    dp = DPConfig(noise_multiplier=sigma, max_grad_norm=1.0, batch_size=s.batch, epochs=epochs, lr=s.lr)
+    dp = _training(s, sigma, epochs)
     stalled = 0
     for rnd in range(rounds):
         start = trainable_state(model)
@@ -136,8 +151,8 @@ def accuracy_vs_epsilon(s: Sizes, say: Log) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split in s.splits:
         shards, test = _data(s, 3, split)
-        rate = DPConfig(batch_size=s.batch).sample_rate(len(shards[0]))
-        steps = s.rounds * s.epochs * DPConfig(batch_size=s.batch).batches(len(shards[0]))
+        rate = DPConfig(batch_size=s.dp_batch).sample_rate(len(shards[0]))
+        steps = s.rounds * s.epochs * DPConfig(batch_size=s.dp_batch).batches(len(shards[0]))
         row: dict[str, Any] = {}
         for eps in EPSILONS:
             sigma = sigma_for(eps, rate, steps)
@@ -164,7 +179,7 @@ def dp_step_time(s: Sizes, say: Log) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     def timed(sigma: float, epochs: int) -> float:
-        dp = DPConfig(noise_multiplier=sigma, batch_size=s.batch, epochs=epochs, lr=s.lr)
+        dp = DPConfig(noise_multiplier=sigma, batch_size=s.dp_batch, epochs=epochs, lr=s.dp_lr)
         model = build_model(task)
         t0 = time.perf_counter()
         try:
@@ -176,14 +191,14 @@ def dp_step_time(s: Sizes, say: Log) -> dict[str, Any]:
     # Three epochs minus one: only optimizer steps remain (evaluation and set-up cancel), 2 epochs of them
     # so the difference stands above the noise. Interleaved repeats, minimum kept: the first pass pays
     # warm-up and the machine may be shared.
-    batches = DPConfig(batch_size=s.batch).batches(len(data))
+    batches = DPConfig(batch_size=s.dp_batch).batches(len(data))  # both at DP-SGD's batch: per-step cost
     for _ in range(3):
         for label, sigma in (("non_private", 0.0), ("dp_sgd", 1.0)):
             per_step = max(1e-6, timed(sigma, 3) - timed(sigma, 1)) / (2 * batches)
             timings[label] = min(timings.get(label, math.inf), per_step)
     ratio = timings["dp_sgd"] / timings["non_private"]
     say(f"DP-SGD step {timings['dp_sgd'] * 1000:.1f} ms vs {timings['non_private'] * 1000:.1f} ms: {ratio:.2f}x")
-    return {"seconds_per_step": timings, "ratio": ratio, "batch": s.batch, "max_len": s.max_len, "model": s.model}
+    return {"seconds_per_step": timings, "ratio": ratio, "batch": s.dp_batch, "max_len": s.max_len, "model": s.model}
 
 
 def _canaries(n: int, classes: tuple[str, ...], vocab: list[str], seed: int) -> Any:
@@ -218,11 +233,11 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
     task = _task(s, list(classes))
     out: dict[str, Any] = {"canaries_in": s.canaries, "canaries_out": s.canaries, "epochs": s.mia_epochs}
     for eps in (math.inf, 8.0, 1.0):
-        rate = DPConfig(batch_size=s.batch).sample_rate(len(p0))
-        steps = s.rounds * s.mia_epochs * DPConfig(batch_size=s.batch).batches(len(p0))
+        rate = DPConfig(batch_size=s.dp_batch).sample_rate(len(p0))
+        steps = s.rounds * s.mia_epochs * DPConfig(batch_size=s.dp_batch).batches(len(p0))
         sigma = sigma_for(eps, rate, steps)
         model = build_model(task)
-        dp = DPConfig(noise_multiplier=sigma, max_grad_norm=1.0, batch_size=s.batch, epochs=s.mia_epochs, lr=s.lr)
+        dp = _training(s, sigma, s.mia_epochs)
         for rnd in range(s.rounds):
             start, updates = trainable_state(model), []
             for k, shard in enumerate(data):
@@ -405,16 +420,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick:
         "targets": {"fixed_cost_s": 15.0, "dp_step_ratio": 2.0, "fed_vs_central_points": 2.0,
                     "eps8_vs_nonprivate_points": 5.0, "mia_no_dp_min_points": 10.0, "mia_eps8_max_points": 2.0},
     }
-    acc = results["accuracy"]["iid"]
-    mia = results["membership_inference"]
-    results["checks"] = {
-        "fixed_cost_ok": results["fixed_cost_per_round_s"] <= 15.0,
-        "dp_step_ok": results["dp_step"]["ratio"] <= 2.0,
-        "fed_vs_central_points": 100 * (acc["centralized"]["accuracy"] - acc["inf"]["accuracy"]),
-        "eps8_vs_nonprivate_points": 100 * (acc["inf"]["accuracy"] - acc["8"]["accuracy"]),
-        "mia_no_dp_points": mia["inf"]["advantage_points"],
-        "mia_eps8_points": mia["8"]["advantage_points"],
-    }
+    results["checks"] = checks(results)
     results["total_s"] = time.monotonic() - started
     json_path, png_path = out_dir / f"{SUITE}.json", out_dir / f"{SUITE}.png"
     results["files"] = {"json": str(json_path), "png": str(png_path)}
@@ -422,6 +428,22 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick:
     report.write_json(json_path, results)
     say(f"wrote {json_path} and {png_path}")
     return results
+
+
+def checks(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets against the measured figures (accuracy on every split measured)."""
+    mia = results["membership_inference"]
+    out: dict[str, Any] = {
+        "fixed_cost_ok": results["fixed_cost_per_round_s"] <= 15.0,
+        "dp_step_ok": results["dp_step"]["ratio"] <= 2.0,
+        "mia_no_dp_points": mia["inf"]["advantage_points"],
+        "mia_eps8_points": mia["8"]["advantage_points"],
+    }
+    for split, acc in results["accuracy"].items():
+        suffix = "" if split == "iid" else f"_{split}"
+        out[f"fed_vs_central_points{suffix}"] = 100 * (acc["centralized"]["accuracy"] - acc["inf"]["accuracy"])
+        out[f"eps8_vs_nonprivate_points{suffix}"] = 100 * (acc["inf"]["accuracy"] - acc["8"]["accuracy"])
+    return out
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
