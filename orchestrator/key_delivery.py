@@ -29,14 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from collab.errors import CollabError
+from orchestrator.workers import BackgroundWorker
 
 log = logging.getLogger("collab.node.keys")
 
 ZERO_KEY = b"\x00" * 32
 
 
-class KeyDelivery:
+class KeyDelivery(BackgroundWorker):
     """Polls Licensing and delivers/releases Full-access escrows of this account's assets."""
+
+    thread_name = "key-delivery"
 
     def __init__(self, chain: Any, lock: threading.Lock, *, interval: float = 1.0, release: bool = True) -> None:
         from chain.clients.asset_registry import AssetRegistryClient
@@ -44,6 +47,7 @@ class KeyDelivery:
         from chain.clients.licensing import LicensingClient
         from collab.vault import Vault
 
+        super().__init__()
         self.chain, self.lock, self.interval, self.release = chain, lock, interval, release
         self.licensing = LicensingClient.from_deployment(chain.deployment, chain.w3, chain.account)
         self.assets = AssetRegistryClient.from_deployment(chain.deployment, chain.w3, None)
@@ -54,18 +58,10 @@ class KeyDelivery:
         self.deadlines: dict[int, int] = {}  # license -> end of its dispute window (release after it)
         self.events: list[str] = []
         self._logged: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> KeyDelivery:
-        self._thread = threading.Thread(target=self._run, name="key-delivery", daemon=True)
-        self._thread.start()
+        self._start_thread()
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -46,18 +46,41 @@ class NodeChain:
     identity: Any = None  # the home's unlocked Identity: its BLS key signs round consents
 
 
-class ClaimWorkers:
+class BackgroundWorker:
+    """One daemon thread running ``_run`` until :meth:`stop`, which joins it (the node's workers)."""
+
+    thread_name = "worker"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+class ClaimWorkers(BackgroundWorker):
     """Blob server + watcher thread for one home and account."""
+
+    thread_name = "watcher"
 
     def __init__(self, chain: NodeChain, sources: Callable[[], list[str]], lock: threading.Lock, *,
                  interval: float = 1.0, host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.chain, self.sources, self.lock, self.interval, self.host = chain, sources, lock, interval, host
         self.server: Any = None
         self.games: list[dict[str, Any]] = []
         self.events: list[str] = []
-        self._stop = threading.Event()
         self._requests: queue.Queue[tuple[bytes, queue.Queue[Any]]] = queue.Queue()
-        self._thread: threading.Thread | None = None
 
     @property
     def blob_url(self) -> str:
@@ -71,14 +94,11 @@ class ClaimWorkers:
         manager = ClaimManagerClient.from_deployment(self.chain.deployment, self.chain.w3, None)
         self.server = BlobServer(Store(self.chain.settings.home), int(self.chain.w3.eth.chain_id), manager.is_audience,
                                  host=self.host).start()
-        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
-        self._thread.start()
+        self._start_thread()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        super().stop()
         if self.server is not None:
             self.server.stop()
 
