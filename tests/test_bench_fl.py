@@ -46,3 +46,16 @@ def test_quick_bench_figures_are_consistent(bench: tuple[dict[str, Any], Path]) 
         assert row["1"]["sigma"] > row["8"]["sigma"] > row["inf"]["sigma"] == 0.0  # smaller ε, more noise
     mia = results["membership_inference"]
     assert all(-50.0 <= mia[k]["advantage_points"] <= 50.0 for k in ("inf", "8", "1"))
+
+
+def test_trained_and_held_out_canaries_share_one_label_histogram() -> None:
+    """Otherwise the attack could score the canary group's label prior, which per-example DP does not bound."""
+    from collections import Counter
+
+    from benchmarks.fl import _canaries
+
+    classes = ("business", "entertainment", "politics", "sport", "tech")
+    vocab = [f"w{i}" for i in range(500)]
+    inside, outside = _canaries(50, classes, vocab, 7), _canaries(50, classes, vocab, 8)
+    assert Counter(inside.labels) == Counter(outside.labels) == {c: 10 for c in range(5)}
+    assert inside.labels != outside.labels and set(inside.texts).isdisjoint(outside.texts)
