@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eth_utils import is_address, keccak, to_checksum_address
-
 from collab.errors import BadInput, NotFound, ProtocolViolation, UsageError
 
 if TYPE_CHECKING:
@@ -80,6 +78,7 @@ def claims_post(actor: Actor, program_file: str, inputs_dir: str, audience: str 
     from collab.fraudproof.store import Store, read_inputs_dir, read_program_file
     from collab.fraudproof.trace import build_trace
     from collab.fraudproof.vm import NoValidOutput
+    from eth_utils import is_address, keccak, to_checksum_address
 
     if audience not in AUDIENCES:
         raise BadInput(f"audience must be one of {', '.join(AUDIENCES)}")
