@@ -2,7 +2,12 @@
 
 CREATED -> COLLECTING: each named node sees the job and reports its adapter
 (safetensors, base64) under ``adapter``; COLLECTING -> COMPUTING once all
-have; COMPUTING -> COMPUTED builds and runs the merge exactly as ``collab merge
+have. An adapter named as an asset must be that asset: the upload's sha256
+is its ``contentHash`` (a plain-file asset), or the upload is the asset's
+vault blob and the node also reports the blob's key under ``adapter_key``,
+which must open the asset's ``keyCommitment`` (the orchestrator merges the
+plaintext anyway, so the key shows it nothing more). Otherwise the job
+fails naming the participant, before anything is recorded or claimed; COMPUTING -> COMPUTED builds and runs the merge exactly as ``collab merge
 run --claim`` does (:mod:`collab.merge.programs` + :mod:`collab.merge.claimed`:
 linear, task arithmetic or weighted TIES, the stored file is the dequantised
 VM output), vaults the output, records the job in ``MergeRegistry`` (inputs:
@@ -44,13 +49,47 @@ def encode_adapter(path: Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def decode_adapter(text: str) -> dict[str, Any]:
+def decode_adapter(raw: bytes) -> dict[str, Any]:
     from safetensors.torch import load
 
     try:
-        return dict(sorted(load(base64.b64decode(text)).items()))  # one parameter order for every adapter
+        return dict(sorted(load(raw).items()))  # one parameter order for every adapter
     except Exception as exc:  # noqa: BLE001 - any malformed upload is the node's bad input
         raise BadInput(f"adapter is not a safetensors file: {exc}") from None
+
+
+def adapter_bytes(upload: str, key_hex: str | None, asset: Any, who: str) -> bytes:
+    """The adapter a participant uploaded (base64), checked against ``asset`` (None: unregistered).
+
+    Unauthorized unless the upload is the asset: its sha256 is the asset's
+    ``contentHash``; with ``key_hex`` the upload is the asset's vault blob, the
+    key must open the asset's ``keyCommitment``, and the plaintext is returned.
+    """
+    import hashlib
+
+    from collab.vault import check_key_commitment, decrypt_blob
+
+    try:
+        raw = base64.b64decode(upload, validate=True)
+    except (ValueError, TypeError):
+        raise BadInput(f"participant {who}'s adapter upload is not base64") from None
+    if asset is None:
+        return raw
+    digest = hashlib.sha256(raw).digest()
+    if digest != bytes(asset.content_hash):
+        raise Unauthorized(f"participant {who}'s upload is not asset {asset.id}: its sha256 0x{digest.hex()} is not the "
+                           f"asset's contentHash 0x{bytes(asset.content_hash).hex()}")
+    if key_hex is None:
+        return raw
+    try:
+        key = bytes.fromhex(str(key_hex).removeprefix("0x"))
+    except ValueError:
+        raise BadInput(f"participant {who}'s adapter key is not hex") from None
+    try:
+        check_key_commitment(key, asset.key_commitment)
+    except CollabError:
+        raise Unauthorized(f"participant {who}'s adapter key does not open asset {asset.id}'s key commitment") from None
+    return decrypt_blob(raw, key)
 
 
 @register_handler
@@ -145,13 +184,19 @@ class MergeJob:
                 if owner != part:
                     raise Unauthorized(f"asset {asset_id} is owned by {owner}, not by participant {part}")
 
+    def _asset(self, asset_id: int) -> Any:
+        """The on-chain asset an upload must be (None for an unregistered adapter or without a registry)."""
+        return self.assets.asset(int(asset_id)) if asset_id and self.assets is not None else None
+
     def _compute(self, job: Job, store: JobStore) -> JobState:
         from collab.merge.claimed import execute, prepare_claim
         from collab.merge.programs import build_plan
 
         parts = [str(a).lower() for a in job.payload["participants"]]
         self._check_owners(job, parts)
-        states = [decode_adapter(job.data[f"r/{a}/adapter"]) for a in parts]
+        states = [decode_adapter(adapter_bytes(job.data[f"r/{a}/adapter"], job.data.get(f"r/{a}/adapter_key"),
+                                               self._asset(asset_id), a))
+                  for a, asset_id in zip(parts, job.payload.get("assets") or [0] * len(parts))]
         out = self._dir(job) / "merged"
         if out.exists():
             shutil.rmtree(out)

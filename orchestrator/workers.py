@@ -204,8 +204,7 @@ class TaskRunner:
         elif jid in self.started:
             return
         elif kind == "merge" and needed and state == "collecting":
-            self.started.add(jid)
-            self._adapter(jid)
+            self._adapter(task)
         elif kind == "inference" and needed and state == "collecting" and str(payload.get("owner", "")).lower() == self.me:
             self.started.add(jid)
             threading.Thread(target=self._owner_side, args=(task,), name=f"infer-{jid[:10]}", daemon=True).start()
@@ -312,14 +311,45 @@ class TaskRunner:
                 signature = {"refused": str(exc)}  # the orchestrator fails the round rather than wait for us
             report("consent", signature)
 
-    def _adapter(self, jid: str) -> None:
+    def _adapter(self, task: dict[str, Any]) -> None:
+        """Contribute this node's adapter: the asset's vault blob and key when the job names a vaulted asset
+        of ours (the orchestrator checks both against the chain), else the adapter file."""
+        import base64
+
         from orchestrator.merges import encode_adapter
 
+        jid, payload = task["id"], task["payload"]
+        parts = [str(a).lower() for a in payload.get("participants") or []]
+        assets = payload.get("assets") or []
+        asset_id = int(assets[parts.index(self.me)]) if self.me in parts and len(assets) == len(parts) else 0
+        try:
+            vaulted = self._vaulted(asset_id) if asset_id else None
+        except Exception as exc:  # noqa: BLE001 - an RPC hiccup: retried at the next heartbeat
+            log.warning("job %s: cannot read asset %d: %s", jid, asset_id, exc)
+            return
+        self.started.add(jid)
+        if vaulted is not None:
+            blob, key = vaulted
+            self._report(jid)("adapter_key", key.hex())  # first: the upload completes the node's part
+            self._report(jid)("adapter", base64.b64encode(blob).decode())
+            return
         path = self.adapter or Path(self.node.chain.settings.home) / "adapter.safetensors"
         if not path.is_file():
             log.warning("job %s: no adapter at %s to contribute", jid, path)
             return
         self._report(jid)("adapter", encode_adapter(path))
+
+    def _vaulted(self, asset_id: int) -> tuple[bytes, bytes] | None:
+        """(blob, key) of asset ``asset_id`` when this home's vault holds it with a key we can open, else None."""
+        from chain.clients.asset_registry import AssetRegistryClient
+        from collab.vault import Vault
+
+        c = self.node.chain
+        vault = Vault(Path(c.settings.vault_dir))
+        entry_id = AssetRegistryClient.from_deployment(c.deployment, c.w3, None).asset(asset_id).content_hash.hex()
+        if c.identity is None or not vault.exists(entry_id):
+            return None
+        return vault.export(entry_id), vault.data_key(entry_id, c.identity.x25519_private_key)
 
     def _owner_side(self, task: dict[str, Any]) -> None:
         from collab.mpc.service import OwnerNode

@@ -1,8 +1,9 @@
 """The orchestrator's ``merge`` job on a real anvil: the same claimed-merge path as ``collab merge run --claim``.
 
-Two participants own their adapters as registered assets and grant the
+Two participants own their adapters as registered assets (one a plain
+file, one a vault blob whose key travels with the upload) and grant the
 orchestrator a Partnership; the job (weighted TIES, 2 : 1) collects the
-adapters, runs the merge program, records it in MergeRegistry and posts
+adapters, checks each against its asset's hashes, runs the merge program, records it in MergeRegistry and posts
 through its child ``claim`` job. A re-run of the computation (a crash before
 the transition was written) reads its own record back and names the same
 claim. Finalization registers the merged asset with both adapters as parents
@@ -30,6 +31,7 @@ from chain.clients.merge_registry import MergeRegistryClient
 from chain.clients.shares import SharesClient
 from collab.config import Settings
 from collab.errors import BadInput
+from collab.identity import Identity
 from collab.vault import Vault
 from orchestrator.claims import ClaimJob
 from orchestrator.jobs import Job, JobState, JobStore, step, validate_kind
@@ -43,6 +45,24 @@ pytestmark = pytest.mark.slow
 def _adapter(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {"lora_A": torch.randn(4, 8, generator=g) * 0.1, "lora_B": torch.randn(8, 4, generator=g) * 0.1}
+
+
+def _register(env: GameEnv, me: Identity, state: dict[str, torch.Tensor], path: Path, *, vaulted: bool
+              ) -> tuple[int, dict[str, str]]:
+    """Register ``state`` as ``me``'s model asset; the upload its node sends (the vault blob and key if vaulted)."""
+    blob = save(state)
+    if not vaulted:
+        asset = AssetInput(AssetKind.MODEL, hashlib.sha256(blob).digest())
+        upload = {"adapter": base64.b64encode(blob).decode()}
+    else:
+        path.write_bytes(blob)
+        vault = Vault(path.parent / "vault", owner=me.x25519_public)
+        entry = vault.put(path)
+        key = vault.data_key(entry.id, me.x25519_private_key)
+        asset = AssetInput(AssetKind.MODEL, entry.content_hash, key_commitment=entry.key_commitment, vault_uri=entry.uri)
+        upload = {"adapter_key": key.hex(), "adapter": base64.b64encode(vault.export(entry.id)).decode()}
+    registry = AssetRegistryClient.from_deployment(env.deployment, env.w3, me.account)
+    return registry.register(asset).asset_id, upload
 
 
 def _run(store: JobStore, handlers: dict[str, object], job_id: str, until: set[JobState], max_steps: int = 20) -> Job:
@@ -65,15 +85,14 @@ def test_orchestrator_merge_job_registers_the_merged_asset_and_mints_shares_by_w
     orch = _home(env, orch_home, "merge-orchestrator", True)
     people = [_home(env, tmp_path / f"p{i}", f"merge-part-{i}", True) for i in range(2)]
     adapters = [_adapter(i) for i in range(2)]
-    assets = []
-    for me, state in zip(people, adapters):  # each registers its adapter and co-signs a Partnership with the orchestrator
-        blob = save(state)
-        asset_id = AssetRegistryClient.from_deployment(env.deployment, env.w3, me.account).register(
-            AssetInput(AssetKind.MODEL, hashlib.sha256(blob).digest())).asset_id
+    assets, uploads = [], []
+    for i, (me, state) in enumerate(zip(people, adapters)):  # each registers its adapter, grants a Partnership
+        asset_id, upload = _register(env, me, state, tmp_path / f"adapter{i}.safetensors", vaulted=i == 1)
         licensing = LicensingClient.from_deployment(env.deployment, env.w3, me.account)
         offer = licensing.offer(asset_id, LicenseKind.PARTNERSHIP, Terms(partner=orch.address)).offer_id
         licensing.with_account(orch.account).buy(offer, 0)
         assets.append(asset_id)
+        uploads.append(upload)
 
     registry = MergeRegistryClient.from_deployment(env.deployment, env.w3, orch.account)
     handler = MergeJob(orch_home, registry=registry, account=orch.account,
@@ -90,8 +109,8 @@ def test_orchestrator_merge_job_registers_the_merged_asset_and_mints_shares_by_w
     store = JobStore(tmp_path / "jobs.db")
     job, _ = store.create("merge", payload)
     assert step(store, handlers, job).state == JobState.COLLECTING  # type: ignore[arg-type]
-    for part, state in zip(parts, adapters):
-        store.update_data(job.id, {f"r/{part}/adapter": base64.b64encode(save(state)).decode()})
+    for part, upload in zip(parts, uploads):
+        store.update_data(job.id, {f"r/{part}/{k}": v for k, v in upload.items()})
     assert step(store, handlers, store.get(job.id)).state == JobState.COMPUTING  # type: ignore[arg-type]
     computed = step(store, handlers, store.get(job.id))  # type: ignore[arg-type]
     assert computed.state == JobState.COMPUTED, computed.error
@@ -139,3 +158,38 @@ def test_orchestrator_merge_job_registers_the_merged_asset_and_mints_shares_by_w
     assert shares.balance_of(orch.address, asset_id) == supply - sum(split) >= creator
     # the vaulted blob is the merged file
     assert handler.vault.get(asset.content_hash.hex(), orch.x25519_private_key) == merged.read_bytes()
+
+
+@pytest.mark.parametrize("forgery", ["other_adapter", "wrong_key"])
+def test_an_upload_that_is_not_the_named_asset_fails_the_job_before_anything_is_recorded(
+    env: GameEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forgery: str,  # noqa: F811
+) -> None:
+    """A participant cannot pass off another adapter as its registered asset (Shares follow the asset)."""
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+    orch_home = tmp_path / "orch"
+    orch = _home(env, orch_home, f"forge-orch-{forgery}", True)
+    people = [_home(env, tmp_path / f"p{i}", f"forge-{forgery}-{i}", True) for i in range(2)]
+    registered = [_register(env, me, _adapter(i), tmp_path / f"a{i}.safetensors", vaulted=True)
+                  for i, me in enumerate(people)]
+    assets, uploads = [a for a, _ in registered], [u for _, u in registered]
+    if forgery == "other_adapter":  # p1 sends a different file than its asset (sha256 ≠ contentHash)
+        uploads[1] = {"adapter": base64.b64encode(save(_adapter(7))).decode()}
+    else:  # p1 sends its blob with p0's key (does not open p1's keyCommitment)
+        uploads[1] = {**uploads[1], "adapter_key": uploads[0]["adapter_key"]}
+    registry = MergeRegistryClient.from_deployment(env.deployment, env.w3, orch.account)
+    handler = MergeJob(orch_home, registry=registry, account=orch.account,
+                       vault=Vault(Settings.resolve(home=orch_home, env={}).vault_dir, owner=orch.x25519_public),
+                       assets=AssetRegistryClient.from_deployment(env.deployment, env.w3))
+    parts = [p.address.lower() for p in people]
+    store = JobStore(tmp_path / "jobs.db")
+    job, _ = store.create("merge", {"participants": parts, "method": "linear", "assets": assets, "needs": parts})
+    for part, upload in zip(parts, uploads):
+        store.update_data(job.id, {f"r/{part}/{k}": v for k, v in upload.items()})
+    handlers: dict[str, object] = {"merge": handler}
+    assert step(store, handlers, store.get(job.id)).state == JobState.COLLECTING  # type: ignore[arg-type]
+    assert step(store, handlers, store.get(job.id)).state == JobState.COMPUTING  # type: ignore[arg-type]
+    failed = step(store, handlers, store.get(job.id))  # type: ignore[arg-type]
+    assert failed.state == JobState.FAILED
+    expected = "is not asset" if forgery == "other_adapter" else "does not open asset"
+    assert parts[1] in failed.error and expected in failed.error and str(assets[1]) in failed.error
+    assert handler.vault.list() == [] and "claim_id" not in failed.data  # nothing vaulted, recorded or claimed
