@@ -87,6 +87,8 @@ def _cfg(zoo: dict[str, Path], method: str, weights: list[float], **params: Any)
     ("ties", [1.0, 1.0], {"lambda": 0.9}),
     ("ties", [1.0, 0.5], {}),  # weighted: mergekit's disjoint mean divides by the agreeing inputs' weight sum
     ("ties", [0.5, 0.3, 0.2], {"lambda": 0.8}),
+    ("ties", [1.0, 0.123456], {}),  # real-valued weights: no small-integer ratio
+    ("ties", [0.37, 2.9e-3, 0.41], {"lambda": 0.9}),
 ])
 def test_claimed_program_output_equals_mergekit_and_the_artifact_recommits_to_the_claim(
     zoo: dict[str, Path], tmp_path: Path, method: str, weights: list[float], params: dict[str, Any]
@@ -105,8 +107,6 @@ def test_claimed_program_output_equals_mergekit_and_the_artifact_recommits_to_th
 
 
 def test_claimed_merges_refuse_what_the_vm_cannot_prove(zoo: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match="ratio of small integers"):
-        build_plan(parse_config(_cfg(zoo, "ties", [1.0, 0.123456])).resolve_assets(None))
     with pytest.raises(BadInput, match="positive weights"):
         build_plan(parse_config(_cfg(zoo, "ties", [1.0, -0.5])).resolve_assets(None))
     with pytest.raises(BadInput, match="cannot be claimed"):
@@ -350,32 +350,24 @@ def test_fast_quantise_is_bit_identical_to_to_vm() -> None:
         quantise(torch.tensor([1.0, float("nan")]), 8)
 
 
-def test_ties_weights_become_the_smallest_integer_multiplicities() -> None:
-    from collab.merge.programs import ties_multiplicities
-
-    assert ties_multiplicities([1.0, 1.0]) == [1, 1]
-    assert ties_multiplicities([2.0, 1.0]) == [2, 1]
-    assert ties_multiplicities([0.7, 0.3]) == [7, 3]
-    assert ties_multiplicities([0.5, 0.3, 0.2]) == [5, 3, 2]
-    assert ties_multiplicities([1 / 3, 2 / 3]) == [1, 2]
-    with pytest.raises(BadInput, match="small integers"):
-        ties_multiplicities([1.0, 1 / 64])  # 64:1 needs 65 inputs
-
-
-def test_weighted_ties_steps_with_repeated_inputs_agree_on_chain(verifier: Any) -> None:  # noqa: F811
-    """OneStepVerifier evaluates TIES_SIGN / TIES_MEAN whose inputs repeat a tensor (the weights' multiplicities)."""
+def test_weighted_ties_steps_agree_on_chain(verifier: Any) -> None:  # noqa: F811
+    """OneStepVerifier evaluates every step kind of the weighted disjoint mean, where inputs agree and where none do."""
     from collab.fraudproof.trace import Verdict
     from collab.merge.programs import _ties
 
     g = torch.Generator().manual_seed(5)
     base = {"w": torch.randn(4, 6, generator=g)}
     states = [{"w": base["w"] + 0.1 * torch.randn(4, 6, generator=g)} for _ in range(2)]
-    job = _ties(base, states, [0.5, 0.5], 1.0, [2, 1])
+    job = _ties(base, states, [0.5, 0.5], 1.0, [1.0, 0.3217])
     trace = job.trace()
-    steps = [i for i, s in enumerate(job.program.steps) if s.op in (Op.TIES_SIGN, Op.TIES_MEAN)]
-    assert len(steps) == 2 and len(job.program.steps[steps[1]].inputs) == 4  # sign + t0, t0, t1
+    kinds = (Op.SCALE, Op.TIES_SIGN, Op.TIES_MEAN, Op.MUL, Op.RECIPROCAL)
+    steps = [i for i, s in enumerate(job.program.steps) if s.op in kinds]
+    assert {job.program.steps[i].op for i in steps} == set(kinds)
+    sign = next(i for i in steps if job.program.steps[i].op == Op.TIES_SIGN and len(job.program.steps[i].inputs) == 2)
+    no_agreement = [e for e in range(24) if trace.expected(sign, e)[1] == bytes(32)]  # the sign word is 0
+    assert no_agreement  # density 0.5 of two inputs: some elements keep neither delta (S empty, 0 · 1/0)
     for i in steps:
-        for e in (0, 7, 23):
+        for e in (0, 7, 23, no_agreement[0]):
             verdict, expected = trace.expected(i, e)
             assert verdict == Verdict.VALUE
             assert verifier.evaluate(job.program.steps[i], trace.one_step_inputs(i, e), e) == (int(verdict), expected)

@@ -12,12 +12,13 @@ this module builds the programs from a :class:`~collab.merge.config.MergeSpec`:
   rule; the threshold is a WITNESS checked by COUNT_ABS/ASSERT_KTH), the sign
   elected by Σ wᵢΔᵢ, the disjoint weighted mean Σ_S wᵢΔᵢ / Σ_S wᵢ over the
   agreeing inputs S (mergekit's ``normalize: true``, the default), then
-  base + λ·mean. The VM's TIES_MEAN divides by the *count* of agreeing inputs,
-  so unequal weights enter as multiplicities: weights in the ratio
-  n₁ : … : n_N of integers with Σ nᵢ ≤ 64 pass input i's trimmed delta nᵢ
-  times to TIES_SIGN and TIES_MEAN, whose count then is Σ_S nᵢ, exactly
-  mergekit's divisor (one rounding, no new op). Weights without such a ratio
-  are refused.
+  base + λ·mean. With equal weights that mean is TIES_MEAN's count mean.
+  Unequal weights (any positive reals) use existing ops only: the weighted
+  deltas wᵢtᵢ are exact (SCALE to f + 30 fractional bits, so S is the same
+  set for every mean), TIES_MEAN gives Σ_S wᵢtᵢ / |S| and, over the signed
+  weights wᵢ·sign(tᵢ), ±Σ_S wᵢ / |S|; |S| cancels, one RECIPROCAL and a MUL
+  give the ratio, rounded once at the output (mergekit's float32 result to
+  within its own rounding).
 
 Differences from mergekit that remain (documented in docs/merging.md): values
 equal to the threshold are all kept (mergekit breaks ties arbitrarily), and an
@@ -46,7 +47,7 @@ from collab.fixedpoint import Domain, check_frac_bits
 from collab.fraudproof.builders import Job
 from collab.fraudproof.commitments import TensorHeader
 from collab.fraudproof.convert import to_vm
-from collab.fraudproof.program import MAX_INPUTS, MAX_REDUCE, ProgramBuilder, Ref
+from collab.fraudproof.program import MAX_INPUTS, MAX_REDUCE, Op, ProgramBuilder, Ref
 from collab.fraudproof.vm import Value, tensor
 from collab.merge.config import MergeSpec, ModelRef
 
@@ -155,7 +156,7 @@ def build_plan(spec: MergeSpec) -> MergePlan:
         densities = [_param(spec, m.parameters, "density", 1.0) for m in others]
         if not _flag(spec, "normalize", True):
             raise BadInput("a claimed TIES merge needs normalize: true (the VM's disjoint mean divides by the count)")
-        job = _ties(base, states, densities, lam, ties_multiplicities(weights))
+        job = _ties(base, states, densities, lam, weights)
     return MergePlan(spec.method, refs, spec.base, tuple(weights), job)
 
 
@@ -266,33 +267,14 @@ def _task_arithmetic(base: dict[str, torch.Tensor], states: list[dict[str, torch
     return Job(b.build(), inputs, like=dict(base))
 
 
-def ties_multiplicities(weights: Sequence[float]) -> list[int]:
-    """Smallest integers n with n_i / n_j = w_i / w_j and Σ n ≤ 64 (TIES_MEAN's inputs); BadInput if none.
-
-    Why: the disjoint weighted mean Σ_S wᵢΔᵢ / Σ_S wᵢ is TIES_MEAN's count-mean
-    over input i repeated nᵢ times. Ratios are matched to 1e-9 relative (far
-    below mergekit's float32 arithmetic).
-    """
-    if any(w <= 0 or not math.isfinite(w) for w in weights):
-        raise BadInput("a claimed TIES merge needs positive weights (Shares are attributed by weight)")
-    top = max(weights)
-    for total in range(len(weights), MAX_INPUTS + 1):
-        # the largest weight gets the largest count; try every count for it that fits the budget
-        for n_top in range(1, total + 1):
-            counts = [round(w / top * n_top) for w in weights]
-            if min(counts) < 1 or sum(counts) != total:
-                continue
-            if all(abs(c * top - w * n_top) <= 1e-9 * w * n_top for c, w in zip(counts, weights)):
-                return counts
-    raise BadInput(f"claimed TIES weights {list(weights)} are not in a ratio of small integers (their sum at most "
-                   f"{MAX_INPUTS}), which the VM's disjoint mean needs",
-                   hint="round the weights to such a ratio (e.g. 0.7/0.3 = 7:3), use task_arithmetic, or merge unclaimed")
-
-
 def _ties(base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]], densities: list[float],
-          lam: float, counts: Sequence[int] | None = None) -> Job:
-    """TIES with input i counted ``counts[i]`` times in the sign election and the disjoint mean (its weight)."""
-    counts = list(counts or [1] * len(states))
+          lam: float, weights: Sequence[float] | None = None) -> Job:
+    """TIES with input i weighing ``weights[i]`` in the sign election and the disjoint mean."""
+    weights = list(weights or [1.0] * len(states))
+    if any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise BadInput("a claimed TIES merge needs positive weights (Shares are attributed by weight)")
+    top = max(weights)  # the mean is a ratio of weighted sums: only the weights' ratios matter
+    fixed_w = [max(1, round(w / top * (1 << FW))) for w in weights]
     keys = _check_keys([base, *states], ["base", *(f"model {i}" for i in range(len(states)))])
     for d in densities:
         if not 0 < d <= 1:
@@ -332,11 +314,30 @@ def _ties(base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]], 
             tau = b.witness(TensorHeader(Domain.FIXED, t.f, ()))
             b.assert_kth(b.sum(b.count_abs(t, tau, block)), kk)
             trimmed.append(b.ties_trim(t, tau))
-        voters = [t for t, n in zip(trimmed, counts) for _ in range(n)]
-        mean = b.ties_mean(b.ties_sign(voters), voters)
+        if len(set(fixed_w)) == 1:
+            mean = b.ties_mean(b.ties_sign(trimmed), trimmed)
+        else:
+            mean = _weighted_disjoint_mean(b, trimmed, fixed_w, fs[k])
         out[k] = b.add(base_ref, b.scale(mean, round(lam * (1 << FW)), FW) if lam != 1 else mean)
     bundle_state(b, out)
     return Job(b.build(), inputs, witnesses, like=dict(base))
+
+
+def _weighted_disjoint_mean(b: ProgramBuilder, trimmed: Sequence[Ref], fixed_w: Sequence[int], f: int) -> Ref:
+    """Σ_S wᵢtᵢ / Σ_S wᵢ, S = {i : tᵢ ≠ 0, sign tᵢ = sign Σ wᵢtᵢ}, at ``f`` fractional bits (w at FW bits).
+
+    Why two TIES_MEANs: the VM's disjoint mean divides by |S|, which cancels in
+    their ratio. wᵢtᵢ is kept exact (|t| < 2^24, w ≤ 2^FW), so it is zero
+    exactly where tᵢ is and S is the same set in both means; the weight mean
+    comes out signed (it is over wᵢ·sign tᵢ), so it is multiplied by the
+    elected sign before the reciprocal. With S empty both means are 0, and
+    0 · RECIPROCAL(0) = 0.
+    """
+    weighted = [b.scale(t, w, FW, f + FW) for t, w in zip(trimmed, fixed_w)]
+    sign = b.ties_sign(weighted)
+    signed_w = [b.scale(b.ties_sign([t]), w, FW, FW) for t, w in zip(trimmed, fixed_w)]
+    weight_mean = b.mul(b.ties_mean(sign, signed_w), sign, FW)
+    return b.mul(b.ties_mean(sign, weighted), b.unary(Op.RECIPROCAL, weight_mean, FW), f)
 
 
 # --------------------------------------------------------------------- the output bundle
@@ -411,5 +412,5 @@ def output_state(value: Value, like: Mapping[str, torch.Tensor]) -> dict[str, to
     return {n: out[n] for n in like}
 
 
-__all__ = ["CLAIMABLE", "MergePlan", "build_plan", "bundle_state", "load_state", "output_state", "output_values", "state_bundle",
-           "ties_multiplicities"]
+__all__ = ["CLAIMABLE", "MergePlan", "build_plan", "bundle_state", "load_state", "output_state", "output_values",
+           "state_bundle"]
