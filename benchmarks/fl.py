@@ -16,9 +16,9 @@ Two kinds of measurement, each labelled in the JSON:
   model, accuracy vs ε ∈ {1, 8, ∞} (3 participants, IID and Dirichlet non-IID,
   against centralized non-private and local-only training), and a
   loss-threshold membership-inference attack on inserted canary articles
-  (random-label canaries, half trained on, half not, both halves with the
-  same label histogram; advantage = (AUC − 0.5) in points, threshold-free so
-  a small canary set does not flatter it).
+  (random-label canaries, some trained on, more held out, both sets with
+  the same label histogram; advantage = (AUC − 0.5) in points with its
+  standard error, threshold-free so a small canary set does not flatter it).
 
 ``COLLAB_BENCH_QUICK=1`` (CI) shrinks everything: tiny encoder, few samples,
 one Flower deployment of 3 participants. A full run (MiniLM, 128 tokens) is
@@ -62,8 +62,9 @@ class Sizes:
     dp_lr: float
     splits: tuple[str, ...]
     counts: tuple[int, ...]
-    canaries: int
+    canaries: int  # trained on (participant 0)
     mia_epochs: int
+    canaries_out: int  # held out: only scored, so many cost little and narrow the AUC's error
 
 
 # DP-SGD needs data and large batches: at 60 articles per participant and batch 16, ε = 8 sat near
@@ -71,8 +72,11 @@ class Sizes:
 # ε = 8 on the IID split: lr 0.002 → 0.46, 0.005 → 0.72, 0.01 → 0.84, 0.02 → 0.89), non-private
 # training at batch 16 with lr 0.005 (at batch 64 / lr 0.02 Adam overshot: centralized 0.54, local 0.37,
 # its loss-rise guard dropping updates). Well inside the 2-hour budget.
-FULL = Sizes("minilm", 128, 200, 200, 2, 2, 16, 0.005, 64, 0.02, ("iid", "noniid"), (3, 5, 20), 50, 4)
-QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3)
+# Membership inference: 100 trained canaries and 400 held out, the accuracy runs' 2 local epochs. A pilot
+# with 50 / 50 (4 rounds' worth of epochs would not fit the 2-hour budget) measured no DP 12.5 points and
+# ε = 8 7.5, each ± 5.8 (one standard error of the AUC): the 2-point target is below that noise floor.
+FULL = Sizes("minilm", 128, 200, 200, 2, 2, 16, 0.005, 64, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400)
+QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3, 12)
 
 
 # ---------------------------------------------------------------------- in-process learning
@@ -220,6 +224,17 @@ def _canaries(n: int, classes: tuple[str, ...], vocab: list[str], seed: int) -> 
     return Dataset(texts, tuple(int(y) for y in labels), classes)
 
 
+def _auc_se(auc: float, members: int, others: int) -> float:
+    """Standard error of an AUC over ``members`` x ``others`` scores (Hanley & McNeil 1982).
+
+    Why: with tens of canaries the AUC's own noise is several points, so an
+    advantage near the 2-point target means nothing without it.
+    """
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (members - 1) * (q1 - auc * auc) + (others - 1) * (q2 - auc * auc)) / (members * others)
+    return math.sqrt(max(var, 0.0))
+
+
 def _auc(members: np.ndarray, others: np.ndarray) -> float:
     """P(score_member > score_non_member), ties half: the threshold-free attack success."""
     m, o = members[:, None], others[None, :]
@@ -238,11 +253,11 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
     shards, _ = _data(s, 3, "iid")
     classes = shards[0].classes
     vocab = sorted({w for t in shards[1].texts for w in t.split() if w.isalpha()})
-    inside, outside = _canaries(s.canaries, classes, vocab, 7), _canaries(s.canaries, classes, vocab, 8)
+    inside, outside = _canaries(s.canaries, classes, vocab, 7), _canaries(s.canaries_out, classes, vocab, 8)
     p0 = Dataset(shards[0].texts + inside.texts, shards[0].labels + inside.labels, classes)
     data = [p0, *shards[1:]]
     task = _task(s, list(classes))
-    out: dict[str, Any] = {"canaries_in": s.canaries, "canaries_out": s.canaries, "epochs": s.mia_epochs}
+    out: dict[str, Any] = {"canaries_in": s.canaries, "canaries_out": s.canaries_out, "epochs": s.mia_epochs}
     for eps in (math.inf, 8.0, 1.0):
         rate = DPConfig(batch_size=s.dp_batch).sample_rate(len(p0))
         steps = s.rounds * s.mia_epochs * DPConfig(batch_size=s.dp_batch).batches(len(p0))
@@ -267,7 +282,8 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
                                                                 reduction="none").numpy())
         auc = _auc(-losses[0], -losses[1])  # lower loss → "member"
         key = "inf" if math.isinf(eps) else f"{eps:g}"
-        out[key] = {"auc": auc, "advantage_points": 100 * (auc - 0.5), "sigma": sigma}
+        out[key] = {"auc": auc, "advantage_points": 100 * (auc - 0.5), "sigma": sigma,
+                    "advantage_se_points": 100 * _auc_se(auc, s.canaries, s.canaries_out)}
         say(f"membership inference ε={eps}: AUC {auc:.3f}")
     return out
 
@@ -449,6 +465,7 @@ def checks(results: dict[str, Any]) -> dict[str, Any]:
         "dp_step_ok": results["dp_step"]["ratio"] <= 2.0,
         "mia_no_dp_points": mia["inf"]["advantage_points"],
         "mia_eps8_points": mia["8"]["advantage_points"],
+        "mia_eps8_se_points": mia["8"].get("advantage_se_points"),
     }
     for split, acc in results["accuracy"].items():
         suffix = "" if split == "iid" else f"_{split}"
@@ -483,8 +500,9 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=7)
     ax = axes[1][0]
     mia = results["membership_inference"]
-    ax.bar(["no DP", "ε=8", "ε=1"], [mia["inf"]["advantage_points"], mia["8"]["advantage_points"],
-                                      mia["1"]["advantage_points"]])
+    keys = ("inf", "8", "1")
+    ax.bar(["no DP", "ε=8", "ε=1"], [mia[k]["advantage_points"] for k in keys],
+           yerr=[mia[k].get("advantage_se_points", 0.0) for k in keys], capsize=4)
     ax.axhline(10, color="#c44e52", linestyle="--", label="no-DP target ≥ 10")
     ax.axhline(2, color="#55a868", linestyle="--", label="ε=8 target ≤ 2")
     ax.set_ylabel("MIA advantage (AUC − 0.5, points)")
@@ -520,7 +538,9 @@ def render(results: dict[str, Any]) -> RenderableType:
         for k in ("1", "8", "inf", "centralized", "local_only"):
             rows.append([f"accuracy {split} {k}", round(row[k]["accuracy"], 3)])
     for k in ("inf", "8", "1"):
-        rows.append([f"MIA advantage ε={k} (points)", round(results["membership_inference"][k]["advantage_points"], 1)])
+        m = results["membership_inference"][k]
+        se = f" ± {m['advantage_se_points']:.1f}" if "advantage_se_points" in m else ""
+        rows.append([f"MIA advantage ε={k} (points)", f"{m['advantage_points']:.1f}{se}"])
     return Group(report.table("federated DP-LoRA rounds", ["metric", "value"], rows))
 
 

@@ -7,7 +7,8 @@ is its ``contentHash`` (a plain-file asset), or the upload is the asset's
 vault blob and the node also reports the blob's key under ``adapter_key``,
 which must open the asset's ``keyCommitment`` (the orchestrator merges the
 plaintext anyway, so the key shows it nothing more). Otherwise the job
-fails naming the participant, before anything is recorded or claimed; COMPUTING -> COMPUTED builds and runs the merge exactly as ``collab merge
+fails naming the participant, before anything is recorded or claimed.
+COMPUTING -> COMPUTED builds and runs the merge exactly as ``collab merge
 run --claim`` does (:mod:`collab.merge.programs` + :mod:`collab.merge.claimed`:
 linear, task arithmetic or weighted TIES, the stored file is the dequantised
 VM output), vaults the output, records the job in ``MergeRegistry`` (inputs:
@@ -44,9 +45,9 @@ from orchestrator.rounds import RoundJob
 METHODS = ("linear", "task_arithmetic", "ties")
 
 
-def encode_adapter(path: Path) -> str:
-    """A node's adapter file as the report value."""
-    return base64.b64encode(Path(path).read_bytes()).decode()
+def encode_adapter(raw: bytes) -> str:
+    """A node's adapter (its file, or its asset's vault blob) as the report value."""
+    return base64.b64encode(raw).decode()
 
 
 def decode_adapter(raw: bytes) -> dict[str, Any]:

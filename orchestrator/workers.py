@@ -314,8 +314,6 @@ class TaskRunner:
     def _adapter(self, task: dict[str, Any]) -> None:
         """Contribute this node's adapter: the asset's vault blob and key when the job names a vaulted asset
         of ours (the orchestrator checks both against the chain), else the adapter file."""
-        import base64
-
         from orchestrator.merges import encode_adapter
 
         jid, payload = task["id"], task["payload"]
@@ -331,13 +329,13 @@ class TaskRunner:
         if vaulted is not None:
             blob, key = vaulted
             self._report(jid)("adapter_key", key.hex())  # first: the upload completes the node's part
-            self._report(jid)("adapter", base64.b64encode(blob).decode())
+            self._report(jid)("adapter", encode_adapter(blob))
             return
         path = self.adapter or Path(self.node.chain.settings.home) / "adapter.safetensors"
         if not path.is_file():
             log.warning("job %s: no adapter at %s to contribute", jid, path)
             return
-        self._report(jid)("adapter", encode_adapter(path))
+        self._report(jid)("adapter", encode_adapter(path.read_bytes()))
 
     def _vaulted(self, asset_id: int) -> tuple[bytes, bytes] | None:
         """(blob, key) of asset ``asset_id`` when this home's vault holds it with a key we can open, else None."""

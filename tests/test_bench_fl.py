@@ -59,3 +59,12 @@ def test_trained_and_held_out_canaries_share_one_label_histogram() -> None:
     inside, outside = _canaries(50, classes, vocab, 7), _canaries(50, classes, vocab, 8)
     assert Counter(inside.labels) == Counter(outside.labels) == {c: 10 for c in range(5)}
     assert inside.labels != outside.labels and set(inside.texts).isdisjoint(outside.texts)
+
+
+def test_the_attack_reports_its_own_noise_floor() -> None:
+    """Hanley & McNeil's AUC standard error: ~5.8 points at 50 / 50 canaries, narrower with more held out."""
+    from benchmarks.fl import _auc_se
+
+    assert abs(100 * _auc_se(0.5, 50, 50) - 5.80) < 0.01
+    assert _auc_se(0.5, 100, 400) < _auc_se(0.5, 100, 100) < _auc_se(0.5, 50, 50)
+    assert _auc_se(1.0, 50, 50) == 0.0  # a perfect separation has no spread
