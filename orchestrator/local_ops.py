@@ -156,15 +156,16 @@ def claims_show(actor: Actor, claim_id: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def _resolved(actor: Actor, spec: MergeSpec) -> Iterator[tuple[MergeSpec, dict[int, AssetGrant]]]:
     """The spec with asset inputs checked on-chain and decrypted from the vault (temp dirs removed after)."""
-    from chain.clients.asset_registry import AssetRegistryClient
-    from chain.clients.licensing import LicensingClient
     from collab.merge.assets import VaultResolver, asset_ids_of, check_access, local_config_source
-    from collab.vault import Vault
 
     ids = asset_ids_of(spec)
-    if not ids:
+    if not ids:  # local models only: no chain client (web3 is ~0.6 s of imports)
         yield spec.resolve_assets(None), {}
         return
+    from chain.clients.asset_registry import AssetRegistryClient
+    from chain.clients.licensing import LicensingClient
+    from collab.vault import Vault
+
     session = actor.session(True)
     licensing = _client(session, LicensingClient)
     grants = check_access(_client(session, AssetRegistryClient), licensing, session.account.address, ids)
