@@ -520,6 +520,17 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
             plain = pooled.get_plain_text(dst=1)
             if rank == 1:
                 result["embedding"] = torch.nn.functional.normalize(plain, dim=-1).tolist()
+            # The same forward pass on the dealer path (TFP deals its tuples as it goes), same session and
+            # weights: the HE path's online phase is meant to equal it (only where tuples come from changes).
+            cfg.mpc.provider = "TFP"
+            comm.get().reset_communication_stats()
+            t0 = time.perf_counter()
+            dealt = forward().get_plain_text(dst=1)
+            result["online_dealer_s"] = time.perf_counter() - t0
+            result["online_dealer_bytes"] = int(comm.get().get_communication_stats()["bytes"])
+            cfg.mpc.provider = NAME
+            if rank == 1:
+                result["dealer_embedding"] = torch.nn.functional.normalize(dealt, dim=-1).tolist()
         he.request_cache = []
         he.tuple_cache = {}
     finally:
