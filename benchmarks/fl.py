@@ -21,8 +21,9 @@ Two kinds of measurement, each labelled in the JSON:
   standard error, threshold-free so a small canary set does not flatter it).
 
 ``COLLAB_BENCH_QUICK=1`` (CI) shrinks everything: tiny encoder, few samples,
-one Flower deployment of 3 participants. A full run (MiniLM, 128 tokens) is
-sized for well under the issue's 2-hour budget on 2 cores.
+one Flower deployment of 3 participants (no default-executor baseline). A
+full run (MiniLM, 128 tokens) is sized for the issue's 2-hour budget on 2
+cores.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Sizes:
     canaries: int  # trained on (participant 0)
     mia_epochs: int
     canaries_out: int  # held out: only scored, so many cost little and narrow the AUC's error
+    default_executor: bool = True  # also time Flower's default executor (the warm hosts' baseline)
 
 
 # DP-SGD needs data and large batches: at 60 articles per participant and batch 16, ε = 8 sat near
@@ -76,7 +78,8 @@ class Sizes:
 # with 50 / 50 (4 rounds' worth of epochs would not fit the 2-hour budget) measured no DP 12.5 points and
 # ε = 8 7.5, each ± 5.8 (one standard error of the AUC): the 2-point target is below that noise floor.
 FULL = Sizes("minilm", 128, 200, 200, 2, 2, 16, 0.005, 64, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400)
-QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3, 12)
+# Quick (CI): no default-executor baseline (~100 s of Flower processes that test no code of ours).
+QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3, 12, default_executor=False)
 
 
 # ---------------------------------------------------------------------- in-process learning
@@ -297,7 +300,7 @@ def _flower_runs(s: Sizes, say: Log) -> dict[str, Any]:
     Each node is collab's warm ClientApp host (one process serves every
     message); the first count also runs plain and secure on Flower's default
     (a fresh ClientApp process per message), the same-run baseline, under
-    ``flower_default``.
+    ``flower_default`` (full mode only).
     """
     from collab.fl.data import iid_split, load_bbc_news, take, train_test_split
     from collab.fl.deployment import FlowerDeployment
@@ -313,7 +316,7 @@ def _flower_runs(s: Sizes, say: Log) -> dict[str, Any]:
     out: dict[str, Any] = {"per_participant": per, "runs": [], "flower_default": []}
     with tempfile.TemporaryDirectory(prefix="collab-bench-fl-") as tmp:
         root = Path(tmp)
-        for n, warm in [*((n, True) for n in s.counts), (s.counts[0], False)]:
+        for n, warm in [*((n, True) for n in s.counts), *([(s.counts[0], False)] if s.default_executor else [])]:
             tag = "" if warm else "-default"
             names = [f"p{i:02d}" for i in range(n)]
             shards = iid_split(take(train, per * n, seed=11), n, seed=12)
@@ -439,7 +442,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick:
         "round_time_vs_participants": {str(r["participants"]): r["round_s"] for r in flower["runs"] if r["secure"]},
         "secagg_overhead": {"plain_round_s": plain["round_s"], "secure_round_s": secure["round_s"],
                             "extra_s": secure["round_s"] - plain["round_s"], "ratio": secure["round_s"] / plain["round_s"]},
-        "warm_vs_default": _warm_vs_default(flower, plain, secure, local),
+        **({"warm_vs_default": _warm_vs_default(flower, plain, secure, local)} if flower["flower_default"] else {}),
         "bytes": bytes_per_round(flower),
         "dp_step": dp_step_time(s, say),
         "accuracy": accuracy_vs_epsilon(s, say),
