@@ -38,8 +38,8 @@ load average at the start and end of the run is recorded with the figures.
 Full mode (``collab bench mpc``): the issue's 200 sentences at seq 32 and 50
 at seq 128 through the default path (``cheap``); CrypTen's defaults and the
 fixed-mask path on the first 25 / 5 (``COMPARISON_SENTENCES``).
-``COLLAB_BENCH_QUICK=1``: 3 sentences at seq 16, for CI. Timings are noisy on a shared machine: compare ratios against ``baseline`` from the
-same run. Literature figures (BERT-base, other hardware and settings) are
+``COLLAB_BENCH_QUICK=1``: 3 sentences at seq 16, for CI. Timings are noisy
+on a shared machine: compare ratios against ``baseline`` from the same run. Literature figures (BERT-base, other hardware and settings) are
 listed beside ours, never compared as if measured here.
 """
 
@@ -86,8 +86,8 @@ ABLATION_SENTENCES = {32: 17, 128: 5, 16: 1}
 # The default path (`cheap`, what `collab infer` runs) serves every planned sentence, so its accuracy is
 # measured over the issue's 200 / 50. CrypTen's defaults and the fixed-mask path are timed on the first
 # COMPARISON_SENTENCES: every input is padded to seq_len, so per-sentence time and bytes do not depend on
-# the sentence, and their accuracy is reported over that subset. This keeps the full run near one hour
-# (all three over every sentence would take ~3 h on this machine).
+# the sentence, and their accuracy is reported over that subset. The full run then takes ~25 min on the
+# idle machine (all three over every sentence: ~1 h more).
 FULL_COUNT_CONFIG = "cheap"
 COMPARISON_SENTENCES = {32: 25, 128: 5}
 
