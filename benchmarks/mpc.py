@@ -39,8 +39,9 @@ Full mode (``collab bench mpc``): the issue's 200 sentences at seq 32 and 50
 at seq 128 through the default path (``cheap``); CrypTen's defaults and the
 fixed-mask path on the first 25 / 5 (``COMPARISON_SENTENCES``).
 ``COLLAB_BENCH_QUICK=1``: 3 sentences at seq 16, for CI. Timings are noisy
-on a shared machine: compare ratios against ``baseline`` from the same run. Literature figures (BERT-base, other hardware and settings) are
-listed beside ours, never compared as if measured here.
+on a shared machine: compare ratios against ``baseline`` from the same run.
+Literature figures (BERT-base, other hardware and settings) are listed
+beside ours, never compared as if measured here.
 """
 
 from __future__ import annotations
