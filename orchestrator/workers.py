@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ class NodeChain:
     identity: Any = None  # the home's unlocked Identity: its BLS key signs round consents
 
 
-class BackgroundWorker:
+class BackgroundWorker(ABC):
     """One daemon thread running ``_run`` until :meth:`stop`, which joins it (the node's workers)."""
 
     thread_name = "worker"
@@ -59,8 +60,9 @@ class BackgroundWorker:
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The worker's loop; it returns once ``self._stop`` is set."""
 
     def stop(self) -> None:
         self._stop.set()
