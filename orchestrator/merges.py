@@ -177,27 +177,24 @@ class MergeJob:
         shared = {"lambda": float(payload["lambda"])} if "lambda" in payload else {}
         return MergeSpec(method, tuple(models), base, shared)
 
-    def _check_owners(self, job: Job, parts: list[str]) -> None:
-        """Each named asset must be owned by the participant that contributes it (Shares go to its owner)."""
-        for part, asset_id in zip(parts, job.payload.get("assets") or []):
-            if asset_id and self.assets is not None:
-                owner = self.assets.asset(int(asset_id)).owner.lower()
-                if owner != part:
-                    raise Unauthorized(f"asset {asset_id} is owned by {owner}, not by participant {part}")
-
-    def _asset(self, asset_id: int) -> Any:
-        """The on-chain asset an upload must be (None for an unregistered adapter or without a registry)."""
-        return self.assets.asset(int(asset_id)) if asset_id and self.assets is not None else None
+    def _named_assets(self, job: Job, parts: list[str]) -> list[Any]:
+        """Each participant's named asset, read from the chain once (None: an unregistered adapter, or no
+        registry); Unauthorized unless its owner is the participant contributing it (Shares go to the owner)."""
+        out = []
+        for part, asset_id in zip(parts, job.payload.get("assets") or [0] * len(parts)):
+            asset = self.assets.asset(int(asset_id)) if asset_id and self.assets is not None else None
+            if asset is not None and asset.owner.lower() != part:
+                raise Unauthorized(f"asset {asset_id} is owned by {asset.owner.lower()}, not by participant {part}")
+            out.append(asset)
+        return out
 
     def _compute(self, job: Job, store: JobStore) -> JobState:
         from collab.merge.claimed import execute, prepare_claim
         from collab.merge.programs import build_plan
 
         parts = [str(a).lower() for a in job.payload["participants"]]
-        self._check_owners(job, parts)
-        states = [decode_adapter(adapter_bytes(job.data[f"r/{a}/adapter"], job.data.get(f"r/{a}/adapter_key"),
-                                               self._asset(asset_id), a))
-                  for a, asset_id in zip(parts, job.payload.get("assets") or [0] * len(parts))]
+        states = [decode_adapter(adapter_bytes(job.data[f"r/{a}/adapter"], job.data.get(f"r/{a}/adapter_key"), asset, a))
+                  for a, asset in zip(parts, self._named_assets(job, parts))]
         out = self._dir(job) / "merged"
         if out.exists():
             shutil.rmtree(out)
