@@ -20,7 +20,6 @@ import zmq
 
 from collab import errors
 from collab.errors import CollabError, Unavailable
-from orchestrator.envelope import sign_request
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -98,6 +97,8 @@ class OrchestratorClient:
         return reply["result"]  # type: ignore[no-any-return]
 
     def signed(self, payload: dict[str, Any], *, ttl: int = 60) -> dict[str, Any]:
+        from orchestrator.envelope import sign_request  # eth_account (~0.5 s): only clients that sign load it
+
         return sign_request(self.account, payload, chain_id=self.chain_id, verifying_contract=self.orchestrator,
                             nonce=next(self._nonces), ttl=ttl)
 

@@ -35,13 +35,13 @@ def via_node(ctx: click.Context, op: str, fields: dict[str, Any], *, timeout: fl
     for the node's answer (it replies when the work is done); ``note`` is
     logged when the request goes to the node.
     """
+    from orchestrator.client import NodeSocketClient, node_status
+
     conf = settings(ctx)
-    status = _node_status(conf)
+    status = node_status(conf.node_socket)
     if status is not None:
         unfit = _unfit(status, conf)
         if unfit is None:
-            from orchestrator.client import NodeSocketClient
-
             if note:
                 log(note)
             return NodeSocketClient(conf.node_socket, timeout=timeout).request(op, **fields)
@@ -52,16 +52,6 @@ def via_node(ctx: click.Context, op: str, fields: dict[str, Any], *, timeout: fl
     if local is None:
         raise UsageError(missing)
     return local()
-
-
-def _node_status(conf: Settings) -> dict[str, Any] | None:
-    """The home's node status, or None. No socket file, no node: then the node client's stack (zmq,
-    eth_account: ~0.5 s of imports, a tenth of a small merge's wall time) is not loaded at all."""
-    if not conf.node_socket.exists():
-        return None
-    from orchestrator.client import node_status
-
-    return node_status(conf.node_socket)
 
 
 def _unfit(status: dict[str, Any], conf: Settings) -> str | None:
