@@ -47,15 +47,14 @@ def _adapter(seed: int) -> dict[str, torch.Tensor]:
     return {"lora_A": torch.randn(4, 8, generator=g) * 0.1, "lora_B": torch.randn(8, 4, generator=g) * 0.1}
 
 
-def _register(env: GameEnv, me: Identity, state: dict[str, torch.Tensor], path: Path, *, vaulted: bool
-              ) -> tuple[int, dict[str, str]]:
-    """Register ``state`` as ``me``'s model asset; the upload its node sends (the vault blob and key if vaulted)."""
-    blob = save(state)
+def _register(env: GameEnv, me: Identity, path: Path, *, vaulted: bool) -> tuple[int, dict[str, str]]:
+    """Register the adapter file at ``path`` as ``me``'s model asset, as the file itself or as its blob in the
+    vault next to it (a home's ``vault``); the upload its node sends (the vault blob and key if vaulted)."""
     if not vaulted:
+        blob = path.read_bytes()
         asset = AssetInput(AssetKind.MODEL, hashlib.sha256(blob).digest())
         upload = {"adapter": base64.b64encode(blob).decode()}
     else:
-        path.write_bytes(blob)
         vault = Vault(path.parent / "vault", owner=me.x25519_public)
         entry = vault.put(path)
         key = vault.data_key(entry.id, me.x25519_private_key)
@@ -63,6 +62,18 @@ def _register(env: GameEnv, me: Identity, state: dict[str, torch.Tensor], path: 
         upload = {"adapter_key": key.hex(), "adapter": base64.b64encode(vault.export(entry.id)).decode()}
     registry = AssetRegistryClient.from_deployment(env.deployment, env.w3, me.account)
     return registry.register(asset).asset_id, upload
+
+
+def _partnership(env: GameEnv, owner: Identity, asset_id: int, partner: Identity) -> None:
+    """``owner`` offers a Partnership on ``asset_id`` to ``partner``, who takes it."""
+    licensing = LicensingClient.from_deployment(env.deployment, env.w3, owner.account)
+    offer = licensing.offer(asset_id, LicenseKind.PARTNERSHIP, Terms(partner=partner.address)).offer_id
+    licensing.with_account(partner.account).buy(offer, 0)
+
+
+def _adapter_file(path: Path, state: dict[str, torch.Tensor]) -> Path:
+    path.write_bytes(save(state))
+    return path
 
 
 def _run(store: JobStore, handlers: dict[str, object], job_id: str, until: set[JobState], max_steps: int = 20) -> Job:
@@ -87,10 +98,8 @@ def test_orchestrator_merge_job_registers_the_merged_asset_and_mints_shares_by_w
     adapters = [_adapter(i) for i in range(2)]
     assets, uploads = [], []
     for i, (me, state) in enumerate(zip(people, adapters)):  # each registers its adapter, grants a Partnership
-        asset_id, upload = _register(env, me, state, tmp_path / f"adapter{i}.safetensors", vaulted=i == 1)
-        licensing = LicensingClient.from_deployment(env.deployment, env.w3, me.account)
-        offer = licensing.offer(asset_id, LicenseKind.PARTNERSHIP, Terms(partner=orch.address)).offer_id
-        licensing.with_account(orch.account).buy(offer, 0)
+        asset_id, upload = _register(env, me, _adapter_file(tmp_path / f"adapter{i}.safetensors", state), vaulted=i == 1)
+        _partnership(env, me, asset_id, orch)
         assets.append(asset_id)
         uploads.append(upload)
 
@@ -169,7 +178,7 @@ def test_an_upload_that_is_not_the_named_asset_fails_the_job_before_anything_is_
     orch_home = tmp_path / "orch"
     orch = _home(env, orch_home, f"forge-orch-{forgery}", True)
     people = [_home(env, tmp_path / f"p{i}", f"forge-{forgery}-{i}", True) for i in range(2)]
-    registered = [_register(env, me, _adapter(i), tmp_path / f"a{i}.safetensors", vaulted=True)
+    registered = [_register(env, me, _adapter_file(tmp_path / f"a{i}.safetensors", _adapter(i)), vaulted=True)
                   for i, me in enumerate(people)]
     assets, uploads = [a for a, _ in registered], [u for _, u in registered]
     if forgery == "other_adapter":  # p1 sends a different file than its asset (sha256 ≠ contentHash)

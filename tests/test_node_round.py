@@ -21,7 +21,6 @@ Small config: the tiny encoder, 16 examples per participant.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -51,10 +50,10 @@ from chain.clients.round_registry import (
 from chain.clients.shares import SharesClient
 from collab.fl.data import iid_split, load_bbc_news, take, train_test_split
 from collab.fl.receipts import receipt_path, receipts_dir
-from collab.identity import Identity
 from conftest import increase_time
 from orchestrator.client import NodeSocketClient
 from test_claim_manager import GameEnv, game_env  # noqa: F401  (session fixture)
+from test_merge_orchestrator import _partnership, _register
 from test_orchestrator import COLLAB, _funded_registered, _start
 
 pytestmark = pytest.mark.slow
@@ -272,8 +271,12 @@ def test_merge_job_survives_a_sigkilled_orchestrator_with_one_claim(network: dic
     parts = [homes[n][1] for n in ("p0", "p1")]
     # Both adapters are assets licensed to the orchestrator; p1's lives in its home's vault, so its node
     # uploads the vault blob with its key (the orchestrator checks both against the asset on-chain).
-    assets = [_adapter_asset(game_env, homes[n][0], network["idents"][n], network["idents"]["orch"], vaulted=n == "p1")
-              for n in ("p0", "p1")]
+    assets = []
+    for n in ("p0", "p1"):
+        me = network["idents"][n]
+        asset_id, _ = _register(game_env, me, homes[n][0] / "adapter.safetensors", vaulted=n == "p1")
+        _partnership(game_env, me, asset_id, network["idents"]["orch"])
+        assets.append(asset_id)
     payload = {"participants": parts, "method": "linear", "assets": assets}
     job = api.request("submit", kind="merge", payload=payload, needs=parts, timeout=120)["job"]
     _wait(api, job["id"], lambda j: j["state"] not in ("created", "collecting"), 120)
@@ -287,25 +290,6 @@ def test_merge_job_survives_a_sigkilled_orchestrator_with_one_claim(network: dic
     claim_id = bytes.fromhex(done["data"]["claim_id"][2:])
     assert [p.claim_id for p in manager.posted(from_block=game_env.deployment.deploy_block)].count(claim_id) == 1
     assert Path(done["data"]["merged_path"]).is_file() and done["data"]["parents"] == assets
-
-
-def _adapter_asset(env: GameEnv, home: Path, me: Identity, orch: Identity, *, vaulted: bool) -> int:
-    """Register the node's adapter file (or its vault blob) as ``me``'s model asset, Partnership to ``orch``."""
-    from chain.clients.licensing import LicenseKind, LicensingClient, Terms
-    from collab.config import Settings
-    from collab.vault import Vault
-
-    path = home / "adapter.safetensors"
-    if vaulted:
-        entry = Vault(Settings.resolve(home=home, env={}).vault_dir, owner=me.x25519_public).put(path)
-        spec = AssetInput(AssetKind.MODEL, entry.content_hash, key_commitment=entry.key_commitment, vault_uri=entry.uri)
-    else:
-        spec = AssetInput(AssetKind.MODEL, hashlib.sha256(path.read_bytes()).digest())
-    asset_id = AssetRegistryClient.from_deployment(env.deployment, env.w3, me.account).register(spec).asset_id
-    licensing = LicensingClient.from_deployment(env.deployment, env.w3, me.account)
-    offer = licensing.offer(asset_id, LicenseKind.PARTNERSHIP, Terms(partner=orch.address)).offer_id
-    licensing.with_account(orch.account).buy(offer, 0)
-    return asset_id
 
 
 def _alive(pid: int) -> bool:
