@@ -36,6 +36,18 @@ def test_only_lora_query_value_and_head_are_trainable_and_travel() -> None:
         load_trainable(other, {k: v for k, v in trainable_state(model).items() if "classifier" not in k})
 
 
+def test_the_real_encoder_loads_without_transformers_noise(capfd: pytest.CaptureFixture[str]) -> None:
+    """The pooler is dropped on purpose: no load report or progress bar in a node's log, verbosity restored."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    model = build_model(TaskConfig(num_labels=5, seed=1))
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "Loading weights" not in err, err
+    assert hf_logging.get_verbosity() == before and hf_logging.is_progress_bar_enabled()
+    assert sum(p.numel() for p in model.parameters()) > 20_000_000  # the real MiniLM, not the tiny one
+
+
 def test_dp_sgd_moves_every_adapter_and_lowers_the_loss(shard: Dataset) -> None:
     model = tiny()
     before = trainable_state(model)

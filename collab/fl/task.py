@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokeniz
 
 from collab.errors import BadInput
 from collab.fl.data import Dataset
+from collab.hflog import quiet_transformers
 from collab.mpc.model import model_dir
 
 KINDS = ("tiny", "minilm")
@@ -75,7 +76,8 @@ def build_model(config: TaskConfig) -> Classifier:
     """
     torch.manual_seed(config.seed)
     if config.kind == "minilm":
-        encoder = BertModel.from_pretrained(str(model_dir()), add_pooling_layer=False)
+        with quiet_transformers():
+            encoder = BertModel.from_pretrained(str(model_dir()), add_pooling_layer=False)
     else:
         encoder = BertModel(
             BertConfig(

@@ -31,6 +31,7 @@ import torch
 
 from collab import fixedpoint as fx
 from collab.errors import BadInput
+from collab.hflog import quiet_transformers
 from collab.merge.config import MergeSpec
 from collab.merge.mergekit_merge import (
     MergeResult,
@@ -38,7 +39,6 @@ from collab.merge.mergekit_merge import (
     ParamInfo,
     _sha256_files,
     check_out_dir,
-    quiet_transformers,
     staging_dir,
     weight_shapes,
 )
@@ -278,11 +278,11 @@ def run_data_merge(spec: MergeSpec, out_dir: Path | str, *, collector: SumCollec
     wrong = [m.label for m, c in zip(spec.models, contributions) if c.method != spec.method]
     if wrong:
         raise BadInput(f"{wrong[0]} holds statistics for another method than {spec.method}")
-    quiet_transformers()
-    config = transformers.AutoConfig.from_pretrained(str(spec.base.path))
-    arch = (config.architectures or ["AutoModel"])[0]
-    model_cls = getattr(transformers, arch, None) or transformers.AutoModel
-    model = model_cls.from_pretrained(str(spec.base.path), dtype=torch.float32)
+    with quiet_transformers():
+        config = transformers.AutoConfig.from_pretrained(str(spec.base.path))
+        arch = (config.architectures or ["AutoModel"])[0]
+        model_cls = getattr(transformers, arch, None) or transformers.AutoModel
+        model = model_cls.from_pretrained(str(spec.base.path), dtype=torch.float32)
     template = model.state_dict()
     _check_against_template(contributions[0], template)
     chosen: SumCollector = collector or PlainSum()

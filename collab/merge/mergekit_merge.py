@@ -41,6 +41,7 @@ from mergekit.options import MergeOptions  # noqa: E402
 from mergekit.plan import MergePlanner  # noqa: E402
 
 from collab.errors import BadInput, NotFound  # noqa: E402
+from collab.hflog import quiet_transformers  # noqa: E402
 from collab.merge.config import MERGEKIT_METHODS, MergeSpec, ModelRef  # noqa: E402
 
 LOG = logging.getLogger(__name__)
@@ -201,11 +202,11 @@ def run_mergekit(spec: MergeSpec, out_dir: Path | str, *, seed: int = 0, blocked
     out = check_out_dir(out_dir)
     config = _mergekit_config(spec)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="collab-lora-") as lora_cache, staging_dir(out) as stage:
+    with (tempfile.TemporaryDirectory(prefix="collab-lora-") as lora_cache, staging_dir(out) as stage,
+          quiet_transformers()):
         options = MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True, random_seed=seed,
                                lora_merge_cache=lora_cache, lora_merge_dtype="float32")
         _install_optional_alias_fix()
-        quiet_transformers()
         _reset_loader_cache()
         try:
             from collab.merge import blocked as row_blocks
@@ -320,14 +321,6 @@ def _reset_loader_cache() -> None:
     cache = LoaderCache()
     cache.flush_all()
     cache.loaders.clear()
-
-
-def quiet_transformers() -> None:
-    """No progress bars from transformers/peft while folding LoRAs (stderr stays readable)."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
 
 class _Aliases(tuple):  # type: ignore[type-arg]

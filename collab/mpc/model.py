@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from collab.errors import BadInput, NotFound
+from collab.hflog import quiet_transformers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -198,7 +199,8 @@ def tokenize(texts: list[str], seq_len: int, path: Path | None = None) -> Tokens
 def _hf_model(path: str) -> Any:
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(path)
+    with quiet_transformers():
+        model = AutoModel.from_pretrained(path)
     model.eval()
     return model
 
