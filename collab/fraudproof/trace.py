@@ -10,6 +10,7 @@ bulk, and reusing the trees for every proof.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -293,6 +294,44 @@ class Trace:
         return (v % (1 << 256)).to_bytes(32, "big")
 
 
+COMMIT_WORKERS = max(1, min(4, os.cpu_count() or 1))  # hashing dominates memory-bound programs
+
+
+class _Committer:
+    """Commits values on a thread pool: each value object once, a bundle only after its entries.
+
+    Tasks start in submission order and a bundle's entries are submitted
+    before it, so a task only ever waits on tasks already running or done.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, cache: dict[int, Committed]) -> None:
+        self.pool, self.cache = pool, cache
+        self.futures: dict[int, tuple[Value, Future[Committed]]] = {}
+
+    def submit(self, value: Value) -> Future[Committed]:
+        known = self.futures.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        future = self.pool.submit(self._commit, value, self._entry_futures(value))
+        self.futures[id(value)] = (value, future)
+        return future
+
+    def _entry_futures(self, value: Value) -> list[Future[Committed]]:
+        out: list[Future[Committed]] = []
+        for _, entry in value.entries or ():
+            known = self.futures.get(id(entry))
+            if known is not None and known[0] is entry:
+                out.append(known[1])
+            else:
+                out.extend(self._entry_futures(entry))
+        return out
+
+    def _commit(self, value: Value, entries: list[Future[Committed]]) -> Committed:
+        for f in entries:
+            f.result()
+        return commit_value(value, self.cache)
+
+
 def build_trace(
     program: Program,
     inputs: Mapping[str, Value | Committed],
@@ -316,11 +355,12 @@ def build_trace(
     if len(ordered) != program.n_inputs:
         raise BadInput(f"the program takes {program.n_inputs} inputs, got {len(ordered)}")
     values = [v for _, v in ordered]
-    # Two-stage pipeline: this thread executes step i+1 while one worker commits the inputs, then
-    # step i (numpy's large-array kernels and the native keccak release the GIL). Only the worker
-    # touches ``cache`` until the loop ends, and it commits in order, so the result is the sequential one.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") as committer:
-        inputs_pending = [committer.submit(commit_value, v, cache) for _, v in ordered]
+    # Pipeline: this thread executes step i+1 while COMMIT_WORKERS threads commit the inputs and
+    # earlier steps (numpy's large-array kernels and the native keccak release the GIL). Every value
+    # is committed once, a bundle only after its entries, so the result is the sequential one.
+    with ThreadPoolExecutor(max_workers=COMMIT_WORKERS, thread_name_prefix="commit") as pool:
+        committer = _Committer(pool, cache)
+        inputs_pending = [committer.submit(v) for _, v in ordered]
         pending: list[Future[Committed]] = []
         for i, step in enumerate(program.steps):
             if overrides and i in overrides:
@@ -330,7 +370,7 @@ def build_trace(
                     raise NoValidOutput(f"step {i} reads a tensor that is not computed yet")
                 v = execute_step(step, [values[t] for t in step.inputs], (witnesses or {}).get(i))
             values.append(v)
-            pending.append(committer.submit(commit_value, v, cache))
+            pending.append(committer.submit(v))
         committed_in = [f.result() for f in inputs_pending]
         outputs = [f.result() for f in pending]
     bundle_value = Value(TensorHeader(Domain.BUNDLE, 0, (len(ordered),)), None, tuple(ordered))
