@@ -126,6 +126,22 @@ def test_rescale_array_matches_scalar(values: list[int], fa: int, fb: int) -> No
     assert fx.rescale_array(arr, fa, fb).tolist() == [fx.rescale(v, fa, fb) for v in values]
 
 
+@settings(max_examples=80)
+@given(st.lists(st.integers(-(1 << 62) + 1, (1 << 62) - 1), min_size=1, max_size=40), st.integers(0, 62))
+def test_in_place_shift_of_bounded_words_matches_scalar(values: list[int], s: int) -> None:
+    arr = np.array(values, dtype=np.int64)
+    assert fx.rshift_small_inplace(arr, s) is arr
+    assert arr.tolist() == [fx.rshift(v, s) for v in values]
+
+
+def test_in_place_shift_rounds_ties_to_even_at_the_bounds() -> None:
+    edge = (1 << 62) - 1
+    for s in (1, 2, 30, 61, 62):
+        half = 1 << (s - 1)
+        values = [v for v in (edge, -edge, half, -half, 3 * half, -3 * half, half - 1, half + 1, 0, -1, 1) if abs(v) <= edge]
+        assert fx.rshift_small_inplace(np.array(values, dtype=np.int64), s).tolist() == [fx.rshift(v, s) for v in values]
+
+
 @settings(max_examples=60)
 @given(st.lists(st.tuples(I64, I64), min_size=1, max_size=30), st.integers(0, 124), FRAC)
 def test_mul_rescale_array_matches_scalar(pairs: list[tuple[int, int]], fab: int, fo: int) -> None:

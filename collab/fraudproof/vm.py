@@ -214,10 +214,13 @@ def execute_step(step: Step, inputs: Sequence[Value], witness: np.ndarray | None
         wmax = max(abs(w) for w in weights)
         bound = amax * wmax * len(data)
         fab = fs[0] + fw
-        if bound < (1 << 62):
-            total = np.zeros(data[0].shape, dtype=np.int64)
-            for a, w in zip(data, weights):
-                total = total + a * np.int64(w)
+        if bound < (1 << 62):  # int64 throughout, summed in place
+            total = np.multiply(data[0], np.int64(weights[0]))
+            term = np.empty_like(total)
+            for a, w in zip(data[1:], weights[1:]):
+                total += np.multiply(a, np.int64(w), out=term)
+            if 0 <= fab - fo <= 62:
+                return done(fx.rshift_small_inplace(total, fab - fo))
             return done(fx.rescale_array(total, fab, fo))
         if bound < (1 << 125) and 1 <= fab - fo <= 126:
             return done(_wide_weighted_sum(data, weights, fab - fo))

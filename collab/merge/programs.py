@@ -402,10 +402,12 @@ def output_state(value: Value, like: Mapping[str, torch.Tensor]) -> dict[str, to
     slow: dict[str, Value] = {}
     for n, v in values.items():
         words = v.data
-        if like[n].dtype == torch.float32 and words is not None and (not words.size or int(np.abs(words).max()) < 1 << 24):
+        small = words is not None and (not words.size or max(-int(words.min()), int(words.max())) < 1 << 24)
+        if like[n].dtype == torch.float32 and small:
             # |k| < 2^24: k and k·2^-f are exact float32, the same value as float64 dequantisation then rounding
-            out[n] = torch.from_numpy((words.astype(np.float32) * np.float32(2.0 ** -v.header.frac_bits))
-                                      .reshape(like[n].shape))
+            scaled = np.multiply(words, np.float32(2.0 ** -v.header.frac_bits), out=np.empty(words.shape, np.float32),
+                                 casting="unsafe")  # one pass, no int64 -> float32 temporary
+            out[n] = torch.from_numpy(scaled.reshape(like[n].shape))
         else:
             slow[n] = v
     out.update({n: t.reshape(like[n].shape) for n, t in state_dict_from_vm(slow, like).items()})
