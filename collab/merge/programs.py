@@ -35,7 +35,7 @@ the program's output headers gives back the claim's output root.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,8 +198,28 @@ def quantise(t: torch.Tensor, f: int, max_abs: float | None = None) -> Value:
     return tensor(scaled.astype(np.int64), Domain.FIXED, f)
 
 
-def _quantise(into: dict[str, Value], name: str, t: torch.Tensor, f: int, max_abs: float | None = None) -> None:
-    into[name] = quantise(t, f, max_abs)
+def _quantised_inputs(keys: Sequence[str], quantised: Callable[[str], tuple[int | None, list[Value]]],
+                      with_base: bool = True) -> tuple[dict[str, Value], dict[str, int]]:
+    """The program's inputs (``base/k``, ``m0/k``, ...) and each merged tensor's fractional bits.
+
+    ``quantised(k)`` gives tensor ``k``'s bits (None: not merged, the first
+    input's copy is passed through) and its words per input, base first when
+    ``with_base``. Tensors are quantised on a thread per core (numpy and torch
+    release the GIL); the result does not depend on the order they finish in.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from collab.fraudproof.trace import COMMIT_WORKERS
+
+    names = ["base", *(f"m{i}" for i in range(MAX_INPUTS))] if with_base else [f"m{i}" for i in range(MAX_INPUTS)]
+    inputs: dict[str, Value] = {}
+    fs: dict[str, int] = {}
+    with ThreadPoolExecutor(COMMIT_WORKERS, thread_name_prefix="quantise") as pool:
+        for k, (f, values) in zip(keys, pool.map(quantised, keys)):
+            if f is not None:
+                fs[k] = f
+            inputs.update({f"{name}/{k}": v for name, v in zip(names, values)})
+    return inputs, fs
 
 
 def _linear(states: list[dict[str, torch.Tensor]], weights: list[float], normalize: bool) -> Job:
@@ -208,16 +228,15 @@ def _linear(states: list[dict[str, torch.Tensor]], weights: list[float], normali
     if normalize and abs(total) < 1e-12:
         raise BadInput("merge weights sum to zero")
     w = [x / total for x in weights] if normalize else list(weights)
-    inputs: dict[str, Value] = {}
-    fs: dict[str, int] = {}
-    for k in keys:
-        if torch.is_floating_point(states[0][k]):
-            mags = [_max_abs(s[k]) for s in states]
-            fs[k] = _frac_bits(sum(abs(x) for x in w) * max(mags))
-            for i, s in enumerate(states):
-                _quantise(inputs, f"m{i}/{k}", s[k], fs[k], mags[i])
-        else:
-            _quantise(inputs, f"m0/{k}", states[0][k], 0)
+
+    def quantised(k: str) -> tuple[int | None, list[Value]]:
+        if not torch.is_floating_point(states[0][k]):
+            return None, [quantise(states[0][k], 0)]
+        mags = [_max_abs(s[k]) for s in states]
+        f = _frac_bits(sum(abs(x) for x in w) * max(mags))
+        return f, [quantise(s[k], f, m) for s, m in zip(states, mags)]
+
+    inputs, fs = _quantised_inputs(keys, quantised, with_base=False)
     b = ProgramBuilder({n: v.header for n, v in inputs.items()})
     out = {k: (b.weighted_sum([b[f"m{i}/{k}"] for i in range(len(states))], _fixed(w), FW) if k in fs else b[f"m0/{k}"])
            for k in keys}
@@ -243,18 +262,15 @@ def _task_arithmetic(base: dict[str, torch.Tensor], states: list[dict[str, torch
     keys = _check_keys([base, *states], ["base", *(f"model {i}" for i in range(len(states)))])
     total = sum(weights)
     w = [lam * x / total for x in weights] if normalize and abs(total) > 1e-12 else [lam * x for x in weights]
-    inputs: dict[str, Value] = {}
-    fs: dict[str, int] = {}
-    for k in keys:
+    def quantised(k: str) -> tuple[int | None, list[Value]]:
         if not torch.is_floating_point(base[k]):
-            _quantise(inputs, f"base/{k}", base[k], 0)
-            continue
+            return None, [quantise(base[k], 0)]
         deltas = _deltas_bound(base[k], states, k)
         bound = max(_max_abs(base[k]), *(_max_abs(s[k]) for s in states))
-        fs[k] = _frac_bits(max(bound, _max_abs(base[k]) + sum(abs(x) * d for x, d in zip(w, deltas))))
-        _quantise(inputs, f"base/{k}", base[k], fs[k])
-        for i, s in enumerate(states):
-            _quantise(inputs, f"m{i}/{k}", s[k], fs[k])
+        f = _frac_bits(max(bound, _max_abs(base[k]) + sum(abs(x) * d for x, d in zip(w, deltas))))
+        return f, [quantise(t[k], f) for t in (base, *states)]
+
+    inputs, fs = _quantised_inputs(keys, quantised)
     b = ProgramBuilder({n: v.header for n, v in inputs.items()})
     out: dict[str, Ref] = {}
     for k in keys:
@@ -279,17 +295,14 @@ def _ties(base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]], 
     for d in densities:
         if not 0 < d <= 1:
             raise BadInput(f"density must be in (0, 1], got {d}")
-    inputs: dict[str, Value] = {}
-    fs: dict[str, int] = {}
-    for k in keys:
+    def quantised(k: str) -> tuple[int | None, list[Value]]:
         if not torch.is_floating_point(base[k]):
-            _quantise(inputs, f"base/{k}", base[k], 0)
-            continue
+            return None, [quantise(base[k], 0)]
         mags = [_max_abs(base[k]), *(_max_abs(s[k]) for s in states)]
-        fs[k] = _frac_bits(max(max(mags), mags[0] + abs(lam) * max(_deltas_bound(base[k], states, k))))
-        _quantise(inputs, f"base/{k}", base[k], fs[k], mags[0])
-        for i, s in enumerate(states):
-            _quantise(inputs, f"m{i}/{k}", s[k], fs[k], mags[i + 1])
+        f = _frac_bits(max(max(mags), mags[0] + abs(lam) * max(_deltas_bound(base[k], states, k))))
+        return f, [quantise(t[k], f, m) for t, m in zip((base, *states), mags)]
+
+    inputs, fs = _quantised_inputs(keys, quantised)
     b = ProgramBuilder({n: v.header for n, v in inputs.items()})
     witnesses: dict[int, np.ndarray] = {}
     out: dict[str, Ref] = {}
