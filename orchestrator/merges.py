@@ -12,8 +12,9 @@ COMPUTING -> COMPUTED builds and runs the merge exactly as ``collab merge
 run --claim`` does (:mod:`collab.merge.programs` + :mod:`collab.merge.claimed`:
 linear, task arithmetic or weighted TIES, the stored file is the dequantised
 VM output), vaults the output, records the job in ``MergeRegistry`` (inputs:
-the participants' adapter assets named in ``assets``, or 0 for an unregistered
-adapter, which weighs for the orchestrator) and stores the program for the
+the participants' adapter assets named in ``assets`` or, where it names none,
+by the participant's node with its upload (``adapter_asset``), or 0 for an
+unregistered adapter, which weighs for the orchestrator) and stores the program for the
 blob server; COMPUTED -> CLAIMED creates the child ``claim`` job (deterministic
 claim id, the registry as settlement hook) and the job follows it to FINALIZED
 (the merged asset is registered with the input assets as parents and its
@@ -145,7 +146,7 @@ class MergeJob:
     def _dir(self, job: Job) -> Path:
         return self.home / "merges" / job.id[2:18]
 
-    def _spec(self, job: Job, states: list[dict[str, Any]]) -> Any:
+    def _spec(self, job: Job, states: list[dict[str, Any]], assets: list[int]) -> Any:
         """The job as a MergeSpec over the adapters written as local model directories (asset ids as provenance)."""
         import torch
         from safetensors.torch import save_file
@@ -155,7 +156,6 @@ class MergeJob:
         payload = job.payload
         method = payload.get("method", "linear")
         weights = [float(w) for w in payload.get("weights") or [1.0] * len(states)]
-        assets = [int(a) for a in payload.get("assets") or [0] * len(states)]
         density = payload.get("density", 0.5)
         densities = density if isinstance(density, list) else [density] * len(states)
         root = self._dir(job) / "inputs"
@@ -177,11 +177,26 @@ class MergeJob:
         shared = {"lambda": float(payload["lambda"])} if "lambda" in payload else {}
         return MergeSpec(method, tuple(models), base, shared)
 
-    def _named_assets(self, job: Job, parts: list[str]) -> list[Any]:
-        """Each participant's named asset, read from the chain once (None: an unregistered adapter, or no
+    def _asset_ids(self, job: Job, parts: list[str]) -> list[int]:
+        """Each participant's adapter asset: the one the job names, else the one its node named with its
+        upload (``adapter_asset``), else 0 (an unregistered adapter)."""
+        out = []
+        for part, named in zip(parts, job.payload.get("assets") or [0] * len(parts)):
+            own = job.data.get(f"r/{part}/adapter_asset") or 0
+            if not named and own:
+                if not isinstance(own, int) or isinstance(own, bool) or own < 0:
+                    raise ProtocolViolation(f"participant {part} named a malformed adapter asset {own!r}")
+                if self.registry is None:
+                    raise ProtocolViolation(f"participant {part} named its adapter asset {own}, but this orchestrator "
+                                            "has no MergeRegistry to record asset inputs")
+            out.append(int(named or own))
+        return out
+
+    def _named_assets(self, job: Job, parts: list[str], asset_ids: list[int]) -> list[Any]:
+        """Each participant's asset, read from the chain once (None: an unregistered adapter, or no
         registry); Unauthorized unless its owner is the participant contributing it (Shares go to the owner)."""
         out = []
-        for part, asset_id in zip(parts, job.payload.get("assets") or [0] * len(parts)):
+        for part, asset_id in zip(parts, asset_ids):
             asset = self.assets.asset(int(asset_id)) if asset_id and self.assets is not None else None
             if asset is not None and asset.owner.lower() != part:
                 raise Unauthorized(f"asset {asset_id} is owned by {asset.owner.lower()}, not by participant {part}")
@@ -193,18 +208,19 @@ class MergeJob:
         from collab.merge.programs import build_plan
 
         parts = [str(a).lower() for a in job.payload["participants"]]
+        asset_ids = self._asset_ids(job, parts)
         states = [decode_adapter(adapter_bytes(job.data[f"r/{a}/adapter"], job.data.get(f"r/{a}/adapter_key"), asset, a))
-                  for a, asset in zip(parts, self._named_assets(job, parts))]
+                  for a, asset in zip(parts, self._named_assets(job, parts, asset_ids))]
         out = self._dir(job) / "merged"
         if out.exists():
             shutil.rmtree(out)
         try:
-            output = execute(build_plan(self._spec(job, states)), out, None)
+            output = execute(build_plan(self._spec(job, states, asset_ids)), out, None)
         except CollabError as exc:
             raise ProtocolViolation(f"cannot merge these adapters (the participants' parameters differ?): {exc}") from None
         claim, posted = prepare_claim(
             output, merger=self.account, home=self.home, vault=self.vault, registry=self.registry,
-            audience=job.payload.get("audience") or ("participants" if all(job.payload.get("assets") or [0]) else "public"),
+            audience=job.payload.get("audience") or ("participants" if all(asset_ids) else "public"),
             merger_share_bps=int(job.payload.get("merger_share_bps", 0)),
             royalty_bps=int(job.payload.get("royalty_bps", 0)), job_id=keccak(text=f"merge:{job.id}"),
         )

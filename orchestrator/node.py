@@ -41,14 +41,15 @@ class Node:
 
     def __init__(self, client: OrchestratorClient, socket_path: Path, *, endpoint: str = "",
                  heartbeat_interval: float = 1.0, vault: Vault | None = None, chain: NodeChain | None = None,
-                 data: Path | None = None, adapter: Path | None = None, release_escrow: bool = True) -> None:
+                 data: Path | None = None, adapter: Path | None = None, adapter_asset: int | None = None,
+                 release_escrow: bool = True) -> None:
         self.client, self.socket_path, self.endpoint = client, Path(socket_path), endpoint
         self.vault, self.chain = vault, chain
         self.chain_lock = threading.Lock()  # one account: the watcher and metering never race for its nonce
         self.claims: ClaimWorkers | None = None
         self.keys: Any = None  # orchestrator.key_delivery.KeyDelivery: Full-access keys of this account's assets
         self.release_escrow = release_escrow
-        self.tasks = TaskRunner(self, data=data, adapter=adapter) if chain is not None else None
+        self.tasks = TaskRunner(self, data=data, adapter=adapter, adapter_asset=adapter_asset) if chain is not None else None
         self.orchestrator_blob_url = ""
         self._peers: tuple[float, list[str]] = (0.0, [])
         self.heartbeat_interval = heartbeat_interval

@@ -163,8 +163,9 @@ class ClaimWorkers(BackgroundWorker):
 class TaskRunner:
     """Turns the jobs listed in heartbeat replies into this node's work (once per job)."""
 
-    def __init__(self, node: Any, *, data: Path | None = None, adapter: Path | None = None) -> None:
-        self.node, self.data, self.adapter = node, data, adapter
+    def __init__(self, node: Any, *, data: Path | None = None, adapter: Path | None = None,
+                 adapter_asset: int | None = None) -> None:
+        self.node, self.data, self.adapter, self.adapter_asset = node, data, adapter, adapter_asset
         self.started: set[str] = set()
         self.done: set[tuple[str, str]] = set()  # registry steps taken for (job, step)
         self.supernodes: dict[str, Any] = {}
@@ -314,20 +315,24 @@ class TaskRunner:
             report("consent", signature)
 
     def _adapter(self, task: dict[str, Any]) -> None:
-        """Contribute this node's adapter: the asset's vault blob and key when the job names a vaulted asset
-        of ours (the orchestrator checks both against the chain), else the adapter file."""
+        """Contribute this node's adapter: the asset's vault blob and key when it is a vaulted asset of ours
+        (the orchestrator checks both against the chain), else the adapter file. The asset is the one the
+        job names for this node, else this node's own (``--adapter-asset``, reported with the upload)."""
         from orchestrator.merges import encode_adapter
 
         jid, payload = task["id"], task["payload"]
         parts = [str(a).lower() for a in payload.get("participants") or []]
         assets = payload.get("assets") or []
-        asset_id = int(assets[parts.index(self.me)]) if self.me in parts and len(assets) == len(parts) else 0
+        named = int(assets[parts.index(self.me)]) if self.me in parts and len(assets) == len(parts) else 0
+        asset_id = named or self.adapter_asset or 0
         try:
             vaulted = self._vaulted(asset_id) if asset_id else None
         except Exception as exc:  # noqa: BLE001 - an RPC hiccup: retried at the next heartbeat
             log.warning("job %s: cannot read asset %d: %s", jid, asset_id, exc)
             return
         self.started.add(jid)
+        if asset_id and not named:
+            self._report(jid)("adapter_asset", asset_id)  # before the upload, which completes the node's part
         if vaulted is not None:
             blob, key = vaulted
             self._report(jid)("adapter_key", key.hex())  # first: the upload completes the node's part

@@ -202,3 +202,40 @@ def test_an_upload_that_is_not_the_named_asset_fails_the_job_before_anything_is_
     expected = "is not asset" if forgery == "other_adapter" else "does not open asset"
     assert parts[1] in failed.error and expected in failed.error and str(assets[1]) in failed.error
     assert handler.vault.list() == [] and "claim_id" not in failed.data  # nothing vaulted, recorded or claimed
+
+
+def test_nodes_name_their_own_adapter_assets_when_the_job_names_none(
+    env: GameEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """A submitter need not know the participants' asset ids: each node reports its own with its upload
+    (``collab node start --adapter-asset``); the same checks apply, and a malformed id fails the job."""
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+    orch_home = tmp_path / "orch"
+    orch = _home(env, orch_home, "own-assets-orch", True)
+    people = [_home(env, tmp_path / f"p{i}", f"own-assets-{i}", True) for i in range(2)]
+    registered = [_register(env, me, _adapter_file(tmp_path / f"a{i}.safetensors", _adapter(i)), vaulted=i == 0)
+                  for i, me in enumerate(people)]
+    for me, (asset_id, _) in zip(people, registered):
+        _partnership(env, me, asset_id, orch)
+    registry = MergeRegistryClient.from_deployment(env.deployment, env.w3, orch.account)
+    handler = MergeJob(orch_home, registry=registry, account=orch.account,
+                       vault=Vault(Settings.resolve(home=orch_home, env={}).vault_dir, owner=orch.x25519_public),
+                       assets=AssetRegistryClient.from_deployment(env.deployment, env.w3))
+    handlers: dict[str, object] = {"merge": handler}
+    parts = [p.address.lower() for p in people]
+    store = JobStore(tmp_path / "jobs.db")
+
+    def computed(reports: list[dict[str, object]], weights: list[float]) -> Job:
+        job, _ = store.create("merge", {"participants": parts, "method": "linear", "weights": weights, "needs": parts})
+        for part, report in zip(parts, reports):
+            store.update_data(job.id, {f"r/{part}/{k}": v for k, v in report.items()})
+        for _ in range(3):
+            job = step(store, handlers, store.get(job.id))  # type: ignore[arg-type]
+        return job
+
+    malformed = computed([{**registered[0][1], "adapter_asset": "one"}, registered[1][1]], [1.0, 2.0])
+    assert malformed.state == JobState.FAILED and parts[0] in malformed.error and "malformed" in malformed.error
+    done = computed([{**upload, "adapter_asset": asset_id} for asset_id, upload in registered], [1.0, 3.0])
+    assert done.state == JobState.COMPUTED, done.error
+    assert done.data["parents"] == [a for a, _ in registered] and done.data["audience"] == "participants"
+    assert {c["account"].lower(): c["weight"] for c in done.data["contributors"]} == {parts[0]: 10**6, parts[1]: 3 * 10**6}

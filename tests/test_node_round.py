@@ -61,10 +61,10 @@ pytestmark = pytest.mark.slow
 NAMES = ("p0", "p1", "p2")
 
 
-def _node(home: Path, endpoint: str, key: str, data: Path | None, source: str) -> subprocess.Popen[str]:
+def _node(home: Path, endpoint: str, key: str, data: Path | None, source: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "COLLAB_PASSPHRASE": "pw"}
     proc = subprocess.Popen([*COLLAB, "--home", str(home), "node", "start", "--orchestrator", endpoint, "--orchestrator-key", key,
-                             "--heartbeat", "0.5", "--source", source, *(["--data", str(data)] if data else [])],
+                             "--heartbeat", "0.5", "--source", source, *(["--data", str(data)] if data else []), *extra],
                             stdout=subprocess.PIPE, stderr=open(home / "node.log", "a"), text=True, env=env,
                             start_new_session=True)  # its own process group: killing it kills its SuperNode too
     assert proc.stdout is not None and proc.stdout.readline(), (home / "node.log").read_text()[-2000:]
@@ -108,7 +108,12 @@ def network(game_env: GameEnv, tmp_path: Path) -> Iterator[dict[str, Any]]:  # n
             homes[name] = (home, ident.address)
             net["idents"][name] = ident
             net.setdefault("data", {})[name] = data  # p1's node runs without --data: p1 joins with `collab join`
-            procs[name] = _node(home, info["endpoint"], info["curve_key"], None if name == "p1" else data, f"127.0.0.{3 + i}")
+            extra: list[str] = []
+            if name == "p1":  # p1's adapter is a vaulted asset its node names itself in merges
+                net["p1_asset"], _ = _register(game_env, ident, home / "adapter.safetensors", vaulted=True)
+                extra = ["--adapter-asset", str(net["p1_asset"])]
+            procs[name] = _node(home, info["endpoint"], info["curve_key"], None if name == "p1" else data,
+                                f"127.0.0.{3 + i}", *extra)
         yield net
     finally:
         for proc in procs.values():
@@ -269,15 +274,14 @@ def test_merge_job_survives_a_sigkilled_orchestrator_with_one_claim(network: dic
     homes = network["homes"]
     api = NodeSocketClient(homes["p0"][0] / "node.sock", timeout=30)
     parts = [homes[n][1] for n in ("p0", "p1")]
-    # Both adapters are assets licensed to the orchestrator; p1's lives in its home's vault, so its node
-    # uploads the vault blob with its key (the orchestrator checks both against the asset on-chain).
-    assets = []
-    for n in ("p0", "p1"):
-        me = network["idents"][n]
-        asset_id, _ = _register(game_env, me, homes[n][0] / "adapter.safetensors", vaulted=n == "p1")
-        _partnership(game_env, me, asset_id, network["idents"]["orch"])
-        assets.append(asset_id)
-    payload = {"participants": parts, "method": "linear", "assets": assets}
+    # Both adapters are assets licensed to the orchestrator. The job names p0's (a plain file); p1's node
+    # names its own (`--adapter-asset`), which lives in its home's vault, so it uploads the vault blob with
+    # its key (the orchestrator checks both against the asset on-chain).
+    p0_asset, _ = _register(game_env, network["idents"]["p0"], homes["p0"][0] / "adapter.safetensors", vaulted=False)
+    assets = [p0_asset, network["p1_asset"]]
+    for n, asset_id in zip(("p0", "p1"), assets):
+        _partnership(game_env, network["idents"][n], asset_id, network["idents"]["orch"])
+    payload = {"participants": parts, "method": "linear", "assets": [p0_asset, 0]}
     job = api.request("submit", kind="merge", payload=payload, needs=parts, timeout=120)["job"]
     _wait(api, job["id"], lambda j: j["state"] not in ("created", "collecting"), 120)
     network["orch"].send_signal(signal.SIGKILL)  # somewhere between computing and posting

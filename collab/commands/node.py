@@ -29,13 +29,15 @@ group = click.Group("node", help="Run or query this home's participant node.")
               help="This participant's training data (folder, CSV or JSONL) for training rounds.")
 @click.option("--adapter", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Adapter (safetensors) this node contributes to merges (default <home>/adapter.safetensors).")
+@click.option("--adapter-asset", type=click.IntRange(min=1), default=None,
+              help="Asset id of that adapter, for merges that name none for this node (Shares go to its owner).")
 @click.option("--no-workers", is_flag=True, help="Only the local API and heartbeats (no chain, watcher, blob server).")
 @click.option("--no-release", is_flag=True,
               help="Deliver Full-access keys but leave releasing their escrow to someone else (anyone may, after the dispute window).")
 @click.pass_context
 def start(ctx: click.Context, endpoint: str, orchestrator_key: str | None, orchestrator_id: int | None,
           source: str | None, heartbeat: float, timeout: float, data: Path | None, adapter: Path | None,
-          no_workers: bool, no_release: bool = False) -> None:
+          no_workers: bool, no_release: bool = False, adapter_asset: int | None = None) -> None:
     """Serve node.sock until SIGINT/SIGTERM; prints one JSON ready line."""
     from orchestrator.client import OrchestratorClient
     from orchestrator.node import Node
@@ -82,7 +84,7 @@ def start(ctx: click.Context, endpoint: str, orchestrator_key: str | None, orche
         chain = NodeChain(session.w3, session.deployment, session.account, conf, identity=me)
     node = Node(client, conf.node_socket, endpoint=source or "", heartbeat_interval=heartbeat, vault=vault,
                 chain=chain, data=data.resolve() if data else None, adapter=adapter,
-                release_escrow=not no_release)
+                adapter_asset=adapter_asset, release_escrow=not no_release)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     node.bind()
     click.echo(json.dumps({"socket": str(conf.node_socket), "address": me.address, "orchestrator": hello["address"]}))
