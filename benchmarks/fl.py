@@ -72,7 +72,7 @@ class Sizes:
 # DP-SGD needs data and large batches: at 60 articles per participant and batch 16, ε = 8 sat near
 # chance (0.33 vs 0.90 non-private). 200 per participant; DP-SGD at batch 64 with lr 0.02 (tuned at
 # ε = 8 on the IID split: lr 0.002 → 0.46, 0.005 → 0.72, 0.01 → 0.84, 0.02 → 0.89, 0.04 → 0.83 with 3 of
-# 12 local updates dropped by the loss-rise guard), non-private
+# 6 local updates dropped by the loss-rise guard), non-private
 # training at batch 16 with lr 0.005 (at batch 64 / lr 0.02 Adam overshot: centralized 0.54, local 0.37,
 # its loss-rise guard dropping updates). Well inside the 2-hour budget.
 # Membership inference: 100 trained canaries and 400 held out, the accuracy runs' 2 local epochs. A pilot

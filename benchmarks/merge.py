@@ -74,7 +74,8 @@ class Sizes:
     disjoint: bool
 
 
-FULL = Sizes(participants=4, train=None, test=None, max_len=64, epochs=40, repeats=2, claimed_on_minilm=True, disjoint=True)
+# 3 timing repeats: with 2 the median is a mean, and repeated runs of one CLI on one config varied by ±10%.
+FULL = Sizes(participants=4, train=None, test=None, max_len=64, epochs=40, repeats=3, claimed_on_minilm=True, disjoint=True)
 QUICK = Sizes(participants=3, train=150, test=90, max_len=24, epochs=25, repeats=1, claimed_on_minilm=False, disjoint=False)
 # COLLAB_BENCH_MEDIUM=1: quick-sized quality and timing, but both splits and the claimed path on real MiniLM
 MEDIUM = Sizes(participants=3, train=300, test=120, max_len=32, epochs=25, repeats=1, claimed_on_minilm=True, disjoint=True)
@@ -148,6 +149,7 @@ class _Bench:
         from transformers import AutoTokenizer, BertForSequenceClassification
 
         from collab.fl.data import load_bbc_news, take, train_test_split
+        from collab.hflog import quiet_transformers
         from collab.mpc.model import model_dir
 
         self.work, self.sizes, self.say = work, sizes, say
@@ -158,10 +160,11 @@ class _Bench:
         self.classes = data.classes
         say(f"base: MiniLM + {len(self.classes)}-class head; {len(self.train)} train / {len(self.test)} test articles")
         torch.manual_seed(0)
-        model = BertForSequenceClassification.from_pretrained(model_dir(), num_labels=len(self.classes))
-        model.eval()
-        self.base_dir = work / "base"
-        model.save_pretrained(self.base_dir)
+        with quiet_transformers():  # the new head's "MISSING" load report and shard progress bars are expected
+            model = BertForSequenceClassification.from_pretrained(model_dir(), num_labels=len(self.classes))
+            model.eval()
+            self.base_dir = work / "base"
+            model.save_pretrained(self.base_dir)
         self.base_head = _head_state(model.state_dict())
         tok = AutoTokenizer.from_pretrained(model_dir())
         t0 = time.perf_counter()
@@ -302,11 +305,12 @@ class _Bench:
             cfg_path = self.work / f"time-{method}.yml"
             cfg_path.write_text(yaml.safe_dump(_config(method, self.dirs, self.base_dir, weights)))
             ours, theirs = [], []
-            for r in range(self.sizes.repeats):  # interleaved, so load changes hit both alike
-                theirs.append(_wall([_script("mergekit-yaml"), str(cfg_path), str(self.work / f"mk-{method}-{r}"),
-                                     "--no-copy-tokenizer", "--no-write-model-card", "--quiet", "--random-seed", "0"]))
-                ours.append(_wall([_script("collab"), "merge", "run", str(cfg_path), "--out",
-                                   str(self.work / f"co-{method}-{r}")]))
+            for r in range(self.sizes.repeats):  # interleaved, so load changes hit both alike; who goes first alternates
+                mergekit_cmd = [_script("mergekit-yaml"), str(cfg_path), str(self.work / f"mk-{method}-{r}"),
+                                "--no-copy-tokenizer", "--no-write-model-card", "--quiet", "--random-seed", "0"]
+                collab_cmd = [_script("collab"), "merge", "run", str(cfg_path), "--out", str(self.work / f"co-{method}-{r}")]
+                for runs, cmd in ((theirs, mergekit_cmd), (ours, collab_cmd))[:: 1 if r % 2 == 0 else -1]:
+                    runs.append(_wall(cmd))
             med_ours, med_theirs = statistics.median(ours), statistics.median(theirs)
             rows[method] = {"collab_cli_s": round(med_ours, 3), "mergekit_cli_s": round(med_theirs, 3),
                             "overhead": round(med_ours / med_theirs - 1, 4), "runs": self.sizes.repeats}
