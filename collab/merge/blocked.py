@@ -230,22 +230,38 @@ def _kept(trim: Trim, theta: torch.Tensor, base: torch.Tensor, ties_before: int)
     return keep.reshape(theta.shape), int(tied.sum())
 
 
-def _large_frees_to_os(threshold: int = 1 << 20) -> None:
-    """Serve allocations of ``threshold`` bytes or more with mmap, so freed tensors go back to the OS (glibc).
+@contextlib.contextmanager
+def large_frees_to_os(active: bool = True, threshold: int = 1 << 20) -> Iterator[None]:
+    """Inside the block, serve allocations of ``threshold`` bytes or more with mmap, so freed tensors go
+    back to the OS (glibc).
 
     Why: glibc raises its mmap threshold (up to 32 MiB) each time a large
     mmapped block is freed; after mergekit's whole tensors are freed, the row
     blocks' tensors then come from the heap, which keeps what it grew to. A
     TIES merge of three MiniLM peaked at 1.4-1.6x one model that way and at
-    0.8-1.0x with the threshold fixed (it stays fixed for the process: one
-    mmap per large tensor, no measurable cost next to a merge). A no-op where
-    the C library has no ``mallopt``.
+    0.8-1.0x with the threshold fixed. On exit the threshold goes to 32 MiB
+    (trim at 64), glibc's own ceiling: an explicit threshold stays fixed for
+    the process, and 1 MiB made a later claimed merge in the same process
+    (the bench, an orchestrator) pay an mmap and its page faults per tensor
+    (0.8 s -> 1.1-1.3 s for a linear one). A no-op without glibc's ``mallopt``.
     """
     import ctypes
 
-    m_mmap_threshold = -3
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, threshold)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+
+    def mallopt(param: int, value: int) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(param, value)
+
+    if not active:
+        yield
+        return
+    mallopt(m_mmap_threshold, threshold)
+    try:
+        yield
+    finally:
+        mallopt(m_mmap_threshold, 32 << 20)
+        mallopt(m_trim_threshold, 64 << 20)
 
 
 def plan(spec: MergeSpec) -> list[Blocked]:
@@ -273,9 +289,6 @@ def plan(spec: MergeSpec) -> list[Blocked]:
             out.append(Blocked(name, entry.shape, tuple(kept)))
             continue
         out.append(Blocked(name, entry.shape))
-    # After the trims: their block-sized temporaries reuse heap memory (glibc's adaptive threshold), which
-    # a fixed threshold would turn into one mmap + page faults each (~0.4 s on MiniLM's embedding matrix).
-    _large_frees_to_os()
     return out
 
 
