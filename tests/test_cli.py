@@ -421,3 +421,26 @@ def test_group_run_without_the_root_still_resolves_settings(
 
     result = CliRunner().invoke(standalone, [], env={"COLLAB_HOME": str(tmp_path)})
     assert result.exit_code == 0 and result.output.strip() == str(tmp_path)
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_console_entry_point_keeps_exit_codes_output_and_atexit_handlers() -> None:
+    """The CLI skips the interpreter's teardown (~1.2 s after torch is imported): not its exit code, its
+    buffered output or its atexit handlers; a still-running non-daemon thread gets the normal, joining exit."""
+    fast = _python("import atexit; from collab.cli import exit_without_teardown\n"
+                   "atexit.register(lambda: print('atexit ran'))\n"
+                   "print('buffered', end=' ')\nexit_without_teardown(7)")
+    assert fast.returncode == 7 and fast.stdout == "buffered atexit ran\n"
+    joined = _python("import threading, time, sys; from collab.cli import exit_without_teardown\n"
+                     "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+                     "exit_without_teardown(3)")
+    assert joined.returncode == 3 and joined.stdout == "thread done\n"
+    cli = subprocess.run([sys.executable, "-m", "collab", "--json", "merge", "methods"], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert cli.returncode == 0 and "ties" in {m["name"] for m in json.loads(cli.stdout)["methods"]}
+    bad = subprocess.run([sys.executable, "-m", "collab", "merge", "run", "/nonexistent/merge.yml"], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert bad.returncode == 3 and bad.stderr.strip().splitlines() == ["error: merge config /nonexistent/merge.yml does not exist"]
