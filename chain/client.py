@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ RECEIPT_TIMEOUT_S = 120
 # an in-place update into fresh storage slots (~22k gas each). Unused gas is refunded.
 GAS_MARGIN = 1.25
 GAS_HEADROOM = 80_000
+NONCE_ATTEMPTS = 5  # sends with a fresh nonce when another process of the same account took it
 _PANIC_REASONS = {
     0x01: "assertion failed", 0x11: "arithmetic overflow or underflow", 0x12: "division or modulo by zero",
     0x21: "invalid enum value", 0x22: "bad storage byte array", 0x31: "pop on empty array",
@@ -273,17 +275,26 @@ def send_transaction(
             raise registry.decode_revert(exc.data, contract=contract) from None
         except Web3RPCError as exc:
             raise _rpc_failure(exc) from None
-        block = w3.eth.get_block("latest")
-        full = {
-            **base,
-            "gas": min(int(gas * GAS_MARGIN) + GAS_HEADROOM, int(block["gasLimit"])),
-            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
-            "chainId": w3.eth.chain_id,
-            **_fees(w3, block),
-        }
-        signed = account.sign_transaction(full)
+        for attempt in range(NONCE_ATTEMPTS):
+            block = w3.eth.get_block("latest")
+            full = {
+                **base,
+                "gas": min(int(gas * GAS_MARGIN) + GAS_HEADROOM, int(block["gasLimit"])),
+                "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+                "chainId": w3.eth.chain_id,
+                **_fees(w3, block),
+            }
+            signed = account.sign_transaction(full)
+            try:
+                tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+                break
+            except Web3RPCError as exc:
+                # Another process sending from this account (a node and a CLI command of one identity) took
+                # the nonce first: ours was not accepted, so sending again with a fresh nonce is safe.
+                if attempt + 1 == NONCE_ATTEMPTS or not _nonce_taken(exc):
+                    raise _rpc_failure(exc) from None
+                time.sleep(0.05 * (attempt + 1))
         try:
-            tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
             receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT_S)
         except Web3RPCError as exc:
             raise _rpc_failure(exc) from None
@@ -328,6 +339,13 @@ def _replay_revert(w3: Web3, call: dict[str, Any], block: int, registry: AbiRegi
     except Web3RPCError:
         pass
     return registry.decode_revert(None, contract=contract)
+
+
+def _nonce_taken(exc: Web3RPCError) -> bool:
+    """Did the node refuse a transaction because its nonce is already used or pending?"""
+    message = exc.rpc_response.get("error", {}).get("message") if isinstance(exc.rpc_response, dict) else str(exc)
+    text = str(message or exc).lower()
+    return any(m in text for m in ("nonce too low", "already known", "replacement transaction underpriced"))
 
 
 def _rpc_failure(exc: Web3RPCError) -> BadInput:

@@ -593,3 +593,28 @@ def test_fund_sends_dev_ether_only_on_a_local_dev_chain(tmp_path: Path, anvil: A
     with AnvilProcess(extra_args=["--mnemonic-random"]) as other:  # dev account 0 holds nothing there
         with pytest.raises(BadInput, match="not a local development chain"):
             fund(Settings.resolve(home=tmp_path / "other", env={"COLLAB_RPC_URL": other.rpc_url}), target, 1)
+
+
+def test_a_nonce_taken_by_another_process_is_retried_with_a_fresh_one(
+    accounts: list[LocalAccount], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node and a CLI command of one identity send from one account in two processes: when the other
+    took the nonce first, the transaction goes out again with the next one (once), not as an error."""
+    with AnvilProcess() as node:
+        w3 = connect(node.rpc_url)
+        sender, other = accounts[6], accounts[7]
+        stale = w3.eth.get_transaction_count(sender.address, "pending")
+        # the other process's transaction, sent with the nonce this one is about to read
+        w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(sender.sign_transaction(
+            {"to": other.address, "value": 1, "gas": 21000, "gasPrice": 2 * w3.eth.gas_price, "nonce": stale,
+             "chainId": w3.eth.chain_id}).raw_transaction), timeout=30)
+        real = w3.eth.get_transaction_count
+        reads: list[int] = []
+
+        def first_read_is_stale(address: str, block: str = "latest") -> int:
+            reads.append(1)
+            return stale if len(reads) == 1 else real(address, block)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(w3.eth, "get_transaction_count", first_read_is_stale)
+        result = send_transaction(w3, sender, {"to": other.address, "value": 5}, AbiRegistry([]))
+        assert len(reads) == 2 and w3.eth.get_transaction(result.tx_hash)["nonce"] == stale + 1  # type: ignore[arg-type]
