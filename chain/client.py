@@ -345,7 +345,8 @@ def _nonce_taken(exc: Web3RPCError) -> bool:
     """Did the node refuse a transaction because its nonce is already used or pending?"""
     message = exc.rpc_response.get("error", {}).get("message") if isinstance(exc.rpc_response, dict) else str(exc)
     text = str(message or exc).lower()
-    return any(m in text for m in ("nonce too low", "already known", "replacement transaction underpriced"))
+    # Not "already known": that is this very transaction in the pool, which a re-send would duplicate.
+    return any(m in text for m in ("nonce too low", "replacement transaction underpriced"))
 
 
 def _rpc_failure(exc: Web3RPCError) -> BadInput:
