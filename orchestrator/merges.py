@@ -197,7 +197,7 @@ class MergeJob:
         registry); Unauthorized unless its owner is the participant contributing it (Shares go to the owner)."""
         out = []
         for part, asset_id in zip(parts, asset_ids):
-            asset = self.assets.asset(int(asset_id)) if asset_id and self.assets is not None else None
+            asset = self.assets.asset(asset_id) if asset_id and self.assets is not None else None
             if asset is not None and asset.owner.lower() != part:
                 raise Unauthorized(f"asset {asset_id} is owned by {asset.owner.lower()}, not by participant {part}")
             out.append(asset)

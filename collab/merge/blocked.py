@@ -231,7 +231,7 @@ def _kept(trim: Trim, theta: torch.Tensor, base: torch.Tensor, ties_before: int)
 
 
 @contextlib.contextmanager
-def large_frees_to_os(active: bool = True, threshold: int = 1 << 20) -> Iterator[None]:
+def large_frees_to_os(threshold: int = 1 << 20) -> Iterator[None]:
     """Inside the block, serve allocations of ``threshold`` bytes or more with mmap, so freed tensors go
     back to the OS (glibc).
 
@@ -253,9 +253,6 @@ def large_frees_to_os(active: bool = True, threshold: int = 1 << 20) -> Iterator
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").mallopt(param, value)
 
-    if not active:
-        yield
-        return
     mallopt(m_mmap_threshold, threshold)
     try:
         yield

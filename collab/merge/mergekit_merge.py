@@ -214,7 +214,7 @@ def run_mergekit(spec: MergeSpec, out_dir: Path | str, *, seed: int = 0, blocked
             large = row_blocks.plan(spec) if blocked else []
             # After plan's trims: their block-sized temporaries reuse heap memory (glibc's adaptive threshold),
             # which a fixed threshold would turn into one mmap + page faults each (~0.4 s on MiniLM's embeddings).
-            with row_blocks.large_frees_to_os(bool(large)):
+            with row_blocks.large_frees_to_os() if large else contextlib.nullcontext():
                 with (row_blocks.reduced_inputs(spec, large, Path(lora_cache) / "blocked") if large
                       else contextlib.nullcontext(spec)) as run_spec:
                     run_merge(config if run_spec is spec else _mergekit_config(run_spec), str(stage), options)

@@ -262,13 +262,14 @@ def _task_arithmetic(base: dict[str, torch.Tensor], states: list[dict[str, torch
     keys = _check_keys([base, *states], ["base", *(f"model {i}" for i in range(len(states)))])
     total = sum(weights)
     w = [lam * x / total for x in weights] if normalize and abs(total) > 1e-12 else [lam * x for x in weights]
+
     def quantised(k: str) -> tuple[int | None, list[Value]]:
         if not torch.is_floating_point(base[k]):
             return None, [quantise(base[k], 0)]
         deltas = _deltas_bound(base[k], states, k)
-        bound = max(_max_abs(base[k]), *(_max_abs(s[k]) for s in states))
-        f = _frac_bits(max(bound, _max_abs(base[k]) + sum(abs(x) * d for x, d in zip(w, deltas))))
-        return f, [quantise(t[k], f) for t in (base, *states)]
+        mags = [_max_abs(t[k]) for t in (base, *states)]
+        f = _frac_bits(max(max(mags), mags[0] + sum(abs(x) * d for x, d in zip(w, deltas))))
+        return f, [quantise(t[k], f, m) for t, m in zip((base, *states), mags)]
 
     inputs, fs = _quantised_inputs(keys, quantised)
     b = ProgramBuilder({n: v.header for n, v in inputs.items()})
@@ -295,6 +296,7 @@ def _ties(base: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]], 
     for d in densities:
         if not 0 < d <= 1:
             raise BadInput(f"density must be in (0, 1], got {d}")
+
     def quantised(k: str) -> tuple[int | None, list[Value]]:
         if not torch.is_floating_point(base[k]):
             return None, [quantise(base[k], 0)]
@@ -404,6 +406,11 @@ def output_values(value: Value) -> dict[bytes, Value]:
     return out
 
 
+def _below_2_24(words: np.ndarray) -> bool:
+    """Every |k| < 2^24 (min and max, no |words| temporary)."""
+    return not words.size or max(-int(words.min()), int(words.max())) < 1 << 24
+
+
 def output_state(value: Value, like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The dequantised output state dict (dtypes and shapes of ``like``)."""
     from collab.fraudproof.commitments import name_hash
@@ -415,8 +422,7 @@ def output_state(value: Value, like: Mapping[str, torch.Tensor]) -> dict[str, to
     slow: dict[str, Value] = {}
     for n, v in values.items():
         words = v.data
-        small = words is not None and (not words.size or max(-int(words.min()), int(words.max())) < 1 << 24)
-        if like[n].dtype == torch.float32 and small:
+        if like[n].dtype == torch.float32 and words is not None and _below_2_24(words):
             # |k| < 2^24: k and k·2^-f are exact float32, the same value as float64 dequantisation then rounding
             scaled = np.multiply(words, np.float32(2.0 ** -v.header.frac_bits), out=np.empty(words.shape, np.float32),
                                  casting="unsafe")  # one pass, no int64 -> float32 temporary
