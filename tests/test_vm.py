@@ -202,6 +202,40 @@ def test_vectorised_equals_scalar_elements(op: Op) -> None:
             assert got == want, (op.name, seed, e)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2**32), st.integers(0, 126), st.booleans())
+def test_fused_weighted_sum_equals_the_definition_and_the_numpy_path(
+        k: int, seed: int, shift: int, widest: bool) -> None:
+    """native.weighted_sum (128-bit, one pass) vs fixedpoint's scalar sat(rshift(Σ w·x)) and the VM's numpy path."""
+    from collab.fraudproof import native
+
+    if native.lib() is None:
+        pytest.skip("no C compiler: the VM keeps its numpy path")
+    rng = np.random.default_rng(seed)
+    arrays = [words(rng, (37,), 1 << 62) for _ in range(k)]
+    limit = ((1 << 63) - 1) // k  # the kernel's exact range: k · max|w| < 2^63
+    ws = [int(w) for w in rng.integers(-limit, limit + 1, size=k)] if widest else \
+        [int(w) for w in rng.integers(-(1 << 31), 1 << 31, size=k)]
+    if widest:
+        ws[0] = limit if seed % 2 else -limit
+    got = native.weighted_sum(arrays, ws, shift)
+    assert got is not None
+    want = [fx.rescale(sum(w * int(a[j]) for w, a in zip(ws, arrays)), shift, 0) for j in range(37)]
+    assert got.tolist() == want
+    assert native.weighted_sum(arrays[:1] * 2, [1 << 62, 1 << 62], shift) is None  # past the range: numpy's path
+
+
+def test_weighted_sum_steps_agree_with_and_without_the_native_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collab.fraudproof import native
+
+    if native.lib() is None:
+        pytest.skip("no C compiler: the VM keeps its numpy path")
+    cases = [make_case(Op.WEIGHTED_SUM, seed) for seed in range(40)]
+    fused = [execute_step(step, ins).flat().tolist() for step, ins in cases]
+    monkeypatch.setattr(native, "lib", lambda: None)
+    assert [execute_step(step, ins).flat().tolist() for step, ins in cases] == fused
+
+
 def test_known_values() -> None:
     # 1.5 + 2.25 at f=2/f=3 -> f=1: 3.75 rounds half to even -> 4.0 (8 at f=1)
     step = Step(int(Op.ADD), (0, 1), hdr((1,), 1))
@@ -349,10 +383,12 @@ def test_parallel_commits_equal_sequential_ones(workers: int, monkeypatch: pytes
     b.bundle({"outer": outer, "again": b.bundle({"y": y})})
     program = b.build()
     inputs = {"x": fixed(words(rng, (30, 64), 1 << 14, False), 12), "w": fixed(words(rng, (50, 64), 1 << 14, False), 12)}
-    tr = build_trace(program, inputs)
+    seen: list[Value] = []
+    tr = build_trace(program, inputs, executed=seen.append)
     values = run(program, [v for _, v in input_bundle(inputs)])
     assert [c.root for c in tr.outputs] == [commit_value(v).root for v in values]
     assert tr.input_root == commit_value(bundle(input_bundle(inputs))).root
+    assert len(seen) == 1 and seen[0] is tr.outputs[-1].value  # the output, handed over once, before the wait
 
 
 @settings(max_examples=30, deadline=None)

@@ -18,7 +18,7 @@ mergekit applies ``density`` to every parameter.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,9 +53,11 @@ class Job:
         ordered = [self.inputs[n] for n in _ordered_names(self.inputs)]
         return run(self.program, ordered, self.witnesses)[-1]
 
-    def trace(self, overrides: Mapping[int, Value] | None = None) -> Trace:
-        """Execute and commit every step (``overrides`` for dishonest traces in tests)."""
-        return build_trace(self.program, self.inputs, self.witnesses, overrides)
+    def trace(self, overrides: Mapping[int, Value] | None = None,
+              executed: Callable[[Value], None] | None = None) -> Trace:
+        """Execute and commit every step (``overrides`` for dishonest traces in tests; ``executed``
+        gets the output while the commitments finish: :func:`build_trace`)."""
+        return build_trace(self.program, self.inputs, self.witnesses, overrides, executed)
 
     def outputs(self, value: Value | None = None) -> dict[str, Value]:
         """The output bundle's entries by name (names come from the job's template)."""

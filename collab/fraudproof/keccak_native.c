@@ -12,6 +12,9 @@
  * 25 lanes held in locals, rotation offsets from the specification) written
  * out for uint64_t, 4 x uint64 and 8 x uint64; tests hold every path equal to
  * eth_hash on every length class.
+ *
+ * The file also holds the one arithmetic kernel of the same hot path: the VM's
+ * WEIGHTED_SUM (a claimed linear merge's whole program) fused into one pass.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -592,5 +595,48 @@ void collab_chunk_leaves_i64(const uint64_t *words, size_t n_words, uint8_t *out
             memcpy(buf + 8 * k, &v, 8);
         }
         collab_keccak_many(buf, 256, group, 0x00, out + 32 * c);
+    }
+}
+
+/* out[j] = sat(rshift(sum_i weights[i] * inputs[i][j], shift)) for j < n: the VM's WEIGHTED_SUM in one
+ * pass, rshift rounding half to even (fixedpoint.rshift), sat clamping to int64. Each element is summed
+ * in int64 with overflow checks and, only when a product or partial sum overflows, again with a 128-bit
+ * accumulator. The caller guarantees k * max|w| < 2^63 (so every sum fits in 127 bits) and
+ * 0 <= shift <= 126. */
+static int64_t weighted_sum_wide(const int64_t *const *inputs, const int64_t *weights, size_t k, size_t j,
+                                 int shift) {
+    const __int128 one = 1;
+    __int128 acc = 0;
+    for (size_t i = 0; i < k; i++) acc += (__int128)inputs[i][j] * weights[i];
+    if (shift) {
+        __int128 q = acc >> shift; /* arithmetic shift: floor(acc / 2^shift) */
+        __int128 r = acc & ((one << shift) - 1);
+        __int128 half = one << (shift - 1);
+        acc = q + (r > half || (r == half && (q & 1)));
+    }
+    return acc > INT64_MAX ? INT64_MAX : acc < INT64_MIN ? INT64_MIN : (int64_t)acc;
+}
+
+void collab_weighted_sum_i64(const int64_t *const *inputs, const int64_t *weights, size_t k, size_t n, int shift,
+                             int64_t *out) {
+    if (shift > 62) {
+        for (size_t j = 0; j < n; j++) out[j] = weighted_sum_wide(inputs, weights, k, j, shift);
+        return;
+    }
+    const int64_t half = shift ? (int64_t)1 << (shift - 1) : 0;
+    const int64_t mask = shift ? ((int64_t)1 << shift) - 1 : 0;
+    for (size_t j = 0; j < n; j++) {
+        int64_t acc = 0, term;
+        int overflow = 0;
+        for (size_t i = 0; i < k; i++) {
+            overflow |= __builtin_mul_overflow(inputs[i][j], weights[i], &term);
+            overflow |= __builtin_add_overflow(acc, term, &acc);
+        }
+        if (__builtin_expect(overflow, 0)) {
+            out[j] = weighted_sum_wide(inputs, weights, k, j, shift);
+            continue;
+        }
+        int64_t q = acc >> shift, r = acc & mask; /* floor and remainder in [0, 2^shift) */
+        out[j] = shift ? q + ((r > half) | ((r == half) & (q & 1))) : acc;
     }
 }

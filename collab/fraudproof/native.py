@@ -9,7 +9,9 @@ version with the system C compiler into ``$COLLAB_NATIVE_DIR`` (default
 ``~/.cache/collab``), written atomically so concurrent processes never load a
 partial file. Without a compiler (or with ``COLLAB_NATIVE=0``) :func:`lib`
 returns None and callers keep their pure-Python path; both give the same
-bytes (tests/test_commitments.py holds them equal).
+bytes (tests/test_commitments.py holds them equal). The same library fuses the
+VM's WEIGHTED_SUM into one 128-bit pass (:func:`weighted_sum`; numpy needs
+about twelve passes and three temporaries; tests/test_vm.py holds both equal).
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ def lib() -> ctypes.CDLL | None:
     so.collab_keccak_width.restype = ctypes.c_int
     so.collab_merkle_levels.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
     so.collab_merkle_levels.restype = ctypes.c_size_t
+    so.collab_weighted_sum_i64.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                                           ctypes.c_int, ctypes.c_void_p]
+    so.collab_weighted_sum_i64.restype = None
     return so
 
 
@@ -145,4 +150,26 @@ def merkle_levels(leaves: bytes | bytearray, zeros: bytes, depth: int) -> tuple[
     return buf, offsets
 
 
-__all__ = ["chunk_leaves", "keccak_many", "lib", "merkle_levels", "simd_width"]
+def weighted_sum(arrays: list[np.ndarray], weights: list[int], shift: int) -> np.ndarray | None:
+    """``sat(rshift(Σ w_i · a_i, shift))`` elementwise (the VM's WEIGHTED_SUM), one pass, exact.
+
+    None without the library, or outside the kernel's exact range: it
+    accumulates in 128 bits, so it needs ``len · max|w| < 2^63`` and
+    ``0 ≤ shift ≤ 126``; the caller then keeps its numpy path.
+    """
+    so = lib()
+    if (so is None or not arrays or not 0 <= shift <= 126
+            or len(weights) != len(arrays) or len(weights) * max(abs(int(w)) for w in weights) >= 1 << 63):
+        return None
+    flat = [np.ascontiguousarray(a, dtype=np.int64).reshape(-1) for a in arrays]
+    n = flat[0].size
+    if any(f.size != n for f in flat):
+        return None
+    out = np.empty(n, dtype=np.int64)
+    pointers = (ctypes.c_void_p * len(flat))(*[f.ctypes.data for f in flat])
+    ws = np.array([int(w) for w in weights], dtype=np.int64)
+    so.collab_weighted_sum_i64(pointers, ws.ctypes.data, len(flat), n, shift, out.ctypes.data)
+    return out.reshape(arrays[0].shape)
+
+
+__all__ = ["chunk_leaves", "keccak_many", "lib", "merkle_levels", "simd_width", "weighted_sum"]

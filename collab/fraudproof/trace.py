@@ -11,7 +11,7 @@ bulk, and reusing the trees for every proof.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -337,11 +337,15 @@ def build_trace(
     inputs: Mapping[str, Value | Committed],
     witnesses: Mapping[int, np.ndarray] | None = None,
     overrides: Mapping[int, Value] | None = None,
+    executed: Callable[[Value], None] | None = None,
 ) -> Trace:
     """Execute and commit ``program``; ``overrides`` replace step outputs (dishonest agents, tests).
 
     Inputs may be passed already committed (e.g. an asset's tensors, hashed
-    once at registration), which skips rehashing them.
+    once at registration), which skips rehashing them. ``executed`` gets the
+    last step's value as soon as execution ends, on this thread, while the
+    commit threads are still hashing: work on the result (a claimed merge
+    writes its artifact) overlaps the commitments instead of following them.
     """
     cache: dict[int, Committed] = {}
     plain: dict[str, Value] = {}
@@ -371,6 +375,8 @@ def build_trace(
                 v = execute_step(step, [values[t] for t in step.inputs], (witnesses or {}).get(i))
             values.append(v)
             pending.append(committer.submit(v))
+        if executed is not None and program.steps:
+            executed(values[-1])
         committed_in = [f.result() for f in inputs_pending]
         outputs = [f.result() for f in pending]
     bundle_value = Value(TensorHeader(Domain.BUNDLE, 0, (len(ordered),)), None, tuple(ordered))

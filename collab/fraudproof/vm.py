@@ -24,6 +24,7 @@ import numpy as np
 from collab import fixedpoint as fx
 from collab.errors import BadInput, ProtocolViolation
 from collab.fixedpoint import Domain
+from collab.fraudproof import native
 from collab.fraudproof.commitments import TensorHeader
 from collab.fraudproof.program import Op, Program, Step, decode_params, expected_out
 
@@ -210,6 +211,9 @@ def execute_step(step: Step, inputs: Sequence[Value], witness: np.ndarray | None
         return done(fx.rescale_array(_row_sum(data[0]), fs[0], fo))
     if op == Op.WEIGHTED_SUM:
         weights, fw = p
+        fused = native.weighted_sum(data, weights, fs[0] + fw - fo) if fs[0] + fw >= fo else None
+        if fused is not None:  # one pass, 128-bit, no range scan (native.weighted_sum)
+            return done(fused)
         amax = max(_absmax(a) for a in data)
         wmax = max(abs(w) for w in weights)
         bound = amax * wmax * len(data)

@@ -63,20 +63,26 @@ def execute(plan: MergePlan, out_dir: Path | str, config_source: Path | None) ->
     config_path = Path(config_source) / "config.json" if config_source is not None else None
     if config_path is not None and not config_path.is_file():
         raise BadInput(f"{config_source} has no config.json for the merged model")
-    t0 = time.perf_counter()
-    trace = plan.job.trace()
-    t1 = time.perf_counter()
-    value = trace.outputs[-1].value
-    state = {k: v.contiguous() for k, v in output_state(value, plan.job.like or {}).items()}
     config_text = config_path.read_text(encoding="utf-8") if config_path is not None else None
-    with staging_dir(out) as stage:
-        meta = {"format": "pt"} | ({CONFIG_METADATA_KEY: config_text} if config_text is not None else {})
-        save_file(state, str(stage / "model.safetensors"), metadata=meta)
-        if config_text is not None:
-            (stage / "config.json").write_text(config_text, encoding="utf-8")
-    with (out / "model.safetensors").open("rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()  # streamed: the file is as large as the model
-    return ClaimedOutput(plan, trace, out, digest, {"trace": t1 - t0, "write": time.perf_counter() - t1})
+    written: dict[str, Any] = {}
+
+    def write(value: Any) -> None:
+        """Dequantise and store the output while the commit threads hash (build_trace's ``executed``)."""
+        t = time.perf_counter()
+        state = {k: v.contiguous() for k, v in output_state(value, plan.job.like or {}).items()}
+        with staging_dir(out) as stage:
+            meta = {"format": "pt"} | ({CONFIG_METADATA_KEY: config_text} if config_text is not None else {})
+            save_file(state, str(stage / "model.safetensors"), metadata=meta)
+            if config_text is not None:
+                (stage / "config.json").write_text(config_text, encoding="utf-8")
+        with (out / "model.safetensors").open("rb") as fh:
+            written["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()  # streamed: as large as the model
+        written["seconds"] = time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    trace = plan.job.trace(executed=write)
+    return ClaimedOutput(plan, trace, out, written["sha256"],
+                         {"trace": time.perf_counter() - t0, "write": written["seconds"]})
 
 
 def job_id_for(merger: str, plan: MergePlan, trace: Trace) -> bytes:
