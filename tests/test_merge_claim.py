@@ -330,19 +330,28 @@ def test_a_model_with_more_than_64_tensors_is_bundled_in_groups(tmp_path: Path) 
         np.testing.assert_allclose(t.numpy(), ref[name].numpy(), atol=2e-6)
 
 
-def test_fast_quantise_is_bit_identical_to_to_vm() -> None:
-    """The claimed path's vectorised quantiser gives to_vm's words (ties to even, subnormals, saturation, NaN)."""
+@pytest.mark.parametrize("native_kernel", [True, False])
+def test_fast_quantise_is_bit_identical_to_to_vm(native_kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claimed path's quantiser (native one-pass kernel, or numpy) gives to_vm's words
+    (ties to even, subnormals, saturation, NaN)."""
     import numpy as np
     import torch
 
     from collab.errors import BadInput
+    from collab.fraudproof import native
     from collab.fraudproof.convert import to_vm
     from collab.merge.programs import quantise
 
+    if not native_kernel:
+        monkeypatch.setattr(native, "lib", lambda: None)
+    elif native.lib() is None:
+        pytest.skip("no C compiler")
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(5000, generator=g) * 3, torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, -0.0, 1e-40, 3e38, -3e38])])
-    for t, f in [(x, 20), (x / 2**20, 24), (x.half().float(), 10), (x.to(torch.bfloat16), 12), (x.double(), 16),
-                 (torch.arange(7), 0)]:
+    ties = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, -0.0, 1e-40])
+    x = torch.cat([torch.randn(5000, generator=g) * 3, ties, torch.tensor([3e38, -3e38])])
+    in_range = torch.cat([torch.randn(5000, generator=g) * 3, ties])  # the kernel's own path end to end
+    for t, f in [(x, 20), (in_range, 20), (in_range / 2**20, 24), (x / 2**20, 24), (x.half().float(), 10),
+                 (x.to(torch.bfloat16), 12), (x.double(), 16), (torch.arange(7), 0)]:
         words = quantise(t, f).data
         assert np.array_equal(words, to_vm(t, f)[0].data), (t.dtype, f)
         assert quantise(t[:100], f, float(t[:100].abs().max())).data.tolist() == to_vm(t[:100], f)[0].data.tolist()

@@ -617,26 +617,93 @@ static int64_t weighted_sum_wide(const int64_t *const *inputs, const int64_t *we
     return acc > INT64_MAX ? INT64_MAX : acc < INT64_MIN ? INT64_MIN : (int64_t)acc;
 }
 
+/* One block: when every product and partial sum provably fits in int64 (the block's max |x_i| against
+ * |w_i|), plain loops the compiler vectorises; otherwise the 128-bit path per element. */
+#define WSUM_BLOCK 1024
+#define WSUM_BODY                                                                                            \
+    for (size_t j0 = 0; j0 < n; j0 += WSUM_BLOCK) {                                                        \
+        size_t m = n - j0 < WSUM_BLOCK ? n - j0 : WSUM_BLOCK;                                              \
+        unsigned __int128 bound = 0;                                                                       \
+        for (size_t i = 0; i < k; i++) {                                                                   \
+            const int64_t *x = inputs[i] + j0;                                                             \
+            uint64_t mx = 0;                                                                               \
+            for (size_t j = 0; j < m; j++) {                                                               \
+                uint64_t a = x[j] < 0 ? -(uint64_t)x[j] : (uint64_t)x[j];                                  \
+                mx = a > mx ? a : mx;                                                                      \
+            }                                                                                              \
+            uint64_t w = weights[i] < 0 ? -(uint64_t)weights[i] : (uint64_t)weights[i];                    \
+            bound += (unsigned __int128)mx * w;                                                            \
+        }                                                                                                  \
+        int64_t *o = out + j0;                                                                             \
+        if (bound >> 63 || shift > 62) {                                                                   \
+            for (size_t j = 0; j < m; j++) o[j] = weighted_sum_wide(inputs, weights, k, j0 + j, shift);    \
+            continue;                                                                                      \
+        }                                                                                                  \
+        const int64_t *x0 = inputs[0] + j0, w0 = weights[0];                                               \
+        for (size_t j = 0; j < m; j++) o[j] = x0[j] * w0;                                                  \
+        for (size_t i = 1; i < k; i++) {                                                                   \
+            const int64_t *x = inputs[i] + j0, w = weights[i];                                             \
+            for (size_t j = 0; j < m; j++) o[j] += x[j] * w;                                               \
+        }                                                                                                  \
+        if (shift) {                                                                                       \
+            const int64_t half = (int64_t)1 << (shift - 1), mask = ((int64_t)1 << shift) - 1;             \
+            for (size_t j = 0; j < m; j++) {                                                               \
+                int64_t q = o[j] >> shift, r = o[j] & mask; /* floor and remainder in [0, 2^shift) */     \
+                o[j] = q + ((r > half) | ((r == half) & (q & 1)));                                         \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+static void weighted_sum_generic(const int64_t *const *inputs, const int64_t *weights, size_t k, size_t n,
+                                 int shift, int64_t *out) {
+    WSUM_BODY
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
+__attribute__((target("avx512f,avx512dq,avx512vl"))) static void weighted_sum_avx512(
+    const int64_t *const *inputs, const int64_t *weights, size_t k, size_t n, int shift, int64_t *out) {
+    WSUM_BODY
+}
+#endif
+
 void collab_weighted_sum_i64(const int64_t *const *inputs, const int64_t *weights, size_t k, size_t n, int shift,
                              int64_t *out) {
-    if (shift > 62) {
-        for (size_t j = 0; j < n; j++) out[j] = weighted_sum_wide(inputs, weights, k, j, shift);
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
+    if (__builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+        weighted_sum_avx512(inputs, weights, k, n, shift, out);
         return;
     }
-    const int64_t half = shift ? (int64_t)1 << (shift - 1) : 0;
-    const int64_t mask = shift ? ((int64_t)1 << shift) - 1 : 0;
-    for (size_t j = 0; j < n; j++) {
-        int64_t acc = 0, term;
-        int overflow = 0;
-        for (size_t i = 0; i < k; i++) {
-            overflow |= __builtin_mul_overflow(inputs[i][j], weights[i], &term);
-            overflow |= __builtin_add_overflow(acc, term, &acc);
-        }
-        if (__builtin_expect(overflow, 0)) {
-            out[j] = weighted_sum_wide(inputs, weights, k, j, shift);
-            continue;
-        }
-        int64_t q = acc >> shift, r = acc & mask; /* floor and remainder in [0, 2^shift) */
-        out[j] = shift ? q + ((r > half) | ((r == half) & (q & 1))) : acc;
-    }
+#endif
+    weighted_sum_generic(inputs, weights, k, n, shift, out);
+}
+
+/* out[j] = rint(x[j] * 2^f) as int64 for float32 x (0 <= f <= 62): a power-of-two scaling is exact in
+ * float32, rint rounds half to even (numpy's np.rint), so the words equal numpy's float32 path.
+ * Returns 0, or 1 when a value is not finite or |x * 2^f| >= 2^62 (the caller's generic path
+ * saturates or refuses those); out is then incomplete. */
+#define QUANTISE_BODY                                                                                   \
+    const float scale = (float)((uint64_t)1 << f), limit = 4611686018427387904.0f; /* 2^62 */          \
+    int bad = 0;                                                                                        \
+    for (size_t j = 0; j < n; j++) {                                                                    \
+        float v = __builtin_rintf(x[j] * scale);                                                        \
+        int ok = v < limit && v > -limit; /* false for NaN too */                                       \
+        bad |= !ok;                                                                                     \
+        out[j] = (int64_t)(ok ? v : 0.0f);                                                              \
+    }                                                                                                   \
+    return bad;
+
+static int quantise_generic(const float *x, size_t n, int f, int64_t *out) { QUANTISE_BODY }
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
+__attribute__((target("avx512f,avx512dq,avx512vl"))) static int quantise_avx512(const float *x, size_t n, int f,
+                                                                                int64_t *out) {
+    QUANTISE_BODY
+}
+#endif
+
+int collab_quantise_f32(const float *x, size_t n, int f, int64_t *out) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
+    if (__builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) return quantise_avx512(x, n, f, out);
+#endif
+    return quantise_generic(x, n, f, out);
 }

@@ -91,6 +91,8 @@ def lib() -> ctypes.CDLL | None:
     so.collab_weighted_sum_i64.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
                                            ctypes.c_int, ctypes.c_void_p]
     so.collab_weighted_sum_i64.restype = None
+    so.collab_quantise_f32.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+    so.collab_quantise_f32.restype = ctypes.c_int
     return so
 
 
@@ -172,4 +174,20 @@ def weighted_sum(arrays: list[np.ndarray], weights: list[int], shift: int) -> np
     return out.reshape(arrays[0].shape)
 
 
-__all__ = ["chunk_leaves", "keccak_many", "lib", "merkle_levels", "simd_width", "weighted_sum"]
+def quantise_f32(values: np.ndarray, frac_bits: int) -> np.ndarray | None:
+    """``rint(values · 2^f)`` as int64 words for a float32 array, one pass and no float temporary.
+
+    None without the library, for other dtypes, or when a value is not finite
+    or reaches 2^62 in magnitude (the caller's generic path handles those).
+    """
+    so = lib()
+    if so is None or values.dtype != np.float32 or not 0 <= frac_bits <= 62:
+        return None
+    flat = np.ascontiguousarray(values).reshape(-1)
+    out = np.empty(flat.size, dtype=np.int64)
+    if flat.size and so.collab_quantise_f32(flat.ctypes.data, flat.size, frac_bits, out.ctypes.data):
+        return None
+    return out.reshape(values.shape)
+
+
+__all__ = ["chunk_leaves", "keccak_many", "lib", "merkle_levels", "quantise_f32", "simd_width", "weighted_sum"]
