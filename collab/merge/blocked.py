@@ -55,6 +55,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from collab.errors import BadInput
 from collab.merge.config import MergeSpec, ModelRef
 
 LARGE_BYTES = 8 * 2**20  # a tensor this big (per input) is merged in row blocks
@@ -88,8 +89,11 @@ def _entries(file: Path) -> tuple[dict[str, _Entry], dict[str, str]]:
 
 
 def _write(out: Path, layout: list[tuple[str, str, tuple[int, ...], int]], meta: Mapping[str, str],
-           chunks: Iterator[bytes]) -> None:
-    """Write a safetensors file: the header for ``layout`` (name, dtype, shape, nbytes) then ``chunks`` in order."""
+           chunks: Iterator[bytes | memoryview], digest: Any = None) -> None:
+    """Write a safetensors file: the header for ``layout`` (name, dtype, shape, nbytes) then ``chunks`` in order.
+
+    ``digest`` (a hashlib object) is fed every byte written, so the file's hash needs no second read.
+    """
     header: dict[str, Any] = {"__metadata__": dict(meta)} if meta else {}
     offset = 0
     for name, dtype, shape, nbytes in layout:
@@ -99,12 +103,36 @@ def _write(out: Path, layout: list[tuple[str, str, tuple[int, ...], int]], meta:
     text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
     written = 0
     with out.open("wb") as fh:
-        fh.write(struct.pack("<Q", len(text)) + text)
+        head = struct.pack("<Q", len(text)) + text
+        fh.write(head)
+        if digest is not None:
+            digest.update(head)
         for chunk in chunks:
             fh.write(chunk)
+            if digest is not None:
+                digest.update(chunk)
             written += len(chunk)
     if written != offset:
         raise RuntimeError(f"wrote {written} tensor bytes to {out}, the header says {offset}")
+
+
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def write_state(out: Path, state: Mapping[str, torch.Tensor], meta: Mapping[str, str], digest: Any = None) -> None:
+    """``save_file`` without its copy: each tensor's bytes are written from its own memory (and fed to
+    ``digest``); tensors in ``state`` order. Loads with safetensors / transformers like ``save_file``'s."""
+    layout, views = [], []
+    for name, t in state.items():
+        flat = t.detach().contiguous().reshape(-1)
+        if t.dtype not in SAFETENSORS_DTYPES or flat.device.type != "cpu":
+            raise BadInput(f"{name}: cannot store a {t.dtype} tensor on {flat.device}")
+        raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
+        layout.append((name, SAFETENSORS_DTYPES[t.dtype], tuple(t.shape), raw.numel()))
+        views.append(raw)
+    _write(out, layout, meta, (memoryview(v.numpy()) for v in views), digest)
 
 
 def _copy(fh: BinaryIO, start: int, end: int, step: int = 8 * 2**20) -> Iterator[bytes]:

@@ -57,7 +57,7 @@ def execute(plan: MergePlan, out_dir: Path | str, config_source: Path | None) ->
     """
     import hashlib
 
-    from safetensors.torch import save_file
+    from collab.merge.blocked import write_state
 
     out = check_out_dir(out_dir)
     config_path = Path(config_source) / "config.json" if config_source is not None else None
@@ -70,13 +70,13 @@ def execute(plan: MergePlan, out_dir: Path | str, config_source: Path | None) ->
         """Dequantise and store the output while the commit threads hash (build_trace's ``executed``)."""
         t = time.perf_counter()
         state = {k: v.contiguous() for k, v in output_state(value, plan.job.like or {}).items()}
+        digest = hashlib.sha256()  # fed as the file is written: no copy of the tensors, no second read
         with staging_dir(out) as stage:
             meta = {"format": "pt"} | ({CONFIG_METADATA_KEY: config_text} if config_text is not None else {})
-            save_file(state, str(stage / "model.safetensors"), metadata=meta)
+            write_state(stage / "model.safetensors", state, meta, digest)
             if config_text is not None:
                 (stage / "config.json").write_text(config_text, encoding="utf-8")
-        with (out / "model.safetensors").open("rb") as fh:
-            written["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()  # streamed: as large as the model
+        written["sha256"] = digest.hexdigest()
         written["seconds"] = time.perf_counter() - t
 
     t0 = time.perf_counter()
