@@ -13,8 +13,9 @@
  * out for uint64_t, 4 x uint64 and 8 x uint64; tests hold every path equal to
  * eth_hash on every length class.
  *
- * The file also holds the one arithmetic kernel of the same hot path: the VM's
- * WEIGHTED_SUM (a claimed linear merge's whole program) fused into one pass.
+ * The file also holds the two arithmetic kernels of a claimed merge's hot path,
+ * each one pass: the VM's WEIGHTED_SUM (a claimed linear merge's whole program)
+ * and float32 -> int64 quantisation.
  */
 #include <stddef.h>
 #include <stdint.h>

@@ -9,9 +9,12 @@ version with the system C compiler into ``$COLLAB_NATIVE_DIR`` (default
 ``~/.cache/collab``), written atomically so concurrent processes never load a
 partial file. Without a compiler (or with ``COLLAB_NATIVE=0``) :func:`lib`
 returns None and callers keep their pure-Python path; both give the same
-bytes (tests/test_commitments.py holds them equal). The same library fuses the
-VM's WEIGHTED_SUM into one 128-bit pass (:func:`weighted_sum`; numpy needs
-about twelve passes and three temporaries; tests/test_vm.py holds both equal).
+bytes (tests/test_commitments.py holds them equal). The same library has the
+two arithmetic kernels of a claimed merge's hot path, each one pass where numpy
+needs several and their temporaries: the VM's WEIGHTED_SUM (:func:`weighted_sum`,
+tests/test_vm.py holds it to the scalar definition and the numpy path) and
+float32 quantisation (:func:`quantise_f32`, held to ``to_vm`` in
+tests/test_merge_claim.py).
 """
 
 from __future__ import annotations
@@ -155,9 +158,10 @@ def merkle_levels(leaves: bytes | bytearray, zeros: bytes, depth: int) -> tuple[
 def weighted_sum(arrays: list[np.ndarray], weights: list[int], shift: int) -> np.ndarray | None:
     """``sat(rshift(Σ w_i · a_i, shift))`` elementwise (the VM's WEIGHTED_SUM), one pass, exact.
 
-    None without the library, or outside the kernel's exact range: it
-    accumulates in 128 bits, so it needs ``len · max|w| < 2^63`` and
-    ``0 ≤ shift ≤ 126``; the caller then keeps its numpy path.
+    Sums in int64 over blocks whose bound (Σ max|a_i| · |w_i|) proves it
+    fits, else in 128 bits, so it needs ``len · max|w| < 2^63`` and
+    ``0 ≤ shift ≤ 126``; outside that (or without the library) it returns
+    None and the caller keeps its numpy path.
     """
     so = lib()
     if (so is None or not arrays or not 0 <= shift <= 126
