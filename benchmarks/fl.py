@@ -74,7 +74,10 @@ class Sizes:
 # ε = 8 on the IID split: lr 0.002 → 0.46, 0.005 → 0.72, 0.01 → 0.84, 0.02 → 0.89, 0.04 → 0.83 with 3 of
 # 6 local updates dropped by the loss-rise guard), non-private
 # training at batch 16 with lr 0.005 (at batch 64 / lr 0.02 Adam overshot: centralized 0.54, local 0.37,
-# its loss-rise guard dropping updates). Well inside the 2-hour budget.
+# its loss-rise guard dropping updates). Well inside the 2-hour budget. Pilots at 400 per participant and
+# 64 tokens (ε = 8 vs non-private): batch 64 / lr 0.02 IID 0.905 vs 0.970, Dirichlet 0.885 vs 0.955; batch
+# 128 IID 0.930 (lr 0.04) / 0.940 (lr 0.03) with half the local updates refused by the guard, and
+# Dirichlet at lr 0.04 collapsed to 0.200 (docs/status.md).
 # Membership inference: 100 trained canaries and 400 held out, the accuracy runs' 2 local epochs. A pilot
 # with 50 / 50 (4 rounds' worth of epochs would not fit the 2-hour budget) measured no DP 12.5 points and
 # ε = 8 7.5, each ± 5.8 (one standard error of the AUC): the 2-point target is below that noise floor.
