@@ -77,7 +77,8 @@ class Sizes:
 # its loss-rise guard dropping updates). Well inside the 2-hour budget. Pilots at 400 per participant and
 # 64 tokens (ε = 8 vs non-private): batch 64 / lr 0.02 IID 0.905 vs 0.970, Dirichlet 0.885 vs 0.955; batch
 # 128 IID 0.930 (lr 0.04) / 0.940 (lr 0.03) with half the local updates refused by the guard, and
-# Dirichlet at lr 0.04 collapsed to 0.200 (docs/status.md).
+# Dirichlet at lr 0.04 collapsed to 0.200. 400 at 128 tokens (batch 64 / lr 0.02): IID 0.925 vs 0.980,
+# Dirichlet 0.915 vs 0.970 (gaps 5.5), but 2.2x the accuracy phase's time (docs/status.md).
 # Membership inference: 100 trained canaries and 400 held out, the accuracy runs' 2 local epochs. A pilot
 # with 50 / 50 (4 rounds' worth of epochs would not fit the 2-hour budget) measured no DP 12.5 points and
 # ε = 8 7.5, each ± 5.8 (one standard error of the AUC): the 2-point target is below that noise floor.
