@@ -203,16 +203,20 @@ def test_vectorised_equals_scalar_elements(op: Op) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 6), st.integers(0, 2**32), st.integers(0, 126), st.booleans())
+@given(st.integers(1, 6), st.integers(0, 2**32), st.integers(0, 126), st.booleans(), st.booleans())
 def test_fused_weighted_sum_equals_the_definition_and_the_numpy_path(
-        k: int, seed: int, shift: int, widest: bool) -> None:
-    """native.weighted_sum (128-bit, one pass) vs fixedpoint's scalar sat(rshift(Σ w·x)) and the VM's numpy path."""
+        k: int, seed: int, shift: int, widest: bool, small: bool) -> None:
+    """native.weighted_sum vs fixedpoint's scalar sat(rshift(Σ w·x)): 2,500 elements span three of its
+    1,024-element blocks; small words with a few edges mix int64 blocks with 128-bit ones."""
     from collab.fraudproof import native
 
     if native.lib() is None:
         pytest.skip("no C compiler: the VM keeps its numpy path")
     rng = np.random.default_rng(seed)
-    arrays = [words(rng, (37,), 1 << 62) for _ in range(k)]
+    n = 2500
+    arrays = [words(rng, (n,), 1 << 20, edges=False) if small else words(rng, (n,), 1 << 62) for _ in range(k)]
+    if small:
+        arrays[0][int(rng.integers(0, n))] = EDGES[int(rng.integers(0, len(EDGES)))]  # one block goes wide
     limit = ((1 << 63) - 1) // k  # the kernel's exact range: k · max|w| < 2^63
     ws = [int(w) for w in rng.integers(-limit, limit + 1, size=k)] if widest else \
         [int(w) for w in rng.integers(-(1 << 31), 1 << 31, size=k)]
@@ -220,7 +224,7 @@ def test_fused_weighted_sum_equals_the_definition_and_the_numpy_path(
         ws[0] = limit if seed % 2 else -limit
     got = native.weighted_sum(arrays, ws, shift)
     assert got is not None
-    want = [fx.rescale(sum(w * int(a[j]) for w, a in zip(ws, arrays)), shift, 0) for j in range(37)]
+    want = [fx.rescale(sum(w * int(a[j]) for w, a in zip(ws, arrays)), shift, 0) for j in range(n)]
     assert got.tolist() == want
     assert native.weighted_sum(arrays[:1] * 2, [1 << 62, 1 << 62], shift) is None  # past the range: numpy's path
 
