@@ -341,18 +341,22 @@ def _replay_revert(w3: Web3, call: dict[str, Any], block: int, registry: AbiRegi
     return registry.decode_revert(None, contract=contract)
 
 
+def _rpc_message(exc: Web3RPCError) -> str:
+    """The node's own error message (the JSON-RPC error's ``message``), else the exception's text."""
+    message = exc.rpc_response.get("error", {}).get("message") if isinstance(exc.rpc_response, dict) else None
+    return str(message or exc)
+
+
 def _nonce_taken(exc: Web3RPCError) -> bool:
     """Did the node refuse a transaction because its nonce is already used or pending?"""
-    message = exc.rpc_response.get("error", {}).get("message") if isinstance(exc.rpc_response, dict) else str(exc)
-    text = str(message or exc).lower()
+    text = _rpc_message(exc).lower()
     # Not "already known": that is this very transaction in the pool, which a re-send would duplicate.
     return any(m in text for m in ("nonce too low", "replacement transaction underpriced"))
 
 
 def _rpc_failure(exc: Web3RPCError) -> BadInput:
     """Node-level rejections (insufficient funds, nonce) as one-line BadInput."""
-    message = exc.rpc_response.get("error", {}).get("message") if isinstance(exc.rpc_response, dict) else None
-    return BadInput(f"transaction rejected by the node: {message or exc}")
+    return BadInput(f"transaction rejected by the node: {_rpc_message(exc)}")
 
 
 def deploy_contract(

@@ -599,11 +599,24 @@ void collab_chunk_leaves_i64(const uint64_t *words, size_t n_words, uint8_t *out
     }
 }
 
-/* out[j] = sat(rshift(sum_i weights[i] * inputs[i][j], shift)) for j < n: the VM's WEIGHTED_SUM in one
- * pass, rshift rounding half to even (fixedpoint.rshift), sat clamping to int64. Each element is summed
- * in int64 with overflow checks and, only when a product or partial sum overflows, again with a 128-bit
- * accumulator. The caller guarantees k * max|w| < 2^63 (so every sum fits in 127 bits) and
- * 0 <= shift <= 126. */
+/* The arithmetic kernels below are written once as always-inline bodies and compiled twice: for the
+ * baseline ISA and, where the CPU has it, for AVX-512 (64-bit multiplies, compares and float -> int64
+ * conversions in vector registers); the body inlines into either wrapper. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
+#define ARITH_SIMD 1
+#define ARITH_TARGET "avx512f,avx512dq,avx512vl"
+static int arith_avx512(void) {
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    }
+    return has;
+}
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+/* sat(rshift(sum_i weights[i] * inputs[i][j], shift)) of one element with a 128-bit accumulator. */
 static int64_t weighted_sum_wide(const int64_t *const *inputs, const int64_t *weights, size_t k, size_t j,
                                  int shift) {
     const __int128 one = 1;
@@ -618,93 +631,99 @@ static int64_t weighted_sum_wide(const int64_t *const *inputs, const int64_t *we
     return acc > INT64_MAX ? INT64_MAX : acc < INT64_MIN ? INT64_MIN : (int64_t)acc;
 }
 
-/* One block: when every product and partial sum provably fits in int64 (the block's max |x_i| against
- * |w_i|), plain loops the compiler vectorises; otherwise the 128-bit path per element. */
+/* out[j] = sat(rshift(sum_i weights[i] * inputs[i][j], shift)) for j < n: the VM's WEIGHTED_SUM in one
+ * pass, rshift rounding half to even (fixedpoint.rshift), sat clamping to int64. Blocks of 1024 elements
+ * whose bound (sum_i max|x_i| * |w_i|) proves every product and partial sum fits in int64 run as plain
+ * loops the compiler vectorises; other blocks take the 128-bit path per element. The caller guarantees
+ * k * max|w| < 2^63 (so every sum fits in 127 bits and the bound in 128) and 0 <= shift <= 126. */
 #define WSUM_BLOCK 1024
-#define WSUM_BODY                                                                                            \
-    for (size_t j0 = 0; j0 < n; j0 += WSUM_BLOCK) {                                                        \
-        size_t m = n - j0 < WSUM_BLOCK ? n - j0 : WSUM_BLOCK;                                              \
-        unsigned __int128 bound = 0;                                                                       \
-        for (size_t i = 0; i < k; i++) {                                                                   \
-            const int64_t *x = inputs[i] + j0;                                                             \
-            uint64_t mx = 0;                                                                               \
-            for (size_t j = 0; j < m; j++) {                                                               \
-                uint64_t a = x[j] < 0 ? -(uint64_t)x[j] : (uint64_t)x[j];                                  \
-                mx = a > mx ? a : mx;                                                                      \
-            }                                                                                              \
-            uint64_t w = weights[i] < 0 ? -(uint64_t)weights[i] : (uint64_t)weights[i];                    \
-            bound += (unsigned __int128)mx * w;                                                            \
-        }                                                                                                  \
-        int64_t *o = out + j0;                                                                             \
-        if (bound >> 63 || shift > 62) {                                                                   \
-            for (size_t j = 0; j < m; j++) o[j] = weighted_sum_wide(inputs, weights, k, j0 + j, shift);    \
-            continue;                                                                                      \
-        }                                                                                                  \
-        const int64_t *x0 = inputs[0] + j0, w0 = weights[0];                                               \
-        for (size_t j = 0; j < m; j++) o[j] = x0[j] * w0;                                                  \
-        for (size_t i = 1; i < k; i++) {                                                                   \
-            const int64_t *x = inputs[i] + j0, w = weights[i];                                             \
-            for (size_t j = 0; j < m; j++) o[j] += x[j] * w;                                               \
-        }                                                                                                  \
-        if (shift) {                                                                                       \
-            const int64_t half = (int64_t)1 << (shift - 1), mask = ((int64_t)1 << shift) - 1;             \
-            for (size_t j = 0; j < m; j++) {                                                               \
-                int64_t q = o[j] >> shift, r = o[j] & mask; /* floor and remainder in [0, 2^shift) */     \
-                o[j] = q + ((r > half) | ((r == half) & (q & 1)));                                         \
-            }                                                                                              \
-        }                                                                                                  \
+INLINE void weighted_sum_body(const int64_t *const *inputs, const int64_t *weights, size_t k, size_t n, int shift,
+                              int64_t *out) {
+    for (size_t j0 = 0; j0 < n; j0 += WSUM_BLOCK) {
+        size_t m = n - j0 < WSUM_BLOCK ? n - j0 : WSUM_BLOCK;
+        unsigned __int128 bound = 0;
+        for (size_t i = 0; i < k; i++) {
+            const int64_t *x = inputs[i] + j0;
+            uint64_t mx = 0;
+            for (size_t j = 0; j < m; j++) {
+                uint64_t a = x[j] < 0 ? -(uint64_t)x[j] : (uint64_t)x[j];
+                mx = a > mx ? a : mx;
+            }
+            uint64_t w = weights[i] < 0 ? -(uint64_t)weights[i] : (uint64_t)weights[i];
+            bound += (unsigned __int128)mx * w;
+        }
+        int64_t *o = out + j0;
+        if (bound >> 63 || shift > 62) {
+            for (size_t j = 0; j < m; j++) o[j] = weighted_sum_wide(inputs, weights, k, j0 + j, shift);
+            continue;
+        }
+        const int64_t *x0 = inputs[0] + j0, w0 = weights[0];
+        for (size_t j = 0; j < m; j++) o[j] = x0[j] * w0;
+        for (size_t i = 1; i < k; i++) {
+            const int64_t *x = inputs[i] + j0, w = weights[i];
+            for (size_t j = 0; j < m; j++) o[j] += x[j] * w;
+        }
+        if (shift) {
+            const int64_t half = (int64_t)1 << (shift - 1), mask = ((int64_t)1 << shift) - 1;
+            for (size_t j = 0; j < m; j++) {
+                int64_t q = o[j] >> shift, r = o[j] & mask; /* floor and remainder in [0, 2^shift) */
+                o[j] = q + ((r > half) | ((r == half) & (q & 1)));
+            }
+        }
     }
-
-static void weighted_sum_generic(const int64_t *const *inputs, const int64_t *weights, size_t k, size_t n,
-                                 int shift, int64_t *out) {
-    WSUM_BODY
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
-__attribute__((target("avx512f,avx512dq,avx512vl"))) static void weighted_sum_avx512(
-    const int64_t *const *inputs, const int64_t *weights, size_t k, size_t n, int shift, int64_t *out) {
-    WSUM_BODY
+static void weighted_sum_base(const int64_t *const *inputs, const int64_t *weights, size_t k, size_t n, int shift,
+                              int64_t *out) {
+    weighted_sum_body(inputs, weights, k, n, shift, out);
+}
+
+#ifdef ARITH_SIMD
+__attribute__((target(ARITH_TARGET))) static void weighted_sum_simd(const int64_t *const *inputs,
+                                                                     const int64_t *weights, size_t k, size_t n,
+                                                                     int shift, int64_t *out) {
+    weighted_sum_body(inputs, weights, k, n, shift, out);
 }
 #endif
 
 void collab_weighted_sum_i64(const int64_t *const *inputs, const int64_t *weights, size_t k, size_t n, int shift,
                              int64_t *out) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
-    if (__builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
-        weighted_sum_avx512(inputs, weights, k, n, shift, out);
+#ifdef ARITH_SIMD
+    if (arith_avx512()) {
+        weighted_sum_simd(inputs, weights, k, n, shift, out);
         return;
     }
 #endif
-    weighted_sum_generic(inputs, weights, k, n, shift, out);
+    weighted_sum_base(inputs, weights, k, n, shift, out);
 }
 
 /* out[j] = rint(x[j] * 2^f) as int64 for float32 x (0 <= f <= 62): a power-of-two scaling is exact in
  * float32, rint rounds half to even (numpy's np.rint), so the words equal numpy's float32 path.
  * Returns 0, or 1 when a value is not finite or |x * 2^f| >= 2^62 (the caller's generic path
  * saturates or refuses those); out is then incomplete. */
-#define QUANTISE_BODY                                                                                   \
-    const float scale = (float)((uint64_t)1 << f), limit = 4611686018427387904.0f; /* 2^62 */          \
-    int bad = 0;                                                                                        \
-    for (size_t j = 0; j < n; j++) {                                                                    \
-        float v = __builtin_rintf(x[j] * scale);                                                        \
-        int ok = v < limit && v > -limit; /* false for NaN too */                                       \
-        bad |= !ok;                                                                                     \
-        out[j] = (int64_t)(ok ? v : 0.0f);                                                              \
-    }                                                                                                   \
+INLINE int quantise_body(const float *x, size_t n, int f, int64_t *out) {
+    const float scale = (float)((uint64_t)1 << f), limit = 4611686018427387904.0f; /* 2^62 */
+    int bad = 0;
+    for (size_t j = 0; j < n; j++) {
+        float v = __builtin_rintf(x[j] * scale);
+        int ok = v < limit && v > -limit; /* false for NaN too */
+        bad |= !ok;
+        out[j] = (int64_t)(ok ? v : 0.0f);
+    }
     return bad;
+}
 
-static int quantise_generic(const float *x, size_t n, int f, int64_t *out) { QUANTISE_BODY }
+static int quantise_base(const float *x, size_t n, int f, int64_t *out) { return quantise_body(x, n, f, out); }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
-__attribute__((target("avx512f,avx512dq,avx512vl"))) static int quantise_avx512(const float *x, size_t n, int f,
-                                                                                int64_t *out) {
-    QUANTISE_BODY
+#ifdef ARITH_SIMD
+__attribute__((target(ARITH_TARGET))) static int quantise_simd(const float *x, size_t n, int f, int64_t *out) {
+    return quantise_body(x, n, f, out);
 }
 #endif
 
 int collab_quantise_f32(const float *x, size_t n, int f, int64_t *out) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(COLLAB_NO_SIMD)
-    if (__builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) return quantise_avx512(x, n, f, out);
+#ifdef ARITH_SIMD
+    if (arith_avx512()) return quantise_simd(x, n, f, out);
 #endif
-    return quantise_generic(x, n, f, out);
+    return quantise_base(x, n, f, out);
 }
