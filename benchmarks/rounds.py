@@ -73,6 +73,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None) -> dict[s
         bench = _RoundBench(w3, deployment, say)
         series = [bench.measure(n) for n in COUNTS]
         dispute = bench.measure_dispute()
+        veto = bench.measure_consent_veto()
     one = series[0]["consent_check"]
     marginal = (series[-1]["consent_check"] - one) / (COUNTS[-1] - 1)
     results: dict[str, Any] = {
@@ -87,6 +88,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None) -> dict[s
         "baseline": {"consent_check_one_signer": one, "marginal_gas_per_signer": round(marginal),
                      "architecture_figure": ARCHITECTURE_FIGURE},
         "dispute_exclusion": dispute,
+        "consent_veto": veto,
     }
     return report.publish(out_dir, SUITE, results, lambda png: plot(results, png), say)
 
@@ -207,6 +209,23 @@ class _RoundBench:
                                       dropped.account.address, 1, commitment)
         return {"gas": self._registry(dropped.account).dispute_exclusion(rid, 1, commitment, receipt).gas_used}
 
+    def measure_consent_veto(self) -> dict[str, int]:
+        """The on-chain path when one of three withholds consent: propose, two consents, record after the deadline."""
+        self.log("consent veto: proposal, consents, record")
+        members = self.members[:3]
+        rid, _ = self._open(members, 2)
+        record = self._record(rid, members)
+        registry = self._registry(self.creator)
+        proposal = registry.propose_record(record)
+        consents = [registry.consent(rid, m.account.address, sign_consent(m.secret, proposal.root)).gas_used
+                    for m in members[:2]]
+        now = int(self.w3.eth.get_block("latest")["timestamp"])
+        self.w3.provider.make_request("evm_increaseTime", [proposal.deadline - now])  # type: ignore[arg-type]
+        self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        submitted = registry.submit_proposed(record, [bytes(32)] * len(members))
+        return {"propose_record": proposal.tx.gas_used if proposal.tx else 0, "consent_mean": round(sum(consents) / 2),
+                "submit_proposed": submitted.tx.gas_used if submitted.tx else 0, "proposed": 3, "consented": 2}
+
 
 # --------------------------------------------------------------------- output
 
@@ -248,5 +267,7 @@ def render(results: dict[str, Any]) -> RenderableType:
         ("marginal per extra signer", b["marginal_gas_per_signer"]),
         ("architecture's figure for one aggregate check", b["architecture_figure"]),
         ("exclusion dispute", results["dispute_exclusion"]["gas"]),
+        *((f"consent veto: {k.replace('_', ' ')} (2 of 3 consent)", v)
+          for k, v in results.get("consent_veto", {}).items() if k not in ("proposed", "consented")),
     ])
     return Group(per_count, base)

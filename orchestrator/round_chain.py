@@ -17,7 +17,13 @@ model's owner, naming the orchestrator as aggregator) is driven through
   own row and BLS-signs the record root with its home's key
   (:func:`node_consent`); the orchestrator aggregates and submits the record,
   then posts the claim naming the registry as settlement hook and participant
-  source (audience: participants), whose finalization mints Receipts and Shares.
+  source (audience: participants), whose finalization mints Receipts and Shares;
+* when an included participant refuses or stays silent, the orchestrator
+  proposes the record on chain instead and relays the consents it holds
+  (:func:`record_by_proposal`); every included node posts its own consent there
+  too (:func:`node_post_consent`), so no aggregator can drop it by withholding
+  its signature; after the deadline the record settles with those who
+  consented, and a refuser cannot dispute its exclusion (docs/design.md).
 
 Every step reads the chain first, so a repeated step (after a crash) is a no-op.
 """
@@ -39,6 +45,7 @@ from chain.clients.round_registry import (
     aggregate_consent,
     record_from_attribution,
 )
+from chain.errors import ContractRevert, revert_class
 from collab.errors import BadInput, ProtocolViolation, Unauthorized
 
 
@@ -140,6 +147,7 @@ def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | No
 def node_dispute(chain: Any, home: Path, round_id: int) -> str | None:
     """Dispute the round's pending claim if its record leaves this node out while the node holds the
     aggregator's receipt for its final-round update (kept by its ClientApp); the tx hash, else None.
+    ProtocolViolation when the node withheld its consent to a proposal that named that very update.
 
     An honest record includes everyone whose update entered the final
     aggregate, and only they hold a final-round receipt, so this never fires
@@ -167,7 +175,29 @@ def node_dispute(chain: Any, home: Path, round_id: int) -> str | None:
     manager = ClaimManagerClient.from_deployment(chain.deployment, chain.w3)
     if signer != r.aggregator or manager.claim_status(r.claim_id) != ClaimStatus.PENDING:
         return None  # not a receipt to rely on, or the claim is not posted yet / already decided
-    return registry.dispute_exclusion(round_id, r.rounds, receipt["update_commitment"], receipt["signature"]).tx_hash
+    try:
+        return registry.dispute_exclusion(round_id, r.rounds, receipt["update_commitment"],
+                                          receipt["signature"]).tx_hash
+    except revert_class("ConsentWithheld") as exc:
+        raise ProtocolViolation(f"proposed with its own update, {me} did not consent in time: its exclusion from "
+                                f"round {round_id} stands") from exc
+
+
+def node_post_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | None = None) -> str | None:
+    """Post this node's consent to the round's on-chain proposal ``raw`` itself (tx hash), after the checks of
+    :func:`node_consent`; None when it is already posted or the proposal on chain is another record.
+
+    The orchestrator relays the signatures it holds, but an aggregator that
+    withheld one would leave the node out without a dispute; posting it here
+    closes that.
+    """
+    record = record_from_json(raw)
+    registry = RoundRegistryClient.from_deployment(chain.deployment, chain.w3, chain.account)
+    root, me = registry.local_root(record), str(chain.account.address)
+    if registry.proposal_of(record.round_id).root != root or registry.consent_of(record.round_id, me) == root:
+        return None
+    signature = node_consent(chain, bls_sign, raw, home)
+    return registry.consent(record.round_id, me, bytes.fromhex(signature[2:])).tx_hash
 
 
 # ----------------------------------------------------------------------------- orchestrator
@@ -197,3 +227,52 @@ def submit_record(registry: RoundRegistryClient, record: AttributionRecord, sign
     if registry.get_round(record.round_id).status != RoundStatus.FIXED:
         return None
     return registry.submit_record(record, aggregate_consent(signatures)).tx.tx_hash  # type: ignore[union-attr]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposalProgress:
+    """Where an on-chain proposal stands: ``submitted`` once the record is on chain (``record_tx`` None on a re-run)."""
+
+    root: bytes
+    deadline: int
+    proposal_tx: str | None
+    consented: tuple[str, ...]
+    submitted: bool = False
+    record_tx: str | None = None
+
+    def left_out(self, record: AttributionRecord) -> list[str]:
+        """Proposed participants that have not consented."""
+        return [a for a in record.participants if a not in self.consented]
+
+
+def record_by_proposal(registry: RoundRegistryClient, record: AttributionRecord, signatures: dict[str, bytes],
+                       priors: list[bytes]) -> ProposalProgress:
+    """One step of the consent-veto path: propose ``record`` on chain (once), relay the consents the
+    orchestrator holds (``signatures``: account -> BLS signature), and submit it with the participants who
+    consented once all have or the deadline has passed (``priors``: ``prior_chains`` of the record's rows).
+    Every step reads the chain first."""
+    rid = record.round_id
+    if registry.get_round(rid).status != RoundStatus.FIXED:  # a re-run: already recorded
+        return ProposalProgress(b"", 0, None, tuple(registry.included_of(rid)), submitted=True)
+    root = registry.local_root(record)
+    proposal, proposal_tx = registry.proposal_of(rid), None
+    if proposal.root != root:
+        proposal = registry.propose_record(record)
+        proposal_tx = proposal.tx.tx_hash if proposal.tx else None
+    for account, signature in signatures.items():
+        if registry.consent_of(rid, account) != root:
+            try:
+                registry.consent(rid, account, signature)
+            except ContractRevert:
+                pass  # a node reported a signature that does not verify: it stays out unless it posts a valid one
+    consented = tuple(a for a in record.participants if registry.consent_of(rid, a) == root)
+    progress = ProposalProgress(root, proposal.deadline, proposal_tx, consented)
+    now = int(registry.w3.eth.get_block("latest")["timestamp"])
+    if len(consented) < len(record.participants) and now < proposal.deadline:
+        return progress
+    minimum = registry.get_round(rid).min_participants
+    if len(consented) < minimum:
+        raise ProtocolViolation(f"only {len(consented)} of round {rid}'s {len(record.participants)} included "
+                                f"participants consented to the proposed record by its deadline; it needs {minimum}")
+    tx = registry.submit_proposed(record, priors).tx
+    return dataclasses.replace(progress, submitted=True, record_tx=tx.tx_hash if tx else None)

@@ -30,8 +30,10 @@ With ``round_id`` in the payload the job drives that ``RoundRegistry`` round
 (:mod:`orchestrator.round_chain`): COLLECTING also waits until the round is
 fixed on-chain (the nodes accept, the creator's node fixes); COMPUTED first
 collects every included participant's BLS consent over the record root and
-submits the record; the claim then names the registry as settlement hook, so
-its finalization mints Receipts and Shares. The ServerApp of such a round signs
+submits the record (when one refuses or stays silent, it proposes the record
+on chain and submits it with those who consented by the deadline); the claim
+then names the registry as settlement hook, so its finalization mints
+Receipts and Shares. The ServerApp of such a round signs
 an update receipt per accepted update with this home's identity (run config
 from :meth:`RoundJob._receipt_config`), which the participants' nodes keep for
 an exclusion dispute.
@@ -258,27 +260,48 @@ class RoundJob:
         return True
 
     def _submit_record(self, job: Job, store: JobStore) -> bool:
-        """Every included participant's consent (reported by its node) -> ``submitRecord``; True once on-chain."""
-        from orchestrator.round_chain import record_from_json, submit_record
+        """Every included participant's consent (reported by its node) -> ``submitRecord``; True once on-chain.
+
+        A participant that refuses, or stays silent past ``consent_wait``, cannot hold the round hostage:
+        the record is then proposed on chain, where consents count until its deadline
+        (``round_chain.record_by_proposal``), and it settles with those who consented.
+        """
+        from orchestrator.round_chain import record_by_proposal, record_from_json, submit_record
 
         record = record_from_json(job.data["record"])
-        sigs = [job.data.get(f"r/{a.lower()}/consent") for a in record.participants]
-        refused = [a for a in record.participants if isinstance(job.data.get(f"r/{a.lower()}/consent"), dict)]
-        if refused:
-            raise ProtocolViolation(f"participant(s) {', '.join(refused)} refused to consent to the record")
-        if not all(isinstance(s, str) for s in sigs):
+        sigs = {a: job.data.get(f"r/{a.lower()}/consent") for a in record.participants}
+        signed = {a: bytes.fromhex(s[2:]) for a, s in sigs.items() if isinstance(s, str)}
+        proposing = "proposal_root" in job.data
+        if not proposing and len(signed) == len(sigs):
+            tx = submit_record(self.registry, record, [signed[a] for a in record.participants])
+            store.update_data(job.id, {"record_submitted": True, **({"record_tx": tx} if tx else {})})
+            return True
+        refused = {a: s["refused"] for a, s in sigs.items() if isinstance(s, dict)}
+        if not proposing and not refused:
             asked = float(job.data.get("consent_asked") or 0)
             if not asked:
                 store.update_data(job.id, {"consent_asked": time.time()})
-            elif time.time() - asked > float(job.payload.get("consent_wait", CONSENT_WAIT)):
-                silent = [a for a, s in zip(record.participants, sigs) if not isinstance(s, str)]
-                raise ProtocolViolation(f"no consent from {', '.join(silent)} within "
-                                        f"{float(job.payload.get('consent_wait', CONSENT_WAIT)):.0f} s: the record "
-                                        "cannot be submitted without every included participant")
-            return False
-        tx = submit_record(self.registry, record, [bytes.fromhex(s[2:]) for s in sigs])  # type: ignore[index]
-        store.update_data(job.id, {"record_submitted": True, **({"record_tx": tx} if tx else {})})
-        return True
+            if not asked or time.time() - asked <= float(job.payload.get("consent_wait", CONSENT_WAIT)):
+                return False
+        if not proposing:
+            why = "; ".join(f"{a} refused: {r}" for a, r in refused.items()) or "some stayed silent"
+            log.warning("round job %s: not every included participant consented (%s): proposing the record on "
+                        "chain", job.id, why)
+        from chain.clients.round_registry import prior_chains
+
+        priors = prior_chains(json.loads((self._dir(job) / "attribution.json").read_text()), record)
+        progress = record_by_proposal(self.registry, record, signed, priors)
+        update: dict[str, Any] = {"consented": list(progress.consented)}
+        if progress.root:  # empty on a re-run that finds the record already on chain
+            update.update(proposal_root="0x" + progress.root.hex(), proposal_deadline=progress.deadline)
+        if progress.proposal_tx:
+            update["proposal_tx"] = progress.proposal_tx
+        if progress.submitted:
+            update.update(record_submitted=True, left_out=progress.left_out(record))
+        if progress.record_tx:
+            update["record_tx"] = progress.record_tx
+        store.update_data(job.id, update)
+        return progress.submitted
 
     @staticmethod
     def follow_claim(job: Job, store: JobStore) -> JobState:

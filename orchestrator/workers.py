@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collab.errors import CollabError
+from collab.errors import CollabError, ProtocolViolation
 
 log = logging.getLogger("collab.node.workers")
 
@@ -272,7 +272,8 @@ class TaskRunner:
             self._report(jid)("supernode", {"ok": True, "pid": self.supernodes[jid].proc.pid})
 
     def _registry_steps(self, task: dict[str, Any], needed: bool) -> None:
-        """A RoundRegistry round: accept (participant), fix (creator), consent to the record (included participant).
+        """A RoundRegistry round: accept (participant), fix (creator), consent to the record (included participant),
+        on chain as well when the orchestrator proposed it there.
 
         Each step reads the chain before acting, so a repeat after a node restart is harmless;
         ``done`` only saves the chain reads while this process lives.
@@ -296,9 +297,15 @@ class TaskRunner:
                 self.done.add((jid, "fixed"))
                 report("fixed", {"tx": tx})
         if needed and state in ("computed", "claimed", "challenged") and (jid, "disputed") not in self.done:
-            if "record" in data and self.me not in [str(a).lower() for a in data["record"]["participants"]]:
-                with self.node.chain_lock:  # left out: dispute if this node holds a final-round receipt
-                    tx = round_chain.node_dispute(chain, Path(chain.settings.home), rid)
+            left_out = self.me not in [str(a).lower() for a in data.get("record", {}).get("participants", [])]
+            if "record" in data and (left_out or jid in self.refused):
+                try:
+                    with self.node.chain_lock:  # left out: dispute if this node holds a final-round receipt
+                        tx = round_chain.node_dispute(chain, Path(chain.settings.home), rid)
+                except ProtocolViolation as exc:  # proposed with its own update, it did not consent: no dispute
+                    self.done.add((jid, "disputed"))
+                    log.info("round %d: %s", rid, exc)
+                    return
                 if tx is not None:
                     self.done.add((jid, "disputed"))
                     report("disputed", {"tx": tx})
@@ -311,8 +318,27 @@ class TaskRunner:
                 signature: Any = round_chain.node_consent(chain, chain.identity.bls_sign, data["record"],
                                                             Path(chain.settings.home))
             except CollabError as exc:
-                signature = {"refused": str(exc)}  # the orchestrator fails the round rather than wait for us
+                signature = {"refused": str(exc)}  # the orchestrator proposes the record on chain instead
             report("consent", signature)
+        proposed = state == "computed" and "proposal_root" in data and "record" in data
+        if proposed and (jid, "consent_posted") not in self.done and chain.identity is not None:
+            if self.me not in [str(a).lower() for a in data["record"]["participants"]]:
+                return
+            try:  # our own post: an aggregator withholding our signature must not leave us out undisputed
+                with self.node.chain_lock:
+                    tx = round_chain.node_post_consent(chain, chain.identity.bls_sign, data["record"],
+                                                       Path(chain.settings.home))
+            except ProtocolViolation as exc:  # the record is wrong for us: refusing is final
+                self.done.add((jid, "consent_posted"))
+                self.refused.add(jid)  # left out of the record: dispute if the proposal misstated our update
+                log.warning("round %d: not consenting to the proposed record: %s", rid, exc)
+                return
+            except CollabError as exc:  # the chain did not answer or refused the transaction: next heartbeat
+                log.warning("round %d: posting the consent failed, retrying: %s", rid, exc)
+                return
+            self.done.add((jid, "consent_posted"))
+            if tx is not None:
+                log.info("round %d: consent to the proposed record posted on chain (%s)", rid, tx)
 
     def _adapter(self, task: dict[str, Any]) -> None:
         """Contribute this node's adapter: the asset's vault blob and key when it is a vaulted asset of ours

@@ -160,20 +160,10 @@ def test_a_registry_round_needs_the_aggregator_passphrase_for_its_receipts(
     job.validate({"participants": parts, "round_id": env["rid"]})
 
 
-def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[str, Any], tmp_path: Path) -> None:
-    import dataclasses
-
-    from chain.clients.bisection_game import BisectionGameClient
-    from chain.clients.claim_manager import Audience, ClaimManagerClient, ClaimStatus
-    from chain.clients.data_availability import DataAvailabilityClient
-    from chain.clients.round_registry import sign_update_receipt
-    from collab.fl.receipts import ReceiptContext, delivery, keep
-    from collab.fraudproof.agents import ClaimerAgent
-    from collab.fraudproof.trace import build_trace
-    from test_claim_manager import add_chain_program
-
+def _round_of_one(env: dict[str, Any]) -> int:
+    """A fixed round like the fixture's (creator and p1 accepted) that records with one participant (N = 1)."""
     chains, data, people, w3, dep = env["chains"], env["data"], env["people"], env["w3"], env["deployment"]
-    first = RoundRegistryClient.from_deployment(dep, w3).get_round(env["rid"])  # a round like it, with N = 1
+    first = RoundRegistryClient.from_deployment(dep, w3).get_round(env["rid"])
     ids = IdentityRegistryClient.from_deployment(dep, w3)
     rid = RoundRegistryClient.from_deployment(dep, w3, people["creator"].account).create_round(RoundConfig(
         first.base_asset_id, 1, [ids.id_of(people[n].address) for n in ("creator", "p1")], 1, epsilon_units(8.0), 10**13,
@@ -181,6 +171,37 @@ def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[st
     for name in ("creator", "p1"):
         round_chain.node_accept(chains[name], rid, data[name])
     round_chain.creator_fix(chains["creator"], rid)
+    return rid
+
+
+def _post_claim(env: dict[str, Any], rid: int, trace: Any) -> bytes:
+    """The aggregator posts the round's claim (the ADD-chain program's trace), naming the registry as hook."""
+    import dataclasses
+
+    from chain.clients.bisection_game import BisectionGameClient
+    from chain.clients.claim_manager import Audience, ClaimManagerClient
+    from chain.clients.data_availability import DataAvailabilityClient
+    from collab.fraudproof.agents import ClaimerAgent
+
+    w3, dep, orch = env["w3"], env["deployment"], env["people"]["orch"].account
+    registry = RoundRegistryClient.from_deployment(dep, w3, orch)
+    manager = ClaimManagerClient.from_deployment(dep, w3, orch)
+    agent = ClaimerAgent(manager, BisectionGameClient.from_deployment(dep, w3, orch),
+                         DataAvailabilityClient.from_deployment(dep, w3, orch), trace, job_id=registry.job_id_of(rid))
+    return manager.post_claim(dataclasses.replace(
+        agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
+        participant_registry=registry.address)).claim_id
+
+
+def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[str, Any], tmp_path: Path) -> None:
+    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+    from chain.clients.round_registry import sign_update_receipt
+    from collab.fl.receipts import ReceiptContext, delivery, keep
+    from collab.fraudproof.trace import build_trace
+    from test_claim_manager import add_chain_program
+
+    chains, people, w3, dep = env["chains"], env["people"], env["w3"], env["deployment"]
+    rid = _round_of_one(env)
     orch = people["orch"].account
     registry = RoundRegistryClient.from_deployment(dep, w3, orch)
     p1_home, mine = tmp_path / "p1-home", b"\x07" * 32
@@ -196,11 +217,7 @@ def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[st
     registry.submit_record(record, aggregate_consent([people["creator"].bls_sign(registry.local_root(record))]))
     assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # recorded, but the claim is not posted yet
     manager = ClaimManagerClient.from_deployment(dep, w3, orch)
-    agent = ClaimerAgent(manager, BisectionGameClient.from_deployment(dep, w3, orch),
-                         DataAvailabilityClient.from_deployment(dep, w3, orch), trace, job_id=registry.job_id_of(rid))
-    claim_id = manager.post_claim(dataclasses.replace(
-        agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
-        participant_registry=registry.address)).claim_id
+    claim_id = _post_claim(env, rid, trace)
     assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # the forged receipt is not relied on
     assert round_chain.node_dispute(chains["creator"], tmp_path / "creator", rid) is None  # included, holds no receipt
     keep(p1_home, where, people["p1"].address,
@@ -209,3 +226,123 @@ def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[st
     assert round_chain.node_dispute(chains["p1"], p1_home, rid)  # the aggregator's own receipt: disputed
     assert manager.claim_status(claim_id) == ClaimStatus.REJECTED
     assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # decided: not twice
+
+
+def test_a_silent_participant_cannot_hold_the_round_hostage_nor_profit_from_it(
+    env: dict[str, Any], tmp_path: Path, time_travel: Any
+) -> None:
+    """The consent-veto path end to end on the chain: p1 never consents; the orchestrator proposes the
+    record, relays the creator's consent, records without p1 after the deadline and claims; p1's
+    receipt for the update the proposal named wins it nothing. The creator's node posts its own consent
+    (an aggregator withholding it would otherwise leave it out undisputed)."""
+    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+    from chain.clients.round_registry import sign_update_receipt, update_chain
+    from collab.fl.receipts import ReceiptContext, delivery, keep
+    from collab.fraudproof.trace import build_trace
+    from test_claim_manager import add_chain_program
+
+    chains, people, w3, dep = env["chains"], env["people"], env["w3"], env["deployment"]
+    rid = _round_of_one(env)
+    orch = people["orch"].account
+    registry = RoundRegistryClient.from_deployment(dep, w3, orch)
+    trace = build_trace(*add_chain_program())
+    last = {n: Web3.keccak(text=f"last update of {n}") for n in ("creator", "p1")}
+    record = AttributionRecord(
+        rid, trace.program.root, trace.input_root, trace.output_root, b"\x04" * 32, "vault://rc",
+        tuple(people[n].address for n in ("creator", "p1")), (3, 4), tuple(update_chain([last[n]]) for n in ("creator", "p1")),
+        (epsilon_units(1.0),) * 2).sorted()
+    priors = [bytes(32)] * 2  # one Flower round: the chain before the last update is empty
+    raw = round_chain.record_to_json(record)
+
+    progress = round_chain.record_by_proposal(registry, record, {}, priors)
+    assert not progress.submitted and progress.consented == () and progress.proposal_tx
+    assert round_chain.node_post_consent(chains["creator"], people["creator"].bls_sign, raw)  # its own post
+    assert round_chain.node_post_consent(chains["creator"], people["creator"].bls_sign, raw) is None  # once
+    again = round_chain.record_by_proposal(registry, record, {}, priors)
+    assert again.consented == (people["creator"].address,) and not again.submitted and again.proposal_tx is None
+    time_travel(again.deadline - int(w3.eth.get_block("latest")["timestamp"]))
+    done = round_chain.record_by_proposal(registry, record, {}, priors)
+    assert done.submitted and done.record_tx and done.left_out(record) == [people["p1"].address]
+    assert registry.included_of(rid) == [people["creator"].address]
+    assert round_chain.record_by_proposal(registry, record, {}, priors).record_tx is None  # a re-run: no transaction
+
+    claim_id = _post_claim(env, rid, trace)
+    p1_home = tmp_path / "p1-home"
+    where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, orch.address)
+    keep(p1_home, where, people["p1"].address,
+         delivery(where, "job", 1, last["p1"], sign_update_receipt(orch, where.chain_id, where.registry, rid,
+                                                                   people["p1"].address, 1, last["p1"])), last["p1"])
+    with pytest.raises(ProtocolViolation, match="did not consent in time"):
+        round_chain.node_dispute(chains["p1"], p1_home, rid)
+    assert ClaimManagerClient.from_deployment(dep, w3).claim_status(claim_id) == ClaimStatus.PENDING
+
+
+def test_a_proposal_nobody_else_consents_to_fails_the_round_with_a_clear_error(
+    env: dict[str, Any], time_travel: Any
+) -> None:
+    registry = RoundRegistryClient.from_deployment(env["deployment"], env["w3"], env["people"]["orch"].account)
+    record = _record(env, {"creator": 3, "p1": 4})
+    round_chain.node_accept(env["chains"]["creator"], env["rid"], env["data"]["creator"])
+    round_chain.node_accept(env["chains"]["p1"], env["rid"], env["data"]["p1"])
+    round_chain.creator_fix(env["chains"]["creator"], env["rid"])
+    progress = round_chain.record_by_proposal(registry, record, {}, [bytes(32)] * 2)
+    time_travel(progress.deadline - int(env["w3"].eth.get_block("latest")["timestamp"]))
+    with pytest.raises(ProtocolViolation, match="only 0 of round .* 2 included participants consented .* needs 2"):
+        round_chain.record_by_proposal(registry, record, {}, [bytes(32)] * 2)
+
+
+def test_the_round_job_proposes_on_a_refusal_and_records_the_consenters(
+    env: dict[str, Any], tmp_path: Path, time_travel: Any
+) -> None:
+    """``RoundJob.advance`` in COMPUTED: p1's node refused, so the job proposes the record on chain instead
+    of failing, relays the creator's off-chain consent, and after the deadline records the creator alone."""
+    from chain.clients.round_registry import record_from_attribution
+    from collab.fraudproof.trace import build_trace
+    from orchestrator.claims import claim_to_json
+    from orchestrator.jobs import JobState, JobStore
+    from test_claim_manager import add_chain_program
+
+    people, w3, dep = env["people"], env["w3"], env["deployment"]
+    rid = _round_of_one(env)
+    registry = RoundRegistryClient.from_deployment(dep, w3, people["orch"].account)
+    trace = build_trace(*add_chain_program())
+    attribution = {"rounds": [{"round": 1, "included": [
+        {"address": people[n].address, "weight": w, "epsilon": 1.0, "update_commitment": "0x" + bytes([k]).hex() * 32}
+        for k, (n, w) in enumerate((("creator", 3), ("p1", 4)), start=1)]}]}
+    record = record_from_attribution(attribution, rid, program_root=trace.program.root, input_root=trace.input_root,
+                                     output_root=trace.output_root, content_hash=b"\x04" * 32, vault_uri="vault://rc")
+    job_handler = RoundJob(tmp_path / "orch-home", registry=registry)
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job, _ = store.create("round", {"round_id": rid, "participants": [], "consent_wait": 600})
+    (job_handler._dir(job) / "attribution.json").write_text(json.dumps(attribution))
+    creator = people["creator"].address.lower()
+    for before, after in ((JobState.CREATED, JobState.COLLECTING), (JobState.COLLECTING, JobState.COMPUTING)):
+        store.transition(job.id, before, after)  # Flower is not what this test is about
+    store.transition(job.id, JobState.COMPUTING, JobState.COMPUTED, data={
+        "record": round_chain.record_to_json(record), "claim": claim_to_json(_claim_input(env, rid, trace)),
+        f"r/{creator}/consent": round_chain.node_consent(env["chains"]["creator"], people["creator"].bls_sign,
+                                                          round_chain.record_to_json(record)),
+        f"r/{people['p1'].address.lower()}/consent": {"refused": "the record gives me the wrong weight"}})
+
+    assert job_handler.advance(store.get(job.id), store) == JobState.COMPUTED
+    data = store.get(job.id).data
+    assert data["proposal_root"] == "0x" + registry.local_root(record).hex() and data["proposal_tx"]
+    assert data["consented"] == [people["creator"].address] and not data.get("record_submitted")
+    time_travel(int(data["proposal_deadline"]) - int(w3.eth.get_block("latest")["timestamp"]))
+    job_handler.advance(store.get(job.id), store)
+    data = store.get(job.id).data
+    assert data["record_submitted"] and data["record_tx"] and data["left_out"] == [people["p1"].address]
+    assert registry.included_of(rid) == [people["creator"].address]
+    assert data["claim_job"]  # the claim follows, as on the fast path
+
+
+def _claim_input(env: dict[str, Any], rid: int, trace: Any) -> Any:
+    import dataclasses
+
+    from chain.clients.claim_manager import Audience
+    from collab.fraudproof.agents import ClaimerAgent
+
+    registry = RoundRegistryClient.from_deployment(env["deployment"], env["w3"])
+    agent = ClaimerAgent(None, None, None, trace, job_id=registry.job_id_of(rid))  # type: ignore[arg-type]
+    return dataclasses.replace(agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
+                               participant_registry=registry.address)

@@ -36,6 +36,8 @@ from chain.clients.round_registry import (
     record_from_attribution,
     sign_consent,
     sign_update_receipt,
+    prior_chains,
+    update_chain,
 )
 from chain.clients.shares import SharesClient
 from chain.deployment import Deployment
@@ -118,7 +120,7 @@ class RoundEnv:
             round_id=round_id, program_root=t.program.root, input_root=t.input_root, output_root=t.output_root,
             content_hash=Web3.keccak(text=f"adapter of round {round_id}"), vault_uri=f"vault://round-{round_id}",
             participants=[m.address for m in members], weights=[SAMPLES[self.participants.index(m)] for m in members],
-            update_commitments=[Web3.keccak(text=f"update {m.address}") for m in members],
+            update_commitments=[update_chain([prior_update(m), last_update(m)]) for m in members],
             epsilons=[epsilon_units(7.5)] * len(members),
         ).sorted()
         return dataclasses.replace(rec, **changes)
@@ -139,6 +141,20 @@ class RoundEnv:
             participant_registry=registry.address,
         )
         return ClaimManagerClient.from_deployment(self.deployment, self.w3, acct).post_claim(claim).claim_id
+
+
+def prior_update(m: Member) -> bytes:
+    return Web3.keccak(text=f"round-1 update {m.address}")
+
+
+def last_update(m: Member) -> bytes:
+    """The commitment of ``m``'s last-round update (what the aggregator's receipt names)."""
+    return Web3.keccak(text=f"round-2 update {m.address}")
+
+
+def priors(env: RoundEnv, record: AttributionRecord) -> list[bytes]:
+    by_address = {m.address: m for m in env.participants}
+    return [update_chain([prior_update(by_address[a])]) for a in record.participants]
 
 
 def _member(w3: Web3, deployment: Deployment, label: str, role: str = "human") -> Member:
@@ -405,6 +421,131 @@ def test_exclusion_dispute_after_the_window_is_refused(env: RoundEnv, time_trave
         env.registry(dropped).dispute_exclusion(rid, 2, commitment, receipt)
 
 
+# --------------------------------------------------------------------------- consent veto: on-chain proposals
+
+
+def _receipt(env: RoundEnv, member: Member, rid: int, commitment: bytes) -> bytes:
+    registry = env.registry()
+    return sign_update_receipt(env.aggregator.account, int(env.w3.eth.chain_id), registry.address, rid,
+                               member.address, 2, commitment)
+
+
+def test_withheld_consent_leaves_the_refuser_out_without_a_dispute(
+    env: RoundEnv, time_travel: Callable[[int], int]
+) -> None:
+    """The veto: a participant whose update is in the sum refuses to consent. Proposed on chain, the
+    record settles with those who consented in time, and the refuser's receipt wins it nothing."""
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    record = env.record(rid, env.participants)  # every update is in the aggregate
+    refuser = next(m for m in env.participants if m.address == record.participants[2])
+    agreeing = [m for m in env.participants if m is not refuser]
+    with pytest.raises(revert_class("NotRoundAggregator")):
+        env.registry(agreeing[0]).propose_record(record)
+    with pytest.raises(revert_class("NotProposed")):
+        registry.consent(rid, agreeing[0].address, sign_consent(agreeing[0].bls_secret, b"\x01" * 32))
+    proposal = registry.propose_record(record)
+    GAS["proposeRecord (3 proposed)"] = proposal.tx.gas_used if proposal.tx else 0
+    assert proposal.root == registry.local_root(record) == registry.proposal_of(rid).root
+    assert proposal.deadline == env.now() + registry.contract.functions.CONSENT_PERIOD().call()
+
+    mine = env.registry(agreeing[0])
+    with pytest.raises(revert_class("InvalidConsentSignature")):  # a signature over another root
+        mine.consent(rid, agreeing[0].address, sign_consent(agreeing[0].bls_secret, b"\x02" * 32))
+    with pytest.raises(revert_class("InvalidConsentSignature")):  # someone else's signature
+        mine.consent(rid, agreeing[0].address, sign_consent(agreeing[1].bls_secret, proposal.root))
+    with pytest.raises(revert_class("WrongConsentKey")):
+        mine.consent(rid, agreeing[0].address, sign_consent(agreeing[0].bls_secret, proposal.root),
+                     pubkey=registry.consent_keys(rid, [agreeing[1].address])[0])
+    with pytest.raises(revert_class("NotProposed")):
+        mine.consent(rid, env.outsider.address, sign_consent(env.outsider.bls_secret, proposal.root),
+                     pubkey=registry.consent_keys(rid, [agreeing[0].address])[0])
+    tx = mine.consent(rid, agreeing[0].address, sign_consent(agreeing[0].bls_secret, proposal.root))
+    GAS["consent (one participant, verified)"] = tx.gas_used
+    # The aggregator relays the other's off-chain signature: the signature, not the sender, is the consent.
+    registry.consent(rid, agreeing[1].address, sign_consent(agreeing[1].bls_secret, proposal.root))
+    assert registry.consent_of(rid, agreeing[1].address) == proposal.root
+    assert registry.consent_of(rid, refuser.address) == bytes(32)
+    assert set(registry.posted_consents(rid, proposal.root)) == {m.address for m in agreeing}
+
+    with pytest.raises(revert_class("ConsentStillOpen")):  # the refuser still has time
+        registry.submit_proposed(record, priors(env, record))
+    time_travel(proposal.deadline - env.now())
+    with pytest.raises(revert_class("ConsentClosed")):
+        env.registry(refuser).consent(rid, refuser.address, sign_consent(refuser.bls_secret, proposal.root))
+    with pytest.raises(revert_class("NotTheProposal")):
+        registry.submit_proposed(dataclasses.replace(record, vault_uri="vault://elsewhere"), priors(env, record))
+    submitted = registry.submit_proposed(record, priors(env, record))
+    GAS["submitProposed (2 of 3 consented)"] = submitted.tx.gas_used if submitted.tx else 0
+    assert submitted.included == 2 and submitted.record_root == proposal.root
+    assert set(registry.included_of(rid)) == {m.address for m in agreeing}
+
+    claim_id = env.post(rid)
+    assert claim_id == submitted.claim_id
+    own = last_update(refuser)  # the proposal's chain for it ends with this update
+    with pytest.raises(revert_class("ConsentWithheld")):
+        env.registry(refuser).dispute_exclusion(rid, 2, own, _receipt(env, refuser, rid, own))
+    time_travel(env.manager().params_of(claim_id).challenge_window + 1)
+    env.manager(env.outsider).finalize(claim_id)
+    receipts = env.client(ReceiptsClient)
+    assert receipts.receipts_of(refuser.address) == []
+    assert all(len(receipts.receipts_of(m.address)) == 1 for m in agreeing)
+
+
+def test_a_participant_proposed_with_the_wrong_update_may_refuse_and_still_dispute(env: RoundEnv,
+                                                                                  time_travel: Callable[[int], int]) -> None:
+    """A proposal that misrepresents a participant's row is no trap: its refusal is justified, and the
+    aggregator's receipt for the real update (not the proposed one) still wins the dispute."""
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    record = env.record(rid, env.participants)
+    victim = next(m for m in env.participants if m.address == record.participants[0])
+    others = [m for m in env.participants if m is not victim]
+    proposal = registry.propose_record(record)  # row 0 carries a commitment the victim never sent
+    for m in others:
+        registry.consent(rid, m.address, sign_consent(m.bls_secret, proposal.root))
+    time_travel(proposal.deadline - env.now())
+    registry.submit_proposed(record, priors(env, record))
+    claim_id = env.post(rid)
+    real = Web3.keccak(text="the victim's real update")  # not what its proposed chain ends with
+    tx = env.registry(victim).dispute_exclusion(rid, 2, real, _receipt(env, victim, rid, real))
+    assert tx.events_named("ExclusionDisputeWon")
+    assert env.manager().claim_status(claim_id) == ClaimStatus.REJECTED
+
+
+def test_a_unanimous_proposal_records_at_once_and_a_new_one_needs_new_consents(env: RoundEnv) -> None:
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    first = env.record(rid, env.participants)
+    old = registry.propose_record(first)
+    signer = env.participants[0]
+    registry.consent(rid, signer.address, sign_consent(signer.bls_secret, old.root))
+    # A corrected proposal replaces the first: consents to the old root no longer count.
+    record = env.record(rid, env.participants, vault_uri=f"vault://round-{rid}-fixed")
+    proposal = registry.propose_record(record)
+    assert proposal.root != old.root and registry.consent_of(rid, signer.address) == old.root
+    with pytest.raises(revert_class("NotTheProposal")):
+        registry.submit_proposed(first, priors(env, first))
+    for m in env.participants:
+        registry.consent(rid, m.address, sign_consent(m.bls_secret, proposal.root))
+    submitted = registry.submit_proposed(record, priors(env, record))  # everyone consented: no need to wait for the deadline
+    assert submitted.included == 3 and registry.get_round(rid).status == RoundStatus.RECORDED
+    with pytest.raises(revert_class("WrongRoundStatus")):
+        registry.consent(rid, signer.address, sign_consent(signer.bls_secret, proposal.root))
+
+
+def test_a_proposal_with_too_few_consents_cannot_be_recorded(env: RoundEnv, time_travel: Callable[[int], int]) -> None:
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    record = env.record(rid, env.participants)
+    proposal = registry.propose_record(record)
+    only = env.participants[1]
+    registry.consent(rid, only.address, sign_consent(only.bls_secret, proposal.root))
+    time_travel(proposal.deadline - env.now())
+    with pytest.raises(revert_class("TooFewParticipants")):  # N = 2
+        registry.submit_proposed(record, priors(env, record))
+
+
 def test_registry_rejection_is_limited_to_claims_that_named_the_registry(env: RoundEnv, deployer: LocalAccount) -> None:
     registry = env.registry(env.aggregator)
     rid = env.open_fixed()
@@ -497,7 +638,10 @@ def test_record_from_a_flower_attribution_includes_only_the_last_rounds_particip
                                   vault_uri="vault://x")
     assert [p.lower() for p in rec.participants] == [a, b] and rec.weights == (10, 20)
     assert rec.epsilons == (epsilon_units(3.0),) * 2
-    assert rec.update_commitments[0] == Web3.keccak(Web3.keccak(text="a1") + Web3.keccak(text="a2"))
+    first = Web3.keccak(bytes(32) + Web3.keccak(text="a1"))
+    assert rec.update_commitments[0] == Web3.keccak(first + Web3.keccak(text="a2")) == update_chain(
+        [Web3.keccak(text="a1"), Web3.keccak(text="a2")])
+    assert prior_chains(attribution, rec) == [first, Web3.keccak(bytes(32) + Web3.keccak(text="b1"))]
     with pytest.raises(BadInput):
         record_from_attribution({"rounds": []}, 7, program_root=z, input_root=z, output_root=z, content_hash=z,
                                 vault_uri="")

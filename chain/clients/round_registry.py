@@ -5,6 +5,10 @@ protocol needs, computed exactly as the contract checks them:
 
 * consent: every included participant BLS-signs :meth:`AttributionRecord.root`
   (``collab.bls.sign`` over the 32-byte root); the aggregator sums them;
+* when a participant withholds that consent, the aggregator proposes the
+  record on chain (:meth:`RoundRegistryClient.propose_record`); each
+  participant's signature over the proposal's root is then posted with
+  :meth:`RoundRegistryClient.consent` before the deadline;
 * update receipts: the aggregator signs an EIP-712 ``UpdateReceipt`` per
   update it receives (:func:`sign_update_receipt`), which the participant keeps
   to win an exclusion dispute if the record leaves it out.
@@ -222,8 +226,8 @@ def record_from_attribution(
 
     Included = the participants aggregated in the **last** round (a dropped one
     gets nothing); weight = its attested example count; update commitment =
-    ``keccak`` over its per-round commitments in round order; ε = its final
-    (cumulative) ε from the record, in millionths.
+    :func:`update_chain` of its per-round commitments in round order; ε = its
+    final (cumulative) ε from the record, in millionths.
     """
     rounds = attribution.get("rounds") or []
     if not rounds:
@@ -242,8 +246,30 @@ def record_from_attribution(
     return AttributionRecord(
         int(round_id), bytes(program_root), bytes(input_root), bytes(output_root), bytes(content_hash), vault_uri,
         tuple(to_checksum_address(a) for a in rows), tuple(facts[a][0] for a in rows),
-        tuple(keccak(b"".join(commitments[a])) for a in rows), tuple(epsilon_units(facts[a][1]) for a in rows),
+        tuple(update_chain(commitments[a]) for a in rows), tuple(epsilon_units(facts[a][1]) for a in rows),
     ).sorted()
+
+
+def update_chain(commitments: Sequence[bytes]) -> bytes:
+    """A participant's record commitment: h_0 = 0, h_r = keccak(h_{r-1} ‖ c_r) over its per-round commitments.
+
+    Iterated (not one hash over all) so that ``h_{R-1}`` shows a dispute's
+    last-round receipt ends the chain (``RoundRegistry.submitProposed``'s
+    ``priorChains``) without revealing earlier commitments.
+    """
+    chain = bytes(32)
+    for c in commitments:
+        chain = keccak(chain + bytes(c))
+    return chain
+
+
+def prior_chains(attribution: dict[str, Any], record: AttributionRecord) -> list[bytes]:
+    """Per record row, :func:`update_chain` of all but its last commitment (``submitProposed``'s argument)."""
+    commitments: dict[str, list[bytes]] = {}
+    for entry in attribution.get("rounds") or []:
+        for item in entry.get("included", []):
+            commitments.setdefault(str(item["address"]).lower(), []).append(_bytes(item["update_commitment"]))
+    return [update_chain(commitments.get(str(a).lower(), [])[:-1]) for a in record.participants]
 
 
 def sign_consent(bls_secret: int, root: bytes) -> bytes:
@@ -313,6 +339,20 @@ class RecordSubmitted:
     record_root: bytes
     included: int
     tx: TxResult | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A round's on-chain record proposal (``proposalOf``); ``root`` is zero when there is none."""
+
+    root: bytes
+    deadline: int
+    tx: TxResult | None = field(default=None, compare=False)
+
+    @property
+    def exists(self) -> bool:
+        """Whether the aggregator has proposed a record."""
+        return self.root != bytes(32)
 
 
 class RoundRegistryClient(ContractClient):
@@ -400,6 +440,21 @@ class RoundRegistryClient(ContractClient):
         fn = self.contract.functions.verifyConsent(record.as_tuple(), self._keys(record, pubkeys), bytes(signature))
         return int(fn.estimate_gas({"from": self._me()})) - 21_000
 
+    def proposal_of(self, round_id: int) -> Proposal:
+        """The round's current on-chain proposal."""
+        root, deadline = self._call("proposalOf", int(round_id))
+        return Proposal(bytes(root), int(deadline))
+
+    def consent_of(self, round_id: int, account: str) -> bytes:
+        """The proposal root ``account`` consented to on chain (zero bytes: none)."""
+        return bytes(self._call("consentOf", int(round_id), to_checksum_address(account)))
+
+    def posted_consents(self, round_id: int, root: bytes) -> dict[str, bytes]:
+        """Consents posted to the proposal ``root``: account -> BLS signature (from ``ConsentPosted``)."""
+        topic = "0x" + int(round_id).to_bytes(32, "big").hex()
+        return {to_checksum_address(e.args["account"]): _bytes(e.args["signature"])
+                for e in self._events("ConsentPosted", topics=[topic]) if _bytes(e.args["recordRoot"]) == bytes(root)}
+
     def receipt_digest(self, round_id: int, participant: str, fl_round: int, update_commitment: bytes) -> bytes:
         """The EIP-712 digest of an update receipt."""
         return bytes(self._call("receiptDigest", int(round_id), to_checksum_address(participant), int(fl_round),
@@ -436,6 +491,26 @@ class RoundRegistryClient(ContractClient):
     ) -> RecordSubmitted:
         """Submit the consented record (aggregator only) before posting the claim; keys default to the accepted ones."""
         tx = self._transact("submitRecord", record.as_tuple(), self._keys(record, pubkeys), bytes(signature))
+        e = _one(tx, "RecordSubmitted").args
+        return RecordSubmitted(int(e["roundId"]), _bytes(e["claimId"]), _bytes(e["recordRoot"]), int(e["included"]), tx)
+
+    def propose_record(self, record: AttributionRecord) -> Proposal:
+        """Propose ``record`` on chain (aggregator only) when some participant withheld its off-chain consent."""
+        tx = self._transact("proposeRecord", record.as_tuple())
+        e = _one(tx, "RecordProposed").args
+        return Proposal(_bytes(e["recordRoot"]), int(e["deadline"]), tx)
+
+    def consent(self, round_id: int, account: str, signature: bytes, pubkey: bytes | None = None) -> TxResult:
+        """Post ``account``'s BLS consent to the current proposal (any signer may relay it)."""
+        key = pubkey if pubkey is not None else self.consent_keys(round_id, [account])[0]
+        return self._transact("consent", int(round_id), to_checksum_address(account), bytes(key), bytes(signature))
+
+    def submit_proposed(self, proposal: AttributionRecord, priors: Sequence[bytes]) -> RecordSubmitted:
+        """Record the proposal with the participants who consented (all have, or the deadline passed).
+
+        ``priors``: per row, the update chain before its last commitment (:func:`prior_chains`).
+        """
+        tx = self._transact("submitProposed", proposal.as_tuple(), [bytes(c) for c in priors])
         e = _one(tx, "RecordSubmitted").args
         return RecordSubmitted(int(e["roundId"]), _bytes(e["claimId"]), _bytes(e["recordRoot"]), int(e["included"]), tx)
 

@@ -30,6 +30,8 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     bytes private constant _NEG_G1 =
         hex"0000000000000000000000000000000017f1d3a73197d7942695638c4fa9ac0fc3688c4f9774b905a14e3a3f171bac586c55e83ff97a1aeffb3af00adb22c6bb00000000000000000000000000000000114d1d6855d545a8aa7d76c8cf2e21f267816aef1db507c96655b9d5caac42364e6f38ba0ecb751bad54dcd6b939c2ca";
     uint256 private constant _G2_LENGTH = 256;
+    /// @notice How long the participants of an on-chain proposal have to post their consents.
+    uint64 public constant CONSENT_PERIOD = 1 hours;
 
     /// @notice Sahara IDs: participants, their BLS keys (with proof of possession) and the aggregator gate.
     IIdentityRegistry public immutable IDENTITY;
@@ -51,6 +53,16 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     /// @dev jobId => roundId; claimId => roundId.
     mapping(bytes32 jobId => uint256) private _roundOfJob;
     mapping(bytes32 claimId => uint256) private _roundOfClaim;
+    /// @dev roundId => the current on-chain proposal's root and consent deadline.
+    mapping(uint256 roundId => bytes32) private _proposalRoot;
+    mapping(uint256 roundId => uint64) private _proposalDeadline;
+    /// @dev roundId => account => the proposal root that includes it / that it consented to.
+    mapping(uint256 roundId => mapping(address account => bytes32)) private _proposedIn;
+    mapping(uint256 roundId => mapping(address account => bytes32)) private _consentedTo;
+    /// @dev roundId => account => its proposed update chain and that chain before its last update, set when it
+    /// was left out for not consenting.
+    mapping(uint256 roundId => mapping(address account => bytes32)) private _withheld;
+    mapping(uint256 roundId => mapping(address account => bytes32)) private _withheldPrior;
 
     /// @param identity IdentityRegistry.
     /// @param claims ClaimManager (must allow this hook and grant REGISTRY_ROLE).
@@ -163,18 +175,93 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
         external
         returns (bytes32 claimId)
     {
-        uint256 roundId = record.roundId;
-        Round storage r = _withStatus(roundId, RoundStatus.Fixed);
-        if (msg.sender != r.aggregator) revert NotRoundAggregator(roundId, msg.sender);
+        Round storage r = _aggregatorRound(record.roundId);
         bytes32 root = verifyConsent(record, pubkeys, signature);
+        bool[] memory included = new bool[](record.participants.length);
+        for (uint256 i; i < included.length; ++i) {
+            included[i] = true;
+        }
+        claimId = _record(r, record, root, included);
+    }
+
+    /// @inheritdoc IRoundRegistry
+    function proposeRecord(AttributionRecord calldata record) external returns (bytes32 root) {
+        uint256 roundId = record.roundId;
+        _aggregatorRound(roundId);
+        _checkRows(record);
+        root = recordRoot(record);
+        uint64 deadline = uint64(block.timestamp) + CONSENT_PERIOD;
+        _proposalRoot[roundId] = root;
+        _proposalDeadline[roundId] = deadline;
+        for (uint256 i; i < record.participants.length; ++i) {
+            _proposedIn[roundId][record.participants[i]] = root;
+        }
+        emit RecordProposed(roundId, root, deadline, record.participants.length);
+    }
+
+    /// @inheritdoc IRoundRegistry
+    function consent(uint256 roundId, address account, bytes calldata pubkey, bytes calldata signature) external {
+        _withStatus(roundId, RoundStatus.Fixed);
+        bytes32 root = _proposalRoot[roundId];
+        if (root == bytes32(0) || _proposedIn[roundId][account] != root) revert NotProposed(roundId, account);
+        uint64 deadline = _proposalDeadline[roundId];
+        if (block.timestamp >= deadline) revert ConsentClosed(roundId, deadline);
+        if (keccak256(pubkey) != _participants[roundId][_slotOf[roundId][account] - 1].blsKeyHash) {
+            revert WrongConsentKey(account);
+        }
+        // The signature authenticates the participant, so a relay (the aggregator, a watcher) may post it.
+        _checkSignature(roundId, root, abi.decode(pubkey, (BLS.G1Point)), signature);
+        _consentedTo[roundId][account] = root;
+        emit ConsentPosted(roundId, account, root, signature);
+    }
+
+    /// @inheritdoc IRoundRegistry
+    function submitProposed(AttributionRecord calldata proposal, bytes32[] calldata priorChains)
+        external
+        returns (bytes32 claimId)
+    {
+        uint256 roundId = proposal.roundId;
+        Round storage r = _aggregatorRound(roundId);
+        bytes32 root = recordRoot(proposal);
+        if (root != _proposalRoot[roundId]) revert NotTheProposal(roundId, root);
+        if (priorChains.length != proposal.participants.length) revert MalformedRecord(roundId);
+        bool[] memory consented = new bool[](proposal.participants.length);
+        uint256 count;
+        for (uint256 i; i < consented.length; ++i) {
+            address account = proposal.participants[i];
+            if (_consentedTo[roundId][account] == root) {
+                consented[i] = true;
+                ++count;
+            } else {
+                _withheld[roundId][account] = proposal.updateCommitments[i];
+                _withheldPrior[roundId][account] = priorChains[i];
+            }
+        }
+        uint64 deadline = _proposalDeadline[roundId];
+        // INVARIANT: nobody proposed loses its chance to consent: before the deadline only a unanimous proposal records.
+        if (count < consented.length && block.timestamp < deadline) revert ConsentStillOpen(roundId, deadline);
+        if (count < r.minParticipants) revert TooFewParticipants(count, r.minParticipants);
+        claimId = _record(r, proposal, root, consented);
+    }
+
+    /// @dev Writes a checked record with its `included` rows and binds it to its (not yet posted) claim.
+    function _record(Round storage r, AttributionRecord calldata record, bytes32 root, bool[] memory included)
+        private
+        returns (bytes32 claimId)
+    {
+        uint256 roundId = record.roundId;
         claimId = CLAIMS.claimIdOf(r.jobId, record.programRoot, record.inputRoot);
         // INVARIANT: the record precedes its claim, so it is public for the claim's whole window.
         if (CLAIMS.claimStatus(claimId) != IClaimManager.ClaimStatus.None) revert ClaimAlreadyPosted(claimId);
-        for (uint256 i; i < record.participants.length; ++i) {
-            Participant storage p = _participants[roundId][_slotOf[roundId][record.participants[i]] - 1];
+        uint256 n;
+        for (uint256 i; i < included.length; ++i) {
+            address account = record.participants[i];
+            if (!included[i]) continue;
+            Participant storage p = _participants[roundId][_slotOf[roundId][account] - 1];
             p.included = true;
             p.epsilon = record.epsilons[i];
             p.updateCommitment = record.updateCommitments[i];
+            ++n;
         }
         _outputRoot[roundId] = record.outputRoot;
         _contentHash[roundId] = record.contentHash;
@@ -183,7 +270,7 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
         r.claimId = claimId;
         r.recordRoot = root;
         r.status = RoundStatus.Recorded;
-        emit RecordSubmitted(roundId, claimId, root, record.participants.length);
+        emit RecordSubmitted(roundId, claimId, root, n);
     }
 
     /// @inheritdoc IRoundRegistry
@@ -192,33 +279,47 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
         view
         returns (bytes32 root)
     {
-        BLS.G1Point memory aggregate = _checkRecord(record, pubkeys);
+        uint256[] memory slots = _checkRows(record);
+        if (pubkeys.length != slots.length) revert MalformedRecord(record.roundId);
+        BLS.G1Point memory aggregate;
+        for (uint256 i; i < slots.length; ++i) {
+            // INVARIANT: each key is the one snapshotted at acceptance (registered with a proof of possession).
+            if (keccak256(pubkeys[i]) != _participants[record.roundId][slots[i]].blsKeyHash) {
+                revert WrongConsentKey(record.participants[i]);
+            }
+            BLS.G1Point memory pk = abi.decode(pubkeys[i], (BLS.G1Point));
+            aggregate = i == 0 ? pk : BLS.add(aggregate, pk);
+        }
         root = recordRoot(record);
-        if (signature.length != _G2_LENGTH) revert InvalidConsentSignature(record.roundId, root);
-        BLS.G2Point memory hashed = BLS.hashToG2(abi.encodePacked(root));
-        bytes memory input = abi.encodePacked(abi.encode(aggregate), abi.encode(hashed), _NEG_G1, signature);
-        // Called directly (not BLS.pairing) so a malformed signature is reported as InvalidConsentSignature.
-        (bool ok, bytes memory out) = BLS.BLS12_PAIRING_CHECK.staticcall(input);
         // INVARIANT: e(Σ pk_i, H(root)) · e(-G1, sig) == 1: every included participant (and only they) signed
         // this root; sound against rogue keys because each pk_i was registered with a proof of possession.
-        if (!ok || out.length != 32 || abi.decode(out, (uint256)) != 1) revert InvalidConsentSignature(record.roundId, root);
+        _checkSignature(record.roundId, root, aggregate, signature);
     }
 
-    /// @dev Checks the record against the fixed round and returns the sum of the included participants' keys.
-    function _checkRecord(AttributionRecord calldata record, bytes[] calldata pubkeys)
+    /// @dev Reverts `InvalidConsentSignature` unless `signature` is `pk`'s BLS signature over `root`.
+    function _checkSignature(uint256 roundId, bytes32 root, BLS.G1Point memory pk, bytes calldata signature)
         private
         view
-        returns (BLS.G1Point memory aggregate)
     {
+        if (signature.length != _G2_LENGTH) revert InvalidConsentSignature(roundId, root);
+        BLS.G2Point memory hashed = BLS.hashToG2(abi.encodePacked(root));
+        bytes memory input = abi.encodePacked(abi.encode(pk), abi.encode(hashed), _NEG_G1, signature);
+        // Called directly (not BLS.pairing) so a malformed signature is reported as InvalidConsentSignature.
+        (bool ok, bytes memory out) = BLS.BLS12_PAIRING_CHECK.staticcall(input);
+        if (!ok || out.length != 32 || abi.decode(out, (uint256)) != 1) revert InvalidConsentSignature(roundId, root);
+    }
+
+    /// @dev Checks the record's rows against the fixed round; returns each row's index in `_participants`.
+    function _checkRows(AttributionRecord calldata record) private view returns (uint256[] memory slots) {
         uint256 roundId = record.roundId;
         Round storage r = _existing(roundId);
         uint256 n = record.participants.length;
-        if (
-            record.weights.length != n || record.updateCommitments.length != n || record.epsilons.length != n
-                || pubkeys.length != n
-        ) revert MalformedRecord(roundId);
+        if (record.weights.length != n || record.updateCommitments.length != n || record.epsilons.length != n) {
+            revert MalformedRecord(roundId);
+        }
         // INVARIANT: at least N participants' updates were aggregated.
         if (n < r.minParticipants) revert TooFewParticipants(n, r.minParticipants);
+        slots = new uint256[](n);
         address previous;
         for (uint256 i; i < n; ++i) {
             address account = record.participants[i];
@@ -230,10 +331,7 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
             // INVARIANT: no aggregator re-weights a contributor: weights are the counts fixed on-chain.
             if (record.weights[i] != p.samples) revert WeightMismatch(account, record.weights[i], p.samples);
             if (record.epsilons[i] > r.epsilonBudget) revert EpsilonOverBudget(account, record.epsilons[i], r.epsilonBudget);
-            // INVARIANT: each key is the one snapshotted at acceptance (registered with a proof of possession).
-            if (keccak256(pubkeys[i]) != p.blsKeyHash) revert WrongConsentKey(account);
-            BLS.G1Point memory pk = abi.decode(pubkeys[i], (BLS.G1Point));
-            aggregate = i == 0 ? pk : BLS.add(aggregate, pk);
+            slots[i] = slot - 1;
         }
     }
 
@@ -269,6 +367,12 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
         uint256 slot = _slotOf[roundId][msg.sender];
         if (slot == 0) revert NotParticipant(roundId, msg.sender);
         if (_participants[roundId][slot - 1].included) revert NotExcluded(roundId, msg.sender);
+        // INVARIANT: one proposed with the update its receipt names (its chain ends with it) that did not consent
+        // in time cannot profit from its refusal; one proposed with another update was misrepresented and may dispute.
+        bytes32 withheld = _withheld[roundId][msg.sender];
+        if (withheld != bytes32(0) && keccak256(abi.encode(_withheldPrior[roundId][msg.sender], updateCommitment)) == withheld) {
+            revert ConsentWithheld(roundId, msg.sender);
+        }
         // INVARIANT: the last round's receipt proves the update entered the final aggregate.
         if (flRound != r.rounds) revert ReceiptNotFinalRound(flRound, r.rounds);
         address signer = ECDSA.recover(receiptDigest(roundId, msg.sender, flRound, updateCommitment), receiptSignature);
@@ -363,6 +467,22 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
             accounts[k] = ps[i].account;
             weights[k++] = ps[i].samples;
         }
+    }
+
+    /// @inheritdoc IRoundRegistry
+    function proposalOf(uint256 roundId) external view returns (bytes32 recordRoot, uint64 deadline) {
+        return (_proposalRoot[roundId], _proposalDeadline[roundId]);
+    }
+
+    /// @inheritdoc IRoundRegistry
+    function consentOf(uint256 roundId, address account) external view returns (bytes32) {
+        return _consentedTo[roundId][account];
+    }
+
+    /// @dev The round, if it is fixed and the caller is its aggregator.
+    function _aggregatorRound(uint256 roundId) private view returns (Round storage r) {
+        r = _withStatus(roundId, RoundStatus.Fixed);
+        if (msg.sender != r.aggregator) revert NotRoundAggregator(roundId, msg.sender);
     }
 
     /// @inheritdoc IRoundRegistry

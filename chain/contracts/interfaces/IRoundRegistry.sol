@@ -8,6 +8,10 @@ pragma solidity ^0.8.24;
 /// set and weights are fixed before training; the aggregator submits the attribution
 /// record with every included participant's BLS consent before posting the claim; a
 /// participant left out despite the aggregator's receipt wins an exclusion dispute.
+/// When a participant withholds its consent, the aggregator proposes the record on
+/// chain instead: participants post their consents before a deadline, the record
+/// settles with those who did, and one that did not cannot dispute its exclusion
+/// (docs/design.md §Consent veto).
 interface IRoundRegistry {
     /// @notice Where a round stands (its claim's state lives in ClaimManager).
     enum RoundStatus {
@@ -59,7 +63,8 @@ interface IRoundRegistry {
     /// @param configHash LoRA / task configuration hash.
     /// @param jobId The job id its claim uses (`keccak(chainid, registry, roundId)`).
     /// @param claimId The claim its record binds (0 before the record).
-    /// @param recordRoot The consented attribution record's root (0 before).
+    /// @param recordRoot The consented attribution record's root (0 before; for a proposal recorded with fewer
+    /// consents, the proposal's root: the included rows are those flagged `included`).
     struct Round {
         address creator;
         address aggregator;
@@ -112,7 +117,8 @@ interface IRoundRegistry {
     /// @param vaultUri Where the adapter's encrypted blob lives.
     /// @param participants Included participants' accounts, strictly increasing.
     /// @param weights Their weights (must equal the fixed sample counts).
-    /// @param updateCommitments Their update commitments.
+    /// @param updateCommitments Their update chains: h_0 = 0, h_r = keccak256(abi.encode(h_{r-1}, c_r)) over the
+    /// commitments c_r of the Flower rounds each was aggregated in (the last one is what its receipt names).
     /// @param epsilons ε each spent (millionths, ≤ the budget).
     struct AttributionRecord {
         uint256 roundId;
@@ -164,12 +170,46 @@ interface IRoundRegistry {
     /// @param included Participants included.
     event RecordSubmitted(uint256 indexed roundId, bytes32 indexed claimId, bytes32 recordRoot, uint256 included);
 
+    /// @notice The aggregator proposed a record on chain; included participants consent until `deadline`.
+    /// @param roundId The round.
+    /// @param recordRoot The proposed record's root (what each participant BLS-signs).
+    /// @param deadline First second at which consents are refused.
+    /// @param proposed Participants the proposal includes.
+    event RecordProposed(uint256 indexed roundId, bytes32 recordRoot, uint64 deadline, uint256 proposed);
+
+    /// @notice A participant's consent to the proposal, verified (anyone may relay it).
+    /// @param roundId The round.
+    /// @param account The consenting participant.
+    /// @param recordRoot The proposal it signed.
+    /// @param signature Its BLS signature over the root (EIP-2537 G2), for the aggregate.
+    event ConsentPosted(uint256 indexed roundId, address indexed account, bytes32 recordRoot, bytes signature);
+
     /// @notice A participant left out despite a receipt won its exclusion dispute; the claim is rejected.
     /// @param roundId The round.
     /// @param account The excluded participant (credited the aggregator's bond minus the burn).
     /// @param claimId The rejected claim.
     event ExclusionDisputeWon(uint256 indexed roundId, address indexed account, bytes32 indexed claimId);
 
+    /// @notice The round has no proposal, or the account is not in it.
+    /// @param roundId The round.
+    /// @param account The account.
+    error NotProposed(uint256 roundId, address account);
+    /// @notice The proposal's consent deadline has passed.
+    /// @param roundId The round.
+    /// @param deadline The deadline.
+    error ConsentClosed(uint256 roundId, uint64 deadline);
+    /// @notice Some proposed participant has not consented and its deadline has not passed yet.
+    /// @param roundId The round.
+    /// @param deadline The deadline.
+    error ConsentStillOpen(uint256 roundId, uint64 deadline);
+    /// @notice The record is not the current proposal.
+    /// @param roundId The round.
+    /// @param recordRoot The given record's root.
+    error NotTheProposal(uint256 roundId, bytes32 recordRoot);
+    /// @notice The participant was proposed with this update and did not consent in time: its exclusion stands.
+    /// @param roundId The round.
+    /// @param account The participant.
+    error ConsentWithheld(uint256 roundId, address account);
     /// @notice No round with this id.
     /// @param roundId The id.
     error UnknownRound(uint256 roundId);
@@ -298,6 +338,42 @@ interface IRoundRegistry {
     function submitRecord(AttributionRecord calldata record, bytes[] calldata pubkeys, bytes calldata signature)
         external
         returns (bytes32 claimId);
+
+    /// @notice The aggregator proposes `record` on chain (a participant withheld its off-chain consent); included
+    /// participants have `CONSENT_PERIOD` to `consent`. A new proposal replaces the previous one.
+    /// @param record The proposed record (checked as `submitRecord` checks it).
+    /// @return recordRoot Its root.
+    function proposeRecord(AttributionRecord calldata record) external returns (bytes32 recordRoot);
+
+    /// @notice Posts `account`'s BLS consent to the current proposal before its deadline (anyone may relay it).
+    /// @param roundId The round.
+    /// @param account A participant the proposal includes.
+    /// @param pubkey Its consent key (the one snapshotted at acceptance).
+    /// @param signature Its BLS signature over the proposal's root.
+    function consent(uint256 roundId, address account, bytes calldata pubkey, bytes calldata signature) external;
+
+    /// @notice Records the proposal with the participants who consented to it (aggregator only), once all have
+    /// or its deadline has passed; those who did not are left out and cannot dispute their exclusion with the
+    /// update the proposal named for them.
+    /// @param proposal The proposed record (its root must be the current proposal's).
+    /// @param priorChains Per row, the update chain before the last round's update (`updateCommitments[i] ==
+    /// keccak256(abi.encode(priorChains[i], last))`); read only for rows left out, to check a dispute's receipt.
+    /// @return claimId The claim it binds (posted next).
+    function submitProposed(AttributionRecord calldata proposal, bytes32[] calldata priorChains)
+        external
+        returns (bytes32 claimId);
+
+    /// @notice The current proposal of a round (zero root if none).
+    /// @param roundId The round.
+    /// @return recordRoot Its root.
+    /// @return deadline Its consent deadline.
+    function proposalOf(uint256 roundId) external view returns (bytes32 recordRoot, uint64 deadline);
+
+    /// @notice The proposal root `account` consented to (zero if none).
+    /// @param roundId The round.
+    /// @param account The participant.
+    /// @return The root.
+    function consentOf(uint256 roundId, address account) external view returns (bytes32);
 
     /// @notice An accepted participant left out of the record proves the aggregator's receipt for its
     /// last-round update; the pending claim is rejected and the aggregator's bond credited to the caller.
