@@ -41,6 +41,7 @@ from chain.clients.round_registry import (
     aggregate_consent,
     epsilon_units,
     sign_consent,
+    sign_survivors,
     sign_update_receipt,
 )
 from chain.deploy import DEFAULT_PARAMS, deploy_all
@@ -207,7 +208,17 @@ class _RoundBench:
         commitment = Web3.keccak(text="bench dropped")
         receipt = sign_update_receipt(self.creator, int(self.w3.eth.chain_id), registry.address, rid,
                                       dropped.account.address, 1, commitment)
-        return {"gas": self._registry(dropped.account).dispute_exclusion(rid, 1, commitment, receipt).gas_used}
+        excluded = self._registry(dropped.account).dispute_exclusion(rid, 1, commitment, receipt).gas_used
+        # The same cheat disputed by an included survivor with the aggregator's endorsed survivor list.
+        rid, _ = self._open(members, 2)
+        record = self._record(rid, kept)
+        root = registry.local_root(record)
+        registry.submit_record(record, aggregate_consent([sign_consent(m.secret, root) for m in kept]))
+        self._post(rid)
+        survivors = [m.account.address for m in members]
+        endorsement = sign_survivors(self.creator, int(self.w3.eth.chain_id), registry.address, rid, 1, survivors)
+        omission = self._registry(kept[0].account).dispute_omission(rid, 1, survivors, endorsement).gas_used
+        return {"gas": excluded, "omission_gas": omission}
 
     def measure_consent_veto(self) -> dict[str, int]:
         """The on-chain path when one of three withholds consent: propose, two consents, record after the deadline."""
@@ -267,6 +278,7 @@ def render(results: dict[str, Any]) -> RenderableType:
         ("marginal per extra signer", b["marginal_gas_per_signer"]),
         ("architecture's figure for one aggregate check", b["architecture_figure"]),
         ("exclusion dispute", results["dispute_exclusion"]["gas"]),
+        ("omission dispute (3 survivors)", results["dispute_exclusion"].get("omission_gas", "-")),
         *((f"consent veto: {k.replace('_', ' ')} (2 of 3 consent)", v)
           for k, v in results.get("consent_veto", {}).items() if k not in ("proposed", "consented")),
     ])

@@ -11,7 +11,9 @@ model's owner, naming the orchestrator as aggregator) is driven through
   before the deadline);
 * a participant's node left out of a submitted record while it holds the
   aggregator's final-round update receipt disputes the claim in its window
-  (:func:`node_dispute`);
+  (:func:`node_dispute`); any participant's node holding the aggregator's
+  endorsed survivor list of the last round disputes a record that omits a
+  survivor on it (:func:`node_dispute_omission`);
 * after Flower, the orchestrator turns ``attribution.json`` into the on-chain
   record (:func:`round_claim`); every included participant's node checks its
   own row and BLS-signs the record root with its home's key
@@ -181,6 +183,28 @@ def node_dispute(chain: Any, home: Path, round_id: int) -> str | None:
     except revert_class("ConsentWithheld") as exc:
         raise ProtocolViolation(f"proposed with its own update, {me} did not consent in time: its exclusion from "
                                 f"round {round_id} stands") from exc
+
+
+def node_dispute_omission(chain: Any, home: Path, round_id: int) -> tuple[bool, str | None]:
+    """Dispute the round's pending claim if its record omits a survivor of the last Flower round's SecAgg,
+    shown by the survivor list the aggregator endorsed to this node: (decided, tx hash or None).
+
+    Undecided (False) until the record and its claim are on chain; decided once checked, since a recorded
+    round's inclusion never changes. Any participant may hold the evidence, included or not.
+    """
+    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+    from collab.fl.receipts import endorsed_survivors
+
+    registry = RoundRegistryClient.from_deployment(chain.deployment, chain.w3, chain.account)
+    r = registry.get_round(round_id)
+    if r.status != RoundStatus.RECORDED:
+        return r.status == RoundStatus.SETTLED, None
+    if ClaimManagerClient.from_deployment(chain.deployment, chain.w3).claim_status(r.claim_id) != ClaimStatus.PENDING:
+        return False, None  # not posted yet (or already decided: then the round moves on and so do we)
+    held = endorsed_survivors(home, round_id, r.rounds)
+    if held is None or registry.omitted_survivor(round_id, held[0]) is None:
+        return True, None
+    return True, registry.dispute_omission(round_id, r.rounds, held[0], held[1]).tx_hash
 
 
 def node_post_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | None = None) -> str | None:

@@ -168,6 +168,7 @@ class TaskRunner:
         self.node, self.data, self.adapter, self.adapter_asset = node, data, adapter, adapter_asset
         self.started: set[str] = set()
         self.done: set[tuple[str, str]] = set()  # registry steps taken for (job, step)
+        self.refused: set[str] = set()  # jobs whose on-chain proposal this node refused
         self.supernodes: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -320,6 +321,18 @@ class TaskRunner:
             except CollabError as exc:
                 signature = {"refused": str(exc)}  # the orchestrator proposes the record on chain instead
             report("consent", signature)
+        if needed and state in ("claimed", "challenged") and (jid, "omission") not in self.done:
+            try:
+                with self.node.chain_lock:  # a survivor on the endorsed list left out: any participant disputes
+                    decided, tx = round_chain.node_dispute_omission(chain, Path(chain.settings.home), rid)
+            except CollabError as exc:
+                decided, tx = False, None
+                log.warning("round %d: the omission check failed, retrying: %s", rid, exc)
+            if decided:
+                self.done.add((jid, "omission"))
+            if tx is not None:
+                report("disputed_omission", {"tx": tx})
+                log.warning("round %d: the record omits a survivor the aggregator endorsed: disputed (%s)", rid, tx)
         proposed = state == "computed" and "proposal_root" in data and "record" in data
         if proposed and (jid, "consent_posted") not in self.done and chain.identity is not None:
             if self.me not in [str(a).lower() for a in data["record"]["participants"]]:

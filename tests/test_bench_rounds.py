@@ -23,7 +23,7 @@ def test_rounds_suite_writes_figures_with_a_small_marginal_consent_cost(
     # Same-message aggregation: one pairing whatever the count; each extra signer adds a G1 addition and reads.
     assert 0 < results["baseline"]["marginal_gas_per_signer"] < one["consent_check"] / 4
     assert one["settled_by"] == "hook" and eight["settled_by"] == "settle" and eight["settle"] > 0
-    assert results["dispute_exclusion"]["gas"] > 0
+    assert results["dispute_exclusion"]["gas"] > 0 and results["dispute_exclusion"]["omission_gas"] > 0
     veto = results["consent_veto"]
     assert veto["consented"] == 2 and min(veto["propose_record"], veto["consent_mean"], veto["submit_proposed"]) > 0
     assert suite.render(results) is not None

@@ -48,6 +48,20 @@ def test_the_real_encoder_loads_without_transformers_noise(capfd: pytest.Capture
     assert sum(p.numel() for p in model.parameters()) > 20_000_000  # the real MiniLM, not the tiny one
 
 
+def test_adapters_can_be_limited_to_the_top_encoder_layers() -> None:
+    import re
+
+    def layers(model: torch.nn.Module) -> set[int]:
+        return {int(m.group(1)) for n in trainable_state(model) if (m := re.search(r"layer\.(\d+)\.", n))}
+
+    assert layers(build_model(TaskConfig(num_labels=5, seed=1))) == set(range(6))
+    top = build_model(TaskConfig(num_labels=5, seed=1, lora_top_layers=3))
+    assert layers(top) == {3, 4, 5}
+    assert layers(build_model(TaskConfig(num_labels=5, kind="tiny", max_len=32, lora_top_layers=3))) == {0}  # all it has
+    with pytest.raises(BadInput):
+        TaskConfig(num_labels=5, lora_top_layers=-1)
+
+
 def test_dp_sgd_moves_every_adapter_and_lowers_the_loss(shard: Dataset) -> None:
     model = tiny()
     before = trainable_state(model)

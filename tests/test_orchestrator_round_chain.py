@@ -114,7 +114,7 @@ def test_a_node_refuses_a_reweighted_record_or_one_without_it(env: dict[str, Any
 def test_a_node_refuses_a_record_that_leaves_out_a_survivor_it_signed_for(env: dict[str, Any], tmp_path: Path) -> None:
     """The aggregator withheld p1's last receipt and left it out: the creator, who signed p1 onto the
     final survivor list, refuses; an unreadable survivor file refuses too (never consent blind)."""
-    from collab.fl.receipts import SURVIVORS_DIR, keep_survivors
+    from collab.fl.receipts import SURVIVORS_DIR, ReceiptContext, keep_survivors
 
     rid, chains, people = env["rid"], env["chains"], env["people"]
     for name in ("creator", "p1"):
@@ -122,8 +122,9 @@ def test_a_node_refuses_a_record_that_leaves_out_a_survivor_it_signed_for(env: d
     round_chain.creator_fix(chains["creator"], rid)
     home = tmp_path / "creator-home"
     both = [people["creator"].address, people["p1"].address]
-    keep_survivors(home, rid, 1, [people["creator"].address])  # an earlier Flower round: superseded
-    keep_survivors(home, rid, 2, both)
+    where = ReceiptContext(int(env["w3"].eth.chain_id), "0x" + "00" * 20, rid, people["orch"].address)
+    keep_survivors(home, where, 1, [people["creator"].address], None)  # an earlier Flower round: superseded
+    keep_survivors(home, where, 2, both, None)
     without_p1 = round_chain.record_to_json(_record(env, {"creator": 3}))
     with pytest.raises(ProtocolViolation, match=f"leaves out {people['p1'].address}.*Flower round 2"):
         round_chain.node_consent(chains["creator"], people["creator"].bls_sign, without_p1, home)
@@ -346,3 +347,38 @@ def _claim_input(env: dict[str, Any], rid: int, trace: Any) -> Any:
     agent = ClaimerAgent(None, None, None, trace, job_id=registry.job_id_of(rid))  # type: ignore[arg-type]
     return dataclasses.replace(agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
                                participant_registry=registry.address)
+
+
+def test_any_participant_holding_the_endorsed_survivor_list_disputes_an_omission(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The aggregator drops p1 (and withholds its receipt); the creator, included and consenting, still holds
+    the last round's survivor list the aggregator endorsed, and its node disputes the omission by itself."""
+    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+    from chain.clients.round_registry import sign_survivors
+    from collab.fl.receipts import ReceiptContext, keep_survivors
+    from collab.fraudproof.trace import build_trace
+    from test_claim_manager import add_chain_program
+
+    chains, people, w3, dep = env["chains"], env["people"], env["w3"], env["deployment"]
+    rid = _round_of_one(env)
+    orch = people["orch"].account
+    registry = RoundRegistryClient.from_deployment(dep, w3, orch)
+    where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, orch.address)
+    survivors = [people["creator"].address, people["p1"].address]
+    home, other_home = tmp_path / "creator-home", tmp_path / "p1-home"
+    forged = sign_survivors(people["p1"].account, where.chain_id, where.registry, rid, 1, survivors)
+    assert not keep_survivors(other_home, where, 1, survivors, forged)  # not the aggregator's: kept unendorsed
+    assert keep_survivors(home, where, 1, survivors, sign_survivors(orch, where.chain_id, where.registry, rid, 1, survivors))
+
+    trace = build_trace(*add_chain_program())
+    record = AttributionRecord(rid, trace.program.root, trace.input_root, trace.output_root, b"\x04" * 32, "vault://rc",
+                               (people["creator"].address,), (3,), (b"\x09" * 32,), (epsilon_units(1.0),))
+    assert round_chain.node_dispute_omission(chains["creator"], home, rid) == (False, None)  # nothing recorded yet
+    registry.submit_record(record, aggregate_consent([people["creator"].bls_sign(registry.local_root(record))]))
+    assert round_chain.node_dispute_omission(chains["creator"], home, rid) == (False, None)  # the claim is not posted
+    claim_id = _post_claim(env, rid, trace)
+    assert round_chain.node_dispute_omission(chains["p1"], other_home, rid) == (True, None)  # no evidence held
+    decided, tx = round_chain.node_dispute_omission(chains["creator"], home, rid)
+    assert decided and tx
+    assert ClaimManagerClient.from_deployment(dep, w3).claim_status(claim_id) == ClaimStatus.REJECTED

@@ -246,3 +246,39 @@ def test_left_out_participant_disputes_with_its_receipt(
     assert result["claim_id"] == "0x" + claim_id.hex() and result["claim_status"] == "rejected" and result["credit_wei"] > 0
     code, out, _ = cli(capsys, h.outsider, "--json", "round", "status", str(rid))
     assert json.loads(out)["claim"]["status"] == "rejected"
+
+
+def test_an_included_participant_disputes_the_omission_of_a_survivor(
+    homes: Homes, tmp_path: Path, capsys: pytest.CaptureFixture[str], w3: Web3, deployment: Deployment
+) -> None:
+    """alice is in the record, bob was dropped; alice's node holds the final round's survivor list the
+    aggregator endorsed, naming bob: `round dispute --omission` rejects the claim."""
+    from chain.clients.round_registry import sign_survivors
+    from collab.fl.receipts import ReceiptContext, keep_survivors
+
+    h = homes
+    rid = _create(capsys, h, "--min-participants", "1")
+    for home, n in ((h.alice, 6), (h.bob, 9)):
+        assert cli(capsys, home, "join", str(rid), "--data", str(_jsonl(tmp_path / f"{home.name}.jsonl", n)))[0] == 0
+    assert cli(capsys, h.creator, "round", "fix", str(rid))[0] == 0
+    claim_id = _record_and_post(h, w3, deployment, rid, {h.alice: (6, 1.0)})  # bob silently dropped
+    aggregator, alice, bob = (Identity.load(p, "pw") for p in (h.creator, h.alice, h.bob))
+    registry = RoundRegistryClient.from_deployment(deployment, w3)
+    where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, aggregator.address)
+
+    code, _, err = cli(capsys, h.alice, "round", "dispute", str(rid), "--omission")
+    assert code == EXIT_NOT_FOUND and "endorsed by its aggregator" in err and "Traceback" not in err
+    code, _, err = cli(capsys, h.alice, "round", "dispute", str(rid), "--omission", "--receipt", str(tmp_path / "x"))
+    assert code == EXIT_BAD_INPUT and "one of them" in err
+    only_alice = [alice.address]
+    keep_survivors(h.alice, where, 2, only_alice, sign_survivors(aggregator.account, where.chain_id, where.registry,
+                                                                 rid, 2, only_alice))
+    code, _, err = cli(capsys, h.alice, "round", "dispute", str(rid), "--omission")
+    assert code == EXIT_BAD_INPUT and "nothing to dispute" in err
+    both = [alice.address, bob.address]
+    keep_survivors(h.alice, where, 2, both, sign_survivors(aggregator.account, where.chain_id, where.registry, rid, 2, both))
+    code, out, err = cli(capsys, h.alice, "--json", "round", "dispute", str(rid), "--omission")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["claim_id"] == "0x" + claim_id.hex() and result["claim_status"] == "rejected"
+    assert result["omitted"] == bob.address and result["credit_wei"] > 0

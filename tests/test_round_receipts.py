@@ -5,13 +5,14 @@ aggregator's identity unlocked in the ServerApp (``COLLAB_PASSPHRASE``
 inherited through the SuperLink). Every included participant's node checks
 and keeps the aggregator's receipt for each of its updates (round 1's
 arrives with round 2's train message, round 2's in the final
-``query.receipt``), and the SecAgg survivor list it signed in each round.
-The aggregator then cheats: it records and claims the round without p1. p0's
-node refuses to consent to that record (p1 is on the survivor list p0
-signed, so the aggregator cannot drop p1 even by withholding p1's last
-receipt); with p0's consent forged into the test anyway, p1 wins the
-exclusion dispute with ``collab round dispute ROUND`` from its home, no
-receipt file named.
+``query.receipt``), and the SecAgg survivor list it signed in each round
+with the aggregator's endorsement. The aggregator then cheats: it records
+and claims the round without p1. p0's node refuses to consent to that record
+(p1 is on the survivor list p0 signed, so the aggregator cannot drop p1 even
+by withholding p1's last receipt), and p0's endorsed list names p1 as an
+omitted survivor on-chain; with p0's consent forged into the test anyway, p1
+wins the exclusion dispute with ``collab round dispute ROUND`` from its
+home, no receipt file named.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from chain.clients.round_registry import (
     RoundRegistryClient,
     aggregate_consent,
     epsilon_units,
+    recover_survivors,
     recover_update_receipt,
 )
 from chain.deployment import Deployment
 from collab.cli import run as collab
 from collab.fl.data import load_user_data
 from collab.errors import ProtocolViolation
-from collab.fl.receipts import SURVIVORS_DIR, receipt_path
+from collab.fl.receipts import SURVIVORS_DIR, endorsed_survivors, receipt_path
 from collab.fraudproof.agents import ClaimerAgent
 from collab.fraudproof.trace import build_trace
 from collab.identity import Identity
@@ -108,10 +110,12 @@ def test_included_nodes_keep_receipts_and_a_left_out_one_wins_the_dispute(
             assert signer == aggregator.address and kept["participant"] == me.address
 
     both = sorted(me.address for me in homes.values())
-    for name in NAMES:  # each node kept the survivor list it signed, per Flower round
+    for name in NAMES:  # each node kept the survivor list it signed, per Flower round, endorsed by the aggregator
         for fl_round in (1, 2):
             kept = json.loads((tmp_path / name).joinpath(*SURVIVORS_DIR, f"{rid}-r{fl_round}.json").read_text())
             assert sorted(kept["survivors"]) == both
+            assert recover_survivors(bytes.fromhex(kept["aggregator_signature"][2:]), int(w3.eth.chain_id),
+                                     registry.address, rid, fl_round, kept["survivors"]) == aggregator.address
 
     # The aggregator records and claims the round without p1; p0's node will not consent to that.
     trace = build_trace(*add_chain_program())
@@ -131,6 +135,9 @@ def test_included_nodes_keep_receipts_and_a_left_out_one_wins_the_dispute(
         agent.claim_input(audience=Audience.PARTICIPANTS, settlement_hook=registry.address),
         participant_registry=registry.address)).claim_id
 
+    # p0's endorsed list of the last round is evidence against the record on its own (any participant's).
+    survivors, _ = endorsed_survivors(tmp_path / "p0", rid, 2) or ([], b"")
+    assert registry.omitted_survivor(rid, survivors) == homes["p1"].address
     deployment.save(tmp_path / "p1" / "deployment.json")
     capsys.readouterr()
     code = collab(["--home", str(tmp_path / "p1"), "--json", "round", "dispute", str(rid)])

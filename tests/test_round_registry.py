@@ -35,6 +35,7 @@ from chain.clients.round_registry import (
     epsilon_units,
     record_from_attribution,
     sign_consent,
+    sign_survivors,
     sign_update_receipt,
     prior_chains,
     update_chain,
@@ -544,6 +545,66 @@ def test_a_proposal_with_too_few_consents_cannot_be_recorded(env: RoundEnv, time
     time_travel(proposal.deadline - env.now())
     with pytest.raises(revert_class("TooFewParticipants")):  # N = 2
         registry.submit_proposed(record, priors(env, record))
+
+
+def _survivors(env: RoundEnv, rid: int, fl_round: int, members: list[Member]) -> tuple[list[str], bytes]:
+    addresses = [m.address for m in members]
+    registry = env.registry()
+    return addresses, sign_survivors(env.aggregator.account, int(env.w3.eth.chain_id), registry.address, rid, fl_round,
+                                     addresses)
+
+
+def test_a_record_omitting_a_survivor_of_the_last_round_loses_to_any_participant(env: RoundEnv) -> None:
+    """The aggregator drops a survivor and withholds its receipt; the other survivors consent anyway (or
+    collude). Any participant holding the aggregator's endorsed survivor list rejects the claim."""
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    kept, omitted = env.participants[:2], env.participants[2]
+    record = env.record(rid, kept)
+    registry.submit_record(record, env.consent(record, kept))
+    claim_id = env.post(rid)
+    survivors, signature = _survivors(env, rid, 2, env.participants)
+    assert registry.survivors_digest(rid, 2, survivors)  # the contract's digest of what the aggregator signed
+    assert registry.omitted_survivor(rid, survivors) == omitted.address
+    assert registry.omitted_survivor(rid, [m.address for m in kept]) is None
+
+    mine = env.registry(kept[0])  # an included participant: the omission is not about itself
+    with pytest.raises(revert_class("ReceiptNotFinalRound")):
+        mine.dispute_omission(rid, 1, *_survivors(env, rid, 1, env.participants))
+    forged = sign_survivors(kept[0].account, int(env.w3.eth.chain_id), registry.address, rid, 2, survivors)
+    with pytest.raises(revert_class("BadReceiptSignature")):
+        mine.dispute_omission(rid, 2, survivors, forged)
+    with pytest.raises(revert_class("BadReceiptSignature")):  # the list is bound by the signature
+        mine.dispute_omission(rid, 2, [env.outsider.address, *survivors], signature)
+    with pytest.raises(revert_class("NothingOmitted")):
+        mine.dispute_omission(rid, 2, *_survivors(env, rid, 2, kept))
+    with pytest.raises(revert_class("NotParticipant")):
+        env.registry(env.outsider).dispute_omission(rid, 2, survivors, signature)
+    tx = mine.dispute_omission(rid, 2, survivors, signature)
+    GAS["disputeOmission (3 survivors)"] = tx.gas_used
+    [won] = tx.events_named("OmissionDisputeWon")
+    assert won.args["omitted"] == omitted.address and won.args["disputer"] == kept[0].address
+    manager = env.manager()
+    assert manager.claim_status(claim_id) == ClaimStatus.REJECTED
+    assert manager.credit_of(kept[0].address) > 0
+
+
+def test_a_survivor_that_withheld_its_consent_is_not_omitted(env: RoundEnv, time_travel: Callable[[int], int]) -> None:
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    record = env.record(rid, env.participants)
+    proposal = registry.propose_record(record)
+    refuser = next(m for m in env.participants if m.address == record.participants[2])
+    for m in env.participants:
+        if m is not refuser:
+            registry.consent(rid, m.address, sign_consent(m.bls_secret, proposal.root))
+    time_travel(proposal.deadline - env.now())
+    registry.submit_proposed(record, priors(env, record))
+    env.post(rid)
+    survivors, signature = _survivors(env, rid, 2, env.participants)
+    assert registry.omitted_survivor(rid, survivors) is None
+    with pytest.raises(revert_class("NothingOmitted")):
+        env.registry(refuser).dispute_omission(rid, 2, survivors, signature)
 
 
 def test_registry_rejection_is_limited_to_claims_that_named_the_registry(env: RoundEnv, deployer: LocalAccount) -> None:

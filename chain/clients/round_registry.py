@@ -1,6 +1,6 @@
 """Typed client of ``RoundRegistry``: training rounds, consent records, exclusion disputes.
 
-Besides the calls, this module holds the two off-chain signatures the round
+Besides the calls, this module holds the off-chain signatures the round
 protocol needs, computed exactly as the contract checks them:
 
 * consent: every included participant BLS-signs :meth:`AttributionRecord.root`
@@ -11,7 +11,10 @@ protocol needs, computed exactly as the contract checks them:
   :meth:`RoundRegistryClient.consent` before the deadline;
 * update receipts: the aggregator signs an EIP-712 ``UpdateReceipt`` per
   update it receives (:func:`sign_update_receipt`), which the participant keeps
-  to win an exclusion dispute if the record leaves it out.
+  to win an exclusion dispute if the record leaves it out;
+* survivor lists: the aggregator signs each SecAgg round's survivor list
+  (:func:`sign_survivors`), so any participant can dispute a record that omits
+  a survivor of the last round, whose masked input is in the sum.
 """
 
 from __future__ import annotations
@@ -286,22 +289,52 @@ def aggregate_consent(signatures: Sequence[bytes]) -> bytes:
     return bls.aggregate_signatures(signatures)
 
 
-def update_receipt_data(chain_id: int, registry: str, round_id: int, participant: str, fl_round: int,
-                        update_commitment: bytes) -> dict[str, Any]:
-    """EIP-712 typed data of an ``UpdateReceipt``."""
+def _typed(chain_id: int, registry: str, primary: str, fields: list[tuple[str, str]],
+           message: dict[str, Any]) -> dict[str, Any]:
+    """EIP-712 typed data of one of the aggregator's statements, in the registry's domain."""
     return {
         "types": {
             "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
                              {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
-            "UpdateReceipt": [{"name": "roundId", "type": "uint256"}, {"name": "participant", "type": "address"},
-                              {"name": "flRound", "type": "uint32"}, {"name": "updateCommitment", "type": "bytes32"}],
+            primary: [{"name": n, "type": t} for n, t in fields],
         },
-        "primaryType": "UpdateReceipt",
+        "primaryType": primary,
         "domain": {"name": RECEIPT_DOMAIN[0], "version": RECEIPT_DOMAIN[1], "chainId": int(chain_id),
                    "verifyingContract": to_checksum_address(registry)},
-        "message": {"roundId": int(round_id), "participant": to_checksum_address(participant),
-                    "flRound": int(fl_round), "updateCommitment": bytes(update_commitment)},
+        "message": message,
     }
+
+
+def update_receipt_data(chain_id: int, registry: str, round_id: int, participant: str, fl_round: int,
+                        update_commitment: bytes) -> dict[str, Any]:
+    """EIP-712 typed data of an ``UpdateReceipt``."""
+    return _typed(chain_id, registry, "UpdateReceipt",
+                  [("roundId", "uint256"), ("participant", "address"), ("flRound", "uint32"),
+                   ("updateCommitment", "bytes32")],
+                  {"roundId": int(round_id), "participant": to_checksum_address(participant),
+                   "flRound": int(fl_round), "updateCommitment": bytes(update_commitment)})
+
+
+def survivors_data(chain_id: int, registry: str, round_id: int, fl_round: int, survivors: Sequence[str]) -> dict[str, Any]:
+    """EIP-712 typed data of a ``SurvivorList`` (the aggregator's endorsement of a SecAgg survivor list)."""
+    return _typed(chain_id, registry, "SurvivorList",
+                  [("roundId", "uint256"), ("flRound", "uint32"), ("survivors", "address[]")],
+                  {"roundId": int(round_id), "flRound": int(fl_round),
+                   "survivors": [to_checksum_address(a) for a in survivors]})
+
+
+def sign_survivors(aggregator: LocalAccount, chain_id: int, registry: str, round_id: int, fl_round: int,
+                   survivors: Sequence[str]) -> bytes:
+    """The aggregator's endorsement of the survivor list it sends for SecAgg's consistency check."""
+    data = survivors_data(chain_id, registry, round_id, fl_round, survivors)
+    return bytes(aggregator.sign_message(encode_typed_data(full_message=data)).signature)
+
+
+def recover_survivors(signature: bytes, chain_id: int, registry: str, round_id: int, fl_round: int,
+                      survivors: Sequence[str]) -> str:
+    """Who endorsed a survivor list (the ClientApp checks it is the round's aggregator before keeping it)."""
+    data = survivors_data(chain_id, registry, round_id, fl_round, survivors)
+    return to_checksum_address(Account.recover_message(encode_typed_data(full_message=data), signature=signature))
 
 
 def sign_update_receipt(aggregator: LocalAccount, chain_id: int, registry: str, round_id: int, participant: str,
@@ -460,6 +493,16 @@ class RoundRegistryClient(ContractClient):
         return bytes(self._call("receiptDigest", int(round_id), to_checksum_address(participant), int(fl_round),
                                 bytes(update_commitment)))
 
+    def survivors_digest(self, round_id: int, fl_round: int, survivors: Sequence[str]) -> bytes:
+        """The EIP-712 digest of a survivor-list endorsement."""
+        return bytes(self._call("survivorsDigest", int(round_id), int(fl_round),
+                                [to_checksum_address(a) for a in survivors]))
+
+    def omitted_survivor(self, round_id: int, survivors: Sequence[str]) -> str | None:
+        """The first survivor the round's record omits (not by its own refusal), or None."""
+        found = to_checksum_address(self._call("omittedSurvivor", int(round_id), [to_checksum_address(a) for a in survivors]))
+        return None if int(found, 16) == 0 else found
+
     def settled_asset(self, claim_id: bytes) -> int:
         """The asset registered at the claim's settlement (0 before)."""
         return int(self._call("settledAsset", bytes(claim_id)))
@@ -517,6 +560,11 @@ class RoundRegistryClient(ContractClient):
     def dispute_exclusion(self, round_id: int, fl_round: int, update_commitment: bytes, signature: bytes) -> TxResult:
         """Reject the round's pending claim with the aggregator's receipt for an update the record left out."""
         return self._transact("disputeExclusion", int(round_id), int(fl_round), bytes(update_commitment), bytes(signature))
+
+    def dispute_omission(self, round_id: int, fl_round: int, survivors: Sequence[str], signature: bytes) -> TxResult:
+        """Reject the round's pending claim with the aggregator's last-round survivor list naming an omitted survivor."""
+        return self._transact("disputeOmission", int(round_id), int(fl_round),
+                              [to_checksum_address(a) for a in survivors], bytes(signature))
 
     def settle(self, claim_id: bytes, roots: ClaimRoots) -> TxResult:
         """Retry the settlement of a finalized claim whose hook failed."""

@@ -26,6 +26,9 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     /// @notice EIP-712 type of the aggregator's update receipt.
     bytes32 public constant RECEIPT_TYPEHASH =
         keccak256("UpdateReceipt(uint256 roundId,address participant,uint32 flRound,bytes32 updateCommitment)");
+    /// @notice EIP-712 type of the aggregator's endorsement of a SecAgg survivor list (whose masked inputs it sums).
+    bytes32 public constant SURVIVORS_TYPEHASH =
+        keccak256("SurvivorList(uint256 roundId,uint32 flRound,address[] survivors)");
     /// @dev EIP-2537 encoding of -G1, for e(aggPk, H(m)) · e(-G1, sig) == 1.
     bytes private constant _NEG_G1 =
         hex"0000000000000000000000000000000017f1d3a73197d7942695638c4fa9ac0fc3688c4f9774b905a14e3a3f171bac586c55e83ff97a1aeffb3af00adb22c6bb00000000000000000000000000000000114d1d6855d545a8aa7d76c8cf2e21f267816aef1db507c96655b9d5caac42364e6f38ba0ecb751bad54dcd6b939c2ca";
@@ -380,6 +383,45 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
         // ClaimManager checks the claim is pending, names this registry, and the window is open.
         CLAIMS.rejectByRegistry(r.claimId, msg.sender);
         emit ExclusionDisputeWon(roundId, msg.sender, r.claimId);
+    }
+
+    /// @inheritdoc IRoundRegistry
+    function disputeOmission(uint256 roundId, uint32 flRound, address[] calldata survivors, bytes calldata signature)
+        external
+    {
+        Round storage r = _withStatus(roundId, RoundStatus.Recorded);
+        if (_slotOf[roundId][msg.sender] == 0) revert NotParticipant(roundId, msg.sender);
+        // INVARIANT: the last round's survivors are exactly whose masked inputs are in the claimed sum.
+        if (flRound != r.rounds) revert ReceiptNotFinalRound(flRound, r.rounds);
+        address signer = ECDSA.recover(survivorsDigest(roundId, flRound, survivors), signature);
+        if (signer != r.aggregator) revert BadReceiptSignature(signer);
+        address omitted = omittedSurvivor(roundId, survivors);
+        if (omitted == address(0)) revert NothingOmitted(roundId);
+        CLAIMS.rejectByRegistry(r.claimId, msg.sender);
+        emit OmissionDisputeWon(roundId, msg.sender, omitted, r.claimId);
+    }
+
+    /// @inheritdoc IRoundRegistry
+    function omittedSurvivor(uint256 roundId, address[] calldata survivors) public view returns (address) {
+        for (uint256 i; i < survivors.length; ++i) {
+            uint256 slot = _slotOf[roundId][survivors[i]];
+            // Left out for withholding its consent to a proposal is its own choice, not an omission.
+            if (slot != 0 && !_participants[roundId][slot - 1].included && _withheld[roundId][survivors[i]] == 0) {
+                return survivors[i];
+            }
+        }
+        return address(0);
+    }
+
+    /// @inheritdoc IRoundRegistry
+    function survivorsDigest(uint256 roundId, uint32 flRound, address[] calldata survivors)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(SURVIVORS_TYPEHASH, roundId, flRound, keccak256(abi.encodePacked(survivors))))
+        );
     }
 
     /// @inheritdoc IRoundRegistry

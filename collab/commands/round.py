@@ -349,26 +349,50 @@ def _hex(text: str, size: int) -> bytes:
 @click.option("--receipt", "receipt_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The aggregator's signed receipt for your last-round update (JSON); default: the one your node "
                    "received and kept in this home.")
+@click.option("--omission", is_flag=True,
+              help="Dispute a record that omits a survivor of the last SecAgg round instead, with the survivor list "
+                   "the aggregator endorsed to your node (any participant may, included or not).")
 @click.pass_context
-def dispute(ctx: click.Context, round_id: int, receipt_path: Path | None) -> None:
-    """Reject the round's claim when its record leaves you out despite the aggregator's receipt."""
+def dispute(ctx: click.Context, round_id: int, receipt_path: Path | None, omission: bool) -> None:
+    """Reject the round's claim when its record leaves you out despite the aggregator's receipt (or, with
+    --omission, leaves out a survivor whose masked update is in the sum)."""
     from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
     from chain.clients.round_registry import RoundStatus, recover_update_receipt
-    from collab.errors import ProtocolViolation
-    from collab.fl.receipts import latest
+    from collab.errors import NotFound, ProtocolViolation
+    from collab.fl.receipts import endorsed_survivors, latest
 
-    receipt_path = receipt_path or latest(settings(ctx).home, round_id)
-    receipt = read_receipt(receipt_path)
-    if receipt["round_id"] != round_id:
-        raise BadInput(f"{receipt_path} is a receipt for round {receipt['round_id']}, not {round_id}")
+    if omission and receipt_path is not None:
+        raise BadInput("--omission uses the endorsed survivor list, not a receipt: pass one of them")
+    receipt = None
+    if not omission:
+        receipt_path = receipt_path or latest(settings(ctx).home, round_id)
+        receipt = read_receipt(receipt_path)
+        if receipt["round_id"] != round_id:
+            raise BadInput(f"{receipt_path} is a receipt for round {receipt['round_id']}, not {round_id}")
     session, registry = _registry(ctx, need_account=True)
     assert session.account is not None
     me = session.account.address
-    if receipt["participant"] != me:
-        raise Unauthorized(f"{receipt_path} acknowledges {receipt['participant']}'s update, not yours ({me})")
     r = registry.get_round(round_id)
     if r.status != RoundStatus.RECORDED:
         raise BadInput(f"round {round_id} is {r.status.label}: there is no recorded claim to dispute")
+    manager = session.client(ClaimManagerClient)
+    if receipt is None:
+        held = endorsed_survivors(settings(ctx).home, round_id, r.rounds)
+        if held is None:
+            raise NotFound(f"this home holds no survivor list of round {round_id}'s final Flower round {r.rounds} "
+                           "endorsed by its aggregator")
+        omitted = registry.omitted_survivor(round_id, held[0])
+        if omitted is None:
+            raise BadInput(f"the record of round {round_id} includes every survivor on your list: nothing to dispute")
+        tx = registry.dispute_omission(round_id, r.rounds, held[0], held[1])
+        status = manager.claim_status(r.claim_id)
+        emit(ctx, {"round_id": round_id, "claim_id": "0x" + r.claim_id.hex(), "claim_status": status.name.lower(),
+                   "omitted": omitted, "credit_wei": manager.credit_of(me), "tx": tx.tx_hash},
+             f"claim 0x{r.claim_id.hex()[:16]}… {status.name.lower()} (omitted survivor {omitted}); withdraw your "
+             f"credit of {manager.credit_of(me)} wei from ClaimManager")
+        return
+    if receipt["participant"] != me:
+        raise Unauthorized(f"{receipt_path} acknowledges {receipt['participant']}'s update, not yours ({me})")
     if receipt["fl_round"] != r.rounds:
         raise BadInput(f"{receipt_path} acknowledges Flower round {receipt['fl_round']}; a dispute needs the "
                        f"receipt of the final round {r.rounds}")
@@ -379,7 +403,6 @@ def dispute(ctx: click.Context, round_id: int, receipt_path: Path | None) -> Non
     if me in registry.included_of(round_id):
         raise BadInput(f"the record of round {round_id} includes you: nothing to dispute")
     tx = registry.dispute_exclusion(round_id, receipt["fl_round"], receipt["update_commitment"], receipt["signature"])
-    manager = session.client(ClaimManagerClient)
     status = manager.claim_status(r.claim_id)
     emit(ctx, {"round_id": round_id, "claim_id": "0x" + r.claim_id.hex(), "claim_status": status.name.lower(),
                "credit_wei": manager.credit_of(me), "tx": tx.tx_hash},

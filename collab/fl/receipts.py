@@ -87,6 +87,13 @@ class ReceiptSigner:
         w = self.where
         return sign_update_receipt(self.account, w.chain_id, w.registry, w.round_id, participant, fl_round, commitment)
 
+    def sign_survivors(self, fl_round: int, survivors: list[str]) -> bytes:
+        """The endorsement of a SecAgg survivor list (what ``RoundRegistry.disputeOmission`` checks)."""
+        from chain.clients.round_registry import sign_survivors
+
+        w = self.where
+        return sign_survivors(self.account, w.chain_id, w.registry, w.round_id, fl_round, survivors)
+
 
 def delivery(where: ReceiptContext, job: str, fl_round: int, commitment: bytes, signature: bytes) -> dict[str, Any]:
     """The receipt as the config entries of a Flower message."""
@@ -148,14 +155,45 @@ def _by_flower_round(folder: Path, round_id: int) -> list[Path]:
     return sorted(folder.glob(f"{int(round_id)}-r*.json"), key=fl_round)
 
 
-def keep_survivors(home: str | Path, round_id: int, fl_round: int, addresses: list[str]) -> Path:
-    """Record the survivor list (participant addresses) this node signed in ``fl_round`` of registry round ``round_id``."""
-    path = Path(home).joinpath(*SURVIVORS_DIR) / f"{int(round_id)}-r{int(fl_round)}.json"
+def survivors_path(home: str | Path, round_id: int, fl_round: int) -> Path:
+    return Path(home).joinpath(*SURVIVORS_DIR) / f"{int(round_id)}-r{int(fl_round)}.json"
+
+
+def keep_survivors(home: str | Path, where: ReceiptContext, fl_round: int, addresses: list[str],
+                   endorsement: bytes | None) -> bool:
+    """Record the survivor list (participant addresses) this node signed in ``fl_round`` of registry round
+    ``where.round_id``, with the aggregator's endorsement when it is the round's aggregator's signature (the
+    evidence of an omission dispute; True then); without one the list still guards this node's consent."""
+    from chain.clients.round_registry import recover_survivors
+
+    endorsed = None
+    if endorsement:
+        try:
+            signer = recover_survivors(endorsement, where.chain_id, where.registry, where.round_id, fl_round, addresses)
+        except (ValueError, TypeError):
+            signer = ""
+        if signer.lower() == where.aggregator.lower():
+            endorsed = "0x" + bytes(endorsement).hex()
+    path = survivors_path(home, where.round_id, fl_round)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"round_id": int(round_id), "fl_round": int(fl_round), "survivors": addresses}) + "\n")
+    tmp.write_text(json.dumps({"round_id": int(where.round_id), "fl_round": int(fl_round), "survivors": addresses,
+                               "aggregator_signature": endorsed}) + "\n")
     tmp.replace(path)
-    return path
+    return endorsed is not None
+
+
+def endorsed_survivors(home: str | Path, round_id: int, fl_round: int) -> tuple[list[str], bytes] | None:
+    """The survivor list of ``fl_round`` with the aggregator's endorsement, if this node holds one."""
+    path = survivors_path(home, round_id, fl_round)
+    try:
+        body = json.loads(path.read_text())
+        signature = body.get("aggregator_signature")
+        return ([str(a) for a in body["survivors"]], bytes.fromhex(signature[2:])) if signature else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ProtocolViolation(f"the survivor list this node kept ({path}) is unreadable: {exc}") from exc
 
 
 def last_signed_survivors(home: str | Path, round_id: int) -> tuple[int, list[str]] | None:

@@ -59,6 +59,8 @@ class SecureRound:
     group_id: str
     dropped: dict[str, str] = field(default_factory=dict)
     bytes_moved: int = 0  # SecAgg payloads both ways (rounds 1-4), for the overhead benchmark
+    # The aggregator's endorsement of the survivor list (addresses -> signature), sent with the consistency check.
+    endorse: Callable[[list[str]], bytes] | None = None
     server: SecAggServer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,12 +71,14 @@ class SecureRound:
         self.dropped.setdefault(name, why)
         log.warning("secure aggregation: dropped %s (%s)", name, why)
 
-    def _exchange(self, stage: str, payloads: Mapping[int, bytes], accept: Callable[[int, bytes], None]) -> list[int]:
-        """Send each member its payload, hand every reply to ``accept``; the members whose reply was accepted."""
+    def _exchange(self, stage: str, payloads: Mapping[int, bytes], accept: Callable[[int, bytes], None],
+                  extra: Mapping[str, Any] | None = None) -> list[int]:
+        """Send each member its payload (and ``extra`` entries), hand every reply to ``accept``; the members whose
+        reply was accepted."""
         by_member = {m: n for n, m in self.members.items()}
         messages = [
             Message(
-                RecordDict({"secagg": ConfigRecord({"msg": payload})}),
+                RecordDict({"secagg": ConfigRecord({"msg": payload, **(extra or {})})}),
                 dst_node_id=by_member[member],
                 message_type=f"{MessageType.TRAIN}.secagg_{stage}",
                 group_id=self.group_id,
@@ -118,10 +122,12 @@ class SecureRound:
         forwarded = {m: srv.forwarded_shares(m).to_bytes() for m in shared}
         self._exchange("mask", forwarded, lambda m, d: srv.receive_masked_input(_from(MaskedInput, d, m)))
         survivors = srv.survivor_list()
+        addresses = [self.config.member(u).address for u in survivors.survivors]
         signed = self._exchange(
             "consistency",
             {m: survivors.to_bytes() for m in survivors.survivors},
             lambda m, d: srv.receive_consistency_signature(_from(ConsistencySignature, d, m)),
+            {"endorsement": self.endorse(addresses)} if self.endorse is not None else None,
         )
         check = srv.consistency_broadcast().to_bytes()
         self._exchange("unmask", {m: check for m in signed}, lambda m, d: srv.receive_unmask(_from(UnmaskResponse, d, m)))

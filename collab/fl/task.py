@@ -39,11 +39,15 @@ class TaskConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     seed: int = 0
+    # Adapters on the top k encoder layers only (0: every layer). Backpropagation then stops below them, and
+    # fewer adapter weights carry less DP noise in total (docs/training.md).
+    lora_top_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise BadInput(f"unknown model kind {self.kind!r}; choose from {KINDS}")
-        if not 2 <= self.num_labels <= 1000 or not 8 <= self.max_len <= 512 or self.lora_r < 1:
+        if (not 2 <= self.num_labels <= 1000 or not 8 <= self.max_len <= 512 or self.lora_r < 1
+                or self.lora_top_layers < 0):
             raise BadInput(f"invalid task config {self}")
 
 
@@ -90,7 +94,11 @@ def build_model(config: TaskConfig) -> Classifier:
             ),
             add_pooling_layer=False,
         )
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=["query", "value"])
+    depth = encoder.config.num_hidden_layers
+    top = config.lora_top_layers
+    layers = list(range(depth - top, depth)) if 0 < top < depth else None
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=["query", "value"],
+                      layers_to_transform=layers)
     encoder = inject_adapter_in_model(lora, encoder)
     model = Classifier(encoder, config.num_labels)
     for name, param in model.named_parameters():

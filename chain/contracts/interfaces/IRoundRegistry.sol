@@ -184,6 +184,14 @@ interface IRoundRegistry {
     /// @param signature Its BLS signature over the root (EIP-2537 G2), for the aggregate.
     event ConsentPosted(uint256 indexed roundId, address indexed account, bytes32 recordRoot, bytes signature);
 
+    /// @notice A participant showed the aggregator's survivor list of the last round naming someone the record
+    /// omits; the claim is rejected.
+    /// @param roundId The round.
+    /// @param disputer The participant credited the aggregator's bond minus the burn.
+    /// @param omitted The survivor the record left out.
+    /// @param claimId The rejected claim.
+    event OmissionDisputeWon(uint256 indexed roundId, address indexed disputer, address omitted, bytes32 indexed claimId);
+
     /// @notice A participant left out despite a receipt won its exclusion dispute; the claim is rejected.
     /// @param roundId The round.
     /// @param account The excluded participant (credited the aggregator's bond minus the burn).
@@ -210,6 +218,9 @@ interface IRoundRegistry {
     /// @param roundId The round.
     /// @param account The participant.
     error ConsentWithheld(uint256 roundId, address account);
+    /// @notice Every address on the survivor list is included (or left itself out by withholding consent).
+    /// @param roundId The round.
+    error NothingOmitted(uint256 roundId);
     /// @notice No round with this id.
     /// @param roundId The id.
     error UnknownRound(uint256 roundId);
@@ -338,6 +349,34 @@ interface IRoundRegistry {
     function submitRecord(AttributionRecord calldata record, bytes[] calldata pubkeys, bytes calldata signature)
         external
         returns (bytes32 claimId);
+
+    /// @notice Any participant holding the aggregator's EIP-712 `SurvivorList` of the last Flower round (the
+    /// SecAgg survivors whose masked inputs the claimed sum holds) that names an address the record leaves out
+    /// rejects the pending claim; the aggregator's bond is credited to the caller as in an exclusion dispute. A
+    /// survivor left out of a proposal it did not consent to is not omitted.
+    /// @param roundId The round.
+    /// @param flRound The Flower round of the list (must be R).
+    /// @param survivors The list, in the order the aggregator signed it.
+    /// @param signature The aggregator's signature.
+    function disputeOmission(uint256 roundId, uint32 flRound, address[] calldata survivors, bytes calldata signature)
+        external;
+
+    /// @notice The first address of `survivors` that is an accepted participant the record leaves out without
+    /// its own refusal (zero if none).
+    /// @param roundId The round.
+    /// @param survivors The list.
+    /// @return The omitted survivor.
+    function omittedSurvivor(uint256 roundId, address[] calldata survivors) external view returns (address);
+
+    /// @notice The EIP-712 digest of the aggregator's survivor-list endorsement.
+    /// @param roundId The round.
+    /// @param flRound The Flower round.
+    /// @param survivors The list.
+    /// @return The digest the aggregator signs.
+    function survivorsDigest(uint256 roundId, uint32 flRound, address[] calldata survivors)
+        external
+        view
+        returns (bytes32);
 
     /// @notice The aggregator proposes `record` on chain (a participant withheld its off-chain consent); included
     /// participants have `CONSENT_PERIOD` to `consent`. A new proposal replaces the previous one.

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -59,6 +60,7 @@ from collab.secagg import (
 )
 
 app = ClientApp()
+log = logging.getLogger("collab.fl.client")
 ERROR_CODE = 4242  # collab's refusals, distinct from Flower's own error codes
 STATE_KEY = "collab-secagg"
 FRAC_BITS = 24  # update words: n_k · θ_k at 2^-24 (|n_k θ| < 2^38 leaves ample ring headroom)
@@ -281,22 +283,27 @@ def secagg_mask(msg: Message, context: Context) -> Message:
 @_guarded
 def secagg_consistency(msg: Message, context: Context) -> Message:
     """Round 3: sign the survivor list (once), and keep who was on it (the record must include them all)."""
+    endorsement = msg.content["secagg"].get("endorsement")
+
     def sign(p: SecAggParticipant, data: bytes, _: Any) -> Any:
         survivors = SurvivorList.from_bytes(data)
         signature = p.sign_survivors(survivors)
-        _keep_survivors(context, [p.config.member(u).address for u in survivors.survivors])
+        _keep_survivors(context, [p.config.member(u).address for u in survivors.survivors],
+                        bytes(endorsement) if endorsement is not None else None)
         return signature
 
     return _stage(msg, context, sign)
 
 
-def _keep_survivors(context: Context, addresses: list[str]) -> None:
+def _keep_survivors(context: Context, addresses: list[str], endorsement: bytes | None) -> None:
     from collab.fl.receipts import ReceiptContext, keep_survivors
 
     where = ReceiptContext.from_run_config(dict(context.run_config))
     saved = context.state.get(STATE_KEY)
     if where is not None and saved is not None and "fl-round" in saved:
-        keep_survivors(str(context.node_config["home"]), where.round_id, int(saved["fl-round"]), addresses)
+        if not keep_survivors(str(context.node_config["home"]), where, int(saved["fl-round"]), addresses, endorsement):
+            log.warning("round %d: the survivor list of Flower round %s carries no valid endorsement by the "
+                        "aggregator %s: no omission dispute possible", where.round_id, saved["fl-round"], where.aggregator)
 
 
 @app.train("secagg_unmask")

@@ -71,6 +71,7 @@ def task_config(run_config: dict[str, Any]) -> TaskConfig:
         max_len=int(run_config["max-len"]),
         lora_r=int(run_config["lora-r"]),
         seed=int(run_config["seed"]),
+        lora_top_layers=int(run_config.get("lora-top-layers", 0)),
     )
 
 
@@ -201,6 +202,7 @@ def main(grid: Grid, context: Context) -> None:
         attribution.update(
             version=RECORD_VERSION, job=job, secure_aggregation=secure, frac_bits=FRAC_BITS,
             task={"model": task.kind, "classes": classes, "max_len": task.max_len, "lora_r": task.lora_r,
+                  "lora_top_layers": task.lora_top_layers,
                   "seed": task.seed, "epsilon_budget": float(rc["epsilon"]), "delta": float(rc["delta"])},
             participants={}, rounds=[],
         )
@@ -232,7 +234,7 @@ def main(grid: Grid, context: Context) -> None:
         fail(f"only {len(peers)} participant(s) introduced themselves, {minimum} required: {refused}")
         return
     for rnd in range(start, int(rc["num-rounds"]) + 1):
-        entry = _run_round(grid, rc, job, rnd, model, peers, minimum, timeout, out, pending)
+        entry = _run_round(grid, rc, job, rnd, model, peers, minimum, timeout, out, pending, signer)
         dropped = sorted(set(record.body["dropped"]) | set(entry["dropped"]))
         record.body["epsilon"].update(entry["epsilon"])
         if "failed" in entry:
@@ -302,7 +304,7 @@ def _deliver_receipts(grid: Grid, peers: list[Peer], pending: dict[str, dict[str
 
 def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.nn.Module, peers: list[Peer],
                minimum: int, timeout: float, out: Path | None,
-               receipts: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+               receipts: dict[str, dict[str, Any]] | None = None, signer: ReceiptSigner | None = None) -> dict[str, Any]:
     """One Flower round; updates ``model`` in place and returns the round's entry (``failed`` set on failure).
 
     ``receipts``: the previous round's update receipts, delivered with each participant's train message.
@@ -353,7 +355,8 @@ def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.
         assert cfg is not None
         names = {p.member: p.name for p in peers}
         sr = SecureRound(grid, cfg, {p.node: p.member for p in peers if p.member in ads}, names,
-                         float(rc["secagg-timeout"]), f"{rnd}-secagg")
+                         float(rc["secagg-timeout"]), f"{rnd}-secagg",
+                         endorse=(lambda addresses: signer.sign_survivors(rnd, addresses)) if signer else None)
         try:
             result = sr.run(ads) if len(ads) >= cfg.threshold else None
         except TooFewSurvivors as exc:
