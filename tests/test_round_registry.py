@@ -493,20 +493,27 @@ def test_withheld_consent_leaves_the_refuser_out_without_a_dispute(
     assert all(len(receipts.receipts_of(m.address)) == 1 for m in agreeing)
 
 
+def _recorded_without(env: RoundEnv, time_travel: Callable[[int], int], row: int) -> tuple[int, Member]:
+    """A fixed round whose record (everyone) was proposed, consented by all but the participant of ``row``,
+    and recorded after the deadline; (round id, the refuser)."""
+    registry = env.registry(env.aggregator)
+    rid = env.open_fixed()
+    record = env.record(rid, env.participants)
+    refuser = next(m for m in env.participants if m.address == record.participants[row])
+    proposal = registry.propose_record(record)
+    for m in env.participants:
+        if m is not refuser:
+            registry.consent(rid, m.address, sign_consent(m.bls_secret, proposal.root))
+    time_travel(proposal.deadline - env.now())
+    registry.submit_proposed(record, priors(env, record))
+    return rid, refuser
+
+
 def test_a_participant_proposed_with_the_wrong_update_may_refuse_and_still_dispute(env: RoundEnv,
                                                                                   time_travel: Callable[[int], int]) -> None:
     """A proposal that misrepresents a participant's row is no trap: its refusal is justified, and the
     aggregator's receipt for the real update (not the proposed one) still wins the dispute."""
-    registry = env.registry(env.aggregator)
-    rid = env.open_fixed()
-    record = env.record(rid, env.participants)
-    victim = next(m for m in env.participants if m.address == record.participants[0])
-    others = [m for m in env.participants if m is not victim]
-    proposal = registry.propose_record(record)  # row 0 carries a commitment the victim never sent
-    for m in others:
-        registry.consent(rid, m.address, sign_consent(m.bls_secret, proposal.root))
-    time_travel(proposal.deadline - env.now())
-    registry.submit_proposed(record, priors(env, record))
+    rid, victim = _recorded_without(env, time_travel, 0)
     claim_id = env.post(rid)
     real = Web3.keccak(text="the victim's real update")  # not what its proposed chain ends with
     tx = env.registry(victim).dispute_exclusion(rid, 2, real, _receipt(env, victim, rid, real))
@@ -591,15 +598,7 @@ def test_a_record_omitting_a_survivor_of_the_last_round_loses_to_any_participant
 
 def test_a_survivor_that_withheld_its_consent_is_not_omitted(env: RoundEnv, time_travel: Callable[[int], int]) -> None:
     registry = env.registry(env.aggregator)
-    rid = env.open_fixed()
-    record = env.record(rid, env.participants)
-    proposal = registry.propose_record(record)
-    refuser = next(m for m in env.participants if m.address == record.participants[2])
-    for m in env.participants:
-        if m is not refuser:
-            registry.consent(rid, m.address, sign_consent(m.bls_secret, proposal.root))
-    time_travel(proposal.deadline - env.now())
-    registry.submit_proposed(record, priors(env, record))
+    rid, refuser = _recorded_without(env, time_travel, 2)
     env.post(rid)
     survivors, signature = _survivors(env, rid, 2, env.participants)
     assert registry.omitted_survivor(rid, survivors) is None
