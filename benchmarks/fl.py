@@ -66,25 +66,29 @@ class Sizes:
     canaries: int  # trained on (participant 0)
     mia_epochs: int
     canaries_out: int  # held out: only scored, so many cost little and narrow the AUC's error
+    mia_per_participant: int  # the membership-inference runs' data (the canaries come on top of participant 0's)
+    lora_top: int = 0  # LoRA on the top k encoder layers only (0: all)
     default_executor: bool = True  # also time Flower's default executor (the warm hosts' baseline)
 
 
 # DP-SGD needs data and large batches: at 60 articles per participant and batch 16, ε = 8 sat near
-# chance (0.33 vs 0.90 non-private). 200 per participant; DP-SGD at batch 64 with lr 0.02 (tuned at
-# ε = 8 on the IID split: lr 0.002 → 0.46, 0.005 → 0.72, 0.01 → 0.84, 0.02 → 0.89, 0.04 → 0.83 with 3 of
-# 6 local updates dropped by the loss-rise guard), non-private
-# training at batch 16 with lr 0.005 (at batch 64 / lr 0.02 Adam overshot: centralized 0.54, local 0.37,
-# its loss-rise guard dropping updates). Well inside the 2-hour budget. Pilots at 400 per participant and
-# 64 tokens (ε = 8 vs non-private): batch 64 / lr 0.02 IID 0.905 vs 0.970, Dirichlet 0.885 vs 0.955; batch
-# 128 IID 0.930 (lr 0.04) / 0.940 (lr 0.03) with half the local updates refused by the guard, and
-# Dirichlet at lr 0.04 collapsed to 0.200. 400 at 128 tokens (batch 64 / lr 0.02): IID 0.925 vs 0.980,
-# Dirichlet 0.915 vs 0.970 (gaps 5.5), but 2.2x the accuracy phase's time (docs/status.md).
-# Membership inference: 100 trained canaries and 400 held out, the accuracy runs' 2 local epochs. A pilot
-# with 50 / 50 (4 rounds' worth of epochs would not fit the 2-hour budget) measured no DP 12.5 points and
-# ε = 8 7.5, each ± 5.8 (one standard error of the AUC): the 2-point target is below that noise floor.
-FULL = Sizes("minilm", 128, 200, 200, 2, 2, 16, 0.005, 64, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400)
+# chance (0.33 vs 0.90 non-private). DP-SGD at batch 64 with lr 0.02 (tuned at ε = 8 on the IID split at
+# 200 per participant: lr 0.002 → 0.46, 0.005 → 0.72, 0.01 → 0.84, 0.02 → 0.89, 0.04 → 0.83 with 3 of 6
+# local updates dropped by the loss-rise guard), non-private training at batch 16 with lr 0.005 (at batch
+# 64 / lr 0.02 Adam overshot: centralized 0.54, local 0.37, its loss-rise guard dropping updates).
+# ε = 8 vs non-private, by size (pilots with these functions and seeds; docs/status.md): 200 per
+# participant, every layer: IID 0.885 vs 0.990, Dirichlet 0.900 vs 0.980 (the run of 2026-11-26 13:55);
+# 400 at 64 tokens: 0.905 vs 0.970, 0.885 vs 0.955; 400 at 128 tokens: 0.925 vs 0.980, 0.915 vs 0.970 (gaps
+# 5.5), at 2.2x the accuracy phase's time; 400 with LoRA on the top 3 layers (backpropagation stops below
+# them): IID 0.920 vs 0.965, Dirichlet 0.910 vs the figure in docs/status.md. Batch 128 was not robust
+# (Dirichlet at lr 0.04 collapsed to 0.200).
+# Membership inference: 100 trained canaries and 400 held out, 200 articles per participant as before (its
+# signal is the canaries', not the task's), the accuracy runs' 2 local epochs. A pilot with 50 / 50 measured
+# no DP 12.5 points and ε = 8 7.5, each ± 5.8 (one standard error of the AUC).
+FULL = Sizes("minilm", 128, 400, 200, 2, 2, 16, 0.005, 64, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400, 200,
+             lora_top=3)
 # Quick (CI): no default-executor baseline (~100 s of Flower processes that test no code of ours).
-QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3, 12, default_executor=False)
+QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3, 12, 24, default_executor=False)
 
 
 # ---------------------------------------------------------------------- in-process learning
@@ -93,7 +97,7 @@ QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3,
 def _task(s: Sizes, classes: list[str]) -> Any:
     from collab.fl.task import TaskConfig
 
-    return TaskConfig(num_labels=len(classes), kind=s.model, max_len=s.max_len, seed=0)
+    return TaskConfig(num_labels=len(classes), kind=s.model, max_len=s.max_len, seed=0, lora_top_layers=s.lora_top)
 
 
 def _training(s: Sizes, sigma: float, epochs: int) -> Any:
@@ -258,7 +262,7 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
     from collab.fl.data import Dataset
     from collab.fl.task import build_model, encode, load_trainable, trainable_state
 
-    shards, _ = _data(s, 3, "iid")
+    shards, _ = _data(dataclasses.replace(s, per_participant=s.mia_per_participant), 3, "iid")
     classes = shards[0].classes
     vocab = sorted({w for t in shards[1].texts for w in t.split() if w.isalpha()})
     inside, outside = _canaries(s.canaries, classes, vocab, 7), _canaries(s.canaries_out, classes, vocab, 8)
@@ -432,7 +436,15 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick:
     torch.set_num_threads(2)
     out_dir = report.results_dir(results_dir)
     started = time.monotonic()
-    flower = _flower_runs(s, say)
+    phases: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[Sizes, Log], Any]) -> Any:
+        t = time.monotonic()
+        out = fn(s, say)
+        phases[name] = round(time.monotonic() - t, 1)
+        return out
+
+    flower = timed("flower", _flower_runs)
     local = _local_compute_s(say)
     first = {(r["participants"], r["secure"]): r for r in flower["runs"]}
     n0 = s.counts[0]
@@ -449,9 +461,10 @@ def run(results_dir: Path | str | None = None, log: Log | None = None, *, quick:
                             "extra_s": secure["round_s"] - plain["round_s"], "ratio": secure["round_s"] / plain["round_s"]},
         **({"warm_vs_default": _warm_vs_default(flower, plain, secure, local)} if flower["flower_default"] else {}),
         "bytes": bytes_per_round(flower),
-        "dp_step": dp_step_time(s, say),
-        "accuracy": accuracy_vs_epsilon(s, say),
-        "membership_inference": membership_inference(s, say),
+        "dp_step": timed("dp_step", dp_step_time),
+        "accuracy": timed("accuracy", accuracy_vs_epsilon),
+        "membership_inference": timed("membership_inference", membership_inference),
+        "phase_s": phases,
         "targets": {"fixed_cost_s": 15.0, "dp_step_ratio": 2.0, "fed_vs_central_points": 2.0,
                     "eps8_vs_nonprivate_points": 5.0, "mia_no_dp_min_points": 10.0, "mia_eps8_max_points": 2.0},
     }
