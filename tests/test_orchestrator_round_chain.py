@@ -369,6 +369,7 @@ def test_any_participant_holding_the_endorsed_survivor_list_disputes_an_omission
     home, other_home = tmp_path / "creator-home", tmp_path / "p1-home"
     forged = sign_survivors(people["p1"].account, where.chain_id, where.registry, rid, 1, survivors)
     assert not keep_survivors(other_home, where, 1, survivors, forged)  # not the aggregator's: kept unendorsed
+    assert not keep_survivors(other_home, where, 1, survivors, b"\x01" * 10)  # garbage: no crash, no endorsement
     assert keep_survivors(home, where, 1, survivors, sign_survivors(orch, where.chain_id, where.registry, rid, 1, survivors))
 
     trace = build_trace(*add_chain_program())

@@ -258,9 +258,8 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
         if (CLAIMS.claimStatus(claimId) != IClaimManager.ClaimStatus.None) revert ClaimAlreadyPosted(claimId);
         uint256 n;
         for (uint256 i; i < included.length; ++i) {
-            address account = record.participants[i];
             if (!included[i]) continue;
-            Participant storage p = _participants[roundId][_slotOf[roundId][account] - 1];
+            Participant storage p = _participants[roundId][_slotOf[roundId][record.participants[i]] - 1];
             p.included = true;
             p.epsilon = record.epsilons[i];
             p.updateCommitment = record.updateCommitments[i];

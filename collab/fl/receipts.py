@@ -170,7 +170,7 @@ def keep_survivors(home: str | Path, where: ReceiptContext, fl_round: int, addre
     if endorsement:
         try:
             signer = recover_survivors(endorsement, where.chain_id, where.registry, where.round_id, fl_round, addresses)
-        except (ValueError, TypeError):
+        except Exception:  # noqa: BLE001 - any malformed signature (eth_keys, eth_utils, short bytes) is no endorsement
             signer = ""
         if signer.lower() == where.aggregator.lower():
             endorsed = "0x" + bytes(endorsement).hex()
