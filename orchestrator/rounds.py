@@ -266,6 +266,7 @@ class RoundJob:
         the record is then proposed on chain, where consents count until its deadline
         (``round_chain.record_by_proposal``), and it settles with those who consented.
         """
+        from chain.clients.round_registry import prior_chains
         from orchestrator.round_chain import record_by_proposal, record_from_json, submit_record
 
         record = record_from_json(job.data["record"])
@@ -287,8 +288,6 @@ class RoundJob:
             why = "; ".join(f"{a} refused: {r}" for a, r in refused.items()) or "some stayed silent"
             log.warning("round job %s: not every included participant consented (%s): proposing the record on "
                         "chain", job.id, why)
-        from chain.clients.round_registry import prior_chains
-
         priors = prior_chains(json.loads((self._dir(job) / "attribution.json").read_text()), record)
         progress = record_by_proposal(self.registry, record, signed, priors)
         update: dict[str, Any] = {"consented": list(progress.consented)}
@@ -300,7 +299,9 @@ class RoundJob:
             update.update(record_submitted=True, left_out=progress.left_out(record))
         if progress.record_tx:
             update["record_tx"] = progress.record_tx
-        store.update_data(job.id, update)
+        changed = {k: v for k, v in update.items() if job.data.get(k) != v}
+        if changed:  # this runs every tick while consents come in: write only news
+            store.update_data(job.id, changed)
         return progress.submitted
 
     @staticmethod
