@@ -21,11 +21,13 @@ an aggregator could withhold the last one and leave that participant out.
 What binds it then is SecAgg's survivor list: every survivor signs U3 (the
 participants whose masked inputs the server holds; their inputs are all in
 the sum, since a survivor's pairwise masks are never revealed), and the
-ClientApp keeps the addresses it signed under ``rounds/survivors/``. A node
-consents only to a record that includes every address of the last survivor
-list it signed (``orchestrator.round_chain.node_consent``), so leaving out
-a survivor costs the aggregator every other honest survivor's consent, and
-those it then leaves out hold their own receipts.
+ClientApp keeps the addresses it signed under ``rounds/survivors/``, with
+the aggregator's EIP-712 endorsement of the list (sent with the consistency
+check; kept only when the round's aggregator signed it). A node consents
+only to a record that includes every address of the last survivor list it
+signed (``orchestrator.round_chain.node_consent``), and any node holding the
+endorsed list of the final round disputes a record that omits one of them
+(``RoundRegistry.disputeOmission``), so one honest survivor is enough.
 """
 
 from __future__ import annotations
