@@ -282,3 +282,15 @@ def test_an_included_participant_disputes_the_omission_of_a_survivor(
     result = json.loads(out)
     assert result["claim_id"] == "0x" + claim_id.hex() and result["claim_status"] == "rejected"
     assert result["omitted"] == bob.address and result["credit_wei"] > 0
+
+
+def test_the_config_hash_records_top_layer_adapters_only_when_asked() -> None:
+    from eth_utils import keccak
+
+    from collab.commands.round import config_hash
+
+    every, spec = config_hash(None, "all-MiniLM-L6-v2", "bbc-news", 8, "value,query")
+    canonical = '{"lora":{"r":8,"targets":["query","value"]},"model":"all-MiniLM-L6-v2","task":"bbc-news"}'
+    assert every == keccak(canonical.encode()) and "top_layers" not in spec["lora"]  # earlier rounds' hashes hold
+    top, spec = config_hash(None, "all-MiniLM-L6-v2", "bbc-news", 8, "value,query", 3)
+    assert spec["lora"]["top_layers"] == 3 and top != every
