@@ -80,7 +80,8 @@ class Sizes:
 # participant, every layer: IID 0.885 vs 0.990, Dirichlet 0.900 vs 0.980 (the run of 2026-11-26 13:55);
 # 400 at 64 tokens: 0.905 vs 0.970, 0.885 vs 0.955; 400 at 128 tokens: 0.925 vs 0.980, 0.915 vs 0.970 (gaps
 # 5.5), at 2.2x the accuracy phase's time; 400 with LoRA on the top 3 layers (backpropagation stops below
-# them): IID 0.920 vs 0.965, Dirichlet 0.910 vs the figure in docs/status.md. Batch 128 was not robust
+# them): IID 0.920 vs 0.965, Dirichlet 0.910 vs 0.965 (gaps 4.5 / 5.5; the full run of 22:05 the same, in 97
+# min: the accuracy phase 64 of them). Batch 128 was not robust
 # (Dirichlet at lr 0.04 collapsed to 0.200).
 # Membership inference: 100 trained canaries and 400 held out, 200 articles per participant as before (its
 # signal is the canaries', not the task's), the accuracy runs' 2 local epochs. A pilot with 50 / 50 measured
