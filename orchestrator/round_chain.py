@@ -283,12 +283,13 @@ def record_by_proposal(registry: RoundRegistryClient, record: AttributionRecord,
     if proposal.root != root:
         proposal = registry.propose_record(record)
         proposal_tx = proposal.tx.tx_hash if proposal.tx else None
-    for account, signature in signatures.items():
-        if registry.consent_of(rid, account) != root:
-            try:
-                registry.consent(rid, account, signature)
-            except ContractRevert:
-                pass  # a node reported a signature that does not verify: it stays out unless it posts a valid one
+    relay = {a: s for a, s in signatures.items() if registry.consent_of(rid, a) != root}
+    keys = dict(zip(relay, registry.consent_keys(rid, list(relay)))) if relay else {}  # one event scan for all
+    for account, signature in relay.items():
+        try:
+            registry.consent(rid, account, signature, pubkey=keys[account])
+        except ContractRevert:
+            pass  # a node reported a signature that does not verify: it stays out unless it posts a valid one
     consented = tuple(a for a in record.participants if registry.consent_of(rid, a) == root)
     progress = ProposalProgress(root, proposal.deadline, proposal_tx, consented)
     now = int(registry.w3.eth.get_block("latest")["timestamp"])

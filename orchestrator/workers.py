@@ -291,6 +291,7 @@ class TaskRunner:
             report("accepted", accepted)
             log.info("round %d accepted with %d samples (dataset asset %d)", rid, accepted["samples"], accepted["dataset_asset"])
         submitter = str(task["payload"].get("submitter", "")).lower() == self.me
+        in_record = self.me in [str(a).lower() for a in data.get("record", {}).get("participants", [])]
         if submitter and state == "collecting" and (jid, "fixed") not in self.done:
             with self.node.chain_lock:
                 tx = round_chain.creator_fix(chain, rid)
@@ -298,8 +299,7 @@ class TaskRunner:
                 self.done.add((jid, "fixed"))
                 report("fixed", {"tx": tx})
         if needed and state in ("computed", "claimed", "challenged") and (jid, "disputed") not in self.done:
-            left_out = self.me not in [str(a).lower() for a in data.get("record", {}).get("participants", [])]
-            if "record" in data and (left_out or jid in self.refused):
+            if "record" in data and (not in_record or jid in self.refused):
                 try:
                     with self.node.chain_lock:  # left out: dispute if this node holds a final-round receipt
                         tx = round_chain.node_dispute(chain, Path(chain.settings.home), rid)
@@ -312,7 +312,7 @@ class TaskRunner:
                     report("disputed", {"tx": tx})
                     log.warning("round %d: left out of the record despite the aggregator's receipt: disputed (%s)", rid, tx)
         if state == "computed" and "record" in data and (jid, "consent") not in self.done and chain.identity is not None:
-            if self.me not in [str(a).lower() for a in data["record"]["participants"]]:
+            if not in_record:
                 return
             self.done.add((jid, "consent"))
             try:
@@ -335,7 +335,7 @@ class TaskRunner:
                 log.warning("round %d: the record omits a survivor the aggregator endorsed: disputed (%s)", rid, tx)
         proposed = state == "computed" and "proposal_root" in data and "record" in data
         if proposed and (jid, "consent_posted") not in self.done and chain.identity is not None:
-            if self.me not in [str(a).lower() for a in data["record"]["participants"]]:
+            if not in_record:
                 return
             try:  # our own post: an aggregator withholding our signature must not leave us out undisputed
                 with self.node.chain_lock:

@@ -238,13 +238,9 @@ def record_from_attribution(
     last = {str(item["address"]).lower() for item in rounds[-1].get("included", [])}
     if not last:
         raise BadInput("the last round of the attribution record includes nobody")
-    commitments: dict[str, list[bytes]] = {}
-    facts: dict[str, tuple[int, float]] = {}
-    for entry in rounds:
-        for item in entry.get("included", []):
-            addr = str(item["address"]).lower()
-            commitments.setdefault(addr, []).append(_bytes(item["update_commitment"]))
-            facts[addr] = (int(item["weight"]), float(item["epsilon"]))
+    commitments = _commitments_by_address(attribution)
+    facts = {str(item["address"]).lower(): (int(item["weight"]), float(item["epsilon"]))
+             for entry in rounds for item in entry.get("included", [])}
     rows = sorted(last)
     return AttributionRecord(
         int(round_id), bytes(program_root), bytes(input_root), bytes(output_root), bytes(content_hash), vault_uri,
@@ -268,11 +264,17 @@ def update_chain(commitments: Sequence[bytes]) -> bytes:
 
 def prior_chains(attribution: dict[str, Any], record: AttributionRecord) -> list[bytes]:
     """Per record row, :func:`update_chain` of all but its last commitment (``submitProposed``'s argument)."""
+    commitments = _commitments_by_address(attribution)
+    return [update_chain(commitments.get(str(a).lower(), [])[:-1]) for a in record.participants]
+
+
+def _commitments_by_address(attribution: dict[str, Any]) -> dict[str, list[bytes]]:
+    """Lower-case address -> its update commitments, in round order, from ``attribution.json``."""
     commitments: dict[str, list[bytes]] = {}
     for entry in attribution.get("rounds") or []:
         for item in entry.get("included", []):
             commitments.setdefault(str(item["address"]).lower(), []).append(_bytes(item["update_commitment"]))
-    return [update_chain(commitments.get(str(a).lower(), [])[:-1]) for a in record.participants]
+    return commitments
 
 
 def sign_consent(bls_secret: int, root: bytes) -> bytes:
