@@ -213,6 +213,7 @@ def _merge_claimed(actor: Actor, spec: MergeSpec, out: Path, audience: str, veri
     from chain.clients.claim_manager import ClaimManagerClient
     from chain.clients.data_availability import DataAvailabilityClient
     from chain.clients.merge_registry import MergeRegistryClient
+    from collab.fraudproof.known_roots import KnownRoots
     from collab.merge.assets import local_config_source
     from collab.merge.claimed import describe, execute, record_and_post
     from collab.merge.mergekit_merge import check_out_dir
@@ -228,7 +229,7 @@ def _merge_claimed(actor: Actor, spec: MergeSpec, out: Path, audience: str, veri
         source = local_config_source(resolved)
         assert source is not None
         actor.log(f"running and committing {len(plan.job.program.steps)} steps")
-        output = execute(plan, out, source)
+        output = execute(plan, out, source, KnownRoots(actor.home))
     vault = Vault(actor.vault_dir, owner=actor.identity().x25519_public)
     with actor.lock:
         posted = record_and_post(

@@ -54,6 +54,8 @@ def test_timing_claimed_memory_and_targets(bench: dict[str, Any]) -> None:
     for row in bench["claimed"]["methods"].values():
         assert row["artifact_recommits"] is True and row["steps"] > 0
         assert row["ratio"] == pytest.approx(row["claimed_s"] / row["unclaimed_s"], rel=0.02, abs=0.02)
+        assert row["ratio_hashed"] == pytest.approx(row["claimed_hashed_s"] / row["unclaimed_s"], rel=0.02, abs=0.02)
+        assert row["inputs_known"] > 0  # the repeats reuse the roots run 0 computed
     mem = bench["memory"]
     assert mem["model_mib"] > 50 and set(mem["engines"]) == {"collab", "mergekit"}
     recovery = bench["targets"]["best merge recovers ≥ 90% of the ensemble's gain (Dirichlet 0.5)"]

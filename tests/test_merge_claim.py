@@ -118,6 +118,107 @@ def test_claimed_merges_refuse_what_the_vm_cannot_prove(zoo: dict[str, Path], tm
         parse_config({"merge_method": "linear", "models": [{"model": "asset:x", "parameters": {"weight": 1}}]})
 
 
+# --------------------------------------------------------------------- inputs hashed once (known_roots)
+
+
+def _input_roots(plan: Any, trace: Any) -> dict[str, bytes]:
+    return {n: trace.committed(v).root for n, v in plan.job.inputs.items()}
+
+
+def test_a_linear_merges_input_words_do_not_depend_on_the_merge(zoo: dict[str, Path]) -> None:
+    a = build_plan(parse_config(_cfg(zoo, "linear", [1.0, 0.5])).resolve_assets(None))
+    b = build_plan(parse_config(_cfg(zoo, "linear", [0.2, 3.0], normalize=False)).resolve_assets(None))
+    # 3.2x the output's bound: some outputs (LayerNorm's ~1.0 weights) get fewer fractional bits
+    assert any(x.out_header != y.out_header for x, y in zip(a.job.program.steps, b.job.program.steps))
+    for name, v in a.job.inputs.items():  # m0 and m1 are ft0 and ft1 in both merges
+        assert v.header == b.job.inputs[name].header and np.array_equal(v.data, b.job.inputs[name].data), name
+    assert a.sources == b.sources and set(a.sources) == set(a.job.inputs)
+    assert a.job.program.root != b.job.program.root  # the weights (and output bits) differ
+
+
+def test_known_input_roots_give_the_same_claim_without_rehashing(zoo: dict[str, Path], tmp_path: Path) -> None:
+    from collab.fraudproof.known_roots import KnownRoots
+
+    roots = KnownRoots(tmp_path / "home")
+    plain = execute(build_plan(parse_config(_cfg(zoo, "linear", [1.0, 0.5])).resolve_assets(None)), tmp_path / "a", zoo["base"])
+    first = execute(build_plan(parse_config(_cfg(zoo, "linear", [1.0, 0.5])).resolve_assets(None)), tmp_path / "b",
+                    zoo["base"], roots)
+    assert first.seconds["inputs_known"] == 0 and roots.path.is_file()
+    # a different merge over the same files: every input root is known, nothing about the claim changes
+    plan = build_plan(parse_config(_cfg(zoo, "linear", [0.2, 3.0])).resolve_assets(None))
+    second = execute(plan, tmp_path / "c", zoo["base"], roots)
+    fresh = plan.job.trace()
+    assert second.seconds["inputs_known"] == len(plan.job.inputs)
+    assert (second.trace.input_root, second.trace.root, second.trace.output_root) == (fresh.input_root, fresh.root,
+                                                                                     fresh.output_root)
+    assert _input_roots(plan, second.trace) == _input_roots(plan, fresh)
+    assert plain.trace.input_root == first.trace.input_root and verify_artifact(second.out_dir, second.trace)
+    # a proof over a known input rebuilds its tree, checked against the cached root
+    c = second.trace.committed(plan.job.inputs["m0/embeddings.word_embeddings.weight"])
+    assert c is not None and c.tree.root == c.chunk_root
+
+
+def test_a_rewritten_input_file_is_rehashed_and_a_damaged_cache_is_only_a_miss(zoo: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    import shutil
+
+    from collab.fraudproof.known_roots import KnownRoots
+
+    for name in ("ft0", "ft1"):
+        shutil.copytree(zoo[name], tmp_path / name)
+    cfg = _cfg({**zoo, "ft0": tmp_path / "ft0", "ft1": tmp_path / "ft1"}, "linear", [1.0, 1.0])
+    roots = KnownRoots(tmp_path / "home")
+    execute(build_plan(parse_config(cfg).resolve_assets(None)), tmp_path / "a", zoo["base"], roots)
+    # ft1 rewritten in place (other weights, same name): its roots are recomputed, ft0's still known
+    torch.manual_seed(9)
+    other = BertModel(BertConfig(**TINY))
+    other.save_pretrained(tmp_path / "ft1")
+    plan = build_plan(parse_config(cfg).resolve_assets(None))
+    out = execute(plan, tmp_path / "b", zoo["base"], roots)
+    assert out.seconds["inputs_known"] == sum(n.startswith("m0/") for n in plan.job.inputs)
+    assert out.trace.input_root == plan.job.trace().input_root
+    roots.path.write_bytes(b"not a database")  # damaged: a logged miss, the claim unchanged
+    again = execute(build_plan(parse_config(cfg).resolve_assets(None)), tmp_path / "c", zoo["base"], roots)
+    assert again.seconds["inputs_known"] == 0 and again.trace.input_root == out.trace.input_root
+
+
+def test_a_decrypted_asset_keeps_its_known_roots_across_fresh_directories(zoo: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from collab.fraudproof.known_roots import KnownRoots
+    from collab.merge.config import ResolvedAsset
+
+    runs = iter(range(100))
+
+    def decrypt(asset_id: int) -> ResolvedAsset:  # as VaultResolver: a fresh directory per resolution
+        out = tmp_path / f"asset-{asset_id}-{next(runs)}"
+        shutil.copytree(zoo["ft0"], out)
+        return ResolvedAsset(out, "vault:blob-7:key-7")
+
+    cfg = {"merge_method": "linear", "models": [{"model": "asset:7", "parameters": {"weight": 1.0}},
+                                                {"model": str(zoo["ft1"]), "parameters": {"weight": 1.0}}]}
+    roots = KnownRoots(tmp_path / "home")
+    first = execute(build_plan(parse_config(cfg).resolve_assets(decrypt)), tmp_path / "a", zoo["base"], roots)
+    plan = build_plan(parse_config(cfg).resolve_assets(decrypt))
+    second = execute(plan, tmp_path / "b", zoo["base"], roots)
+    assert first.seconds["inputs_known"] == 0 and second.seconds["inputs_known"] == len(plan.job.inputs)
+    assert plan.sources["m0/pooler.dense.weight"].startswith("vault:blob-7:key-7|")
+    assert second.trace.input_root == first.trace.input_root == plan.job.trace().input_root
+
+
+def test_a_wrong_known_root_is_caught_when_a_proof_needs_the_tree(zoo: dict[str, Path]) -> None:
+    from collab.errors import ProtocolViolation
+    from collab.fraudproof.trace import Committed
+
+    plan = build_plan(parse_config(_cfg(zoo, "linear", [1.0, 1.0])).resolve_assets(None))
+    value = plan.job.inputs["m0/embeddings.word_embeddings.weight"]
+    wrong = Committed.known(value, b"\x11" * 32)
+    trace = plan.job.trace(known={"m0/embeddings.word_embeddings.weight": wrong})
+    assert trace.input_root != plan.job.trace().input_root  # only the claimer's own claim is wrong ...
+    with pytest.raises(ProtocolViolation, match="does not match its words"):
+        wrong.tree  # ... and it cannot serve a proof for it
+
+
 # --------------------------------------------------------------------- on-chain
 
 

@@ -31,7 +31,7 @@ from collab.fixedpoint import Domain
 from collab.fraudproof.commitments import TensorHeader
 from collab.fraudproof.convert import from_vm, state_dict_from_vm, to_vm
 from collab.fraudproof.program import MAX_INPUTS, MAX_REDUCE, Program, ProgramBuilder, Ref
-from collab.fraudproof.trace import Trace, build_trace
+from collab.fraudproof.trace import Committed, Trace, build_trace
 from collab.fraudproof.vm import Value, run, tensor
 
 DEFAULT_F = 24
@@ -54,10 +54,13 @@ class Job:
         return run(self.program, ordered, self.witnesses)[-1]
 
     def trace(self, overrides: Mapping[int, Value] | None = None,
-              executed: Callable[[Value], None] | None = None) -> Trace:
+              executed: Callable[[Value], None] | None = None,
+              known: Mapping[str, Committed] | None = None) -> Trace:
         """Execute and commit every step (``overrides`` for dishonest traces in tests; ``executed``
-        gets the output while the commitments finish: :func:`build_trace`)."""
-        return build_trace(self.program, self.inputs, self.witnesses, overrides, executed)
+        gets the output while the commitments finish: :func:`build_trace`; ``known``: inputs
+        committed earlier, not rehashed)."""
+        inputs: dict[str, Value | Committed] = {**self.inputs, **(known or {})}
+        return build_trace(self.program, inputs, self.witnesses, overrides, executed)
 
     def outputs(self, value: Value | None = None) -> dict[str, Value]:
         """The output bundle's entries by name (names come from the job's template)."""

@@ -31,7 +31,7 @@ from collab.errors import BadInput, NotFound, ProtocolViolation
 from collab.fixedpoint import Domain
 from collab.fraudproof.commitments import TensorHeader
 from collab.fraudproof.program import Program
-from collab.fraudproof.trace import Trace, build_trace, commit_value
+from collab.fraudproof.trace import Committed, Trace, build_trace, commit_value
 from collab.fraudproof.vm import Value, tensor
 
 WITNESS_FILE = "witnesses.safetensors"
@@ -119,8 +119,9 @@ class Store:
         tmp.write_bytes(raw)
         os.replace(tmp, path)
 
-    def put_tensor(self, value: Value) -> bytes:
-        root = commit_value(value).root
+    def put_tensor(self, value: Value, known: Committed | None = None) -> bytes:
+        """Store a numeric tensor under its root (``known``: its commitment, so it is not rehashed)."""
+        root = (known if known is not None and known.value is value else commit_value(value)).root
         self._write(self.root / "tensors" / root.hex(), tensor_bytes(value))
         return root
 
@@ -160,15 +161,17 @@ class Store:
         inputs: Mapping[str, Value],
         witnesses: Mapping[int, np.ndarray] | None = None,
         overrides: Mapping[int, Value] | None = None,
+        trace: Trace | None = None,
     ) -> Manifest:
-        """Store everything a claim's trace is built from, under its claim id."""
+        """Store everything a claim's trace is built from, under its claim id (``trace``: the
+        claim's own, whose input commitments are reused rather than rehashed)."""
         wit = {}
         for i, w in (witnesses or {}).items():
             h = TensorHeader.decode(program.steps[i].out_header)
             wit[int(i)] = self.put_tensor(tensor(np.asarray(w, dtype=np.int64).reshape(h.shape), h.domain, h.frac_bits))
         manifest = Manifest(
             self.put_program(program),
-            {n: self.put_tensor(v) for n, v in inputs.items()},
+            {n: self.put_tensor(v, trace.committed(v) if trace is not None else None) for n, v in inputs.items()},
             wit,
             {int(i): self.put_tensor(v) for i, v in (overrides or {}).items()},
         )

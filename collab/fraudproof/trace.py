@@ -18,7 +18,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from collab.errors import BadInput
+from collab.errors import BadInput, ProtocolViolation
 from collab.fixedpoint import Domain
 from collab.fraudproof import native
 from collab.fraudproof.commitments import (
@@ -47,13 +47,40 @@ class Verdict(IntEnum):
     NO_VALID_VALUE = 2
 
 
-@dataclass
 class Committed:
-    """A VM value with its data tree: chunk tree (numeric) or entry tree (bundle)."""
+    """A VM value with its data tree: chunk tree (numeric) or entry tree (bundle).
 
-    value: Value
-    tree: MerkleTree
-    _data: bytes | None = None
+    :meth:`known` makes one from a chunk root computed earlier (an input
+    tensor hashed by an earlier claim): its tree is rebuilt, and checked
+    against that root, only when a proof or a served chunk needs it.
+    """
+
+    def __init__(self, value: Value, tree: MerkleTree | None, data: bytes | None = None,
+                 chunk_root: bytes | None = None) -> None:
+        if tree is None and chunk_root is None:
+            raise ValueError("a commitment needs its tree or its chunk root")
+        self.value = value
+        self._tree = tree
+        self._data = data
+        self._chunk_root = chunk_root if tree is None else tree.root
+
+    @classmethod
+    def known(cls, value: Value, chunk_root: bytes) -> Committed:
+        """A numeric value whose chunk root is already known (its tree is built on first use)."""
+        if value.header.domain == Domain.BUNDLE:
+            raise ValueError("a bundle's commitment is built from its entries")
+        return cls(value, None, chunk_root=chunk_root)
+
+    @property
+    def tree(self) -> MerkleTree:
+        """The chunk (entry) tree; for a :meth:`known` root, rebuilt now and checked against it."""
+        if self._tree is None:
+            tree, data = _chunk_tree(self.value)
+            if tree.root != self._chunk_root:
+                raise ProtocolViolation(f"a cached commitment of a {self.header.shape} tensor does not match its words "
+                                        f"(0x{tree.root.hex()} vs 0x{(self._chunk_root or b'').hex()})")
+            self._tree, self._data = tree, self._data if data is None else data
+        return self._tree
 
     @property
     def data(self) -> bytes:
@@ -74,12 +101,12 @@ class Committed:
     @property
     def chunk_root(self) -> bytes:
         """Root of the chunk (entry) tree."""
-        return self.tree.root
+        return self._chunk_root if self._chunk_root is not None else self.tree.root
 
     @property
     def root(self) -> bytes:
         """Tensor root keccak(0x03 ‖ chunkRoot ‖ header)."""
-        return tensor_root(self.tree.root, self.header.encode())
+        return tensor_root(self.chunk_root, self.header.encode())
 
     @property
     def leaf_size(self) -> int:
@@ -116,16 +143,22 @@ def commit_value(value: Value, cache: dict[int, Committed] | None = None) -> Com
         data = b"".join(nh + r for (nh, _), r in zip(entries, roots))
         tree = MerkleTree([entry_leaf(nh, r) for (nh, _), r in zip(entries, roots)], PAD_ENTRY_LEAF)
     else:
-        leaves = native.chunk_leaves(value.flat())
-        data = None
-        if leaves is None:
-            words = np.ascontiguousarray(value.flat()).astype(">i8").tobytes()
-            data = words + b"\x00" * ((-len(words)) % CHUNK_BYTES)
-            leaves = chunk_leaves_raw(data)
-        tree = MerkleTree(leaves, PAD_CHUNK_LEAF)
+        tree, data = _chunk_tree(value)
     out = Committed(value, tree, data)
     cache[id(value)] = out
     return out
+
+
+def _chunk_tree(value: Value) -> tuple[MerkleTree, bytes | None]:
+    """A numeric value's chunk tree (hashed natively when the library is built), and its padded
+    big-endian words when the fallback had to build them anyway."""
+    leaves = native.chunk_leaves(value.flat())
+    data = None
+    if leaves is None:
+        words = np.ascontiguousarray(value.flat()).astype(">i8").tobytes()
+        data = words + b"\x00" * ((-len(words)) % CHUNK_BYTES)
+        leaves = chunk_leaves_raw(data)
+    return MerkleTree(leaves, PAD_CHUNK_LEAF), data
 
 
 def input_bundle(inputs: Mapping[str, Value]) -> list[tuple[bytes, Value]]:
@@ -194,6 +227,11 @@ class Trace:
     def root(self) -> bytes:
         """traceRoot."""
         return self.tree.root
+
+    def committed(self, value: Value) -> Committed | None:
+        """The commitment this trace made (or was given) of ``value``, by identity; None if it has none."""
+        c = self._cache.get(id(value))
+        return c if c is not None and c.value is value else None
 
     @property
     def input_root(self) -> bytes:

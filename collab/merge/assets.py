@@ -23,6 +23,7 @@ local input of the same merge (the base model, typically).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from collab.errors import BadInput, CollabError, NotFound, Unauthorized
+from collab.merge.config import ResolvedAsset
 
 CONFIG_METADATA_KEY = "collab.config"
 """safetensors metadata key holding the model's ``config.json`` text."""
@@ -106,9 +108,9 @@ class VaultResolver:
         self.licensing = licensing
         self.work_dir = Path(work_dir)
         self.config_from = config_from
-        self.resolved: dict[int, Path] = {}
+        self.resolved: dict[int, ResolvedAsset] = {}
 
-    def __call__(self, asset_id: int) -> Path:
+    def __call__(self, asset_id: int) -> ResolvedAsset:
         if asset_id in self.resolved:
             return self.resolved[asset_id]
         grant = self.grants.get(asset_id)
@@ -120,10 +122,13 @@ class VaultResolver:
                            hint="import the blob served by the owner into <home>/vault first")
         out = self.work_dir / f"asset-{asset_id}"
         out.mkdir(parents=True, exist_ok=True)
-        weights = self.vault.get_to_path(entry_id, self._data_key(grant, entry_id), out / "model.safetensors")
+        key = self._data_key(grant, entry_id)
+        weights = self.vault.get_to_path(entry_id, key, out / "model.safetensors")
         self._write_config(asset_id, weights, out)
-        self.resolved[asset_id] = out
-        return out
+        # blob and key name the plaintext (authenticated decryption); the key enters only as a hash
+        key_id = hashlib.sha256(b"collab/merge/source-key" + bytes(key)).hexdigest()[:32]
+        self.resolved[asset_id] = ResolvedAsset(out, f"vault:{entry_id}:{key_id}")
+        return self.resolved[asset_id]
 
     def _data_key(self, grant: AssetGrant, entry_id: str) -> bytes:
         """The merger's own wrap in the vault entry, else (Full-access) the key delivered on-chain."""

@@ -30,6 +30,7 @@ from typing import Any
 from eth_utils import keccak
 
 from collab.errors import BadInput
+from collab.fraudproof.known_roots import KnownRoots
 from collab.fraudproof.trace import Trace
 from collab.merge.assets import CONFIG_METADATA_KEY
 from collab.merge.mergekit_merge import check_out_dir, staging_dir
@@ -49,11 +50,14 @@ class ClaimedOutput:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def execute(plan: MergePlan, out_dir: Path | str, config_source: Path | None) -> ClaimedOutput:
+def execute(plan: MergePlan, out_dir: Path | str, config_source: Path | None,
+            roots: KnownRoots | None = None) -> ClaimedOutput:
     """Run and commit the plan's program; write the dequantised output as a transformers model directory.
 
     ``config_source=None`` (adapters merged by the orchestrator) writes the
-    weights without an architecture ``config.json``.
+    weights without an architecture ``config.json``. ``roots`` (the home's
+    cache) supplies the roots of inputs an earlier claim hashed and learns
+    the others'.
     """
     import hashlib
 
@@ -80,9 +84,12 @@ def execute(plan: MergePlan, out_dir: Path | str, config_source: Path | None) ->
         written["seconds"] = time.perf_counter() - t
 
     t0 = time.perf_counter()
-    trace = plan.job.trace(executed=write)
-    return ClaimedOutput(plan, trace, out, written["sha256"],
-                         {"trace": time.perf_counter() - t0, "write": written["seconds"]})
+    known = roots.committed(plan.job.inputs, plan.sources) if roots is not None else {}
+    trace = plan.job.trace(executed=write, known=known)
+    seconds = {"trace": time.perf_counter() - t0, "write": written["seconds"]}
+    if roots is not None:
+        roots.remember(trace, plan.job.inputs, {n: k for n, k in plan.sources.items() if n not in known})
+    return ClaimedOutput(plan, trace, out, written["sha256"], seconds | {"inputs_known": len(known)})
 
 
 def job_id_for(merger: str, plan: MergePlan, trace: Trace) -> bytes:
@@ -176,7 +183,7 @@ def prepare_claim(
         if job_id is None:
             raise BadInput("a merge claim without MergeRegistry needs an explicit job id")
         claim = ClaimerAgent(None, None, None, trace, job_id=job_id).claim_input()  # type: ignore[arg-type]
-        Store(home).save_job(claim.claim_id, plan.job.program, plan.job.inputs, plan.job.witnesses, overrides)
+        Store(home).save_job(claim.claim_id, plan.job.program, plan.job.inputs, plan.job.witnesses, overrides, trace)
         return claim, PostedMerge(claim.claim_id, job_id, b"", "", (), (), (), "public")
     aud = Audience.LICENSED_VERIFIERS if audience.startswith("licensed") else Audience.parse(audience)
     claim_kw: dict[str, Any] = {"audience": aud, "settlement_hook": registry.address}
@@ -206,7 +213,8 @@ def prepare_claim(
         claim = replace(claim, participant_registry=registry.address)
     if claim.claim_id != claim_id:
         raise BadInput("MergeRegistry names a different claim id than the one about to be posted")
-    Store(home).save_job(claim.claim_id, plan.job.program, plan.job.inputs, plan.job.witnesses, overrides)  # servable first
+    Store(home).save_job(claim.claim_id, plan.job.program, plan.job.inputs, plan.job.witnesses, overrides,
+                         trace)  # servable first
     return claim, PostedMerge(claim.claim_id, job_id, entry.content_hash, entry.uri, tuple(parents),
                               tuple(contributors), tuple(weights), aud.name.lower())
 

@@ -39,7 +39,17 @@ _TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out
 _MODEL_KEYS = {"model", "parameters", "statistics"}
 ASSET_PREFIX = "asset:"
 
-AssetResolver = Callable[[int], Path]
+@dataclass(frozen=True)
+class ResolvedAsset:
+    """What a resolver may return instead of a bare directory: the directory and a stable identity of its
+    weights (a vault blob's content hash). Why: each resolution writes a fresh directory, so the files'
+    own identity changes every time, while a claimer's known input roots need one that does not."""
+
+    path: Path
+    source_id: str
+
+
+AssetResolver = Callable[[int], "Path | ResolvedAsset"]
 """Maps an asset id to a local model directory; raises a CollabError when it cannot."""
 
 
@@ -50,6 +60,7 @@ class ModelRef:
     path: Path | None = None
     asset_id: int | None = None
     lora: Path | None = None
+    source_id: str | None = None  # a resolved asset's stable identity (ResolvedAsset), else None
 
     @property
     def label(self) -> str:
@@ -67,7 +78,10 @@ class ModelRef:
                 hint="give local model directories, or resolve assets through the license-checked path",
             )
         assert self.asset_id is not None
-        return replace(self, path=Path(resolver(self.asset_id)))
+        got = resolver(self.asset_id)
+        if isinstance(got, ResolvedAsset):
+            return replace(self, path=Path(got.path), source_id=got.source_id)
+        return replace(self, path=Path(got))
 
 
 @dataclass(frozen=True)

@@ -25,18 +25,27 @@ equal to the threshold are all kept (mergekit breaks ties arbitrarily), and an
 element whose trimmed deltas sum to exactly zero gets no delta (mergekit picks
 the positive side).
 
-**Exact artifacts.** Each tensor is quantised at its own number of fractional
+**Exact artifacts.** Each output tensor has its own number of fractional
 bits f ≤ 24, chosen from a bound on the output's magnitude so every output
 word k·2^-f is exactly a float32 (|k| < 2^23). The dequantised VM output is
 then stored as float32 without rounding, and re-quantising the stored file at
 the program's output headers gives back the claim's output root.
+
+**Inputs hashed once.** A linear merge quantises its inputs at bits that
+depend on the tensor alone (:func:`input_frac_bits`: 24, at least the
+output's), and its WEIGHTED_SUM rescales to the output's bits, rounding
+once; so a model's words and their commitment are the same in every linear
+merge, and a claimer hashes them once (:mod:`collab.fraudproof.known_roots`,
+keyed by ``MergePlan.sources``). Task arithmetic and TIES still quantise
+inputs at the output's bits (their SUB/ADD steps take one header); their
+roots are reused when a merge repeats the same bits.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +65,7 @@ CLAIMABLE: tuple[str, ...] = ("linear", "task_arithmetic", "ties")
 MAX_F = 24
 MIN_F = 8
 FW = 30  # fractional bits of weights and λ
+INPUT_MAG_BITS = 28  # inputs below 2^28 are quantised at MAX_F bits: words < 2^52 (input_frac_bits)
 
 _DEFAULT_NORMALIZE = {"linear": True, "task_arithmetic": False, "ties": True}
 
@@ -69,6 +79,7 @@ class MergePlan:
     base: ModelRef | None
     weights: tuple[float, ...]  # the config weight of each non-base input (attribution)
     job: Job
+    sources: Mapping[str, str] = field(default_factory=dict)  # input name → where its words came from (known_roots)
 
 
 def load_state(ref: ModelRef) -> dict[str, torch.Tensor]:
@@ -103,6 +114,19 @@ def _flag(spec: MergeSpec, name: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise BadInput(f"{spec.method}: parameter {name!r} must be true or false")
     return value
+
+
+def input_frac_bits(mags: Sequence[float], fallback: int) -> int:
+    """Fractional bits of a linear merge's inputs: MAX_F whenever every |x| < 2^INPUT_MAG_BITS.
+
+    Why not the output's bits: at bits that depend on the tensor alone (and
+    MAX_F is at least the output's), a model's words and their commitment are
+    the same in every merge that reads it, so a claimer hashes them once
+    (:mod:`collab.fraudproof.known_roots`); WEIGHTED_SUM rescales to the
+    output's bits, rounding once. Larger weights (never seen in a real model)
+    fall back to the merge's own bits.
+    """
+    return MAX_F if max(mags, default=0.0) < 2.0 ** INPUT_MAG_BITS else fallback
 
 
 def _frac_bits(bound: float) -> int:
@@ -146,7 +170,7 @@ def build_plan(spec: MergeSpec) -> MergePlan:
     states = [load_state(r) for r in refs]
     if spec.method == "linear":
         job = _linear(states, weights, _flag(spec, "normalize", True))
-        return MergePlan(spec.method, refs, None, tuple(weights), job)
+        return MergePlan(spec.method, refs, None, tuple(weights), job, _sources(job, {"m": refs}))
     if spec.base is None:
         raise BadInput(f"{spec.method} needs base_model")
     base = load_state(spec.base)
@@ -158,7 +182,27 @@ def build_plan(spec: MergeSpec) -> MergePlan:
         if not _flag(spec, "normalize", True):
             raise BadInput("a claimed TIES merge needs normalize: true (the VM's disjoint mean divides by the count)")
         job = _ties(base, states, densities, lam, weights)
-    return MergePlan(spec.method, refs, spec.base, tuple(weights), job)
+    return MergePlan(spec.method, refs, spec.base, tuple(weights), job, _sources(job, {"m": refs, "base": (spec.base,)}))
+
+
+def _sources(job: Job, refs: Mapping[str, Sequence[ModelRef]]) -> dict[str, str]:
+    """Input name (``m0/k``, ``base/k``) → the source key of its words: the model files' fingerprint and ``k``."""
+    from collab.fraudproof.known_roots import files_fingerprint
+
+    prints: dict[str, str] = {}
+    for prefix, group in refs.items():
+        for i, ref in enumerate(group):
+            name = prefix if prefix == "base" else f"{prefix}{i}"
+            if ref.source_id is not None:  # a decrypted asset: a fresh directory each time, one blob
+                prints[name] = ref.source_id
+            elif ref.path is not None:
+                prints[name] = files_fingerprint(Path(ref.path).glob("*.safetensors"))
+    out = {}
+    for name in job.inputs:
+        owner, _, tensor_name = name.partition("/")
+        if owner in prints:
+            out[name] = f"{prints[owner]}|{tensor_name}"
+    return out
 
 
 def _check_keys(states: Sequence[Mapping[str, torch.Tensor]], labels: Sequence[str]) -> list[str]:
@@ -238,12 +282,16 @@ def _linear(states: list[dict[str, torch.Tensor]], weights: list[float], normali
         if not torch.is_floating_point(states[0][k]):
             return None, [quantise(states[0][k], 0)]
         mags = [_max_abs(s[k]) for s in states]
-        f = _frac_bits(sum(abs(x) for x in w) * max(mags))
+        fo = _frac_bits(sum(abs(x) for x in w) * max(mags))
+        out_bits[k] = fo
+        f = input_frac_bits(mags, fo)
         return f, [quantise(s[k], f, m) for s, m in zip(states, mags)]
 
+    out_bits: dict[str, int] = {}
     inputs, fs = _quantised_inputs(keys, quantised, with_base=False)
     b = ProgramBuilder({n: v.header for n, v in inputs.items()})
-    out = {k: (b.weighted_sum([b[f"m{i}/{k}"] for i in range(len(states))], _fixed(w), FW) if k in fs else b[f"m0/{k}"])
+    out = {k: (b.weighted_sum([b[f"m{i}/{k}"] for i in range(len(states))], _fixed(w), FW, out_bits[k]) if k in fs
+               else b[f"m0/{k}"])
            for k in keys}
     bundle_state(b, out)
     return Job(b.build(), inputs, like=dict(states[0]))
