@@ -22,11 +22,12 @@ Configurations (same encoder, same sentences, same run):
   ``gelu_exppoly`` (1 comparison, a degree-6 polynomial of exp(-|x|)),
   ``gelu_exppoly_packed`` (that comparison with 4 values per adder word),
   ``softmax_shifted`` (no row max after layer 0), ``cheap_v1`` (the previous
-  cheap path: 4-lane sign tests, degree-6 polynomial, CrypTen's row max);
+  cheap path: 4-lane sign tests, degree-6 polynomial, CrypTen's row max),
+  ``cheap_nolift`` (``cheap`` without the softmax's integer lift);
 * ``cheap`` - the default of ``collab infer --mode mpc``: fixed masks, the
   1-comparison GELU with 6 sign tests per adder word and a degree-7
   polynomial in one split product, the shifted softmax with the layer-0 row
-  max by packed comparisons.
+  max by packed comparisons and its two largest products lifted by 16.
 
 Served calls (``service`` in the JSON): ``collab infer``'s own party body on
 one sentence, ``cheap``, dealer path: a per-call pair of fresh processes (the
@@ -72,13 +73,16 @@ APPROX: dict[str, dict[str, Any]] = {
     # = collab.mpc.encoder.APPROX_PRESETS["cheap"], the default of `collab infer --mode mpc` (a test checks it):
     # 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max.
     "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-              "compare_lanes": 6, "packed_max": True, **SHIFTED},
+              "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16},
     # the previous cheap path (4-lane sign tests, degree 6): the effect of the last step as an ablation
     "cheap_v1": {**EXPPOLY, "packed_compare": True, **SHIFTED},
+    # cheap without the softmax's integer lift (its exp and num·(scale/sum) products at full size)
+    "cheap_nolift": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
+                     "compare_lanes": 6, "packed_max": True, **SHIFTED},
 }
 FIXED = {name: name != "baseline" for name in APPROX}
 MAIN = ("baseline", "fixed_masks", "cheap")
-ABLATIONS = ("gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted", "cheap_v1")
+ABLATIONS = ("gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted", "cheap_v1", "cheap_nolift")
 
 # (seq_len, sentences, batch size) per mode; ablations use the first ABLATION_SENTENCES only.
 FULL_PLAN = [(32, 200, 8), (128, 50, 2)]
@@ -246,7 +250,8 @@ def _served_call(run: Callable[[], dict[int, dict[str, Any]]], ref: torch.Tensor
     return {"wall_s": wall, "client_online_s": client["online_s"], "client_share_s": client["share_s"],
             "client_wall_s": client["wall_s"], "owner_wall_s": owner["wall_s"], "client_bytes": client["comm_bytes"],
             "rounds": client["comm_rounds"], "owner_rss_mb": owner["max_rss_mb"],
-            "cosine": float((out * ref).sum()), "owner_party": results[OWNER].get("party")}
+            "cosine": float((out * ref).sum()), "owner_party": results[OWNER].get("party"),
+            "client_pid": results[CLIENT].get("pid")}
 
 
 def run_service(seq_len: int, log: Log) -> dict[str, Any]:
@@ -256,14 +261,17 @@ def run_service(seq_len: int, log: Log) -> dict[str, Any]:
     client processes, ``W - B`` opened in the call; ``per_call_owner_held``
     the same fresh processes with owner-held weights (the protocol change
     alone); ``first``/``second``/``third`` three consecutive calls to one
-    persistent owner party (the first pays its start and model load; every
-    call starts a fresh client process, as a client's node does).
+    persistent owner party (the first pays its start and model load; each
+    starts a fresh client process); ``spare_client`` one more whose client
+    party is a spare started beforehand, as a client's node keeps one
+    (:mod:`collab.mpc.spare`).
     """
     from collab.mpc.encoder import preset
     from collab.mpc.model import load_spec, model_dir, reference_embeddings, tokenize
     from collab.mpc.parties import CLIENT, OWNER
     from collab.mpc.persistent import OwnerParties
     from collab.mpc.service import ServiceParties
+    from collab.mpc.spare import SpareParties
 
     path = model_dir()
     text = sentences(1)[0]
@@ -286,16 +294,27 @@ def run_service(seq_len: int, log: Log) -> dict[str, Any]:
     log(f"served seq {seq_len}: per call {calls['per_call']['wall_s']:.1f}s, "
         f"owner-held {calls['per_call_owner_held']['wall_s']:.1f}s")
     pool = OwnerParties(idle_timeout=600)
+    spares = SpareParties(idle_timeout=600)
     try:
         for name in ("first", "second", "third"):
             calls[name] = _served_call(lambda: pool.serve(path, held[OWNER], held[CLIENT], 600), ref)
             log(f"served seq {seq_len}: persistent {name} {calls[name]['wall_s']:.1f}s")
+        # A client's node keeps a spare client party (collab.mpc.spare), started after its previous call:
+        # measured once it has finished its imports, as between calls that are not back to back.
+        spares.replenish()
+        spare_ready = spares.wait_ready(300)
+        spare_pid = spares.spare_pid
+        calls["spare_client"] = _served_call(lambda: pool.serve(path, held[OWNER], held[CLIENT], 600, spares), ref)
+        log(f"served seq {seq_len}: persistent owner + spare client {calls['spare_client']['wall_s']:.1f}s")
     finally:
+        spares.close()
         pool.close()
-    pids = {calls[n]["owner_party"]["pid"] for n in ("first", "second", "third")}
+    pids = {calls[n]["owner_party"]["pid"] for n in ("first", "second", "third", "spare_client")}
     second, first, per_call = (calls[n]["wall_s"] for n in ("second", "first", "per_call"))
     return {"seq_len": seq_len, "text": text, "approx": "cheap", "provider": "TFP", "calls": calls,
             "same_owner_pid": len(pids) == 1, "second_vs_first": second / first, "second_vs_per_call": second / per_call,
+            "spare_ready": spare_ready, "spare_used": spare_pid is not None and calls["spare_client"]["client_pid"] == spare_pid,
+            "spare_vs_second": calls["spare_client"]["wall_s"] / second,
             "load_s": calls["first"]["owner_party"]["load_s"], "loadavg": list(os.getloadavg())}
 
 

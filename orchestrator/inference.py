@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -86,13 +85,13 @@ class NodeAway(ProtocolViolation):
 
 
 def _party(rank: int, master: str, job: dict[str, Any], timeout: float, workdir: Path) -> subprocess.Popen[bytes]:
-    """One CrypTen party process of :mod:`collab.mpc.service` (the same entry point ``collab infer`` uses)."""
+    """One CrypTen party process of :mod:`collab.mpc.service` (the same entry point ``collab infer`` uses):
+    the node's spare, started after its previous call, when it has one (:mod:`collab.mpc.spare`)."""
+    from collab.mpc.spare import service_argv, spare_parties, start_service_party
+
     (workdir / f"job{rank}.json").write_text(json.dumps(job))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "collab.mpc.service", "--rank", str(rank), "--master", master,
-           "--job", str(workdir / f"job{rank}.json"), "--out", str(workdir / f"out{rank}.json"), "--timeout", str(timeout)]
-    with open(workdir / f"party{rank}.log", "wb") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    argv = service_argv(rank, master, workdir / f"job{rank}.json", workdir / f"out{rank}.json", timeout)
+    return start_service_party(argv, workdir / f"party{rank}.log", spare_parties())
 
 
 def _wait_party(proc: subprocess.Popen[bytes], rank: int, workdir: Path, timeout: float) -> dict[str, Any]:
@@ -188,6 +187,7 @@ def run_client_side(node: Any, fields: dict[str, Any]) -> dict[str, Any]:
     from collab.metering import sign_call_receipt
     from collab.mpc.parties import CLIENT
     from collab.mpc.service import ClientCounter, InferRequest
+    from collab.mpc.spare import spare_parties
 
     chain = node.chain
     if chain is None:
@@ -235,11 +235,13 @@ def run_client_side(node: Any, fields: dict[str, Any]) -> dict[str, Any]:
     mine = {k: master[k] for k in shared if k in master} | {"texts": list(request.texts)}
     try:
         with tempfile.TemporaryDirectory(prefix="collab-client-") as tmp:
-            result = _wait_party(_party(CLIENT, master["master"], mine, request.timeout, Path(tmp)), CLIENT, Path(tmp),
-                                 request.timeout + 30)
+            party = _party(CLIENT, master["master"], mine, request.timeout, Path(tmp))
+            result = _wait_party(party, CLIENT, Path(tmp), request.timeout + 30) | {"pid": party.pid}
     except CollabError as exc:
         node.forward("report", id=jid, key="done", value={"ok": False, "error": str(exc)})
         raise
+    finally:
+        spare_parties().replenish()  # the next call's client party, now that this one's cores are free
     if receipt is not None:
         counter.commit(receipt)
     node.forward("report", id=jid, key="done", value={"ok": True})

@@ -409,5 +409,7 @@ class TaskRunner:
                 proc.stop()
             self.supernodes.clear()
         from collab.mpc.persistent import owner_parties
+        from collab.mpc.spare import spare_parties
 
         owner_parties().close()  # the owner's persistent CrypTen parties end with the node
+        spare_parties().close()  # and so does the client's spare party

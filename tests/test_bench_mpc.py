@@ -40,7 +40,7 @@ def test_json_and_png_written(bench: tuple[dict[str, Any], Path]) -> None:
     assert printed["quick"] is True
     assert {r["config"] for r in printed["runs"]} == {
         "baseline", "fixed_masks", "cheap", "gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted",
-        "cheap_v1"}
+        "cheap_v1", "cheap_nolift"}
     assert [x["system"].split()[0] for x in printed["literature"]] == ["MPCFormer", "PUMA", "SIGMA", "BumbleBee", "Nimbus"]
 
 
@@ -65,6 +65,8 @@ def test_fixed_masks_move_the_weight_openings_out_of_the_query(bench: tuple[dict
     assert cheap["single"]["bytes"] < fixed["single"]["bytes"] < base["single"]["bytes"]
     # 6-lane sign tests, the split polynomial and the packed row max: fewer bytes than the previous cheap path.
     assert cheap["single"]["bytes"] < _run(results, "cheap_v1")["parties"][1]["single"]["bytes"]
+    # the softmax's integer lift changes which products are truncated, not how many bytes they cost
+    assert cheap["single"]["bytes"] == _run(results, "cheap_nolift")["parties"][1]["single"]["bytes"]
 
 
 def test_the_benchmarked_cheap_path_is_the_infer_default() -> None:
@@ -97,8 +99,12 @@ def test_served_calls_reuse_one_owner_party(bench: tuple[dict[str, Any], Path]) 
     assert set(results["loadavg"]) == {"start", "end"}  # the figures carry the machine's load
     svc = results["service"]
     calls = svc["calls"]
-    assert list(calls) == ["per_call", "per_call_owner_held", "first", "second", "third"]
-    assert svc["same_owner_pid"] and [calls[n]["owner_party"]["query"] for n in ("first", "second", "third")] == [1, 2, 3]
+    assert list(calls) == ["per_call", "per_call_owner_held", "first", "second", "third", "spare_client"]
+    assert svc["same_owner_pid"] and [calls[n]["owner_party"]["query"]
+                                      for n in ("first", "second", "third", "spare_client")] == [1, 2, 3, 4]
+    assert svc["spare_ready"] and svc["spare_used"]  # the spare, not a fresh process, ran the last client party
+    persistent = ("first", "second", "third", "spare_client")  # still one client process per query:
+    assert len({calls[n]["client_pid"] for n in persistent} - {None}) == len(persistent)
     assert calls["per_call"]["owner_party"] is None and calls["per_call_owner_held"]["owner_party"] is None
     assert all(c["cosine"] > 0.999 for c in calls.values())
     # Owner-held weights: x - A goes to the owner only, so a query sends fewer bytes than with W - B per call.

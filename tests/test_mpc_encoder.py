@@ -82,6 +82,10 @@ def test_approximation_knobs_are_validated() -> None:
         Approximations(gelu="erf")  # type: ignore[arg-type]
     with pytest.raises(BadInput):
         Approximations(inv_sqrt_iters=0)
+    with pytest.raises(BadInput):
+        Approximations(softmax_lift=8)  # not 2^(2^m)
+    with pytest.raises(BadInput):
+        Approximations(softmax_lift=256, exp_iters=2)  # halving before 3 of 2 squarings
 
 
 def test_plaintext_simulation_of_the_secure_encoder_matches_transformers(spec, weights) -> None:
@@ -273,6 +277,43 @@ def test_cheap_preset_gelu_and_packed_row_max_on_crypten_shares() -> None:
     assert (out - torch.nn.functional.gelu(x)).abs().max().item() < 3e-3
     true_max = scores.max(-1, keepdim=True)[0]
     assert ((true_max - m) < 2.0**-5 + 1e-3).all() and ((m - true_max) < 1e-3).all()  # a misread costs < band
+
+
+def test_lifted_exp_and_lifted_softmax_on_crypten_shares() -> None:
+    """exp(x)/lift with early squarings on y - 1 and the base halved before the last ones: the same limit
+    (1 + x/2^k)^(2^k), on shares too; the lifted shifted softmax still sums to one per row."""
+    import crypten
+
+    x = torch.linspace(-20.0, 6.5, 2001)
+    limit = (1 + x.double() / 2**8) ** 2**8
+    scores = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(0)) * 3
+    bias = torch.zeros(2, 1, 1, 9)
+    crypten.init()
+    try:
+        got = {lift: enc.lifted_exp(crypten.cryptensor(x), 8, lift).get_plain_text().double() * lift
+               for lift in (1, 16, 256)}
+        y = crypten.cryptensor(x) * (1.0 / 2**8) + 1.0  # CrypTen's chain: every squaring on y
+        for _ in range(8):
+            y = y.square()
+        before = (y.get_plain_text().double() - limit).abs()
+        probs = {lift: enc.softmax(crypten.cryptensor(scores), crypten.cryptensor(bias),
+                                   Approximations(softmax="shifted", softmax_lift=lift), layer_index=1).get_plain_text()
+                 for lift in (1, 16)}
+    finally:
+        crypten.uninit()
+    assert ((got[1] - limit).abs() <= before + 2.0**-12).all()  # y - 1 loses nothing against y
+    for lift, out in got.items():  # the chain rounds x/2^k (up to ~0.7% of exp at x = 6.5) plus lift·2^-16 absolute
+        assert ((out - limit).abs() <= 1e-2 * limit + lift * 2.0**-14).all(), lift
+    # the limit exp's own error (~5e-3 here, as in float), and lift 16's coarser numerators add ~3e-3 at most
+    assert (probs[1] - torch.softmax(scores, -1)).abs().max().item() < 1e-2
+    assert (probs[16] - probs[1]).abs().max().item() < 5e-3
+    assert plain_lifted_exp_is_exact()
+
+
+def plain_lifted_exp_is_exact() -> bool:
+    x = torch.linspace(-20.0, 6.5, 301, dtype=torch.float64)
+    limit = (1 + x / 2**8) ** 2**8
+    return all(torch.allclose(enc.lifted_exp(x, 8, lift) * lift, limit, rtol=1e-12) for lift in (1, 4, 16, 256))
 
 
 def test_split_polynomial_matches_the_plain_polynomial() -> None:

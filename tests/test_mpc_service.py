@@ -91,6 +91,41 @@ def test_one_owner_party_serves_consecutive_queries_with_owner_held_weights(tmp_
 
 
 @pytest.mark.slow
+def test_a_spare_client_party_serves_the_next_query_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from collab.mpc.persistent import OwnerParties
+    from collab.mpc.spare import SpareParties
+
+    model = make_tiny_bert(tmp_path / "tiny-bert")
+    pool, spares = OwnerParties(idle_timeout=600), SpareParties(idle_timeout=600)
+    try:
+        first = pool.serve(model, *_held_jobs(model).values(), timeout=300, spares=spares)  # no spare yet: fresh
+        spare = spares.spare_pid  # started once the first call ended
+        assert spare is not None and spare != first[CLIENT]["pid"]
+        assert spares.wait_ready(180)
+        second = pool.serve(model, *_held_jobs(model, "hello world").values(), timeout=300, spares=spares)
+        assert second[CLIENT]["pid"] == spare  # the spare ran this query, one process per query still
+        assert _cosine(second[CLIENT]["output"], model, "hello world") > 0.999
+        dead = spares.spare_pid
+        assert dead is not None and dead != spare
+        os.kill(dead, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while spares.spare_pid is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        third = pool.serve(model, *_held_jobs(model).values(), timeout=300, spares=spares)  # a fresh one instead
+        assert third[CLIENT]["pid"] not in (spare, dead) and _cosine(third[CLIENT]["output"], model) > 0.999
+        waiting = spares.spare_pid
+    finally:
+        spares.close()
+        pool.close()
+    assert spares.spare_pid is None and waiting is not None
+    with pytest.raises(ProcessLookupError):  # closed with its node
+        os.kill(waiting, 0)
+
+
+@pytest.mark.slow
 def test_owner_party_ends_with_its_node_and_after_its_idle_time(tmp_path: Path) -> None:
     from collab.mpc.persistent import OwnerParties, OwnerParty
 

@@ -95,6 +95,16 @@ class Approximations:
     layer_norm_scale
         Public divisor putting variances into inv_sqrt's convergence range
         (CrypTen's initial guess is good on about [0.5, 200]).
+    softmax_lift
+        The shifted softmax's two largest truncated products, exp's last
+        squaring (values up to e^10.5) and ``num * (scale / sum)`` (up to
+        ``scale``), are computed ``softmax_lift`` times smaller and lifted
+        back by that public integer, which multiplies shares exactly: a
+        two-party truncation fails with odds proportional to the value, so
+        those ops fail ``softmax_lift`` times less often, at the price of
+        log2(lift) fractional bits of the numerators (:func:`lifted_exp`).
+        2^(2^m): exp's base is halved before its last m squarings; 1 keeps
+        the plain products.
     """
 
     softmax: SoftmaxVariant = "exact"
@@ -113,6 +123,7 @@ class Approximations:
     gelu_exp_iters: int = 8
     compare_lanes: int = 4
     packed_max: bool = False
+    softmax_lift: int = 1
 
     def __post_init__(self) -> None:
         if self.softmax not in ("exact", "shifted"):
@@ -125,6 +136,8 @@ class Approximations:
                 raise BadInput(f"{name} must be in [1, 64]")
         if not 2 <= self.compare_lanes <= 8:
             raise BadInput("compare_lanes must be in [2, 8]")
+        if LIFT_SQUARINGS.get(self.softmax_lift, 99) > self.exp_iters:
+            raise BadInput("softmax_lift must be 1, 4, 16 or 256 (2^(2^m), m <= exp_iters)")
         if self.gelu_clip <= 0 or self.layer_norm_scale <= 0 or self.softmax_scale <= 0:
             raise BadInput("gelu_clip, layer_norm_scale and softmax_scale must be positive")
         object.__setattr__(self, "softmax_max_layers", tuple(int(i) for i in self.softmax_max_layers))
@@ -141,7 +154,7 @@ class Approximations:
 APPROX_PRESETS: dict[str, dict[str, Any]] = {
     "exact": {},
     "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-              "compare_lanes": 6, "packed_max": True, "softmax": "shifted", "exp_iters": 8},
+              "compare_lanes": 6, "packed_max": True, "softmax": "shifted", "exp_iters": 8, "softmax_lift": 16},
 }
 
 
@@ -183,9 +196,44 @@ def _stack(xs: list[Tensor]) -> Tensor:
 
 
 def approx_exp(x: Tensor, iters: int) -> Tensor:
-    """exp(x) ~ (1 + x/2^iters)^(2^iters), CrypTen's limit approximation."""
-    y = x * (1.0 / 2**iters) + 1.0
-    for _ in range(iters):
+    """exp(x) ~ (1 + x/2^iters)^(2^iters), CrypTen's limit approximation (see :func:`lifted_exp`)."""
+    return lifted_exp(x, iters, 1)
+
+
+LIFT_SQUARINGS = {1: 0, 4: 1, 16: 2, 256: 3}  # softmax_lift = 2^(2^m) -> m
+DELTA_TAIL = 3  # squarings left in the plain form (exp's base below ~0.5 by then for the inputs that reach it)
+
+
+def lifted_exp(x: Tensor, iters: int, lift: int) -> Tensor:
+    """exp(x) / lift, ``lift`` = 2^(2^m), by the limit (1 + x/2^iters)^(2^iters), each truncated product small.
+
+    Why: a two-party truncation fails with odds |value| / 2^32, and every
+    squaring truncates. Two changes keep the values small, each exact in
+    the arithmetic (the same products, rounds and bytes):
+
+    * the first ``iters - DELTA_TAIL`` squarings act on d = y - 1, as
+      d' = 2d + d² (an integer doubling multiplies shares exactly): while
+      y is near 1, which it is for every element in the early squarings,
+      d² is tiny where y² is ~1, and errors propagate as in y² (2y·err);
+      once y falls below 1/2 (large negative inputs, late squarings) y² is
+      the smaller product, so the last DELTA_TAIL squarings square y;
+    * halving the base before the last m squarings (a division by the
+      public integer 2: its truncation acts on a value below 2^8, odds
+      ~2^-40) makes them square values 2^(2^i) times smaller, which for a
+      shifted softmax (up to e^10.5 for MiniLM's scores) are the largest
+      products; the result exp(x)/lift is lifted back by the caller with
+      an integer. It costs the numerator's precision: held to 2^-16
+      absolute, it is ``lift`` times coarser relative to exp(x).
+    """
+    m = LIFT_SQUARINGS[lift]
+    delta = max(0, min(iters - DELTA_TAIL, iters - m))
+    d = x * (1.0 / 2**iters)
+    for _ in range(delta):
+        d = d * 2 + d.square()
+    y = d + 1.0
+    for i in range(delta, iters):
+        if i == iters - m:
+            y = y / 2
         y = y.square()
     return y
 
@@ -351,9 +399,12 @@ def softmax(scores: Tensor, bias: Tensor, approx: Approximations, layer_index: i
             inv = approx_reciprocal(num.sum(-1, keepdim=True), approx.reciprocal_iters)
             return num * inv
         # Max-free: a public shift; padding keys stay at (score - shift)/2^k, i.e. exp ~ 0.
-        num = approx_exp(logits - approx.softmax_shift, approx.exp_iters)
-        scaled_inv = scaled_reciprocal(num.sum(-1, keepdim=True), approx)
-        return (num * scaled_inv) * (1.0 / approx.softmax_scale)
+        lift = approx.softmax_lift
+        num = lifted_exp(logits - approx.softmax_shift, approx.exp_iters, lift)  # exp(x) / lift
+        total = num.sum(-1, keepdim=True)
+        scaled_inv = scaled_reciprocal(total * lift if lift > 1 else total, approx)  # an int multiplies shares exactly
+        # num * (scale/sum) = scale·p/lift: its truncation fails `lift` times less often than scale·p's would
+        return (num * scaled_inv) * (lift / approx.softmax_scale)
 
 
 def scaled_reciprocal(total: Tensor, approx: Approximations) -> Tensor:

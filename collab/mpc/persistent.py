@@ -53,6 +53,7 @@ from typing import IO, Any
 import collab.mpc.compat as compat
 from collab.errors import CollabError, Unavailable
 from collab.mpc.parties import CLIENT, OWNER, PROGRESS, free_port
+from collab.mpc.spare import SpareParties, party_env, service_argv, start_service_party
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 START_TIMEOUT = 300.0
@@ -153,7 +154,7 @@ class OwnerParty:
         self.workdir = Path(tempfile.mkdtemp(prefix="collab-owner-party-"))
         self.queries = 0
         self.last_used = time.monotonic()
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+        env = party_env()
         cmd = [sys.executable, "-m", "collab.mpc.persistent", "--model-dir", str(self.model_dir),
                "--idle-timeout", str(idle_timeout + IDLE_MARGIN)]
         with open(self.workdir / "owner.log", "wb") as log:
@@ -310,25 +311,23 @@ class OwnerParties:
             party.close()
 
     def serve(self, model_dir: Path, owner_job: dict[str, Any], client_job: dict[str, Any],
-              timeout: float) -> dict[int, dict[str, Any]]:
-        """One query on this host: the model's persistent owner party and a fresh client party process."""
+              timeout: float, spares: SpareParties | None = None) -> dict[int, dict[str, Any]]:
+        """One query on this host: the model's persistent owner party and a fresh client party process
+        (``spares``' waiting one when it has one)."""
         with self.acquire(model_dir) as party:
-            return _serve_with_client(party, owner_job, client_job, timeout)
+            return _serve_with_client(party, owner_job, client_job, timeout, spares)
 
 
 def _serve_with_client(party: OwnerParty, owner_job: dict[str, Any], client_job: dict[str, Any],
-                       timeout: float) -> dict[int, dict[str, Any]]:
+                       timeout: float, spares: SpareParties | None = None) -> dict[int, dict[str, Any]]:
     from collab.mpc.parties import ROLES
 
     master = party.begin(owner_job, timeout)
     work = Path(tempfile.mkdtemp(prefix="collab-mpc-client-"))
     try:
         (work / "job.json").write_text(json.dumps(client_job))
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "collab.mpc.service", "--rank", str(CLIENT), "--master", master,
-               "--job", str(work / "job.json"), "--out", str(work / "out.json"), "--timeout", str(timeout)]
-        with open(work / "client.log", "wb") as log:
-            client = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        client = start_service_party(service_argv(CLIENT, master, work / "job.json", work / "out.json", timeout),
+                                     work / "client.log", spares)
         deadline = time.monotonic() + timeout
         owner_result = None
         try:
@@ -344,7 +343,7 @@ def _serve_with_client(party: OwnerParty, owner_job: dict[str, Any], client_job:
                     raise Unavailable(f"MPC party {CLIENT} ({ROLES[CLIENT]}) exited with code {code}: {reason}",
                                       rank=CLIENT, exit_code=code)
                 if code == 0 and owner_result is not None:
-                    return {OWNER: owner_result, CLIENT: json.loads((work / "out.json").read_text())}
+                    return {OWNER: owner_result, CLIENT: json.loads((work / "out.json").read_text()) | {"pid": client.pid}}
                 if time.monotonic() > deadline:
                     party.close()
                     raise Unavailable(f"MPC job timed out after {timeout:.0f} s", timeout=timeout)
@@ -355,6 +354,8 @@ def _serve_with_client(party: OwnerParty, owner_job: dict[str, Any], client_job:
                 client.wait()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if spares is not None:
+            spares.replenish()
 
 
 _POOL: OwnerParties | None = None

@@ -260,18 +260,14 @@ class ServiceParties(PartyGroup):
     """:class:`PartyGroup` running this module's party body (owner, client, optional TTP helper)."""
 
     def start(self) -> None:
+        from collab.mpc.spare import service_argv, start_service_party
+
         master = f"{self.host}:{free_port(self.host)}"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
         for rank, job in self.jobs.items():
             (self.workdir / f"job{rank}.json").write_text(json.dumps(job))
-            cmd = [
-                sys.executable, "-m", "collab.mpc.service", "--rank", str(rank), "--master", master,
-                "--job", str(self.workdir / f"job{rank}.json"), "--out", str(self.workdir / f"out{rank}.json"),
-                "--timeout", str(self.timeout),
-            ]  # fmt: skip
-            log = open(self.workdir / f"party{rank}.log", "wb")  # noqa: SIM115 (owned by the child)
-            self.procs[rank] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            log.close()
+            argv = service_argv(rank, master, self.workdir / f"job{rank}.json", self.workdir / f"out{rank}.json",
+                                self.timeout)
+            self.procs[rank] = start_service_party(argv, self.workdir / f"party{rank}.log")
         self._started = time.monotonic()
 
 
