@@ -77,6 +77,7 @@ from collab.metering import CallReceipt, check_progress, request_hash, sign_call
 from collab.mpc.parties import (
     CLIENT, DEFAULT_TIMEOUT, OWNER, PROGRESS, PartyGroup, PartyStats, _share, free_port, run_party_process,
 )
+from collab.mpc.spare import service_argv, start_service_party
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -260,8 +261,6 @@ class ServiceParties(PartyGroup):
     """:class:`PartyGroup` running this module's party body (owner, client, optional TTP helper)."""
 
     def start(self) -> None:
-        from collab.mpc.spare import service_argv, start_service_party
-
         master = f"{self.host}:{free_port(self.host)}"
         for rank, job in self.jobs.items():
             (self.workdir / f"job{rank}.json").write_text(json.dumps(job))
