@@ -43,6 +43,7 @@ from chain.clients.round_registry import (
     sign_consent,
     sign_survivors,
     sign_update_receipt,
+    update_chain,
 )
 from chain.deploy import DEFAULT_PARAMS, deploy_all
 from chain.deployment import Deployment
@@ -159,7 +160,9 @@ class _RoundBench:
         t = self.trace
         return AttributionRecord(
             rid, t.program.root, t.input_root, t.output_root, Web3.keccak(text=f"adapter {rid}"), f"vault://{rid}",
-            [m.account.address for m in members], [100 + i for i in range(len(members))], [bytes(32)] * len(members),
+            [m.account.address for m in members], [100 + i for i in range(len(members))],
+            [update_chain([Web3.keccak(text=f"update {rid}/{m.account.address}")]) for m in members],  # real words: no
+            # zero-byte calldata or zero-to-zero storage writes flattering the figures
             [epsilon_units(7.0)] * len(members)).sorted()
 
     def _post(self, rid: int) -> bytes:
@@ -206,9 +209,10 @@ class _RoundBench:
         self._post(rid)
         dropped = members[2]
         commitment = Web3.keccak(text="bench dropped")
+        spent = record.epsilons[0]
         receipt = sign_update_receipt(self.creator, int(self.w3.eth.chain_id), registry.address, rid,
-                                      dropped.account.address, 1, commitment)
-        excluded = self._registry(dropped.account).dispute_exclusion(rid, 1, commitment, receipt).gas_used
+                                      dropped.account.address, 1, commitment, spent)
+        excluded = self._registry(dropped.account).dispute_exclusion(rid, 1, commitment, spent, receipt).gas_used
         # The same cheat disputed by an included survivor with the aggregator's endorsed survivor list.
         rid, _ = self._open(members, 2)
         record = self._record(rid, kept)

@@ -119,10 +119,13 @@ def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | No
     A participant consents only to a record that carries its on-chain weight
     and, with ``home``, includes everyone on the last SecAgg survivor list
     this node signed (their masked inputs are in the sum; one left out is an
-    aggregator withholding a receipt: :mod:`collab.fl.receipts`). The root
+    aggregator withholding a receipt: :mod:`collab.fl.receipts`) and states
+    the ε of this node's final-round receipt, when it holds one (that receipt
+    then wins the dispute a refusal leads to; without it a refusal over ε
+    could not be shown justified, so the node does not refuse). The root
     binds chain id, ClaimManager and registry, recomputed here.
     """
-    from collab.fl.receipts import last_signed_survivors
+    from collab.fl.receipts import last_signed_survivors, receipt_path
 
     record = record_from_json(raw)
     me = chain.account.address.lower()
@@ -142,8 +145,25 @@ def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | No
     weight = record.weights[rows.index(me)]
     if weight != mine.samples:
         raise ProtocolViolation(f"the record gives {me} weight {weight}, not the {mine.samples} fixed on-chain")
+    if home is not None:
+        _check_own_epsilon(record.round_id, record.epsilons[rows.index(me)],
+                           receipt_path(home, record.round_id, registry.get_round(record.round_id).rounds))
     root = registry.local_root(record)
     return "0x" + bytes(bls_sign(root)).hex()
+
+
+def _check_own_epsilon(round_id: int, stated: int, final_receipt: Path) -> None:
+    """ProtocolViolation when the record states another ε for this node than its final-round receipt does."""
+    from chain.clients.round_registry import epsilon_value
+    from collab.commands.round import read_receipt
+
+    if not final_receipt.is_file():
+        return
+    held = read_receipt(final_receipt)["epsilon"]
+    if stated != held:
+        raise ProtocolViolation(f"the record of round {round_id} states ε = {epsilon_value(stated):g} for this node; "
+                                f"it reported {epsilon_value(held):g} with its last update (the aggregator's receipt "
+                                "says so)")
 
 
 def node_dispute(chain: Any, home: Path, round_id: int) -> str | None:
@@ -173,12 +193,12 @@ def node_dispute(chain: Any, home: Path, round_id: int) -> str | None:
         return None
     receipt = read_receipt(path)
     signer = recover_update_receipt(receipt["signature"], int(chain.w3.eth.chain_id), registry.address, round_id, me,
-                                    r.rounds, receipt["update_commitment"])
+                                    r.rounds, receipt["update_commitment"], receipt["epsilon"])
     manager = ClaimManagerClient.from_deployment(chain.deployment, chain.w3)
     if signer != r.aggregator or manager.claim_status(r.claim_id) != ClaimStatus.PENDING:
         return None  # not a receipt to rely on, or the claim is not posted yet / already decided
     try:
-        return registry.dispute_exclusion(round_id, r.rounds, receipt["update_commitment"],
+        return registry.dispute_exclusion(round_id, r.rounds, receipt["update_commitment"], receipt["epsilon"],
                                           receipt["signature"]).tx_hash
     except revert_class("ConsentWithheld") as exc:
         raise ProtocolViolation(f"proposed with its own update, {me} did not consent in time: its exclusion from "

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from chain.clients.round_registry import epsilon_units
 from collab.fl import attestation as att
 from collab.fl.record import words_hash
 from collab.fraudproof.builders import masked_sum_from_witness
@@ -48,7 +49,7 @@ def check_round(tmp_path: Path, rnd: int, survivors: list[str]) -> AggregationWi
         att.check(att.model_receipt_digest(attribution["job"], rnd, bytes.fromhex(summary["global_model_hash"][2:])),
                   bytes.fromhex(item["model_receipt"][2:]), item["address"], "receipt")
         digest = att.update_digest(bytes.fromhex(summary["round_id"][2:]), item["member_id"], item["weight"],
-                                   bytes.fromhex(item["update_commitment"][2:]))
+                                   epsilon_units(item["epsilon"]), bytes.fromhex(item["update_commitment"][2:]))
         att.check(digest, bytes.fromhex(item["update_signature"][2:]), item["address"], "commitment")
     return witness
 

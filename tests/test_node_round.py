@@ -178,7 +178,8 @@ def test_round_survives_a_dead_node_and_a_sigkilled_orchestrator(network: dict[s
     for name in ("p0", "p1"):
         kept = json.loads(receipt_path(homes[name][0], round_id, 1).read_text())
         assert recover_update_receipt(bytes.fromhex(kept["signature"][2:]), game_env.w3.eth.chain_id, rr.address, round_id,
-                                      homes[name][1], 1, bytes.fromhex(kept["update_commitment"][2:])) == network["info"]["address"]
+                                      homes[name][1], 1, bytes.fromhex(kept["update_commitment"][2:]),
+                                      kept["epsilon"]) == network["info"]["address"]
     assert not list(receipts_dir(homes["p2"][0]).glob("*.json")) if receipts_dir(homes["p2"][0]).exists() else True
     # `collab round status` in p1's home reads the job through p1's node: rounds done, accuracy, ε per participant.
     shown = subprocess.run([*COLLAB, "--home", str(homes["p1"][0]), "--json", "round", "status", str(round_id)],

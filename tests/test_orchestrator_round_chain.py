@@ -208,9 +208,11 @@ def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[st
     p1_home, mine = tmp_path / "p1-home", b"\x07" * 32
     assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # no receipt held: no chain reads, nothing
     where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, orch.address)
-    forged = sign_update_receipt(people["creator"].account, where.chain_id, where.registry, rid, people["p1"].address, 1, mine)
+    eps = epsilon_units(1.0)
+    forged = sign_update_receipt(people["creator"].account, where.chain_id, where.registry, rid, people["p1"].address, 1,
+                                 mine, eps)
     keep(p1_home, ReceiptContext(where.chain_id, where.registry, rid, people["creator"].address), people["p1"].address,
-         delivery(where, "job", 1, mine, forged), mine)  # a receipt from someone else than the aggregator
+         delivery(where, "job", 1, mine, eps, forged), (mine, eps))  # a receipt from someone else than the aggregator
     # The aggregator records and claims the round with the creator alone (p1 silently dropped).
     trace = build_trace(*add_chain_program())
     record = AttributionRecord(rid, trace.program.root, trace.input_root, trace.output_root, b"\x04" * 32, "vault://rc",
@@ -222,8 +224,8 @@ def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[st
     assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # the forged receipt is not relied on
     assert round_chain.node_dispute(chains["creator"], tmp_path / "creator", rid) is None  # included, holds no receipt
     keep(p1_home, where, people["p1"].address,
-         delivery(where, "job", 1, mine, sign_update_receipt(orch, where.chain_id, where.registry, rid,
-                                                            people["p1"].address, 1, mine)), mine)
+         delivery(where, "job", 1, mine, eps, sign_update_receipt(orch, where.chain_id, where.registry, rid,
+                                                                 people["p1"].address, 1, mine, eps)), (mine, eps))
     assert round_chain.node_dispute(chains["p1"], p1_home, rid)  # the aggregator's own receipt: disputed
     assert manager.claim_status(claim_id) == ClaimStatus.REJECTED
     assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # decided: not twice
@@ -270,12 +272,68 @@ def test_a_silent_participant_cannot_hold_the_round_hostage_nor_profit_from_it(
     claim_id = _post_claim(env, rid, trace)
     p1_home = tmp_path / "p1-home"
     where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, orch.address)
+    eps = epsilon_units(1.0)
     keep(p1_home, where, people["p1"].address,
-         delivery(where, "job", 1, last["p1"], sign_update_receipt(orch, where.chain_id, where.registry, rid,
-                                                                   people["p1"].address, 1, last["p1"])), last["p1"])
+         delivery(where, "job", 1, last["p1"], eps, sign_update_receipt(orch, where.chain_id, where.registry, rid,
+                                                                        people["p1"].address, 1, last["p1"], eps)),
+         (last["p1"], eps))
     with pytest.raises(ProtocolViolation, match="did not consent in time"):
         round_chain.node_dispute(chains["p1"], p1_home, rid)
     assert ClaimManagerClient.from_deployment(dep, w3).claim_status(claim_id) == ClaimStatus.PENDING
+
+
+def test_a_node_refuses_a_proposal_misstating_its_epsilon_and_wins_its_dispute(
+    env: dict[str, Any], tmp_path: Path, time_travel: Any
+) -> None:
+    """p1 reported ε = 1.25 with its last update (its receipt says so); the proposal states 1.0 for it. Its
+    node refuses, is left out, and its receipt wins the exclusion dispute: a refusal over a misstated ε is
+    justified, so it costs the aggregator the claim, not the participant its Shares."""
+    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+    from chain.clients.round_registry import sign_update_receipt, update_chain
+    from collab.fl.receipts import ReceiptContext, delivery, keep
+    from collab.fraudproof.trace import build_trace
+    from test_claim_manager import add_chain_program
+
+    chains, people, w3, dep = env["chains"], env["people"], env["w3"], env["deployment"]
+    rid = _round_of_one(env)
+    orch = people["orch"].account
+    registry = RoundRegistryClient.from_deployment(dep, w3, orch)
+    trace = build_trace(*add_chain_program())
+    last = {n: Web3.keccak(text=f"last update of {n}") for n in ("creator", "p1")}
+    reported = epsilon_units(1.25)
+
+    def record_stating(p1_epsilon: int) -> AttributionRecord:
+        return AttributionRecord(
+            rid, trace.program.root, trace.input_root, trace.output_root, b"\x04" * 32, "vault://rc",
+            (people["creator"].address, people["p1"].address), (3, 4), (update_chain([last["creator"]]),
+                                                                       update_chain([last["p1"]])),
+            (epsilon_units(1.0), p1_epsilon)).sorted()
+
+    p1_home = tmp_path / "p1-home"
+    where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, orch.address)
+    wrong = round_chain.record_to_json(record_stating(epsilon_units(1.0)))
+    sign_p1 = people["p1"].bls_sign
+    assert round_chain.node_consent(chains["p1"], sign_p1, wrong, p1_home)  # no receipt held: nothing to prove with
+    keep(p1_home, where, people["p1"].address,
+         delivery(where, "job", 1, last["p1"], reported, sign_update_receipt(orch, where.chain_id, where.registry, rid,
+                                                                             people["p1"].address, 1, last["p1"],
+                                                                             reported)), (last["p1"], reported))
+    with pytest.raises(ProtocolViolation, match="states ε = 1 for this node; it reported 1.25"):
+        round_chain.node_consent(chains["p1"], sign_p1, wrong, p1_home)
+    right = round_chain.record_to_json(record_stating(reported))
+    assert round_chain.node_consent(chains["p1"], sign_p1, right, p1_home).startswith("0x")
+
+    proposed = record_stating(epsilon_units(1.0))
+    progress = round_chain.record_by_proposal(registry, proposed, {}, [bytes(32)] * 2)
+    with pytest.raises(ProtocolViolation, match="states ε = 1"):  # the node does not post its consent either
+        round_chain.node_post_consent(chains["p1"], sign_p1, wrong, p1_home)
+    assert round_chain.node_post_consent(chains["creator"], people["creator"].bls_sign, wrong)
+    time_travel(progress.deadline - int(w3.eth.get_block("latest")["timestamp"]))
+    assert round_chain.record_by_proposal(registry, proposed, {}, [bytes(32)] * 2).submitted
+    assert registry.included_of(rid) == [people["creator"].address]
+    claim_id = _post_claim(env, rid, trace)
+    assert round_chain.node_dispute(chains["p1"], p1_home, rid)  # the receipt's ε is not the proposal's: it wins
+    assert ClaimManagerClient.from_deployment(dep, w3).claim_status(claim_id) == ClaimStatus.REJECTED
 
 
 def test_a_proposal_nobody_else_consents_to_fails_the_round_with_a_clear_error(

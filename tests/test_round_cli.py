@@ -221,12 +221,16 @@ def test_left_out_participant_disputes_with_its_receipt(
     registry = RoundRegistryClient.from_deployment(deployment, w3)
     commitment = Web3.keccak(text="bob's last update")
 
+    spent = epsilon_units(2.0)
+
     def receipt_file(name: str, signer: LocalAccount, fl_round: int = 2, path: Path | None = None) -> Path:
-        sig = sign_update_receipt(signer, int(w3.eth.chain_id), registry.address, rid, bob.address, fl_round, commitment)
+        sig = sign_update_receipt(signer, int(w3.eth.chain_id), registry.address, rid, bob.address, fl_round, commitment,
+                                  spent)
         path = path or tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"round_id": rid, "participant": bob.address, "fl_round": fl_round,
-                                    "update_commitment": "0x" + commitment.hex(), "signature": "0x" + sig.hex()}))
+                                    "update_commitment": "0x" + commitment.hex(), "epsilon": spent,
+                                    "signature": "0x" + sig.hex()}))
         return path
 
     code, _, err = cli(capsys, h.bob, "round", "dispute", str(rid))  # bob's node kept no receipt (yet)
@@ -239,6 +243,13 @@ def test_left_out_participant_disputes_with_its_receipt(
     assert code == EXIT_PROTOCOL and "not by the round's aggregator" in err
     code, _, err = cli(capsys, h.alice, "round", "dispute", str(rid), "--receipt", str(receipt_file("r.json", aggregator.account)))
     assert code == EXIT_UNAUTHORIZED and "not yours" in err
+    stale = json.loads((tmp_path / "r.json").read_text())
+    del stale["epsilon"]  # a receipt in the format before receipts named ε
+    code, _, err = cli(capsys, h.bob, "round", "dispute", str(rid), "--receipt", str(_write(tmp_path / "old.json", stale)))
+    assert code == EXIT_BAD_INPUT and "needs round_id, participant, fl_round, update_commitment, epsilon" in err
+    code, _, err = cli(capsys, h.bob, "round", "dispute", str(rid), "--receipt",
+                       str(_write(tmp_path / "lying.json", {**stale, "epsilon": spent + 1})))
+    assert code == EXIT_PROTOCOL and "not by the round's aggregator" in err  # the signature names another ε
     receipt_path(h.bob, rid, 2).write_text((tmp_path / "r.json").read_text())  # as bob's node keeps it
     code, out, err = cli(capsys, h.bob, "--json", "round", "dispute", str(rid))  # the latest kept receipt
     assert code == 0, err
@@ -246,6 +257,11 @@ def test_left_out_participant_disputes_with_its_receipt(
     assert result["claim_id"] == "0x" + claim_id.hex() and result["claim_status"] == "rejected" and result["credit_wei"] > 0
     code, out, _ = cli(capsys, h.outsider, "--json", "round", "status", str(rid))
     assert json.loads(out)["claim"]["status"] == "rejected"
+
+
+def _write(path: Path, body: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(body))
+    return path
 
 
 def test_an_included_participant_disputes_the_omission_of_a_survivor(

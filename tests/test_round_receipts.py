@@ -106,8 +106,10 @@ def test_included_nodes_keep_receipts_and_a_left_out_one_wins_the_dispute(
         for fl_round in (1, 2):
             kept = json.loads(receipt_path(tmp_path / name, rid, fl_round).read_text())
             signer = recover_update_receipt(bytes.fromhex(kept["signature"][2:]), int(w3.eth.chain_id), registry.address,
-                                            rid, me.address, fl_round, bytes.fromhex(kept["update_commitment"][2:]))
+                                            rid, me.address, fl_round, bytes.fromhex(kept["update_commitment"][2:]),
+                                            kept["epsilon"])
             assert signer == aggregator.address and kept["participant"] == me.address
+            assert kept["epsilon"] == epsilon_units(record["epsilon"][name]) if fl_round == 2 else kept["epsilon"] > 0
 
     both = sorted(me.address for me in homes.values())
     for name in NAMES:  # each node kept the survivor list it signed, per Flower round, endorsed by the aggregator

@@ -122,7 +122,7 @@ class RoundEnv:
             content_hash=Web3.keccak(text=f"adapter of round {round_id}"), vault_uri=f"vault://round-{round_id}",
             participants=[m.address for m in members], weights=[SAMPLES[self.participants.index(m)] for m in members],
             update_commitments=[update_chain([prior_update(m), last_update(m)]) for m in members],
-            epsilons=[epsilon_units(7.5)] * len(members),
+            epsilons=[SPENT] * len(members),
         ).sorted()
         return dataclasses.replace(rec, **changes)
 
@@ -142,6 +142,9 @@ class RoundEnv:
             participant_registry=registry.address,
         )
         return ClaimManagerClient.from_deployment(self.deployment, self.w3, acct).post_claim(claim).claim_id
+
+
+SPENT = epsilon_units(7.5)  # every participant's ε in the test records (what its receipts state)
 
 
 def prior_update(m: Member) -> bytes:
@@ -374,26 +377,27 @@ def test_participant_left_out_despite_its_receipt_wins_the_exclusion_dispute(
     claim_id = env.post(rid)
     chain_id = int(env.w3.eth.chain_id)
     commitment = Web3.keccak(text="dropped update")
-    receipt = sign_update_receipt(env.aggregator.account, chain_id, registry.address, rid, dropped.address, 2, commitment)
-    assert registry.receipt_digest(rid, dropped.address, 2, commitment)  # the contract's digest exists
+    aggregator = env.aggregator.account
+    receipt = sign_update_receipt(aggregator, chain_id, registry.address, rid, dropped.address, 2, commitment, SPENT)
+    assert registry.receipt_digest(rid, dropped.address, 2, commitment, SPENT)  # the contract's digest exists
 
     mine = env.registry(dropped)
-    forged = sign_update_receipt(dropped.account, chain_id, registry.address, rid, dropped.address, 2, commitment)
+    forged = sign_update_receipt(dropped.account, chain_id, registry.address, rid, dropped.address, 2, commitment, SPENT)
     with pytest.raises(revert_class("BadReceiptSignature")):
-        mine.dispute_exclusion(rid, 2, commitment, forged)
-    early = sign_update_receipt(env.aggregator.account, chain_id, registry.address, rid, dropped.address, 1, commitment)
+        mine.dispute_exclusion(rid, 2, commitment, SPENT, forged)
+    early = sign_update_receipt(aggregator, chain_id, registry.address, rid, dropped.address, 1, commitment, SPENT)
     with pytest.raises(revert_class("ReceiptNotFinalRound")):
-        mine.dispute_exclusion(rid, 1, commitment, early)
+        mine.dispute_exclusion(rid, 1, commitment, SPENT, early)
     with pytest.raises(revert_class("NotExcluded")):
         env.registry(kept[0]).dispute_exclusion(
-            rid, 2, commitment,
-            sign_update_receipt(env.aggregator.account, chain_id, registry.address, rid, kept[0].address, 2, commitment))
+            rid, 2, commitment, SPENT,
+            sign_update_receipt(aggregator, chain_id, registry.address, rid, kept[0].address, 2, commitment, SPENT))
     with pytest.raises(revert_class("NotParticipant")):
-        env.registry(env.outsider).dispute_exclusion(rid, 2, commitment, receipt)
+        env.registry(env.outsider).dispute_exclusion(rid, 2, commitment, SPENT, receipt)
 
     manager = env.manager()
     params = manager.params_of(claim_id)
-    tx = mine.dispute_exclusion(rid, 2, commitment, receipt)
+    tx = mine.dispute_exclusion(rid, 2, commitment, SPENT, receipt)
     GAS["disputeExclusion"] = tx.gas_used
     assert tx.events_named("ClaimRejectedByRegistry") and tx.events_named("ExclusionDisputeWon")
     assert manager.claim_status(claim_id) == ClaimStatus.REJECTED
@@ -416,19 +420,19 @@ def test_exclusion_dispute_after_the_window_is_refused(env: RoundEnv, time_trave
     claim_id = env.post(rid)
     commitment = Web3.keccak(text="late")
     receipt = sign_update_receipt(env.aggregator.account, int(env.w3.eth.chain_id), registry.address, rid,
-                                  dropped.address, 2, commitment)
+                                  dropped.address, 2, commitment, SPENT)
     time_travel(env.manager().params_of(claim_id).challenge_window + 1)
     with pytest.raises(revert_class("ChallengeWindowClosed")):
-        env.registry(dropped).dispute_exclusion(rid, 2, commitment, receipt)
+        env.registry(dropped).dispute_exclusion(rid, 2, commitment, SPENT, receipt)
 
 
 # --------------------------------------------------------------------------- consent veto: on-chain proposals
 
 
-def _receipt(env: RoundEnv, member: Member, rid: int, commitment: bytes) -> bytes:
+def _receipt(env: RoundEnv, member: Member, rid: int, commitment: bytes, epsilon: int = SPENT) -> bytes:
     registry = env.registry()
     return sign_update_receipt(env.aggregator.account, int(env.w3.eth.chain_id), registry.address, rid,
-                               member.address, 2, commitment)
+                               member.address, 2, commitment, epsilon)
 
 
 def test_withheld_consent_leaves_the_refuser_out_without_a_dispute(
@@ -485,7 +489,7 @@ def test_withheld_consent_leaves_the_refuser_out_without_a_dispute(
     assert claim_id == submitted.claim_id
     own = last_update(refuser)  # the proposal's chain for it ends with this update
     with pytest.raises(revert_class("ConsentWithheld")):
-        env.registry(refuser).dispute_exclusion(rid, 2, own, _receipt(env, refuser, rid, own))
+        env.registry(refuser).dispute_exclusion(rid, 2, own, SPENT, _receipt(env, refuser, rid, own))
     time_travel(env.manager().params_of(claim_id).challenge_window + 1)
     env.manager(env.outsider).finalize(claim_id)
     receipts = env.client(ReceiptsClient)
@@ -516,7 +520,25 @@ def test_a_participant_proposed_with_the_wrong_update_may_refuse_and_still_dispu
     rid, victim = _recorded_without(env, time_travel, 0)
     claim_id = env.post(rid)
     real = Web3.keccak(text="the victim's real update")  # not what its proposed chain ends with
-    tx = env.registry(victim).dispute_exclusion(rid, 2, real, _receipt(env, victim, rid, real))
+    tx = env.registry(victim).dispute_exclusion(rid, 2, real, SPENT, _receipt(env, victim, rid, real))
+    assert tx.events_named("ExclusionDisputeWon")
+    assert env.manager().claim_status(claim_id) == ClaimStatus.REJECTED
+
+
+def test_a_participant_proposed_with_a_wrong_epsilon_may_refuse_and_still_dispute(
+    env: RoundEnv, time_travel: Callable[[int], int]
+) -> None:
+    """Its real update but another ε than the one it reported (and the receipt binds): the refusal was
+    justified. The proposal's ε cannot be passed off with the receipt either: the signature names the real one."""
+    rid, victim = _recorded_without(env, time_travel, 1)
+    claim_id = env.post(rid)
+    own, reported = last_update(victim), epsilon_units(6.25)  # the proposal stated SPENT for it
+    mine = env.registry(victim)
+    with pytest.raises(revert_class("ConsentWithheld")):  # the proposal's own row: exactly what it refused
+        mine.dispute_exclusion(rid, 2, own, SPENT, _receipt(env, victim, rid, own, reported))
+    with pytest.raises(revert_class("BadReceiptSignature")):  # the receipt does not say ε = 6.0
+        mine.dispute_exclusion(rid, 2, own, epsilon_units(6.0), _receipt(env, victim, rid, own, reported))
+    tx = mine.dispute_exclusion(rid, 2, own, reported, _receipt(env, victim, rid, own, reported))
     assert tx.events_named("ExclusionDisputeWon")
     assert env.manager().claim_status(claim_id) == ClaimStatus.REJECTED
 

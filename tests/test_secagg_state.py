@@ -101,14 +101,16 @@ def test_witness_bytes_reject_garbage() -> None:
         AggregationWitness.from_bytes(b"not a witness")
 
 
-def test_signed_update_commitment_binds_round_member_and_weight() -> None:
+def test_signed_update_commitment_binds_round_member_weight_and_epsilon() -> None:
     acct = ACCOUNTS[1]
     rid = att.job_round_id("job", 1)
     commitment = att.update_commitment(rid, b"\x01" * 32, np.arange(4, dtype=np.int64))
-    sig = att.sign(acct, att.update_digest(rid, 1, 40, commitment))
-    att.check(att.update_digest(rid, 1, 40, commitment), sig, acct.address, "ok")
-    for digest in (att.update_digest(rid, 1, 41, commitment), att.update_digest(att.job_round_id("job", 2), 1, 40, commitment),
-                   att.update_digest(rid, 2, 40, commitment)):
+    eps = 2_500_000  # ε = 2.5 in millionths
+    sig = att.sign(acct, att.update_digest(rid, 1, 40, eps, commitment))
+    att.check(att.update_digest(rid, 1, 40, eps, commitment), sig, acct.address, "ok")
+    for digest in (att.update_digest(rid, 1, 41, eps, commitment),
+                   att.update_digest(att.job_round_id("job", 2), 1, 40, eps, commitment),
+                   att.update_digest(rid, 2, 40, eps, commitment), att.update_digest(rid, 1, 40, eps - 1, commitment)):
         with pytest.raises(ProtocolViolation):
-            att.check(digest, sig, acct.address, "changed weight, round or member")
+            att.check(digest, sig, acct.address, "changed weight, round, member or ε")
     assert att.model_hash({"a": np.zeros(2)}) != att.model_hash({"a": np.ones(2)})

@@ -308,13 +308,14 @@ def _typed(chain_id: int, registry: str, primary: str, fields: list[tuple[str, s
 
 
 def update_receipt_data(chain_id: int, registry: str, round_id: int, participant: str, fl_round: int,
-                        update_commitment: bytes) -> dict[str, Any]:
-    """EIP-712 typed data of an ``UpdateReceipt``."""
+                        update_commitment: bytes, epsilon: int) -> dict[str, Any]:
+    """EIP-712 typed data of an ``UpdateReceipt`` (``epsilon``: the cumulative ε reported with the update, in
+    :func:`epsilon_units`, so a proposal that misstates it cannot trap a participant that refused it)."""
     return _typed(chain_id, registry, "UpdateReceipt",
                   [("roundId", "uint256"), ("participant", "address"), ("flRound", "uint32"),
-                   ("updateCommitment", "bytes32")],
+                   ("updateCommitment", "bytes32"), ("epsilon", "uint64")],
                   {"roundId": int(round_id), "participant": to_checksum_address(participant),
-                   "flRound": int(fl_round), "updateCommitment": bytes(update_commitment)})
+                   "flRound": int(fl_round), "updateCommitment": bytes(update_commitment), "epsilon": int(epsilon)})
 
 
 def survivors_data(chain_id: int, registry: str, round_id: int, fl_round: int, survivors: Sequence[str]) -> dict[str, Any]:
@@ -340,16 +341,16 @@ def recover_survivors(signature: bytes, chain_id: int, registry: str, round_id: 
 
 
 def sign_update_receipt(aggregator: LocalAccount, chain_id: int, registry: str, round_id: int, participant: str,
-                        fl_round: int, update_commitment: bytes) -> bytes:
+                        fl_round: int, update_commitment: bytes, epsilon: int) -> bytes:
     """The aggregator's receipt for one update (65-byte secp256k1 signature)."""
-    data = update_receipt_data(chain_id, registry, round_id, participant, fl_round, update_commitment)
+    data = update_receipt_data(chain_id, registry, round_id, participant, fl_round, update_commitment, epsilon)
     return bytes(aggregator.sign_message(encode_typed_data(full_message=data)).signature)
 
 
 def recover_update_receipt(signature: bytes, chain_id: int, registry: str, round_id: int, participant: str,
-                           fl_round: int, update_commitment: bytes) -> str:
+                           fl_round: int, update_commitment: bytes, epsilon: int) -> str:
     """Who signed a receipt (a participant checks it before relying on it)."""
-    data = update_receipt_data(chain_id, registry, round_id, participant, fl_round, update_commitment)
+    data = update_receipt_data(chain_id, registry, round_id, participant, fl_round, update_commitment, epsilon)
     return to_checksum_address(Account.recover_message(encode_typed_data(full_message=data), signature=signature))
 
 
@@ -490,10 +491,11 @@ class RoundRegistryClient(ContractClient):
         return {to_checksum_address(e.args["account"]): _bytes(e.args["signature"])
                 for e in self._events("ConsentPosted", topics=[topic]) if _bytes(e.args["recordRoot"]) == bytes(root)}
 
-    def receipt_digest(self, round_id: int, participant: str, fl_round: int, update_commitment: bytes) -> bytes:
+    def receipt_digest(self, round_id: int, participant: str, fl_round: int, update_commitment: bytes,
+                       epsilon: int) -> bytes:
         """The EIP-712 digest of an update receipt."""
         return bytes(self._call("receiptDigest", int(round_id), to_checksum_address(participant), int(fl_round),
-                                bytes(update_commitment)))
+                                bytes(update_commitment), int(epsilon)))
 
     def survivors_digest(self, round_id: int, fl_round: int, survivors: Sequence[str]) -> bytes:
         """The EIP-712 digest of a survivor-list endorsement."""
@@ -559,9 +561,12 @@ class RoundRegistryClient(ContractClient):
         e = _one(tx, "RecordSubmitted").args
         return RecordSubmitted(int(e["roundId"]), _bytes(e["claimId"]), _bytes(e["recordRoot"]), int(e["included"]), tx)
 
-    def dispute_exclusion(self, round_id: int, fl_round: int, update_commitment: bytes, signature: bytes) -> TxResult:
-        """Reject the round's pending claim with the aggregator's receipt for an update the record left out."""
-        return self._transact("disputeExclusion", int(round_id), int(fl_round), bytes(update_commitment), bytes(signature))
+    def dispute_exclusion(self, round_id: int, fl_round: int, update_commitment: bytes, epsilon: int,
+                          signature: bytes) -> TxResult:
+        """Reject the round's pending claim with the aggregator's receipt for an update the record left out
+        (``epsilon``: the receipt's, in :func:`epsilon_units`)."""
+        return self._transact("disputeExclusion", int(round_id), int(fl_round), bytes(update_commitment), int(epsilon),
+                              bytes(signature))
 
     def dispute_omission(self, round_id: int, fl_round: int, survivors: Sequence[str], signature: bytes) -> TxResult:
         """Reject the round's pending claim with the aggregator's last-round survivor list naming an omitted survivor."""

@@ -25,7 +25,9 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     bytes32 public constant CONSENT_TAG = keccak256("collab-round-consent-v1");
     /// @notice EIP-712 type of the aggregator's update receipt.
     bytes32 public constant RECEIPT_TYPEHASH =
-        keccak256("UpdateReceipt(uint256 roundId,address participant,uint32 flRound,bytes32 updateCommitment)");
+        keccak256(
+            "UpdateReceipt(uint256 roundId,address participant,uint32 flRound,bytes32 updateCommitment,uint64 epsilon)"
+        );
     /// @notice EIP-712 type of the aggregator's endorsement of a SecAgg survivor list (whose masked inputs it sums).
     bytes32 public constant SURVIVORS_TYPEHASH =
         keccak256("SurvivorList(uint256 roundId,uint32 flRound,address[] survivors)");
@@ -62,8 +64,8 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     /// @dev roundId => account => the proposal root that includes it / that it consented to.
     mapping(uint256 roundId => mapping(address account => bytes32)) private _proposedIn;
     mapping(uint256 roundId => mapping(address account => bytes32)) private _consentedTo;
-    /// @dev roundId => account => its proposed update chain and that chain before its last update, set when it
-    /// was left out for not consenting.
+    /// @dev roundId => account => keccak(its proposed update chain, its proposed ε) and that chain before its last
+    /// update, set when it was left out for not consenting.
     mapping(uint256 roundId => mapping(address account => bytes32)) private _withheld;
     mapping(uint256 roundId => mapping(address account => bytes32)) private _withheldPrior;
 
@@ -236,7 +238,7 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
                 consented[i] = true;
                 ++count;
             } else {
-                _withheld[roundId][account] = proposal.updateCommitments[i];
+                _withheld[roundId][account] = _proposedRow(proposal.updateCommitments[i], proposal.epsilons[i]);
                 _withheldPrior[roundId][account] = priorChains[i];
             }
         }
@@ -362,22 +364,30 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     // ------------------------------------------------------------------ exclusion
 
     /// @inheritdoc IRoundRegistry
-    function disputeExclusion(uint256 roundId, uint32 flRound, bytes32 updateCommitment, bytes calldata receiptSignature)
-        external
-    {
+    function disputeExclusion(
+        uint256 roundId,
+        uint32 flRound,
+        bytes32 updateCommitment,
+        uint64 epsilon,
+        bytes calldata receiptSignature
+    ) external {
         Round storage r = _withStatus(roundId, RoundStatus.Recorded);
         uint256 slot = _slotOf[roundId][msg.sender];
         if (slot == 0) revert NotParticipant(roundId, msg.sender);
         if (_participants[roundId][slot - 1].included) revert NotExcluded(roundId, msg.sender);
-        // INVARIANT: one proposed with the update its receipt names (its chain ends with it) that did not consent
-        // in time cannot profit from its refusal; one proposed with another update was misrepresented and may dispute.
+        // INVARIANT: one proposed with the row its receipt names (its chain ends with that update, and that ε) that
+        // did not consent in time cannot profit from its refusal; one proposed with another update or another ε was
+        // misrepresented, so its refusal was justified and it may dispute.
         bytes32 withheld = _withheld[roundId][msg.sender];
-        if (withheld != bytes32(0) && keccak256(abi.encode(_withheldPrior[roundId][msg.sender], updateCommitment)) == withheld) {
+        bytes32 chain = keccak256(abi.encode(_withheldPrior[roundId][msg.sender], updateCommitment));
+        if (withheld != bytes32(0) && _proposedRow(chain, epsilon) == withheld) {
             revert ConsentWithheld(roundId, msg.sender);
         }
-        // INVARIANT: the last round's receipt proves the update entered the final aggregate.
+        // INVARIANT: the last round's receipt proves the update (and the ε reported with it) entered the final
+        // aggregate.
         if (flRound != r.rounds) revert ReceiptNotFinalRound(flRound, r.rounds);
-        address signer = ECDSA.recover(receiptDigest(roundId, msg.sender, flRound, updateCommitment), receiptSignature);
+        address signer =
+            ECDSA.recover(receiptDigest(roundId, msg.sender, flRound, updateCommitment, epsilon), receiptSignature);
         if (signer != r.aggregator) revert BadReceiptSignature(signer);
         // ClaimManager checks the claim is pending, names this registry, and the window is open.
         CLAIMS.rejectByRegistry(r.claimId, msg.sender);
@@ -424,12 +434,19 @@ contract RoundRegistry is IRoundRegistry, IJobParticipants, AttributionSettlemen
     }
 
     /// @inheritdoc IRoundRegistry
-    function receiptDigest(uint256 roundId, address participant, uint32 flRound, bytes32 updateCommitment)
+    function receiptDigest(uint256 roundId, address participant, uint32 flRound, bytes32 updateCommitment, uint64 epsilon)
         public
         view
         returns (bytes32)
     {
-        return _hashTypedDataV4(keccak256(abi.encode(RECEIPT_TYPEHASH, roundId, participant, flRound, updateCommitment)));
+        return _hashTypedDataV4(
+            keccak256(abi.encode(RECEIPT_TYPEHASH, roundId, participant, flRound, updateCommitment, epsilon))
+        );
+    }
+
+    /// @dev What a proposal said about a participant it could not record: its update chain and its ε, in one word.
+    function _proposedRow(bytes32 chain, uint64 epsilon) private pure returns (bytes32) {
+        return keccak256(abi.encode(chain, epsilon));
     }
 
     // ------------------------------------------------------------------ settlement

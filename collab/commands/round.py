@@ -327,7 +327,8 @@ def join(ctx: click.Context, round_id: int, data_path: Path, dataset_asset: int 
 
 
 def read_receipt(path: Path) -> dict[str, Any]:
-    """An update receipt file: ``{round_id, participant, fl_round, update_commitment, signature}`` (hex bytes)."""
+    """An update receipt file: ``{round_id, participant, fl_round, update_commitment, epsilon, signature}`` (hex
+    bytes; ε in millionths, as ``chain.clients.round_registry.epsilon_units``)."""
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
@@ -337,10 +338,17 @@ def read_receipt(path: Path) -> dict[str, Any]:
     try:
         receipt = {"round_id": int(raw["round_id"]), "participant": to_checksum_address(raw["participant"]),
                    "fl_round": int(raw["fl_round"]), "update_commitment": _hex(raw["update_commitment"], 32),
-                   "signature": _hex(raw["signature"], 65)}
+                   "epsilon": _uint64(raw["epsilon"]), "signature": _hex(raw["signature"], 65)}
     except (KeyError, TypeError, ValueError) as exc:
-        raise BadInput(f"{path}: a receipt needs round_id, participant, fl_round, update_commitment and signature ({exc})") from None
+        raise BadInput(f"{path}: a receipt needs round_id, participant, fl_round, update_commitment, epsilon and "
+                       f"signature ({exc})") from None
     return receipt
+
+
+def _uint64(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise ValueError(f"epsilon must be an integer number of millionths, got {value!r}")
+    return value
 
 
 def _hex(text: str, size: int) -> bytes:
@@ -403,12 +411,13 @@ def dispute(ctx: click.Context, round_id: int, receipt_path: Path | None, omissi
         raise BadInput(f"{receipt_path} acknowledges Flower round {receipt['fl_round']}; a dispute needs the "
                        f"receipt of the final round {r.rounds}")
     signer = recover_update_receipt(receipt["signature"], int(session.w3.eth.chain_id), registry.address, round_id, me,
-                                    receipt["fl_round"], receipt["update_commitment"])
+                                    receipt["fl_round"], receipt["update_commitment"], receipt["epsilon"])
     if signer != r.aggregator:
         raise ProtocolViolation(f"the receipt is signed by {signer}, not by the round's aggregator {r.aggregator}")
     if me in registry.included_of(round_id):
         raise BadInput(f"the record of round {round_id} includes you: nothing to dispute")
-    tx = registry.dispute_exclusion(round_id, receipt["fl_round"], receipt["update_commitment"], receipt["signature"])
+    tx = registry.dispute_exclusion(round_id, receipt["fl_round"], receipt["update_commitment"], receipt["epsilon"],
+                                    receipt["signature"])
     status = manager.claim_status(r.claim_id)
     emit(ctx, {"round_id": round_id, "claim_id": "0x" + r.claim_id.hex(), "claim_status": status.name.lower(),
                "credit_wei": manager.credit_of(me), "tx": tx.tx_hash},

@@ -54,9 +54,10 @@ def update_commitment(round_id: bytes, salt: bytes, words: np.ndarray) -> bytes:
     return keccak(DOMAIN + b"update" + salt + round_id + np.ascontiguousarray(words, dtype="<i8").tobytes())
 
 
-def update_digest(round_id: bytes, member: int, weight: int, commitment: bytes) -> bytes:
-    """What a participant signs: its commitment and the weight it claims, in this round, as this member."""
-    return keccak(DOMAIN + b"update-commitment" + round_id + struct.pack(">IQ", member, weight) + commitment)
+def update_digest(round_id: bytes, member: int, weight: int, epsilon: int, commitment: bytes) -> bytes:
+    """What a participant signs: its commitment, the weight it claims and the cumulative ε it reports
+    (``chain.clients.round_registry.epsilon_units``: millionths, the record's unit), in this round, as this member."""
+    return keccak(DOMAIN + b"update-commitment" + round_id + struct.pack(">IQQ", member, weight, epsilon) + commitment)
 
 
 def sign(account: LocalAccount, digest: bytes) -> bytes:

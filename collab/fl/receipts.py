@@ -3,11 +3,11 @@
 For a ``RoundRegistry`` round the ServerApp signs, for every update it
 accepts into a round's aggregate, the EIP-712 ``UpdateReceipt`` the contract
 checks in an exclusion dispute (``chain.clients.round_registry``): registry
-round id, participant, Flower round, and the participant's own signed update
-commitment. The receipt travels to that participant in its next message (the
+round id, participant, Flower round, the participant's own signed update
+commitment and the cumulative ε it signed with it. The receipt travels to that participant in its next message (the
 next round's ``train``, or a final ``query.receipt`` after the last round).
 The ClientApp keeps it only if the aggregator named in the run config signed
-it and it acknowledges the commitment this node itself made for that round;
+it and it acknowledges the commitment and ε this node itself sent for that round;
 ``collab round dispute ROUND`` re-checks the signer against the round's
 aggregator on-chain before using it, so a run config cannot lend a receipt
 authority it does not have.
@@ -82,12 +82,13 @@ class ReceiptSigner:
                                "in the SuperLink's environment")
         return cls(where, Identity.load(home, passphrase).account)
 
-    def sign(self, participant: str, fl_round: int, commitment: bytes) -> bytes:
-        """The 65-byte receipt for one accepted update."""
+    def sign(self, participant: str, fl_round: int, commitment: bytes, epsilon: int) -> bytes:
+        """The 65-byte receipt for one accepted update and the ε (millionths) its participant signed with it."""
         from chain.clients.round_registry import sign_update_receipt
 
         w = self.where
-        return sign_update_receipt(self.account, w.chain_id, w.registry, w.round_id, participant, fl_round, commitment)
+        return sign_update_receipt(self.account, w.chain_id, w.registry, w.round_id, participant, fl_round, commitment,
+                                   epsilon)
 
     def sign_survivors(self, fl_round: int, survivors: list[str]) -> bytes:
         """The endorsement of a SecAgg survivor list (what ``RoundRegistry.disputeOmission`` checks)."""
@@ -97,10 +98,11 @@ class ReceiptSigner:
         return sign_survivors(self.account, w.chain_id, w.registry, w.round_id, fl_round, survivors)
 
 
-def delivery(where: ReceiptContext, job: str, fl_round: int, commitment: bytes, signature: bytes) -> dict[str, Any]:
+def delivery(where: ReceiptContext, job: str, fl_round: int, commitment: bytes, epsilon: int,
+             signature: bytes) -> dict[str, Any]:
     """The receipt as the config entries of a Flower message."""
-    return {"receipt-round": int(fl_round), "receipt-commitment": bytes(commitment), "receipt": bytes(signature),
-            "receipt-registry-round": where.round_id, "receipt-job": job}
+    return {"receipt-round": int(fl_round), "receipt-commitment": bytes(commitment), "receipt-epsilon": int(epsilon),
+            "receipt": bytes(signature), "receipt-registry-round": where.round_id, "receipt-job": job}
 
 
 def receipts_dir(home: str | Path) -> Path:
@@ -111,22 +113,28 @@ def receipt_path(home: str | Path, round_id: int, fl_round: int) -> Path:
     return receipts_dir(home) / f"{int(round_id)}-r{int(fl_round)}.json"
 
 
-def keep(home: str | Path, where: ReceiptContext, participant: str, config: Any, own_commitment: bytes | None) -> Path:
+def keep(home: str | Path, where: ReceiptContext, participant: str, config: Any,
+         own: tuple[bytes, int] | None) -> Path:
     """Check a delivered receipt and store it in ``home``; ProtocolViolation when it is not one to rely on.
 
-    ``own_commitment`` is the commitment this node signed for that Flower
-    round (None: it kept none, so the receipt acknowledges nothing of its own).
+    ``own`` is the commitment this node signed for that Flower round and the
+    ε (millionths) it signed with it (None: it kept none, so the receipt
+    acknowledges nothing of its own).
     """
-    from chain.clients.round_registry import recover_update_receipt
+    from chain.clients.round_registry import epsilon_value, recover_update_receipt
 
     fl_round, commitment, signature = int(config["receipt-round"]), bytes(config["receipt-commitment"]), bytes(config["receipt"])
+    epsilon = int(config["receipt-epsilon"])
     if int(config["receipt-registry-round"]) != where.round_id:
         raise ProtocolViolation(f"a receipt for registry round {config['receipt-registry-round']} in round {where.round_id}")
-    if own_commitment is None or commitment != own_commitment:
+    if own is None or commitment != own[0]:
         raise ProtocolViolation(f"the aggregator's receipt for Flower round {fl_round} acknowledges a commitment "
                                 "this node did not make")
+    if epsilon != own[1]:
+        raise ProtocolViolation(f"the aggregator's receipt for Flower round {fl_round} states ε = "
+                                f"{epsilon_value(epsilon):g}; this node reported {epsilon_value(own[1]):g}")
     signer = recover_update_receipt(signature, where.chain_id, where.registry, where.round_id, participant, fl_round,
-                                    commitment)
+                                    commitment, epsilon)
     if signer.lower() != where.aggregator.lower():
         raise ProtocolViolation(f"the receipt for Flower round {fl_round} is signed by {signer}, "
                                 f"not by the aggregator {where.aggregator}")
@@ -134,7 +142,7 @@ def keep(home: str | Path, where: ReceiptContext, participant: str, config: Any,
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.write_text(json.dumps({
         "round_id": where.round_id, "participant": participant, "fl_round": fl_round,
-        "update_commitment": "0x" + commitment.hex(), "signature": "0x" + signature.hex(),
+        "update_commitment": "0x" + commitment.hex(), "epsilon": epsilon, "signature": "0x" + signature.hex(),
         "aggregator": where.aggregator, "registry": where.registry, "chain_id": where.chain_id}, indent=2) + "\n")
     return path
 

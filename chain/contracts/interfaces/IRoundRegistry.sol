@@ -214,7 +214,8 @@ interface IRoundRegistry {
     /// @param roundId The round.
     /// @param recordRoot The given record's root.
     error NotTheProposal(uint256 roundId, bytes32 recordRoot);
-    /// @notice The participant was proposed with this update and did not consent in time: its exclusion stands.
+    /// @notice The participant was proposed with this update and this ε and did not consent in time: its exclusion
+    /// stands.
     /// @param roundId The round.
     /// @param account The participant.
     error ConsentWithheld(uint256 roundId, address account);
@@ -416,12 +417,20 @@ interface IRoundRegistry {
 
     /// @notice An accepted participant left out of the record proves the aggregator's receipt for its
     /// last-round update; the pending claim is rejected and the aggregator's bond credited to the caller.
+    /// Reverts `ConsentWithheld` when the caller was left out for not consenting to a proposal that named
+    /// exactly this update and this ε.
     /// @param roundId The round.
     /// @param flRound The Flower round of the receipt (must be R).
     /// @param updateCommitment The update the aggregator acknowledged.
+    /// @param epsilon The cumulative ε the participant reported with it (millionths), as the receipt states.
     /// @param receiptSignature The aggregator's EIP-712 `UpdateReceipt` signature.
-    function disputeExclusion(uint256 roundId, uint32 flRound, bytes32 updateCommitment, bytes calldata receiptSignature)
-        external;
+    function disputeExclusion(
+        uint256 roundId,
+        uint32 flRound,
+        bytes32 updateCommitment,
+        uint64 epsilon,
+        bytes calldata receiptSignature
+    ) external;
 
     /// @notice Reverts unless `signature` is every included participant's consent to `record`; returns its root.
     /// @param record The record.
@@ -443,8 +452,9 @@ interface IRoundRegistry {
     /// @param participant The participant.
     /// @param flRound The Flower round.
     /// @param updateCommitment The update's commitment.
+    /// @param epsilon The cumulative ε reported with it (millionths).
     /// @return The digest the aggregator signs.
-    function receiptDigest(uint256 roundId, address participant, uint32 flRound, bytes32 updateCommitment)
+    function receiptDigest(uint256 roundId, address participant, uint32 flRound, bytes32 updateCommitment, uint64 epsilon)
         external
         view
         returns (bytes32);

@@ -166,11 +166,13 @@ def _opening_path(context: Context, job: str, rnd: int) -> Path:
     return folder / f"{hashlib.sha256(job.encode()).hexdigest()[:16]}-r{rnd}.json"
 
 
-def _save_opening(context: Context, job: str, rnd: int, salt: bytes, commitment: bytes) -> None:
-    """Keep the salt that opens this node's update commitment (only this node can open it)."""
+def _save_opening(context: Context, job: str, rnd: int, salt: bytes, commitment: bytes, epsilon: int) -> None:
+    """Keep the salt that opens this node's update commitment (only this node can open it), and the ε it reported
+    with it (what the aggregator's receipt must state)."""
     path = _opening_path(context, job, rnd)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps({"job": job, "round": rnd, "salt": salt.hex(), "commitment": commitment.hex()}) + "\n")
+    path.write_text(json.dumps({"job": job, "round": rnd, "salt": salt.hex(), "commitment": commitment.hex(),
+                                "epsilon": epsilon}) + "\n")
     path.chmod(0o600)
 
 
@@ -180,6 +182,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train locally, sign the model receipt and the update commitment; start SecAgg or send the update."""
     from flwr.app import ArrayRecord
 
+    from chain.clients.round_registry import epsilon_units
+
     identity = _identity(context)
     cfg = msg.content["config"]
     job, rnd, member = str(cfg["job"]), int(cfg["server-round"]), int(cfg["member-id"])
@@ -188,18 +192,18 @@ def train(msg: Message, context: Context) -> Message:
     received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     receipt = att.sign(identity.account, att.model_receipt_digest(job, rnd, att.model_hash(received)))
     state, metrics = _local_round(msg, context)
-    weight = int(metrics["num-examples"])
+    weight, epsilon = int(metrics["num-examples"]), epsilon_units(float(metrics["epsilon"]))
     layout = TensorLayout.of(state)
     words = layout.pack({k: v.astype(np.float64) * weight for k, v in state.items()}, FRAC_BITS)
     round_id = att.job_round_id(job, rnd)
     salt = os.urandom(32)
     commitment = att.update_commitment(round_id, salt, words)
-    _save_opening(context, job, rnd, salt, commitment)
+    _save_opening(context, job, rnd, salt, commitment, epsilon)
     info: dict[str, Any] = {
         "participant": str(context.node_config["participant-id"]),
         "model-receipt": receipt,
         "update-commitment": commitment,
-        "update-signature": att.sign(identity.account, att.update_digest(round_id, member, weight, commitment)),
+        "update-signature": att.sign(identity.account, att.update_digest(round_id, member, weight, epsilon, commitment)),
     }
     if bool(context.node_config.get("keep-inputs", False)):  # audits and tests: this node's own input, locally
         np.save(Path(str(context.node_config["home"])) / "flower" / f"input-r{rnd}.npy", words)
@@ -233,8 +237,9 @@ def _keep_receipt(context: Context, cfg: Any) -> Path:
     home = str(context.node_config["home"])
     opening = _opening_path(context, str(cfg["receipt-job"]), int(cfg["receipt-round"]))
     try:
-        own: bytes | None = bytes.fromhex(json.loads(opening.read_text())["commitment"])
-    except (OSError, ValueError, KeyError):
+        saved = json.loads(opening.read_text())
+        own: tuple[bytes, int] | None = (bytes.fromhex(saved["commitment"]), int(saved["epsilon"]))
+    except (OSError, ValueError, KeyError, TypeError):
         own = None
     return keep(home, where, Identity.read_public(home).address, cfg, own)
 

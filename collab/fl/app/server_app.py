@@ -154,16 +154,19 @@ def _round_config(job: str, rnd: int, peers: list[Peer], length: int, minimum: i
 
 def _check_reply(reply: Message, peer: Peer, job: str, rnd: int, sent_hash: bytes) -> dict[str, Any]:
     """The attested facts of a train reply; ProtocolViolation/BadInput when a signature or the weight is off."""
+    from chain.clients.round_registry import epsilon_units
+
     info, metrics = reply.content["info"], reply.content["metrics"]
     if str(info["participant"]) != peer.name or int(metrics["num-examples"]) != peer.weight:
         raise ProtocolViolation(f"reply claims participant {info['participant']} with weight {metrics['num-examples']}")
     receipt, commitment, usig = bytes(info["model-receipt"]), bytes(info["update-commitment"]), bytes(info["update-signature"])
     att.check(att.model_receipt_digest(job, rnd, sent_hash), receipt, peer.address, f"{peer.name}'s model receipt")
-    digest = att.update_digest(att.job_round_id(job, rnd), peer.member, peer.weight, commitment)
+    epsilon = float(metrics["epsilon"])
+    digest = att.update_digest(att.job_round_id(job, rnd), peer.member, peer.weight, epsilon_units(epsilon), commitment)
     att.check(digest, usig, peer.address, f"{peer.name}'s update commitment")
     return {
         "participant": peer.name, "address": peer.address, "member_id": peer.member, "weight": peer.weight,
-        "epsilon": float(metrics["epsilon"]), "update_commitment": "0x" + commitment.hex(),
+        "epsilon": epsilon, "update_commitment": "0x" + commitment.hex(),
         "update_signature": "0x" + usig.hex(), "model_receipt": "0x" + receipt.hex(),
     }
 
@@ -267,21 +270,25 @@ def main(grid: Grid, context: Context) -> None:
 def _sign_receipts(signer: ReceiptSigner, where: ReceiptContext, job: str, rnd: int,
                    attested: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Sign a receipt for every update in this round's aggregate; what each participant's next message carries."""
+    from chain.clients.round_registry import epsilon_units
+
     pending = {}
     for item in attested:
-        commitment = bytes.fromhex(item["update_commitment"][2:])
-        signature = signer.sign(item["address"], rnd, commitment)
+        commitment, epsilon = bytes.fromhex(item["update_commitment"][2:]), epsilon_units(item["epsilon"])
+        signature = signer.sign(item["address"], rnd, commitment, epsilon)
         item["aggregator_receipt"] = "0x" + signature.hex()  # kept in attribution.json too
-        pending[item["participant"]] = delivery(where, job, rnd, commitment, signature)
+        pending[item["participant"]] = delivery(where, job, rnd, commitment, epsilon, signature)
     return pending
 
 
 def _pending_receipts(where: ReceiptContext, job: str, attribution: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """After a restart: the last completed round's receipts, still to be delivered."""
+    from chain.clients.round_registry import epsilon_units
+
     rounds = attribution.get("rounds") or []
     last = rounds[-1] if rounds else {}
     return {i["participant"]: delivery(where, job, int(last["round"]), bytes.fromhex(i["update_commitment"][2:]),
-                                       bytes.fromhex(i["aggregator_receipt"][2:]))
+                                       epsilon_units(i["epsilon"]), bytes.fromhex(i["aggregator_receipt"][2:]))
             for i in last.get("included", []) if i.get("aggregator_receipt")}
 
 
