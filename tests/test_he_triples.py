@@ -23,7 +23,7 @@ import tenseal.sealapi as seal
 from collab.errors import BadInput, InternalError, ProtocolViolation
 from collab.he import BfvParams, BfvSuite, HeParty, QueueChannel, TripleGenerator, run_pair
 from collab.he.bfv import Rng, crt_mod_2_64, limbs_mod, mulmod
-from collab.he.triples import mask_bits, pack, plan_matmul, unpack
+from collab.he.triples import MatmulPlan, mask_bits, pack, plan_matmul, unpack
 
 U64 = np.uint64
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,6 +272,29 @@ def test_long_inner_dimension_is_split_into_separately_masked_groups(suite: BfvS
     (t0, t1) = run_pair("matmul", (1, 5000), (5000, 1))
     a, b, c = (add(u, v) for u, v in zip(t0, t1))
     assert np.array_equal(c, mm(a, b))
+
+
+def test_every_block_plan_shape_stays_exact(parties: tuple[HeParty, HeParty]) -> None:
+    """Row blocks sharing each answerer block (nb > 1), several masked groups, ragged edges and zero blocks
+    of the answerer's matrix (skipped products): every plan gives the exact product mod 2^64."""
+    a, b = parties
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 2**64, size=(5, 40), dtype=U64, endpoint=False)
+    y = rng.integers(0, 2**64, size=(40, 7), dtype=U64, endpoint=False)
+    y[8:16, :] = 0  # a whole zero block of y for kw = 8
+    for nw, kw, mw, group in ((2, 8, 3, 2), (1, 16, 7, 1), (5, 40, 7, 1), (3, 8, 2, 5)):
+        plan = MatmulPlan(5, 40, 7, nw, kw, mw, group)
+        reply, share = b.answer_matmul(a.offer_matmul(x, plan), y, plan)
+        assert np.array_equal(add(a.finish_matmul(reply, plan), share), mm(x, y)), plan
+
+
+def test_the_planner_reuses_answerer_blocks_where_their_transforms_dominate(suite: BfvSuite) -> None:
+    """The embedding's (32, 8192) @ (8192, 384) cross term: each answerer block (an NTT per block) serves
+    several row blocks, without more offered ciphertexts (1 MB each) than the plan that ignored it (256)."""
+    plan = plan_matmul(32, 8192, 384, suite)
+    nb, kb, mb = plan.blocks
+    assert nb > 1 and nb * kb <= 256
+    assert plan.nw * plan.kw * plan.mw + plan.kw - 1 <= suite.n
 
 
 def test_square_binary_and_b2a_tuples_are_exact() -> None:

@@ -145,8 +145,18 @@ class MatmulPlan:
         return math.ceil(self.blocks[1] / self.group)
 
 
+#: Costs of a block plan's steps in units of one NTT-domain product (multiply_plain + add, ~0.8 ms at
+#: N = 16384 on this machine), measured per prime with ``HeParty``: encoding and transforming one block
+#: of the answerer's matrix (3.4), one offered ciphertext (encrypt, serialise, load, transform: 19, plus
+#: 10 for its 1 MB at 1 Gb/s) and one reply (re-randomise, flood, mod-switch, serialise, decrypt: 40,
+#: plus 5 for 0.5 MB). Bytes are priced at a LAN's rate, not loopback's, so the plans do not trade
+#: traffic for CPU only because the benchmark runs on one host. A product is cheap next to the
+#: transform of its plaintext block, so plans that reuse each block over several row blocks win.
+BLOCK_COST, OFFER_COST, REPLY_COST = 3.4, 29.0, 45.0
+
+
 def plan_matmul(n: int, k: int, m: int, suite: BfvSuite) -> MatmulPlan:
-    """The block shape minimising polynomial products plus ciphertexts sent."""
+    """The block shape of least estimated work: products, answerer blocks, offers and replies."""
     N = suite.n
     max_inner = 1 << (mask_bits(suite) - 128 - suite.params.stat_bits)
     cands = lambda d: sorted({min(d, 1 << e) for e in range(16)} | {d})  # noqa: E731
@@ -162,7 +172,7 @@ def plan_matmul(n: int, k: int, m: int, suite: BfvSuite) -> MatmulPlan:
             nb, kb, mb = math.ceil(n / nw), math.ceil(k / kw), math.ceil(m / mw)
             group = max(1, min(kb, max_inner // kw, noise_groups))
             groups = math.ceil(kb / group)
-            cost = nb * kb * mb + 2.0 * nb * kb + 2.0 * nb * mb * groups
+            cost = nb * kb * mb + BLOCK_COST * kb * mb + OFFER_COST * nb * kb + REPLY_COST * nb * mb * groups
             plan = MatmulPlan(n, k, m, nw, kw, mw, group)
             if best is None or cost < best[0]:
                 best = (cost, plan)
@@ -361,7 +371,13 @@ class HeParty:
         return (ii * plan.mw + jj) * plan.kw + plan.kw - 1
 
     def answer_matmul(self, offer: bytes, y: np.ndarray, plan: MatmulPlan) -> tuple[bytes, np.ndarray]:
-        """Reply Enc(Σ_group x_blk @ y_blk + r) per output block and group; return our share."""
+        """Reply Enc(Σ_group x_blk @ y_blk + r) per output block and group; return our share.
+
+        Products run in the NTT domain: each offered block is transformed once,
+        and each block of ``y`` is encoded and transformed once, right before
+        the products that use it (one per row block), into one reused buffer,
+        so memory stays at a few ciphertexts whatever the matrix size.
+        """
         y = np.asarray(y, dtype=U64)
         if y.shape != (plan.k, plan.m):
             raise InternalError("answer does not match the plan")
@@ -371,61 +387,61 @@ class HeParty:
             raise ProtocolViolation("matmul offer has the wrong number of ciphertexts")
         n_replies = nb * mb * plan.groups
         terms = plan.group * plan.kw * plan.mw
-        pos = self._positions(plan)
-        masks, low = self._reply_masks(n_replies, pos)
+        masks, low = self._reply_masks(n_replies, self._positions(plan))
         share = np.zeros((plan.n, plan.m), dtype=U64)
-        out = []
+        out: list[bytes] = []
         for k, p in enumerate(self.suite.primes):
             ev = self.suite.evaluators[k]
             res = uint64_to_residues(y, p)
             cts = [self.suite.load_offer(k, blobs[k * nb * kb + i]) for i in range(nb * kb)]
-            for ct in cts:  # products in the NTT domain: one transform per block, not per product
+            for ct in cts:
                 ev.transform_to_ntt_inplace(ct)
-            ypt: dict[tuple[int, int], seal.Plaintext | None] = {}
-            for bl in range(kb):
-                for bj in range(mb):
-                    blk = res[bl * plan.kw : (bl + 1) * plan.kw, bj * plan.mw : (bj + 1) * plan.mw]
-                    coeffs = np.zeros(self.suite.n, dtype=U64)
-                    ll, jj = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
-                    coeffs[jj * plan.kw + ll] = blk
-                    pt = self.suite.coeff_plaintext(coeffs, k)
-                    if pt.is_zero():
-                        ypt[bl, bj] = None  # SEAL refuses ct * 0; the term is simply absent
-                        continue
-                    ntt = seal.Plaintext()
-                    ev.transform_to_ntt(pt, cts[0].parms_id(), ntt)
-                    ypt[bl, bj] = ntt
-            r = 0
-            for bi in range(nb):
-                for bj in range(mb):
-                    for g in range(plan.groups):
-                        acc: seal.Ciphertext | None = None
-                        for bl in range(g * plan.group, min(kb, (g + 1) * plan.group)):
-                            y_pt = ypt[bl, bj]
-                            if y_pt is None:
-                                continue
-                            prod = seal.Ciphertext()
-                            ev.multiply_plain(cts[bi * kb + bl], y_pt, prod)
+            parms, y_ntt, prod = cts[0].parms_id(), seal.Plaintext(), seal.Ciphertext()
+            replies: list[bytes] = [b""] * n_replies  # wire order: (row block, column block, group)
+            for bj in range(mb):
+                for g in range(plan.groups):
+                    accs: list[seal.Ciphertext | None] = [None] * nb
+                    for bl in range(g * plan.group, min(kb, (g + 1) * plan.group)):
+                        pt = self._weight_block(res, plan, bl, bj, k)
+                        if pt is None:
+                            continue  # SEAL refuses ct * 0; the term is simply absent
+                        ev.transform_to_ntt(pt, parms, y_ntt)
+                        for bi in range(nb):
+                            acc = accs[bi]
                             if acc is None:
-                                acc = prod
+                                accs[bi] = acc = seal.Ciphertext()
+                                ev.multiply_plain(cts[bi * kb + bl], y_ntt, acc)
                             else:
+                                ev.multiply_plain(cts[bi * kb + bl], y_ntt, prod)
                                 ev.add_inplace(acc, prod)
+                    for bi, acc in enumerate(accs):
+                        r = (bi * mb + bj) * plan.groups + g
                         if acc is None:
                             acc = seal.Ciphertext()
-                            self._peer()[k].encrypt_zero(cts[0].parms_id(), acc)
+                            self._peer()[k].encrypt_zero(parms, acc)
                         else:
                             ev.transform_from_ntt_inplace(acc)
                         sl = slice(r * self.suite.n, (r + 1) * self.suite.n)
                         ev.add_plain_inplace(acc, self.suite.coeff_plaintext(masks[k][sl], k))
-                        out.append(self._seal_reply(k, acc, terms))
+                        replies[r] = self._seal_reply(k, acc, terms)
                         if k == 0:
                             rows = slice(bi * plan.nw, (bi + 1) * plan.nw)
                             cols = slice(bj * plan.mw, (bj + 1) * plan.mw)
                             h, w = share[rows, cols].shape
                             with np.errstate(over="ignore"):
                                 share[rows, cols] -= low[r, :h, :w]
-                        r += 1
+            out.extend(replies)
         return pack(out), share
+
+    def _weight_block(self, res: np.ndarray, plan: MatmulPlan, bl: int, bj: int, k: int) -> seal.Plaintext | None:
+        """Block (bl, bj) of the answerer's matrix (residues mod prime ``k``) as Σ y[l,j] T^(j*kw + l); None if zero."""
+        blk = res[bl * plan.kw : (bl + 1) * plan.kw, bj * plan.mw : (bj + 1) * plan.mw]
+        if not blk.any():
+            return None
+        coeffs = np.zeros(self.suite.n, dtype=U64)
+        ll, jj = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
+        coeffs[jj * plan.kw + ll] = blk
+        return self.suite.coeff_plaintext(coeffs, k)
 
     def _reply_masks(self, n_replies: int, pos: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         """Masks of every coefficient of ``n_replies`` matmul replies: residues per prime, and r mod 2^64 at outputs.
