@@ -4,10 +4,11 @@ For a ``RoundRegistry`` round the ServerApp signs, for every update it
 accepts into a round's aggregate, the EIP-712 ``UpdateReceipt`` the contract
 checks in an exclusion dispute (``chain.clients.round_registry``): registry
 round id, participant, Flower round, the participant's own signed update
-commitment and the cumulative ε it signed with it. The receipt travels to that participant in its next message (the
-next round's ``train``, or a final ``query.receipt`` after the last round).
-The ClientApp keeps it only if the aggregator named in the run config signed
-it and it acknowledges the commitment and ε this node itself sent for that round;
+commitment and the cumulative ε it signed with it. The receipt travels to
+that participant in its next message (the next round's ``train``, or a final
+``query.receipt`` after the last round). The ClientApp keeps it only if the
+aggregator named in the run config signed it and it acknowledges the
+commitment and ε this node itself sent for that round;
 ``collab round dispute ROUND`` re-checks the signer against the round's
 aggregator on-chain before using it, so a run config cannot lend a receipt
 authority it does not have.
