@@ -297,6 +297,71 @@ def test_the_planner_reuses_answerer_blocks_where_their_transforms_dominate(suit
     assert plan.nw * plan.kw * plan.mw + plan.kw - 1 <= suite.n
 
 
+def test_a_helper_process_answers_half_the_columns_exactly_and_a_dead_one_costs_only_time(
+    parties: tuple[HeParty, HeParty], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answerer hands half the column blocks to a second process (the other party only waits); the
+    replies are bit-exact either way, and a helper killed mid-answer or failing leaves its columns to the
+    party itself, with a fresh helper for the next request."""
+    from collab.he import helper as helpers
+
+    a, b = parties
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 2**64, size=(6, 64), dtype=U64, endpoint=False)
+    y = rng.integers(0, 2**64, size=(64, 9), dtype=U64, endpoint=False)
+    plan = MatmulPlan(6, 64, 9, 3, 16, 3, 2)  # 2 row blocks, 4 inner blocks in 2 groups, 3 column blocks
+    offer, want = a.offer_matmul(x, plan), mm(x, y)
+    helper = helpers.AnswerHelper(b.suite.params)
+    try:
+        reply, share = b.answer_matmul(offer, y, plan, helper)
+        assert np.array_equal(add(a.finish_matmul(reply, plan), share), want)
+        first = helper._proc
+        assert first is not None and first.poll() is None  # it answered and waits for more
+
+        submit = helpers.AnswerHelper.submit
+
+        def submit_then_die(self: helpers.AnswerHelper, *args: object) -> None:
+            submit(self, *args)
+            assert self._proc is not None
+            self._proc.kill()
+
+        monkeypatch.setattr(helpers.AnswerHelper, "submit", submit_then_die)
+        reply, share = b.answer_matmul(offer, y, plan, helper)
+        assert np.array_equal(add(a.finish_matmul(reply, plan), share), want)
+        assert helper._proc is None  # ended; the next request starts another
+        monkeypatch.setattr(helpers.AnswerHelper, "submit", submit)
+        reply, share = b.answer_matmul(offer, y, plan, helper)
+        assert np.array_equal(add(a.finish_matmul(reply, plan), share), want)
+        assert helper._proc is not None and helper._proc.pid != first.pid
+    finally:
+        helper.close()
+    monkeypatch.setenv(helpers.ENV_HELPER, "0")
+    assert not helpers.wanted(10_000)
+    monkeypatch.delenv(helpers.ENV_HELPER)
+    assert not helpers.wanted(helpers.MIN_PRODUCTS - 1)
+
+
+def test_owner_held_matmuls_use_the_helper_and_two_sided_ones_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a party answering alone (the peer offered and waits) hands columns to a helper."""
+    from collab.he import helper as helpers
+
+    used: list[int] = []
+    answer = HeParty.answer_matmul
+
+    def spy(self: HeParty, offer: bytes, y: np.ndarray, plan: MatmulPlan, helper: object = None) -> object:
+        used.append(helper is not None)
+        return answer(self, offer, y, plan, None)  # the helper itself is covered above
+
+    monkeypatch.setattr(HeParty, "answer_matmul", spy)
+    monkeypatch.setattr(helpers, "MIN_PRODUCTS", 1)
+    run_pair("matmul", (4, 8), (8, 3))
+    assert used == [False, False]
+    used.clear()
+    w = Rng().uint64((8, 3))
+    (t0, t1), _ = _fixed_pair([w, np.zeros((8, 3), dtype=U64)], (4, 8))
+    assert used == [True] and np.array_equal(add(t0[1], t1[1]), mm(add(t0[0], t1[0]), w))
+
+
 def test_square_binary_and_b2a_tuples_are_exact() -> None:
     (r0, q0), (r1, q1) = run_pair("square", (6,))
     assert np.array_equal(add(q0, q1), mul(add(r0, r1), add(r0, r1)))

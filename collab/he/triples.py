@@ -53,6 +53,8 @@ from collab.he.bfv import (
     limbs_mod,
     uint64_to_residues,
 )
+from collab.he.helper import AnswerHelper, helper_for
+from collab.he.helper import wanted as helper_wanted
 
 MASK = (1 << 64) - 1
 #: The AND-bit protocol's suite: a bit product needs no CRT and no 180-bit range, only a batching prime
@@ -209,6 +211,91 @@ class Traffic:
         return self.kinds.setdefault(name, {"calls": 0, "seconds": 0.0, "bytes_sent": 0, "round_trips": 0})
 
 
+def peer_encryptors(suite: BfvSuite, key_blobs: list[bytes]) -> list[seal.Encryptor]:
+    """Encryptors under the peer's public keys (one per prime): what re-randomises replies to the peer."""
+    keys = [suite.load_public_key(i, b) for i, b in enumerate(key_blobs)]
+    return [seal.Encryptor(c, pk) for c, pk in zip(suite.contexts, keys)]
+
+
+def seal_reply(suite: BfvSuite, peer: seal.Encryptor, rng: Rng, k: int, ct: seal.Ciphertext, terms: int) -> bytes:
+    """Re-randomise, flood and shrink a reply (prime ``k``) before it leaves this party."""
+    ev = suite.evaluators[k]
+    zero = seal.Ciphertext()
+    peer.encrypt_zero(ct.parms_id(), zero)
+    ev.add_inplace(ct, zero)
+    ev.add_inplace(ct, suite.flood_ciphertext(k, ct.parms_id(), suite.flood_bits(terms), rng))
+    for _ in range(len(suite.params.coeff_bits) - 1 - suite.reply_level(terms)):
+        ev.mod_switch_to_next_inplace(ct)
+    return suite.dumps(ct)
+
+
+def reply_indices(plan: MatmulPlan, columns: list[int]) -> list[int]:
+    """Wire positions of the replies of column blocks ``columns``: reply r = (row block, column block, group)."""
+    nb, _, mb = plan.blocks
+    return [(bi * mb + bj) * plan.groups + g for bi in range(nb) for bj in columns for g in range(plan.groups)]
+
+
+def answer_columns(suite: BfvSuite, peer: list[seal.Encryptor], rng: Rng, blobs: list[bytes], y: np.ndarray,
+                   plan: MatmulPlan, masks: dict[int, np.ndarray], columns: list[int]) -> dict[tuple[int, int], bytes]:
+    """Sealed replies, (prime, wire position) -> bytes, of the column blocks ``columns`` of a matmul answer.
+
+    Products run in the NTT domain: each offered block is transformed once,
+    and each block of ``y`` is encoded and transformed once, right before the
+    products that use it (one per row block), into one reused buffer, so
+    memory stays at a few ciphertexts whatever the matrix size. ``masks[r]``
+    holds reply r's mask residues, one row per prime.
+    """
+    nb, kb, mb = plan.blocks
+    terms = plan.group * plan.kw * plan.mw
+    out: dict[tuple[int, int], bytes] = {}
+    if not columns:
+        return out
+    for k, p in enumerate(suite.primes):
+        ev = suite.evaluators[k]
+        res = uint64_to_residues(y, p)
+        cts = [suite.load_offer(k, blobs[k * nb * kb + i]) for i in range(nb * kb)]
+        for ct in cts:
+            ev.transform_to_ntt_inplace(ct)
+        parms, y_ntt, prod = cts[0].parms_id(), seal.Plaintext(), seal.Ciphertext()
+        for bj in columns:
+            for g in range(plan.groups):
+                accs: list[seal.Ciphertext | None] = [None] * nb
+                for bl in range(g * plan.group, min(kb, (g + 1) * plan.group)):
+                    pt = _weight_block(suite, res, plan, bl, bj, k)
+                    if pt is None:
+                        continue  # SEAL refuses ct * 0; the term is simply absent
+                    ev.transform_to_ntt(pt, parms, y_ntt)
+                    for bi in range(nb):
+                        acc = accs[bi]
+                        if acc is None:
+                            accs[bi] = acc = seal.Ciphertext()
+                            ev.multiply_plain(cts[bi * kb + bl], y_ntt, acc)
+                        else:
+                            ev.multiply_plain(cts[bi * kb + bl], y_ntt, prod)
+                            ev.add_inplace(acc, prod)
+                for bi, acc in enumerate(accs):
+                    r = (bi * mb + bj) * plan.groups + g
+                    if acc is None:
+                        acc = seal.Ciphertext()
+                        peer[k].encrypt_zero(parms, acc)
+                    else:
+                        ev.transform_from_ntt_inplace(acc)
+                    ev.add_plain_inplace(acc, suite.coeff_plaintext(masks[r][k], k))
+                    out[k, r] = seal_reply(suite, peer[k], rng, k, acc, terms)
+    return out
+
+
+def _weight_block(suite: BfvSuite, res: np.ndarray, plan: MatmulPlan, bl: int, bj: int, k: int) -> seal.Plaintext | None:
+    """Block (bl, bj) of the answerer's matrix (residues mod prime ``k``) as Σ y[l,j] T^(j*kw + l); None if zero."""
+    blk = res[bl * plan.kw : (bl + 1) * plan.kw, bj * plan.mw : (bj + 1) * plan.mw]
+    if not blk.any():
+        return None
+    coeffs = np.zeros(suite.n, dtype=U64)
+    ll, jj = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
+    coeffs[jj * plan.kw + ll] = blk
+    return suite.coeff_plaintext(coeffs, k)
+
+
 class HeParty:
     """One party of the cross-term protocol: its own BFV keys plus the peer's public keys."""
 
@@ -227,6 +314,7 @@ class HeParty:
         self._enc = [seal.Encryptor(c, s) for c, s in zip(self.suite.contexts, self._secret)]
         self._dec = [seal.Decryptor(c, s) for c, s in zip(self.suite.contexts, self._secret)]
         self._peer_enc: list[seal.Encryptor] | None = None
+        self.peer_hello = b""  # what a helper process needs to re-randomise replies to the peer
         self.last_budgets: deque[int] = deque(maxlen=4096)  # noise budgets of recent replies (bits)
 
     # ---------------------------------------------------------------- setup
@@ -239,8 +327,8 @@ class HeParty:
         blobs = unpack(peer_hello)
         if len(blobs) != len(self.suite.contexts):
             raise ProtocolViolation("peer public keys do not match the BFV suite")
-        keys = [self.suite.load_public_key(i, b) for i, b in enumerate(blobs)]
-        self._peer_enc = [seal.Encryptor(c, pk) for c, pk in zip(self.suite.contexts, keys)]
+        self._peer_enc = peer_encryptors(self.suite, blobs)
+        self.peer_hello = peer_hello
 
     def _peer(self) -> list[seal.Encryptor]:
         if self._peer_enc is None:
@@ -255,15 +343,7 @@ class HeParty:
         return self.suite.dumps(ct)
 
     def _seal_reply(self, k: int, ct: seal.Ciphertext, terms: int) -> bytes:
-        """Re-randomise, flood and shrink a reply before it leaves this party."""
-        suite, ev = self.suite, self.suite.evaluators[k]
-        zero = seal.Ciphertext()
-        self._peer()[k].encrypt_zero(ct.parms_id(), zero)
-        ev.add_inplace(ct, zero)
-        ev.add_inplace(ct, suite.flood_ciphertext(k, ct.parms_id(), suite.flood_bits(terms), self.rng))
-        for _ in range(len(suite.params.coeff_bits) - 1 - suite.reply_level(terms)):
-            ev.mod_switch_to_next_inplace(ct)
-        return suite.dumps(ct)
+        return seal_reply(self.suite, self._peer()[k], self.rng, k, ct, terms)
 
     def _times(self, k: int, ct: seal.Ciphertext, pt: seal.Plaintext) -> seal.Ciphertext:
         """ct * pt; a zero plaintext gives a fresh encryption of zero (SEAL refuses transparent results)."""
@@ -370,13 +450,13 @@ class HeParty:
         ii, jj = np.meshgrid(np.arange(plan.nw), np.arange(plan.mw), indexing="ij")
         return (ii * plan.mw + jj) * plan.kw + plan.kw - 1
 
-    def answer_matmul(self, offer: bytes, y: np.ndarray, plan: MatmulPlan) -> tuple[bytes, np.ndarray]:
+    def answer_matmul(self, offer: bytes, y: np.ndarray, plan: MatmulPlan,
+                      helper: AnswerHelper | None = None) -> tuple[bytes, np.ndarray]:
         """Reply Enc(Σ_group x_blk @ y_blk + r) per output block and group; return our share.
 
-        Products run in the NTT domain: each offered block is transformed once,
-        and each block of ``y`` is encoded and transformed once, right before
-        the products that use it (one per row block), into one reused buffer,
-        so memory stays at a few ciphertexts whatever the matrix size.
+        With ``helper`` (a second process of this party, :mod:`collab.he.helper`)
+        the column blocks are split between it and this process; a helper that
+        fails only costs the time: its columns are answered here.
         """
         y = np.asarray(y, dtype=U64)
         if y.shape != (plan.k, plan.m):
@@ -386,65 +466,38 @@ class HeParty:
         if len(blobs) != nb * kb * len(self.suite.primes):
             raise ProtocolViolation("matmul offer has the wrong number of ciphertexts")
         n_replies = nb * mb * plan.groups
-        terms = plan.group * plan.kw * plan.mw
         masks, low = self._reply_masks(n_replies, self._positions(plan))
+        rows_of = lambda cols: {r: masks[:, r] for r in reply_indices(plan, cols)}  # noqa: E731
+        theirs = list(range(mb // 2, mb)) if helper is not None and mb > 1 else []
+        mine = [bj for bj in range(mb) if bj not in theirs]
+        if theirs:
+            try:
+                helper.submit(self.peer_hello, offer, y, plan, rows_of(theirs), theirs)  # type: ignore[union-attr]
+            except Unavailable:  # logged by the helper module; answered here instead
+                mine, theirs = list(range(mb)), []
+        started = time.monotonic()
+        replies = answer_columns(self.suite, self._peer(), self.rng, blobs, y, plan, rows_of(mine), mine)
+        if theirs:
+            try:
+                replies.update(helper.collect(timeout=120.0 + 4 * (time.monotonic() - started)))  # type: ignore[union-attr]
+            except Unavailable:  # logged by the helper module; answered here instead
+                replies.update(answer_columns(self.suite, self._peer(), self.rng, blobs, y, plan, rows_of(theirs), theirs))
         share = np.zeros((plan.n, plan.m), dtype=U64)
-        out: list[bytes] = []
-        for k, p in enumerate(self.suite.primes):
-            ev = self.suite.evaluators[k]
-            res = uint64_to_residues(y, p)
-            cts = [self.suite.load_offer(k, blobs[k * nb * kb + i]) for i in range(nb * kb)]
-            for ct in cts:
-                ev.transform_to_ntt_inplace(ct)
-            parms, y_ntt, prod = cts[0].parms_id(), seal.Plaintext(), seal.Ciphertext()
-            replies: list[bytes] = [b""] * n_replies  # wire order: (row block, column block, group)
-            for bj in range(mb):
-                for g in range(plan.groups):
-                    accs: list[seal.Ciphertext | None] = [None] * nb
-                    for bl in range(g * plan.group, min(kb, (g + 1) * plan.group)):
-                        pt = self._weight_block(res, plan, bl, bj, k)
-                        if pt is None:
-                            continue  # SEAL refuses ct * 0; the term is simply absent
-                        ev.transform_to_ntt(pt, parms, y_ntt)
-                        for bi in range(nb):
-                            acc = accs[bi]
-                            if acc is None:
-                                accs[bi] = acc = seal.Ciphertext()
-                                ev.multiply_plain(cts[bi * kb + bl], y_ntt, acc)
-                            else:
-                                ev.multiply_plain(cts[bi * kb + bl], y_ntt, prod)
-                                ev.add_inplace(acc, prod)
-                    for bi, acc in enumerate(accs):
+        with np.errstate(over="ignore"):
+            for bi in range(nb):
+                for bj in range(mb):
+                    for g in range(plan.groups):
                         r = (bi * mb + bj) * plan.groups + g
-                        if acc is None:
-                            acc = seal.Ciphertext()
-                            self._peer()[k].encrypt_zero(parms, acc)
-                        else:
-                            ev.transform_from_ntt_inplace(acc)
-                        sl = slice(r * self.suite.n, (r + 1) * self.suite.n)
-                        ev.add_plain_inplace(acc, self.suite.coeff_plaintext(masks[k][sl], k))
-                        replies[r] = self._seal_reply(k, acc, terms)
-                        if k == 0:
-                            rows = slice(bi * plan.nw, (bi + 1) * plan.nw)
-                            cols = slice(bj * plan.mw, (bj + 1) * plan.mw)
-                            h, w = share[rows, cols].shape
-                            with np.errstate(over="ignore"):
-                                share[rows, cols] -= low[r, :h, :w]
-            out.extend(replies)
+                        rows = slice(bi * plan.nw, (bi + 1) * plan.nw)
+                        cols = slice(bj * plan.mw, (bj + 1) * plan.mw)
+                        h, w = share[rows, cols].shape
+                        share[rows, cols] -= low[r, :h, :w]
+        out = [replies[k, r] for k in range(len(self.suite.primes)) for r in range(n_replies)]
         return pack(out), share
 
-    def _weight_block(self, res: np.ndarray, plan: MatmulPlan, bl: int, bj: int, k: int) -> seal.Plaintext | None:
-        """Block (bl, bj) of the answerer's matrix (residues mod prime ``k``) as Σ y[l,j] T^(j*kw + l); None if zero."""
-        blk = res[bl * plan.kw : (bl + 1) * plan.kw, bj * plan.mw : (bj + 1) * plan.mw]
-        if not blk.any():
-            return None
-        coeffs = np.zeros(self.suite.n, dtype=U64)
-        ll, jj = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
-        coeffs[jj * plan.kw + ll] = blk
-        return self.suite.coeff_plaintext(coeffs, k)
-
-    def _reply_masks(self, n_replies: int, pos: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Masks of every coefficient of ``n_replies`` matmul replies: residues per prime, and r mod 2^64 at outputs.
+    def _reply_masks(self, n_replies: int, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks of every coefficient of ``n_replies`` matmul replies: residues (prime, reply, coefficient), and
+        r mod 2^64 at the outputs.
 
         Output coefficients (``pos``) get r uniform in [0, 2^mask_bits), which
         keeps them exact after CRT; every other coefficient (a partial inner
@@ -454,11 +507,10 @@ class HeParty:
         """
         flat = pos.ravel()
         out, low = self._masks(n_replies * flat.size)
-        masks = []
+        masks = np.empty((len(self.suite.primes), n_replies, self.suite.n), dtype=U64)
         for k, p in enumerate(self.suite.primes):
-            full = self.rng.residues_below(n_replies * self.suite.n, p).reshape(n_replies, self.suite.n)
-            full[:, flat] = out[k].reshape(n_replies, flat.size)
-            masks.append(full.ravel())
+            masks[k] = self.rng.residues_below(n_replies * self.suite.n, p).reshape(n_replies, self.suite.n)
+            masks[k][:, flat] = out[k].reshape(n_replies, flat.size)
         return masks, low.reshape(n_replies, *pos.shape)
 
     def finish_matmul(self, reply: bytes, plan: MatmulPlan) -> np.ndarray:
@@ -677,7 +729,10 @@ class TripleGenerator:
             theirs = self._swap(self.party.offer_matmul(np.ascontiguousarray(a), plan) if offer else b"")
             reply = b""
             if answer:
-                reply, share_answer = self.party.answer_matmul(theirs, np.ascontiguousarray(b), plan)
+                # Answering alone (an owner-held weight): the peer waits, so a second process takes half the columns.
+                nb, kb, mb = plan.blocks
+                helper = helper_for(self.party.suite.params) if not offer and helper_wanted(nb * kb * mb) else None
+                reply, share_answer = self.party.answer_matmul(theirs, np.ascontiguousarray(b), plan, helper)
                 out = out + share_answer
             elif theirs:
                 raise ProtocolViolation("peer offered a matmul cross term it should have skipped")
