@@ -183,6 +183,7 @@ def main() -> int:
     from collab.he.bfv import BfvSuite, Rng
     from collab.he.triples import answer_columns, peer_encryptors, unpack
 
+    _die_with_parent()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames on the real stdout
     try:
@@ -199,6 +200,18 @@ def main() -> int:
                 _send(stdout, ("ok", replies))
             except Exception as exc:  # noqa: BLE001 - reported to the parent, which answers these columns itself
                 _send(stdout, ("error", f"{type(exc).__name__}: {exc}"))
-    except EOFError:
+    except (EOFError, BrokenPipeError):  # the parent closed its end (or died): nothing left to answer
         return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this helper when its parent dies, even mid-computation (a SIGKILLed party leaves no
+    helper behind). Elsewhere the closed pipe ends it at its next read or write."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
