@@ -22,7 +22,9 @@ What is measured, each pair of parties being two processes over gloo on loopback
 ``COLLAB_BENCH_QUICK=1`` (CI): 16,384 element-wise triples, one (8x384)(384x384)
 matmul, op timings, and only the free traces at seq 4. The JSON always carries
 the last default-approximation offline runs (seq 4 and 8, 14.0 and 22.8 min)
-as ``previous``, clearly labelled with their date.
+as ``previous`` and the last cheap-preset runs before the block planner's
+retune and the answer helper as ``previous_cheap`` (a full run also reports
+``offline_vs_previous_cheap``), clearly labelled with their dates.
 """
 
 from __future__ import annotations
@@ -59,6 +61,19 @@ PREVIOUS = {
     "encoder": [
         {"seq_len": 4, "offline_s": 843.0, "offline_gb_sent_per_party": 16.2, "online_s": 5.2, "cosine": 0.999998},
         {"seq_len": 8, "offline_s": 1370.0, "offline_gb_sent_per_party": 26.9, "online_s": 6.4, "cosine": 0.999996},
+    ],
+}
+# The last full run of the current path (cheap preset, owner-held weights) before the matmul block planner
+# was retuned and the answering party got a helper process (2026-11-26 18:48, idle machine).
+PREVIOUS_CHEAP = {
+    "measured_on": "2026-11-26",
+    "encoder": [
+        {"seq_len": 4, "offline_s": 112.2, "offline_gb_sent_per_party": [1.31, 2.15], "online_s": 3.76,
+         "cosine": 0.999991},
+        {"seq_len": 8, "offline_s": 212.8, "offline_gb_sent_per_party": [2.49, 2.91], "online_s": 4.28,
+         "cosine": 0.99999},
+        {"seq_len": 32, "offline_s": 683.9, "offline_gb_sent_per_party": [6.74, 11.78], "online_s": 4.5,
+         "cosine": 0.999987},
     ],
 }
 
@@ -149,6 +164,10 @@ def run(results_dir: Path | str | None = None, log: Log | None = None) -> dict[s
         "ops_vs_tenseal_ci": {k: ops[k] / v for k, v in TENSEAL_CI_MS.items() if k in ops},
         "traces": traces, "encoder": encoder,
         "previous": PREVIOUS,
+        "previous_cheap": PREVIOUS_CHEAP,
+        **({"offline_vs_previous_cheap": {str(e["seq_len"]): e["offline_s"] / p["offline_s"] for e in encoder
+                                          for p in PREVIOUS_CHEAP["encoder"] if p["seq_len"] == e["seq_len"]}}
+           if encoder else {}),
     }  # fmt: skip
     out = report.results_dir(results_dir)
     report.write_json(out / f"{SUITE}.json", results)
@@ -214,6 +233,8 @@ def render(results: dict[str, Any]) -> RenderableType:
                       [(k, v, results["tenseal_ci_ms"].get(k)) for k, v in results["ops_ms"].items()])
     rows3 = [(e["seq_len"], "cheap + owner-held, now", e["offline_s"], e["online_s"], e.get("online_dealer_s"),
               f"{e['cosine']:.6f}") for e in results["encoder"]]
+    rows3 += [(e["seq_len"], f"cheap + owner-held, {PREVIOUS_CHEAP['measured_on']}", e["offline_s"], e["online_s"],
+               None, f"{e['cosine']:.6f}") for e in PREVIOUS_CHEAP["encoder"]]
     rows3 += [(e["seq_len"], f"default, {PREVIOUS['measured_on']}", e["offline_s"], e["online_s"], None,
                f"{e['cosine']:.6f}") for e in PREVIOUS["encoder"]]
     t3 = report.table("encoder offline phase", ["seq", "run", "offline s", "online s", "dealer online s", "cosine"],
