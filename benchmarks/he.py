@@ -200,7 +200,19 @@ def _encoder_figures(seq: int, res: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plot(results: dict[str, Any], path: Path) -> Path:
     plt = report.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    encoder = results.get("encoder") or []
+    fig, axes = plt.subplots(1, 3 if encoder else 2, figsize=(18 if encoder else 12, 4.5))
+    if encoder:  # the encoder's offline phase: this run against the previous cheap-preset run, by seq
+        before = {e["seq_len"]: e["offline_s"] for e in results.get("previous_cheap", {}).get("encoder", [])}
+        seqs = [e["seq_len"] for e in encoder]
+        x = range(len(seqs))
+        axes[2].bar([i - 0.2 for i in x], [before.get(q, 0.0) for q in seqs], width=0.4,
+                    label=f"before ({results.get('previous_cheap', {}).get('measured_on', '-')})", color="#999999")
+        axes[2].bar([i + 0.2 for i in x], [e["offline_s"] for e in encoder], width=0.4, label="this run")
+        axes[2].set_xticks(list(x), [f"seq {q}" for q in seqs])
+        axes[2].set_ylabel("offline seconds (one sentence)")
+        axes[2].set_title("encoder offline phase, HE preprocessing")
+        axes[2].legend(fontsize=8)
     mm = results["throughput"]["matmul"]
     axes[0].bar([m["shape"] for m in mm], [m["seconds"] for m in mm])
     axes[0].set_ylabel("seconds per matmul triple")
