@@ -35,7 +35,7 @@ import struct
 import subprocess
 import sys
 import threading
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import numpy as np
 
@@ -151,7 +151,7 @@ class AnswerHelper:
             self._fail(f"the HE helper failed: {body}")
         return body  # type: ignore[no-any-return]
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str) -> NoReturn:
         log.warning("%s; answering its part in this process", why)
         self.close()
         raise Unavailable(why)
