@@ -9,7 +9,8 @@ Message types (Flower Message API, one ClientApp call per message):
 
 * ``query.hello``: participant name, identity address, declared sample count;
 * ``train``: local DP-SGD from the received global model; the reply carries
-  the signed model receipt, the signed update commitment and, with secure
+  the signed model receipt, the update commitment signed with this node's
+  weight and cumulative ε and, with secure
   aggregation, the SecAgg round-0 key advertisement instead of the update;
   in a RoundRegistry round it also carries the aggregator's update receipt
   for the previous round, checked and kept (a bad one refuses the message);

@@ -5,7 +5,8 @@ name, identity address, declared sample count = its weight; member ids are
 fixed by name order). Each Flower round then sends the global adapter + head
 weights to every participant still in, waits up to ``round-timeout``, checks
 each reply's signed model receipt (the hash of what was sent) and signed
-update commitment, and aggregates:
+update commitment (with the participant's weight and cumulative ε), and
+aggregates:
 
 * ``secure-aggregation = true`` (default): the replies carry SecAgg key
   advertisements, not updates; :class:`collab.fl.secure.SecureRound` runs
