@@ -30,6 +30,7 @@ code runs over a thread queue (tests) and over torch.distributed (CrypTen).
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 from collections import deque
@@ -146,6 +147,20 @@ class MatmulPlan:
     def groups(self) -> int:
         return math.ceil(self.blocks[1] / self.group)
 
+    def reply_index(self, bi: int, bj: int, g: int) -> int:
+        """Wire position of the reply for row block ``bi``, column block ``bj`` and inner group ``g``."""
+        return (bi * self.blocks[2] + bj) * self.groups + g
+
+    def add_blocks(self, per_reply: np.ndarray) -> np.ndarray:
+        """Σ mod 2^64 of per-reply (nw, mw) output blocks, in wire order, into the (n, m) result.
+
+        Groups of one output block add up; blocks past the matrix edge are cut off.
+        """
+        nb, _, mb = self.blocks
+        blocks = np.asarray(per_reply, dtype=U64).reshape(nb, mb, self.groups, self.nw, self.mw)
+        summed = blocks.sum(axis=2, dtype=U64)  # wraps mod 2^64, as the shares do
+        return np.ascontiguousarray(summed.transpose(0, 2, 1, 3).reshape(nb * self.nw, mb * self.mw)[: self.n, : self.m])
+
 
 #: Costs of a block plan's steps in units of one NTT-domain product (multiply_plain + add, ~0.8 ms at
 #: N = 16384 on this machine), measured per prime with ``HeParty``: encoding and transforming one block
@@ -231,8 +246,7 @@ def seal_reply(suite: BfvSuite, peer: seal.Encryptor, rng: Rng, k: int, ct: seal
 
 def reply_indices(plan: MatmulPlan, columns: list[int]) -> list[int]:
     """Wire positions of the replies of column blocks ``columns``: reply r = (row block, column block, group)."""
-    nb, _, mb = plan.blocks
-    return [(bi * mb + bj) * plan.groups + g for bi in range(nb) for bj in columns for g in range(plan.groups)]
+    return [plan.reply_index(bi, bj, g) for bi in range(plan.blocks[0]) for bj in columns for g in range(plan.groups)]
 
 
 def answer_columns(suite: BfvSuite, peer: list[seal.Encryptor], rng: Rng, blobs: list[bytes], y: np.ndarray,
@@ -245,7 +259,7 @@ def answer_columns(suite: BfvSuite, peer: list[seal.Encryptor], rng: Rng, blobs:
     memory stays at a few ciphertexts whatever the matrix size. ``masks[r]``
     holds reply r's mask residues, one row per prime.
     """
-    nb, kb, mb = plan.blocks
+    nb, kb, _ = plan.blocks
     terms = plan.group * plan.kw * plan.mw
     out: dict[tuple[int, int], bytes] = {}
     if not columns:
@@ -274,7 +288,7 @@ def answer_columns(suite: BfvSuite, peer: list[seal.Encryptor], rng: Rng, blobs:
                             ev.multiply_plain(cts[bi * kb + bl], y_ntt, prod)
                             ev.add_inplace(acc, prod)
                 for bi, acc in enumerate(accs):
-                    r = (bi * mb + bj) * plan.groups + g
+                    r = plan.reply_index(bi, bj, g)
                     if acc is None:
                         acc = seal.Ciphertext()
                         peer[k].encrypt_zero(parms, acc)
@@ -291,9 +305,15 @@ def _weight_block(suite: BfvSuite, res: np.ndarray, plan: MatmulPlan, bl: int, b
     if not blk.any():
         return None
     coeffs = np.zeros(suite.n, dtype=U64)
-    ll, jj = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
-    coeffs[jj * plan.kw + ll] = blk
+    coeffs[_weight_positions(blk.shape[0], blk.shape[1], plan.kw)] = blk
     return suite.coeff_plaintext(coeffs, k)
+
+
+@functools.lru_cache(maxsize=64)
+def _weight_positions(h: int, w: int, kw: int) -> np.ndarray:
+    """Coefficient index of y[l, j] in an (h, w) block: j*kw + l (computed once per block shape, not per block)."""
+    ll, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return jj * kw + ll
 
 
 class HeParty:
@@ -482,16 +502,8 @@ class HeParty:
                 replies.update(helper.collect(timeout=120.0 + 4 * (time.monotonic() - started)))  # type: ignore[union-attr]
             except Unavailable:  # logged by the helper module; answered here instead
                 replies.update(answer_columns(self.suite, self._peer(), self.rng, blobs, y, plan, rows_of(theirs), theirs))
-        share = np.zeros((plan.n, plan.m), dtype=U64)
         with np.errstate(over="ignore"):
-            for bi in range(nb):
-                for bj in range(mb):
-                    for g in range(plan.groups):
-                        r = (bi * mb + bj) * plan.groups + g
-                        rows = slice(bi * plan.nw, (bi + 1) * plan.nw)
-                        cols = slice(bj * plan.mw, (bj + 1) * plan.mw)
-                        h, w = share[rows, cols].shape
-                        share[rows, cols] -= low[r, :h, :w]
+            share = np.uint64(0) - plan.add_blocks(low)  # our share of the cross term: -Σ r
         out = [replies[k, r] for k in range(len(self.suite.primes)) for r in range(n_replies)]
         return pack(out), share
 
@@ -528,19 +540,7 @@ class HeParty:
                 cc = pt.coeff_count()
                 vals[r] = [pt[int(i)] if i < cc else 0 for i in pos]
             residues.append(vals.ravel())
-        combined = crt_mod_2_64(residues, self.suite.primes).reshape(n_replies, plan.nw, plan.mw)
-        share = np.zeros((plan.n, plan.m), dtype=U64)
-        r = 0
-        with np.errstate(over="ignore"):
-            for bi in range(nb):
-                for bj in range(mb):
-                    for _ in range(plan.groups):
-                        rows = slice(bi * plan.nw, (bi + 1) * plan.nw)
-                        cols = slice(bj * plan.mw, (bj + 1) * plan.mw)
-                        h, w = share[rows, cols].shape
-                        share[rows, cols] += combined[r, :h, :w]
-                        r += 1
-        return share
+        return plan.add_blocks(crt_mod_2_64(residues, self.suite.primes).reshape(n_replies, plan.nw, plan.mw))
 
     # ---------------------------------------------------------------- AND of bits (XOR shares)
 
