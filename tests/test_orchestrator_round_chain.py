@@ -194,10 +194,37 @@ def _post_claim(env: dict[str, Any], rid: int, trace: Any) -> bytes:
         participant_registry=registry.address)).claim_id
 
 
-def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[str, Any], tmp_path: Path) -> None:
-    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
+def _keep_p1_receipt(env: dict[str, Any], rid: int, home: Path, commitment: bytes, epsilon: int,
+                     signer: Any = None) -> None:
+    """p1's node keeps a receipt for Flower round 1 (``rid``'s final round) over ``commitment`` and ``epsilon``, as
+    its ClientApp does; signed by the round's aggregator, or by ``signer`` (whom p1's run config then names)."""
     from chain.clients.round_registry import sign_update_receipt
     from collab.fl.receipts import ReceiptContext, delivery, keep
+
+    people = env["people"]
+    signer = signer or people["orch"].account
+    registry = RoundRegistryClient.from_deployment(env["deployment"], env["w3"])
+    where = ReceiptContext(int(env["w3"].eth.chain_id), registry.address, rid, signer.address)
+    signature = sign_update_receipt(signer, where.chain_id, where.registry, rid, people["p1"].address, 1, commitment,
+                                    epsilon)
+    keep(home, where, people["p1"].address, delivery(where, "job", 1, commitment, epsilon, signature),
+         (commitment, epsilon))
+
+
+def _both(env: dict[str, Any], rid: int, trace: Any, last: dict[str, bytes], epsilons: tuple[int, int]) -> AttributionRecord:
+    """A record of ``rid`` with the creator (weight 3) and p1 (weight 4), one Flower round each, ``epsilons`` in
+    that order."""
+    from chain.clients.round_registry import update_chain
+
+    people = env["people"]
+    return AttributionRecord(
+        rid, trace.program.root, trace.input_root, trace.output_root, b"\x04" * 32, "vault://rc",
+        (people["creator"].address, people["p1"].address), (3, 4),
+        (update_chain([last["creator"]]), update_chain([last["p1"]])), epsilons).sorted()
+
+
+def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[str, Any], tmp_path: Path) -> None:
+    from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
     from collab.fraudproof.trace import build_trace
     from test_claim_manager import add_chain_program
 
@@ -207,12 +234,8 @@ def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[st
     registry = RoundRegistryClient.from_deployment(dep, w3, orch)
     p1_home, mine = tmp_path / "p1-home", b"\x07" * 32
     assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # no receipt held: no chain reads, nothing
-    where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, orch.address)
     eps = epsilon_units(1.0)
-    forged = sign_update_receipt(people["creator"].account, where.chain_id, where.registry, rid, people["p1"].address, 1,
-                                 mine, eps)
-    keep(p1_home, ReceiptContext(where.chain_id, where.registry, rid, people["creator"].address), people["p1"].address,
-         delivery(where, "job", 1, mine, eps, forged), (mine, eps))  # a receipt from someone else than the aggregator
+    _keep_p1_receipt(env, rid, p1_home, mine, eps, signer=people["creator"].account)  # not from the aggregator
     # The aggregator records and claims the round with the creator alone (p1 silently dropped).
     trace = build_trace(*add_chain_program())
     record = AttributionRecord(rid, trace.program.root, trace.input_root, trace.output_root, b"\x04" * 32, "vault://rc",
@@ -223,9 +246,7 @@ def test_a_left_out_node_holding_a_final_receipt_disputes_by_itself(env: dict[st
     claim_id = _post_claim(env, rid, trace)
     assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # the forged receipt is not relied on
     assert round_chain.node_dispute(chains["creator"], tmp_path / "creator", rid) is None  # included, holds no receipt
-    keep(p1_home, where, people["p1"].address,
-         delivery(where, "job", 1, mine, eps, sign_update_receipt(orch, where.chain_id, where.registry, rid,
-                                                                 people["p1"].address, 1, mine, eps)), (mine, eps))
+    _keep_p1_receipt(env, rid, p1_home, mine, eps)
     assert round_chain.node_dispute(chains["p1"], p1_home, rid)  # the aggregator's own receipt: disputed
     assert manager.claim_status(claim_id) == ClaimStatus.REJECTED
     assert round_chain.node_dispute(chains["p1"], p1_home, rid) is None  # decided: not twice
@@ -239,8 +260,6 @@ def test_a_silent_participant_cannot_hold_the_round_hostage_nor_profit_from_it(
     receipt for the update the proposal named wins it nothing. The creator's node posts its own consent
     (an aggregator withholding it would otherwise leave it out undisputed)."""
     from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
-    from chain.clients.round_registry import sign_update_receipt, update_chain
-    from collab.fl.receipts import ReceiptContext, delivery, keep
     from collab.fraudproof.trace import build_trace
     from test_claim_manager import add_chain_program
 
@@ -250,10 +269,7 @@ def test_a_silent_participant_cannot_hold_the_round_hostage_nor_profit_from_it(
     registry = RoundRegistryClient.from_deployment(dep, w3, orch)
     trace = build_trace(*add_chain_program())
     last = {n: Web3.keccak(text=f"last update of {n}") for n in ("creator", "p1")}
-    record = AttributionRecord(
-        rid, trace.program.root, trace.input_root, trace.output_root, b"\x04" * 32, "vault://rc",
-        tuple(people[n].address for n in ("creator", "p1")), (3, 4), tuple(update_chain([last[n]]) for n in ("creator", "p1")),
-        (epsilon_units(1.0),) * 2).sorted()
+    record = _both(env, rid, trace, last, (epsilon_units(1.0),) * 2)
     priors = [bytes(32)] * 2  # one Flower round: the chain before the last update is empty
     raw = round_chain.record_to_json(record)
 
@@ -271,12 +287,7 @@ def test_a_silent_participant_cannot_hold_the_round_hostage_nor_profit_from_it(
 
     claim_id = _post_claim(env, rid, trace)
     p1_home = tmp_path / "p1-home"
-    where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, orch.address)
-    eps = epsilon_units(1.0)
-    keep(p1_home, where, people["p1"].address,
-         delivery(where, "job", 1, last["p1"], eps, sign_update_receipt(orch, where.chain_id, where.registry, rid,
-                                                                        people["p1"].address, 1, last["p1"], eps)),
-         (last["p1"], eps))
+    _keep_p1_receipt(env, rid, p1_home, last["p1"], epsilon_units(1.0))
     with pytest.raises(ProtocolViolation, match="did not consent in time"):
         round_chain.node_dispute(chains["p1"], p1_home, rid)
     assert ClaimManagerClient.from_deployment(dep, w3).claim_status(claim_id) == ClaimStatus.PENDING
@@ -289,8 +300,6 @@ def test_a_node_refuses_a_proposal_misstating_its_epsilon_and_wins_its_dispute(
     node refuses, is left out, and its receipt wins the exclusion dispute: a refusal over a misstated ε is
     justified, so it costs the aggregator the claim, not the participant its Shares."""
     from chain.clients.claim_manager import ClaimManagerClient, ClaimStatus
-    from chain.clients.round_registry import sign_update_receipt, update_chain
-    from collab.fl.receipts import ReceiptContext, delivery, keep
     from collab.fraudproof.trace import build_trace
     from test_claim_manager import add_chain_program
 
@@ -303,21 +312,13 @@ def test_a_node_refuses_a_proposal_misstating_its_epsilon_and_wins_its_dispute(
     reported = epsilon_units(1.25)
 
     def record_stating(p1_epsilon: int) -> AttributionRecord:
-        return AttributionRecord(
-            rid, trace.program.root, trace.input_root, trace.output_root, b"\x04" * 32, "vault://rc",
-            (people["creator"].address, people["p1"].address), (3, 4), (update_chain([last["creator"]]),
-                                                                       update_chain([last["p1"]])),
-            (epsilon_units(1.0), p1_epsilon)).sorted()
+        return _both(env, rid, trace, last, (epsilon_units(1.0), p1_epsilon))
 
     p1_home = tmp_path / "p1-home"
-    where = ReceiptContext(int(w3.eth.chain_id), registry.address, rid, orch.address)
     wrong = round_chain.record_to_json(record_stating(epsilon_units(1.0)))
     sign_p1 = people["p1"].bls_sign
     assert round_chain.node_consent(chains["p1"], sign_p1, wrong, p1_home)  # no receipt held: nothing to prove with
-    keep(p1_home, where, people["p1"].address,
-         delivery(where, "job", 1, last["p1"], reported, sign_update_receipt(orch, where.chain_id, where.registry, rid,
-                                                                             people["p1"].address, 1, last["p1"],
-                                                                             reported)), (last["p1"], reported))
+    _keep_p1_receipt(env, rid, p1_home, last["p1"], reported)
     with pytest.raises(ProtocolViolation, match="states ε = 1 for this node; it reported 1.25"):
         round_chain.node_consent(chains["p1"], sign_p1, wrong, p1_home)
     right = round_chain.record_to_json(record_stating(reported))
