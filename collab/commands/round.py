@@ -338,14 +338,14 @@ def read_receipt(path: Path) -> dict[str, Any]:
     try:
         receipt = {"round_id": int(raw["round_id"]), "participant": to_checksum_address(raw["participant"]),
                    "fl_round": int(raw["fl_round"]), "update_commitment": _hex(raw["update_commitment"], 32),
-                   "epsilon": _uint64(raw["epsilon"]), "signature": _hex(raw["signature"], 65)}
+                   "epsilon": _epsilon_millionths(raw["epsilon"]), "signature": _hex(raw["signature"], 65)}
     except (KeyError, TypeError, ValueError) as exc:
         raise BadInput(f"{path}: a receipt needs round_id, participant, fl_round, update_commitment, epsilon and "
                        f"signature ({exc})") from None
     return receipt
 
 
-def _uint64(value: Any) -> int:
+def _epsilon_millionths(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
         raise ValueError(f"epsilon must be an integer number of millionths, got {value!r}")
     return value
