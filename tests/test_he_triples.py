@@ -626,3 +626,85 @@ def test_run_pair_parties_exchange_nothing_but_bytes() -> None:
     assert seen and set(seen) == {bytes}
     (a0, b0, c0), (a1, b1, c1) = out  # type: ignore[misc]
     assert np.array_equal(add(c0, c1), mul(add(a0, a1), add(b0, b1)))
+
+
+# ---------------------------------------------------------------------- oblivious row lookup
+
+
+def _lookup_pair(table: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[TripleGenerator]]:
+    """The owner (table) and the client (ids) as two threads; returns both shares and the generators."""
+    ch0, ch1 = QueueChannel.pair(timeout=120.0)
+    gens = [TripleGenerator(HeParty(), ch) for ch in (ch0, ch1)]
+    out: list[np.ndarray] = [None, None]  # type: ignore[list-item]
+    args = [(table, None), (None, ids)]
+
+    def body(i: int) -> None:
+        out[i] = gens[i].lookup_rows(*args[i], ids.size, table.shape)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out[0], out[1], gens
+
+
+def test_oblivious_lookup_shares_the_chosen_rows_exactly() -> None:
+    """Rows at both ends of every ciphertext, repeated ids, any 64-bit word: the shares add up to table[ids]."""
+    from collab.he import lookup
+
+    rng = Rng()
+    rows, width = 400, 100  # 163 rows per ciphertext: three ciphertexts, the last one partly empty
+    assert lookup.rows_per_ciphertext(16384, width) == 163
+    table = rng.uint64((rows, width))
+    table[7] = 2**64 - 1
+    ids = np.array([0, 162, 163, 399, 7, 7, 325, 326], dtype=np.int64)
+    owner, client, gens = _lookup_pair(table, ids)
+    assert np.array_equal(add(owner, client), table[ids])
+    for share in (owner, client):  # each share alone is uniform, not the rows
+        assert not np.any(np.all(share == table[ids], axis=1))
+    # The owner sends every table ciphertext (the client must not choose which), the client one reply per id.
+    (kind,) = [k for k in gens[0].traffic.kinds if k.startswith("lookup")]
+    assert kind == "lookup (400x100)[8]"
+    sent = [g.traffic.kinds[kind]["bytes_sent"] for g in gens]
+    assert sent[0] > 2 * 3 * 10**6 and sent[1] < 2 * ids.size * 10**6
+
+
+def test_what_the_owner_decrypts_is_the_row_under_a_104_bit_mask_and_nothing_else(
+        parties: tuple[HeParty, HeParty]) -> None:
+    """Outputs are row + s with s < 2^104 (exact after CRT); every other coefficient is uniform mod p0·p1."""
+    from collab.he import lookup
+
+    owner, client = parties
+    width, primes = 64, owner.suite.primes[:2]
+    M = primes[0] * primes[1]
+    table = np.full((300, width), 2**64 - 1, dtype=U64)
+    blobs = dict(enumerate(b for chunk in lookup.encrypt_table(owner, table) for b in chunk))
+    ids = np.array([5, 299], dtype=np.int64)
+    replies, share = lookup.select_rows(client, blobs, ids, 300, width)
+    assert np.array_equal(add(lookup.open_rows(owner, replies, ids.size, width), share), table[ids])
+    pts = [owner.open_reply(k, replies[k * ids.size]) for k in range(2)]  # id 5, both primes
+    coeff = lambda pt, i: pt[i] if i < pt.coeff_count() else 0  # noqa: E731
+    full = [sum(coeff(pt, i) * (M // p) * pow(M // p, -1, p) for pt, p in zip(pts, primes)) % M
+            for i in range(0, owner.suite.n, 61)]  # fmt: skip
+    outputs, others = full[:2], full[2:]  # coefficients 0 and 61 hold the row, the rest other rows' garbage
+    assert all(2**64 <= v < 2**104 + 2**64 for v in outputs)
+    assert len({v >> 112 for v in others}) > 64 and sum(v > 2**105 for v in others) > len(others) // 2
+
+
+def test_lookup_refuses_bad_ids_before_sending_and_short_replies() -> None:
+    from collab.he import lookup
+
+    ch0, _ = QueueChannel.pair(timeout=0.2)
+    gen = TripleGenerator(HeParty(), ch0)
+    for bad in (np.array([0, 400]), np.array([-1]), np.array([1.5])):
+        with pytest.raises(BadInput, match=r"\[0, 400\)"):
+            gen.lookup_rows(None, bad, bad.size, (400, 100))
+    assert gen.traffic.messages == 0  # refused before the key exchange: the peer is never left waiting
+    with pytest.raises(InternalError):
+        gen.lookup_rows(np.zeros((400, 99), dtype=U64), None, 2, (400, 100))
+    party = HeParty()
+    with pytest.raises(ProtocolViolation, match="expected 4"):
+        lookup.open_rows(party, [b""] * 3, 2, 100)
+    with pytest.raises(BadInput):
+        lookup.rows_per_ciphertext(16384, 16385)

@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -215,6 +216,31 @@ class HomomorphicTupleProvider(TupleProvider):  # type: ignore[misc]
         )
 
 
+def share_words(provider: HomomorphicTupleProvider, held: dict[str, torch.Tensor] | None,
+                one_hot: torch.Tensor | None, batch: int, seq_len: int, spec: Any) -> Any:
+    """The client's word rows as a CrypTensor (batch, seq, hidden), by the oblivious lookup of :mod:`collab.he.lookup`.
+
+    The owner passes its fixed-point table chunks (``word.i``, as
+    :class:`collab.mpc.fixed.OwnerHeldWeight` holds them), the client its
+    one-hot inputs (batch and length are public). It replaces the one-hot
+    matmul, so the (n, V) Beaver triple is never made, and the rows are
+    exact (no truncation).
+    """
+    from crypten.mpc import MPCTensor
+
+    from collab.mpc.encoder import word_table
+
+    shape, count = (spec.vocab_size, spec.hidden), batch * seq_len
+    gen = provider._gen()
+    if held is not None:
+        share = gen.lookup_rows(word_table(held).numpy().view(np.uint64), None, count, shape)
+    elif one_hot is not None:
+        share = gen.lookup_rows(None, one_hot.argmax(-1).reshape(-1).numpy(), count, shape)
+    else:
+        raise UsageError("the owner passes its table, the client its inputs")
+    return MPCTensor.from_shares(_as_int64(share).reshape(batch, seq_len, spec.hidden))
+
+
 def _shared(kind: str, shares: tuple[np.ndarray, ...]) -> tuple[Any, ...]:
     """CrypTen's shared tensors for one batched request's shares (as the one-by-one methods return them)."""
     arith = lambda t: ArithmeticSharedTensor.from_shares(_as_int64(t), precision=0)  # noqa: E731
@@ -345,7 +371,7 @@ def op_timings(repeat: int = 5) -> dict[str, float]:
     out["bfv16384_encode"] = ms(lambda: suite.encoders[0].encode(x.tolist(), seal.Plaintext()))
     out["bfv16384_encrypt_symmetric"] = ms(lambda: party._enc[k].encrypt_symmetric(pt, seal.Ciphertext()))
     out["bfv16384_multiply_plain"] = ms(lambda: ev.multiply_plain(ct, pt, seal.Ciphertext()))
-    out["bfv16384_encrypt_zero_pk"] = ms(lambda: party._peer()[k].encrypt_zero(ct.parms_id(), seal.Ciphertext()))
+    out["bfv16384_encrypt_zero_pk"] = ms(lambda: party.peer()[k].encrypt_zero(ct.parms_id(), seal.Ciphertext()))
     out["bfv16384_flood_polynomial"] = ms(lambda: suite.flood_ciphertext(k, ct.parms_id(), suite.flood_bits(suite.n), rng))
     out["bfv16384_serialize"] = ms(lambda: suite.dumps(ct))
     out["bfv16384_decrypt"] = ms(lambda: party._dec[k].decrypt(ct, seal.Plaintext()))
@@ -475,24 +501,31 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
     try:
         shapes = enc.weight_shapes(spec, seq_len)
         # owner_held: the matmul weights stay the owner's plaintext (collab infer's routed path, fixed.OwnerHeldWeight)
-        held = fixed.held_names(shapes) if owner_held else []
+        names = fixed.held_names(shapes) if owner_held else []
         flat_w = {n: crypten.cryptensor(own[n] if own else torch.zeros(s), src=0) for n, s in shapes.items()
-                  if n not in held}
-        for n in held:
-            flat_w[n] = fixed.OwnerHeldWeight(fixed.encode_held(own[n]) if own else None, shapes[n])
+                  if n not in names}
+        held = {n: fixed.encode_held(own[n]) for n in names} if own else None
+        for n in names:
+            flat_w[n] = fixed.OwnerHeldWeight(held[n] if held else None, shapes[n])
         inputs_plain = enc.prepare_inputs(tokenize([text], seq_len, path), spec, approx) if rank == 1 else None
-        flat_in = {
-            n: crypten.cryptensor(inputs_plain[n] if inputs_plain else torch.zeros(s), src=1)
-            for n, s in enc.input_shapes(1, seq_len, spec).items()
-        }
-        weights, inputs = enc.assemble_weights(flat_w, spec), enc.SharedInputs(**flat_in)
+        flat_in = {n: crypten.cryptensor(inputs_plain[n] if inputs_plain else torch.zeros(s), src=1)
+                   for n, s in enc.input_shapes(1, seq_len, spec).items()}
+        dealer_inputs = inputs = enc.SharedInputs(**flat_in)  # the dealer path: one-hot @ table
+        lookup_s, lookup_bytes = 0.0, 0
+        if owner_held:  # the HE path's words come from the oblivious lookup (as in collab infer)
+            t0 = time.perf_counter()
+            rows = (share_words(he, held, inputs_plain["one_hot"] if inputs_plain else None, 1, seq_len, spec)
+                    if execute else crypten.cryptensor(torch.zeros(1, seq_len, spec.hidden), src=1))  # a trace: shapes
+            lookup_s, lookup_bytes = time.perf_counter() - t0, he.traffic.bytes_sent  # with the key exchange
+            inputs = replace(dealer_inputs, one_hot=None, word=rows)
+        weights = enc.assemble_weights(flat_w, spec)
         setup_bytes = 0
         if fixed_masks and not owner_held:  # once per model load: B drawn locally by each party, W - B opened
             comm.get().reset_communication_stats()
             weights = enc.mask_weights(weights)
             setup_bytes = int(comm.get().get_communication_stats()["bytes"])
 
-        def forward() -> Any:
+        def forward(inputs: enc.SharedInputs = inputs) -> Any:
             x = enc.embed(inputs, weights, spec, approx)
             for i, lw in enumerate(weights.layers[:layers]):
                 x = enc.layer(x, inputs.attn_bias, lw, spec, approx, i)
@@ -508,7 +541,8 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
             t0 = time.perf_counter()
             he.fill_cache()
             result["offline_s"] = time.perf_counter() - t0
-            result["offline_bytes_sent"] = he.traffic.bytes_sent
+            result["offline_bytes_sent"] = he.traffic.bytes_sent - lookup_bytes  # the input-independent tuples
+            result["lookup_s"], result["lookup_bytes_sent"] = lookup_s, lookup_bytes
             result["offline_kinds"] = he.traffic.kinds
             result["load_average"] = os.getloadavg()
             he.request_cache = []
@@ -521,11 +555,12 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
             if rank == 1:
                 result["embedding"] = torch.nn.functional.normalize(plain, dim=-1).tolist()
             # The same forward pass on the dealer path (TFP deals its tuples as it goes), same session and
-            # weights: the HE path's online phase is meant to equal it (only where tuples come from changes).
+            # weights: the HE path's online phase is meant to equal it, except that with owner-held weights
+            # its words are looked up already where the dealer path multiplies the one-hot by the table.
             cfg.mpc.provider = "TFP"
             comm.get().reset_communication_stats()
             t0 = time.perf_counter()
-            dealt = forward().get_plain_text(dst=1)
+            dealt = forward(dealer_inputs).get_plain_text(dst=1)
             result["online_dealer_s"] = time.perf_counter() - t0
             result["online_dealer_bytes"] = int(comm.get().get_communication_stats()["bytes"])
             cfg.mpc.provider = NAME

@@ -350,26 +350,26 @@ class HeParty:
         self._peer_enc = peer_encryptors(self.suite, blobs)
         self.peer_hello = peer_hello
 
-    def _peer(self) -> list[seal.Encryptor]:
+    def peer(self) -> list[seal.Encryptor]:
         if self._peer_enc is None:
             raise InternalError("meet() the peer before answering its offers")
         return self._peer_enc
 
     # ---------------------------------------------------------------- shared steps
 
-    def _encrypt(self, k: int, pt: seal.Plaintext) -> bytes:
+    def encrypt(self, k: int, pt: seal.Plaintext) -> bytes:
         ct = seal.Ciphertext()
         self._enc[k].encrypt_symmetric(pt, ct)
         return self.suite.dumps(ct)
 
-    def _seal_reply(self, k: int, ct: seal.Ciphertext, terms: int) -> bytes:
-        return seal_reply(self.suite, self._peer()[k], self.rng, k, ct, terms)
+    def seal_reply(self, k: int, ct: seal.Ciphertext, terms: int) -> bytes:
+        return seal_reply(self.suite, self.peer()[k], self.rng, k, ct, terms)
 
     def _times(self, k: int, ct: seal.Ciphertext, pt: seal.Plaintext) -> seal.Ciphertext:
         """ct * pt; a zero plaintext gives a fresh encryption of zero (SEAL refuses transparent results)."""
         out = seal.Ciphertext()
         if pt.is_zero():
-            self._peer()[k].encrypt_zero(ct.parms_id(), out)
+            self.peer()[k].encrypt_zero(ct.parms_id(), out)
         else:
             self.suite.evaluators[k].multiply_plain(ct, pt, out)
         return out
@@ -403,7 +403,7 @@ class HeParty:
             for sl in self._chunks(x.size):
                 pt = seal.Plaintext()
                 self.suite.encoders[k].encode(res[sl].tolist(), pt)
-                blobs.append(self._encrypt(k, pt))
+                blobs.append(self.encrypt(k, pt))
         return pack(blobs)
 
     def answer_slots(self, offer: bytes, y: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -425,7 +425,7 @@ class HeParty:
                 enc.encode(masks[k][sl].tolist(), pr)
                 ct = self._times(k, ct, py)
                 ev.add_plain_inplace(ct, pr)
-                out.append(self._seal_reply(k, ct, self.suite.n))
+                out.append(self.seal_reply(k, ct, self.suite.n))
         with np.errstate(over="ignore"):
             share = (U64(0) - low).astype(U64)
         return pack(out), share
@@ -462,7 +462,7 @@ class HeParty:
                     coeffs = np.zeros(self.suite.n, dtype=U64)
                     ii, ll = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
                     coeffs[ii * plan.mw * plan.kw + plan.kw - 1 - ll] = blk
-                    blobs.append(self._encrypt(k, self.suite.coeff_plaintext(coeffs, k)))
+                    blobs.append(self.encrypt(k, self.suite.coeff_plaintext(coeffs, k)))
         return pack(blobs)
 
     def _positions(self, plan: MatmulPlan) -> np.ndarray:
@@ -496,12 +496,12 @@ class HeParty:
             except Unavailable:  # logged by the helper module; answered here instead
                 mine, theirs = list(range(mb)), []
         started = time.monotonic()
-        replies = answer_columns(self.suite, self._peer(), self.rng, blobs, y, plan, rows_of(mine), mine)
+        replies = answer_columns(self.suite, self.peer(), self.rng, blobs, y, plan, rows_of(mine), mine)
         if theirs:
             try:
                 replies.update(helper.collect(timeout=120.0 + 4 * (time.monotonic() - started)))  # type: ignore[union-attr]
             except Unavailable:  # logged by the helper module; answered here instead
-                replies.update(answer_columns(self.suite, self._peer(), self.rng, blobs, y, plan, rows_of(theirs), theirs))
+                replies.update(answer_columns(self.suite, self.peer(), self.rng, blobs, y, plan, rows_of(theirs), theirs))
         with np.errstate(over="ignore"):
             share = np.uint64(0) - plan.add_blocks(low)  # our share of the cross term: -Σ r
         out = [replies[k, r] for k in range(len(self.suite.primes)) for r in range(n_replies)]
@@ -551,7 +551,7 @@ class HeParty:
         for sl in self._chunks(x.size):
             pt = seal.Plaintext()
             self.suite.encoders[0].encode(x[sl].tolist(), pt)
-            blobs.append(self._encrypt(0, pt))
+            blobs.append(self.encrypt(0, pt))
         return pack(blobs)
 
     def answer_bits(self, offer: bytes, y: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -574,7 +574,7 @@ class HeParty:
             ct = self._times(0, ct, pc)
             if not ps.is_zero():
                 ev.add_plain_inplace(ct, ps)
-            out.append(self._seal_reply(0, ct, self.suite.n))
+            out.append(self.seal_reply(0, ct, self.suite.n))
         return pack(out), s
 
     def finish_bits(self, reply: bytes, count: int) -> np.ndarray:
@@ -742,6 +742,45 @@ class TripleGenerator:
             elif back:
                 raise ProtocolViolation("peer answered a matmul cross term nobody offered")
             return out
+
+    def lookup_rows(self, table: np.ndarray | None, ids: np.ndarray | None, count: int,
+                    shape: tuple[int, int]) -> np.ndarray:
+        """This party's share of ``table[ids]``, (count, width): the owner passes ``table``, the client ``ids``.
+
+        Exactly one of the two holds ``table`` (of the public ``shape``), the
+        other ``count`` ids; see :mod:`collab.he.lookup` for the protocol.
+        """
+        from collab.he import lookup
+
+        rows, width = shape
+        if table is not None and (tuple(table.shape) != (rows, width) or ids is not None):
+            raise InternalError("the owner passes its table, of the agreed shape, and no ids")
+        if table is None:  # the client: its ids are checked before anything is sent
+            if ids is None:
+                raise InternalError("the client passes its ids")
+            ids = lookup.check_ids(ids, rows)
+            if ids.size != count:
+                raise InternalError(f"{ids.size} ids, {count} agreed")
+        with self._timed("lookup", f"{_shape(shape)}[{count}]"):
+            self.setup()
+            n = self.party.suite.n
+            if table is not None:
+                for chunk in lookup.encrypt_table(self.party, table):
+                    if self._swap(pack(chunk)):
+                        raise ProtocolViolation("the client sent data while receiving the table")
+                return lookup.open_rows(self.party, unpack(self._swap(b"")), count, width)
+            need, blobs = lookup.wanted(ids, rows, width, n), {}
+            expected, pos = lookup.PRIMES * lookup.table_ciphertexts(rows, width, n), 0
+            while pos < expected:
+                chunk = unpack(self._swap(b""))
+                if not chunk or pos + len(chunk) > expected:
+                    raise ProtocolViolation("the owner's table has the wrong number of ciphertexts")
+                blobs.update({pos + i: b for i, b in enumerate(chunk) if pos + i in need})
+                pos += len(chunk)
+            replies, share = lookup.select_rows(self.party, blobs, ids, rows, width)
+            if self._swap(pack(replies)):
+                raise ProtocolViolation("the owner sent data while receiving the lookup replies")
+            return share
 
     def binary(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """XOR shares of (a, b, a AND b) on 64-bit words (broadcasting)."""

@@ -460,11 +460,18 @@ class SharedWeights:
 
 @dataclass
 class SharedInputs:
-    """The client's inputs as (secret-shared or plain) tensors."""
+    """The client's inputs as (secret-shared or plain) tensors.
 
-    one_hot: Tensor  # (batch, seq, vocab)
+    The words enter either as ``one_hot`` (multiplied by the table in
+    :func:`embed`) or, on the HE path with an owner-held table, as ``word``:
+    the table's rows already shared by the oblivious lookup of
+    :mod:`collab.he.lookup`.
+    """
+
     attn_bias: Tensor  # (batch, 1, 1, seq): 0 on tokens, -2^exp_iters on padding
     pool: Tensor  # (batch, seq, 1): mask / length
+    one_hot: Tensor | None = None  # (batch, seq, vocab)
+    word: Tensor | None = None  # (batch, seq, hidden)
 
 
 VOCAB_CHUNK = 8192
@@ -543,16 +550,22 @@ def input_shapes(batch: int, seq_len: int, spec: EncoderSpec) -> dict[str, tuple
 
 
 def embed(inputs: SharedInputs, w: SharedWeights, spec: EncoderSpec, approx: Approximations) -> Tensor:
-    """Word lookup as one-hot @ table (chunked over the vocabulary), + positions, LayerNorm."""
+    """Word rows (looked up already, or one-hot @ table chunked over the vocabulary) + positions, LayerNorm."""
     set_layer("embeddings")
-    x = None
-    with section("embedding", not _plain(inputs.one_hot)):
-        for i, chunk in enumerate(w.word_chunks):
-            start = i * VOCAB_CHUNK
-            rows = chunk.shape[0]
-            part = fixed.matmul(inputs.one_hot[:, :, start : start + rows], chunk)
-            x = part if x is None else x + part
+    x = inputs.word
+    if x is None:
+        with section("embedding", not _plain(inputs.one_hot)):
+            for i, chunk in enumerate(w.word_chunks):
+                start = i * VOCAB_CHUNK
+                rows = chunk.shape[0]
+                part = fixed.matmul(inputs.one_hot[:, :, start : start + rows], chunk)
+                x = part if x is None else x + part
     return layer_norm(x + w.pos_type, w.emb_ln_w, w.emb_ln_b, spec.layer_norm_eps, approx)
+
+
+def word_table(flat: dict[str, Tensor]) -> Tensor:
+    """The whole word table from :func:`prepare_weights`' ``word.i`` chunks (plain or fixed-point)."""
+    return torch.cat([flat[f"word.{i}"] for i in range(len([k for k in flat if k.startswith("word.")]))])
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

@@ -177,7 +177,7 @@ def run_session(rank: int, master: str, job: dict[str, Any], spec: Any, approx: 
     batch, seq_len, out_dim = int(job["batch"]), int(job["seq_len"]), int(job["out_dim"])
     crypten.init()
     cfg.communicator.verbose = True
-    offline_s = 0.0
+    offline_s = lookup_s = 0.0
     try:
         w_shapes = enc.weight_shapes(spec, seq_len)
         if job.get("head_classes"):
@@ -192,12 +192,25 @@ def run_session(rank: int, master: str, job: dict[str, Any], spec: Any, approx: 
             held = {k: fixed.encode_held(own[k]) for k in names}  # type: ignore[index]
         for k in names:
             flat_w[k] = fixed.OwnerHeldWeight(held[k] if rank == OWNER else None, w_shapes[k])  # type: ignore[index]
-        flat_in = _share(own if rank == CLIENT else None, enc.input_shapes(batch, seq_len, spec), src=CLIENT)
+        # HE path, owner-held table: the words come from the oblivious lookup, not a one-hot matmul
+        lookup = he is not None and bool(names)
+        in_shapes = enc.input_shapes(batch, seq_len, spec)
+        if lookup:
+            del in_shapes["one_hot"]
+        flat_in = _share(own if rank == CLIENT else None, in_shapes, src=CLIENT)
         weights = enc.assemble_weights({k: v for k, v in flat_w.items() if not k.startswith(("head.", "noise"))}, spec)
         if job.get("fixed_masks") and not names:  # W - B opened once per session; each query opens only x - A
             weights = enc.mask_weights(weights)
-        inputs = enc.SharedInputs(**flat_in)
         share_s = time.perf_counter() - t_share
+        if lookup:
+            from collab.he.provider import share_words
+
+            t_lookup = time.perf_counter()
+            flat_in["word"] = share_words(he, held if rank == OWNER else None,  # type: ignore[arg-type]
+                                          own["one_hot"] if rank == CLIENT else None,  # type: ignore[index]
+                                          batch, seq_len, spec)
+            lookup_s = time.perf_counter() - t_lookup
+        inputs = enc.SharedInputs(**flat_in)
 
         def forward() -> Any:
             pooled = enc.encode(inputs, weights, spec, approx)
@@ -235,6 +248,7 @@ def run_session(rank: int, master: str, job: dict[str, Any], spec: Any, approx: 
             comm_rounds=int(stats["rounds"]), comm_bytes=int(stats["bytes"]),
         )),
         "offline_s": offline_s,
+        "lookup_s": lookup_s,
     }  # fmt: skip
     if he is not None:
         result["offline_bytes_sent"] = he.traffic.bytes_sent
@@ -744,7 +758,8 @@ def _execute(request: InferRequest, served: ServedModel, head: LinearHead | None
     if request.parties == 3:
         jobs[HELPER] = {"provider": "TTP"}
     results = launch_parties(jobs, request.timeout)
-    stats = {"parties": [results[r]["stats"] for r in (OWNER, CLIENT)], "offline_s": results[OWNER].get("offline_s", 0.0)}
+    stats = {"parties": [results[r]["stats"] for r in (OWNER, CLIENT)], "offline_s": results[OWNER].get("offline_s", 0.0),
+             "lookup_s": results[OWNER].get("lookup_s", 0.0)}
     if "party" in results[OWNER]:  # the persistent owner party: its pid, how many queries it served, its load time
         stats["owner_party"] = results[OWNER]["party"]
     if "offline_bytes_sent" in results[OWNER]:
