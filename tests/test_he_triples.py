@@ -23,6 +23,7 @@ import tenseal.sealapi as seal
 from collab.errors import BadInput, InternalError, ProtocolViolation
 from collab.he import BfvParams, BfvSuite, HeParty, QueueChannel, TripleGenerator, run_pair
 from collab.he.bfv import Rng, crt_mod_2_64, limbs_mod, mulmod
+from collab.he.lookup import EncryptedTable
 from collab.he.triples import MatmulPlan, mask_bits, pack, plan_matmul, unpack
 
 U64 = np.uint64
@@ -631,15 +632,17 @@ def test_run_pair_parties_exchange_nothing_but_bytes() -> None:
 # ---------------------------------------------------------------------- oblivious row lookup
 
 
-def _lookup_pair(table: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[TripleGenerator]]:
-    """The owner (table) and the client (ids) as two threads; returns both shares and the generators."""
+def _lookup_pair(table: np.ndarray | EncryptedTable, ids: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, list[TripleGenerator]]:
+    """The owner (its encrypted table) and the client (ids) as two threads; returns both shares and the generators."""
+    encrypted = table if isinstance(table, EncryptedTable) else EncryptedTable(table)
     ch0, ch1 = QueueChannel.pair(timeout=120.0)
     gens = [TripleGenerator(HeParty(), ch) for ch in (ch0, ch1)]
     out: list[np.ndarray] = [None, None]  # type: ignore[list-item]
-    args = [(table, None), (None, ids)]
+    args = [(encrypted, None), (None, ids)]
 
     def body(i: int) -> None:
-        out[i] = gens[i].lookup_rows(*args[i], ids.size, table.shape)
+        out[i] = gens[i].lookup_rows(*args[i], ids.size, encrypted.shape)
 
     threads = [threading.Thread(target=body, args=(i,)) for i in (0, 1)]
     for t in threads:
@@ -670,23 +673,37 @@ def test_oblivious_lookup_shares_the_chosen_rows_exactly() -> None:
     assert sent[0] > 2 * 3 * 10**6 and sent[1] < 2 * ids.size * 10**6
 
 
-def test_what_the_owner_decrypts_is_the_row_under_a_104_bit_mask_and_nothing_else(
-        parties: tuple[HeParty, HeParty]) -> None:
+def test_one_encrypted_table_serves_many_sessions_with_fresh_masks() -> None:
+    """Encrypted once per model load, the table serves new session keys and new clients, exactly, each time."""
+    table = Rng().uint64((300, 64))
+    encrypted = EncryptedTable(table)
+    ids = np.array([3, 299, 3], dtype=np.int64)
+    first, second = _lookup_pair(encrypted, ids), _lookup_pair(encrypted, ids)
+    for owner, client, _ in (first, second):
+        assert np.array_equal(add(owner, client), table[ids])
+    assert not np.array_equal(first[1], second[1])  # the client's masks are fresh per query
+
+
+def test_what_the_owner_decrypts_is_the_row_under_a_104_bit_mask_and_nothing_else() -> None:
     """Outputs are row + s with s < 2^104 (exact after CRT); every other coefficient is uniform mod p0·p1."""
     from collab.he import lookup
 
-    owner, client = parties
-    width, primes = 64, owner.suite.primes[:2]
+    width = 64
+    encrypted = EncryptedTable(np.full((300, width), 2**64 - 1, dtype=U64))
+    primes = encrypted.suite.primes[:2]
     M = primes[0] * primes[1]
-    table = np.full((300, width), 2**64 - 1, dtype=U64)
-    blobs = dict(enumerate(b for chunk in lookup.encrypt_table(owner, table) for b in chunk))
+    blobs = dict(enumerate(b for message in encrypted.messages for b in unpack(message)))
     ids = np.array([5, 299], dtype=np.int64)
-    replies, share = lookup.select_rows(client, blobs, ids, 300, width)
-    assert np.array_equal(add(lookup.open_rows(owner, replies, ids.size, width), share), table[ids])
-    pts = [owner.open_reply(k, replies[k * ids.size]) for k in range(2)]  # id 5, both primes
+    replies, share = lookup.select_rows(HeParty(), encrypted.hello, blobs, ids, 300, width)
+    assert np.array_equal(add(encrypted.open(replies, ids.size), share), np.full((2, width), 2**64 - 1, dtype=U64))
+    pts = []
+    for k in range(2):  # id 5, both primes, decrypted as the owner does
+        pt = seal.Plaintext()
+        encrypted._decryptors[k].decrypt(encrypted.suite.load_ciphertext(k, replies[k * ids.size]), pt)
+        pts.append(pt)
     coeff = lambda pt, i: pt[i] if i < pt.coeff_count() else 0  # noqa: E731
     full = [sum(coeff(pt, i) * (M // p) * pow(M // p, -1, p) for pt, p in zip(pts, primes)) % M
-            for i in range(0, owner.suite.n, 61)]  # fmt: skip
+            for i in range(0, encrypted.suite.n, 61)]  # fmt: skip
     outputs, others = full[:2], full[2:]  # coefficients 0 and 61 hold the row, the rest other rows' garbage
     assert all(2**64 <= v < 2**104 + 2**64 for v in outputs)
     assert len({v >> 112 for v in others}) > 64 and sum(v > 2**105 for v in others) > len(others) // 2
@@ -701,10 +718,12 @@ def test_lookup_refuses_bad_ids_before_sending_and_short_replies() -> None:
         with pytest.raises(BadInput, match=r"\[0, 400\)"):
             gen.lookup_rows(None, bad, bad.size, (400, 100))
     assert gen.traffic.messages == 0  # refused before the key exchange: the peer is never left waiting
+    encrypted = EncryptedTable(np.zeros((400, 99), dtype=U64))
     with pytest.raises(InternalError):
-        gen.lookup_rows(np.zeros((400, 99), dtype=U64), None, 2, (400, 100))
-    party = HeParty()
+        gen.lookup_rows(encrypted, None, 2, (400, 100))
     with pytest.raises(ProtocolViolation, match="expected 4"):
-        lookup.open_rows(party, [b""] * 3, 2, 100)
+        encrypted.open([b""] * 3, 2)
+    with pytest.raises(ProtocolViolation, match="keys"):
+        lookup.select_rows(HeParty(), pack([b"x"]), {}, np.array([1]), 400, 99)
     with pytest.raises(BadInput):
         lookup.rows_per_ciphertext(16384, 16385)

@@ -388,17 +388,21 @@ def test_mpc_3pc_metered_classifier_matches_plaintext(env: Env, chain_snapshot: 
 
 @pytest.mark.slow
 def test_mpc_dealer_and_he_preprocessing_give_the_same_embedding(env: Env, spy_launch: list[Any],
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path, owner_parties: Any) -> None:
     node = OwnerNode(Settings.resolve(home=env.owner_home, env={}), env.w3, env.deployment, env.owner)
     outputs, lookups = {}, {}
-    for pre in ("dealer", "he"):  # the owner queries its own asset: no license needed, nothing metered
-        request = InferRequest(env.encoder_asset, ("hello world",), "mpc", 2, pre, seq_len=4)
+    for pre in ("dealer", "he", "he again"):  # the owner queries its own asset: no license needed, nothing metered
+        request = InferRequest(env.encoder_asset, ("hello world",), "mpc", 2, pre.split()[0], seq_len=4)
         result = run_inference(node, env.owner, request, client_home=tmp_path)
         outputs[pre], lookups[pre] = np.asarray(result.outputs), result.stats["lookup_s"]
-    assert [jobs[OWNER]["provider"] for jobs in spy_launch] == ["TFP", "HE"]
+    assert [jobs[OWNER]["provider"] for jobs in spy_launch] == ["TFP", "HE", "HE"]
     # The HE path looks the words up obliviously (collab.he.lookup); the dealer path multiplies the one-hot.
-    assert lookups["he"] > 0 and lookups["dealer"] == 0
+    assert lookups["he"] > 0 and lookups["he again"] > 0 and lookups["dealer"] == 0
+    # One persistent owner party served all three; it encrypted its word table once, for the first HE query.
+    party = owner_parties.party(env.model)
+    assert party is not None and party.log().count("word table encrypted") == 1
     np.testing.assert_allclose(outputs["he"], outputs["dealer"], atol=2e-3)
+    np.testing.assert_allclose(outputs["he again"], outputs["he"], atol=2e-3)
     clean = _plaintext(env, ["hello world"], 4)
     cos = float((outputs["he"] @ clean.T).item() / np.linalg.norm(outputs["he"]))
     assert cos > 0.999

@@ -9,8 +9,9 @@ rows out of the ciphertexts:
 
 1. *table*: the owner coefficient-encodes ``rows_per_ct = N // d`` rows per
    plaintext (row o at coefficients ``[o·d, (o+1)·d)``), encrypts every one
-   under its own key, per CRT prime, and sends them all (the client must
-   receive every ciphertext, or the owner would see which it wanted);
+   under its own key, per CRT prime, and sends them all with its public
+   keys (the client must receive every ciphertext, or the owner would see
+   which it wanted);
 2. *select*: for each id the client takes its row's ciphertext, multiplies it
    by the monomial ``-T^(N - o·d)`` (a negacyclic shift, which SEAL does
    without an NTT: row o lands on coefficients ``[0, d)`` and the noise keeps
@@ -26,23 +27,24 @@ What each party sees: the client, ciphertexts under the owner's key; the
 owner, values masked within 2^-stat_bits of uniform, in flooded ciphertexts
 whose noise does not depend on which row or ciphertext was used. Neither
 learns the other's input. The work is the owner's encryption of the table
-(input-independent, ~7 ms per ciphertext: 1,454 for MiniLM's table) and,
-per id, one shift and one reply per prime, whatever the sequence length.
-The ids are needed, so this runs once the client has its input: the caller
-reports it as its own phase, next to the input-independent tuples.
+(input-independent, ~7 ms per ciphertext: 1,454 for MiniLM's table), done
+once per model load under a key kept for that load (:class:`EncryptedTable`),
+and per query the transfer plus, per id, one shift and one reply per prime,
+whatever the sequence length. The ids are needed, so this runs once the
+client has its input: the caller reports it as its own phase, next to the
+input-independent tuples.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 import tenseal.sealapi as seal
 
 from collab.errors import BadInput, InternalError, ProtocolViolation
-from collab.he.bfv import U64, crt_mod_2_64, limbs_mod, uint64_to_residues
+from collab.he.bfv import U64, BfvParams, BfvSuite, check_budget, crt_mod_2_64, limbs_mod, uint64_to_residues
 
 if TYPE_CHECKING:
     from collab.he.triples import HeParty
@@ -65,36 +67,70 @@ def table_ciphertexts(rows: int, width: int, n: int) -> int:
     return math.ceil(rows / rows_per_ciphertext(n, width))
 
 
-def _primes(party: HeParty) -> list[int]:
-    primes = party.suite.primes[:PRIMES]
+def _primes(suite: BfvSuite) -> list[int]:
+    primes = suite.primes[:PRIMES]
     # INVARIANT: the CRT range holds a 64-bit word plus a (64 + stat_bits)-bit mask without wrapping.
-    if math.prod(primes).bit_length() <= 64 + party.suite.params.stat_bits + 1:
+    if len(primes) < PRIMES or math.prod(primes).bit_length() <= 64 + suite.params.stat_bits + 1:
         raise InternalError("the lookup needs two plaintext primes wider than the mask")
     return primes
 
 
-def encrypt_table(party: HeParty, table: np.ndarray) -> Iterator[list[bytes]]:
-    """The owner's step 1: Enc(table) per prime, in messages of at most :data:`CHUNK` ciphertexts.
+class EncryptedTable:
+    """The owner's step 1, done once per model load: its table encrypted under a key kept for that load.
 
-    Wire order: prime-major, then ciphertext index.
+    The key is its own BFV key pair (two primes of the session suite's
+    parameters), not a session's: every client of the load receives the same
+    ciphertexts, which IND-CPA allows for any number of them, and the owner
+    decrypts only masked, flooded replies. ``messages`` are the packed wire
+    messages (prime-major, then ciphertext index, at most :data:`CHUNK` per
+    message); ``hello`` the public keys the client re-randomises its replies
+    with.
     """
-    suite = party.suite
-    table = np.ascontiguousarray(table, dtype=U64)
-    if table.ndim != 2:
-        raise InternalError("the lookup table is 2-D")
-    rows, width = table.shape
-    per = rows_per_ciphertext(suite.n, width)
-    batch: list[bytes] = []
-    for k, p in enumerate(_primes(party)):
-        res = uint64_to_residues(table, p)
-        for c in range(table_ciphertexts(rows, width, suite.n)):
-            block = res[c * per : (c + 1) * per].ravel()
-            batch.append(party.encrypt(k, suite.coeff_plaintext(block, k)))
-            if len(batch) == CHUNK:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+
+    def __init__(self, table: np.ndarray, params: BfvParams | None = None) -> None:
+        from collab.he.triples import pack
+
+        table = np.ascontiguousarray(table, dtype=U64)
+        if table.ndim != 2:
+            raise InternalError("the lookup table is 2-D")
+        self.shape: tuple[int, int] = (int(table.shape[0]), int(table.shape[1]))
+        self.suite = suite = BfvSuite(params)
+        rows, width = self.shape
+        per = rows_per_ciphertext(suite.n, width)
+        self._decryptors, public, blobs = [], [], []
+        for k, p in enumerate(_primes(suite)):
+            keygen = seal.KeyGenerator(suite.contexts[k])
+            pk = seal.PublicKey()
+            keygen.create_public_key(pk)
+            public.append(suite.dumps(pk))
+            self._decryptors.append(seal.Decryptor(suite.contexts[k], keygen.secret_key()))
+            encryptor = seal.Encryptor(suite.contexts[k], keygen.secret_key())
+            res = uint64_to_residues(table, p)
+            for c in range(table_ciphertexts(rows, width, suite.n)):
+                ct = seal.Ciphertext()
+                encryptor.encrypt_symmetric(suite.coeff_plaintext(res[c * per : (c + 1) * per].ravel(), k), ct)
+                blobs.append(suite.dumps(ct))
+        self.hello = pack(public)
+        self.messages = [pack(blobs[i : i + CHUNK]) for i in range(0, len(blobs), CHUNK)]
+        self.ciphertexts = len(blobs)
+
+    def open(self, replies: list[bytes], count: int) -> np.ndarray:
+        """The owner's step 3: its share ``table[ids] + s mod 2^64`` from the client's replies."""
+        width, primes = self.shape[1], _primes(self.suite)
+        if len(replies) != count * len(primes):
+            raise ProtocolViolation(f"lookup reply has {len(replies)} ciphertexts, expected {count * len(primes)}")
+        residues = []
+        for k in range(len(primes)):
+            vals = np.zeros((count, width), dtype=U64)
+            for i in range(count):
+                ct = self.suite.load_ciphertext(k, replies[k * count + i])
+                check_budget(self._decryptors[k].invariant_noise_budget(ct), f"lookup reply under prime {k}")
+                pt = seal.Plaintext()
+                self._decryptors[k].decrypt(ct, pt)
+                for j in range(min(width, pt.coeff_count())):
+                    vals[i, j] = pt[j]
+            residues.append(vals.ravel())
+        return crt_mod_2_64(residues, primes).reshape(count, width)
 
 
 def wanted(ids: np.ndarray, rows: int, width: int, n: int) -> set[int]:
@@ -110,15 +146,20 @@ def check_ids(ids: np.ndarray, rows: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def select_rows(party: HeParty, blobs: dict[int, bytes], ids: np.ndarray, rows: int,
+def select_rows(party: HeParty, owner_hello: bytes, blobs: dict[int, bytes], ids: np.ndarray, rows: int,
                 width: int) -> tuple[list[bytes], np.ndarray]:
     """The client's step 2: one sealed reply per (prime, id), prime-major; its share ``-s`` of table[ids]."""
+    from collab.he.triples import peer_encryptors, seal_reply, unpack
+
     suite = party.suite
     n, stat = suite.n, suite.params.stat_bits
     per, count = rows_per_ciphertext(n, width), table_ciphertexts(rows, width, n)
-    primes = _primes(party)
+    primes = _primes(suite)
+    keys = unpack(owner_hello)
+    if len(keys) != len(primes):
+        raise ProtocolViolation("the owner's lookup keys do not match the suite")
+    peer = peer_encryptors(suite, keys)
     limbs = party.rng.limbs(ids.size * width, 64 + stat)
-    peer = party.peer()
     replies: list[bytes] = []
     for k, p in enumerate(primes):
         ev = suite.evaluators[k]
@@ -135,23 +176,7 @@ def select_rows(party: HeParty, blobs: dict[int, bytes], ids: np.ndarray, rows: 
             mask = party.rng.residues_below(n, p)
             mask[:width] = s_k[i]
             ev.add_plain_inplace(ct, suite.coeff_plaintext(mask, k))
-            replies.append(party.seal_reply(k, ct, 1))
+            replies.append(seal_reply(suite, peer[k], party.rng, k, ct, 1))
     with np.errstate(over="ignore"):
         share = (U64(0) - limbs[0]).astype(U64).reshape(ids.size, width)
     return replies, share
-
-
-def open_rows(party: HeParty, replies: list[bytes], count: int, width: int) -> np.ndarray:
-    """The owner's step 3: its share ``table[ids] + s mod 2^64`` from the client's replies."""
-    primes = _primes(party)
-    if len(replies) != count * len(primes):
-        raise ProtocolViolation(f"lookup reply has {len(replies)} ciphertexts, expected {count * len(primes)}")
-    residues = []
-    for k in range(len(primes)):
-        vals = np.zeros((count, width), dtype=U64)
-        for i in range(count):
-            pt = party.open_reply(k, replies[k * count + i])
-            for j in range(min(width, pt.coeff_count())):
-                vals[i, j] = pt[j]
-        residues.append(vals.ravel())
-    return crt_mod_2_64(residues, primes).reshape(count, width)

@@ -38,7 +38,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -56,6 +56,9 @@ from collab.he.bfv import (
 )
 from collab.he.helper import AnswerHelper, helper_for
 from collab.he.helper import wanted as helper_wanted
+
+if TYPE_CHECKING:
+    from collab.he.lookup import EncryptedTable
 
 MASK = (1 << 64) - 1
 #: The AND-bit protocol's suite: a bit product needs no CRT and no 180-bit range, only a batching prime
@@ -743,17 +746,17 @@ class TripleGenerator:
                 raise ProtocolViolation("peer answered a matmul cross term nobody offered")
             return out
 
-    def lookup_rows(self, table: np.ndarray | None, ids: np.ndarray | None, count: int,
+    def lookup_rows(self, table: EncryptedTable | None, ids: np.ndarray | None, count: int,
                     shape: tuple[int, int]) -> np.ndarray:
-        """This party's share of ``table[ids]``, (count, width): the owner passes ``table``, the client ``ids``.
+        """This party's share of ``table[ids]``, (count, width): the owner passes its encrypted ``table``
+        (:class:`collab.he.lookup.EncryptedTable`, made once per model load), the client its ``ids``.
 
-        Exactly one of the two holds ``table`` (of the public ``shape``), the
-        other ``count`` ids; see :mod:`collab.he.lookup` for the protocol.
+        See :mod:`collab.he.lookup` for the protocol.
         """
         from collab.he import lookup
 
         rows, width = shape
-        if table is not None and (tuple(table.shape) != (rows, width) or ids is not None):
+        if table is not None and (table.shape != (rows, width) or ids is not None):
             raise InternalError("the owner passes its table, of the agreed shape, and no ids")
         if table is None:  # the client: its ids are checked before anything is sent
             if ids is None:
@@ -763,12 +766,13 @@ class TripleGenerator:
                 raise InternalError(f"{ids.size} ids, {count} agreed")
         with self._timed("lookup", f"{_shape(shape)}[{count}]"):
             self.setup()
-            n = self.party.suite.n
             if table is not None:
-                for chunk in lookup.encrypt_table(self.party, table):
-                    if self._swap(pack(chunk)):
+                for message in [table.hello, *table.messages]:
+                    if self._swap(message):
                         raise ProtocolViolation("the client sent data while receiving the table")
-                return lookup.open_rows(self.party, unpack(self._swap(b"")), count, width)
+                return table.open(unpack(self._swap(b"")), count)
+            n = self.party.suite.n
+            owner_hello = self._swap(b"")
             need, blobs = lookup.wanted(ids, rows, width, n), {}
             expected, pos = lookup.PRIMES * lookup.table_ciphertexts(rows, width, n), 0
             while pos < expected:
@@ -777,7 +781,7 @@ class TripleGenerator:
                     raise ProtocolViolation("the owner's table has the wrong number of ciphertexts")
                 blobs.update({pos + i: b for i, b in enumerate(chunk) if pos + i in need})
                 pos += len(chunk)
-            replies, share = lookup.select_rows(self.party, blobs, ids, rows, width)
+            replies, share = lookup.select_rows(self.party, owner_hello, blobs, ids, rows, width)
             if self._swap(pack(replies)):
                 raise ProtocolViolation("the owner sent data while receiving the lookup replies")
             return share
