@@ -97,7 +97,9 @@ class EncryptedTable:
         self.suite = suite = BfvSuite(params)
         rows, width = self.shape
         per = rows_per_ciphertext(suite.n, width)
-        self._decryptors, public, blobs = [], [], []
+        self._decryptors, public, chunk = [], [], []
+        self.messages: list[bytes] = []
+        self.ciphertexts = 0
         for k, p in enumerate(_primes(suite)):
             keygen = seal.KeyGenerator(suite.contexts[k])
             pk = seal.PublicKey()
@@ -109,10 +111,14 @@ class EncryptedTable:
             for c in range(table_ciphertexts(rows, width, suite.n)):
                 ct = seal.Ciphertext()
                 encryptor.encrypt_symmetric(suite.coeff_plaintext(res[c * per : (c + 1) * per].ravel(), k), ct)
-                blobs.append(suite.dumps(ct))
+                chunk.append(suite.dumps(ct))
+                self.ciphertexts += 1
+                if len(chunk) == CHUNK:  # packed as it fills: the table's bytes are held once
+                    self.messages.append(pack(chunk))
+                    chunk = []
+        if chunk:
+            self.messages.append(pack(chunk))
         self.hello = pack(public)
-        self.messages = [pack(blobs[i : i + CHUNK]) for i in range(0, len(blobs), CHUNK)]
-        self.ciphertexts = len(blobs)
 
     def open(self, replies: list[bytes], count: int) -> np.ndarray:
         """The owner's step 3: its share ``table[ids] + s mod 2^64`` from the client's replies."""

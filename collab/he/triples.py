@@ -100,8 +100,11 @@ class QueueChannel:
 
 
 def pack(blobs: list[bytes]) -> bytes:
-    """Length-prefixed concatenation."""
-    return struct.pack("<I", len(blobs)) + b"".join(struct.pack("<Q", len(b)) + b for b in blobs)
+    """Length-prefixed concatenation (one join: messages reach a GB, so no blob is copied twice)."""
+    parts = [struct.pack("<I", len(blobs))]
+    for b in blobs:
+        parts += (struct.pack("<Q", len(b)), b)
+    return b"".join(parts)
 
 
 def unpack(data: bytes) -> list[bytes]:
