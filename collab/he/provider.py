@@ -533,17 +533,17 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
         flat_in = {n: crypten.cryptensor(inputs_plain[n] if inputs_plain else torch.zeros(s), src=1)
                    for n, s in enc.input_shapes(1, seq_len, spec).items()}
         dealer_inputs = inputs = enc.SharedInputs(**flat_in)  # the dealer path: one-hot @ table
-        lookup_s, lookup_again_s, lookup_bytes, sent = 0.0, 0.0, 0, 0
+        lookup_s, lookup_again_s, lookup_bytes, both_lookups_bytes = 0.0, 0.0, 0, 0
         if owner_held and execute:  # the HE path's words come from the oblivious lookup (as in collab infer)
             one_hot = inputs_plain["one_hot"] if inputs_plain else None
-            sent = he._gen().traffic.bytes_sent  # after the key exchange
+            before = he._gen().traffic.bytes_sent  # after the key exchange
             t0 = time.perf_counter()
             rows = share_words(he, held, one_hot, 1, seq_len, spec)  # the first query of a load encrypts the table
             t1 = time.perf_counter()
-            lookup_bytes = he.traffic.bytes_sent - sent
+            lookup_bytes = he.traffic.bytes_sent - before
             share_words(he, held, one_hot, 1, seq_len, spec)  # any later query of the load reuses it
             lookup_s, lookup_again_s = t1 - t0, time.perf_counter() - t1
-            sent = he.traffic.bytes_sent - sent  # both lookups: not part of the input-independent tuples
+            both_lookups_bytes = he.traffic.bytes_sent - before  # not part of the input-independent tuples
             inputs = replace(dealer_inputs, one_hot=None, word=rows)
         elif owner_held:  # a trace: shapes only
             inputs = replace(dealer_inputs, one_hot=None, word=crypten.cryptensor(torch.zeros(1, seq_len, spec.hidden)))
@@ -570,7 +570,7 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
             t0 = time.perf_counter()
             he.fill_cache()
             result["offline_s"] = time.perf_counter() - t0
-            result["offline_bytes_sent"] = he.traffic.bytes_sent - sent  # the input-independent tuples
+            result["offline_bytes_sent"] = he.traffic.bytes_sent - both_lookups_bytes  # the input-independent tuples
             result["lookup_s"], result["lookup_bytes_sent"] = lookup_s, lookup_bytes
             result["lookup_again_s"] = lookup_again_s
             result["offline_kinds"] = he.traffic.kinds
