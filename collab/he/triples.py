@@ -356,26 +356,26 @@ class HeParty:
         self._peer_enc = peer_encryptors(self.suite, blobs)
         self.peer_hello = peer_hello
 
-    def peer(self) -> list[seal.Encryptor]:
+    def _peer(self) -> list[seal.Encryptor]:
         if self._peer_enc is None:
             raise InternalError("meet() the peer before answering its offers")
         return self._peer_enc
 
     # ---------------------------------------------------------------- shared steps
 
-    def encrypt(self, k: int, pt: seal.Plaintext) -> bytes:
+    def _encrypt(self, k: int, pt: seal.Plaintext) -> bytes:
         ct = seal.Ciphertext()
         self._enc[k].encrypt_symmetric(pt, ct)
         return self.suite.dumps(ct)
 
-    def seal_reply(self, k: int, ct: seal.Ciphertext, terms: int) -> bytes:
-        return seal_reply(self.suite, self.peer()[k], self.rng, k, ct, terms)
+    def _seal_reply(self, k: int, ct: seal.Ciphertext, terms: int) -> bytes:
+        return seal_reply(self.suite, self._peer()[k], self.rng, k, ct, terms)
 
     def _times(self, k: int, ct: seal.Ciphertext, pt: seal.Plaintext) -> seal.Ciphertext:
         """ct * pt; a zero plaintext gives a fresh encryption of zero (SEAL refuses transparent results)."""
         out = seal.Ciphertext()
         if pt.is_zero():
-            self.peer()[k].encrypt_zero(ct.parms_id(), out)
+            self._peer()[k].encrypt_zero(ct.parms_id(), out)
         else:
             self.suite.evaluators[k].multiply_plain(ct, pt, out)
         return out
@@ -409,7 +409,7 @@ class HeParty:
             for sl in self._chunks(x.size):
                 pt = seal.Plaintext()
                 self.suite.encoders[k].encode(res[sl].tolist(), pt)
-                blobs.append(self.encrypt(k, pt))
+                blobs.append(self._encrypt(k, pt))
         return pack(blobs)
 
     def answer_slots(self, offer: bytes, y: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -431,7 +431,7 @@ class HeParty:
                 enc.encode(masks[k][sl].tolist(), pr)
                 ct = self._times(k, ct, py)
                 ev.add_plain_inplace(ct, pr)
-                out.append(self.seal_reply(k, ct, self.suite.n))
+                out.append(self._seal_reply(k, ct, self.suite.n))
         with np.errstate(over="ignore"):
             share = (U64(0) - low).astype(U64)
         return pack(out), share
@@ -468,7 +468,7 @@ class HeParty:
                     coeffs = np.zeros(self.suite.n, dtype=U64)
                     ii, ll = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
                     coeffs[ii * plan.mw * plan.kw + plan.kw - 1 - ll] = blk
-                    blobs.append(self.encrypt(k, self.suite.coeff_plaintext(coeffs, k)))
+                    blobs.append(self._encrypt(k, self.suite.coeff_plaintext(coeffs, k)))
         return pack(blobs)
 
     def _positions(self, plan: MatmulPlan) -> np.ndarray:
@@ -502,12 +502,12 @@ class HeParty:
             except Unavailable:  # logged by the helper module; answered here instead
                 mine, theirs = list(range(mb)), []
         started = time.monotonic()
-        replies = answer_columns(self.suite, self.peer(), self.rng, blobs, y, plan, rows_of(mine), mine)
+        replies = answer_columns(self.suite, self._peer(), self.rng, blobs, y, plan, rows_of(mine), mine)
         if theirs:
             try:
                 replies.update(helper.collect(timeout=120.0 + 4 * (time.monotonic() - started)))  # type: ignore[union-attr]
             except Unavailable:  # logged by the helper module; answered here instead
-                replies.update(answer_columns(self.suite, self.peer(), self.rng, blobs, y, plan, rows_of(theirs), theirs))
+                replies.update(answer_columns(self.suite, self._peer(), self.rng, blobs, y, plan, rows_of(theirs), theirs))
         with np.errstate(over="ignore"):
             share = np.uint64(0) - plan.add_blocks(low)  # our share of the cross term: -Σ r
         out = [replies[k, r] for k in range(len(self.suite.primes)) for r in range(n_replies)]
@@ -557,7 +557,7 @@ class HeParty:
         for sl in self._chunks(x.size):
             pt = seal.Plaintext()
             self.suite.encoders[0].encode(x[sl].tolist(), pt)
-            blobs.append(self.encrypt(0, pt))
+            blobs.append(self._encrypt(0, pt))
         return pack(blobs)
 
     def answer_bits(self, offer: bytes, y: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -580,7 +580,7 @@ class HeParty:
             ct = self._times(0, ct, pc)
             if not ps.is_zero():
                 ev.add_plain_inplace(ct, ps)
-            out.append(self.seal_reply(0, ct, self.suite.n))
+            out.append(self._seal_reply(0, ct, self.suite.n))
         return pack(out), s
 
     def finish_bits(self, reply: bytes, count: int) -> np.ndarray:
