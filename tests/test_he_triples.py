@@ -727,3 +727,28 @@ def test_lookup_refuses_bad_ids_before_sending_and_short_replies() -> None:
         lookup.select_rows(HeParty(), pack([b"x"]), {}, np.array([1]), 400, 99)
     with pytest.raises(BadInput):
         lookup.rows_per_ciphertext(16384, 16385)
+
+
+def test_attention_heads_share_ciphertexts_as_one_block_diagonal_matmul_and_stay_exact() -> None:
+    """12 heads of (32x32)@(32x32), as the encoder's attention at seq 32: one block-diagonal cross term per
+    direction, exact per head, with fewer replies (round trips) than one matmul per head."""
+    from collab.he.triples import block_diagonal_pays
+
+    assert block_diagonal_pays(12, 32, 32, 32, BfvSuite()) and not block_diagonal_pays(12, 128, 32, 128, BfvSuite())
+    ch0, ch1 = QueueChannel.pair(timeout=120.0)
+    gens = [TripleGenerator(HeParty(), ch) for ch in (ch0, ch1)]
+    out: list[tuple[np.ndarray, ...]] = [(), ()]
+
+    def body(i: int) -> None:
+        gens[i].setup()  # the key exchange apart, so the matmul's own round trips are counted
+        out[i] = gens[i].matmul((1, 12, 32, 32), (1, 12, 32, 32))
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a, b, c = (add(u, v) for u, v in zip(*out))
+    assert c.shape == (1, 12, 32, 32) and np.array_equal(c, mm(a, b))
+    (kind,) = [k for k in gens[0].traffic.kinds if k.startswith("matmul")]
+    assert gens[0].traffic.kinds[kind]["round_trips"] == 2  # one offer and one reply exchange, not 2 per head

@@ -194,14 +194,34 @@ def plan_matmul(n: int, k: int, m: int, suite: BfvSuite) -> MatmulPlan:
                 continue
             nb, kb, mb = math.ceil(n / nw), math.ceil(k / kw), math.ceil(m / mw)
             group = max(1, min(kb, max_inner // kw, noise_groups))
-            groups = math.ceil(kb / group)
-            cost = nb * kb * mb + BLOCK_COST * kb * mb + OFFER_COST * nb * kb + REPLY_COST * nb * mb * groups
             plan = MatmulPlan(n, k, m, nw, kw, mw, group)
+            cost = plan_cost(plan)
             if best is None or cost < best[0]:
                 best = (cost, plan)
     if best is None:
         raise BadInput(f"cannot block a ({n},{k})@({k},{m}) matmul for N={N}")
     return best[1]
+
+
+def plan_cost(plan: MatmulPlan, nonzero_blocks: int | None = None) -> float:
+    """The cost model's estimate for ``plan``; ``nonzero_blocks`` of the answerer's matrix (default: all)."""
+    nb, kb, mb = plan.blocks
+    blocks = kb * mb if nonzero_blocks is None else nonzero_blocks
+    return nb * blocks + BLOCK_COST * blocks + OFFER_COST * nb * kb + REPLY_COST * nb * mb * plan.groups
+
+
+def block_diagonal_pays(heads: int, n: int, k: int, m: int, suite: BfvSuite) -> bool:
+    """Whether ``heads`` (n,k)@(k,m) matmuls cost less as one (n, heads·k)@(heads·k, heads·m) block-diagonal
+    matmul, whose all-zero blocks of the answerer's matrix are skipped, than one by one."""
+    one = plan_cost(plan_matmul(n, k, m, suite))
+    wide = plan_matmul(n, heads * k, heads * m, suite)
+    _, kb, mb = wide.blocks
+    def heads_of(start: int, width: int, size: int) -> set[int]:  # the heads a block's rows (or columns) cover
+        return set(range(start // size, (min(heads * size, start + width) - 1) // size + 1))
+
+    nonzero = sum(1 for bl in range(kb) for bj in range(mb)
+                  if heads_of(bl * wide.kw, wide.kw, k) & heads_of(bj * wide.mw, wide.mw, m))
+    return plan_cost(wide, nonzero) < heads * one
 
 
 def mask_bits(suite: BfvSuite) -> int:
@@ -690,9 +710,7 @@ class TripleGenerator:
                 batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
                 ab = np.broadcast_to(a2, batch + a2.shape[-2:]).reshape(-1, *a2.shape[-2:])
                 bb = np.broadcast_to(b2, batch + b2.shape[-2:]).reshape(-1, *b2.shape[-2:])
-                c2 = np.stack([self._matmul2d(x, y) for x, y in zip(ab, bb)]).reshape(
-                    *batch, a2.shape[-2], b2.shape[-1]
-                )
+                c2 = self._batched2d(ab, bb).reshape(*batch, a2.shape[-2], b2.shape[-1])
             if a.ndim == 1:
                 c2 = c2.squeeze(-2)
             if b.ndim == 1:
@@ -719,6 +737,27 @@ class TripleGenerator:
             peer_zero = self._swap(b"\x01" if mine_zero else b"\x00") == b"\x01"
             c = self._matmul2d(a.reshape(-1, b.shape[0]), b, offer=not peer_zero, answer=not mine_zero)
             return a, c.reshape(*size0[:-1], b.shape[1])
+
+    def _batched2d(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Our share of a[h] @ b[h] for every h of a (B, n, k) @ (B, k, m) batch (attention's heads).
+
+        Where the cost model says so, the batch runs as one matmul
+        ``[a_1 … a_B] @ blockdiag(b_1 … b_B)``, whose output is
+        ``[a_1 b_1 … a_B b_B]``: its zero blocks cost no product, and the
+        heads share offers and replies instead of paying whole ciphertexts
+        each (12 heads of (32×32)(32×32): 13 replies per prime and direction
+        instead of 24). Both parties decide alike: the shapes are public.
+        """
+        heads, n, k = a.shape
+        m = b.shape[2]
+        if heads == 1 or not block_diagonal_pays(heads, n, k, m, self.party.suite):
+            return np.stack([self._matmul2d(x, y) for x, y in zip(a, b)])
+        wide = np.ascontiguousarray(a.transpose(1, 0, 2).reshape(n, heads * k))
+        diagonal = np.zeros((heads * k, heads * m), dtype=U64)
+        for h in range(heads):
+            diagonal[h * k : (h + 1) * k, h * m : (h + 1) * m] = b[h]
+        out = self._matmul2d(wide, diagonal)  # (n, heads·m): head h in columns [h·m, (h+1)·m)
+        return np.ascontiguousarray(out.reshape(n, heads, m).transpose(1, 0, 2))
 
     def _matmul2d(self, a: np.ndarray, b: np.ndarray, *, offer: bool = True, answer: bool = True) -> np.ndarray:
         """Our share of a_0 b_0 + a_1 b_1 + both cross terms; ``offer``/``answer`` False skip a zero term.
