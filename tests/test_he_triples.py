@@ -696,11 +696,7 @@ def test_what_the_owner_decrypts_is_the_row_under_a_104_bit_mask_and_nothing_els
     ids = np.array([5, 299], dtype=np.int64)
     replies, share = lookup.select_rows(HeParty(), encrypted.hello, blobs, ids, 300, width)
     assert np.array_equal(add(encrypted.open(replies, ids.size), share), np.full((2, width), 2**64 - 1, dtype=U64))
-    pts = []
-    for k in range(2):  # id 5, both primes, decrypted as the owner does
-        pt = seal.Plaintext()
-        encrypted._decryptors[k].decrypt(encrypted.suite.load_ciphertext(k, replies[k * ids.size]), pt)
-        pts.append(pt)
+    pts = [encrypted.party.open_reply(k, replies[k * ids.size]) for k in range(2)]  # id 5, as the owner decrypts
     coeff = lambda pt, i: pt[i] if i < pt.coeff_count() else 0  # noqa: E731
     full = [sum(coeff(pt, i) * (M // p) * pow(M // p, -1, p) for pt, p in zip(pts, primes)) % M
             for i in range(0, encrypted.suite.n, 61)]  # fmt: skip

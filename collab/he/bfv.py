@@ -375,6 +375,12 @@ def crt_mod_2_64(residues: list[np.ndarray], primes: list[int]) -> np.ndarray:
     return out
 
 
+def coefficients(pt: seal.Plaintext, positions: np.ndarray) -> list[int]:
+    """A decrypted plaintext's coefficients at ``positions`` (those past its stored length are zero)."""
+    count = pt.coeff_count()
+    return [pt[int(i)] if i < count else 0 for i in positions]
+
+
 def check_budget(budget_bits: int, what: str) -> None:
     """A decryptor's invariant-noise-budget check: 0 bits left means decryption is not trustworthy."""
     # INVARIANT: a reply is only used when SEAL reports a positive noise budget.

@@ -44,7 +44,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from collab.errors import BadInput, InternalError, ProtocolViolation
-from collab.he.bfv import U64, BfvParams, BfvSuite, check_budget, crt_mod_2_64, limbs_mod, uint64_to_residues
+from collab.he.bfv import U64, BfvParams, BfvSuite, coefficients, crt_mod_2_64, limbs_mod, uint64_to_residues
 
 if TYPE_CHECKING:
     from collab.he.triples import HeParty
@@ -78,8 +78,9 @@ def _primes(suite: BfvSuite) -> list[int]:
 class EncryptedTable:
     """The owner's step 1, done once per model load: its table encrypted under a key kept for that load.
 
-    The key is its own BFV key pair (two primes of the session suite's
-    parameters), not a session's: every client of the load receives the same
+    The keys are the load's own (an :class:`~collab.he.triples.HeParty` of
+    the session suite's parameters, of which the first two primes are used),
+    not a session's: every client of the load receives the same
     ciphertexts, which IND-CPA allows for any number of them, and the owner
     decrypts only masked, flooded replies. ``messages`` are the packed wire
     messages (prime-major, then ciphertext index, at most :data:`CHUNK` per
@@ -88,54 +89,38 @@ class EncryptedTable:
     """
 
     def __init__(self, table: np.ndarray, params: BfvParams | None = None) -> None:
-        from collab.he.triples import pack
+        from collab.he.triples import HeParty, pack
 
         table = np.ascontiguousarray(table, dtype=U64)
         if table.ndim != 2:
             raise InternalError("the lookup table is 2-D")
         self.shape: tuple[int, int] = (int(table.shape[0]), int(table.shape[1]))
-        self.suite = suite = BfvSuite(params)
+        self.party = HeParty(BfvSuite(params))  # the load's own key pair: encrypts the table, opens the replies
+        self.suite = suite = self.party.suite
         rows, width = self.shape
         per = rows_per_ciphertext(suite.n, width)
-        self._decryptors, public, chunk = [], [], []
         self.messages: list[bytes] = []
-        self.ciphertexts = 0
+        self.ciphertexts, chunk = 0, []
         for k, p in enumerate(_primes(suite)):
-            keygen = seal.KeyGenerator(suite.contexts[k])
-            pk = seal.PublicKey()
-            keygen.create_public_key(pk)
-            public.append(suite.dumps(pk))
-            self._decryptors.append(seal.Decryptor(suite.contexts[k], keygen.secret_key()))
-            encryptor = seal.Encryptor(suite.contexts[k], keygen.secret_key())
             res = uint64_to_residues(table, p)
             for c in range(table_ciphertexts(rows, width, suite.n)):
-                ct = seal.Ciphertext()
-                encryptor.encrypt_symmetric(suite.coeff_plaintext(res[c * per : (c + 1) * per].ravel(), k), ct)
-                chunk.append(suite.dumps(ct))
+                chunk.append(self.party.encrypt(k, suite.coeff_plaintext(res[c * per : (c + 1) * per].ravel(), k)))
                 self.ciphertexts += 1
                 if len(chunk) == CHUNK:  # packed as it fills: the table's bytes are held once
                     self.messages.append(pack(chunk))
                     chunk = []
         if chunk:
             self.messages.append(pack(chunk))
-        self.hello = pack(public)
+        self.hello = self.party.hello()
 
     def open(self, replies: list[bytes], count: int) -> np.ndarray:
         """The owner's step 3: its share ``table[ids] + s mod 2^64`` from the client's replies."""
         width, primes = self.shape[1], _primes(self.suite)
         if len(replies) != count * len(primes):
             raise ProtocolViolation(f"lookup reply has {len(replies)} ciphertexts, expected {count * len(primes)}")
-        residues = []
-        for k in range(len(primes)):
-            vals = np.zeros((count, width), dtype=U64)
-            for i in range(count):
-                ct = self.suite.load_ciphertext(k, replies[k * count + i])
-                check_budget(self._decryptors[k].invariant_noise_budget(ct), f"lookup reply under prime {k}")
-                pt = seal.Plaintext()
-                self._decryptors[k].decrypt(ct, pt)
-                for j in range(min(width, pt.coeff_count())):
-                    vals[i, j] = pt[j]
-            residues.append(vals.ravel())
+        positions = np.arange(width)
+        residues = [np.array([coefficients(self.party.open_reply(k, replies[k * count + i]), positions)
+                              for i in range(count)], dtype=U64).ravel() for k in range(len(primes))]
         return crt_mod_2_64(residues, primes).reshape(count, width)
 
 
@@ -162,7 +147,7 @@ def select_rows(party: HeParty, owner_hello: bytes, blobs: dict[int, bytes], ids
     per, count = rows_per_ciphertext(n, width), table_ciphertexts(rows, width, n)
     primes = _primes(suite)
     keys = unpack(owner_hello)
-    if len(keys) != len(primes):
+    if len(keys) != len(suite.contexts):
         raise ProtocolViolation("the owner's lookup keys do not match the suite")
     peer = peer_encryptors(suite, keys)
     limbs = party.rng.limbs(ids.size * width, 64 + stat)

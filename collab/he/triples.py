@@ -50,6 +50,7 @@ from collab.he.bfv import (
     BfvSuite,
     Rng,
     check_budget,
+    coefficients,
     crt_mod_2_64,
     limbs_mod,
     uint64_to_residues,
@@ -383,7 +384,8 @@ class HeParty:
 
     # ---------------------------------------------------------------- shared steps
 
-    def _encrypt(self, k: int, pt: seal.Plaintext) -> bytes:
+    def encrypt(self, k: int, pt: seal.Plaintext) -> bytes:
+        """Enc(pt) under this party's own key (prime ``k``), serialised: what offers are made of."""
         ct = seal.Ciphertext()
         self._enc[k].encrypt_symmetric(pt, ct)
         return self.suite.dumps(ct)
@@ -429,7 +431,7 @@ class HeParty:
             for sl in self._chunks(x.size):
                 pt = seal.Plaintext()
                 self.suite.encoders[k].encode(res[sl].tolist(), pt)
-                blobs.append(self._encrypt(k, pt))
+                blobs.append(self.encrypt(k, pt))
         return pack(blobs)
 
     def answer_slots(self, offer: bytes, y: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -488,7 +490,7 @@ class HeParty:
                     coeffs = np.zeros(self.suite.n, dtype=U64)
                     ii, ll = np.meshgrid(np.arange(blk.shape[0]), np.arange(blk.shape[1]), indexing="ij")
                     coeffs[ii * plan.mw * plan.kw + plan.kw - 1 - ll] = blk
-                    blobs.append(self._encrypt(k, self.suite.coeff_plaintext(coeffs, k)))
+                    blobs.append(self.encrypt(k, self.suite.coeff_plaintext(coeffs, k)))
         return pack(blobs)
 
     def _positions(self, plan: MatmulPlan) -> np.ndarray:
@@ -562,9 +564,7 @@ class HeParty:
         for k in range(len(self.suite.primes)):
             vals = np.empty((n_replies, pos.size), dtype=U64)
             for r in range(n_replies):
-                pt = self.open_reply(k, blobs[k * n_replies + r])
-                cc = pt.coeff_count()
-                vals[r] = [pt[int(i)] if i < cc else 0 for i in pos]
+                vals[r] = coefficients(self.open_reply(k, blobs[k * n_replies + r]), pos)
             residues.append(vals.ravel())
         return plan.add_blocks(crt_mod_2_64(residues, self.suite.primes).reshape(n_replies, plan.nw, plan.mw))
 
@@ -577,7 +577,7 @@ class HeParty:
         for sl in self._chunks(x.size):
             pt = seal.Plaintext()
             self.suite.encoders[0].encode(x[sl].tolist(), pt)
-            blobs.append(self._encrypt(0, pt))
+            blobs.append(self.encrypt(0, pt))
         return pack(blobs)
 
     def answer_bits(self, offer: bytes, y: np.ndarray) -> tuple[bytes, np.ndarray]:

@@ -516,10 +516,9 @@ def weight_shapes(spec: EncoderSpec, seq_len: int) -> dict[str, tuple[int, ...]]
 
 def assemble_weights(flat: dict[str, Tensor], spec: EncoderSpec) -> SharedWeights:
     """Regroup a flat name -> tensor dict (plain or shared) into :class:`SharedWeights`."""
-    n_chunks = len([k for k in flat if k.startswith("word.")])
     fields = list(LayerWeights.__dataclass_fields__)
     return SharedWeights(
-        word_chunks=[flat[f"word.{i}"] for i in range(n_chunks)],
+        word_chunks=_word_chunks(flat),
         pos_type=flat["pos_type"],
         emb_ln_w=flat["emb_ln_w"],
         emb_ln_b=flat["emb_ln_b"],
@@ -565,7 +564,12 @@ def embed(inputs: SharedInputs, w: SharedWeights, spec: EncoderSpec, approx: App
 
 def word_table(flat: dict[str, Tensor]) -> Tensor:
     """The whole word table from :func:`prepare_weights`' ``word.i`` chunks (plain or fixed-point)."""
-    return torch.cat([flat[f"word.{i}"] for i in range(len([k for k in flat if k.startswith("word.")]))])
+    return torch.cat(_word_chunks(flat))
+
+
+def _word_chunks(flat: dict[str, Tensor]) -> list[Tensor]:
+    """The ``word.i`` chunks of a flat weight dict, in vocabulary order."""
+    return [flat[f"word.{i}"] for i in range(sum(1 for k in flat if k.startswith("word.")))]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
