@@ -7,8 +7,11 @@ under a minute on 2 cores.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +28,28 @@ TEXTS = [
     "Secure multiparty computation keeps inputs private.",
 ]
 GRID = torch.linspace(-10.0, 10.0, 200_001, dtype=torch.float64)
+
+
+def forked_parties(world_size: int) -> Callable[[Callable[[], None]], Callable[[], Any]]:
+    """CrypTen's fork launcher, each party single-threaded.
+
+    A forked child must not enter the OpenMP pool its parent (this test
+    process) started: it hangs. The launcher returns None when a party failed.
+    """
+    from crypten.mpc import run_multiprocess
+
+    def launch(body: Callable[[], None]) -> Callable[[], Any]:
+        @functools.wraps(body)
+        def single_threaded() -> None:
+            torch.set_num_threads(1)
+            body()
+
+        return run_multiprocess(world_size=world_size)(single_threaded)
+
+    return launch
+
+
+two_forked_parties = forked_parties(2)
 
 
 @pytest.fixture(scope="module")
@@ -213,12 +238,10 @@ def test_shifted_softmax_keeps_the_encoder_accurate_in_float(spec, weights) -> N
 
 
 def test_packed_sign_test_matches_crypten_outside_its_band_with_fewer_bytes() -> None:
-    """Two real CrypTen processes: 4 sign tests per adder word, same answers outside [0, 2^-8)."""
-    from crypten.mpc import run_multiprocess
-
+    """Two real CrypTen processes: a 15-bit carry tree, same answers outside [0, 2^-8), 10x fewer bytes."""
     from collab.mpc.compare import band, bound
 
-    @run_multiprocess(world_size=2)
+    @two_forked_parties
     def body() -> None:
         import crypten
         import crypten.communicator as comm
@@ -230,16 +253,51 @@ def test_packed_sign_test_matches_crypten_outside_its_band_with_fewer_bytes() ->
         x = torch.cat([torch.linspace(-bound() + 0.5, bound() - 0.5, 4001), torch.tensor([0.0, 2.0**-16, -(2.0**-16)])])
         cx = crypten.cryptensor(x)
         comm.get().reset_communication_stats()
-        got = packed_ltz(cx).get_plain_text()
-        packed_bytes = comm.get().get_communication_stats()["bytes"]
+        packed = packed_ltz(cx)
+        packed_stats = comm.get().get_communication_stats()
         comm.get().reset_communication_stats()
         cx._ltz()
-        crypten_bytes = comm.get().get_communication_stats()["bytes"]
-        wrong = got != (x < 0).float()
+        crypten_stats = comm.get().get_communication_stats()
+        wrong = packed.get_plain_text() != (x < 0).float()
         assert bool(((x[wrong] >= 0) & (x[wrong] < band())).all())
-        assert packed_bytes * 3 < crypten_bytes
+        assert packed_stats["bytes"] * 10 < crypten_stats["bytes"]  # 36 AND bits per value, not 832
+        assert packed_stats["rounds"] < crypten_stats["rounds"]
 
     assert body() is not None  # CrypTen's launcher returns None when a party failed (an assertion included)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("lanes", [4, 6])
+def test_carry_tree_sign_is_the_top_bit_of_the_kept_bits_sum(world_size: int, lanes: int) -> None:
+    """Exact on any shares: bit lane-1 of the parties' kept bits summed mod 2^lane (3 parties: carry-save first).
+
+    Random 64-bit shares plus shares whose kept bits carry through every
+    position, and ones that stop one bit short, so every level of the tree matters.
+    """
+    from collab.mpc.compare import layout
+
+    @forked_parties(world_size)
+    def body() -> None:
+        import crypten.communicator as comm
+        from crypten.mpc import MPCTensor
+
+        from collab.mpc.compare import packed_ltz
+
+        lane, drop = layout(lanes)
+        mask = (1 << lane) - 1
+        shares = torch.randint(-(2**63), 2**63 - 1, (world_size, 4001), generator=torch.Generator().manual_seed(7))
+        for i, below in enumerate(range(lane)):  # kept sums of 2^below - 1 + 1: a carry from bit 0 up to bit `below`
+            col = 4001 - lane + i
+            shares[:, col] = 0
+            shares[0, col] = ((1 << below) - 1) << drop
+            shares[1, col] = 1 << drop
+        kept = (shares >> drop) & mask
+        expected = ((kept.sum(0) & mask) >> (lane - 1)).float()
+        got = packed_ltz(MPCTensor.from_shares(shares[comm.get().get_rank()], precision=16), lanes=lanes)
+        assert torch.equal(got.get_plain_text(), expected)
+        assert 0 < expected.mean() < 1
+
+    assert body() is not None
 
 
 @pytest.mark.slow
@@ -331,11 +389,9 @@ def test_split_polynomial_matches_the_plain_polynomial() -> None:
 
 def test_six_lane_sign_test_is_exact_outside_its_band_and_cheaper_than_four() -> None:
     """Two real CrypTen processes: 6 sign tests per adder word, mistakes only in [0, 2^-2)."""
-    from crypten.mpc import run_multiprocess
-
     from collab.mpc.compare import band, bound
 
-    @run_multiprocess(world_size=2)
+    @two_forked_parties
     def body() -> None:
         import crypten
         import crypten.communicator as comm
@@ -348,12 +404,12 @@ def test_six_lane_sign_test_is_exact_outside_its_band_and_cheaper_than_four() ->
         x = torch.cat([torch.linspace(-lim + 0.5, lim - 0.5, 6001), torch.tensor([0.0, 0.2, 0.26, -(2.0**-16)])])
         cx = crypten.cryptensor(x)
         comm.get().reset_communication_stats()
-        got = packed_ltz(cx, lanes=6).get_plain_text()
+        six_lanes = packed_ltz(cx, lanes=6)
         six = comm.get().get_communication_stats()["bytes"]
         comm.get().reset_communication_stats()
         packed_ltz(cx)
         four = comm.get().get_communication_stats()["bytes"]
-        wrong = got != (x < 0).float()
+        wrong = six_lanes.get_plain_text() != (x < 0).float()
         assert bool(((x[wrong] >= 0) & (x[wrong] < band(lanes=6))).all())
         assert six < four
 
@@ -389,20 +445,17 @@ def test_shifted_softmax_reciprocal_survives_two_party_truncation(tmp_path) -> N
     former code fails reliably) while 2^17 rows keep the test short; steps toward 8/total, lifted
     by an exact integer, do not depend on the scale (~0.01 expected here).
     """
-    from crypten.mpc import run_multiprocess
-
     from collab.mpc.encoder import preset
 
     cheap = Approximations(**preset("cheap")).with_(softmax_scale=2.0**14)
     out = tmp_path / "wrong.pt"
 
-    @run_multiprocess(world_size=2)
+    @two_forked_parties
     def body() -> None:
         import crypten
         import crypten.communicator as comm
 
         rank = comm.get().get_rank()
-        torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it hangs)
         _fix_crypten_seeds(rank, 1234)
         t = torch.logspace(math.log10(ROW_TOTALS[0]), math.log10(ROW_TOTALS[1]), 2**17)
         y = enc.scaled_reciprocal(crypten.cryptensor(t, src=0), cheap).get_plain_text()
