@@ -20,11 +20,13 @@ What is measured, each pair of parties being two processes over gloo on loopback
   shared ciphertexts (:mod:`collab.he.batch`), in the same run.
 
 ``COLLAB_BENCH_QUICK=1`` (CI): 16,384 element-wise triples, one (8x384)(384x384)
-matmul, op timings, and only the free traces at seq 4. The JSON always carries
-the last default-approximation offline runs (seq 4 and 8, 14.0 and 22.8 min)
-as ``previous`` and the last cheap-preset runs before the block planner's
-retune and the answer helper as ``previous_cheap`` (a full run also reports
-``offline_vs_previous_cheap``), clearly labelled with their dates.
+matmul, op timings, and only the free traces at seq 4.
+``COLLAB_BENCH_HE_SEQ128=1`` adds seq 128 to a full run's traces and encoder
+runs (~25 more minutes). The JSON always carries the last default-approximation
+offline runs (seq 4 and 8, 14.0 and 22.8 min) as ``previous`` and the last
+cheap-preset runs before the carry-tree sign tests as ``previous_cheap`` (a
+full run also reports ``preprocessing_vs_previous_cheap``), clearly labelled
+with their dates.
 """
 
 from __future__ import annotations
@@ -63,24 +65,33 @@ PREVIOUS = {
         {"seq_len": 8, "offline_s": 1370.0, "offline_gb_sent_per_party": 26.9, "online_s": 6.4, "cosine": 0.999996},
     ],
 }
-# The last full run of the current path (cheap preset, owner-held weights) before the word embedding became
-# an oblivious lookup (collab.he.lookup) instead of a one-hot matmul triple (2026-11-27 07:28, idle machine).
-# The current runs' comparable figure is ``preprocessing_s`` = input-independent offline + the lookup.
+# The last full run of the current path (cheap preset, owner-held weights, the word embedding an oblivious
+# lookup) before the packed sign tests became a bit-sliced carry tree (2026-11-27 10:47, idle machine).
+# Its comparable figure, and the current runs', is ``preprocessing_s``: input-independent offline + the lookup.
 PREVIOUS_CHEAP = {
-    "measured_on": "2026-11-27 07:28",
+    "measured_on": "2026-11-27 10:47",
     "encoder": [
-        {"seq_len": 4, "offline_s": 84.9, "offline_gb_sent_per_party": [1.31, 2.15], "online_s": 3.56,
-         "cosine": 0.999992},
-        {"seq_len": 8, "offline_s": 151.9, "offline_gb_sent_per_party": [2.15, 4.35], "online_s": 3.70,
-         "cosine": 0.999989},
-        {"seq_len": 32, "offline_s": 462.3, "offline_gb_sent_per_party": [8.06, 12.01], "online_s": 3.78,
-         "cosine": 0.999988},
+        {"seq_len": 4, "offline_s": 53.5, "lookup_s": 16.3, "preprocessing_s": 69.8,
+         "offline_gb_sent_per_party": [1.00, 1.40], "online_s": 3.21, "cosine": 0.999991},
+        {"seq_len": 8, "offline_s": 94.0, "lookup_s": 16.2, "preprocessing_s": 110.2,
+         "offline_gb_sent_per_party": [1.54, 2.84], "online_s": 3.23, "cosine": 0.999989},
+        {"seq_len": 32, "offline_s": 307.7, "lookup_s": 15.5, "preprocessing_s": 323.2,
+         "offline_gb_sent_per_party": [6.63, 8.80], "online_s": 3.78, "cosine": 0.999987},
     ],
 }
 
 
 def quick() -> bool:
     return os.environ.get("COLLAB_BENCH_QUICK") == "1"
+
+
+def plan_of_run() -> dict[str, Any]:
+    """QUICK or FULL, the latter with seq 128 when ``COLLAB_BENCH_HE_SEQ128=1``."""
+    if quick():
+        return QUICK
+    if os.environ.get("COLLAB_BENCH_HE_SEQ128") == "1":
+        return {**FULL, "encoder_runs": [*FULL["encoder_runs"], 128], "trace": [*FULL["trace"], 128]}
+    return FULL
 
 
 def run_pair(args: list[str], timeout: float) -> list[dict[str, Any]]:
@@ -128,7 +139,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None) -> dict[s
     from collab.mpc.encoder import preset
 
     log = log or (lambda message: None)
-    plan = QUICK if quick() else FULL
+    plan = plan_of_run()
     cheap = preset(CHEAP)
     args = ["--bench", "--elements", str(plan["elements"]), "--small-requests", str(plan["small_requests"])]
     for n, k, m in plan["matmuls"]:
@@ -166,7 +177,7 @@ def run(results_dir: Path | str | None = None, log: Log | None = None) -> dict[s
         "traces": traces, "encoder": encoder,
         "previous": PREVIOUS,
         "previous_cheap": PREVIOUS_CHEAP,
-        **({"preprocessing_vs_previous_cheap": {str(e["seq_len"]): e["preprocessing_s"] / p["offline_s"]
+        **({"preprocessing_vs_previous_cheap": {str(e["seq_len"]): e["preprocessing_s"] / p["preprocessing_s"]
                                                 for e in encoder for p in PREVIOUS_CHEAP["encoder"]
                                                 if p["seq_len"] == e["seq_len"]}}
            if encoder else {}),
@@ -211,7 +222,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     encoder = results.get("encoder") or []
     fig, axes = plt.subplots(1, 3 if encoder else 2, figsize=(18 if encoder else 12, 4.5))
     if encoder:  # the encoder's offline phase: this run against the previous cheap-preset run, by seq
-        before = {e["seq_len"]: e["offline_s"] for e in results.get("previous_cheap", {}).get("encoder", [])}
+        before = {e["seq_len"]: e.get("preprocessing_s", e["offline_s"])
+                  for e in results.get("previous_cheap", {}).get("encoder", [])}
         seqs = [e["seq_len"] for e in encoder]
         x = range(len(seqs))
         axes[2].bar([i - 0.2 for i in x], [before.get(q, 0.0) for q in seqs], width=0.4,
@@ -255,7 +267,7 @@ def render(results: dict[str, Any]) -> RenderableType:
                       [(k, v, results["tenseal_ci_ms"].get(k)) for k, v in results["ops_ms"].items()])
     rows3 = [(e["seq_len"], "cheap + owner-held, now", e["offline_s"], e.get("lookup_s"), e["online_s"],
               e.get("online_dealer_s"), f"{e['cosine']:.6f}") for e in results["encoder"]]
-    rows3 += [(e["seq_len"], f"cheap + owner-held, {PREVIOUS_CHEAP['measured_on']}", e["offline_s"], None,
+    rows3 += [(e["seq_len"], f"cheap + owner-held, {PREVIOUS_CHEAP['measured_on']}", e["offline_s"], e["lookup_s"],
                e["online_s"], None, f"{e['cosine']:.6f}") for e in PREVIOUS_CHEAP["encoder"]]
     rows3 += [(e["seq_len"], f"default, {PREVIOUS['measured_on']}", e["offline_s"], None, e["online_s"], None,
                f"{e['cosine']:.6f}") for e in PREVIOUS["encoder"]]

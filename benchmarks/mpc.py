@@ -20,12 +20,12 @@ Configurations (same encoder, same sentences, same run):
   (``W - B`` opened once, in the setup phase, reused by every query);
 * ablations on top of ``fixed_masks``: ``gelu_poly2`` (2 comparisons),
   ``gelu_exppoly`` (1 comparison, a degree-6 polynomial of exp(-|x|)),
-  ``gelu_exppoly_packed`` (that comparison with 4 values per adder word),
+  ``gelu_exppoly_packed`` (that comparison as a 15-bit packed carry tree),
   ``softmax_shifted`` (no row max after layer 0), ``cheap_v1`` (the previous
-  cheap path: 4-lane sign tests, degree-6 polynomial, CrypTen's row max),
+  cheap path: 15-bit packed sign tests, degree-6 polynomial, CrypTen's row max),
   ``cheap_nolift`` (``cheap`` without the softmax's integer lift);
 * ``cheap`` - the default of ``collab infer --mode mpc``: fixed masks, the
-  1-comparison GELU with 6 sign tests per adder word and a degree-7
+  1-comparison GELU with 9-bit packed sign tests and a degree-7
   polynomial in one split product, the shifted softmax with the layer-0 row
   max by packed comparisons and its two largest products lifted by 16.
 

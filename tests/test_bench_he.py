@@ -61,3 +61,16 @@ def test_cheap_approximations_need_far_fewer_and_triples(bench: tuple[dict[str, 
     default, cheap = traces["default"], traces["cheap"]
     assert default["binary_triple"]["elements"] > 4 * cheap["binary_triple"]["elements"]
     assert default["matmul_triple"]["calls"] == cheap["matmul_triple"]["calls"]  # the same linear algebra
+
+
+def test_seq_128_is_opt_in_for_full_runs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collab.commands.bench import benchmarks_package
+
+    he = benchmarks_package().load_suite("he")
+    monkeypatch.delenv("COLLAB_BENCH_QUICK", raising=False)
+    monkeypatch.delenv("COLLAB_BENCH_HE_SEQ128", raising=False)
+    assert 128 not in he.plan_of_run()["encoder_runs"]
+    monkeypatch.setenv("COLLAB_BENCH_HE_SEQ128", "1")
+    assert he.plan_of_run()["encoder_runs"][-1] == 128 and he.plan_of_run()["trace"][-1] == 128
+    monkeypatch.setenv("COLLAB_BENCH_QUICK", "1")
+    assert he.plan_of_run()["encoder_runs"] == []

@@ -65,8 +65,8 @@ class Approximations:
         which needs no clipping since w is in (0, 1] (max error 1.2e-3 at degree
         10, 3.6e-4 at 12).
     packed_compare
-        GELU's sign tests by :func:`collab.mpc.compare.packed_ltz`: three
-        values per 64-bit adder word (fewer bytes per comparison), exact for
+        GELU's sign tests by :func:`collab.mpc.compare.packed_ltz`: a carry
+        tree over a few kept bits (~25x fewer bytes per comparison), exact for
         |x| < 64 except that x in [0, 2^-8) may read as negative; for
         ``exppoly`` that is harmless (-x then stands in for |x|, and
         (x + t)/2 - g(t) is GELU(x) for t = +-x; the fit covers t >= -2^-8).
@@ -75,11 +75,12 @@ class Approximations:
         tanh form of GELU over CrypTen's tanh. CrypTen's own ``erf`` is broken
         outside [-1, 1] and is never used.
     compare_lanes
-        Values per 64-bit adder word in the packed sign tests: 4 (band 2^-8),
-        5 (2^-4) or 6 (2^-2); the exp-polynomial GELU's fit covers the band.
+        The packed sign tests keep 64/lanes - 1 bits (named for when lanes shared
+        an adder word): 4 (15 bits, band 2^-8), 5 (11, 2^-4) or 6 (9, 2^-2); the
+        exp-polynomial GELU's fit covers the band.
     packed_max
         The layer-0 softmax row max by a tree of packed comparisons of
-        differences below 512 (4 lanes, band 2^-5: a misread picks a value
+        differences below 512 (15 kept bits, band 2^-5: a misread picks a value
         at most 2^-5 below the max, and softmax is shift-invariant) instead
         of CrypTen's 64-bit comparisons. MiniLM's layer-0 logits, padding
         bias included, differ by at most ~350 within a row.
@@ -173,7 +174,7 @@ def _plain(x: Tensor) -> bool:
 
 
 def _ltz(x: Tensor, packed: bool = False, lanes: int = 4, bound_log2: int = 6) -> Tensor:
-    """1 where x < 0 else 0 (a secure comparison on CrypTensors; ``packed``: ``lanes`` per adder word)."""
+    """1 where x < 0 else 0 (a secure comparison on CrypTensors; ``packed``: 64/lanes - 1 kept bits)."""
     if _plain(x):
         if packed:  # the packed test's band: [0, band) may read as negative; simulate its worst case
             from collab.mpc.compare import band
