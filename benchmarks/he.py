@@ -222,8 +222,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     encoder = results.get("encoder") or []
     fig, axes = plt.subplots(1, 3 if encoder else 2, figsize=(18 if encoder else 12, 4.5))
     if encoder:  # the encoder's offline phase: this run against the previous cheap-preset run, by seq
-        before = {e["seq_len"]: e.get("preprocessing_s", e["offline_s"])
-                  for e in results.get("previous_cheap", {}).get("encoder", [])}
+        before = {e["seq_len"]: e["preprocessing_s"] for e in results.get("previous_cheap", {}).get("encoder", [])}
         seqs = [e["seq_len"] for e in encoder]
         x = range(len(seqs))
         axes[2].bar([i - 0.2 for i in x], [before.get(q, 0.0) for q in seqs], width=0.4,

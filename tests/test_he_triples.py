@@ -22,7 +22,7 @@ import tenseal.sealapi as seal
 
 from collab.errors import BadInput, InternalError, ProtocolViolation
 from collab.he import BfvParams, BfvSuite, HeParty, QueueChannel, TripleGenerator, run_pair
-from collab.he.bfv import Rng, crt_mod_2_64, limbs_mod, mulmod
+from collab.he.bfv import Rng, coefficients, crt_mod_2_64, limbs_mod, mulmod
 from collab.he.lookup import EncryptedTable
 from collab.he.triples import MatmulPlan, mask_bits, pack, plan_matmul, unpack
 
@@ -697,9 +697,8 @@ def test_what_the_owner_decrypts_is_the_row_under_a_104_bit_mask_and_nothing_els
     replies, share = lookup.select_rows(HeParty(), encrypted.hello, blobs, ids, 300, width)
     assert np.array_equal(add(encrypted.open(replies, ids.size), share), np.full((2, width), 2**64 - 1, dtype=U64))
     pts = [encrypted.party.open_reply(k, replies[k * ids.size]) for k in range(2)]  # id 5, as the owner decrypts
-    coeff = lambda pt, i: pt[i] if i < pt.coeff_count() else 0  # noqa: E731
-    full = [sum(coeff(pt, i) * (M // p) * pow(M // p, -1, p) for pt, p in zip(pts, primes)) % M
-            for i in range(0, encrypted.suite.n, 61)]  # fmt: skip
+    sampled = [coefficients(pt, np.arange(0, encrypted.suite.n, 61)) for pt in pts]
+    full = [sum(c * (M // p) * pow(M // p, -1, p) for c, p in zip(cs, primes)) % M for cs in zip(*sampled)]
     outputs, others = full[:2], full[2:]  # coefficients 0 and 61 hold the row, the rest other rows' garbage
     assert all(2**64 <= v < 2**104 + 2**64 for v in outputs)
     assert len({v >> 112 for v in others}) > 64 and sum(v > 2**105 for v in others) > len(others) // 2

@@ -49,9 +49,6 @@ def forked_parties(world_size: int) -> Callable[[Callable[[], None]], Callable[[
     return launch
 
 
-two_forked_parties = forked_parties(2)
-
-
 @pytest.fixture(scope="module")
 def spec():
     return load_spec()
@@ -241,7 +238,7 @@ def test_packed_sign_test_matches_crypten_outside_its_band_with_fewer_bytes() ->
     """Two real CrypTen processes: a 15-bit carry tree, same answers outside [0, 2^-8), 10x fewer bytes."""
     from collab.mpc.compare import band, bound
 
-    @two_forked_parties
+    @forked_parties(2)
     def body() -> None:
         import crypten
         import crypten.communicator as comm
@@ -391,7 +388,7 @@ def test_six_lane_sign_test_is_exact_outside_its_band_and_cheaper_than_four() ->
     """Two real CrypTen processes: 6 sign tests per adder word, mistakes only in [0, 2^-2)."""
     from collab.mpc.compare import band, bound
 
-    @two_forked_parties
+    @forked_parties(2)
     def body() -> None:
         import crypten
         import crypten.communicator as comm
@@ -450,7 +447,7 @@ def test_shifted_softmax_reciprocal_survives_two_party_truncation(tmp_path) -> N
     cheap = Approximations(**preset("cheap")).with_(softmax_scale=2.0**14)
     out = tmp_path / "wrong.pt"
 
-    @two_forked_parties
+    @forked_parties(2)
     def body() -> None:
         import crypten
         import crypten.communicator as comm
