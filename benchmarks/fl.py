@@ -110,45 +110,55 @@ def _training(s: Sizes, sigma: float, epochs: int) -> Any:
 
 
 def sigma_for(epsilon: float, rate: float, steps: int) -> float:
-    """The smallest noise multiplier whose RDP ε after ``steps`` at ``rate`` is at most ``epsilon`` (δ = 1e-5)."""
-    from collab.dp.ledger import epsilon_of
+    """The smallest noise multiplier whose ε after ``steps`` at ``rate`` is at most ``epsilon`` (δ = 1e-5)."""
+    from collab.dp.ledger import calibrate_sigma
 
-    if math.isinf(epsilon):
-        return 0.0
-    lo, hi = 0.3, 64.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if epsilon_of([(mid, rate, steps)], DELTA) > epsilon:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return calibrate_sigma(epsilon, DELTA, [], rate, steps)
 
 
-def _federated(s: Sizes, shards: list[Any], test: Any, sigma: float, rounds: int, epochs: int) -> tuple[float, int]:
-    """FedAvg of DP-SGD rounds with the ClientApp's functions; (accuracy, stalled local rounds)."""
-    import torch
+def participant_sigmas(epsilon: float, shards: list[Any], dp_batch: int, rounds: int, epochs: int) -> list[float]:
+    """Each participant's own σ, as a ClientApp with ``noise-multiplier = "auto"`` calibrates it: its shard
+    size sets its sample rate and step count, and the job's rounds share its budget evenly."""
+    from collab.dp.dpsgd import DPConfig
 
-    from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
+    dp = DPConfig(batch_size=dp_batch, epochs=epochs)
+    return [sigma_for(epsilon, dp.sample_rate(len(d)), rounds * dp.steps(len(d))) for d in shards]
+
+
+def _train_federated(s: Sizes, shards: list[Any], classes: list[str], sigmas: list[float], epochs: int,
+                     seed: Callable[[int, int], int]) -> tuple[Any, Any, int]:
+    """FedAvg of DP-SGD rounds with the ClientApp's functions, participant k at noise ``sigmas[k]`` (0: its
+    non-private configuration); (model, task, stalled local rounds)."""
+    from collab.dp.dpsgd import TrainingStalled, train_dp
     from collab.fl.app.server_app import aggregate
-    from collab.fl.task import build_model, evaluate, load_trainable, trainable_state
+    from collab.fl.task import build_model, load_trainable, trainable_state
 
-    task = _task(s, list(test.classes))
+    task = _task(s, classes)
     model = build_model(task)
-    dp = _training(s, sigma, epochs)
     stalled = 0
-    for rnd in range(rounds):
+    for rnd in range(s.rounds):
         start = trainable_state(model)
         updates = []
         for k, shard in enumerate(shards):
             load_trainable(model, start)
             try:
-                train_dp(model, shard, dp, task.max_len, seed=1000 * rnd + k)
+                train_dp(model, shard, _training(s, sigmas[k], epochs), task.max_len, seed=seed(rnd, k))
             except TrainingStalled:
                 stalled += 1  # the guard keeps this update out, as the ClientApp would
                 continue
             updates.append((trainable_state(model), len(shard)))
         load_trainable(model, aggregate(updates) if updates else start)
+    return model, task, stalled
+
+
+def _federated(s: Sizes, shards: list[Any], test: Any, sigmas: list[float]) -> tuple[float, int]:
+    """Federated accuracy on ``test`` and the stalled local rounds."""
+    import torch
+
+    from collab.fl.task import evaluate
+
+    model, task, stalled = _train_federated(s, shards, list(test.classes), sigmas, s.epochs,
+                                            lambda rnd, k: 1000 * rnd + k)
     torch.manual_seed(0)
     return evaluate(model, test, task.max_len)[1], stalled
 
@@ -164,23 +174,20 @@ def _data(s: Sizes, n: int, split: str) -> tuple[list[Any], Any]:
 
 def accuracy_vs_epsilon(s: Sizes, say: Log) -> dict[str, Any]:
     """Federated accuracy at each ε and split; centralized non-private and local-only baselines."""
-    from collab.dp.dpsgd import DPConfig
     from collab.fl.data import Dataset
 
     out: dict[str, Any] = {}
     for split in s.splits:
         shards, test = _data(s, 3, split)
-        rate = DPConfig(batch_size=s.dp_batch).sample_rate(len(shards[0]))
-        steps = s.rounds * s.epochs * DPConfig(batch_size=s.dp_batch).batches(len(shards[0]))
         row: dict[str, Any] = {}
         for eps in EPSILONS:
-            sigma = sigma_for(eps, rate, steps)
-            acc, stalled = _federated(s, shards, test, sigma, s.rounds, s.epochs)
-            row["inf" if math.isinf(eps) else f"{eps:g}"] = {"accuracy": acc, "sigma": sigma, "stalled": stalled}
-            say(f"accuracy {split} ε={eps}: {acc:.3f} (σ={sigma:.2f})")
+            sigmas = participant_sigmas(eps, shards, s.dp_batch, s.rounds, s.epochs)
+            acc, stalled = _federated(s, shards, test, sigmas)
+            row["inf" if math.isinf(eps) else f"{eps:g}"] = {"accuracy": acc, "sigma": sigmas, "stalled": stalled}
+            say(f"accuracy {split} ε={eps}: {acc:.3f} (σ={', '.join(f'{x:.2f}' for x in sigmas)})")
         union = Dataset(tuple(t for d in shards for t in d.texts), tuple(y for d in shards for y in d.labels), shards[0].classes)
-        row["centralized"] = {"accuracy": _federated(s, [union], test, 0.0, s.rounds, s.epochs)[0]}
-        local = [_federated(s, [d], test, 0.0, s.rounds, s.epochs)[0] for d in shards]
+        row["centralized"] = {"accuracy": _federated(s, [union], test, [0.0])[0]}
+        local = [_federated(s, [d], test, [0.0])[0] for d in shards]
         row["local_only"] = {"accuracy": float(np.mean(local)), "per_participant": local}
         say(f"accuracy {split}: centralized {row['centralized']['accuracy']:.3f}, local {row['local_only']['accuracy']:.3f}")
         out[split] = row
@@ -258,10 +265,8 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
     """Loss-threshold attack on random-label canaries inserted into participant 0's data."""
     import torch
 
-    from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
-    from collab.fl.app.server_app import aggregate
     from collab.fl.data import Dataset
-    from collab.fl.task import build_model, encode, load_trainable, trainable_state
+    from collab.fl.task import encode
 
     shards, _ = _data(dataclasses.replace(s, per_participant=s.mia_per_participant), 3, "iid")
     classes = shards[0].classes
@@ -269,24 +274,11 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
     inside, outside = _canaries(s.canaries, classes, vocab, 7), _canaries(s.canaries_out, classes, vocab, 8)
     p0 = Dataset(shards[0].texts + inside.texts, shards[0].labels + inside.labels, classes)
     data = [p0, *shards[1:]]
-    task = _task(s, list(classes))
     out: dict[str, Any] = {"canaries_in": s.canaries, "canaries_out": s.canaries_out, "epochs": s.mia_epochs}
     for eps in (math.inf, 8.0, 1.0):
-        rate = DPConfig(batch_size=s.dp_batch).sample_rate(len(p0))
-        steps = s.rounds * s.mia_epochs * DPConfig(batch_size=s.dp_batch).batches(len(p0))
-        sigma = sigma_for(eps, rate, steps)
-        model = build_model(task)
-        dp = _training(s, sigma, s.mia_epochs)
-        for rnd in range(s.rounds):
-            start, updates = trainable_state(model), []
-            for k, shard in enumerate(data):
-                load_trainable(model, start)
-                try:
-                    train_dp(model, shard, dp, task.max_len, seed=50 + 10 * rnd + k)
-                except TrainingStalled:
-                    continue
-                updates.append((trainable_state(model), len(shard)))
-            load_trainable(model, aggregate(updates) if updates else start)
+        sigmas = participant_sigmas(eps, data, s.dp_batch, s.rounds, s.mia_epochs)
+        model, task, _ = _train_federated(s, data, list(classes), sigmas, s.mia_epochs,
+                                          lambda rnd, k: 50 + 10 * rnd + k)
         losses = []
         with torch.no_grad():
             for d in (inside, outside):
@@ -295,7 +287,7 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
                                                                 reduction="none").numpy())
         auc = _auc(-losses[0], -losses[1])  # lower loss → "member"
         key = "inf" if math.isinf(eps) else f"{eps:g}"
-        out[key] = {"auc": auc, "advantage_points": 100 * (auc - 0.5), "sigma": sigma,
+        out[key] = {"auc": auc, "advantage_points": 100 * (auc - 0.5), "sigma": sigmas,
                     "advantage_se_points": 100 * _auc_se(auc, s.canaries, s.canaries_out)}
         say(f"membership inference ε={eps}: AUC {auc:.3f}")
     return out

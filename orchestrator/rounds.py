@@ -61,7 +61,7 @@ from orchestrator.jobs import Job, JobState, JobStore, register_handler
 log = logging.getLogger("collab.orchestrator.round")
 
 DEFAULT_CONFIG: dict[str, Any] = {"model": "tiny", "num-rounds": 1, "max-len": 32, "epochs": 1, "batch-size": 8,
-                                  "lr": 0.01, "noise-multiplier": 0.8, "epsilon": 50.0, "test-samples": 40,
+                                  "lr": 0.01, "noise-multiplier": "auto", "epsilon": 50.0, "test-samples": 40,
                                   "round-timeout": 180.0, "node-wait": 60.0}
 
 CONSENT_WAIT = 300.0  # seconds the included participants' nodes have to sign the record root
@@ -212,9 +212,7 @@ class RoundJob:
             if _alive(job.data.get("run_pid"), "flwr"):
                 return job.state
             self._ensure_superlink(job, store)
-            config = {**DEFAULT_CONFIG, **job.payload.get("config", {}), "expected-participants": len(needs),
-                      "min-participants": int(job.payload.get("min_participants", 2)), **self._receipt_config(job)}
-            run = self._deployment(job).start_run(config, result)
+            run = self._deployment(job).start_run(self.run_config(job), result)
             self.runs[job.id] = run
             store.update_data(job.id, {"run_pid": run.proc.pid, "run_started": time.time(),
                                        "restarts": int(job.data.get("restarts", -1)) + 1})
@@ -228,6 +226,11 @@ class RoundJob:
             store.update_data(job.id, {"settled_asset": asset})
         return state
 
+    def run_config(self, job: Job) -> dict[str, Any]:
+        """The Flower run config of ``job``: defaults, the job's config, then what the chain fixes."""
+        return {**DEFAULT_CONFIG, **job.payload.get("config", {}), "expected-participants": len(needs_of(job)),
+                "min-participants": int(job.payload.get("min_participants", 2)), **self._receipt_config(job)}
+
     def _receipt_config(self, job: Job) -> dict[str, Any]:
         """Run config for a registry round: the ServerApp signs an update receipt per accepted update.
 
@@ -235,15 +238,21 @@ class RoundJob:
         so it unlocks this home's identity with the same ``COLLAB_PASSPHRASE``.
         ``aggregator-home`` is server-only: the deployment keeps it (like the
         result path) out of the run config the participants receive.
-        The on-chain round count wins over the job's config: a dispute needs
-        the receipt of the round the contract calls final.
+        The on-chain round count wins over the job's config (a dispute needs
+        the receipt of the round the contract calls final), and so do ε and δ:
+        the nodes' ledgers and calibrated noise follow the budget the
+        participants accepted, which the contract also enforces on the record.
         """
+        from chain.clients.round_registry import DELTA_SCALE, epsilon_value
+
         rid = job.payload.get("round_id")
         if not rid:
             return {}
+        r = self.registry.get_round(int(rid))
         return {"registry-round": int(rid), "registry-address": str(self.registry.address),
                 "chain-id": int(self.registry.w3.eth.chain_id), "aggregator": str(self.registry.account.address),
-                "aggregator-home": str(Path(self.home).resolve()), "num-rounds": self.registry.get_round(int(rid)).rounds}
+                "aggregator-home": str(Path(self.home).resolve()), "num-rounds": r.rounds,
+                "epsilon": epsilon_value(r.epsilon_budget), "delta": r.delta / DELTA_SCALE}
 
     def _fixed(self, job: Job, store: JobStore) -> bool:
         """Without a registry round: always; with one: once the creator fixed it on-chain."""

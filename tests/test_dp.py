@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
-from collab.dp.ledger import PrivacyBudgetExceeded, PrivacyLedger, epsilon_of
+from collab.dp.ledger import PrivacyBudgetExceeded, PrivacyLedger, calibrate_sigma, epsilon_of
 from collab.errors import BadInput
 from collab.fl.data import Dataset, load_bbc_news, take
 from collab.fl.task import TaskConfig, build_model, load_trainable, trainable_state
@@ -139,3 +139,37 @@ def test_ledger_rejects_budget_changes_and_corrupt_files(tmp_path: Path) -> None
     (tmp_path / "bad.json").write_text('{"accounts": {"x": {"delta": 1}}}')
     with pytest.raises(BadInput, match="corrupt"):
         PrivacyLedger(tmp_path / "bad.json")
+
+
+def test_calibrated_noise_spends_the_whole_budget_over_the_remaining_rounds(tmp_path: Path) -> None:
+    """``noise-multiplier = "auto"``: σ is the smallest that fits every planned round, so the last one lands on ε."""
+    ledger = PrivacyLedger(tmp_path / "ledger.json")
+    ledger.open("erin", 8.0, 1e-5)
+    sigma = ledger.calibrate("erin", 0.2, 10, rounds=3)
+    assert epsilon_of([(sigma, 0.2, 30)], 1e-5) <= 8.0 < epsilon_of([(sigma * 0.99, 0.2, 30)], 1e-5)
+    for rnd in range(3):  # re-calibrating each round over the rounds left keeps the same σ
+        again = ledger.calibrate("erin", 0.2, 10, rounds=3 - rnd)
+        assert again == pytest.approx(sigma, rel=2e-3)
+        ledger.check("erin", again, 0.2, 10)
+        ledger.record("erin", again, 0.2, 10)
+    assert 7.95 < ledger.accounts["erin"].spent <= 8.0
+    assert ledger.calibrate("erin", 0.2, 10, rounds=1) > 5 * sigma  # what is left buys only heavy noise
+    ledger.open("frank", 0.01, 1e-5)  # below what even σ = 64 spends on one round (0.03)
+    with pytest.raises(PrivacyBudgetExceeded, match="frank: privacy budget exhausted"):
+        ledger.calibrate("frank", 0.2, 10, rounds=1)
+
+
+def test_a_larger_shard_needs_less_noise_for_the_same_budget() -> None:
+    """Why each participant calibrates its own σ: one σ for all overspends the smallest shard or over-noises
+    the rest."""
+    from benchmarks.fl import participant_sigmas
+
+    def shard(n: int) -> Dataset:
+        return Dataset(("x",) * n, (0,) * n, ("a",))
+
+    small, large = participant_sigmas(8.0, [shard(200), shard(800)], 64, rounds=2, epochs=2)
+    assert small > large > 0
+    assert participant_sigmas(math.inf, [shard(200)], 64, 2, 2) == [0.0]  # no budget, no noise
+    assert calibrate_sigma(math.inf, 1e-5, [], 0.2, 10) == 0.0
+    with pytest.raises(BadInput):
+        calibrate_sigma(8.0, 1e-5, [], 0.0, 10)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from collab.dp.ledger import PrivacyLedger, epsilon_of
+from collab.dp.ledger import PrivacyLedger, calibrate_sigma, epsilon_of
 from collab.fl.deployment import FlowerDeployment
 import fl_helpers
 from fl_helpers import assert_all_stopped, process_tree
@@ -30,7 +30,7 @@ def start(tmp_path: Path) -> FlowerDeployment:
 def test_three_participants_minilm_dp_lora_round_improves_accuracy(tmp_path: Path) -> None:
     config: dict[str, Any] = {
         "model": "minilm", "num-rounds": 1, "max-len": 32, "epochs": 2, "batch-size": 8, "lr": 0.01,
-        "noise-multiplier": 0.7, "epsilon": 50.0, "test-samples": 60, "round-timeout": 400.0,
+        "noise-multiplier": "auto", "epsilon": 20.0, "test-samples": 60, "round-timeout": 400.0,
     }
     deployment = start(tmp_path)
     try:
@@ -47,7 +47,10 @@ def test_three_participants_minilm_dp_lora_round_improves_accuracy(tmp_path: Pat
     for name in PARTICIPANTS:  # ε reported by each node equals its own ledger's
         ledger = PrivacyLedger(tmp_path / name / "privacy_ledger.json")
         assert record["epsilon"][name] == pytest.approx(ledger.accounts[name].spent)
-        assert 0 < record["epsilon"][name] <= 50.0
+        # "auto": each node calibrated its own noise to spend its whole budget over the job's one round
+        assert 19.9 < record["epsilon"][name] <= 20.0
+        ((sigma, _, _),) = ledger.accounts[name].history
+        assert sigma == pytest.approx(calibrate_sigma(20.0, 1e-5, [], 1 / 5, 10), rel=1e-6)
 
 
 def wait_for_rounds(path: Path, count: int, timeout: float) -> dict[str, Any]:

@@ -148,6 +148,22 @@ def test_the_orchestrator_refuses_a_round_of_another_aggregator(env: dict[str, A
         RoundJob(tmp_path / "orch-home").validate({"participants": parts, "round_id": env["rid"]})
 
 
+def test_a_registry_rounds_run_config_takes_rounds_and_budget_from_the_chain(env: dict[str, Any], tmp_path: Path) -> None:
+    """The nodes' ledgers and calibrated noise follow the ε and δ the participants accepted on chain, not
+    whatever the job's config says (the contract rejects a record over that budget anyway)."""
+    from orchestrator.jobs import JobStore
+
+    registry = RoundRegistryClient.from_deployment(env["deployment"], env["w3"], env["people"]["orch"].account)
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job, _ = store.create("round", {"round_id": env["rid"], "participants": [], "config": {
+        "num-rounds": 5, "epsilon": 50.0, "delta": 1e-3, "lr": 0.02}})
+    config = RoundJob(tmp_path / "orch-home", registry=registry).run_config(job)
+    assert (config["num-rounds"], config["epsilon"], config["delta"]) == (1, 8.0, 1e-5)  # the chain's
+    assert config["lr"] == 0.02 and config["noise-multiplier"] == "auto"  # the job's, then the defaults
+    plain, _ = store.create("round", {"participants": [], "config": {"epsilon": 3.0}})
+    assert RoundJob(tmp_path / "orch-home").run_config(plain)["epsilon"] == 3.0  # no registry round: the job's
+
+
 def test_a_registry_round_needs_the_aggregator_passphrase_for_its_receipts(
     env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

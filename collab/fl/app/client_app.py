@@ -32,6 +32,7 @@ with its message, so the ServerApp drops this participant and says why.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -135,7 +136,7 @@ def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray],
     rnd = int(msg.content["config"]["server-round"])
     data = _data(context)
     dp = DPConfig(
-        noise_multiplier=float(rc["noise-multiplier"]),
+        noise_multiplier=0.0,
         max_grad_norm=float(rc["max-grad-norm"]),
         batch_size=int(rc["batch-size"]),
         epochs=int(rc["epochs"]),
@@ -143,6 +144,7 @@ def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray],
     )
     ledger = PrivacyLedger(str(nc["ledger-path"]))
     ledger.open(participant, float(rc["epsilon"]), float(rc["delta"]))
+    dp = dataclasses.replace(dp, noise_multiplier=_noise_multiplier(rc, ledger, participant, dp, len(data), rnd))
     ledger.check(participant, dp.noise_multiplier, dp.sample_rate(len(data)), dp.steps(len(data)))
     task = task_config(rc)
     model = warm.fresh_model(task)  # the base model is loaded once per process
@@ -160,6 +162,21 @@ def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray],
         }
     )
     return {k: v.detach().numpy() for k, v in trainable_state(model).items()}, metrics
+
+
+def _noise_multiplier(rc: dict[str, Any], ledger: Any, participant: str, dp: Any, examples: int, rnd: int) -> float:
+    """The run config's ``noise-multiplier``, or with ``"auto"`` this participant's own calibration.
+
+    ``auto`` spends what is left of the participant's ε budget evenly over the
+    job's remaining rounds at its own sample rate and step count (a larger
+    shard needs less noise for the same ε); a fixed value is the same σ for
+    everyone, and the ledger's check then stops whoever it would overspend.
+    """
+    value = rc["noise-multiplier"]
+    if str(value).strip().lower() != "auto":
+        return float(value)
+    rounds_left = max(1, int(rc["num-rounds"]) - rnd + 1)
+    return ledger.calibrate(participant, dp.sample_rate(examples), dp.steps(examples), rounds_left)
 
 
 def _opening_path(context: Context, job: str, rnd: int) -> Path:
