@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,3 +174,38 @@ def test_a_larger_shard_needs_less_noise_for_the_same_budget() -> None:
     assert calibrate_sigma(math.inf, 1e-5, [], 0.2, 10) == 0.0
     with pytest.raises(BadInput):
         calibrate_sigma(8.0, 1e-5, [], 0.0, 10)
+
+
+def test_a_local_round_calibrates_its_noise_and_reports_nothing_outside_dp(tmp_path: Path, shard: Dataset) -> None:
+    """The ClientApp's local round (in process, tiny model): with ``noise-multiplier = "auto"`` it trains at the
+    σ that spreads its budget over the job's rounds, and its reply's metrics are the sample count, ε and steps
+    only (its local losses, exact statistics of the private data, stay in its log)."""
+    import json
+
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+    from collab.fl.app import client_app
+    from collab.fl.app.server_app import task_config
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": shard.classes[y]}) + "\n"
+                            for t, y in zip(shard.texts, shard.labels, strict=True)))
+    run_config: dict[str, Any] = {
+        "model": "tiny", "max-len": 32, "lora-r": 8, "seed": 1, "classes": ",".join(shard.classes),
+        "num-rounds": 3, "epochs": 1, "batch-size": 8, "lr": 0.01, "max-grad-norm": 1.0,
+        "noise-multiplier": "auto", "epsilon": 8.0, "delta": 1e-5}
+    node_config: dict[str, Any] = {"participant-id": "p0", "ledger-path": str(tmp_path / "ledger.json"),
+                                   "data-path": str(data)}
+    context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
+    start = trainable_state(build_model(task_config(run_config)))
+    arrived = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1, reply_to_message_id="", group_id="1",
+                       created_at=0.0, ttl=600.0, message_type="train")  # as the SuperNode delivers it
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": 1}), "arrays": ArrayRecord(start)}),
+                  metadata=arrived)
+    state, metrics = client_app._local_round(msg, context)
+    assert set(metrics) == {"num-examples", "epsilon", "steps"} and metrics["num-examples"] == len(shard)
+    assert set(state) == set(start)
+    ((sigma, rate, steps),) = PrivacyLedger(tmp_path / "ledger.json").accounts["p0"].history
+    assert (rate, steps) == (1 / 5, 5) and sigma == pytest.approx(calibrate_sigma(8.0, 1e-5, [], rate, 3 * steps))
+    assert metrics["epsilon"] == pytest.approx(epsilon_of([(sigma, rate, steps)], 1e-5))
+    assert metrics["epsilon"] < 8.0  # a third of the job's rounds

@@ -152,15 +152,11 @@ def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray],
     seed = int.from_bytes(hashlib.sha256(f"{participant}/{rnd}/{task.seed}".encode()).digest()[:4], "big")
     report = train_dp(model, data, dp, task.max_len, seed)
     epsilon = ledger.record(participant, dp.noise_multiplier, report.sample_rate, report.steps)
-    metrics = MetricRecord(
-        {
-            "num-examples": len(data),
-            "epsilon": epsilon,
-            "loss-before": report.loss_before,
-            "loss-after": report.loss_after,
-            "steps": report.steps,
-        }
-    )
+    # The local losses stay in this node's log: they are exact statistics of the private data, which the
+    # update's DP noise does not cover (the aggregator would see them even with secure aggregation on).
+    log.info("%s round %d: σ=%.4f, %d steps, local loss %.4f -> %.4f, ε=%.4f", participant, rnd,
+             dp.noise_multiplier, report.steps, report.loss_before, report.loss_after, epsilon)
+    metrics = MetricRecord({"num-examples": len(data), "epsilon": epsilon, "steps": report.steps})
     return {k: v.detach().numpy() for k, v in trainable_state(model).items()}, metrics
 
 
