@@ -395,6 +395,22 @@ def test_each_partys_shares_alone_look_uniform() -> None:
         assert np.all(np.abs(freq - 0.5) < 0.05), freq
 
 
+def test_offers_travel_seeded_at_half_a_ciphertexts_bytes(parties: tuple[HeParty, HeParty]) -> None:
+    """A secret-key ciphertext's c1 is uniform: the offer carries the seed it came from, the peer expands it
+    into a fresh top-level 2-component ciphertext that decrypts to what was encrypted."""
+    a, b = parties
+    coeffs = np.arange(a.suite.n, dtype=U64) % 1000
+    offer = a.encrypt(0, a.suite.coeff_plaintext(coeffs, 0))
+    full = seal.Ciphertext()
+    a._enc[0].encrypt_symmetric(a.suite.coeff_plaintext(coeffs, 0), full)
+    assert len(offer) < 0.51 * len(a.suite.dumps(full))
+    ct = b.suite.load_offer(0, offer)  # the peer's view: parsed, top-level, fresh
+    assert ct.size() == 2 and not ct.is_transparent()
+    pt = seal.Plaintext()
+    a._dec[0].decrypt(ct, pt)
+    assert np.array_equal(coefficients(pt, np.arange(a.suite.n)), coeffs)
+
+
 def test_offerer_receives_only_ciphertexts_that_decrypt_to_masked_values(parties: tuple[HeParty, HeParty]) -> None:
     a, b = parties
     x = np.full(64, 2**64 - 1, dtype=U64)

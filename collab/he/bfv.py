@@ -33,6 +33,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -173,8 +174,8 @@ class BfvSuite:
     def _roundtrip_path(self, name: str) -> str:
         return str(self.scratch / name)
 
-    def dumps(self, obj: seal.Ciphertext | seal.PublicKey) -> bytes:
-        """SEAL's own serialisation of a ciphertext or public key, as bytes."""
+    def dumps(self, obj: Any) -> bytes:
+        """SEAL's own serialisation of a ciphertext, public key or seeded ciphertext, as bytes."""
         path = self._roundtrip_path(f"out-{os.getpid()}")
         obj.save(path)
         data = Path(path).read_bytes()

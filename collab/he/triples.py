@@ -385,10 +385,14 @@ class HeParty:
     # ---------------------------------------------------------------- shared steps
 
     def encrypt(self, k: int, pt: seal.Plaintext) -> bytes:
-        """Enc(pt) under this party's own key (prime ``k``), serialised: what offers are made of."""
-        ct = seal.Ciphertext()
-        self._enc[k].encrypt_symmetric(pt, ct)
-        return self.suite.dumps(ct)
+        """Enc(pt) under this party's own key (prime ``k``), serialised: what offers are made of.
+
+        Seeded: a secret-key ciphertext (c0, c1) has c1 uniform, so SEAL saves
+        the seed it drew c1 from instead of c1 (its ``Serializable`` form),
+        and the receiver's load expands it. Half the bytes of every offer and
+        of the lookup table; c1 is public either way.
+        """
+        return self.suite.dumps(self._enc[k].encrypt_symmetric(pt))
 
     def _seal_reply(self, k: int, ct: seal.Ciphertext, terms: int) -> bytes:
         return seal_reply(self.suite, self._peer()[k], self.rng, k, ct, terms)
