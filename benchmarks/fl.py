@@ -59,7 +59,7 @@ class Sizes:
     epochs: int
     batch: int  # non-private training (ε = ∞, centralized, local-only)
     lr: float
-    dp_batch: int  # DP-SGD: larger batches and a larger step (clipping bounds each update)
+    dp_batch: int  # DP-SGD (at ε = 8, and the step-time comparison): larger batches, a larger step
     dp_lr: float
     splits: tuple[str, ...]
     counts: tuple[int, ...]
@@ -69,6 +69,12 @@ class Sizes:
     mia_per_participant: int  # the membership-inference runs' data (the canaries come on top of participant 0's)
     lora_top: int = 0  # LoRA on the top k encoder layers only (0: all)
     default_executor: bool = True  # also time Flower's default executor (the warm hosts' baseline)
+    dp_batch_by_epsilon: tuple[tuple[float, int], ...] = ()  # (ε, DP batch) where it differs from dp_batch
+
+    def dp_batch_for(self, epsilon: float) -> int:
+        """DP-SGD's batch at ``epsilon``: tuned per ε, as DP hyper-parameters are (fewer, larger steps pay at
+        ε = 8, more steps at ε = 1)."""
+        return dict(self.dp_batch_by_epsilon).get(epsilon, self.dp_batch)
 
 
 # DP-SGD needs data and large batches: at 60 articles per participant and batch 16, ε = 8 sat near
@@ -81,13 +87,19 @@ class Sizes:
 # 400 at 64 tokens: 0.905 vs 0.970, 0.885 vs 0.955; 400 at 128 tokens: 0.925 vs 0.980, 0.915 vs 0.970 (gaps
 # 5.5), at 2.2x the accuracy phase's time; 400 with LoRA on the top 3 layers (backpropagation stops below
 # them): IID 0.920 vs 0.965, Dirichlet 0.910 vs 0.965 (gaps 4.5 / 5.5; the full run of 22:05 the same, in 97
-# min: the accuracy phase 64 of them). Batch 128 was not robust
-# (Dirichlet at lr 0.04 collapsed to 0.200).
-# Membership inference: 100 trained canaries and 400 held out, 200 articles per participant as before (its
-# signal is the canaries', not the task's), the accuracy runs' 2 local epochs. A pilot with 50 / 50 measured
-# no DP 12.5 points and ε = 8 7.5, each ± 5.8 (one standard error of the AUC).
-FULL = Sizes("minilm", 128, 400, 200, 2, 2, 16, 0.005, 64, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400, 200,
-             lora_top=3)
+# min: the accuracy phase 64 of them). Batch 128 at lr 0.04 was not robust (Dirichlet collapsed to 0.200);
+# at lr 0.02 with each participant's own σ (2026-11-27 pilots, these functions and seeds): IID ε = 8 0.935,
+# Dirichlet 0.920 (gaps 3.0 / 4.5 to the unchanged non-private 0.965; on the whole 445-article test split
+# Dirichlet 0.903 vs 0.955: 5.2), but ε = 1 IID 0.670 / Dirichlet 0.715 (0.860 / 0.755 at batch 64: σ ≈ 4.5
+# over only 16 steps), hence the DP batch per ε: 128 at ε = 8, 64 at ε = 1 (docs/training.md).
+# Not levers at batch 64: the accountant (PRV's σ, 7% less noise: 0.905), 4 rounds × 1 epoch (0.655, the
+# loss guard refused an update; non-private 0.905), 2 rounds × 4 epochs (0.710).
+# Membership inference: 100 trained canaries (participant 0's) and 400 held out, 200 articles per participant
+# as before (its signal is the canaries', not the task's), the accuracy runs' 2 local epochs and DP batch per
+# ε. A pilot with 50 / 50 measured no DP 12.5 points and ε = 8 7.5, each ± 5.8 (one standard error of the AUC);
+# 100 canaries at each participant (2026-11-27) only 6.4 without DP (see membership_inference).
+FULL = Sizes("minilm", 128, 400, 200, 2, 2, 16, 0.005, 128, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400, 200,
+             lora_top=3, dp_batch_by_epsilon=((1.0, 64),))
 # Quick (CI): no default-executor baseline (~100 s of Flower processes that test no code of ours).
 QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3, 12, 24, default_executor=False)
 
@@ -101,11 +113,11 @@ def _task(s: Sizes, classes: list[str]) -> Any:
     return TaskConfig(num_labels=len(classes), kind=s.model, max_len=s.max_len, seed=0, lora_top_layers=s.lora_top)
 
 
-def _training(s: Sizes, sigma: float, epochs: int) -> Any:
-    """DP-SGD's hyper-parameters when ``sigma`` > 0, the non-private ones otherwise."""
+def _training(s: Sizes, sigma: float, epochs: int, dp_batch: int) -> Any:
+    """DP-SGD's hyper-parameters (at ``dp_batch``) when ``sigma`` > 0, the non-private ones otherwise."""
     from collab.dp.dpsgd import DPConfig
 
-    batch, lr = (s.dp_batch, s.dp_lr) if sigma > 0 else (s.batch, s.lr)
+    batch, lr = (dp_batch, s.dp_lr) if sigma > 0 else (s.batch, s.lr)
     return DPConfig(noise_multiplier=sigma, max_grad_norm=1.0, batch_size=batch, epochs=epochs, lr=lr)
 
 
@@ -126,7 +138,7 @@ def participant_sigmas(epsilon: float, shards: list[Any], dp_batch: int, rounds:
 
 
 def _train_federated(s: Sizes, shards: list[Any], classes: list[str], sigmas: list[float], epochs: int,
-                     seed: Callable[[int, int], int]) -> tuple[Any, Any, int]:
+                     dp_batch: int, seed: Callable[[int, int], int]) -> tuple[Any, Any, int]:
     """FedAvg of DP-SGD rounds with the ClientApp's functions, participant k at noise ``sigmas[k]`` (0: its
     non-private configuration); (model, task, stalled local rounds)."""
     from collab.dp.dpsgd import TrainingStalled, train_dp
@@ -142,7 +154,7 @@ def _train_federated(s: Sizes, shards: list[Any], classes: list[str], sigmas: li
         for k, shard in enumerate(shards):
             load_trainable(model, start)
             try:
-                train_dp(model, shard, _training(s, sigmas[k], epochs), task.max_len, seed=seed(rnd, k))
+                train_dp(model, shard, _training(s, sigmas[k], epochs, dp_batch), task.max_len, seed=seed(rnd, k))
             except TrainingStalled:
                 stalled += 1  # the guard keeps this update out, as the ClientApp would
                 continue
@@ -151,13 +163,13 @@ def _train_federated(s: Sizes, shards: list[Any], classes: list[str], sigmas: li
     return model, task, stalled
 
 
-def _federated(s: Sizes, shards: list[Any], test: Any, sigmas: list[float]) -> tuple[float, int]:
+def _federated(s: Sizes, shards: list[Any], test: Any, sigmas: list[float], dp_batch: int = 0) -> tuple[float, int]:
     """Federated accuracy on ``test`` and the stalled local rounds."""
     import torch
 
     from collab.fl.task import evaluate
 
-    model, task, stalled = _train_federated(s, shards, list(test.classes), sigmas, s.epochs,
+    model, task, stalled = _train_federated(s, shards, list(test.classes), sigmas, s.epochs, dp_batch,
                                             lambda rnd, k: 1000 * rnd + k)
     torch.manual_seed(0)
     return evaluate(model, test, task.max_len)[1], stalled
@@ -181,9 +193,11 @@ def accuracy_vs_epsilon(s: Sizes, say: Log) -> dict[str, Any]:
         shards, test = _data(s, 3, split)
         row: dict[str, Any] = {}
         for eps in EPSILONS:
-            sigmas = participant_sigmas(eps, shards, s.dp_batch, s.rounds, s.epochs)
-            acc, stalled = _federated(s, shards, test, sigmas)
-            row["inf" if math.isinf(eps) else f"{eps:g}"] = {"accuracy": acc, "sigma": sigmas, "stalled": stalled}
+            batch = s.dp_batch_for(eps)
+            sigmas = participant_sigmas(eps, shards, batch, s.rounds, s.epochs)
+            acc, stalled = _federated(s, shards, test, sigmas, batch)
+            row["inf" if math.isinf(eps) else f"{eps:g}"] = {"accuracy": acc, "sigma": sigmas, "stalled": stalled,
+                                                             **({} if math.isinf(eps) else {"dp_batch": batch})}
             say(f"accuracy {split} ε={eps}: {acc:.3f} (σ={', '.join(f'{x:.2f}' for x in sigmas)})")
         union = Dataset(tuple(t for d in shards for t in d.texts), tuple(y for d in shards for y in d.labels), shards[0].classes)
         row["centralized"] = {"accuracy": _federated(s, [union], test, [0.0])[0]}
@@ -262,7 +276,13 @@ def _auc(members: np.ndarray, others: np.ndarray) -> float:
 
 
 def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
-    """Loss-threshold attack on random-label canaries inserted into participant 0's data."""
+    """Loss-threshold attack on random-label canaries inserted into participant 0's data.
+
+    Only participant 0 holds canaries: spread over all three (100 each) they were memorised far less
+    without DP (6.4 points above chance instead of ~16, pilot 2026-11-27: 300 random-label texts in the
+    same LoRA capacity, each diluted by two updates that never saw it), which fails the attack's own
+    sanity check (≥ 10 points without DP).
+    """
     import torch
 
     from collab.fl.data import Dataset
@@ -276,8 +296,9 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
     data = [p0, *shards[1:]]
     out: dict[str, Any] = {"canaries_in": s.canaries, "canaries_out": s.canaries_out, "epochs": s.mia_epochs}
     for eps in (math.inf, 8.0, 1.0):
-        sigmas = participant_sigmas(eps, data, s.dp_batch, s.rounds, s.mia_epochs)
-        model, task, _ = _train_federated(s, data, list(classes), sigmas, s.mia_epochs,
+        batch = s.dp_batch_for(eps)
+        sigmas = participant_sigmas(eps, data, batch, s.rounds, s.mia_epochs)
+        model, task, _ = _train_federated(s, data, list(classes), sigmas, s.mia_epochs, batch,
                                           lambda rnd, k: 50 + 10 * rnd + k)
         losses = []
         with torch.no_grad():
