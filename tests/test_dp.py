@@ -209,3 +209,8 @@ def test_a_local_round_calibrates_its_noise_and_reports_nothing_outside_dp(tmp_p
     assert (rate, steps) == (1 / 5, 5) and sigma == pytest.approx(calibrate_sigma(8.0, 1e-5, [], rate, 3 * steps))
     assert metrics["epsilon"] == pytest.approx(epsilon_of([(sigma, rate, steps)], 1e-5))
     assert metrics["epsilon"] < 8.0  # a third of the job's rounds
+    for bad in ("atuo", -1.0, "nan"):  # a typo in the run config: a clear refusal, not a traceback
+        typo = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
+                       run_config={**run_config, "noise-multiplier": bad})
+        with pytest.raises(BadInput, match="noise-multiplier must be"):
+            client_app._local_round(msg, typo)

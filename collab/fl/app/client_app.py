@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from collab.config import ENV_PASSPHRASE
-from collab.errors import CollabError, Unauthorized
+from collab.errors import BadInput, CollabError, Unauthorized
 from collab.fl import attestation as att
 from collab.fl import warm
 from collab.fl.data import load_user_data
@@ -170,7 +171,13 @@ def _noise_multiplier(rc: dict[str, Any], ledger: Any, participant: str, dp: Any
     """
     value = rc["noise-multiplier"]
     if str(value).strip().lower() != "auto":
-        return float(value)
+        try:
+            sigma = float(value)
+        except ValueError:
+            sigma = -1.0
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise BadInput(f"noise-multiplier must be \"auto\" or a number >= 0, got {value!r}")
+        return sigma
     rounds_left = max(1, int(rc["num-rounds"]) - rnd + 1)
     return ledger.calibrate(participant, dp.sample_rate(examples), dp.steps(examples), rounds_left)
 
