@@ -121,20 +121,14 @@ def _training(s: Sizes, sigma: float, epochs: int, dp_batch: int) -> Any:
     return DPConfig(noise_multiplier=sigma, max_grad_norm=1.0, batch_size=batch, epochs=epochs, lr=lr)
 
 
-def sigma_for(epsilon: float, rate: float, steps: int) -> float:
-    """The smallest noise multiplier whose ε after ``steps`` at ``rate`` is at most ``epsilon`` (δ = 1e-5)."""
+def participant_sigmas(epsilon: float, shards: list[Any], dp_batch: int, rounds: int, epochs: int) -> list[float]:
+    """Each participant's own σ, as a ClientApp with ``noise-multiplier = "auto"`` calibrates it (the same
+    call): its shard size sets its sample rate and step count, and the job's rounds share its budget."""
+    from collab.dp.dpsgd import DPConfig
     from collab.dp.ledger import calibrate_sigma
 
-    return calibrate_sigma(epsilon, DELTA, [], rate, steps)
-
-
-def participant_sigmas(epsilon: float, shards: list[Any], dp_batch: int, rounds: int, epochs: int) -> list[float]:
-    """Each participant's own σ, as a ClientApp with ``noise-multiplier = "auto"`` calibrates it: its shard
-    size sets its sample rate and step count, and the job's rounds share its budget evenly."""
-    from collab.dp.dpsgd import DPConfig
-
     dp = DPConfig(batch_size=dp_batch, epochs=epochs)
-    return [sigma_for(epsilon, dp.sample_rate(len(d)), rounds * dp.steps(len(d))) for d in shards]
+    return [calibrate_sigma(epsilon, DELTA, [], dp.sample_rate(len(d)), dp.steps(len(d)), rounds) for d in shards]
 
 
 def _train_federated(s: Sizes, shards: list[Any], classes: list[str], sigmas: list[float], epochs: int,

@@ -35,7 +35,7 @@ on chain and submits it with those who consented by the deadline); the claim
 then names the registry as settlement hook, so its finalization mints
 Receipts and Shares. The ServerApp of such a round signs
 an update receipt per accepted update with this home's identity (run config
-from :meth:`RoundJob._receipt_config`), which the participants' nodes keep for
+from :meth:`RoundJob._chain_config`), which the participants' nodes keep for
 an exclusion dispute.
 """
 
@@ -229,10 +229,10 @@ class RoundJob:
     def run_config(self, job: Job) -> dict[str, Any]:
         """The Flower run config of ``job``: defaults, the job's config, then what the chain fixes."""
         return {**DEFAULT_CONFIG, **job.payload.get("config", {}), "expected-participants": len(needs_of(job)),
-                "min-participants": int(job.payload.get("min_participants", 2)), **self._receipt_config(job)}
+                "min-participants": int(job.payload.get("min_participants", 2)), **self._chain_config(job)}
 
-    def _receipt_config(self, job: Job) -> dict[str, Any]:
-        """Run config for a registry round: the ServerApp signs an update receipt per accepted update.
+    def _chain_config(self, job: Job) -> dict[str, Any]:
+        """Run config a registry round takes from the chain; its ServerApp signs an update receipt per update.
 
         It runs under the SuperLink, which inherits this process's environment,
         so it unlocks this home's identity with the same ``COLLAB_PASSPHRASE``.

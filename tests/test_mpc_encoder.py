@@ -385,7 +385,7 @@ def test_split_polynomial_matches_the_plain_polynomial() -> None:
 
 
 def test_six_lane_sign_test_is_exact_outside_its_band_and_cheaper_than_four() -> None:
-    """Two real CrypTen processes: 6 sign tests per adder word, mistakes only in [0, 2^-2)."""
+    """Two real CrypTen processes: the 9-bit carry tree (compare_lanes 6), mistakes only in [0, 2^-2)."""
     from collab.mpc.compare import band, bound
 
     @forked_parties(2)

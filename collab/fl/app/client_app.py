@@ -40,7 +40,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -61,6 +61,10 @@ from collab.secagg import (
     SurvivorList,
     TensorLayout,
 )
+
+if TYPE_CHECKING:
+    from collab.dp.dpsgd import DPConfig
+    from collab.dp.ledger import PrivacyLedger
 
 app = ClientApp()
 log = logging.getLogger("collab.fl.client")
@@ -161,7 +165,8 @@ def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray],
     return {k: v.detach().numpy() for k, v in trainable_state(model).items()}, metrics
 
 
-def _noise_multiplier(rc: dict[str, Any], ledger: Any, participant: str, dp: Any, examples: int, rnd: int) -> float:
+def _noise_multiplier(rc: dict[str, Any], ledger: PrivacyLedger, participant: str, dp: DPConfig, examples: int,
+                      rnd: int) -> float:
     """The run config's ``noise-multiplier``, or with ``"auto"`` this participant's own calibration.
 
     ``auto`` spends what is left of the participant's ε budget evenly over the
