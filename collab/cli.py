@@ -14,7 +14,9 @@ import importlib
 import importlib.util
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -107,6 +109,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     json_mode = _wants_json(args)
+    previous = _terminate_like_interrupt()
     try:
         result = cli.main(args=args, prog_name="collab", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -139,7 +142,34 @@ def run(argv: Sequence[str] | None = None) -> int:
         else:
             _report_line(message, prefix="")
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # once: a second SIGTERM must not cut the clean-up short (SIGKILL still can)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _terminate_like_interrupt() -> Any:
+    """Make SIGTERM unwind the command like Ctrl-C; return the handler to restore (None: left alone).
+
+    Why: commands own child processes (the demo's anvil, orchestrator and
+    nodes; a bench's SuperLink and SuperNodes; CrypTen parties) that their
+    ``with`` blocks stop. SIGTERM's default action ends the CLI at once and
+    leaves them running, holding ports and temporary homes. A handler set by
+    whoever started us (not the default) is respected, and servers
+    (``orchestrator start``, ``node start``) install their own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return previous
 
 
 def main() -> None:

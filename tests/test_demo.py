@@ -202,3 +202,47 @@ def test_unwritable_report_path_fails_before_any_chain(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot write the demo report to {blocker / 'report.json'}")
     assert "starting anvil" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_sigterm_mid_demo_stops_every_process_it_started(tmp_path: Path) -> None:
+    """`kill PID` on a running demo unwinds like Ctrl-C: its chain, orchestrator and nodes stop with it."""
+    import contextlib
+    import threading
+    import time
+
+    import psutil
+
+    command = [str(COLLAB)] if COLLAB.exists() else [sys.executable, "-m", "collab"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.Popen([*command, "demo", "--quick"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    children: list[psutil.Process] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any(" node start" in _cmdline(c) for c in children):  # the nodes start with the training round
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
+            time.sleep(0.5)
+            children = [c for c in psutil.Process(proc.pid).children(recursive=True) if _cmdline(c)]
+        assert any("anvil" in _cmdline(c) for c in children) and any(" orchestrator start" in _cmdline(c) for c in children)
+        proc.terminate()
+        assert proc.wait(timeout=120) == 130
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [_cmdline(p)[:120] for p in alive]
+        reader.join(timeout=10)
+        assert "interrupted" in "".join(lines)
+    finally:
+        for process in [*children, psutil.Process(proc.pid)] if proc.poll() is None else children:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+def _cmdline(process: Any) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # exited (or a zombie) since it was listed
+        return ""
