@@ -42,7 +42,8 @@ def test_quick_bench_figures_are_consistent(bench: tuple[dict[str, Any], Path]) 
     assert results["dp_step"]["ratio"] > 0
     for row in results["accuracy"].values():
         assert {"1", "8", "inf", "centralized", "local_only"} <= set(row)
-        assert all(0.0 <= row[k]["accuracy"] <= 1.0 for k in ("1", "8", "inf", "centralized", "local_only"))
+        for k in ("1", "8", "inf", "centralized", "local_only"):  # scored on the tuning and the held-out articles
+            assert 0.0 <= row[k]["accuracy"] <= 1.0 and 0.0 <= row[k]["held_out_accuracy"] <= 1.0
         strict, loose, none = row["1"]["sigma"], row["8"]["sigma"], row["inf"]["sigma"]  # one σ per participant
         assert len(strict) == len(loose) == len(none) == 3
         assert all(a > b > c == 0.0 for a, b, c in zip(strict, loose, none, strict=True))  # smaller ε, more noise

@@ -20,6 +20,7 @@ from collab.fl.data import (
     load_bbc_news,
     load_user_data,
     take,
+    take_and_rest,
     train_test_split,
 )
 from collab.fl.deployment import FlowerDeployment
@@ -118,6 +119,16 @@ def test_iid_split_partitions_every_example_once_and_is_seeded(bbc: Dataset) -> 
     assert [p.texts for p in iid_split(data, 3, seed=8)] != [p.texts for p in parts]
     for p in parts:  # IID: every shard sees every class
         assert set(p.labels) == set(range(5))
+
+
+def test_take_and_rest_splits_a_set_into_the_sample_and_everything_else(bbc: Dataset) -> None:
+    _, test = train_test_split(bbc, 0.2, seed=0)
+    tuning, held_out = take_and_rest(test, 200, seed=5)
+    assert tuning == take(test, 200, seed=5)  # the sample is take's
+    assert len(tuning) + len(held_out) == len(test) and len(held_out) == len(test) - 200
+    pairs = Counter(zip(test.texts, test.labels))
+    assert Counter(zip(tuning.texts, tuning.labels)) + Counter(zip(held_out.texts, held_out.labels)) == pairs
+    assert take_and_rest(test, len(test), seed=5) == (test, test.subset([]))
 
 
 def test_dirichlet_split_is_skewed_for_small_alpha_and_balanced_for_large(bbc: Dataset) -> None:

@@ -223,8 +223,13 @@ def dirichlet_split(data: Dataset, parts: int, alpha: float, seed: int) -> list[
 
 def take(data: Dataset, count: int, seed: int) -> Dataset:
     """A seeded, class-stratified sample of ``count`` examples (small test/benchmark configs)."""
+    return take_and_rest(data, count, seed)[0]
+
+
+def take_and_rest(data: Dataset, count: int, seed: int) -> tuple[Dataset, Dataset]:
+    """:func:`take`'s sample and every example it left out (a tuning set and a held-out set)."""
     if count >= len(data):
-        return data
+        return data, data.subset([])
     rng = random.Random(seed)
     by_class = [[i for i, y in enumerate(data.labels) if y == c] for c in range(len(data.classes))]
     for members in by_class:
@@ -234,4 +239,5 @@ def take(data: Dataset, count: int, seed: int) -> Dataset:
         for members in by_class:
             if members and len(chosen) < count:
                 chosen.append(members.pop())
-    return data.subset(sorted(chosen))
+    picked = set(chosen)
+    return data.subset(sorted(chosen)), data.subset([i for i in range(len(data)) if i not in picked])
