@@ -24,6 +24,7 @@ from collab.errors import BadInput, InternalError, ProtocolViolation
 from collab.he import BfvParams, BfvSuite, HeParty, QueueChannel, TripleGenerator, run_pair
 from collab.he.bfv import Rng, coefficients, crt_mod_2_64, limbs_mod, mulmod
 from collab.he.lookup import EncryptedTable
+from collab.he.table_cache import TableCache
 from collab.he.triples import MatmulPlan, mask_bits, pack, plan_matmul, unpack
 
 U64 = np.uint64
@@ -648,17 +649,21 @@ def test_run_pair_parties_exchange_nothing_but_bytes() -> None:
 # ---------------------------------------------------------------------- oblivious row lookup
 
 
-def _lookup_pair(table: np.ndarray | EncryptedTable, ids: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, list[TripleGenerator]]:
-    """The owner (its encrypted table) and the client (ids) as two threads; returns both shares and the generators."""
+def _lookup_pair(table: np.ndarray | EncryptedTable, ids: np.ndarray, cache: TableCache | None = None,
+                 timeout: float = 120.0) -> tuple[np.ndarray, np.ndarray, list[TripleGenerator]]:
+    """The owner (its encrypted table) and the client (ids, its ``cache``) as two threads; returns both shares
+    (an exception raised by a party in its place) and the generators."""
     encrypted = table if isinstance(table, EncryptedTable) else EncryptedTable(table)
-    ch0, ch1 = QueueChannel.pair(timeout=120.0)
+    ch0, ch1 = QueueChannel.pair(timeout=timeout)
     gens = [TripleGenerator(HeParty(), ch) for ch in (ch0, ch1)]
     out: list[np.ndarray] = [None, None]  # type: ignore[list-item]
-    args = [(encrypted, None), (None, ids)]
+    args = [(encrypted, None, ids.size, encrypted.shape), (None, ids, ids.size, encrypted.shape, cache)]
 
     def body(i: int) -> None:
-        out[i] = gens[i].lookup_rows(*args[i], ids.size, encrypted.shape)
+        try:
+            out[i] = gens[i].lookup_rows(*args[i])  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            out[i] = exc  # type: ignore[call-overload]
 
     threads = [threading.Thread(target=body, args=(i,)) for i in (0, 1)]
     for t in threads:
@@ -718,6 +723,102 @@ def test_what_the_owner_decrypts_is_the_row_under_a_104_bit_mask_and_nothing_els
     outputs, others = full[:2], full[2:]  # coefficients 0 and 61 hold the row, the rest other rows' garbage
     assert all(2**64 <= v < 2**104 + 2**64 for v in outputs)
     assert len({v >> 112 for v in others}) > 64 and sum(v > 2**105 for v in others) > len(others) // 2
+
+
+def _owner_sent(gens: list[TripleGenerator]) -> int:
+    (kind,) = [k for k in gens[0].traffic.kinds if k.startswith("lookup")]
+    return int(gens[0].traffic.kinds[kind]["bytes_sent"])
+
+
+def test_a_client_that_kept_the_table_is_not_sent_it_again(tmp_path: Path) -> None:
+    """The second query of a load reads its rows from the client's copy: exact, and the table does not travel."""
+    table = Rng().uint64((300, 64))
+    encrypted, cache = EncryptedTable(table), TableCache(tmp_path / "kept")
+    ids = np.array([3, 299, 150], dtype=np.int64)
+    first, second = _lookup_pair(encrypted, ids, cache), _lookup_pair(encrypted, ids, cache)
+    for owner, client, _ in (first, second):
+        assert np.array_equal(add(owner, client), table[ids])
+    assert not np.array_equal(first[1], second[1])  # fresh masks all the same
+    table_bytes = sum(len(m) for m in encrypted.messages)
+    # The session's key exchange is counted in both (its compressed size varies by a few bytes); beyond it
+    # the second sent a digest and empty messages, not the table and its keys.
+    assert _owner_sent(first[2]) - _owner_sent(second[2]) > 0.99 * (table_bytes + len(encrypted.hello))
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [encrypted.digest.hex()]
+    other = EncryptedTable(table)  # another model load (a new key): another digest, sent and kept
+    assert other.digest != encrypted.digest
+    owner, client, gens = _lookup_pair(other, ids, cache)
+    assert np.array_equal(add(owner, client), table[ids]) and _owner_sent(gens) > _owner_sent(second[2]) + table_bytes
+    assert {p.name for p in (tmp_path / "kept").iterdir()} == {encrypted.digest.hex(), other.digest.hex()}
+
+
+def test_a_damaged_copy_is_dropped_and_the_table_sent_again(tmp_path: Path) -> None:
+    table = Rng().uint64((300, 64))
+    encrypted, cache = EncryptedTable(table), TableCache(tmp_path)
+    ids = np.array([0, 200], dtype=np.int64)
+    _lookup_pair(encrypted, ids, cache)
+    sent_once = _owner_sent(_lookup_pair(encrypted, ids, cache)[2])  # from the copy: the key exchange, no table
+    kept = tmp_path / encrypted.digest.hex() / "table.bin"
+    kept.write_bytes(bytes(kept.stat().st_size))  # same size, every ciphertext zeroed
+    owner, client, gens = _lookup_pair(encrypted, ids, cache)
+    assert np.array_equal(add(owner, client), table[ids])
+    assert _owner_sent(gens) - sent_once > sum(len(m) for m in encrypted.messages) // 2  # sent again ...
+    assert kept.read_bytes() != bytes(kept.stat().st_size)  # ... and kept again, intact
+    (tmp_path / encrypted.digest.hex() / "index.npy").unlink()  # an incomplete copy: the same
+    owner, client, gens = _lookup_pair(encrypted, ids, cache)
+    assert np.array_equal(add(owner, client), table[ids]) and _owner_sent(gens) - sent_once > 10**6
+
+
+def test_a_table_that_does_not_match_its_digest_fails_the_lookup_and_is_not_kept(tmp_path: Path) -> None:
+    encrypted = EncryptedTable(Rng().uint64((300, 64)))
+    encrypted.digest = bytes(32)  # the owner names another table than the one it sends
+    owner, client, _ = _lookup_pair(encrypted, np.array([1]), TableCache(tmp_path), timeout=5.0)
+    assert isinstance(client, ProtocolViolation) and "does not match the digest" in str(client)
+    assert isinstance(owner, Exception)  # the owner, left waiting for replies, times out
+    assert list(tmp_path.iterdir()) == []  # nothing kept, no temporary left
+
+
+def test_an_unwritable_cache_costs_the_copy_not_the_query(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    table = Rng().uint64((300, 64))
+    owner, client, _ = _lookup_pair(EncryptedTable(table), np.array([5, 6]), TableCache(blocker / "kept"))
+    assert np.array_equal(add(owner, client), table[[5, 6]])
+
+
+def test_the_cache_keeps_the_most_recently_used_tables_and_sweeps_killed_writers(tmp_path: Path) -> None:
+    """Eviction beyond ``keep`` by last use; a temporary copy a killed client left is removed after an hour."""
+    import os
+    import time
+
+    from collab.he.table_cache import TableDigest
+
+    cache = TableCache(tmp_path, keep=2)
+    digests = []
+    for i in range(3):
+        blobs, hello = [bytes([i]) * 100, bytes([i]) * 50], b"keys%d" % i
+        d = TableDigest()
+        for b in blobs:
+            d.add(b)
+        digest = d.finish(hello)
+        writer = cache.writer(digest)
+        for b in blobs:
+            writer.add(b)
+        assert writer.commit(hello)
+        digests.append(digest)
+        if i == 1:  # the first table is used again after the second was written: the second is the oldest
+            past = time.time() - 100
+            os.utime(tmp_path / digests[1].hex(), (past, past))
+            assert cache.rows(digests[0], {1}, 2) == (b"keys0", {1: bytes([0]) * 50})
+    assert {p.name for p in tmp_path.iterdir()} == {digests[0].hex(), digests[2].hex()}
+    left = tmp_path / ".incoming-killed"
+    left.mkdir()
+    cache.evict()
+    assert left.exists()  # it may still be receiving
+    os.utime(left, (time.time() - 7200, time.time() - 7200))
+    cache.evict()
+    assert not left.exists()
+    assert cache.rows(digests[2], {0}, 3) is None  # asked for a table of another size: dropped, not misread
+    assert not (tmp_path / digests[2].hex()).exists()
 
 
 def test_lookup_refuses_bad_ids_before_sending_and_short_replies() -> None:

@@ -39,7 +39,7 @@ from collab.he.ckks_head import CkksClient, LinearHead, evaluate, save_head
 from collab.metering import sign_call_receipt
 from collab.mpc.model import reference_embeddings, tokenize
 from collab.mpc.service import (
-    CLIENT, HELPER, OWNER, InferRequest, OwnerNode, ServiceParties, check_license, run_inference,
+    CLIENT, HELPER, LOOKUP_CACHE, OWNER, InferRequest, OwnerNode, ServiceParties, check_license, run_inference,
 )  # fmt: skip
 
 FEE = 10**15
@@ -390,11 +390,15 @@ def test_mpc_3pc_metered_classifier_matches_plaintext(env: Env, chain_snapshot: 
 def test_mpc_dealer_and_he_preprocessing_give_the_same_embedding(env: Env, spy_launch: list[Any],
                                                                  tmp_path: Path, owner_parties: Any) -> None:
     node = OwnerNode(Settings.resolve(home=env.owner_home, env={}), env.w3, env.deployment, env.owner)
-    outputs, lookups = {}, {}
+    outputs, lookups, sent = {}, {}, {}
     for pre in ("dealer", "he", "he again"):  # the owner queries its own asset: no license needed, nothing metered
         request = InferRequest(env.encoder_asset, ("hello world",), "mpc", 2, pre.split()[0], seq_len=4)
         result = run_inference(node, env.owner, request, client_home=tmp_path)
         outputs[pre], lookups[pre] = np.asarray(result.outputs), result.stats["lookup_s"]
+        sent[pre] = result.stats.get("offline_bytes_sent", 0)
+    # The client kept the word table of its first HE query (collab.he.table_cache), so the second was not sent it.
+    (kept,) = (tmp_path / LOOKUP_CACHE).iterdir()
+    assert sent["he"] - sent["he again"] > 0.9 * (kept / "table.bin").stat().st_size > 0
     assert [jobs[OWNER]["provider"] for jobs in spy_launch] == ["TFP", "HE", "HE"]
     # The HE path looks the words up obliviously (collab.he.lookup); the dealer path multiplies the one-hot.
     assert lookups["he"] > 0 and lookups["he again"] > 0 and lookups["dealer"] == 0

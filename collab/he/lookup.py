@@ -11,7 +11,9 @@ rows out of the ciphertexts:
    plaintext (row o at coefficients ``[o·d, (o+1)·d)``), encrypts every one
    under its own key, per CRT prime, and sends them all with its public
    keys (the client must receive every ciphertext, or the owner would see
-   which it wanted);
+   which it wanted), unless the client kept them from an earlier query of
+   the same model load (the owner names the table by digest first:
+   :mod:`collab.he.table_cache`);
 2. *select*: for each id the client takes its row's ciphertext, multiplies it
    by the monomial ``-T^(N - o·d)`` (a negacyclic shift, which SEAL does
    without an NTT: row o lands on coefficients ``[0, d)`` and the noise keeps
@@ -45,6 +47,7 @@ import tenseal.sealapi as seal
 
 from collab.errors import BadInput, InternalError, ProtocolViolation
 from collab.he.bfv import U64, BfvParams, BfvSuite, coefficients, crt_mod_2_64, limbs_mod, uint64_to_residues
+from collab.he.table_cache import TableDigest
 
 if TYPE_CHECKING:
     from collab.he.triples import HeParty
@@ -85,7 +88,8 @@ class EncryptedTable:
     decrypts only masked, flooded replies. ``messages`` are the packed wire
     messages (prime-major, then ciphertext index, at most :data:`CHUNK` per
     message); ``hello`` the public keys the client re-randomises its replies
-    with.
+    with; ``digest`` names the table, so a client that kept it
+    (:class:`collab.he.table_cache.TableCache`) is not sent it again.
     """
 
     def __init__(self, table: np.ndarray, params: BfvParams | None = None) -> None:
@@ -101,10 +105,12 @@ class EncryptedTable:
         per = rows_per_ciphertext(suite.n, width)
         self.messages: list[bytes] = []
         self.ciphertexts, chunk = 0, []
+        digest = TableDigest()
         for k, p in enumerate(_primes(suite)):
             res = uint64_to_residues(table, p)
             for c in range(table_ciphertexts(rows, width, suite.n)):
                 chunk.append(self.party.encrypt(k, suite.coeff_plaintext(res[c * per : (c + 1) * per].ravel(), k)))
+                digest.add(chunk[-1])
                 self.ciphertexts += 1
                 if len(chunk) == CHUNK:  # packed as it fills: the table's bytes are held once
                     self.messages.append(pack(chunk))
@@ -112,6 +118,7 @@ class EncryptedTable:
         if chunk:
             self.messages.append(pack(chunk))
         self.hello = self.party.hello()
+        self.digest = digest.finish(self.hello)  # what a client's copy is kept under (collab.he.table_cache)
 
     def open(self, replies: list[bytes], count: int) -> np.ndarray:
         """The owner's step 3: its share ``table[ids] + s mod 2^64`` from the client's replies."""

@@ -60,6 +60,7 @@ from collab.he.helper import wanted as helper_wanted
 
 if TYPE_CHECKING:
     from collab.he.lookup import EncryptedTable
+    from collab.he.table_cache import TableCache
 
 MASK = (1 << 64) - 1
 #: The AND-bit protocol's suite: a bit product needs no CRT and no 180-bit range, only a batching prime
@@ -793,11 +794,14 @@ class TripleGenerator:
             return out
 
     def lookup_rows(self, table: EncryptedTable | None, ids: np.ndarray | None, count: int,
-                    shape: tuple[int, int]) -> np.ndarray:
+                    shape: tuple[int, int], cache: TableCache | None = None) -> np.ndarray:
         """This party's share of ``table[ids]``, (count, width): the owner passes its encrypted ``table``
-        (:class:`collab.he.lookup.EncryptedTable`, made once per model load), the client its ``ids``.
+        (:class:`collab.he.lookup.EncryptedTable`, made once per model load), the client its ``ids`` and,
+        optionally, its ``cache`` of tables (:mod:`collab.he.table_cache`).
 
-        See :mod:`collab.he.lookup` for the protocol.
+        See :mod:`collab.he.lookup` for the protocol. The owner first names
+        its table by digest; a client holding an intact copy says so and the
+        table is not sent.
         """
         from collab.he import lookup
 
@@ -813,24 +817,46 @@ class TripleGenerator:
         with self._timed("lookup", f"{_shape(shape)}[{count}]"):
             self.setup()
             if table is not None:
-                for message in [table.hello, *table.messages]:
-                    if self._swap(message):
-                        raise ProtocolViolation("the client sent data while receiving the table")
+                if self._swap(table.digest):
+                    raise ProtocolViolation("the client sent data before the table's digest")
+                if self._swap(b"") != b"\x01":  # the client keeps no intact copy: send it the table
+                    for message in [table.hello, *table.messages]:
+                        if self._swap(message):
+                            raise ProtocolViolation("the client sent data while receiving the table")
                 return table.open(unpack(self._swap(b"")), count)
             n = self.party.suite.n
-            owner_hello = self._swap(b"")
-            need, blobs = lookup.wanted(ids, rows, width, n), {}
-            expected, pos = lookup.PRIMES * lookup.table_ciphertexts(rows, width, n), 0
-            while pos < expected:
-                chunk = unpack(self._swap(b""))
-                if not chunk or pos + len(chunk) > expected:
-                    raise ProtocolViolation("the owner's table has the wrong number of ciphertexts")
-                blobs.update({pos + i: b for i, b in enumerate(chunk) if pos + i in need})
-                pos += len(chunk)
+            digest = self._swap(b"")
+            need, expected = lookup.wanted(ids, rows, width, n), lookup.PRIMES * lookup.table_ciphertexts(rows, width, n)
+            kept = cache.rows(digest, need, expected) if cache is not None and len(digest) == 32 else None
+            self._swap(b"\x01" if kept else b"")
+            owner_hello, blobs = kept if kept else self._receive_table(digest, need, expected, cache)
             replies, share = lookup.select_rows(self.party, owner_hello, blobs, ids, rows, width)
             if self._swap(pack(replies)):
                 raise ProtocolViolation("the owner sent data while receiving the lookup replies")
             return share
+
+    def _receive_table(self, digest: bytes, need: set[int], expected: int,
+                       cache: TableCache | None) -> tuple[bytes, dict[int, bytes]]:
+        """The client receives the whole table, keeps the ciphertexts it ``need``s (and a copy in ``cache``)."""
+        owner_hello, blobs, pos = self._swap(b""), {}, 0
+        writer = cache.writer(digest) if cache is not None else None
+        try:
+            while pos < expected:
+                chunk = unpack(self._swap(b""))
+                if not chunk or pos + len(chunk) > expected:
+                    raise ProtocolViolation("the owner's table has the wrong number of ciphertexts")
+                for i, blob in enumerate(chunk):
+                    if writer is not None:
+                        writer.add(blob)
+                    if pos + i in need:
+                        blobs[pos + i] = blob
+                pos += len(chunk)
+            if writer is not None and not writer.commit(owner_hello):
+                raise ProtocolViolation("the owner's table does not match the digest it announced")
+        finally:
+            if writer is not None:
+                writer.abandon()  # a no-op after a commit
+        return owner_hello, blobs
 
     def binary(self, size0: tuple[int, ...], size1: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """XOR shares of (a, b, a AND b) on 64-bit words (broadcasting)."""

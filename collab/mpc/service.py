@@ -95,6 +95,8 @@ Preprocessing = Literal["he", "dealer"]
 Approx = Literal["cheap", "exact"]
 DEFAULT_SEQ_LEN = 16
 DEFAULT_BATCH = 1
+#: Where a client's home keeps owners' encrypted word tables (HE path; collab.he.table_cache)
+LOOKUP_CACHE = Path("cache") / "lookup-tables"
 
 
 # =========================================================================== the party processes
@@ -204,11 +206,13 @@ def run_session(rank: int, master: str, job: dict[str, Any], spec: Any, approx: 
         share_s = time.perf_counter() - t_share
         if lookup:
             from collab.he.provider import share_words
+            from collab.he.table_cache import TableCache
 
             t_lookup = time.perf_counter()
+            kept = TableCache(job["lookup_cache"]) if rank == CLIENT and job.get("lookup_cache") else None
             flat_in["word"] = share_words(he, held if rank == OWNER else None,  # type: ignore[arg-type]
                                           own["one_hot"] if rank == CLIENT else None,  # type: ignore[index]
-                                          batch, seq_len, spec)
+                                          batch, seq_len, spec, kept)
             lookup_s = time.perf_counter() - t_lookup
         inputs = enc.SharedInputs(**flat_in)
 
@@ -694,7 +698,8 @@ def run_inference(owner: OwnerNode, client: LocalAccount, request: InferRequest,
             previous = meter.accept(licensing, receipt, signature, client.address, compute)
             accepted = True
         # 4. The job.
-        outputs, stats = _execute(request, served, head, noise, len(request.texts), out_dim)
+        outputs, stats = _execute(request, served, head, noise, len(request.texts), out_dim,
+                                  (client_home or owner.settings.home) / LOOKUP_CACHE)
     except BaseException:  # a failed call costs the client neither a call nor ε
         if charge is not None:
             ledger.release(charge)
@@ -735,7 +740,7 @@ def _compute_parties(owner: OwnerNode, request: InferRequest) -> list[str]:
 
 
 def _execute(request: InferRequest, served: ServedModel, head: LinearHead | None, noise: OutputNoise | None,
-             batch: int, out_dim: int) -> tuple[list[list[float]], dict[str, Any]]:
+             batch: int, out_dim: int, lookup_cache: Path) -> tuple[list[list[float]], dict[str, Any]]:
     drawn = noise.sample((batch, out_dim)) if noise is not None else None  # the owner's draw
     if request.mode == "plain":
         return _plain(request, served, head, drawn), {}
@@ -753,7 +758,8 @@ def _execute(request: InferRequest, served: ServedModel, head: LinearHead | None
     jobs: dict[int, dict[str, Any]] = {
         OWNER: dict(common, head=str(served.head_path) if served.head_path else None,
                     noise=drawn.tolist() if drawn is not None else None),
-        CLIENT: dict(common, texts=list(request.texts)),  # the client's job alone carries the texts
+        # the client's job alone carries the texts, and where it keeps owners' encrypted tables (HE path)
+        CLIENT: dict(common, texts=list(request.texts), lookup_cache=str(lookup_cache)),
     }
     if request.parties == 3:
         jobs[HELPER] = {"provider": "TTP"}
