@@ -91,7 +91,7 @@ class Sizes:
 # them): IID 0.920 vs 0.965, Dirichlet 0.910 vs 0.965 (gaps 4.5 / 5.5; the full run of 22:05 the same, in 97
 # min: the accuracy phase 64 of them). Batch 128 at lr 0.04 was not robust (Dirichlet collapsed to 0.200);
 # at lr 0.02 with each participant's own σ (2026-11-27 pilots, these functions and seeds): IID ε = 8 0.935,
-# Dirichlet 0.920 (gaps 3.0 / 4.5 to the unchanged non-private 0.965; on the whole 445-article test split
+# Dirichlet 0.920 (gaps 3.0 / 4.5 to the unchanged non-private 0.965; on the whole 444-article test split
 # Dirichlet 0.903 vs 0.955: 5.2), but ε = 1 IID 0.670 / Dirichlet 0.715 (0.860 / 0.755 at batch 64: σ ≈ 4.5
 # over 12-16 steps), hence the DP batch per ε: 128 at ε = 8, 64 at ε = 1 (docs/training.md).
 # Not levers at batch 64: the accountant (PRV's σ, 7% less noise: 0.905), 4 rounds × 1 epoch (0.655, the
@@ -536,8 +536,10 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         line, = ax.plot(labels, [row[k]["accuracy"] for k in labels], "o-", label=f"federated {split} (tuning)")
         ax.plot(labels, [row[k]["held_out_accuracy"] for k in labels], "x:", color=line.get_color(),
                 label=f"federated {split} (held out)")
-        ax.axhline(row["centralized"]["accuracy"], linestyle="--", label=f"centralized ({split})")
-        ax.axhline(row["local_only"]["accuracy"], linestyle=":", label=f"local only ({split})")
+        ax.axhline(row["centralized"]["accuracy"], color=line.get_color(), linestyle="--", alpha=0.6,
+                   label=f"centralized ({split})")
+        ax.axhline(row["local_only"]["accuracy"], color=line.get_color(), linestyle=":", alpha=0.6,
+                   label=f"local only ({split})")
     ax.set_xlabel("ε")
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7)
