@@ -90,7 +90,7 @@ class TableCache:
             hello = (entry / "hello.bin").read_bytes()
             os.utime(entry)  # most recently used
             return hello, blobs
-        except (OSError, ValueError, IndexError) as exc:
+        except (OSError, ValueError, IndexError, EOFError) as exc:  # np.load of a cut .npy: EOFError or ValueError
             _note(f"lookup cache: dropping {entry.name[:16]}…: {exc}")
             shutil.rmtree(entry, ignore_errors=True)
             return None
