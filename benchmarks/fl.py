@@ -220,7 +220,7 @@ def dp_step_time(s: Sizes, say: Log) -> dict[str, Any]:
     from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
     from collab.fl.task import build_model
 
-    data = _data(s, 1, "iid")[0][0]
+    (data,), _, _ = _data(s, 1, "iid")
     task = _task(s, list(data.classes))
     timings: dict[str, float] = {}
 

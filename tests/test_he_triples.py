@@ -768,6 +768,19 @@ def test_a_damaged_copy_is_dropped_and_the_table_sent_again(tmp_path: Path) -> N
     assert np.array_equal(add(owner, client), table[ids]) and _owner_sent(gens) - sent_once > 10**6
 
 
+def test_a_copy_whose_keys_were_damaged_is_dropped_before_the_client_answers(tmp_path: Path) -> None:
+    """The keys are not per-ciphertext hashed: the table's digest covers them, so a read checks them too."""
+    table = Rng().uint64((300, 64))
+    encrypted, cache = EncryptedTable(table), TableCache(tmp_path)
+    ids = np.array([9], dtype=np.int64)
+    _lookup_pair(encrypted, ids, cache)
+    keys = tmp_path / encrypted.digest.hex() / "hello.bin"
+    keys.write_bytes(keys.read_bytes()[:-1] + b"\x00")
+    owner, client, _ = _lookup_pair(encrypted, ids, cache)
+    assert np.array_equal(add(owner, client), table[ids])  # sent again, not failed on a bad key
+    assert keys.read_bytes() == encrypted.hello
+
+
 def test_a_table_that_does_not_match_its_digest_fails_the_lookup_and_is_not_kept(tmp_path: Path) -> None:
     encrypted = EncryptedTable(Rng().uint64((300, 64)))
     encrypted.digest = bytes(32)  # the owner names another table than the one it sends
@@ -790,16 +803,13 @@ def test_the_cache_keeps_the_most_recently_used_tables_and_sweeps_killed_writers
     import os
     import time
 
-    from collab.he.table_cache import TableDigest
+    from collab.he.table_cache import blob_hash, table_digest
 
     cache = TableCache(tmp_path, keep=2)
     digests = []
     for i in range(3):
         blobs, hello = [bytes([i]) * 100, bytes([i]) * 50], b"keys%d" % i
-        d = TableDigest()
-        for b in blobs:
-            d.add(b)
-        digest = d.finish(hello)
+        digest = table_digest(hello, b"".join(blob_hash(b) for b in blobs))
         writer = cache.writer(digest)
         for b in blobs:
             writer.add(b)

@@ -47,7 +47,7 @@ import tenseal.sealapi as seal
 
 from collab.errors import BadInput, InternalError, ProtocolViolation
 from collab.he.bfv import U64, BfvParams, BfvSuite, coefficients, crt_mod_2_64, limbs_mod, uint64_to_residues
-from collab.he.table_cache import TableDigest
+from collab.he.table_cache import blob_hash, table_digest
 
 if TYPE_CHECKING:
     from collab.he.triples import HeParty
@@ -105,12 +105,12 @@ class EncryptedTable:
         per = rows_per_ciphertext(suite.n, width)
         self.messages: list[bytes] = []
         self.ciphertexts, chunk = 0, []
-        digest = TableDigest()
+        hashes: list[bytes] = []
         for k, p in enumerate(_primes(suite)):
             res = uint64_to_residues(table, p)
             for c in range(table_ciphertexts(rows, width, suite.n)):
                 chunk.append(self.party.encrypt(k, suite.coeff_plaintext(res[c * per : (c + 1) * per].ravel(), k)))
-                digest.add(chunk[-1])
+                hashes.append(blob_hash(chunk[-1]))
                 self.ciphertexts += 1
                 if len(chunk) == CHUNK:  # packed as it fills: the table's bytes are held once
                     self.messages.append(pack(chunk))
@@ -118,7 +118,7 @@ class EncryptedTable:
         if chunk:
             self.messages.append(pack(chunk))
         self.hello = self.party.hello()
-        self.digest = digest.finish(self.hello)  # what a client's copy is kept under (collab.he.table_cache)
+        self.digest = table_digest(self.hello, b"".join(hashes))  # what a client's copy is kept under (collab.he.table_cache)
 
     def open(self, replies: list[bytes], count: int) -> np.ndarray:
         """The owner's step 3: its share ``table[ids] + s mod 2^64`` from the client's replies."""

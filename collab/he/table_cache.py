@@ -16,7 +16,8 @@ never which rows. The copy is only ciphertexts under the owner's key.
 Layout, one directory per table (``<root>/<digest hex>/``): ``hello.bin``
 (the owner's public keys), ``table.bin`` (every ciphertext in wire order),
 ``index.npy`` (offset, length per ciphertext) and ``sha256.bin`` (each
-ciphertext's hash, checked on every read). A copy is written under a
+ciphertext's hash). A read checks the keys and the hash list against the
+digest, then each ciphertext it uses against its hash. A copy is written under a
 temporary name and renamed into place only once its digest matched the
 owner's, so a killed client leaves no half table behind; the least recently
 used copies beyond :data:`KEEP` are removed.
@@ -39,20 +40,18 @@ import numpy as np
 KEEP = 2
 
 
-class TableDigest:
-    """The digest both ends compute over a table as it travels: the owner's keys, then every ciphertext."""
+def blob_hash(blob: bytes) -> bytes:
+    """One ciphertext's hash (32 bytes): what :func:`table_digest` covers and a read checks."""
+    return hashlib.sha256(blob).digest()
 
-    def __init__(self) -> None:
-        self._blobs = hashlib.sha256()
 
-    def add(self, blob: bytes) -> bytes:
-        """Add one ciphertext (in wire order); returns its own hash."""
-        own = hashlib.sha256(blob).digest()
-        self._blobs.update(own)
-        return own
+def table_digest(hello: bytes, blob_hashes: bytes) -> bytes:
+    """The name both ends give a table: the owner's keys and its ciphertexts' hashes, in wire order.
 
-    def finish(self, hello: bytes) -> bytes:
-        return hashlib.sha256(len(hello).to_bytes(8, "little") + hello + self._blobs.digest()).digest()
+    Over the hashes rather than the ciphertexts, so a kept copy's keys and
+    hash list are checked against the name without reading the table.
+    """
+    return hashlib.sha256(len(hello).to_bytes(8, "little") + hello + hashlib.sha256(blob_hashes).digest()).digest()
 
 
 class TableCache:
@@ -76,18 +75,20 @@ class TableCache:
                 return None
             index = np.load(entry / "index.npy")
             hashes = (entry / "sha256.bin").read_bytes()
+            hello = (entry / "hello.bin").read_bytes()
             if index.shape != (count, 2) or len(hashes) != 32 * count:
                 raise ValueError("index of another size")
+            if table_digest(hello, hashes) != digest:
+                raise ValueError("keys or hashes do not match the table's digest")
             blobs: dict[int, bytes] = {}
             with open(entry / "table.bin", "rb") as table:
                 for pos in sorted(positions):
                     offset, length = (int(v) for v in index[pos])
                     table.seek(offset)
                     blob = table.read(length)
-                    if hashlib.sha256(blob).digest() != hashes[32 * pos : 32 * pos + 32]:
+                    if blob_hash(blob) != hashes[32 * pos : 32 * pos + 32]:
                         raise ValueError(f"ciphertext {pos} does not match its hash")
                     blobs[pos] = blob
-            hello = (entry / "hello.bin").read_bytes()
             os.utime(entry)  # most recently used
             return hello, blobs
         except (OSError, ValueError, IndexError, EOFError) as exc:  # np.load of a cut .npy: EOFError or ValueError
@@ -118,7 +119,6 @@ class TableWriter:
 
     def __init__(self, cache: TableCache, digest: bytes) -> None:
         self.cache, self.digest = cache, digest
-        self.computed = TableDigest()
         self._offsets: list[tuple[int, int]] = []
         self._hashes: list[bytes] = []
         self._size = 0
@@ -132,7 +132,7 @@ class TableWriter:
             self._fail(exc)
 
     def add(self, blob: bytes) -> None:
-        self._hashes.append(self.computed.add(blob))
+        self._hashes.append(blob_hash(blob))
         self._offsets.append((self._size, len(blob)))
         self._size += len(blob)
         if self._table is not None:
@@ -143,7 +143,7 @@ class TableWriter:
 
     def commit(self, hello: bytes) -> bool:
         """True when the received table hashes to the announced digest (whether or not it could be kept)."""
-        matches = self.computed.finish(hello) == self.digest
+        matches = table_digest(hello, b"".join(self._hashes)) == self.digest
         if self._table is None or self._dir is None or not matches:
             self.abandon()
             return matches
