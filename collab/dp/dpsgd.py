@@ -46,7 +46,9 @@ class DPConfig:
     lr: float = 5e-3
 
     def __post_init__(self) -> None:
-        if self.noise_multiplier < 0 or self.max_grad_norm <= 0 or self.batch_size < 1 or self.epochs < 1:
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):  # NaN compares False to 0
+            raise BadInput(f"noise-multiplier must be a finite number >= 0, got {self.noise_multiplier!r}")
+        if self.max_grad_norm <= 0 or self.batch_size < 1 or self.epochs < 1:
             raise BadInput(f"invalid DP-SGD config {self}")
 
     def batches(self, examples: int) -> int:

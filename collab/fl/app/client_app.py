@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -177,12 +176,9 @@ def _noise_multiplier(rc: dict[str, Any], ledger: PrivacyLedger, participant: st
     value = rc["noise-multiplier"]
     if str(value).strip().lower() != "auto":
         try:
-            sigma = float(value)
+            return float(value)  # its range is DPConfig's to check
         except ValueError:
-            sigma = -1.0
-        if not (sigma >= 0 and math.isfinite(sigma)):
-            raise BadInput(f"noise-multiplier must be \"auto\" or a number >= 0, got {value!r}")
-        return sigma
+            raise BadInput(f"noise-multiplier must be \"auto\" or a number >= 0, got {value!r}") from None
     rounds_left = max(1, int(rc["num-rounds"]) - rnd + 1)
     return ledger.calibrate(participant, dp.sample_rate(examples), dp.steps(examples), rounds_left)
 
