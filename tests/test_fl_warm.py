@@ -51,7 +51,7 @@ def _supernode_of(host: psutil.Process, timeout: float = 120.0) -> psutil.Proces
     """The host's SuperNode child, once the host has started it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = [c for c in host.children() if c.cmdline()[1:2] and c.cmdline()[1].endswith("flower-supernode")]
+        children = [c for c in host.children() if c.cmdline()[1:3] == ["-m", "collab.fl.supernode"]]
         if children:
             return children[0]
         time.sleep(0.2)

@@ -282,11 +282,12 @@ class FlowerDeployment:
                 self.register_node(public)
             security = ["--root-certificates", str(ca), "--auth-supernode-private-key", str(private)]
         runtime = f"127.0.0.1:{free_port()}"  # the SuperNode's Runtime API, where ClientApps claim messages
-        supernode = [str(BIN_DIR / "flower-supernode"), *security, "--superlink", host_port(self.host, self.port),
-                     "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--node-config", str(node_config)]
-        if self.warm:
+        args = [*security, "--superlink", host_port(self.host, self.port), "--host", "127.0.0.1",
+                "--port", runtime.rsplit(":", 1)[1], "--node-config", str(node_config)]
+        supernode = [str(BIN_DIR / "flower-supernode"), *args]  # Flower's own, for the default executor
+        if self.warm:  # the warm host, with Flower's SuperNode loop polling faster (collab.fl.supernode)
             supernode = [sys.executable, "-m", "collab.fl.clientapp_host", "--runtime-api-address", runtime,
-                         "--", *supernode, "--isolation", "process"]
+                         "--", sys.executable, "-m", "collab.fl.supernode", *args, "--isolation", "process"]
         return self._spawn(f"supernode-{participant}", supernode, flwr_home,
                            {ENV_PASSPHRASE: passphrase} if passphrase else None)
 

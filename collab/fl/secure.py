@@ -21,6 +21,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from collab.errors import CollabError, ProtocolViolation
+from collab.fl.exchange import send_and_receive
 from collab.secagg import (
     AggregateResult,
     ConsistencySignature,
@@ -85,7 +86,7 @@ class SecureRound:
             )
             for member, payload in payloads.items()
         ]
-        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(messages, timeout=self.timeout)}
+        replies = {r.metadata.src_node_id: r for r in send_and_receive(self.grid, messages, self.timeout)}
         self.bytes_moved += sum(len(p) for p in payloads.values())
         ok: list[int] = []
         for member in payloads:

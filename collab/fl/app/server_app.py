@@ -52,6 +52,7 @@ from collab.errors import CollabError, ProtocolViolation
 from collab.fl import attestation as att
 from collab.fl.data import load_bbc_news, take, train_test_split
 from collab.fl.deployment import server_only
+from collab.fl.exchange import send_and_receive
 from collab.fl.receipts import ReceiptContext, ReceiptSigner, delivery
 from collab.fl.record import RECORD_VERSION, Checkpoint, JsonRecord, words_hash
 from collab.fl.secure import SecureRound
@@ -115,7 +116,7 @@ def _wait_for_nodes(grid: Grid, expected: int, minimum: int, wait: float) -> lis
 def _hello(grid: Grid, nodes: list[int], timeout: float, expected: dict[str, str]) -> tuple[list[Peer], dict[str, str]]:
     """Ask every node who it is; member ids follow participant names, so they are stable across restarts."""
     msgs = [Message(RecordDict({}), dst_node_id=n, message_type=f"{MessageType.QUERY}.hello") for n in nodes]
-    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs, timeout=timeout)}
+    replies = {r.metadata.src_node_id: r for r in send_and_receive(grid, msgs, timeout)}
     found: list[tuple[str, int, str, int]] = []
     refused: dict[str, str] = {}
     for node in nodes:
@@ -299,7 +300,7 @@ def _deliver_receipts(grid: Grid, peers: list[Peer], pending: dict[str, dict[str
     targets = [p for p in peers if p.name in pending]
     msgs = [Message(RecordDict({"receipt": ConfigRecord(pending[p.name])}), dst_node_id=p.node,
                     message_type=f"{MessageType.QUERY}.receipt") for p in targets]
-    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs, timeout=timeout)}
+    replies = {r.metadata.src_node_id: r for r in send_and_receive(grid, msgs, timeout)}
     out = {}
     for p in targets:
         reply = replies.get(p.node)
@@ -332,7 +333,7 @@ def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.
         messages.append(Message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}),
                                 dst_node_id=p.node, message_type=MessageType.TRAIN, group_id=str(rnd)))
     started = time.monotonic()
-    replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=timeout)}
+    replies = {r.metadata.src_node_id: r for r in send_and_receive(grid, messages, timeout)}
     entry: dict[str, Any] = {"round": rnd, "participants": [], "dropped": {}, "epsilon": {}, "examples": {}}
     attested: dict[str, dict[str, Any]] = {}
     ads: dict[int, bytes] = {}
