@@ -49,6 +49,15 @@ def test_quick_bench_figures_are_consistent(bench: tuple[dict[str, Any], Path]) 
         assert all(a > b > c == 0.0 for a, b, c in zip(strict, loose, none, strict=True))  # smaller ε, more noise
     mia = results["membership_inference"]
     assert all(-50.0 <= mia[k]["advantage_points"] <= 50.0 for k in ("inf", "8", "1"))
+    eight = mia["8"]  # the target's setting: two trainings (quick), each with its own canaries and noise, averaged
+    assert eight["trainings"] == 2 and mia["inf"]["trainings"] == mia["1"]["trainings"] == 1
+    per = eight["advantage_points_per_training"]
+    assert len(per) == 2 and eight["advantage_points"] == pytest.approx(sum(per) / 2)
+    from benchmarks.fl import _auc_se  # the mean's error: each training's, combined (about 1/√2 of one)
+
+    n_in, n_out = mia["canaries_in"], mia["canaries_out"]
+    errors = [_auc_se(0.5 + p / 100, n_in, n_out) for p in per]
+    assert eight["advantage_se_points"] == pytest.approx(100 * (errors[0] ** 2 + errors[1] ** 2) ** 0.5 / 2)
 
 
 def test_trained_and_held_out_canaries_share_one_label_histogram() -> None:

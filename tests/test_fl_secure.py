@@ -84,7 +84,8 @@ def test_participant_killed_mid_secagg_is_dropped_and_its_masks_recovered(tmp_pa
     # p2 shares its keys, then hangs on its masked input; the test SIGKILLs its SuperNode there.
     deployment = start(tmp_path, NAMES, p0={"keep_inputs": True}, p1={"keep_inputs": True}, p2={"stall": "mask"})
     try:
-        run = deployment.start_run({**TINY, "secagg-timeout": 90.0}, tmp_path / "result.json")
+        # The mask stage waits out this timeout for p2 (most of the test's time); the live nodes answer in seconds.
+        run = deployment.start_run({**TINY, "secagg-timeout": 45.0}, tmp_path / "result.json")
         wait_for_log(tmp_path / "p2" / "flower" / "supernode-p2.log", "Receiving: train.secagg_mask", timeout=300)
         deployment.kill_participant("p2")
         record = deployment.wait_run(run, tmp_path / "result.json", timeout=300)
