@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 from types import SimpleNamespace
+
+import pytest
 
 from collab.fl import exchange, supernode
 
@@ -12,7 +15,7 @@ from collab.fl import exchange, supernode
 class SlowNodesGrid:
     """A grid whose nodes answer over several pulls (``ready[i]`` pulls after the push), some never."""
 
-    def __init__(self, ready: list[int | None], refused: set[int] = frozenset()) -> None:
+    def __init__(self, ready: list[int | None], refused: frozenset[int] = frozenset()) -> None:
         self.ready, self.refused, self.pulls = ready, refused, 0
 
     def push_messages(self, messages: Iterable[str]) -> list[str | None]:
@@ -52,6 +55,7 @@ def test_a_refused_message_is_not_waited_for() -> None:
 
 def test_the_supernode_loop_sleeps_at_most_the_cap_and_keeps_the_rest_of_time() -> None:
     loop = supernode.shorten_waits(0.01)
+    assert loop is not None
     try:
         t0 = time.monotonic()
         loop.time.sleep(3)  # the idle wait between pulls in flwr's start_client_internal
@@ -59,3 +63,11 @@ def test_the_supernode_loop_sleeps_at_most_the_cap_and_keeps_the_rest_of_time() 
         assert loop.time.monotonic() > 0 and loop.time.time() > 0
     finally:
         loop.time = time
+
+
+def test_a_flower_without_the_loop_leaves_the_supernode_to_its_own_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.supernode
+
+    monkeypatch.delattr(flwr.supernode, "start_client_internal", raising=False)
+    monkeypatch.setitem(sys.modules, "flwr.supernode.start_client_internal", None)  # importing it now fails
+    assert supernode.shorten_waits() is None

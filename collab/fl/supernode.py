@@ -34,10 +34,18 @@ class _CappedSleep:
         return getattr(self._real, name)
 
 
-def shorten_waits(cap: float = PULL_WAIT_S) -> ModuleType:
-    """Cap the sleeps of Flower's SuperNode message loop at ``cap`` seconds (in this process); the module."""
-    from flwr.supernode import start_client_internal as loop
+def shorten_waits(cap: float = PULL_WAIT_S) -> ModuleType | None:
+    """Cap the sleeps of Flower's SuperNode message loop at ``cap`` seconds (in this process); the module.
 
+    None, and Flower's own waits, when a Flower release no longer has the loop where 1.42 keeps it: the
+    node then runs as it would under ``flower-supernode``, only slower.
+    """
+    try:
+        from flwr.supernode import start_client_internal as loop
+    except ImportError:
+        return None
+    if getattr(loop, "time", None) is not time:  # the loop no longer sleeps through its module's `time`
+        return None
     loop.time = _CappedSleep(time, cap)  # type: ignore[assignment]
     return loop
 
