@@ -775,7 +775,9 @@ def test_a_copy_whose_keys_were_damaged_is_dropped_before_the_client_answers(tmp
     ids = np.array([9], dtype=np.int64)
     _lookup_pair(encrypted, ids, cache)
     keys = tmp_path / encrypted.digest.hex() / "hello.bin"
-    keys.write_bytes(keys.read_bytes()[:-1] + b"\x00")
+    damaged = bytearray(keys.read_bytes())
+    damaged[-1] ^= 1  # always a change (overwriting with 0 was none if the byte was 0 already)
+    keys.write_bytes(bytes(damaged))
     owner, client, _ = _lookup_pair(encrypted, ids, cache)
     assert np.array_equal(add(owner, client), table[ids])  # sent again, not failed on a bad key
     assert keys.read_bytes() == encrypted.hello
