@@ -23,11 +23,15 @@ Configurations (same encoder, same sentences, same run):
   ``gelu_exppoly_packed`` (that comparison as a 15-bit packed carry tree),
   ``softmax_shifted`` (no row max after layer 0), ``cheap_v1`` (the previous
   cheap path: 15-bit packed sign tests, degree-6 polynomial, CrypTen's row max),
-  ``cheap_nolift`` (``cheap`` without the softmax's integer lift);
+  ``cheap_nolift`` (``cheap`` without the softmax's integer lift),
+  ``cheap_fixedstart`` (``cheap`` with its Newton iterations started from
+  CrypTen's guesses and one public guess, as before the octave starts);
 * ``cheap`` - the default of ``collab infer --mode mpc``: fixed masks, the
   1-comparison GELU with 9-bit packed sign tests and a degree-7
   polynomial in one split product, the shifted softmax with the layer-0 row
-  max by packed comparisons and its two largest products lifted by 16.
+  max by packed comparisons and its two largest products lifted by 16, and
+  every Newton iteration (softmax denominators, LayerNorm) started in its
+  input's octave (packed sign tests against powers of two: 4, 4 and 3 steps).
 
 Served calls (``service`` in the JSON): ``collab infer``'s own party body on
 one sentence, ``cheap``, dealer path: a per-call pair of fresh processes (the
@@ -63,6 +67,7 @@ Log = Callable[[str], None]
 
 EXPPOLY = {"gelu": "exppoly", "gelu_degree": 6, "gelu_exp_iters": 6}
 SHIFTED = {"softmax": "shifted", "exp_iters": 8}
+OCTAVE_START = {"newton_start": "compare", "inv_sqrt_iters": 4, "reciprocal_iters": 4, "shifted_reciprocal_iters": 3}
 APPROX: dict[str, dict[str, Any]] = {
     "baseline": {},
     "fixed_masks": {},
@@ -73,16 +78,20 @@ APPROX: dict[str, dict[str, Any]] = {
     # = collab.mpc.encoder.APPROX_PRESETS["cheap"], the default of `collab infer --mode mpc` (a test checks it):
     # 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max.
     "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-              "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16},
+              "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16, **OCTAVE_START},
     # the previous cheap path (4-lane sign tests, degree 6): the effect of the last step as an ablation
     "cheap_v1": {**EXPPOLY, "packed_compare": True, **SHIFTED},
     # cheap without the softmax's integer lift (its exp and num·(scale/sum) products at full size)
     "cheap_nolift": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-                     "compare_lanes": 6, "packed_max": True, **SHIFTED},
+                     "compare_lanes": 6, "packed_max": True, **SHIFTED, **OCTAVE_START},
+    # cheap with the Newton iterations started as before (CrypTen's guesses, one public guess: 8, 10 and 26 steps)
+    "cheap_fixedstart": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
+                         "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16},
 }
 FIXED = {name: name != "baseline" for name in APPROX}
 MAIN = ("baseline", "fixed_masks", "cheap")
-ABLATIONS = ("gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted", "cheap_v1", "cheap_nolift")
+ABLATIONS = ("gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted", "cheap_v1", "cheap_nolift",
+             "cheap_fixedstart")
 
 # (seq_len, sentences, batch size) per mode; ablations use the first ABLATION_SENTENCES only.
 FULL_PLAN = [(32, 200, 8), (128, 50, 2)]

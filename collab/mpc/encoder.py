@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ Tensor = Any  # torch.Tensor or crypten.CrypTensor: the two share the ops used h
 
 SoftmaxVariant = Literal["exact", "shifted"]
 GeluVariant = Literal["poly", "poly2", "exppoly", "sigmoid", "tanh"]
+NewtonStart = Literal["fixed", "compare"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,18 @@ class Approximations:
         log2(lift) fractional bits of the numerators (:func:`lifted_exp`).
         2^(2^m): exp's base is halved before its last m squarings; 1 keeps
         the plain products.
+    newton_start
+        Where the Newton iterations for 1/x (softmax denominators) and
+        1/sqrt(x) (LayerNorm, the output's L2 norm) start. ``"fixed"``:
+        CrypTen's exp-based guesses and, for the shifted softmax, one public
+        guess; from those most steps only walk toward the answer (hence 8,
+        10 and 26 steps), each a round trip. ``"compare"``: one batch of
+        packed sign tests of x against powers of two puts each value in its
+        octave and starts at f(1.5 * 2^j) there (:func:`newton_start`: one
+        value per row or token, ~7 rounds); the error is then at most 1/3,
+        so 4 steps reach 16-bit precision (``cheap``: ``inv_sqrt_iters`` and
+        ``reciprocal_iters`` 4, ``shifted_reciprocal_iters`` 3, i.e. 2 steps
+        and its cubic correction).
     """
 
     softmax: SoftmaxVariant = "exact"
@@ -125,12 +139,15 @@ class Approximations:
     compare_lanes: int = 4
     packed_max: bool = False
     softmax_lift: int = 1
+    newton_start: NewtonStart = "fixed"
 
     def __post_init__(self) -> None:
         if self.softmax not in ("exact", "shifted"):
             raise BadInput(f"unknown softmax variant {self.softmax!r}")
         if self.gelu not in ("poly", "poly2", "exppoly", "sigmoid", "tanh"):
             raise BadInput(f"unknown GELU variant {self.gelu!r}")
+        if self.newton_start not in ("fixed", "compare"):
+            raise BadInput(f"unknown Newton start {self.newton_start!r} (fixed or compare)")
         for name in ("gelu_degree", "exp_iters", "reciprocal_iters", "inv_sqrt_iters", "shifted_reciprocal_iters",
                      "gelu_exp_iters"):
             if not 1 <= getattr(self, name) <= 64:
@@ -155,7 +172,8 @@ class Approximations:
 APPROX_PRESETS: dict[str, dict[str, Any]] = {
     "exact": {},
     "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-              "compare_lanes": 6, "packed_max": True, "softmax": "shifted", "exp_iters": 8, "softmax_lift": 16},
+              "compare_lanes": 6, "packed_max": True, "softmax": "shifted", "exp_iters": 8, "softmax_lift": 16,
+              "newton_start": "compare", "inv_sqrt_iters": 4, "reciprocal_iters": 4, "shifted_reciprocal_iters": 3},
 }
 
 
@@ -239,20 +257,87 @@ def lifted_exp(x: Tensor, iters: int, lift: int) -> Tensor:
     return y
 
 
-def approx_reciprocal(x: Tensor, iters: int) -> Tensor:
-    """1/x for x > 0 by Newton-Raphson from CrypTen's guess 3*exp(1 - 2x) + 0.003."""
-    y = approx_exp(1.0 - 2.0 * x, 8) * 3.0 + 0.003
+def approx_reciprocal(x: Tensor, iters: int, start: NewtonStart = "fixed") -> Tensor:
+    """1/x for x > 0 by Newton-Raphson from CrypTen's guess 3*exp(1 - 2x) + 0.003 or by octave (``compare``)."""
+    if start == "compare":
+        y = newton_start(x, lambda v: 1.0 / v, *START_OCTAVES["reciprocal"])
+    else:
+        y = approx_exp(1.0 - 2.0 * x, 8) * 3.0 + 0.003
     for _ in range(iters):
         y = 2.0 * y - y.square() * x
     return y
 
 
-def approx_inv_sqrt(x: Tensor, iters: int) -> Tensor:
-    """1/sqrt(x) for x > 0 by Newton-Raphson from CrypTen's initial guess."""
+def approx_inv_sqrt(x: Tensor, iters: int, start: NewtonStart = "fixed") -> Tensor:
+    """1/sqrt(x) for x > 0 by Newton-Raphson from CrypTen's initial guess or by octave (``compare``).
+
+    From the octave start each step is y' = 1.5 y - 0.5 (x y)(y y): the two
+    inner products in one round (stacked), so two rounds per step instead of
+    CrypTen's three (y², x y², y (3 - x y²)), for the same maths.
+    """
+    if start == "compare":
+        y = newton_start(x, lambda v: v**-0.5, *START_OCTAVES["inv_sqrt"])
+        for _ in range(iters):
+            xy_yy = _stack([x, y]) * _stack([y, y])
+            y = y * 1.5 - (xy_yy[0] * xy_yy[1]) * 0.5
+        return y
     y = approx_exp(-(x * 0.5 + 0.2), 8) * 2.2 + 0.2 - x * (1.0 / 1024)
     for _ in range(iters):
         y = y * (3.0 - x * y.square()) * 0.5
     return y
+
+
+#: Octaves (lowest, highest exponent j of 2^j) :func:`newton_start` tests each input against, per use,
+#: and the tests' bound (|x - 2^j| < 2^bound). Measured on all-MiniLM-L6-v2 (seq 32 and 128): LayerNorm
+#: variances 0.002-130 and the output's squared norm 6.7-36 (``inv_sqrt``); the shifted softmax's lifted
+#: totals 0.11-1212 over the bench's sentences and up to 44000 on BBC News (``shifted``, toward
+#: RECIPROCAL_UNIT / total); the max-subtracted totals 1 to seq_len (``reciprocal``). Each range keeps
+#: an octave or more of margin.
+START_OCTAVES = {"inv_sqrt": (-12, 11, 14), "shifted": (-6, 16, 17), "reciprocal": (0, 10, 14)}
+#: 2 lanes keep 31 bits: x - 2^j reads right for |x - 2^j| < 2^bound except for x in [2^j, 2^j + band),
+#: band = 2^(bound - 30) (2^-16 at bound 14, 2^-13 at 17), which then takes the octave below: a start
+#: up to (4/3)(1 + band / 2^j) of the best, still converging.
+START_LANES = 2
+
+
+def newton_start(x: Tensor, f: Callable[[float], float], lo: int, hi: int, bound_log2: int) -> Tensor:
+    """f(x)'s Newton start, f(1.5 * 2^j) for x in [2^j, 2^(j+1)), from sign tests of x - 2^j for j = lo..hi.
+
+    Why: Newton's steps for 1/x and 1/sqrt(x) square the relative error e
+    (to ~0.75 e² for 1/sqrt), so they need a start with |e| well below 1;
+    one public guess for a range of 2^20 spends most steps walking toward
+    the answer, each a round trip. The tests of all octaves run as one batch
+    (a few AND bits per test, one value per row or token), and the start is
+    a public combination of their bits: ``f_top - Σ_j [x < 2^j] (f_(j+1) - f_j)``,
+    exact (integer weights at the fixed-point scale, no truncation). Within
+    the octaves |e| <= 1/3, so 4 steps reach 2^-16. Below 2^lo the start is
+    f(2^lo) (Newton still converges, slower); above 2^(hi+1) it is
+    f(1.5 * 2^hi), which converges for x < 3 * 2^hi (1/x) or 4.5 * 2^hi (1/sqrt x).
+    """
+    exponents = range(lo, hi + 1)
+    values = [f(2.0**lo)] + [f(1.5 * 2.0**j) for j in exponents]
+    steps = [values[k + 1] - values[k] for k in range(len(exponents))]
+    below = _ltz(_stack([x - 2.0**j for j in exponents]), True, START_LANES, bound_log2)
+    return _weighted_bits(below, [-c for c in steps], x) + values[-1]
+
+
+def _weighted_bits(bits: Tensor, weights: list[float], like: Tensor) -> Tensor:
+    """Σ_k weights[k] · bits[k] as a fixed-point tensor like ``like``, exactly.
+
+    ``bits`` are sign-test outputs (CrypTen keeps them at scale 1), so each
+    weight is rounded to the fixed-point scale once and multiplies the
+    shares as an integer: no truncation, no error beyond that rounding.
+    """
+    if _plain(bits):
+        return sum(w * b for w, b in zip(weights, bits, strict=True))
+    from crypten.mpc.primitives import ArithmeticSharedTensor
+
+    scaled = like._tensor
+    ints = torch.tensor([round(w * scaled.encoder.scale) for w in weights], dtype=torch.long)
+    share = (bits._tensor.share * ints.view(-1, *[1] * (bits.dim() - 1))).sum(0)
+    result = like.shallow_copy()
+    result._tensor = ArithmeticSharedTensor.from_shares(share, precision=scaled.encoder._precision_bits)
+    return result
 
 
 @functools.lru_cache(maxsize=16)
@@ -357,7 +442,8 @@ def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float, approx: Approximatio
         centered = x - x.mean(-1, keepdim=True)
         var = centered.square().mean(-1, keepdim=True)
         s = approx.layer_norm_scale
-        inv = approx_inv_sqrt((var + eps) * (1.0 / s), approx.inv_sqrt_iters) * (1.0 / math.sqrt(s))
+        inv = approx_inv_sqrt((var + eps) * (1.0 / s), approx.inv_sqrt_iters, approx.newton_start)
+        inv = inv * (1.0 / math.sqrt(s))
         return centered * inv * w + b
 
 
@@ -397,7 +483,7 @@ def softmax(scores: Tensor, bias: Tensor, approx: Approximations, layer_index: i
         if approx.softmax == "exact" or layer_index is None or layer_index in approx.softmax_max_layers:
             logits = logits - (_packed_row_max(logits) if approx.packed_max else _row_max(logits))
             num = approx_exp(logits, approx.exp_iters)
-            inv = approx_reciprocal(num.sum(-1, keepdim=True), approx.reciprocal_iters)
+            inv = approx_reciprocal(num.sum(-1, keepdim=True), approx.reciprocal_iters, approx.newton_start)
             return num * inv
         # Max-free: a public shift; padding keys stay at (score - shift)/2^k, i.e. exp ~ 0.
         lift = approx.softmax_lift
@@ -423,10 +509,15 @@ def scaled_reciprocal(total: Tensor, approx: Approximations) -> Tensor:
     (no truncation), corrected by the residual ``e = 1 - r * total / unit``
     as ``k/t = R / (1 - e) = R + R (e + e^2 + e^3)``, whose product is small
     because ``e`` is. From the guess y0 = unit/50000 Newton converges for
-    totals below 100000; a total t needs about log2(50000/t) + 4 steps.
+    totals below 100000; a total t needs about log2(50000/t) + 4 steps. From
+    :func:`newton_start` (``newton_start="compare"``) 2 steps and the
+    correction do (``shifted_reciprocal_iters`` = 3).
     """
     unit = RECIPROCAL_UNIT
-    y = total * 0.0 + shifted_guess(approx)
+    if approx.newton_start == "compare":
+        y = newton_start(total, lambda t: unit / t, *START_OCTAVES["shifted"])
+    else:
+        y = total * 0.0 + shifted_guess(approx)
     for _ in range(approx.shifted_reciprocal_iters - 1):
         y = y * (2.0 - (y * total) * (1.0 / unit))
     e = 1.0 - (y * total) * (1.0 / unit)  # |e| <~ 2^-16 * total / unit: r's own rounding

@@ -220,7 +220,7 @@ def run_session(rank: int, master: str, job: dict[str, Any], spec: Any, approx: 
             pooled = enc.encode(inputs, weights, spec, approx)
             # L2-normalise on shares: this is the output clipping the DP sensitivity rests on.
             norm_sq = (pooled * pooled).sum(-1, keepdim=True)
-            out = pooled * enc.approx_inv_sqrt(norm_sq, approx.inv_sqrt_iters)
+            out = pooled * enc.approx_inv_sqrt(norm_sq, approx.inv_sqrt_iters, approx.newton_start)
             if "head.w" in flat_w:
                 out = out.matmul(flat_w["head.w"]) + flat_w["head.b"]
             return out
