@@ -538,3 +538,57 @@ def test_octave_start_keeps_layer_norm_and_softmax_accurate_with_fewer_rounds() 
         assert errors["compare"][1] < max(1e-2, 2 * errors["fixed"][1]), errors
 
     assert body() is not None
+
+
+# --------------------------------------------------------------------------- CrypTen's per-access overhead
+
+
+def _debug_lookups_per_product(validation_on: bool, queue: Any) -> None:
+    """In a fresh process: CrypTen config lookups of ``debug`` over 20 products, and a product."""
+    torch.set_num_threads(1)  # a forked child must not enter its parent's OpenMP pool
+    import crypten
+    from crypten.config import CrypTenConfig, cfg
+
+    from collab.mpc.compat import init_crypten
+
+    cfg.debug.validation_mode = validation_on
+    lookups: list[str] = []
+    original = CrypTenConfig.__getattribute__
+
+    def counting(self: Any, name: str) -> Any:
+        lookups.append(name)
+        return original(self, name)
+
+    try:
+        x = torch.linspace(-3.0, 3.0, 11)
+        init_crypten()
+        CrypTenConfig.__getattribute__ = counting  # type: ignore[method-assign]
+        cx = crypten.cryptensor(x)
+        products = [cx * cx for _ in range(20)]
+        product = products[-1].get_plain_text()
+        CrypTenConfig.__getattribute__ = original  # type: ignore[method-assign]
+        crypten.uninit()
+        queue.put((lookups.count("debug"), product.tolist()))
+    except BaseException as exc:  # noqa: BLE001  (reported to the test)
+        queue.put(repr(exc))
+
+
+@pytest.mark.parametrize("validation_on", [False, True])
+def test_party_bodies_skip_crypten_debug_lookups_unless_validation_is_on(validation_on: bool) -> None:
+    """compat.init_crypten drops CrypTen's per-attribute ``cfg.debug.validation_mode`` lookup
+    (~75 µs each, ~24k per seq-32 query), with the same products; validation mode, if on, is kept."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_debug_lookups_per_product, args=(validation_on, queue))
+    child.start()
+    result = queue.get(timeout=60)
+    child.join(timeout=30)
+    assert not isinstance(result, str), result
+    debug_lookups, product = result
+    x = torch.linspace(-3.0, 3.0, 11)
+    assert (torch.tensor(product) - x * x).abs().max().item() < 1e-3
+    # with the check every attribute access of the 20 products reads cfg.debug; without it only the
+    # truncation's own check does, once per product
+    assert debug_lookups > 100 if validation_on else debug_lookups <= 22, debug_lookups

@@ -314,9 +314,8 @@ def run_selfcheck(rank: int, master: str, provider: str, timeout: float = 300.0)
     compat.set_collective_timeout(timeout)
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", RENDEZVOUS=f"tcp://{master}", DISTRIBUTED_BACKEND="gloo")
     he = install_provider() if provider == NAME else None
-    crypten.init()
+    compat.init_crypten()
     cfg.mpc.provider = provider
-    cfg.communicator.verbose = True
     data = selfcheck_inputs()
     try:
         torch.manual_seed(1000 + rank)
@@ -521,9 +520,8 @@ def run_encoder(rank: int, master: str, seq_len: int, layers: int, timeout: floa
     own: dict[str, torch.Tensor] | None = None
     if rank == 0:
         own = enc.prepare_weights(load_weights(path), spec, seq_len)
-    crypten.init()
+    compat.init_crypten()
     cfg.mpc.provider = NAME
-    cfg.communicator.verbose = True
     try:
         shapes = enc.weight_shapes(spec, seq_len)
         # owner_held: the matmul weights stay the owner's plaintext (collab infer's routed path, fixed.OwnerHeldWeight)

@@ -128,6 +128,7 @@ def run_party(rank: int, world: int, master: str, job: dict[str, Any], timeout: 
     import crypten.communicator as comm
     from crypten.config import cfg
 
+    from collab.mpc.compat import init_crypten
     from collab.mpc.profile import OpProfile, profiling
 
     path = Path(job["model_dir"]) if job.get("model_dir") else model_dir()
@@ -152,8 +153,7 @@ def run_party(rank: int, world: int, master: str, job: dict[str, Any], timeout: 
             raise BadInput("batch sizes do not add up to the number of texts")
 
     cfg.mpc.provider = str(job.get("provider", "TFP"))
-    crypten.init()
-    cfg.communicator.verbose = True
+    init_crypten()
     _progress(rank, "connected")
     batches: list[dict[str, Any]] = []
     probes: list[list[torch.Tensor]] = []

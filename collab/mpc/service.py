@@ -165,6 +165,7 @@ def run_session(rank: int, master: str, job: dict[str, Any], spec: Any, approx: 
 
     from collab.mpc import encoder as enc
     from collab.mpc import fixed
+    from collab.mpc.compat import init_crypten
 
     t0 = time.perf_counter() if t0 is None else t0
     provider = str(job["provider"])
@@ -177,8 +178,7 @@ def run_session(rank: int, master: str, job: dict[str, Any], spec: Any, approx: 
         he.traffic = type(he.traffic)()  # ... and its own traffic count
     cfg.mpc.provider = provider
     batch, seq_len, out_dim = int(job["batch"]), int(job["seq_len"]), int(job["out_dim"])
-    crypten.init()
-    cfg.communicator.verbose = True
+    init_crypten()
     offline_s = lookup_s = 0.0
     try:
         w_shapes = enc.weight_shapes(spec, seq_len)
