@@ -76,7 +76,7 @@ APPROX: dict[str, dict[str, Any]] = {
     "gelu_exppoly_packed": {**EXPPOLY, "packed_compare": True},
     "softmax_shifted": SHIFTED,
     # = collab.mpc.encoder.APPROX_PRESETS["cheap"], the default of `collab infer --mode mpc` (a test checks it):
-    # 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max.
+    # 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max, Newton iterations started by octave.
     "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
               "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16, **OCTAVE_START},
     # the previous cheap path (4-lane sign tests, degree 6): the effect of the last step as an ablation
