@@ -25,13 +25,14 @@ Configurations (same encoder, same sentences, same run):
   cheap path: 15-bit packed sign tests, degree-6 polynomial, CrypTen's row max),
   ``cheap_nolift`` (``cheap`` without the softmax's integer lift),
   ``cheap_fixedstart`` (``cheap`` with its Newton iterations started from
-  CrypTen's guesses and one public guess, as before the octave starts);
+  CrypTen's guesses and one public guess, as before the half-octave starts);
 * ``cheap`` - the default of ``collab infer --mode mpc``: fixed masks, the
   1-comparison GELU with 9-bit packed sign tests and a degree-7
   polynomial in one split product, the shifted softmax with the layer-0 row
   max by packed comparisons and its two largest products lifted by 16, and
   every Newton iteration (softmax denominators, LayerNorm) started in its
-  input's octave (packed sign tests against powers of two: 4, 4 and 3 steps).
+  input's half-octave or octave (packed sign tests against powers of √2 or 2:
+  3 steps for LayerNorm and layer 0's softmax, 2 and the correction for the others).
 
 Served calls (``service`` in the JSON): ``collab infer``'s own party body on
 one sentence, ``cheap``, dealer path: a per-call pair of fresh processes (the
@@ -67,7 +68,7 @@ Log = Callable[[str], None]
 
 EXPPOLY = {"gelu": "exppoly", "gelu_degree": 6, "gelu_exp_iters": 6}
 SHIFTED = {"softmax": "shifted", "exp_iters": 8}
-OCTAVE_START = {"newton_start": "compare", "inv_sqrt_iters": 4, "reciprocal_iters": 4, "shifted_reciprocal_iters": 3}
+OCTAVE_START = {"newton_start": "compare", "inv_sqrt_iters": 3, "reciprocal_iters": 3, "shifted_reciprocal_iters": 3}
 APPROX: dict[str, dict[str, Any]] = {
     "baseline": {},
     "fixed_masks": {},
@@ -76,7 +77,7 @@ APPROX: dict[str, dict[str, Any]] = {
     "gelu_exppoly_packed": {**EXPPOLY, "packed_compare": True},
     "softmax_shifted": SHIFTED,
     # = collab.mpc.encoder.APPROX_PRESETS["cheap"], the default of `collab infer --mode mpc` (a test checks it):
-    # 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max, Newton iterations started by octave.
+    # 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max, Newton iterations started by half-octave.
     "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
               "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16, **OCTAVE_START},
     # the previous cheap path (4-lane sign tests, degree 6): the effect of the last step as an ablation

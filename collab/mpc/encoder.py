@@ -114,12 +114,13 @@ class Approximations:
         CrypTen's exp-based guesses and, for the shifted softmax, one public
         guess; from those most steps only walk toward the answer (hence 8,
         10 and 26 steps), each a round trip. ``"compare"``: one batch of
-        packed sign tests of x against powers of two puts each value in its
-        octave and starts at f(1.5 * 2^j) there (:func:`newton_start`: one
-        value per row or token, ~7 rounds); the error is then at most 1/3,
-        so 4 steps reach 16-bit precision (``cheap``: ``inv_sqrt_iters`` and
-        ``reciprocal_iters`` 4, ``shifted_reciprocal_iters`` 3, i.e. 2 steps
-        and its cubic correction).
+        packed sign tests of x against powers of √2 (LayerNorm, layer 0's
+        rows) or of 2 (the shifted softmax's rows) puts each value in its
+        interval and starts at f of the interval's middle
+        (:func:`newton_start`: one value per row or token, ~7 rounds); the
+        error is then at most 0.17 or 1/3, so 3 or 4 steps pass 16-bit
+        precision (``cheap``: ``inv_sqrt_iters`` and ``reciprocal_iters`` 3,
+        ``shifted_reciprocal_iters`` 3, i.e. 2 steps and its cubic correction).
     """
 
     softmax: SoftmaxVariant = "exact"
@@ -173,7 +174,7 @@ APPROX_PRESETS: dict[str, dict[str, Any]] = {
     "exact": {},
     "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
               "compare_lanes": 6, "packed_max": True, "softmax": "shifted", "exp_iters": 8, "softmax_lift": 16,
-              "newton_start": "compare", "inv_sqrt_iters": 4, "reciprocal_iters": 4, "shifted_reciprocal_iters": 3},
+              "newton_start": "compare", "inv_sqrt_iters": 3, "reciprocal_iters": 3, "shifted_reciprocal_iters": 3},
 }
 
 
@@ -258,7 +259,7 @@ def lifted_exp(x: Tensor, iters: int, lift: int) -> Tensor:
 
 
 def approx_reciprocal(x: Tensor, iters: int, start: NewtonStart = "fixed") -> Tensor:
-    """1/x for x > 0 by Newton-Raphson from CrypTen's guess 3*exp(1 - 2x) + 0.003 or by octave (``compare``)."""
+    """1/x for x > 0 by Newton-Raphson from CrypTen's guess 3*exp(1 - 2x) + 0.003 or by interval (``compare``)."""
     if start == "compare":
         y = newton_start(x, lambda v: 1.0 / v, *START_OCTAVES["reciprocal"])
     else:
@@ -269,9 +270,9 @@ def approx_reciprocal(x: Tensor, iters: int, start: NewtonStart = "fixed") -> Te
 
 
 def approx_inv_sqrt(x: Tensor, iters: int, start: NewtonStart = "fixed") -> Tensor:
-    """1/sqrt(x) for x > 0 by Newton-Raphson from CrypTen's initial guess or by octave (``compare``).
+    """1/sqrt(x) for x > 0 by Newton-Raphson from CrypTen's initial guess or by interval (``compare``).
 
-    From the octave start each step is y' = 1.5 y - 0.5 (x y)(y y): the two
+    From that start each step is y' = 1.5 y - 0.5 (x y)(y y): the two
     inner products in one round (stacked), so two rounds per step instead of
     CrypTen's three (y², x y², y (3 - x y²)), for the same maths.
     """
@@ -287,37 +288,45 @@ def approx_inv_sqrt(x: Tensor, iters: int, start: NewtonStart = "fixed") -> Tens
     return y
 
 
-#: Octaves (lowest, highest exponent j of 2^j) :func:`newton_start` tests each input against, per use,
-#: and the tests' bound (|x - 2^j| < 2^bound). Measured on all-MiniLM-L6-v2 (seq 32 and 128): LayerNorm
-#: variances 0.002-130 and the output's squared norm 6.7-36 (``inv_sqrt``); the shifted softmax's lifted
-#: totals 0.11-1212 over the bench's sentences and up to 44000 on BBC News (``shifted``, toward
-#: RECIPROCAL_UNIT / total); the max-subtracted totals 1 to seq_len (``reciprocal``). Each range keeps
-#: an octave or more of margin.
-START_OCTAVES = {"inv_sqrt": (-12, 11, 14), "shifted": (-6, 16, 17), "reciprocal": (0, 10, 14)}
-#: 2 lanes keep 31 bits: x - 2^j reads right for |x - 2^j| < 2^bound except for x in [2^j, 2^j + band),
-#: band = 2^(bound - 30) (2^-16 at bound 14, 2^-13 at 17), which then takes the octave below: a start
-#: up to (4/3)(1 + band / 2^j) of the best, still converging.
+#: Per use, the range 2^lo .. 2^(hi+1) :func:`newton_start` places each input in, the tests' bound
+#: (|x - t| < 2^bound) and the intervals per octave. Measured on all-MiniLM-L6-v2 (seq 32 and 128):
+#: LayerNorm variances 0.002-130 and the output's squared norm 6.7-36 (``inv_sqrt``); the shifted
+#: softmax's lifted totals 0.11-1212 over the bench's sentences and up to 44000 on BBC News
+#: (``shifted``, toward RECIPROCAL_UNIT / total); the max-subtracted totals 1 to seq_len
+#: (``reciprocal``). Each range keeps an octave or more of margin. Half-octaves where the values are
+#: few (one per token; layer 0's rows): a Newton step less for twice the tests. The shifted softmax
+#: has 12 rows per token in 5 layers, where whole octaves and its cubic correction after 2 steps cost
+#: fewer bytes than half-octaves save in rounds.
+START_OCTAVES = {"inv_sqrt": (-12, 11, 14, 2), "shifted": (-6, 16, 17, 1), "reciprocal": (0, 10, 14, 2)}
+#: 2 lanes keep 31 bits: x - t reads right for |x - t| < 2^bound except for x in [t, t + band),
+#: band = 2^(bound - 30) (2^-16 at bound 14, 2^-13 at 17), which then takes the interval below: a
+#: start up to 2^(1/splits) / ((1 + 2^(1/splits)) / 2) (1 + band / t) times the best, still converging.
 START_LANES = 2
 
 
-def newton_start(x: Tensor, f: Callable[[float], float], lo: int, hi: int, bound_log2: int) -> Tensor:
-    """f(x)'s Newton start, f(1.5 * 2^j) for x in [2^j, 2^(j+1)), from sign tests of x - 2^j for j = lo..hi.
+def newton_start(x: Tensor, f: Callable[[float], float], lo: int, hi: int, bound_log2: int, splits: int) -> Tensor:
+    """f(x)'s Newton start: sign tests of x against t_k = 2^(lo + k/splits) up to 2^(hi+1), f at each interval's middle.
 
     Why: Newton's steps for 1/x and 1/sqrt(x) square the relative error e
     (to ~0.75 e² for 1/sqrt), so they need a start with |e| well below 1;
     one public guess for a range of 2^20 spends most steps walking toward
-    the answer, each a round trip. The tests of all octaves run as one batch
-    (a few AND bits per test, one value per row or token), and the start is
-    a public combination of their bits: ``f_top - Σ_j [x < 2^j] (f_(j+1) - f_j)``,
-    exact (integer weights at the fixed-point scale, no truncation). Within
-    the octaves |e| <= 1/3, so 4 steps reach 2^-16. Below 2^lo the start is
-    f(2^lo) (Newton still converges, slower); above 2^(hi+1) it is
-    f(1.5 * 2^hi), which converges for x < 3 * 2^hi (1/x) or 4.5 * 2^hi (1/sqrt x).
+    the answer, each a round trip. The tests of all thresholds run as one
+    batch (a few AND bits per test, one value per row or token), and the
+    start is a public combination of their bits: ``f_top - Σ_k [x < t_k]
+    (f_(k+1) - f_k)``, exact (integer weights at the fixed-point scale, no
+    truncation). On [t_k, t_(k+1)) the start is f((t_k + t_(k+1)) / 2), so
+    |e| <= (r - 1)/(r + 1) for r = 2^(1/splits): 1/3 per octave (4 steps
+    reach 2^-16), 0.17 per half-octave (3 steps: 1/x e², 1/sqrt 0.023, 4e-4,
+    1.3e-7), for twice the tests. Below 2^lo the start is f(2^lo) (Newton
+    still converges, slower); above the top threshold it is f at the last
+    interval's middle, which converges up to twice (1/x) or three times
+    (1/sqrt x) that middle.
     """
-    exponents = range(lo, hi + 1)
-    values = [f(2.0**lo)] + [f(1.5 * 2.0**j) for j in exponents]
-    steps = [values[k + 1] - values[k] for k in range(len(exponents))]
-    below = _ltz(_stack([x - 2.0**j for j in exponents]), True, START_LANES, bound_log2)
+    thresholds = [2.0 ** (lo + k / splits) for k in range((hi + 1 - lo) * splits)]
+    uppers = thresholds[1:] + [2.0 ** (hi + 1)]
+    values = [f(thresholds[0])] + [f((t + u) / 2) for t, u in zip(thresholds, uppers, strict=True)]
+    steps = [values[k + 1] - values[k] for k in range(len(thresholds))]
+    below = _ltz(_stack([x - t for t in thresholds]), True, START_LANES, bound_log2)
     return _weighted_bits(below, [-c for c in steps], x) + values[-1]
 
 
