@@ -68,7 +68,18 @@ Log = Callable[[str], None]
 
 EXPPOLY = {"gelu": "exppoly", "gelu_degree": 6, "gelu_exp_iters": 6}
 SHIFTED = {"softmax": "shifted", "exp_iters": 8}
-OCTAVE_START = {"newton_start": "compare", "inv_sqrt_iters": 3, "reciprocal_iters": 3, "shifted_reciprocal_iters": 3}
+INTERVAL_START = {"newton_start": "compare", "inv_sqrt_iters": 3, "reciprocal_iters": 3, "shifted_reciprocal_iters": 3}
+# = collab.mpc.encoder.APPROX_PRESETS["cheap"], the default of `collab infer --mode mpc` (a test checks it):
+# 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max, Newton iterations started by interval.
+CHEAP = {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
+         "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16, **INTERVAL_START}
+
+
+def _without(knobs: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``knobs`` with ``names`` back at their defaults: an ablation of one step."""
+    return {k: v for k, v in knobs.items() if k not in names}
+
+
 APPROX: dict[str, dict[str, Any]] = {
     "baseline": {},
     "fixed_masks": {},
@@ -76,18 +87,13 @@ APPROX: dict[str, dict[str, Any]] = {
     "gelu_exppoly": EXPPOLY,
     "gelu_exppoly_packed": {**EXPPOLY, "packed_compare": True},
     "softmax_shifted": SHIFTED,
-    # = collab.mpc.encoder.APPROX_PRESETS["cheap"], the default of `collab infer --mode mpc` (a test checks it):
-    # 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max, Newton iterations started by half-octave.
-    "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-              "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16, **OCTAVE_START},
+    "cheap": CHEAP,
     # the previous cheap path (4-lane sign tests, degree 6): the effect of the last step as an ablation
     "cheap_v1": {**EXPPOLY, "packed_compare": True, **SHIFTED},
     # cheap without the softmax's integer lift (its exp and num·(scale/sum) products at full size)
-    "cheap_nolift": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-                     "compare_lanes": 6, "packed_max": True, **SHIFTED, **OCTAVE_START},
+    "cheap_nolift": _without(CHEAP, "softmax_lift"),
     # cheap with the Newton iterations started as before (CrypTen's guesses, one public guess: 8, 10 and 26 steps)
-    "cheap_fixedstart": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-                         "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16},
+    "cheap_fixedstart": _without(CHEAP, *INTERVAL_START),
 }
 FIXED = {name: name != "baseline" for name in APPROX}
 MAIN = ("baseline", "fixed_masks", "cheap")
