@@ -25,9 +25,12 @@ Configurations (same encoder, same sentences, same run):
   cheap path: 15-bit packed sign tests, degree-6 polynomial, CrypTen's row max),
   ``cheap_nolift`` (``cheap`` without the softmax's integer lift),
   ``cheap_fixedstart`` (``cheap`` with its Newton iterations started from
-  CrypTen's guesses and one public guess, as before the half-octave starts);
+  CrypTen's guesses and one public guess, as before the half-octave starts),
+  ``cheap_exppoly`` (``cheap`` with its previous GELU: one sign test, |x| by
+  a product, a degree-7 polynomial of the limit exp(-|x|));
 * ``cheap`` - the default of ``collab infer --mode mpc``: fixed masks, the
-  1-comparison GELU with 9-bit packed sign tests and a degree-7
+  GELU as relu(x) - g(min(|x|, 4)) with three 9-bit packed sign tests in one
+  batch, one broadcast product of x for both |x| and relu, and a degree-7
   polynomial in one split product, the shifted softmax with the layer-0 row
   max by packed comparisons and its two largest products lifted by 16, and
   every Newton iteration (softmax denominators, LayerNorm) started in its
@@ -71,8 +74,8 @@ SHIFTED = {"softmax": "shifted", "exp_iters": 8}
 INTERVAL_START = {"newton_start": "compare", "inv_sqrt_iters": 3, "reciprocal_iters": 3, "shifted_reciprocal_iters": 3}
 # = collab.mpc.encoder.APPROX_PRESETS["cheap"], the default of `collab infer --mode mpc` (a test checks it):
 # 6-lane sign tests, degree-7 split polynomial, packed layer-0 row max, Newton iterations started by interval.
-CHEAP = {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-         "compare_lanes": 6, "packed_max": True, **SHIFTED, "softmax_lift": 16, **INTERVAL_START}
+CHEAP = {"gelu": "poly", "gelu_degree": 7, "packed_compare": True, "compare_lanes": 6, "packed_max": True,
+         **SHIFTED, "softmax_lift": 16, **INTERVAL_START}
 
 
 def _without(knobs: dict[str, Any], *names: str) -> dict[str, Any]:
@@ -94,11 +97,13 @@ APPROX: dict[str, dict[str, Any]] = {
     "cheap_nolift": _without(CHEAP, "softmax_lift"),
     # cheap with the Newton iterations started as before (CrypTen's guesses, one public guess: 8, 10 and 26 steps)
     "cheap_fixedstart": _without(CHEAP, *INTERVAL_START),
+    # cheap with the previous GELU: one sign test, |x| by a product, 6 squarings of the limit exp, degree 7 in w
+    "cheap_exppoly": {**CHEAP, "gelu": "exppoly", "gelu_exp_iters": 6},
 }
 FIXED = {name: name != "baseline" for name in APPROX}
 MAIN = ("baseline", "fixed_masks", "cheap")
 ABLATIONS = ("gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted", "cheap_v1", "cheap_nolift",
-             "cheap_fixedstart")
+             "cheap_fixedstart", "cheap_exppoly")
 
 # (seq_len, sentences, batch size) per mode; ablations use the first ABLATION_SENTENCES only.
 FULL_PLAN = [(32, 200, 8), (128, 50, 2)]

@@ -40,7 +40,7 @@ def test_json_and_png_written(bench: tuple[dict[str, Any], Path]) -> None:
     assert printed["quick"] is True
     assert {r["config"] for r in printed["runs"]} == {
         "baseline", "fixed_masks", "cheap", "gelu_poly2", "gelu_exppoly", "gelu_exppoly_packed", "softmax_shifted",
-        "cheap_v1", "cheap_nolift", "cheap_fixedstart"}
+        "cheap_v1", "cheap_nolift", "cheap_fixedstart", "cheap_exppoly"}
     assert [x["system"].split()[0] for x in printed["literature"]] == ["MPCFormer", "PUMA", "SIGMA", "BumbleBee", "Nimbus"]
 
 
@@ -72,6 +72,10 @@ def test_fixed_masks_move_the_weight_openings_out_of_the_query(bench: tuple[dict
     fixedstart = _run(results, "cheap_fixedstart")["parties"][1]["single"]
     assert cheap["single"]["rounds"] < 0.7 * fixedstart["rounds"]
     assert 0.95 * fixedstart["bytes"] < cheap["single"]["bytes"] < 1.02 * fixedstart["bytes"]
+    # GELU as relu(x) - g(min(|x|, 4)) with x opened once for both: 173 bytes and 10 rounds per element vs the
+    # exp-polynomial's 234 and 16 (its |x| product and 6 squarings)
+    gelu, gelu_exp = (_run(results, c)["parties"][1]["op_totals_single"]["gelu"] for c in ("cheap", "cheap_exppoly"))
+    assert gelu["bytes"] < 0.8 * gelu_exp["bytes"] and gelu["rounds"] < gelu_exp["rounds"]
 
 
 def test_the_benchmarked_cheap_path_is_the_infer_default() -> None:

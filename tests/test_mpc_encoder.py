@@ -75,6 +75,22 @@ def test_gelu_approximation_tracks_torch_over_minus10_to_10(variant: str, degree
     assert torch.allclose(enc.gelu(far, approx), torch.nn.functional.gelu(far), atol=bound)
 
 
+def test_poly_gelu_with_packed_sign_tests_tracks_torch_through_their_bands() -> None:
+    """`cheap`'s GELU: the plain path simulates every packed test's worst case (x in [0, band) read negative)."""
+    from collab.mpc.compare import band
+
+    approx = Approximations(gelu="poly", gelu_degree=7, packed_compare=True, compare_lanes=6)
+    b = band(lanes=6)
+    edges = torch.cat([torch.linspace(e, e + b, 2001, dtype=torch.float64) for e in (-4.0, 0.0, 4.0 - b)])
+    x = torch.cat([torch.linspace(-30.0, 30.0, 600_001, dtype=torch.float64), edges])
+    assert (enc.gelu(x, approx) - torch.nn.functional.gelu(x)).abs().max().item() < 8e-4
+    # Where x in [0, band) reads negative, -x stands in for |x|: the fit must reach below 0 for that.
+    t = torch.linspace(-b, 0.0, 101, dtype=torch.float64)
+    unfit = enc.gelu_residual_coefficients(7, 4.0)  # fitted on [0, 4] only
+    u = t * (2.0 / 4.0) - 1.0
+    assert (sum(c * u**k for k, c in enumerate(unfit)) - t * torch.special.ndtr(-t)).abs().max().item() > 8e-4
+
+
 def test_poly_gelu_is_far_better_than_the_sigmoid_form() -> None:
     poly = (enc.gelu(GRID, Approximations()) - torch.nn.functional.gelu(GRID)).abs().max()
     sig = (enc.gelu(GRID, Approximations(gelu="sigmoid")) - torch.nn.functional.gelu(GRID)).abs().max()

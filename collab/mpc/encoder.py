@@ -59,7 +59,11 @@ class Approximations:
         from a public guess (the steps act on one value per row: rounds, not bytes).
     gelu
         ``"poly"``: relu(x) - g(min(|x|, gelu_clip)) where g(t) = t*Phi(-t) is a
-        degree-``gelu_degree`` Chebyshev fit (3 comparisons per element, one round).
+        degree-``gelu_degree`` Chebyshev fit: 3 sign tests per element in one
+        batch, then min(|x|, clip) and relu(x) as one broadcast product of x
+        with two bit combinations (x opened once), then the polynomial. With
+        packed sign tests, degree 7: max error 7e-4, 10 rounds, 173 bytes per
+        element (the ``exppoly`` form: 1.0e-3, 16 rounds, 234 bytes).
         ``"poly2"``: the same maths with 2 comparisons per element (sign of x,
         then |x| against the clip: two rounds).
         ``"exppoly"``: 1 comparison per element (the sign): g as a degree
@@ -172,8 +176,7 @@ class Approximations:
 # in benchmarks/results/mpc.json). ``exact`` keeps CrypTen's recipes.
 APPROX_PRESETS: dict[str, dict[str, Any]] = {
     "exact": {},
-    "cheap": {"gelu": "exppoly", "gelu_degree": 7, "gelu_exp_iters": 6, "packed_compare": True,
-              "compare_lanes": 6, "packed_max": True, "softmax": "shifted", "exp_iters": 8, "softmax_lift": 16,
+    "cheap": {"gelu": "poly", "gelu_degree": 7, "packed_compare": True, "compare_lanes": 6, "packed_max": True, "softmax": "shifted", "exp_iters": 8, "softmax_lift": 16,
               "newton_start": "compare", "inv_sqrt_iters": 3, "reciprocal_iters": 3, "shifted_reciprocal_iters": 3},
 }
 
@@ -350,16 +353,18 @@ def _weighted_bits(bits: Tensor, weights: list[float], like: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def gelu_residual_coefficients(degree: int, clip: float) -> tuple[float, ...]:
-    """Monomial coefficients in u = 2t/clip - 1 of a Chebyshev fit of t*Phi(-t) on [0, clip].
+def gelu_residual_coefficients(degree: int, clip: float, lo: float = 0.0) -> tuple[float, ...]:
+    """Monomial coefficients in u = 2(t - lo)/(clip - lo) - 1 of a Chebyshev fit of t*Phi(-t) on [lo, clip].
 
     In u (not t) the coefficients stay below 1 in magnitude, so their
-    fixed-point rounding does not blow up through the powers.
+    fixed-point rounding does not blow up through the powers. ``lo`` < 0 when
+    packed sign tests may read x in [0, -lo) as negative: then t = -x, and
+    relu(x) - g(-x) is GELU(x) as well.
     """
     from scipy.special import ndtr
 
-    t = np.linspace(0.0, clip, 20001)
-    u = 2.0 * t / clip - 1.0
+    t = np.linspace(lo, clip, 20001)
+    u = 2.0 * (t - lo) / (clip - lo) - 1.0
     cheb = np.polynomial.chebyshev.chebfit(u, t * ndtr(-t), degree)
     return tuple(float(c) for c in np.polynomial.chebyshev.cheb2poly(cheb))
 
@@ -436,13 +441,20 @@ def _gelu(x: Tensor, approx: Approximations) -> Tensor:
             return (x + absx) * 0.5 - _polyval(w * 2.0 - 1.0, coeffs)
         t = (absx - clip) * (1.0 - _ltz(-absx + clip, approx.packed_compare)) + clip  # min(|x|, clip)
         return (x + absx) * 0.5 - _polyval(t * (2.0 / clip) - 1.0, gelu_residual_coefficients(approx.gelu_degree, clip))
-    signs = _ltz(_stack([x, x + clip, -x + clip]), approx.packed_compare)
+    from collab.mpc.compare import band
+
+    # Three sign tests in one batch: neg = [x < 0], below = [x < -clip], above = [x > clip]. Then
+    # min(|x|, clip) = x * (1 + below - above - 2 neg) + clip * (below + above) (below implies neg, above
+    # excludes it) and relu(x) = x * (1 - neg): two products of x with bit combinations, one broadcast
+    # multiplication that opens x once (3 openings per element instead of 4 in two rounds).
+    lanes = approx.compare_lanes
+    signs = _ltz(_stack([x, x + clip, -x + clip]), approx.packed_compare, lanes)
     neg, below, above = signs[0], signs[1], signs[2]
-    absx = x * (1.0 - 2.0 * neg)
-    in_range = 1.0 - below - above
-    t = (absx - clip) * in_range + clip  # min(|x|, clip), without a second comparison round
-    u = t * (2.0 / clip) - 1.0
-    return (x + absx) * 0.5 - _polyval(u, gelu_residual_coefficients(approx.gelu_degree, clip))
+    both = x.unsqueeze(0) * _stack([1.0 + below - above - 2.0 * neg, 1.0 - neg])
+    t = both[0] + _weighted_bits(signs[1:], [clip, clip], x)
+    lo = -band(lanes=lanes) if approx.packed_compare else 0.0
+    u = (t - lo) * (2.0 / (clip - lo)) - 1.0
+    return both[1] - _polyval(u, gelu_residual_coefficients(approx.gelu_degree, clip, lo))
 
 
 def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float, approx: Approximations) -> Tensor:
