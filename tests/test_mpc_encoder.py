@@ -41,7 +41,10 @@ def forked_parties(world_size: int) -> Callable[[Callable[[], None]], Callable[[
     def launch(body: Callable[[], None]) -> Callable[[], Any]:
         @functools.wraps(body)
         def single_threaded() -> None:
+            from collab.mpc.compat import exact_fixed_point_decode
+
             torch.set_num_threads(1)
+            exact_fixed_point_decode()
             body()
 
         return run_multiprocess(world_size=world_size)(single_threaded)
@@ -73,6 +76,27 @@ def test_gelu_approximation_tracks_torch_over_minus10_to_10(variant: str, degree
     # And it is an approximation of GELU, not of something near it: beyond the clip it is exact.
     far = torch.tensor([-50.0, -10.0, 10.0, 50.0], dtype=torch.float64)
     assert torch.allclose(enc.gelu(far, approx), torch.nn.functional.gelu(far), atol=bound)
+
+
+def test_fixed_point_decode_is_exact_for_negative_values() -> None:
+    """CrypTen decodes -1.99998 (-131071 at 16 bits) as -2.99998; compat's decode is t / 2^16 for every t."""
+    from crypten.encoder import FixedPointEncoder
+
+    from collab.mpc.compat import exact_fixed_point_decode
+
+    exact_fixed_point_decode()
+    exact_fixed_point_decode()  # idempotent
+    encoder = FixedPointEncoder(precision_bits=16)
+    # -k + r/2^16 with 0 < r < k, then values around them and large ones
+    wrong = torch.tensor([-131071, -196606, -196607, -5 * 65536 + 4, -(40 * 65536) + 39])
+    right = torch.tensor([-131072, -196605, -65537, -65535, -1, 0, 1, 5 * 65536 + 1, -(40 * 65536) + 40,
+                          2**40 - 3, -(2**40) + 3])
+    t = torch.cat([wrong, right])
+    exact = t.double() / 65536
+    assert (encoder.decode(t).double() - exact).abs().max().item() < 1e-6 * (1 + exact.abs().max().item())
+    original = FixedPointEncoder.decode.__wrapped__  # CrypTen's own, for the record: off by exactly 1.0 on `wrong`
+    assert (exact[: len(wrong)] - original(encoder, wrong).double()).tolist() == [1.0] * len(wrong)
+    assert encoder.decode(None) is None and FixedPointEncoder(precision_bits=0).decode(torch.tensor([-3])).item() == -3
 
 
 def test_poly_gelu_with_packed_sign_tests_tracks_torch_through_their_bands() -> None:

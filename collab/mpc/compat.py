@@ -16,7 +16,8 @@ It also bounds the torch.distributed timeouts CrypTen never sets (gloo's
 default is 30 minutes), so that a dead peer fails a job instead of hanging it:
 see :func:`set_collective_timeout`; and every party body starts CrypTen with
 :func:`init_crypten`, which drops a per-access debug check from CrypTensor
-attribute lookups (:func:`skip_attribute_validation`).
+attribute lookups (:func:`skip_attribute_validation`) and decodes negative
+fixed-point values exactly (:func:`exact_fixed_point_decode`).
 
 This module is a leaf (layer 0): it imports only torch and the standard
 library at import time (CrypTen only inside the functions that start it).
@@ -120,12 +121,44 @@ def skip_attribute_validation() -> None:
     CrypTensor.__getattribute__ = lookup.__wrapped__  # type: ignore[method-assign]
 
 
+def exact_fixed_point_decode() -> None:
+    """CrypTen's fixed-point decode without its off-by-one for negative values (idempotent).
+
+    CrypTen 0.4.1's ``FixedPointEncoder.decode`` floors a negative encoding by
+    ``scale - 1`` instead of ``scale``, so a value in (-k, -k + (k-1)/scale]
+    for an integer k >= 2 comes out exactly 1.0 too low (-131071 at 16 bits,
+    i.e. -1.99998, decodes to -2.99998). Every opened output goes through it:
+    the client's embedding, the benchmark's layer probes (where it showed as
+    rare hidden-state errors of ~1.0, `docs/secure_inference.md`). The
+    replacement splits the encoding exactly into floor(t / scale) and the
+    remainder, as the original meant to.
+    """
+    from crypten.common.tensor_types import is_int_tensor
+    from crypten.encoder import FixedPointEncoder
+
+    original = FixedPointEncoder.decode
+    if getattr(original, "_collab_exact", False):
+        return
+
+    @functools.wraps(original)
+    def decode(self: Any, tensor: Any) -> Any:
+        if tensor is None or self._scale <= 1 or not is_int_tensor(tensor):
+            return original(self, tensor)
+        whole = tensor.div(self._scale, rounding_mode="floor")
+        return (whole.float() + (tensor - whole * self._scale).float() / self._scale).data
+
+    decode._collab_exact = True  # type: ignore[attr-defined]
+    FixedPointEncoder.decode = decode  # type: ignore[method-assign]
+
+
 def init_crypten() -> None:
-    """``crypten.init()`` as every party body runs it: the lookups above, then CrypTen's traffic accounting on."""
+    """``crypten.init()`` as every party body runs it: the lookups above, an exact decode, then CrypTen's
+    traffic accounting on."""
     import crypten
     from crypten.config import cfg
 
     skip_attribute_validation()
+    exact_fixed_point_decode()
     crypten.init()
     cfg.communicator.verbose = True
 
