@@ -44,6 +44,11 @@ def test_quick_bench_figures_are_consistent(bench: tuple[dict[str, Any], Path]) 
         assert {"1", "8", "inf", "centralized", "local_only"} <= set(row)
         for k in ("1", "8", "inf", "centralized", "local_only"):  # scored on the tuning and the held-out articles
             assert 0.0 <= row[k]["accuracy"] <= 1.0 and 0.0 <= row[k]["held_out_accuracy"] <= 1.0
+        eight = row["8"]  # the target's setting: two trainings (quick), each with its own noise and batch order
+        assert eight["trainings"] == 2 and "trainings" not in row["1"] and "trainings" not in row["inf"]
+        for measure in ("accuracy", "held_out_accuracy"):
+            per = eight[f"{measure}_per_training"]
+            assert len(per) == 2 and eight[measure] == pytest.approx(sum(per) / 2)
         strict, loose, none = row["1"]["sigma"], row["8"]["sigma"], row["inf"]["sigma"]  # one σ per participant
         assert len(strict) == len(loose) == len(none) == 3
         assert all(a > b > c == 0.0 for a, b, c in zip(strict, loose, none, strict=True))  # smaller ε, more noise
@@ -80,3 +85,19 @@ def test_the_attack_reports_its_own_noise_floor() -> None:
     assert abs(100 * _auc_se(0.5, 50, 50) - 5.80) < 0.01
     assert _auc_se(0.5, 100, 400) < _auc_se(0.5, 100, 100) < _auc_se(0.5, 50, 50)
     assert _auc_se(1.0, 50, 50) == 0.0  # a perfect separation has no spread
+
+
+@pytest.mark.timeout(120)
+def test_trainings_run_on_spawned_workers_in_task_order() -> None:
+    """The accuracy and membership phases' pool: results in task order, the repository's benchmarks package
+    importable in each worker (site-packages holds another one), progress reported once per task."""
+    import dataclasses
+
+    from benchmarks.fl import QUICK, _in_workers
+
+    said: list[str] = []
+    s = dataclasses.replace(QUICK, workers=2)
+    tasks = [("workers",), ("rounds",), ("model",), ("splits",)]
+    out = _in_workers(s, getattr, tasks, said.append, lambda task, res: f"{task[0]}={res}")
+    assert out == [2, QUICK.rounds, QUICK.model, QUICK.splits]
+    assert sorted(said) == sorted(f"{t[0]}={r}" for t, r in zip(tasks, out, strict=True))
