@@ -205,9 +205,10 @@ def _in_workers(s: Sizes, fn: Callable[..., Any], tasks: list[tuple[Any, ...]], 
 
     Why processes: these trainings are independent, and two single-threaded ones use the 2 cores better
     than one two-threaded one (MiniLM DP-LoRA, Dirichlet ε = 8: 411 s alone on two threads, ~350 s each
-    side by side, identical results). Spawned, not forked: a forked
-    child must not enter the OpenMP pool its parent started. Each worker first registers the repository's
-    ``benchmarks`` package (the opacus and crypten wheels install another one that would shadow it).
+    side by side, identical results). Spawned, not forked: a forked child must not enter the OpenMP pool
+    its parent started. Each worker first registers the repository's ``benchmarks`` package (the opacus
+    and crypten wheels install another one that would shadow it). A failed training or an interrupt
+    terminates the pool: nothing keeps training after the bench has stopped.
     """
     if s.workers <= 1:
         results = []
@@ -216,26 +217,30 @@ def _in_workers(s: Sizes, fn: Callable[..., Any], tasks: list[tuple[Any, ...]], 
             say(describe(task, results[-1]))
         return results
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from collab.commands.bench import benchmarks_package
 
     out: list[Any] = [None] * len(tasks)
-    with ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=benchmarks_package) as pool:
-        futures = {pool.submit(_single_threaded, fn, s, *task): i for i, task in enumerate(tasks)}
-        for future in as_completed(futures):
-            i = futures[future]
-            out[i] = future.result()
-            say(describe(tasks[i], out[i]))
+    pool = multiprocessing.get_context("spawn").Pool(s.workers, initializer=benchmarks_package)
+    try:
+        for i, result in pool.imap_unordered(_single_threaded, [(i, fn, s, task) for i, task in enumerate(tasks)]):
+            out[i] = result
+            say(describe(tasks[i], result))
+        pool.close()
+    except BaseException:
+        pool.terminate()  # a failed task or an interrupt (Ctrl-C, SIGTERM) ends the other trainings too
+        raise
+    finally:
+        pool.join()
     return out
 
 
-def _single_threaded(fn: Callable[..., Any], *args: Any) -> Any:
+def _single_threaded(job: tuple[int, Callable[..., Any], Sizes, tuple[Any, ...]]) -> tuple[int, Any]:
     import torch
 
+    index, fn, s, task = job
     torch.set_num_threads(1)
-    return fn(*args)
+    return index, fn(s, *task)
 
 
 def _accuracy_task(s: Sizes, split: str, kind: str, epsilon: float, index: int) -> dict[str, Any]:

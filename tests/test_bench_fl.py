@@ -101,3 +101,5 @@ def test_trainings_run_on_spawned_workers_in_task_order() -> None:
     out = _in_workers(s, getattr, tasks, said.append, lambda task, res: f"{task[0]}={res}")
     assert out == [2, QUICK.rounds, QUICK.model, QUICK.splits]
     assert sorted(said) == sorted(f"{t[0]}={r}" for t, r in zip(tasks, out, strict=True))
+    with pytest.raises(AttributeError, match="no_such_size"):  # a failing training fails the phase
+        _in_workers(s, getattr, [("rounds",), ("no_such_size",)], said.append, lambda task, res: "")
