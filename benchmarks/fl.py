@@ -77,6 +77,14 @@ class Sizes:
     accuracy_repeats: int = 1  # trainings at ε = 8 per split, each with its own noise and batches (averaged)
     workers: int = 2  # single-threaded processes running the independent trainings of the accuracy and MIA phases
 
+    def accuracy_trainings(self, epsilon: float) -> int:
+        """Federated trainings averaged at ``epsilon`` (several only at ε = 8, the target's setting)."""
+        return self.accuracy_repeats if epsilon == 8.0 else 1
+
+    def attack_trainings(self, epsilon: float) -> int:
+        """Membership trainings averaged at ``epsilon`` (several only at ε = 8, the target's setting)."""
+        return self.mia_repeats if epsilon == 8.0 else 1
+
     def dp_batch_for(self, epsilon: float) -> int:
         """DP-SGD's batch at ``epsilon``: tuned per ε, as DP hyper-parameters are (fewer, larger steps pay at
         ε = 8, more steps at ε = 1)."""
@@ -268,7 +276,7 @@ def accuracy_vs_epsilon(s: Sizes, say: Log) -> dict[str, Any]:
     """Federated accuracy at each ε and split (at ε = 8 the mean of ``s.accuracy_repeats`` trainings);
     centralized non-private and local-only baselines."""
     tasks = [(split, "federated", eps, r) for split in s.splits for eps in EPSILONS
-             for r in range(s.accuracy_repeats if eps == 8.0 else 1)]
+             for r in range(s.accuracy_trainings(eps))]
     baselines = [("centralized", 0), *[("local", k) for k in range(3)]]
     tasks += [(split, kind, math.inf, k) for split in s.splits for kind, k in baselines]
 
@@ -282,7 +290,7 @@ def accuracy_vs_epsilon(s: Sizes, say: Log) -> dict[str, Any]:
     for split in s.splits:
         row: dict[str, Any] = {}
         for eps in EPSILONS:
-            runs = [results[(split, "federated", eps, r)] for r in range(s.accuracy_repeats if eps == 8.0 else 1)]
+            runs = [results[(split, "federated", eps, r)] for r in range(s.accuracy_trainings(eps))]
             row["inf" if math.isinf(eps) else f"{eps:g}"] = {
                 **runs[0],
                 "accuracy": float(np.mean([r["accuracy"] for r in runs])),
@@ -408,12 +416,12 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
     ~3.3 points of standard error at 100 trained canaries, as large as the target itself.
     """
     out: dict[str, Any] = {"canaries_in": s.canaries, "canaries_out": s.canaries_out, "epochs": s.mia_epochs}
-    tasks = [(eps, r) for eps in (math.inf, 8.0, 1.0) for r in range(s.mia_repeats if eps == 8.0 else 1)]
+    tasks = [(eps, r) for eps in (math.inf, 8.0, 1.0) for r in range(s.attack_trainings(eps))]
     done = dict(zip(tasks, _in_workers(s, _attack_task, tasks, say,
                                        lambda t, res: f"membership inference ε={t[0]} #{t[1]}: AUC {res[0]:.3f}"),
                     strict=True))
     for eps in (math.inf, 8.0, 1.0):
-        runs = [done[(eps, r)] for r in range(s.mia_repeats if eps == 8.0 else 1)]
+        runs = [done[(eps, r)] for r in range(s.attack_trainings(eps))]
         aucs = [auc for auc, _ in runs]
         auc = float(np.mean(aucs))
         se = math.sqrt(sum(_auc_se(a, s.canaries, s.canaries_out) ** 2 for a in aucs)) / len(aucs)
