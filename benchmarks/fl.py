@@ -72,6 +72,7 @@ class Sizes:
     canaries_out: int  # held out: only scored, so many cost little and narrow the AUC's error
     mia_per_participant: int  # the membership-inference runs' data (the canaries come on top of participant 0's)
     lora_top: int = 0  # LoRA on the top k encoder layers only (0: all)
+    lora_freeze_a: bool = False  # FFA-LoRA: train only the adapters' B
     mia_repeats: int = 1  # membership trainings at ε = 8, each with fresh canaries and noise (averaged)
     default_executor: bool = True  # also time Flower's default executor (the warm hosts' baseline)
     dp_batch_by_epsilon: tuple[tuple[float, int], ...] = ()  # (ε, DP batch) where it differs from dp_batch
@@ -121,12 +122,14 @@ class Sizes:
 # 0.03 0.935 / 0.934 and 0.835 / 0.832), so the target's setting is the mean of three trainings, as for the
 # membership attack. The trainings of those two phases run on two single-threaded processes. The full run of
 # 2026-11-28 07:05 (111 min idle): Dirichlet ε = 8 0.915 / 0.881 vs non-private 0.965 / 0.947 (gaps 5.0 / 6.6),
-# IID 0.930 / 0.913 vs 0.965 / 0.955 (3.5 / 4.3).
+# IID 0.930 / 0.913 vs 0.965 / 0.955 (3.5 / 4.3). FFA-LoRA (A frozen as built, only B and the head trained;
+# pilots 2026-11-28, repeats 0-2): Dirichlet ε = 8 0.928 / 0.921 vs non-private FFA 0.950 / 0.959 (held out
+# 0.918 / 0.910 / 0.934 against 0.889 / 0.844 / 0.910 with A trained), hence lora_freeze_a (docs/training.md).
 FULL = Sizes("minilm", 128, 400, 200, 2, 2, 16, 0.005, 128, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400, 200,
-             lora_top=3, mia_repeats=3, dp_batch_by_epsilon=((1.0, 64),), accuracy_repeats=3)
+             lora_top=3, lora_freeze_a=True, mia_repeats=3, dp_batch_by_epsilon=((1.0, 64),), accuracy_repeats=3)
 # Quick (CI): no default-executor baseline (~100 s of Flower processes that test no code of ours).
 QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3, 12, 24, mia_repeats=2,
-              default_executor=False, accuracy_repeats=2)
+              default_executor=False, accuracy_repeats=2, lora_freeze_a=True)
 
 
 # ---------------------------------------------------------------------- in-process learning
@@ -135,7 +138,8 @@ QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3,
 def _task(s: Sizes, classes: list[str]) -> Any:
     from collab.fl.task import TaskConfig
 
-    return TaskConfig(num_labels=len(classes), kind=s.model, max_len=s.max_len, seed=0, lora_top_layers=s.lora_top)
+    return TaskConfig(num_labels=len(classes), kind=s.model, max_len=s.max_len, seed=0, lora_top_layers=s.lora_top,
+                      lora_freeze_a=s.lora_freeze_a)
 
 
 def _training(s: Sizes, sigma: float, epochs: int, dp_batch: int) -> Any:
@@ -539,22 +543,26 @@ def _local_compute_s(say: Log) -> float:
 
 
 def bytes_per_round(flower: dict[str, Any]) -> dict[str, Any]:
-    """Payload bytes of one round per participant: LoRA+head vs full fine-tuning of MiniLM, plain vs SecAgg."""
+    """Payload bytes of one round per participant: LoRA+head (A and B trained, or B only: FFA-LoRA) vs full
+    fine-tuning of MiniLM, plain vs SecAgg; adapters on every layer, a round's default."""
     from collab.fl.task import TaskConfig, build_model
 
     tiny = build_model(TaskConfig(num_labels=5, kind="tiny", max_len=32))
     tiny_len = sum(p.numel() for p in tiny.parameters() if p.requires_grad)
     minilm = build_model(TaskConfig(num_labels=5, kind="minilm", max_len=128))
     lora = sum(p.numel() for p in minilm.parameters() if p.requires_grad)
+    ffa_model = build_model(TaskConfig(num_labels=5, kind="minilm", max_len=128, lora_freeze_a=True))
+    ffa = sum(p.numel() for p in ffa_model.parameters() if p.requires_grad)
     full = sum(p.numel() for p in minilm.parameters())
     runs = [r for r in flower["runs"] if r["secure"]]
     per_party = [(r["secagg_bytes"] - r["participants"] * 8 * tiny_len) / r["participants"] for r in runs]
     protocol = float(np.mean(per_party)) if per_party else 0.0  # keys, sealed shares, signatures, survivor lists
     return {
-        "trainable_params": {"lora_head": lora, "full": full, "tiny_lora_head": tiny_len},
+        "trainable_params": {"lora_head": lora, "ffa_lora_head": ffa, "full": full, "tiny_lora_head": tiny_len},
         "per_participant_bytes": {
             "lora_plain": 2 * 4 * lora,  # float32 down + up
             "lora_secagg": 4 * lora + 8 * lora + protocol,  # float32 down, int64 masked words up, protocol messages
+            "ffa_lora_plain": 2 * 4 * ffa,
             "full_plain": 2 * 4 * full,
         },
         "secagg_protocol_bytes_per_participant": protocol,
@@ -697,6 +705,7 @@ def render(results: dict[str, Any]) -> RenderableType:
         ["DP-SGD step / non-private step", round(dp["ratio"], 2)],
         ["MB/participant/round LoRA plain", round(b["lora_plain"] / 1e6, 3)],
         ["MB/participant/round LoRA SecAgg", round(b["lora_secagg"] / 1e6, 3)],
+        ["MB/participant/round FFA-LoRA plain", round(b["ffa_lora_plain"] / 1e6, 3)],
         ["MB/participant/round full fine-tuning", round(b["full_plain"] / 1e6, 1)],
     ]
     for split, row in acc.items():

@@ -39,6 +39,7 @@ def test_quick_bench_figures_are_consistent(bench: tuple[dict[str, Any], Path]) 
     results, _ = bench
     b = results["bytes"]["per_participant_bytes"]
     assert b["lora_plain"] < b["lora_secagg"] < b["full_plain"]  # LoRA travels, full fine-tuning would not
+    assert b["ffa_lora_plain"] < b["lora_plain"]  # with A frozen only B and the head travel
     assert results["dp_step"]["ratio"] > 0
     for row in results["accuracy"].values():
         assert {"1", "8", "inf", "centralized", "local_only"} <= set(row)

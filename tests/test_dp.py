@@ -63,6 +63,32 @@ def test_adapters_can_be_limited_to_the_top_encoder_layers() -> None:
         TaskConfig(num_labels=5, lora_top_layers=-1)
 
 
+def test_ffa_lora_trains_only_b_over_the_same_seeded_a_everywhere(shard: Dataset) -> None:
+    """FFA-LoRA: A stays as built from the seed (so every node holds the same one) and does not travel;
+    B learns under DP-SGD; and because A is shared, FedAvg of the Bs is FedAvg of the products B·A."""
+    from collab.fl.app.server_app import aggregate
+
+    task = TaskConfig(num_labels=5, kind="tiny", max_len=32, seed=1, lora_freeze_a=True)
+    nodes = [build_model(task) for _ in range(2)]
+    names = set(trainable_state(nodes[0]))
+    assert names and not any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    assert len(names) < len(trainable_state(tiny()))  # less travels than with A trained
+    a_of = lambda m: {n: p.detach().clone() for n, p in m.named_parameters() if "lora_A" in n}  # noqa: E731
+    a_before = a_of(nodes[0])
+    assert a_before and all(torch.equal(a_before[n], a_of(nodes[1])[n]) for n in a_before)
+    states = []
+    for k, model in enumerate(nodes):
+        report = train_dp(model, shard, DPConfig(noise_multiplier=0.8, batch_size=8, epochs=2, lr=1e-2), 32, seed=k)
+        assert report.loss_after < report.loss_before
+        assert all(torch.equal(a_before[n], p) for n, p in a_of(model).items())  # A untouched by training
+        states.append(trainable_state(model))
+    mean = aggregate([(states[0], 10), (states[1], 30)])
+    name = next(n for n in names if "value.lora_B" in n)
+    a = a_before[name.replace("lora_B", "lora_A")].double()
+    products = sum(w * (s[name].double() @ a) for s, w in zip(states, (0.25, 0.75), strict=True))
+    assert torch.allclose(mean[name].double() @ a, products, atol=1e-6)
+
+
 def test_dp_sgd_moves_every_adapter_and_lowers_the_loss(shard: Dataset) -> None:
     model = tiny()
     before = trainable_state(model)
@@ -179,7 +205,8 @@ def test_a_larger_shard_needs_less_noise_for_the_same_budget() -> None:
 def test_a_local_round_calibrates_its_noise_and_reports_nothing_outside_dp(tmp_path: Path, shard: Dataset) -> None:
     """The ClientApp's local round (in process, tiny model): with ``noise-multiplier = "auto"`` it trains at the
     σ that spreads its budget over the job's rounds, and its reply's metrics are the sample count, ε and steps
-    only (its local losses, exact statistics of the private data, stay in its log)."""
+    only (its local losses, exact statistics of the private data, stay in its log). With ``lora-freeze-a`` its
+    update carries B and the head only."""
     import json
 
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
@@ -193,7 +220,7 @@ def test_a_local_round_calibrates_its_noise_and_reports_nothing_outside_dp(tmp_p
     run_config: dict[str, Any] = {
         "model": "tiny", "max-len": 32, "lora-r": 8, "seed": 1, "classes": ",".join(shard.classes),
         "num-rounds": 3, "epochs": 1, "batch-size": 8, "lr": 0.01, "max-grad-norm": 1.0,
-        "noise-multiplier": "auto", "epsilon": 8.0, "delta": 1e-5}
+        "noise-multiplier": "auto", "epsilon": 8.0, "delta": 1e-5, "lora-freeze-a": True}
     node_config: dict[str, Any] = {"participant-id": "p0", "ledger-path": str(tmp_path / "ledger.json"),
                                    "data-path": str(data)}
     context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
@@ -204,7 +231,7 @@ def test_a_local_round_calibrates_its_noise_and_reports_nothing_outside_dp(tmp_p
                   metadata=arrived)
     state, metrics = client_app._local_round(msg, context)
     assert set(metrics) == {"num-examples", "epsilon", "steps"} and metrics["num-examples"] == len(shard)
-    assert set(state) == set(start)
+    assert set(state) == set(start) and not any("lora_A" in n for n in state)  # FFA-LoRA from the run config
     ((sigma, rate, steps),) = PrivacyLedger(tmp_path / "ledger.json").accounts["p0"].history
     assert (rate, steps) == (1 / 5, 5) and sigma == pytest.approx(calibrate_sigma(8.0, 1e-5, [], rate, 3 * steps))
     assert metrics["epsilon"] == pytest.approx(epsilon_of([(sigma, rate, steps)], 1e-5))

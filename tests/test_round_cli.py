@@ -300,7 +300,7 @@ def test_an_included_participant_disputes_the_omission_of_a_survivor(
     assert result["omitted"] == bob.address and result["credit_wei"] > 0
 
 
-def test_the_config_hash_records_top_layer_adapters_only_when_asked() -> None:
+def test_the_config_hash_records_top_layers_and_frozen_a_only_when_asked() -> None:
     from eth_utils import keccak
 
     from collab.commands.round import config_hash
@@ -310,3 +310,5 @@ def test_the_config_hash_records_top_layer_adapters_only_when_asked() -> None:
     assert every == keccak(canonical.encode()) and "top_layers" not in spec["lora"]  # earlier rounds' hashes hold
     top, spec = config_hash(None, "all-MiniLM-L6-v2", "bbc-news", 8, "value,query", 3)
     assert spec["lora"]["top_layers"] == 3 and top != every
+    ffa, spec = config_hash(None, "all-MiniLM-L6-v2", "bbc-news", 8, "value,query", 0, True)
+    assert spec["lora"]["freeze_a"] is True and "top_layers" not in spec["lora"] and ffa not in (every, top)

@@ -67,7 +67,7 @@ def parse_ids(text: str) -> list[int]:
 
 
 def config_hash(config: Path | None, model: str, task: str, lora_rank: int, lora_targets: str,
-                lora_top_layers: int = 0) -> tuple[bytes, dict[str, Any]]:
+                lora_top_layers: int = 0, lora_freeze_a: bool = False) -> tuple[bytes, dict[str, Any]]:
     """keccak of the task/LoRA configuration: a given file's bytes, or the canonical JSON of the options."""
     from eth_utils import keccak
 
@@ -80,6 +80,8 @@ def config_hash(config: Path | None, model: str, task: str, lora_rank: int, lora
     lora: dict[str, Any] = {"r": lora_rank, "targets": sorted(lora_targets.split(","))}
     if lora_top_layers:  # absent when every layer has adapters, so earlier rounds' hashes stay what they were
         lora["top_layers"] = lora_top_layers
+    if lora_freeze_a:  # likewise absent when both A and B train
+        lora["freeze_a"] = True
     spec = {"model": model, "task": task, "lora": lora}
     return keccak(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()), spec
 
@@ -118,10 +120,12 @@ def _resolve_account(session: ChainSession, who: str | None) -> str:
 @click.option("--lora-targets", default="query,value", show_default=True, help="LoRA target modules.")
 @click.option("--lora-top-layers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Adapters on the top k encoder layers only (0: every layer; run config lora-top-layers).")
+@click.option("--lora-freeze-a", is_flag=True,
+              help="FFA-LoRA: keep the adapters' A as built from the seed, train only B (run config lora-freeze-a).")
 @click.pass_context
 def create(ctx: click.Context, asset_id: int, rounds: int, participants: str, min_participants: int, epsilon: float,
            delta: float, deadline: str, creator_share: float, aggregator: str | None, config: Path | None, model: str,
-           task: str, lora_rank: int, lora_targets: str, lora_top_layers: int) -> None:
+           task: str, lora_rank: int, lora_targets: str, lora_top_layers: int, lora_freeze_a: bool) -> None:
     """Open a training round over a base model you own."""
     from chain.clients.asset_registry import AssetRegistryClient
     from chain.clients.identity_registry import IdentityRegistryClient
@@ -134,7 +138,7 @@ def create(ctx: click.Context, asset_id: int, rounds: int, participants: str, mi
         raise BadInput(f"--min-participants {min_participants} exceeds the {len(ids)} invited participants")
     seconds = parse_duration(deadline)
     eps, dlt = epsilon_units(epsilon), delta_units(delta)
-    chash, spec = config_hash(config, model, task, lora_rank, lora_targets, lora_top_layers)
+    chash, spec = config_hash(config, model, task, lora_rank, lora_targets, lora_top_layers, lora_freeze_a)
     session, registry = _registry(ctx, need_account=True)
     assert session.account is not None
     assets = session.client(AssetRegistryClient)

@@ -42,6 +42,10 @@ class TaskConfig:
     # Adapters on the top k encoder layers only (0: every layer). Backpropagation then stops below them, and
     # fewer adapter weights carry less DP noise in total (docs/training.md).
     lora_top_layers: int = 0
+    # FFA-LoRA (Sun et al., ICLR 2024): keep every adapter's random A as built from ``seed`` (the same on every
+    # node) and train only B. Under DP-SGD a trained A starts as pure noise (its gradient is zero while B is),
+    # and with A shared, FedAvg of the Bs is exactly FedAvg of the products B·A (docs/training.md).
+    lora_freeze_a: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -102,7 +106,8 @@ def build_model(config: TaskConfig) -> Classifier:
     encoder = inject_adapter_in_model(lora, encoder)
     model = Classifier(encoder, config.num_labels)
     for name, param in model.named_parameters():
-        param.requires_grad = "lora_" in name or name.startswith("classifier.")
+        adapter = "lora_B" in name or ("lora_A" in name and not config.lora_freeze_a)
+        param.requires_grad = adapter or name.startswith("classifier.")
     model.eval()
     return model
 

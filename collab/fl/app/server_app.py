@@ -74,6 +74,7 @@ def task_config(run_config: dict[str, Any]) -> TaskConfig:
         lora_r=int(run_config["lora-r"]),
         seed=int(run_config["seed"]),
         lora_top_layers=int(run_config.get("lora-top-layers", 0)),
+        lora_freeze_a=bool(run_config.get("lora-freeze-a", False)),
     )
 
 
@@ -207,7 +208,7 @@ def main(grid: Grid, context: Context) -> None:
         attribution.update(
             version=RECORD_VERSION, job=job, secure_aggregation=secure, frac_bits=FRAC_BITS,
             task={"model": task.kind, "classes": classes, "max_len": task.max_len, "lora_r": task.lora_r,
-                  "lora_top_layers": task.lora_top_layers,
+                  "lora_top_layers": task.lora_top_layers, "lora_freeze_a": task.lora_freeze_a,
                   "seed": task.seed, "epsilon_budget": float(rc["epsilon"]), "delta": float(rc["delta"])},
             participants={}, rounds=[],
         )
