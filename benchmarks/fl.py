@@ -125,6 +125,8 @@ class Sizes:
 # IID 0.930 / 0.913 vs 0.965 / 0.955 (3.5 / 4.3). FFA-LoRA (A frozen as built, only B and the head trained;
 # pilots 2026-11-28, repeats 0-2): Dirichlet ε = 8 0.928 / 0.921 vs non-private FFA 0.950 / 0.959 (held out
 # 0.918 / 0.910 / 0.934 against 0.889 / 0.844 / 0.910 with A trained), hence lora_freeze_a (docs/training.md).
+# The full run of 2026-11-28 10:57 (110 min) with it: Dirichlet the same bit for bit, IID ε = 8 0.945 / 0.936 vs
+# 0.965 / 0.963 (2.0 / 2.7); membership at ε = 8 5.1, 5.5, 1.7 → 4.1 ± 1.9 (1.9 ± 1.9 with A trained).
 FULL = Sizes("minilm", 128, 400, 200, 2, 2, 16, 0.005, 128, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400, 200,
              lora_top=3, lora_freeze_a=True, mia_repeats=3, dp_batch_by_epsilon=((1.0, 64),), accuracy_repeats=3)
 # Quick (CI): no default-executor baseline (~100 s of Flower processes that test no code of ours).
