@@ -73,7 +73,10 @@ def test_ffa_lora_trains_only_b_over_the_same_seeded_a_everywhere(shard: Dataset
     names = set(trainable_state(nodes[0]))
     assert names and not any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
     assert len(names) < len(trainable_state(tiny()))  # less travels than with A trained
-    a_of = lambda m: {n: p.detach().clone() for n, p in m.named_parameters() if "lora_A" in n}  # noqa: E731
+
+    def a_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
     a_before = a_of(nodes[0])
     assert a_before and all(torch.equal(a_before[n], a_of(nodes[1])[n]) for n in a_before)
     states = []
@@ -232,6 +235,8 @@ def test_a_local_round_calibrates_its_noise_and_reports_nothing_outside_dp(tmp_p
     state, metrics = client_app._local_round(msg, context)
     assert set(metrics) == {"num-examples", "epsilon", "steps"} and metrics["num-examples"] == len(shard)
     assert set(state) == set(start) and not any("lora_A" in n for n in state)  # FFA-LoRA from the run config
+    with pytest.raises(BadInput, match="lora-freeze-a must be true or false"):
+        task_config({**run_config, "lora-freeze-a": "false"})
     ((sigma, rate, steps),) = PrivacyLedger(tmp_path / "ledger.json").accounts["p0"].history
     assert (rate, steps) == (1 / 5, 5) and sigma == pytest.approx(calibrate_sigma(8.0, 1e-5, [], rate, 3 * steps))
     assert metrics["epsilon"] == pytest.approx(epsilon_of([(sigma, rate, steps)], 1e-5))

@@ -48,7 +48,7 @@ from eth_hash.auto import keccak
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from collab.errors import CollabError, ProtocolViolation
+from collab.errors import BadInput, CollabError, ProtocolViolation
 from collab.fl import attestation as att
 from collab.fl.data import load_bbc_news, take, train_test_split
 from collab.fl.deployment import server_only
@@ -74,8 +74,16 @@ def task_config(run_config: dict[str, Any]) -> TaskConfig:
         lora_r=int(run_config["lora-r"]),
         seed=int(run_config["seed"]),
         lora_top_layers=int(run_config.get("lora-top-layers", 0)),
-        lora_freeze_a=bool(run_config.get("lora-freeze-a", False)),
+        lora_freeze_a=_switch(run_config, "lora-freeze-a"),
     )
+
+
+def _switch(run_config: dict[str, Any], key: str) -> bool:
+    """A boolean run-config key (absent: off); a string such as "false" is refused, not read as on."""
+    value = run_config.get(key, False)
+    if not isinstance(value, bool):
+        raise BadInput(f"run config {key} must be true or false, got {value!r}")
+    return value
 
 
 def aggregate(updates: Sequence[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
