@@ -78,9 +78,9 @@ def task_config(run_config: dict[str, Any]) -> TaskConfig:
     )
 
 
-def _switch(run_config: dict[str, Any], key: str) -> bool:
-    """A boolean run-config key (absent: off); a string such as "false" is refused, not read as on."""
-    value = run_config.get(key, False)
+def _switch(run_config: dict[str, Any], key: str, default: bool = False) -> bool:
+    """A boolean run-config key (absent: ``default``); a string such as "false" is refused, not read as on."""
+    value = run_config.get(key, default)
     if not isinstance(value, bool):
         raise BadInput(f"run config {key} must be true or false, got {value!r}")
     return value
@@ -192,7 +192,7 @@ def main(grid: Grid, context: Context) -> None:
     rc = server_only(dict(context.run_config))  # + the orchestrator-local values participants never see
     result_path = Path(str(rc["result-path"])) if str(rc.get("result-path", "")) else None
     out = result_path.parent if result_path else None
-    job, secure = job_id(rc, out), bool(rc["secure-aggregation"])
+    job, secure = job_id(rc, out), _switch(rc, "secure-aggregation", True)
     record = JsonRecord(result_path, {"status": "running", "job": job, "secure_aggregation": secure,
                                       "rounds": [], "epsilon": {}, "dropped": []})
     attribution = JsonRecord(out / "attribution.json" if out else None, {})
@@ -203,7 +203,7 @@ def main(grid: Grid, context: Context) -> None:
     _, test = train_test_split(load_bbc_news().with_classes(classes), 0.2, task.seed)
     test = take(test, int(rc["test-samples"]), task.seed + 1)
     checkpoint, start = (Checkpoint(out) if out else None), 1
-    resumed = checkpoint.load(job) if checkpoint and bool(rc["resume"]) else None
+    resumed = checkpoint.load(job) if checkpoint and _switch(rc, "resume", True) else None
     if resumed is not None:
         last, weights, records = resumed
         load_trainable(model, {k: torch.from_numpy(v) for k, v in weights.items()})
@@ -327,7 +327,7 @@ def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.
 
     ``receipts``: the previous round's update receipts, delivered with each participant's train message.
     """
-    secure = bool(rc["secure-aggregation"])
+    secure = _switch(rc, "secure-aggregation", True)
     sent = _numpy(trainable_state(model))
     sent_hash = att.model_hash(sent)
     layout = TensorLayout.of(sent)
