@@ -101,7 +101,7 @@ def open_round(demo: Demo, phase: Phase) -> int:
     from chain.anvil import dev_account
     from chain.clients.identity_registry import IdentityRegistryClient
     from chain.clients.round_registry import RoundConfig, RoundRegistryClient, epsilon_units
-    from web3 import Web3
+    from orchestrator.rounds import job_task_hash
 
     assert demo.w3 is not None and demo.deployment is not None
     ids = IdentityRegistryClient.from_deployment(demo.deployment, demo.w3, dev_account(0))
@@ -114,7 +114,7 @@ def open_round(demo: Demo, phase: Phase) -> int:
     created = registry.create_round(RoundConfig(
         demo.asset_id, int(config["num-rounds"]), [demo.actors[n].sahara_id for n in PARTICIPANTS], 2,
         epsilon_units(float(config["epsilon"])), 10**13, now + 600, CREATOR_SHARE_BPS,
-        Web3.keccak(text=json.dumps(config, sort_keys=True)), orch.address))
+        job_task_hash(config), orch.address))
     demo._tx(phase, "alice opens the round in RoundRegistry", created.tx)
     return created.round_id
 

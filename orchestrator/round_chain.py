@@ -104,6 +104,11 @@ def node_accept(chain: Any, round_id: int, data_path: Path) -> dict[str, Any]:
     return {"samples": len(data), "dataset_asset": dataset, "tx": tx.tx_hash}
 
 
+def round_task_hash(chain: Any, round_id: int) -> bytes:
+    """The task ``round_id`` was opened with (its ``configHash``), which this node's ClientApps hold the run config to."""
+    return RoundRegistryClient.from_deployment(chain.deployment, chain.w3).get_round(round_id).config_hash
+
+
 def creator_fix(chain: Any, round_id: int) -> str | None:
     """Fix the round once every invited participant accepted (creator only); its tx hash, None if not yet."""
     registry = RoundRegistryClient.from_deployment(chain.deployment, chain.w3, chain.account)

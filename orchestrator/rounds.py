@@ -55,6 +55,7 @@ from eth_utils import is_address, keccak
 
 from collab.config import ENV_PASSPHRASE
 from collab.errors import BadInput, ProtocolViolation, Unavailable
+from collab.fl.runconfig import check_task, effective, task_hash
 from orchestrator.claims import claim_to_json, prepare_claim
 from orchestrator.jobs import Job, JobState, JobStore, register_handler
 
@@ -65,6 +66,17 @@ DEFAULT_CONFIG: dict[str, Any] = {"model": "tiny", "num-rounds": 1, "max-len": 3
                                   "round-timeout": 180.0, "node-wait": 60.0}
 
 CONSENT_WAIT = 300.0  # seconds the included participants' nodes have to sign the record root
+
+
+def job_run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run config a round job with payload ``config`` trains with, before the chain's values: the app's
+    defaults, then this orchestrator's, then the job's."""
+    return effective({**DEFAULT_CONFIG, **config})
+
+
+def job_task_hash(config: dict[str, Any]) -> bytes:
+    """The task a round job with payload ``config`` trains: the ``configHash`` to open its RoundRegistry round with."""
+    return task_hash(job_run_config(config))
 
 
 def _alive(pid: int | None, name: str) -> bool:
@@ -119,8 +131,11 @@ class RoundJob:
                 raise BadInput("round_id must be a positive RoundRegistry round id")
             if self.registry is None:
                 raise BadInput("this orchestrator has no RoundRegistry: submit the round without round_id")
-            if self.registry.get_round(rid).aggregator.lower() != str(self.registry.account.address).lower():
+            registered = self.registry.get_round(rid)
+            if registered.aggregator.lower() != str(self.registry.account.address).lower():
                 raise BadInput(f"round {rid} names another aggregator than this orchestrator")
+            # The participants' ClientApps refuse any other task; refusing here saves starting a doomed job.
+            check_task(job_run_config(payload.get("config", {})), registered.config_hash, f"round {rid}")
             if not os.environ.get(ENV_PASSPHRASE):
                 raise Unavailable(f"this orchestrator runs without {ENV_PASSPHRASE}: its ServerApp could not "
                                   "sign the participants' update receipts", hint=f"restart it with {ENV_PASSPHRASE} set")

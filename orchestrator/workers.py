@@ -229,10 +229,14 @@ class TaskRunner:
         verifies the SuperLink with it. Authentication: the SuperLink refuses
         a SuperNode whose public key the orchestrator has not registered, so
         the node reports ``auth_key`` first and waits for ``registered/<me>``.
-        A job without a CA (an older orchestrator) runs without TLS.
+        A job without a CA (an older orchestrator) runs without TLS. In a
+        RoundRegistry round the SuperNode's ClientApps train only the task the
+        round was opened with: its on-chain ``configHash``, read here by this
+        node, never taken from the aggregator.
         """
         from collab.fl.deployment import FlowerDeployment
         from collab.fl.tls import node_auth_key
+        from orchestrator import round_chain
 
         jid, data = task["id"], task["data"]
         with self._lock:
@@ -261,11 +265,17 @@ class TaskRunner:
             # A SuperNode started before its SuperLink listens backs off exponentially (one demo lost 18 s that way).
             if not data.get("superlink_ready"):
                 return
+            rid = task["payload"].get("round_id")
+            try:
+                task_hash = round_chain.round_task_hash(self.node.chain, int(rid)) if rid else None
+            except Exception as exc:  # noqa: BLE001 - an RPC hiccup: retried at the next heartbeat
+                log.warning("job %s: reading round %s's task from the chain failed: %s", jid, rid, exc)
+                return
             deployment = FlowerDeployment(home / "flower-rounds", port=int(data["superlink_port"]), secure=secure,
                                           host=str(data.get("superlink_address") or "127.0.0.1"))
             self.supernodes[jid] = deployment.add_participant(self.me, home, train,
                                                               passphrase=os.environ.get("COLLAB_PASSPHRASE"),
-                                                              superlink_ca=ca, register=False)
+                                                              superlink_ca=ca, register=False, task_hash=task_hash)
             log.info("job %s: SuperNode started (pid %d%s)", jid, self.supernodes[jid].proc.pid,
                      ", TLS + node authentication" if secure else ", no TLS")
         if jid not in self.started:

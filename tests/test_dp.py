@@ -215,7 +215,7 @@ def test_a_local_round_calibrates_its_noise_and_reports_nothing_outside_dp(tmp_p
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
     from collab.fl.app import client_app
-    from collab.fl.app.server_app import task_config
+    from collab.fl.runconfig import task_config
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": shard.classes[y]}) + "\n"

@@ -52,6 +52,7 @@ from collab.fl.data import iid_split, load_bbc_news, take, train_test_split
 from collab.fl.receipts import receipt_path, receipts_dir
 from conftest import increase_time
 from orchestrator.client import NodeSocketClient
+from orchestrator.rounds import job_task_hash
 from test_claim_manager import GameEnv, game_env  # noqa: F401  (session fixture)
 from test_merge_orchestrator import _partnership, _register
 from test_orchestrator import COLLAB, _funded_registered, _start
@@ -260,7 +261,7 @@ def _open_round(network: dict[str, Any], game_env: GameEnv, config: dict[str, An
     now = int(w3.eth.get_block("latest")["timestamp"])
     return RoundRegistryClient.from_deployment(dep, w3, creator).create_round(RoundConfig(
         base, 1, [ids.id_of(idents[n].address) for n in NAMES], 2, epsilon_units(50.0), 10**13, now + 3600, 1_000,
-        Web3.keccak(text=json.dumps(config, sort_keys=True)), idents["orch"].address)).round_id
+        job_task_hash(config), idents["orch"].address)).round_id
 
 
 def _adapter(path: Path, seed: int) -> None:

@@ -28,7 +28,7 @@ from chain.clients.round_registry import (
 from collab.errors import BadInput, ProtocolViolation, Unavailable
 from collab.identity import Identity
 from orchestrator import round_chain
-from orchestrator.rounds import RoundJob
+from orchestrator.rounds import RoundJob, job_task_hash
 from orchestrator.workers import NodeChain
 
 TEXTS = [("Shares rose after the bank's results.", "business"), ("The striker scored twice.", "sport"),
@@ -55,7 +55,7 @@ def env(tmp_path: Path, w3: Web3, deployment: Any, deployer: Any, chain_snapshot
     now = int(w3.eth.get_block("latest")["timestamp"])
     rid = RoundRegistryClient.from_deployment(deployment, w3, people["creator"].account).create_round(RoundConfig(
         base, 1, [ids.id_of(people[n].address) for n in ("creator", "p1")], 2, epsilon_units(8.0), 10**13,
-        now + 3600, 1_000, Web3.keccak(text="cfg"), people["orch"].address)).round_id
+        now + 3600, 1_000, job_task_hash({}), people["orch"].address)).round_id
     data = {}
     for i, name in enumerate(("creator", "p1")):
         path = tmp_path / name / "train.jsonl"
@@ -177,6 +177,23 @@ def test_a_registry_round_needs_the_aggregator_passphrase_for_its_receipts(
     job.validate({"participants": parts, "round_id": env["rid"]})
 
 
+@pytest.mark.parametrize("config", [{"lora-freeze-a": True}, {"model": "minilm"}, {"lora-r": "4"},
+                                    {"classes": "sports,tech,politics,business,entertainment"}])
+def test_a_job_whose_config_trains_another_task_than_its_round_was_opened_with_is_refused(
+    env: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, Any]
+) -> None:
+    """The round's configHash names base model, classes (in label order) and adapters: a job that would train
+    anything else is refused at submission (the participants' ClientApps would refuse it anyway), while
+    training hyper-parameters stay the job's to set."""
+    monkeypatch.setenv("COLLAB_PASSPHRASE", "pw")
+    job = RoundJob(tmp_path / "orch-home", registry=RoundRegistryClient.from_deployment(
+        env["deployment"], env["w3"], env["people"]["orch"].account))
+    parts = [env["people"][n].address for n in ("creator", "p1")]
+    with pytest.raises(BadInput, match=f"round {env['rid']}: the run config's task .* was opened with task 0x"):
+        job.validate({"participants": parts, "round_id": env["rid"], "config": config})
+    job.validate({"participants": parts, "round_id": env["rid"], "config": {"lr": 0.02, "epochs": 3, "max-len": "32"}})
+
+
 def _round_of_one(env: dict[str, Any]) -> int:
     """A fixed round like the fixture's (creator and p1 accepted) that records with one participant (N = 1)."""
     chains, data, people, w3, dep = env["chains"], env["data"], env["people"], env["w3"], env["deployment"]
@@ -184,7 +201,7 @@ def _round_of_one(env: dict[str, Any]) -> int:
     ids = IdentityRegistryClient.from_deployment(dep, w3)
     rid = RoundRegistryClient.from_deployment(dep, w3, people["creator"].account).create_round(RoundConfig(
         first.base_asset_id, 1, [ids.id_of(people[n].address) for n in ("creator", "p1")], 1, epsilon_units(8.0), 10**13,
-        first.deadline, 1_000, Web3.keccak(text="cfg"), people["orch"].address)).round_id
+        first.deadline, 1_000, first.config_hash, people["orch"].address)).round_id
     for name in ("creator", "p1"):
         round_chain.node_accept(chains[name], rid, data[name])
     round_chain.creator_fix(chains["creator"], rid)

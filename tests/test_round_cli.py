@@ -300,15 +300,38 @@ def test_an_included_participant_disputes_the_omission_of_a_survivor(
     assert result["omitted"] == bob.address and result["credit_wei"] > 0
 
 
-def test_the_config_hash_records_top_layers_and_frozen_a_only_when_asked() -> None:
-    from eth_utils import keccak
+def test_create_records_the_task_its_run_config_trains_and_refuses_a_bad_one(
+    homes: Homes, tmp_path: Path, capsys: pytest.CaptureFixture[str], w3: Web3, deployment: Deployment
+) -> None:
+    """The on-chain configHash is the task hash of the run config `round create` prints (every task key spelled
+    out), which the orchestrator and the participants' ClientApps check; a config file's values count, the
+    options override them; a malformed or invalid task is refused before any transaction."""
+    from collab.fl.runconfig import task_hash
 
-    from collab.commands.round import config_hash
+    h = homes
+    config = tmp_path / "round.toml"
+    config.write_text('lr = 0.02\nmax-len = 128\nlora-r = 4\n')
+    args = ("--json", "round", "create", "--asset", str(h.base_asset), "--rounds", "1", "--participants",
+            str(h.ids["alice"]), "--min-participants", "1", "--epsilon", "8")
+    code, out, err = cli(capsys, h.creator, *args, "--config", str(config), "--lora-rank", "16", "--lora-freeze-a")
+    assert code == 0, err
+    created = json.loads(out)
+    run_config = created["run_config"]
+    assert run_config["lr"] == 0.02 and run_config["max-len"] == 128 and run_config["lora-r"] == 16
+    assert run_config["lora-freeze-a"] is True and run_config["model"] == "minilm" and run_config["seed"] == 0
+    assert created["task"]["lora"] == {"r": 16, "alpha": 16, "targets": ["query", "value"], "top_layers": 0,
+                                       "freeze_a": True}
+    on_chain = RoundRegistryClient.from_deployment(deployment, w3).get_round(int(created["id"])).config_hash
+    assert on_chain == task_hash(run_config) == bytes.fromhex(created["config_hash"][2:])
+    assert task_hash({**run_config, "lora-freeze-a": False}) != on_chain  # each task key is in the hash
+    assert task_hash({**run_config, "lr": 0.5, "epochs": 9}) == on_chain  # hyper-parameters are not
 
-    every, spec = config_hash(None, "all-MiniLM-L6-v2", "bbc-news", 8, "value,query")
-    canonical = '{"lora":{"r":8,"targets":["query","value"]},"model":"all-MiniLM-L6-v2","task":"bbc-news"}'
-    assert every == keccak(canonical.encode()) and "top_layers" not in spec["lora"]  # earlier rounds' hashes hold
-    top, spec = config_hash(None, "all-MiniLM-L6-v2", "bbc-news", 8, "value,query", 3)
-    assert spec["lora"]["top_layers"] == 3 and top != every
-    ffa, spec = config_hash(None, "all-MiniLM-L6-v2", "bbc-news", 8, "value,query", 0, True)
-    assert spec["lora"]["freeze_a"] is True and "top_layers" not in spec["lora"] and ffa not in (every, top)
+    before = RoundRegistryClient.from_deployment(deployment, w3).round_count()
+    for bad, message in (("max-len = [", "not a TOML run config"), ('model = "gpt"', "unknown model kind"),
+                         ('lora-freeze-a = "false"', "lora-freeze-a must be true or false")):
+        config.write_text(bad + "\n")
+        code, _, err = cli(capsys, h.creator, *args[1:], "--config", str(config))
+        assert code == EXIT_BAD_INPUT and message in err and "Traceback" not in err
+    code, _, err = cli(capsys, h.creator, *args[1:], "--config", str(tmp_path / "absent.toml"))
+    assert code == EXIT_NOT_FOUND and "no such config file" in err
+    assert RoundRegistryClient.from_deployment(deployment, w3).round_count() == before  # nothing was opened

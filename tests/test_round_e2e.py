@@ -32,6 +32,7 @@ from chain.clients.shares import SharesClient
 from chain.deployment import Deployment
 from collab import bls
 from collab.fl.data import load_user_data
+from collab.fl.runconfig import effective, task_hash
 from collab.fraudproof.agents import ClaimerAgent
 from collab.fraudproof.builders import masked_sum_from_witness
 from collab.identity import Identity
@@ -56,7 +57,8 @@ def test_a_real_secure_round_settles_attribution_only_after_finalization(
 ) -> None:
     if "RoundRegistry" not in deployment.contracts:
         pytest.skip("RoundRegistry is not deployed")
-    flower = start(tmp_path, NAMES, per_participant=24)
+    task = task_hash(effective(TINY))  # each node holds its ClientApps to the task the round is opened with
+    flower = start(tmp_path, NAMES, per_participant=24, **{n: {"task_hash": task} for n in NAMES})
     try:
         # The creator (also the aggregator here) and the participants' homes get Sahara IDs and dataset assets.
         creator = Identity.create(tmp_path / "creator", PASSPHRASE, scrypt_n=2)
@@ -72,7 +74,7 @@ def test_a_real_secure_round_settles_attribution_only_after_finalization(
         registry = RoundRegistryClient.from_deployment(deployment, w3, creator.account)
         now = int(w3.eth.get_block("latest")["timestamp"])
         rid = registry.create_round(RoundConfig(base, 1, [ids[n] for n in NAMES], 2, epsilon_units(50.0), 10**13,
-                                                now + 600, 1_000, Web3.keccak(text=json.dumps(TINY)),
+                                                now + 600, 1_000, task,
                                                 creator.address)).round_id
         for name, me in homes.items():
             samples = len(load_user_data(tmp_path / name / "data.jsonl"))  # what `collab join` declares

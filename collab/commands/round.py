@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import re
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,24 +67,25 @@ def parse_ids(text: str) -> list[int]:
     return ids
 
 
-def config_hash(config: Path | None, model: str, task: str, lora_rank: int, lora_targets: str,
-                lora_top_layers: int = 0, lora_freeze_a: bool = False) -> tuple[bytes, dict[str, Any]]:
-    """keccak of the task/LoRA configuration: a given file's bytes, or the canonical JSON of the options."""
-    from eth_utils import keccak
-
+def round_run_config(config: Path | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The run-config overrides a round is opened with: a ``--config`` file's (JSON object or TOML), then the
+    options given (``None``: not given). Its task (:func:`collab.fl.runconfig.task_hash`) goes on chain."""
+    overrides: dict[str, Any] = {}
     if config is not None:
         try:
-            raw = config.read_bytes()
+            text = config.read_text()
         except FileNotFoundError:
             raise NotFound(f"no such config file: {config}") from None
-        return keccak(raw), {"file": str(config)}
-    lora: dict[str, Any] = {"r": lora_rank, "targets": sorted(lora_targets.split(","))}
-    if lora_top_layers:  # absent when every layer has adapters, so earlier rounds' hashes stay what they were
-        lora["top_layers"] = lora_top_layers
-    if lora_freeze_a:  # likewise absent when both A and B train
-        lora["freeze_a"] = True
-    spec = {"model": model, "task": task, "lora": lora}
-    return keccak(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()), spec
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput(f"{config}: cannot read it ({exc})") from None
+        try:
+            overrides = json.loads(text) if config.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise BadInput(f"{config}: not a {'JSON' if config.suffix == '.json' else 'TOML'} run config ({exc})") from None
+        if not isinstance(overrides, dict):
+            raise BadInput(f"{config}: a run config is an object of Flower run-config values")
+    overrides.update({k: v for k, v in options.items() if v is not None})
+    return overrides
 
 
 def _resolve_account(session: ChainSession, who: str | None) -> str:
@@ -113,23 +115,24 @@ def _resolve_account(session: ChainSession, who: str | None) -> str:
               help="Fraction of the new adapter's Shares you keep (the rest goes to participants by weight).")
 @click.option("--aggregator", default=None, metavar="ID|ADDRESS", help="The aggregating orchestrator (default: you).")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Task/LoRA configuration file (its keccak is recorded); default: the options below.")
-@click.option("--model", default="all-MiniLM-L6-v2", show_default=True, help="Base model architecture.")
-@click.option("--task", default="bbc-news", show_default=True, help="Task name.")
-@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
-@click.option("--lora-targets", default="query,value", show_default=True, help="LoRA target modules.")
-@click.option("--lora-top-layers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Adapters on the top k encoder layers only (0: every layer; run config lora-top-layers).")
-@click.option("--lora-freeze-a", is_flag=True,
-              help="FFA-LoRA: keep the adapters' A as built from the seed, train only B (run config lora-freeze-a).")
+              help="Run-config overrides (JSON or TOML) the round's job will use; the options below override it.")
+@click.option("--model", default=None, help="Base model: minilm or tiny [default: minilm].")
+@click.option("--max-len", type=click.IntRange(8, 512), default=None, help="Tokens per article [default: 64].")
+@click.option("--lora-rank", type=click.IntRange(min=1), default=None, help="LoRA rank [default: 8].")
+@click.option("--lora-top-layers", type=click.IntRange(min=0), default=None,
+              help="Adapters on the top k encoder layers only (0: every layer) [default: 0].")
+@click.option("--lora-freeze-a", is_flag=True, default=None,
+              help="FFA-LoRA: keep the adapters' A as built from the seed, train only B.")
 @click.pass_context
 def create(ctx: click.Context, asset_id: int, rounds: int, participants: str, min_participants: int, epsilon: float,
-           delta: float, deadline: str, creator_share: float, aggregator: str | None, config: Path | None, model: str,
-           task: str, lora_rank: int, lora_targets: str, lora_top_layers: int, lora_freeze_a: bool) -> None:
+           delta: float, deadline: str, creator_share: float, aggregator: str | None, config: Path | None,
+           model: str | None, max_len: int | None, lora_rank: int | None, lora_top_layers: int | None,
+           lora_freeze_a: bool | None) -> None:
     """Open a training round over a base model you own."""
     from chain.clients.asset_registry import AssetRegistryClient
     from chain.clients.identity_registry import IdentityRegistryClient
     from chain.clients.round_registry import RoundConfig, delta_units, epsilon_units
+    from collab.fl.runconfig import task_hash, task_spec, with_task
 
     ids = parse_ids(participants)
     if len(set(ids)) != len(ids):
@@ -138,7 +141,10 @@ def create(ctx: click.Context, asset_id: int, rounds: int, participants: str, mi
         raise BadInput(f"--min-participants {min_participants} exceeds the {len(ids)} invited participants")
     seconds = parse_duration(deadline)
     eps, dlt = epsilon_units(epsilon), delta_units(delta)
-    chash, spec = config_hash(config, model, task, lora_rank, lora_targets, lora_top_layers, lora_freeze_a)
+    run_config = round_run_config(config, {"model": model, "max-len": max_len, "lora-r": lora_rank,
+                                           "lora-top-layers": lora_top_layers, "lora-freeze-a": lora_freeze_a})
+    run_config = with_task(run_config)  # the job's config: the task spelled out, so no orchestrator default changes it
+    spec, chash = task_spec(run_config), task_hash(run_config)
     session, registry = _registry(ctx, need_account=True)
     assert session.account is not None
     assets = session.client(AssetRegistryClient)
@@ -154,10 +160,11 @@ def create(ctx: click.Context, asset_id: int, rounds: int, participants: str, mi
                       round(creator_share * 10_000), chash, agg)
     created = registry.create_round(cfg)
     log(f"round {created.round_id} opened; participants accept with `collab join {created.round_id} --data PATH`")
-    data = {**registry.get_round(created.round_id).to_json(), "config": spec,
+    data = {**registry.get_round(created.round_id).to_json(), "task": spec, "run_config": run_config,
             "tx": created.tx.tx_hash if created.tx else None}
     emit(ctx, data, f"opened round {created.round_id} over asset {asset_id} ({len(ids)} invited, N={min_participants}, "
-                    f"ε={epsilon:g}); accept until chain time {now + seconds}")
+                    f"ε={epsilon:g}); accept until chain time {now + seconds}; task 0x{chash.hex()} "
+                    f"(the round's job runs with run config {json.dumps(run_config, sort_keys=True)})")
 
 
 @group.command("fix")

@@ -244,6 +244,7 @@ class FlowerDeployment:
         stall: str = "",
         superlink_ca: Path | None = None,
         register: bool = True,
+        task_hash: bytes | None = None,
     ) -> FlowerProcess:
         """Validate the participant's data, then start its SuperNode with FLWR_HOME in its home.
 
@@ -254,7 +255,10 @@ class FlowerDeployment:
         injection for tests). Multi-host (``secure``): ``superlink_ca`` is the
         SuperLink's CA certificate as the node received it, and ``register =
         False`` leaves registering ``<home>/flower/auth/node_auth_key.pub`` to
-        the orchestrator (``register_node`` on its side). Raises
+        the orchestrator (``register_node`` on its side). ``task_hash`` (a
+        RoundRegistry round's on-chain ``configHash``, read by the participant's
+        own node) makes its ClientApps refuse a run config with another task
+        (:func:`collab.fl.runconfig.check_task`). Raises
         :class:`BadInput` (nothing started) when the data is malformed.
         """
         load_user_data(data)  # fail before any process or round exists
@@ -270,6 +274,7 @@ class FlowerDeployment:
                 "threads": threads,
                 "keep-inputs": keep_inputs,
                 "secagg-stall": stall,
+                "task-hash": "0x" + task_hash.hex() if task_hash else "",
             },
         )
         security = ["--insecure"]

@@ -27,6 +27,7 @@ from collab.hflog import quiet_transformers
 from collab.mpc.model import model_dir
 
 KINDS = ("tiny", "minilm")
+LORA_TARGETS = ("query", "value")  # the attention projections that get adapters
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def build_model(config: TaskConfig) -> Classifier:
     depth = encoder.config.num_hidden_layers
     top = config.lora_top_layers
     layers = list(range(depth - top, depth)) if 0 < top < depth else None
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=["query", "value"],
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
                       layers_to_transform=layers)
     encoder = inject_adapter_in_model(lora, encoder)
     model = Classifier(encoder, config.num_labels)

@@ -105,6 +105,21 @@ def _guarded(handler: Any) -> Any:
     return run
 
 
+def _check_task(context: Context) -> None:
+    """In a RoundRegistry round, refuse a run config whose task is not the one the round was opened with.
+
+    The expected hash is the round's on-chain ``configHash``, which this node's
+    own chain client put in the node config; the run config comes from the
+    aggregator, who could otherwise swap the base model, classes or adapters
+    the participants agreed to.
+    """
+    from collab.fl.runconfig import check_task
+
+    expected = str(context.node_config.get("task-hash", ""))
+    if expected:
+        check_task(dict(context.run_config), expected, "this node refuses the round")
+
+
 # ---------------------------------------------------------------------- hello
 
 
@@ -112,6 +127,7 @@ def _guarded(handler: Any) -> Any:
 @_guarded
 def hello(msg: Message, context: Context) -> Message:
     """Who this node is: participant name, identity address, declared sample count (the weight)."""
+    _check_task(context)
     home = str(context.node_config.get("home", ""))
     address = Identity.read_public(home).address if home else ""
     return _reply(
@@ -131,9 +147,10 @@ def _local_round(msg: Message, context: Context) -> tuple[dict[str, np.ndarray],
 
     from collab.dp.dpsgd import DPConfig, train_dp
     from collab.dp.ledger import PrivacyLedger
-    from collab.fl.app.server_app import task_config
+    from collab.fl.runconfig import task_config
     from collab.fl.task import load_trainable, trainable_state
 
+    _check_task(context)  # again: an aggregator may skip the introduction
     torch.set_num_threads(int(context.node_config.get("threads", 1)))
     rc, nc = dict(context.run_config), dict(context.node_config)
     participant = str(nc["participant-id"])

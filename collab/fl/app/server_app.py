@@ -48,7 +48,7 @@ from eth_hash.auto import keccak
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from collab.errors import BadInput, CollabError, ProtocolViolation
+from collab.errors import CollabError, ProtocolViolation
 from collab.fl import attestation as att
 from collab.fl.data import load_bbc_news, take, train_test_split
 from collab.fl.deployment import server_only
@@ -56,34 +56,14 @@ from collab.fl.exchange import send_and_receive
 from collab.fl.receipts import ReceiptContext, ReceiptSigner, delivery
 from collab.fl.record import RECORD_VERSION, Checkpoint, JsonRecord, words_hash
 from collab.fl.secure import SecureRound
-from collab.fl.task import TaskConfig, build_model, evaluate, load_trainable, trainable_state
+from collab.fl.runconfig import switch, task_config
+from collab.fl.task import build_model, evaluate, load_trainable, trainable_state
 from collab.secagg import Member, RoundConfig, TensorLayout, TooFewSurvivors
 
 log = logging.getLogger("collab.fl.server")
 app = ServerApp()
 FRAC_BITS = 24  # must match collab.fl.app.client_app.FRAC_BITS
 RECEIPT_TIMEOUT = 60.0  # seconds the final receipt message waits for the participants' acknowledgements
-
-
-def task_config(run_config: dict[str, Any]) -> TaskConfig:
-    """The public task every node derives from the same run config."""
-    return TaskConfig(
-        num_labels=len(str(run_config["classes"]).split(",")),
-        kind=str(run_config["model"]),
-        max_len=int(run_config["max-len"]),
-        lora_r=int(run_config["lora-r"]),
-        seed=int(run_config["seed"]),
-        lora_top_layers=int(run_config.get("lora-top-layers", 0)),
-        lora_freeze_a=_switch(run_config, "lora-freeze-a"),
-    )
-
-
-def _switch(run_config: dict[str, Any], key: str, default: bool = False) -> bool:
-    """A boolean run-config key (absent: ``default``); a string such as "false" is refused, not read as on."""
-    value = run_config.get(key, default)
-    if not isinstance(value, bool):
-        raise BadInput(f"run config {key} must be true or false, got {value!r}")
-    return value
 
 
 def aggregate(updates: Sequence[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
@@ -192,7 +172,7 @@ def main(grid: Grid, context: Context) -> None:
     rc = server_only(dict(context.run_config))  # + the orchestrator-local values participants never see
     result_path = Path(str(rc["result-path"])) if str(rc.get("result-path", "")) else None
     out = result_path.parent if result_path else None
-    job, secure = job_id(rc, out), _switch(rc, "secure-aggregation", True)
+    job, secure = job_id(rc, out), switch(rc, "secure-aggregation", True)
     record = JsonRecord(result_path, {"status": "running", "job": job, "secure_aggregation": secure,
                                       "rounds": [], "epsilon": {}, "dropped": []})
     attribution = JsonRecord(out / "attribution.json" if out else None, {})
@@ -203,7 +183,7 @@ def main(grid: Grid, context: Context) -> None:
     _, test = train_test_split(load_bbc_news().with_classes(classes), 0.2, task.seed)
     test = take(test, int(rc["test-samples"]), task.seed + 1)
     checkpoint, start = (Checkpoint(out) if out else None), 1
-    resumed = checkpoint.load(job) if checkpoint and _switch(rc, "resume", True) else None
+    resumed = checkpoint.load(job) if checkpoint and switch(rc, "resume", True) else None
     if resumed is not None:
         last, weights, records = resumed
         load_trainable(model, {k: torch.from_numpy(v) for k, v in weights.items()})
@@ -327,7 +307,7 @@ def _run_round(grid: Grid, rc: dict[str, Any], job: str, rnd: int, model: torch.
 
     ``receipts``: the previous round's update receipts, delivered with each participant's train message.
     """
-    secure = _switch(rc, "secure-aggregation", True)
+    secure = switch(rc, "secure-aggregation", True)
     sent = _numpy(trainable_state(model))
     sent_hash = att.model_hash(sent)
     layout = TensorLayout.of(sent)
