@@ -55,7 +55,7 @@ from eth_utils import is_address, keccak
 
 from collab.config import ENV_PASSPHRASE
 from collab.errors import BadInput, ProtocolViolation, Unavailable
-from collab.fl.runconfig import check_task, effective, task_hash
+from collab.fl.runconfig import check_task, effective, task_config, task_hash
 from orchestrator.claims import claim_to_json, prepare_claim
 from orchestrator.jobs import Job, JobState, JobStore, register_handler
 
@@ -125,6 +125,7 @@ class RoundJob:
         minimum = payload.get("min_participants", 2)
         if not isinstance(minimum, int) or not 1 <= minimum <= len(parts):
             raise BadInput("min_participants must be between 1 and the number of participants")
+        task_config(job_run_config(payload.get("config", {})))  # a malformed task fails here, not in the ServerApp
         rid = payload.get("round_id")
         if rid is not None:
             if not isinstance(rid, int) or rid <= 0:

@@ -67,3 +67,17 @@ def test_a_clientapp_refuses_a_run_config_with_another_task_than_its_node_was_gi
     assert "0x" + opened.hex() in refused.error.reason
     answered = _hello(tmp_path, BASE, opened)
     assert not answered.has_error() and answered.content["info"]["num-examples"] == 4
+
+
+def test_a_round_job_with_a_malformed_task_is_refused_at_submission(tmp_path: Path) -> None:
+    """Not only in a RoundRegistry round: a job whose run config names no valid task fails when submitted, with
+    the reason, instead of in the ServerApp minutes later."""
+    from orchestrator.rounds import RoundJob
+
+    parts = ["0x" + "11" * 20, "0x" + "22" * 20]
+    job = RoundJob(tmp_path / "orch-home")
+    for config, message in (({"model": "gpt"}, "unknown model kind"), ({"max-len": "long"}, "invalid task"),
+                            ({"lora-freeze-a": "no"}, "lora-freeze-a must be true or false")):
+        with pytest.raises(BadInput, match=message):
+            job.validate({"participants": parts, "config": config})
+    job.validate({"participants": parts, "config": {"lora-freeze-a": True, "max-len": 64}})

@@ -103,7 +103,10 @@ def task_hash(run_config: Mapping[str, Any]) -> bytes:
 
 def check_task(run_config: Mapping[str, Any], expected: str | bytes, where: str) -> None:
     """Refuse a run config whose task is not the one ``expected`` (the round's on-chain ``configHash``) names."""
-    want = expected if isinstance(expected, bytes) else bytes.fromhex(str(expected).removeprefix("0x"))
+    try:
+        want = expected if isinstance(expected, bytes) else bytes.fromhex(str(expected).removeprefix("0x"))
+    except ValueError:
+        raise BadInput(f"{where}: the expected task hash {expected!r} is not hex") from None
     got = task_hash(run_config)
     if got != want:
         raise BadInput(f"{where}: the run config's task {json.dumps(task_spec(run_config), sort_keys=True)} "
