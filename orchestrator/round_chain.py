@@ -127,10 +127,12 @@ def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | No
     aggregator withholding a receipt: :mod:`collab.fl.receipts`) and states
     the ε of this node's final-round receipt, when it holds one (that receipt
     then wins the dispute a refusal leads to; without it a refusal over ε
-    could not be shown justified, so the node does not refuse). The root
-    binds chain id, ClaimManager and registry, recomputed here.
+    could not be shown justified, so the node does not refuse), and names
+    as its update commitment the chain of this node's own updates over every
+    Flower round of the round (:func:`_check_own_updates`). The root binds
+    chain id, ClaimManager and registry, recomputed here.
     """
-    from collab.fl.receipts import last_signed_survivors, receipt_path
+    from collab.fl.receipts import last_signed_survivors, own_update_chains, receipt_path
 
     record = record_from_json(raw)
     me = chain.account.address.lower()
@@ -151,8 +153,10 @@ def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | No
     if weight != mine.samples:
         raise ProtocolViolation(f"the record gives {me} weight {weight}, not the {mine.samples} fixed on-chain")
     if home is not None:
-        _check_own_epsilon(record.round_id, record.epsilons[rows.index(me)],
-                           receipt_path(home, record.round_id, registry.get_round(record.round_id).rounds))
+        rounds = registry.get_round(record.round_id).rounds
+        _check_own_epsilon(record.round_id, record.epsilons[rows.index(me)], receipt_path(home, record.round_id, rounds))
+        _check_own_updates(record.round_id, bytes(record.update_commitments[rows.index(me)]),
+                           own_update_chains(home, record.round_id, rounds), rounds)
     root = registry.local_root(record)
     return "0x" + bytes(bls_sign(root)).hex()
 
@@ -169,6 +173,21 @@ def _check_own_epsilon(round_id: int, stated: int, final_receipt: Path) -> None:
         raise ProtocolViolation(f"the record of round {round_id} states ε = {epsilon_value(stated):g} for this node; "
                                 f"it reported {epsilon_value(held):g} with its last update (the aggregator's receipt "
                                 "says so)")
+
+
+def _check_own_updates(round_id: int, stated: bytes, own: dict[str, bytes], rounds: int) -> None:
+    """ProtocolViolation unless the record's commitment for this node chains its own updates of all ``rounds``.
+
+    This binds the round count into each consent: a job its aggregator stopped
+    before the last Flower round has no participant that trained that round,
+    so no honest node consents to its record (and a dropped node's missing
+    dispute no longer matters), nor to one that swaps any of its updates.
+    """
+    if stated not in own.values():
+        raise ProtocolViolation(
+            f"the record of round {round_id} names update chain 0x{stated.hex()} for this node, which is not the "
+            f"chain of its own updates over the round's {rounds} Flower round(s)"
+            + ("" if own else " (this node kept no update for every one of them)"))
 
 
 def node_dispute(chain: Any, home: Path, round_id: int) -> str | None:

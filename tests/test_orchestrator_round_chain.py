@@ -65,13 +65,28 @@ def env(tmp_path: Path, w3: Web3, deployment: Any, deployer: Any, chain_snapshot
     return {"w3": w3, "deployment": deployment, "people": people, "rid": rid, "data": data, "chains": chains}
 
 
+def _update(name: str) -> bytes:
+    """``name``'s update commitment in the fixture round's one Flower round."""
+    return Web3.keccak(text=f"update of {name}")
+
+
 def _record(env: dict[str, Any], weights: dict[str, int]) -> AttributionRecord:
+    from chain.clients.round_registry import update_chain
+
     people = env["people"]
     names = list(weights)
     return AttributionRecord(env["rid"], b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32, "vault://rc",
                              tuple(people[n].address for n in names), tuple(weights[n] for n in names),
-                             tuple(bytes([9 + i]) * 32 for i in range(len(names))),
+                             tuple(update_chain([_update(n)]) for n in names),
                              tuple(epsilon_units(1.5) for _ in names)).sorted()
+
+
+def _trained(home: Path, rid: int, commitment: bytes, fl_round: int = 1, job: str = "job") -> None:
+    """The node in ``home`` sent ``commitment`` in ``fl_round`` of registry round ``rid`` (its ClientApp keeps
+    the opening)."""
+    from collab.fl.receipts import save_opening
+
+    save_opening(home, job, fl_round, rid, b"\x00" * 32, commitment, epsilon_units(1.5))
 
 
 def test_accept_fix_consent_and_an_aggregate_the_contract_accepts(env: dict[str, Any]) -> None:
@@ -129,11 +144,46 @@ def test_a_node_refuses_a_record_that_leaves_out_a_survivor_it_signed_for(env: d
     with pytest.raises(ProtocolViolation, match=f"leaves out {people['p1'].address}.*Flower round 2"):
         round_chain.node_consent(chains["creator"], people["creator"].bls_sign, without_p1, home)
     complete = round_chain.record_to_json(_record(env, {"creator": 3, "p1": 4}))
+    _trained(home, rid, _update("creator"))
     assert round_chain.node_consent(chains["creator"], people["creator"].bls_sign, complete, home).startswith("0x")
     assert round_chain.node_consent(chains["creator"], people["creator"].bls_sign, without_p1).startswith("0x")
     home.joinpath(*SURVIVORS_DIR, f"{rid}-r3.json").write_text("{not json")
     with pytest.raises(ProtocolViolation, match="unreadable"):
         round_chain.node_consent(chains["creator"], people["creator"].bls_sign, complete, home)
+
+
+def test_a_node_consents_only_to_the_chain_of_its_own_updates_over_every_flower_round(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The round count is bound into each consent: a node that did not train the round's last Flower round
+    (a job stopped early), trained another registry round, or sent another update than the record names
+    refuses; the chain of its own updates over all rounds is what it signs."""
+    from chain.clients.round_registry import update_chain
+    from collab.fl.receipts import own_update_chains
+
+    rid, chains, people = env["rid"], env["chains"], env["people"]
+    for name in ("creator", "p1"):
+        round_chain.node_accept(chains[name], rid, env["data"][name])
+    round_chain.creator_fix(chains["creator"], rid)
+    record = round_chain.record_to_json(_record(env, {"creator": 3, "p1": 4}))
+    home = tmp_path / "creator-home"
+    sign = people["creator"].bls_sign
+    with pytest.raises(ProtocolViolation, match="kept no update for every one of them"):
+        round_chain.node_consent(chains["creator"], sign, record, home)
+    _trained(home, rid + 1, _update("creator"))  # the same update, but for another registry round
+    _trained(home, rid, Web3.keccak(text="another update"), job="job-a")
+    with pytest.raises(ProtocolViolation, match="not the chain of its own updates over the round's 1 Flower round"):
+        round_chain.node_consent(chains["creator"], sign, record, home)
+    _trained(home, rid, _update("creator"), job="job-b")  # a second job of the round: this one's record
+    assert round_chain.node_consent(chains["creator"], sign, record, home).startswith("0x")
+
+    first, second = Web3.keccak(text="r1"), Web3.keccak(text="r2")
+    _trained(home, 7, first, 1, "two-rounds")
+    assert own_update_chains(home, 7, 2) == {}  # stopped after Flower round 1 of 2: nothing to consent with
+    _trained(home, 7, second, 2, "two-rounds")
+    assert own_update_chains(home, 7, 2) == {"two-rounds": update_chain([first, second])}
+    home.joinpath("flower", "commitments", "junk-r1.json").write_text("{not json")  # skipped, not trusted
+    assert own_update_chains(home, 7, 2) == {"two-rounds": update_chain([first, second])}
 
 
 def test_the_orchestrator_refuses_a_round_of_another_aggregator(env: dict[str, Any], tmp_path: Path) -> None:
@@ -348,6 +398,7 @@ def test_a_node_refuses_a_proposal_misstating_its_epsilon_and_wins_its_dispute(
         return _both(env, rid, trace, last, (epsilon_units(1.0), p1_epsilon))
 
     p1_home = tmp_path / "p1-home"
+    _trained(p1_home, rid, last["p1"])
     wrong = round_chain.record_to_json(record_stating(epsilon_units(1.0)))
     sign_p1 = people["p1"].bls_sign
     assert round_chain.node_consent(chains["p1"], sign_p1, wrong, p1_home)  # no receipt held: nothing to prove with

@@ -29,10 +29,17 @@ only to a record that includes every address of the last survivor list it
 signed (``orchestrator.round_chain.node_consent``), and any node holding the
 endorsed list of the final round disputes a record that omits one of them
 (``RoundRegistry.disputeOmission``), so one honest survivor is enough.
+
+The node also keeps, under ``flower/commitments/``, the opening of every
+update commitment it sent (salt, commitment, ε, registry round). A node
+consents only to a record whose commitment for it chains its own updates
+of every Flower round of the registry round (:func:`own_update_chains`), so
+a job stopped before its last round gets no honest consent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -44,6 +51,7 @@ from collab.errors import NotFound, ProtocolViolation, Unauthorized
 
 RECEIPTS_DIR = ("rounds", "receipts")
 SURVIVORS_DIR = ("rounds", "survivors")
+OPENINGS_DIR = ("flower", "commitments")
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,54 @@ def delivery(where: ReceiptContext, job: str, fl_round: int, commitment: bytes, 
     """The receipt as the config entries of a Flower message."""
     return {"receipt-round": int(fl_round), "receipt-commitment": bytes(commitment), "receipt-epsilon": int(epsilon),
             "receipt": bytes(signature), "receipt-registry-round": where.round_id, "receipt-job": job}
+
+
+def opening_path(home: str | Path, job: str, fl_round: int) -> Path:
+    """Where a node keeps the opening of its update commitment for one Flower round of one job."""
+    return Path(home).joinpath(*OPENINGS_DIR) / f"{hashlib.sha256(job.encode()).hexdigest()[:16]}-r{int(fl_round)}.json"
+
+
+def save_opening(home: str | Path, job: str, fl_round: int, registry_round: int, salt: bytes, commitment: bytes,
+                 epsilon: int) -> None:
+    """Keep the salt that opens this node's update commitment (only this node can open it), the ε it reported
+    with it (what the aggregator's receipt must state) and the registry round it trained for (0: none)."""
+    path = opening_path(home, job, fl_round)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps({"job": job, "round": int(fl_round), "registry_round": int(registry_round),
+                                "salt": salt.hex(), "commitment": commitment.hex(), "epsilon": int(epsilon)}) + "\n")
+    path.chmod(0o600)
+
+
+def read_opening(home: str | Path, job: str, fl_round: int) -> dict[str, Any] | None:
+    """A kept opening, None when there is none (or it is unreadable)."""
+    try:
+        saved = json.loads(opening_path(home, job, fl_round).read_text())
+        return saved if isinstance(saved, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def own_update_chains(home: str | Path, registry_round: int, rounds: int) -> dict[str, bytes]:
+    """Per Flower job this node trained for ``registry_round`` in every one of its ``rounds`` Flower rounds: the
+    record commitment its updates make (:func:`chain.clients.round_registry.update_chain`, rounds in order).
+
+    Why: a node consents only to a record whose commitment for it is one of these, so a job the aggregator
+    stopped before the round's last Flower round (or one that misstates any of this node's updates) never
+    gets its consent.
+    """
+    from chain.clients.round_registry import update_chain
+
+    by_job: dict[str, dict[int, bytes]] = {}
+    folder = Path(home).joinpath(*OPENINGS_DIR)
+    for path in sorted(folder.glob("*-r*.json")) if folder.is_dir() else []:
+        try:
+            saved = json.loads(path.read_text())
+            if int(saved.get("registry_round", 0)) == int(registry_round):
+                by_job.setdefault(str(saved["job"]), {})[int(saved["round"])] = bytes.fromhex(saved["commitment"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not an opening this node can rely on
+    return {job: update_chain([done[r] for r in range(1, rounds + 1)])
+            for job, done in by_job.items() if all(r in done for r in range(1, rounds + 1))}
 
 
 def receipts_dir(home: str | Path) -> Path:

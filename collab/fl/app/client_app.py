@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -200,21 +199,6 @@ def _noise_multiplier(rc: dict[str, Any], ledger: PrivacyLedger, participant: st
     return ledger.calibrate(participant, dp.sample_rate(examples), dp.steps(examples), rounds_left)
 
 
-def _opening_path(context: Context, job: str, rnd: int) -> Path:
-    folder = Path(str(context.node_config["home"])) / "flower" / "commitments"
-    return folder / f"{hashlib.sha256(job.encode()).hexdigest()[:16]}-r{rnd}.json"
-
-
-def _save_opening(context: Context, job: str, rnd: int, salt: bytes, commitment: bytes, epsilon: int) -> None:
-    """Keep the salt that opens this node's update commitment (only this node can open it), and the ε it reported
-    with it (what the aggregator's receipt must state)."""
-    path = _opening_path(context, job, rnd)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps({"job": job, "round": rnd, "salt": salt.hex(), "commitment": commitment.hex(),
-                                "epsilon": epsilon}) + "\n")
-    path.chmod(0o600)
-
-
 @app.train()
 @_guarded
 def train(msg: Message, context: Context) -> Message:
@@ -222,6 +206,7 @@ def train(msg: Message, context: Context) -> Message:
     from flwr.app import ArrayRecord
 
     from chain.clients.round_registry import epsilon_units
+    from collab.fl.receipts import save_opening
 
     identity = _identity(context)
     cfg = msg.content["config"]
@@ -237,7 +222,8 @@ def train(msg: Message, context: Context) -> Message:
     round_id = att.job_round_id(job, rnd)
     salt = os.urandom(32)
     commitment = att.update_commitment(round_id, salt, words)
-    _save_opening(context, job, rnd, salt, commitment, epsilon)
+    registry_round = int(context.run_config.get("registry-round", 0) or 0)
+    save_opening(str(context.node_config["home"]), job, rnd, registry_round, salt, commitment, epsilon)
     info: dict[str, Any] = {
         "participant": str(context.node_config["participant-id"]),
         "model-receipt": receipt,
@@ -268,17 +254,16 @@ def train(msg: Message, context: Context) -> Message:
 def _keep_receipt(context: Context, cfg: Any) -> Path:
     """Check the aggregator's receipt against the run's aggregator and this node's own commitment; store it."""
     from collab.errors import BadInput
-    from collab.fl.receipts import ReceiptContext, keep
+    from collab.fl.receipts import ReceiptContext, keep, read_opening
 
     where = ReceiptContext.from_run_config(dict(context.run_config))
     if where is None:
         raise BadInput("an update receipt in a round outside the RoundRegistry")
     home = str(context.node_config["home"])
-    opening = _opening_path(context, str(cfg["receipt-job"]), int(cfg["receipt-round"]))
+    saved = read_opening(home, str(cfg["receipt-job"]), int(cfg["receipt-round"]))
     try:
-        saved = json.loads(opening.read_text())
-        own: tuple[bytes, int] | None = (bytes.fromhex(saved["commitment"]), int(saved["epsilon"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        own: tuple[bytes, int] | None = (bytes.fromhex(saved["commitment"]), int(saved["epsilon"])) if saved else None
+    except (ValueError, KeyError, TypeError):
         own = None
     return keep(home, where, Identity.read_public(home).address, cfg, own)
 

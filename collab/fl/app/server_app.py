@@ -29,7 +29,9 @@ Failed or silent participants are dropped (a killed SuperNode, an exhausted
 privacy budget, a bad signature); a round needs ``min-participants``. The
 held-out BBC News test split is public, so accuracy is measured after each
 round. The records and a checkpoint are rewritten after every round; a
-restarted run of the same job resumes after the last completed round.
+restarted run of the same job resumes after the last completed round, with
+that round's participants only (a node dropped before the restart stays
+dropped, so every participant of the final round took part in every round).
 """
 
 from __future__ import annotations
@@ -224,6 +226,8 @@ def main(grid: Grid, context: Context) -> None:
     peers, refused = _hello(grid, nodes, timeout, expected)
     if refused:
         record.update(refused=refused)
+    if resumed is not None and record.body["rounds"]:  # a node dropped before the restart stays dropped
+        peers = [p for p in peers if p.name in record.body["rounds"][-1]["participants"]]
     if len(peers) < minimum:
         fail(f"only {len(peers)} participant(s) introduced themselves, {minimum} required: {refused}")
         return
