@@ -132,7 +132,7 @@ def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | No
     Flower round of the round (:func:`_check_own_updates`). The root binds
     chain id, ClaimManager and registry, recomputed here.
     """
-    from collab.fl.receipts import last_signed_survivors, own_update_chains, receipt_path
+    from collab.fl.receipts import ReceiptContext, last_signed_survivors, own_update_chains, receipt_path
 
     record = record_from_json(raw)
     me = chain.account.address.lower()
@@ -155,8 +155,9 @@ def node_consent(chain: Any, bls_sign: Any, raw: dict[str, Any], home: Path | No
     if home is not None:
         rounds = registry.get_round(record.round_id).rounds
         _check_own_epsilon(record.round_id, record.epsilons[rows.index(me)], receipt_path(home, record.round_id, rounds))
+        where = ReceiptContext(int(chain.w3.eth.chain_id), registry.address, record.round_id, "")
         _check_own_updates(record.round_id, bytes(record.update_commitments[rows.index(me)]),
-                           own_update_chains(home, record.round_id, rounds), rounds)
+                           own_update_chains(home, where, rounds), rounds)
     root = registry.local_root(record)
     return "0x" + bytes(bls_sign(root)).hex()
 

@@ -81,12 +81,15 @@ def _record(env: dict[str, Any], weights: dict[str, int]) -> AttributionRecord:
                              tuple(epsilon_units(1.5) for _ in names)).sorted()
 
 
-def _trained(home: Path, rid: int, commitment: bytes, fl_round: int = 1, job: str = "job") -> None:
-    """The node in ``home`` sent ``commitment`` in ``fl_round`` of registry round ``rid`` (its ClientApp keeps
-    the opening)."""
-    from collab.fl.receipts import save_opening
+def _trained(env: dict[str, Any], home: Path, rid: int, commitment: bytes, fl_round: int = 1, job: str = "job",
+             registry: str | None = None) -> None:
+    """The node in ``home`` sent ``commitment`` in ``fl_round`` of registry round ``rid`` (of the fixture's
+    RoundRegistry, or of another ``registry``): its ClientApp keeps the opening."""
+    from collab.fl.receipts import ReceiptContext, save_opening
 
-    save_opening(home, job, fl_round, rid, b"\x00" * 32, commitment, epsilon_units(1.5))
+    address = registry or RoundRegistryClient.from_deployment(env["deployment"], env["w3"]).address
+    where = ReceiptContext(int(env["w3"].eth.chain_id), address, rid, "")
+    save_opening(home, job, fl_round, where, b"\x00" * 32, commitment, epsilon_units(1.5))
 
 
 def test_accept_fix_consent_and_an_aggregate_the_contract_accepts(env: dict[str, Any]) -> None:
@@ -144,7 +147,7 @@ def test_a_node_refuses_a_record_that_leaves_out_a_survivor_it_signed_for(env: d
     with pytest.raises(ProtocolViolation, match=f"leaves out {people['p1'].address}.*Flower round 2"):
         round_chain.node_consent(chains["creator"], people["creator"].bls_sign, without_p1, home)
     complete = round_chain.record_to_json(_record(env, {"creator": 3, "p1": 4}))
-    _trained(home, rid, _update("creator"))
+    _trained(env, home, rid, _update("creator"))
     assert round_chain.node_consent(chains["creator"], people["creator"].bls_sign, complete, home).startswith("0x")
     assert round_chain.node_consent(chains["creator"], people["creator"].bls_sign, without_p1).startswith("0x")
     home.joinpath(*SURVIVORS_DIR, f"{rid}-r3.json").write_text("{not json")
@@ -159,7 +162,7 @@ def test_a_node_consents_only_to_the_chain_of_its_own_updates_over_every_flower_
     (a job stopped early), trained another registry round, or sent another update than the record names
     refuses; the chain of its own updates over all rounds is what it signs."""
     from chain.clients.round_registry import update_chain
-    from collab.fl.receipts import own_update_chains
+    from collab.fl.receipts import ReceiptContext, own_update_chains
 
     rid, chains, people = env["rid"], env["chains"], env["people"]
     for name in ("creator", "p1"):
@@ -170,20 +173,22 @@ def test_a_node_consents_only_to_the_chain_of_its_own_updates_over_every_flower_
     sign = people["creator"].bls_sign
     with pytest.raises(ProtocolViolation, match="kept no update for every one of them"):
         round_chain.node_consent(chains["creator"], sign, record, home)
-    _trained(home, rid + 1, _update("creator"))  # the same update, but for another registry round
-    _trained(home, rid, Web3.keccak(text="another update"), job="job-a")
+    _trained(env, home, rid + 1, _update("creator"))  # the same update, but for another registry round
+    _trained(env, home, rid, _update("creator"), job="old", registry="0x" + "ab" * 20)  # ... or another registry
+    _trained(env, home, rid, Web3.keccak(text="another update"), job="job-a")
     with pytest.raises(ProtocolViolation, match="not the chain of its own updates over the round's 1 Flower round"):
         round_chain.node_consent(chains["creator"], sign, record, home)
-    _trained(home, rid, _update("creator"), job="job-b")  # a second job of the round: this one's record
+    _trained(env, home, rid, _update("creator"), job="job-b")  # a second job of the round: this one's record
     assert round_chain.node_consent(chains["creator"], sign, record, home).startswith("0x")
 
+    where = ReceiptContext(int(env["w3"].eth.chain_id), "0x" + "cd" * 20, 7, "")
     first, second = Web3.keccak(text="r1"), Web3.keccak(text="r2")
-    _trained(home, 7, first, 1, "two-rounds")
-    assert own_update_chains(home, 7, 2) == {}  # stopped after Flower round 1 of 2: nothing to consent with
-    _trained(home, 7, second, 2, "two-rounds")
-    assert own_update_chains(home, 7, 2) == {"two-rounds": update_chain([first, second])}
+    _trained(env, home, 7, first, 1, "two-rounds", where.registry)
+    assert own_update_chains(home, where, 2) == {}  # stopped after Flower round 1 of 2: nothing to consent with
+    _trained(env, home, 7, second, 2, "two-rounds", where.registry)
+    assert own_update_chains(home, where, 2) == {"two-rounds": update_chain([first, second])}
     home.joinpath("flower", "commitments", "junk-r1.json").write_text("{not json")  # skipped, not trusted
-    assert own_update_chains(home, 7, 2) == {"two-rounds": update_chain([first, second])}
+    assert own_update_chains(home, where, 2) == {"two-rounds": update_chain([first, second])}
 
 
 def test_the_orchestrator_refuses_a_round_of_another_aggregator(env: dict[str, Any], tmp_path: Path) -> None:
@@ -398,7 +403,7 @@ def test_a_node_refuses_a_proposal_misstating_its_epsilon_and_wins_its_dispute(
         return _both(env, rid, trace, last, (epsilon_units(1.0), p1_epsilon))
 
     p1_home = tmp_path / "p1-home"
-    _trained(p1_home, rid, last["p1"])
+    _trained(env, p1_home, rid, last["p1"])
     wrong = round_chain.record_to_json(record_stating(epsilon_units(1.0)))
     sign_p1 = people["p1"].bls_sign
     assert round_chain.node_consent(chains["p1"], sign_p1, wrong, p1_home)  # no receipt held: nothing to prove with

@@ -119,15 +119,21 @@ def opening_path(home: str | Path, job: str, fl_round: int) -> Path:
     return Path(home).joinpath(*OPENINGS_DIR) / f"{hashlib.sha256(job.encode()).hexdigest()[:16]}-r{int(fl_round)}.json"
 
 
-def save_opening(home: str | Path, job: str, fl_round: int, registry_round: int, salt: bytes, commitment: bytes,
-                 epsilon: int) -> None:
+def save_opening(home: str | Path, job: str, fl_round: int, where: ReceiptContext | None, salt: bytes,
+                 commitment: bytes, epsilon: int) -> None:
     """Keep the salt that opens this node's update commitment (only this node can open it), the ε it reported
-    with it (what the aggregator's receipt must state) and the registry round it trained for (0: none)."""
+    with it (what the aggregator's receipt must state) and the registry round it trained for (None: none)."""
     path = opening_path(home, job, fl_round)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps({"job": job, "round": int(fl_round), "registry_round": int(registry_round),
+    path.write_text(json.dumps({"job": job, "round": int(fl_round), "registry": _registry_key(where),
                                 "salt": salt.hex(), "commitment": commitment.hex(), "epsilon": int(epsilon)}) + "\n")
     path.chmod(0o600)
+
+
+def _registry_key(where: ReceiptContext | None) -> str:
+    """Chain, registry and round an opening belongs to ("" outside the RoundRegistry): a round id alone repeats
+    across deployments, and an old round's updates must not vouch for a new round's record."""
+    return f"{where.chain_id}:{where.registry.lower()}:{where.round_id}" if where else ""
 
 
 def read_opening(home: str | Path, job: str, fl_round: int) -> dict[str, Any] | None:
@@ -139,8 +145,8 @@ def read_opening(home: str | Path, job: str, fl_round: int) -> dict[str, Any] | 
         return None
 
 
-def own_update_chains(home: str | Path, registry_round: int, rounds: int) -> dict[str, bytes]:
-    """Per Flower job this node trained for ``registry_round`` in every one of its ``rounds`` Flower rounds: the
+def own_update_chains(home: str | Path, where: ReceiptContext, rounds: int) -> dict[str, bytes]:
+    """Per Flower job this node trained for ``where``'s round in every one of its ``rounds`` Flower rounds: the
     record commitment its updates make (:func:`chain.clients.round_registry.update_chain`, rounds in order).
 
     Why: a node consents only to a record whose commitment for it is one of these, so a job the aggregator
@@ -150,11 +156,11 @@ def own_update_chains(home: str | Path, registry_round: int, rounds: int) -> dic
     from chain.clients.round_registry import update_chain
 
     by_job: dict[str, dict[int, bytes]] = {}
-    folder = Path(home).joinpath(*OPENINGS_DIR)
+    key, folder = _registry_key(where), Path(home).joinpath(*OPENINGS_DIR)
     for path in sorted(folder.glob("*-r*.json")) if folder.is_dir() else []:
         try:
             saved = json.loads(path.read_text())
-            if int(saved.get("registry_round", 0)) == int(registry_round):
+            if saved.get("registry") == key:
                 by_job.setdefault(str(saved["job"]), {})[int(saved["round"])] = bytes.fromhex(saved["commitment"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # not an opening this node can rely on

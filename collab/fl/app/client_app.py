@@ -206,7 +206,7 @@ def train(msg: Message, context: Context) -> Message:
     from flwr.app import ArrayRecord
 
     from chain.clients.round_registry import epsilon_units
-    from collab.fl.receipts import save_opening
+    from collab.fl.receipts import ReceiptContext, save_opening
 
     identity = _identity(context)
     cfg = msg.content["config"]
@@ -222,8 +222,8 @@ def train(msg: Message, context: Context) -> Message:
     round_id = att.job_round_id(job, rnd)
     salt = os.urandom(32)
     commitment = att.update_commitment(round_id, salt, words)
-    registry_round = int(context.run_config.get("registry-round", 0) or 0)
-    save_opening(str(context.node_config["home"]), job, rnd, registry_round, salt, commitment, epsilon)
+    where = ReceiptContext.from_run_config(dict(context.run_config))
+    save_opening(str(context.node_config["home"]), job, rnd, where, salt, commitment, epsilon)
     info: dict[str, Any] = {
         "participant": str(context.node_config["participant-id"]),
         "model-receipt": receipt,
