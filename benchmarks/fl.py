@@ -127,6 +127,8 @@ class Sizes:
 # 0.918 / 0.910 / 0.934 against 0.889 / 0.844 / 0.910 with A trained), hence lora_freeze_a (docs/training.md).
 # The full run of 2026-11-28 10:57 (110 min) with it: Dirichlet the same bit for bit, IID ε = 8 0.945 / 0.936 vs
 # 0.965 / 0.963 (2.0 / 2.7); membership at ε = 8 5.1, 5.5, 1.7 → 4.1 ± 1.9 (1.9 ± 1.9 with A trained).
+# Membership pilots 2026-11-28 (repeats 0-3, FFA): DP batch 64 3.4, one local epoch 4.4 (4.5 here on the same draws);
+# 300 / 400 articles per participant: ε = 8 −0.9 / 0.25 but no DP 6.4 / 8.4 (< 10), hence 200 stays.
 FULL = Sizes("minilm", 128, 400, 200, 2, 2, 16, 0.005, 128, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400, 200,
              lora_top=3, lora_freeze_a=True, mia_repeats=3, dp_batch_by_epsilon=((1.0, 64),), accuracy_repeats=3)
 # Quick (CI): no default-executor baseline (~100 s of Flower processes that test no code of ours).
