@@ -125,7 +125,8 @@ class RoundJob:
         minimum = payload.get("min_participants", 2)
         if not isinstance(minimum, int) or not 1 <= minimum <= len(parts):
             raise BadInput("min_participants must be between 1 and the number of participants")
-        task_config(job_run_config(payload.get("config", {})))  # a malformed task fails here, not in the ServerApp
+        run_config = job_run_config(payload.get("config", {}))
+        task_config(run_config)  # a malformed task fails here, not in the ServerApp
         rid = payload.get("round_id")
         if rid is not None:
             if not isinstance(rid, int) or rid <= 0:
@@ -136,7 +137,7 @@ class RoundJob:
             if registered.aggregator.lower() != str(self.registry.account.address).lower():
                 raise BadInput(f"round {rid} names another aggregator than this orchestrator")
             # The participants' ClientApps refuse any other task; refusing here saves starting a doomed job.
-            check_task(job_run_config(payload.get("config", {})), registered.config_hash, f"round {rid}")
+            check_task(run_config, registered.config_hash, f"round {rid}")
             if not os.environ.get(ENV_PASSPHRASE):
                 raise Unavailable(f"this orchestrator runs without {ENV_PASSPHRASE}: its ServerApp could not "
                                   "sign the participants' update receipts", hint=f"restart it with {ENV_PASSPHRASE} set")

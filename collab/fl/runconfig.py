@@ -96,9 +96,13 @@ def with_task(run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def task_hash(run_config: Mapping[str, Any]) -> bytes:
     """keccak of the canonical JSON of :func:`task_spec`: the ``configHash`` a RoundRegistry round records."""
+    return _spec_hash(task_spec(run_config))
+
+
+def _spec_hash(spec: dict[str, Any]) -> bytes:
     from eth_utils import keccak
 
-    return keccak(json.dumps(task_spec(run_config), sort_keys=True, separators=(",", ":")).encode())
+    return keccak(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
 
 
 def check_task(run_config: Mapping[str, Any], expected: str | bytes, where: str) -> None:
@@ -107,8 +111,9 @@ def check_task(run_config: Mapping[str, Any], expected: str | bytes, where: str)
         want = expected if isinstance(expected, bytes) else bytes.fromhex(str(expected).removeprefix("0x"))
     except ValueError:
         raise BadInput(f"{where}: the expected task hash {expected!r} is not hex") from None
-    got = task_hash(run_config)
+    spec = task_spec(run_config)
+    got = _spec_hash(spec)
     if got != want:
-        raise BadInput(f"{where}: the run config's task {json.dumps(task_spec(run_config), sort_keys=True)} "
+        raise BadInput(f"{where}: the run config's task {json.dumps(spec, sort_keys=True)} "
                        f"hashes to 0x{got.hex()}, but the round was opened with task 0x{want.hex()}",
                        hint="use the run config `collab round create` printed for this round")

@@ -80,8 +80,9 @@ def _identity(context: Context) -> Identity:
 
 
 def _data(context: Context) -> Any:
-    classes = str(context.run_config["classes"]).split(",")
-    return load_user_data(str(context.node_config["data-path"])).with_classes(classes)
+    from collab.fl.runconfig import classes_of
+
+    return load_user_data(str(context.node_config["data-path"])).with_classes(classes_of(context.run_config))
 
 
 def _reply(msg: Message, **configs: dict[str, Any]) -> Message:

@@ -58,7 +58,7 @@ from collab.fl.exchange import send_and_receive
 from collab.fl.receipts import ReceiptContext, ReceiptSigner, delivery
 from collab.fl.record import RECORD_VERSION, Checkpoint, JsonRecord, words_hash
 from collab.fl.secure import SecureRound
-from collab.fl.runconfig import switch, task_config
+from collab.fl.runconfig import classes_of, switch, task_config
 from collab.fl.task import build_model, evaluate, load_trainable, trainable_state
 from collab.secagg import Member, RoundConfig, TensorLayout, TooFewSurvivors
 
@@ -181,7 +181,7 @@ def main(grid: Grid, context: Context) -> None:
     task = task_config(rc)
     torch.set_num_threads(1)
     model = build_model(task)
-    classes = str(rc["classes"]).split(",")
+    classes = classes_of(rc)
     _, test = train_test_split(load_bbc_news().with_classes(classes), 0.2, task.seed)
     test = take(test, int(rc["test-samples"]), task.seed + 1)
     checkpoint, start = (Checkpoint(out) if out else None), 1
