@@ -19,9 +19,11 @@ Two kinds of measurement, each labelled in the JSON:
   of the test split; at ε = 8 the mean of three trainings), and a
   loss-threshold membership-inference attack on inserted canary articles
   (random-label canaries, some trained on, more held out, both sets with
-  the same label histogram; advantage = (AUC − 0.5) in points with its
-  standard error, threshold-free so a small canary set does not flatter it;
-  at ε = 8, the target's setting, the mean of three trainings).
+  the same label histogram; each loss calibrated by a reference model
+  trained as at ε = 8 without them, the raw losses reported too;
+  advantage = (AUC − 0.5) in points with its standard error,
+  threshold-free so a small canary set does not flatter it; at ε = 8, the
+  target's setting, the mean of three trainings).
 
 ``COLLAB_BENCH_QUICK=1`` (CI) shrinks everything: tiny encoder, few samples,
 one Flower deployment of 3 participants (no default-executor baseline). A
@@ -51,6 +53,13 @@ Log = Callable[[str], None]
 DELTA = 1e-5
 TARGET_EPSILON = 8.0  # the ε the issue's accuracy and membership targets are set at
 EPSILONS = (1.0, TARGET_EPSILON, math.inf)
+REFERENCE = 777  # the membership reference model's noise draw (no target training uses it)
+REFERENCE_CANARIES = 12345  # ... and its canaries' seed (draw r's are 7 + 10r trained, 8 + 10r held out)
+
+
+def _json_epsilon(epsilon: float) -> str:
+    """The JSON key of ``epsilon``: "1", "8", "inf"."""
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class Sizes:
     lora_top: int = 0  # LoRA on the top k encoder layers only (0: all)
     lora_freeze_a: bool = False  # FFA-LoRA: train only the adapters' B
     mia_repeats: int = 1  # membership trainings at ε = 8, each with fresh canaries and noise (averaged)
+    mia_reference_epsilon: float = TARGET_EPSILON  # the attack's reference model is trained as at this ε
     default_executor: bool = True  # also time Flower's default executor (the warm hosts' baseline)
     dp_batch_by_epsilon: tuple[tuple[float, int], ...] = ()  # (ε, DP batch) where it differs from dp_batch
     accuracy_repeats: int = 1  # trainings at ε = 8 per split, each with its own noise and batches (averaged)
@@ -112,7 +122,7 @@ class Sizes:
 # Not levers at batch 64: the accountant (PRV's σ, 7% less noise: 0.905), 4 rounds × 1 epoch (0.655, the
 # loss guard refused an update; non-private 0.905), 2 rounds × 4 epochs (0.710).
 # Membership inference: 100 trained canaries (participant 0's) and 400 held out, 200 articles per participant
-# as before (its signal is the canaries', not the task's), the accuracy runs' 2 local epochs and DP batch per
+# until 2026-11-28 (400 since: see the end of this note), the accuracy runs' 2 local epochs and DP batch per
 # ε. A pilot with 50 / 50 measured no DP 12.5 points and ε = 8 7.5, each ± 5.8 (one standard error of the AUC);
 # 100 canaries at each participant (2026-11-27) only 6.4 without DP (see membership_inference). At ε = 8 three
 # trainings are averaged (one's ±3.3 is as large as the 2-point target): 5.1, 3.1, −2.5 → 1.9 ± 1.9 (pilot
@@ -127,9 +137,13 @@ class Sizes:
 # 0.918 / 0.910 / 0.934 against 0.889 / 0.844 / 0.910 with A trained), hence lora_freeze_a (docs/training.md).
 # The full run of 2026-11-28 10:57 (110 min) with it: Dirichlet the same bit for bit, IID ε = 8 0.945 / 0.936 vs
 # 0.965 / 0.963 (2.0 / 2.7); membership at ε = 8 5.1, 5.5, 1.7 → 4.1 ± 1.9 (1.9 ± 1.9 with A trained).
-# Membership pilots 2026-11-28 (repeats 0-3, FFA): DP batch 64 3.4, one local epoch 4.4 (4.5 here on the same draws);
-# 300 / 400 articles per participant: ε = 8 −0.9 / 0.25 but no DP 6.4 / 8.4 (< 10), hence 200 stays.
-FULL = Sizes("minilm", 128, 400, 200, 2, 2, 16, 0.005, 128, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400, 200,
+# Membership pilots 2026-11-28 (repeats 0-3, FFA): DP batch 64 3.4, one local epoch 4.4 (4.5 at 200 on the same
+# draws); 300 / 400 articles per participant: ε = 8 −0.9 / 0.25 but no DP only 6.4 / 7.1 by loss alone (< 10).
+# Calibrated by a reference model (400 per participant, repeats 0-3, these functions and seeds): trained as at
+# ε = 8, no DP 15.8 / 8.5 and ε = 8 1.8, 1.6, 5.6, 6.5 (3.9); non-private, no DP 15.1 / 12.7 and ε = 8 −2.7, 2.0,
+# −0.5, 1.4 (0.05). The reference trained like the attacked model is the stronger attack on it, and ε = 8 is
+# the target's setting: hence mia_reference_epsilon = 8, at the accuracy runs' 400 (docs/training.md).
+FULL = Sizes("minilm", 128, 400, 200, 2, 2, 16, 0.005, 128, 0.02, ("iid", "noniid"), (3, 5, 20), 100, 2, 400, 400,
              lora_top=3, lora_freeze_a=True, mia_repeats=3, dp_batch_by_epsilon=((1.0, 64),), accuracy_repeats=3)
 # Quick (CI): no default-executor baseline (~100 s of Flower processes that test no code of ours).
 QUICK = Sizes("tiny", 32, 24, 60, 1, 1, 8, 0.01, 8, 0.01, ("iid",), (3,), 12, 3, 12, 24, mia_repeats=2,
@@ -305,7 +319,7 @@ def accuracy_vs_epsilon(s: Sizes, say: Log) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for eps in EPSILONS:
             runs = [results[(split, "federated", eps, r)] for r in range(s.accuracy_trainings(eps))]
-            row["inf" if math.isinf(eps) else f"{eps:g}"] = {
+            row[_json_epsilon(eps)] = {
                 **runs[0],
                 "accuracy": float(np.mean([r["accuracy"] for r in runs])),
                 "held_out_accuracy": float(np.mean([r["held_out_accuracy"] for r in runs])),
@@ -322,7 +336,7 @@ def accuracy_vs_epsilon(s: Sizes, say: Log) -> dict[str, Any]:
 
 
 def dp_step_time(s: Sizes, say: Log) -> dict[str, Any]:
-    """Seconds per DP-SGD step vs a non-private step on the same LoRA model (three epochs minus one)."""
+    """Seconds per DP-SGD step vs a non-private step on the same LoRA model (two epochs minus one)."""
     from collab.dp.dpsgd import DPConfig, TrainingStalled, train_dp
     from collab.fl.task import build_model
 
@@ -340,13 +354,14 @@ def dp_step_time(s: Sizes, say: Log) -> dict[str, Any]:
             pass
         return time.perf_counter() - t0
 
-    # Three epochs minus one: only optimizer steps remain (evaluation and set-up cancel), 2 epochs of them
-    # so the difference stands above the noise. Interleaved repeats, minimum kept: the first pass pays
-    # warm-up and the machine may be shared.
+    # Two epochs minus one: only optimizer steps remain (evaluation and set-up cancel). Interleaved repeats,
+    # minimum kept: the first pass pays warm-up and the machine may be shared. Until 2026-11-28 three
+    # repeats of three epochs minus one: 13 of the full run's minutes for a ratio of 1.07 against a target
+    # of 2, time the membership phase's calibrated attack now needs (this way ~6.5).
     batches = DPConfig(batch_size=s.dp_batch).batches(len(data))  # both at DP-SGD's batch: per-step cost
-    for _ in range(3):
+    for _ in range(2):
         for label, sigma in (("non_private", 0.0), ("dp_sgd", 1.0)):
-            per_step = max(1e-6, timed(sigma, 3) - timed(sigma, 1)) / (2 * batches)
+            per_step = max(1e-6, timed(sigma, 2) - timed(sigma, 1)) / batches
             timings[label] = min(timings.get(label, math.inf), per_step)
     ratio = timings["dp_sgd"] / timings["non_private"]
     say(f"DP-SGD step {timings['dp_sgd'] * 1000:.1f} ms vs {timings['non_private'] * 1000:.1f} ms: {ratio:.2f}x")
@@ -387,63 +402,103 @@ def _auc(members: np.ndarray, others: np.ndarray) -> float:
     return float(((m > o).sum() + 0.5 * (m == o).sum()) / (len(members) * len(others)))
 
 
-def _attack(s: Sizes, shards: list[Any], vocab: list[str], epsilon: float, repeat: int) -> tuple[float, list[float]]:
-    """One membership training at ``epsilon`` with the canaries and noise of ``repeat``: (AUC, σ per participant)."""
+def _membership_training(s: Sizes, epsilon: float, repeat: int) -> dict[str, Any]:
+    """One membership training at ``epsilon``: participant 0 holds the trained canaries of draw ``repeat``
+    (:data:`REFERENCE` instead: the reference model's own canaries and noise). Returns each participant's
+    σ and the canary losses of every draw it is scored on, ``{draw: (trained, held out)}``: its own draw,
+    or every ε = 8 draw for the reference model.
+
+    The shards are rebuilt in the worker (seeded, cheap).
+    """
     import torch
 
     from collab.fl.data import Dataset
     from collab.fl.task import encode
 
+    shards = _data(dataclasses.replace(s, per_participant=s.mia_per_participant), 3, "iid")[0]
+    vocab = sorted({w for t in shards[1].texts for w in t.split() if w.isalpha()})
     classes = shards[0].classes
-    inside = _canaries(s.canaries, classes, vocab, 7 + 10 * repeat)
-    outside = _canaries(s.canaries_out, classes, vocab, 8 + 10 * repeat)
+    reference = repeat == REFERENCE
+    inside = _canaries(s.canaries, classes, vocab, REFERENCE_CANARIES if reference else 7 + 10 * repeat)
     p0 = Dataset(shards[0].texts + inside.texts, shards[0].labels + inside.labels, classes)
     data = [p0, *shards[1:]]
     batch = s.dp_batch_for(epsilon)
     sigmas = participant_sigmas(epsilon, data, batch, s.rounds, s.mia_epochs)
     model, task, _ = _train_federated(s, data, list(classes), sigmas, s.mia_epochs, batch,
                                       lambda rnd, k: 50 + 10 * rnd + k + 1000 * repeat)
-    losses = []
+    losses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     with torch.no_grad():
-        for d in (inside, outside):
-            ids, mask, y = encode(d, task.max_len)
-            losses.append(torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask), y,
-                                                            reduction="none").numpy())
-    return _auc(-losses[0], -losses[1]), sigmas  # lower loss → "member"
+        for draw in range(s.attack_trainings(TARGET_EPSILON)) if reference else (repeat,):
+            pair = []
+            for d in (_canaries(s.canaries, classes, vocab, 7 + 10 * draw),
+                      _canaries(s.canaries_out, classes, vocab, 8 + 10 * draw)):
+                ids, mask, y = encode(d, task.max_len)
+                pair.append(torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask), y,
+                                                              reduction="none").numpy())
+            losses[draw] = (pair[0], pair[1])
+    return {"sigmas": sigmas, "losses": losses}
 
 
-def _attack_task(s: Sizes, epsilon: float, repeat: int) -> tuple[float, list[float]]:
-    """:func:`_attack` on the membership phase's own shards (rebuilt in the worker: seeded, cheap)."""
-    shards = _data(dataclasses.replace(s, per_participant=s.mia_per_participant), 3, "iid")[0]
-    vocab = sorted({w for t in shards[1].texts for w in t.split() if w.isalpha()})
-    return _attack(s, shards, vocab, epsilon, repeat)
+def _attack_aucs(losses: tuple[np.ndarray, np.ndarray],
+                 reference: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """(loss attack's AUC, calibrated attack's AUC) from the (trained, held-out) canaries' losses under the
+    attacked model and under the reference model: a canary is called a member the lower its loss, or the
+    further its loss falls below the reference model's."""
+    (trained, held_out), (ref_trained, ref_held_out) = losses, reference
+    return _auc(-trained, -held_out), _auc(ref_trained - trained, ref_held_out - held_out)
+
+
+def _advantage(aucs: list[float], s: Sizes) -> dict[str, Any]:
+    """Mean advantage of ``aucs`` in points with its standard error (each training's, combined)."""
+    se = math.sqrt(sum(_auc_se(a, s.canaries, s.canaries_out) ** 2 for a in aucs)) / len(aucs)
+    auc = float(np.mean(aucs))
+    return {"auc": auc, "advantage_points": 100 * (auc - 0.5), "advantage_se_points": 100 * se,
+            "advantage_points_per_training": [100 * (a - 0.5) for a in aucs]}
 
 
 def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
-    """Loss-threshold attack on random-label canaries inserted into participant 0's data.
+    """Loss-threshold attack on random-label canaries inserted into participant 0's data, calibrated by a
+    reference model.
+
+    The score of a canary is its loss under the attacked model minus its loss under a *reference* model
+    trained as at ε = ``s.mia_reference_epsilon`` on the same data with other canaries instead of the
+    tested ones: what the DP game's adversary, who knows the training algorithm and everything but the
+    canaries' membership, can do. Why calibrate (Watson et al. 2022, "On the importance of difficulty
+    calibration in membership inference attacks"): a held-out random-word canary's loss depends mostly
+    on its words (the model's word-class associations), which the reference model shares; subtracting it
+    leaves the membership signal. Without it, no DP reached only 8.4 and 5.8 points at 400 articles per
+    participant, under the attack's own ≥ 10 bar. Why the reference is trained as at ε = 8, the target's
+    setting: a reference trained like the attacked model calibrates it best (a non-private reference gave
+    ε = 8 a mean of 0.05 points where this one gives 3.9 on the same four draws; docs/training.md), so
+    the target is read against the stronger attack. The raw loss attack is reported too (``loss_attack``).
 
     Only participant 0 holds canaries: spread over all three (100 each) they were memorised far less
-    without DP (6.4 points above chance instead of ~16, pilot 2026-11-27: 300 random-label texts in the
-    same LoRA capacity, each diluted by two updates that never saw it), which fails the attack's own
-    sanity check (≥ 10 points without DP). At ε = 8, the target's setting, ``s.mia_repeats`` trainings
-    with fresh canaries (trained and held out) and fresh noise are averaged: one training's AUC has
-    ~3.3 points of standard error at 100 trained canaries, as large as the target itself.
+    without DP (pilot 2026-11-27). At ε = 8, the target's setting, ``s.mia_repeats`` trainings with fresh
+    canaries (trained and held out) and fresh noise are averaged: one training's AUC has ~3.3 points of
+    standard error at 100 trained canaries, as large as the target itself. One reference model serves
+    every training (it never saw any draw's canaries).
     """
-    out: dict[str, Any] = {"canaries_in": s.canaries, "canaries_out": s.canaries_out, "epochs": s.mia_epochs}
-    tasks = [(eps, r) for eps in (math.inf, 8.0, 1.0) for r in range(s.attack_trainings(eps))]
-    done = dict(zip(tasks, _in_workers(s, _attack_task, tasks, say,
-                                       lambda t, res: f"membership inference ε={t[0]} #{t[1]}: AUC {res[0]:.3f}"),
+    out: dict[str, Any] = {"canaries_in": s.canaries, "canaries_out": s.canaries_out, "epochs": s.mia_epochs,
+                           "articles_per_participant": s.mia_per_participant,
+                           "reference": {"epsilon": _json_epsilon(s.mia_reference_epsilon)}}
+    tasks = [(s.mia_reference_epsilon, REFERENCE)]
+    tasks += [(eps, r) for eps in (math.inf, TARGET_EPSILON, 1.0) for r in range(s.attack_trainings(eps))]
+    done = dict(zip(tasks, _in_workers(s, _membership_training, tasks, say,
+                                       lambda t, res: f"membership training ε={t[0]} "
+                                                      + ("(reference)" if t[1] == REFERENCE else f"#{t[1]}")),
                     strict=True))
-    for eps in (math.inf, 8.0, 1.0):
-        runs = [done[(eps, r)] for r in range(s.attack_trainings(eps))]
-        aucs = [auc for auc, _ in runs]
-        auc = float(np.mean(aucs))
-        se = math.sqrt(sum(_auc_se(a, s.canaries, s.canaries_out) ** 2 for a in aucs)) / len(aucs)
-        key = "inf" if math.isinf(eps) else f"{eps:g}"
-        out[key] = {"auc": auc, "advantage_points": 100 * (auc - 0.5), "sigma": runs[0][1],
-                    "advantage_se_points": 100 * se, "trainings": len(aucs),
-                    "advantage_points_per_training": [100 * (a - 0.5) for a in aucs]}
-        say(f"membership inference ε={eps}: AUC {auc:.3f}" + (f" (mean of {len(aucs)})" if len(aucs) > 1 else ""))
+    reference = done.pop(tasks[0])
+    out["reference"]["sigma"] = reference["sigmas"]
+    for eps in (math.inf, TARGET_EPSILON, 1.0):
+        runs = [(r, done[(eps, r)]) for r in range(s.attack_trainings(eps))]
+        raw, calibrated = zip(*(_attack_aucs(run["losses"][r], reference["losses"][r]) for r, run in runs),
+                              strict=True)
+        key = _json_epsilon(eps)
+        out[key] = {**_advantage(list(calibrated), s), "sigma": runs[0][1]["sigmas"], "trainings": len(runs),
+                    "loss_attack": _advantage(list(raw), s)}
+        say(f"membership inference ε={eps}: advantage {out[key]['advantage_points']:.1f} points calibrated, "
+            f"{out[key]['loss_attack']['advantage_points']:.1f} by loss alone"
+            + (f" (mean of {len(runs)})" if len(runs) > 1 else ""))
     return out
 
 
@@ -638,6 +693,7 @@ def checks(results: dict[str, Any]) -> dict[str, Any]:
         "mia_no_dp_points": mia["inf"]["advantage_points"],
         "mia_eps8_points": mia["8"]["advantage_points"],
         "mia_eps8_se_points": mia["8"].get("advantage_se_points"),
+        "mia_eps8_loss_attack_points": mia["8"].get("loss_attack", {}).get("advantage_points"),
     }
     for split, acc in results["accuracy"].items():
         for measure, tag in (("accuracy", ""), ("held_out_accuracy", "_held_out")):
@@ -678,8 +734,13 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax = axes[1][0]
     mia = results["membership_inference"]
     keys = ("inf", "8", "1")
-    ax.bar(["no DP", f"ε=8 (×{mia['8'].get('trainings', 1)})", "ε=1"], [mia[k]["advantage_points"] for k in keys],
-           yerr=[mia[k].get("advantage_se_points", 0.0) for k in keys], capsize=4)
+    x = np.arange(len(keys))
+    attacks = [("calibrated by the reference model", lambda m: m), ("loss alone", lambda m: m.get("loss_attack"))]
+    for i, (label, pick) in enumerate(attacks):
+        if all(pick(mia[k]) for k in keys):
+            ax.bar(x + 0.4 * i - 0.2, [pick(mia[k])["advantage_points"] for k in keys], 0.4, label=label,
+                   yerr=[pick(mia[k]).get("advantage_se_points", 0.0) for k in keys], capsize=4)
+    ax.set_xticks(x, ["no DP", f"ε=8 (×{mia['8'].get('trainings', 1)})", "ε=1"])
     ax.axhline(10, color="#c44e52", linestyle="--", label="no-DP target ≥ 10")
     ax.axhline(2, color="#55a868", linestyle="--", label="ε=8 target ≤ 2")
     ax.set_ylabel("MIA advantage (AUC − 0.5, points)")
@@ -721,7 +782,10 @@ def render(results: dict[str, Any]) -> RenderableType:
         m = results["membership_inference"][k]
         se = f" ± {m['advantage_se_points']:.1f}" if "advantage_se_points" in m else ""
         runs = f", mean of {m['trainings']} trainings" if m.get("trainings", 1) > 1 else ""
-        rows.append([f"MIA advantage ε={k} (points{runs})", f"{m['advantage_points']:.1f}{se}"])
+        raw = m.get("loss_attack")  # older results: the loss attack was the only one
+        both = "; calibrated / loss alone" if raw else ""
+        rows.append([f"MIA advantage ε={k} (points{runs}{both})",
+                     f"{m['advantage_points']:.1f}{se}" + (f" / {raw['advantage_points']:.1f}" if raw else "")])
     return Group(report.table("federated DP-LoRA rounds", ["metric", "value"], rows))
 
 

@@ -54,16 +54,22 @@ def test_quick_bench_figures_are_consistent(bench: tuple[dict[str, Any], Path]) 
         assert len(strict) == len(loose) == len(none) == 3
         assert all(a > b > c == 0.0 for a, b, c in zip(strict, loose, none, strict=True))  # smaller ε, more noise
     mia = results["membership_inference"]
-    assert all(-50.0 <= mia[k]["advantage_points"] <= 50.0 for k in ("inf", "8", "1"))
-    eight = mia["8"]  # the target's setting: two trainings (quick), each with its own canaries and noise, averaged
-    assert eight["trainings"] == 2 and mia["inf"]["trainings"] == mia["1"]["trainings"] == 1
-    per = eight["advantage_points_per_training"]
-    assert len(per) == 2 and eight["advantage_points"] == pytest.approx(sum(per) / 2)
+    reference = mia["reference"]  # trained as the target's setting is (ε = 8), on the same data, other canaries
+    assert reference["epsilon"] == "8" and reference["sigma"] == mia["8"]["sigma"]
     from benchmarks.fl import _auc_se  # the mean's error: each training's, combined (about 1/√2 of one)
 
     n_in, n_out = mia["canaries_in"], mia["canaries_out"]
-    errors = [_auc_se(0.5 + p / 100, n_in, n_out) for p in per]
-    assert eight["advantage_se_points"] == pytest.approx(100 * (errors[0] ** 2 + errors[1] ** 2) ** 0.5 / 2)
+    for k in ("inf", "8", "1"):
+        for attack in (mia[k], mia[k]["loss_attack"]):  # calibrated by the reference model, and by loss alone
+            assert -50.0 <= attack["advantage_points"] <= 50.0
+    eight = mia["8"]  # the target's setting: two trainings (quick), each with its own canaries and noise, averaged
+    assert eight["trainings"] == 2 and mia["inf"]["trainings"] == mia["1"]["trainings"] == 1
+    for attack in (eight, eight["loss_attack"]):
+        per = attack["advantage_points_per_training"]
+        assert len(per) == 2 and attack["advantage_points"] == pytest.approx(sum(per) / 2)
+        errors = [_auc_se(0.5 + p / 100, n_in, n_out) for p in per]
+        assert attack["advantage_se_points"] == pytest.approx(100 * (errors[0] ** 2 + errors[1] ** 2) ** 0.5 / 2)
+    assert eight["advantage_points_per_training"] != eight["loss_attack"]["advantage_points_per_training"]
 
 
 def test_trained_and_held_out_canaries_share_one_label_histogram() -> None:
@@ -104,3 +110,21 @@ def test_trainings_run_on_spawned_workers_in_task_order() -> None:
     assert sorted(said) == sorted(f"{t[0]}={r}" for t, r in zip(tasks, out, strict=True))
     with pytest.raises(AttributeError, match="no_such_size"):  # a failing training fails the phase
         _in_workers(s, getattr, [("rounds",), ("no_such_size",)], said.append, lambda task, res: "")
+
+
+def test_calibration_removes_what_the_reference_model_shares() -> None:
+    """A canary's loss is mostly its words' doing (shared with the reference model): calibrating by the
+    reference's loss recovers a membership shift the raw losses drown; with no shift it finds nothing."""
+    import numpy as np
+
+    from benchmarks.fl import _attack_aucs
+
+    rng = np.random.default_rng(0)
+    words_in, words_out = rng.normal(0, 2.0, 100), rng.normal(0, 2.0, 400)  # per-canary difficulty
+    noise = lambda n: rng.normal(0, 0.2, n)  # noqa: E731 - each model's own noise
+    reference = (words_in + noise(100), words_out + noise(400))
+    member = (words_in - 0.5 + noise(100), words_out + noise(400))  # trained canaries' loss falls by 0.5
+    raw, calibrated = _attack_aucs(member, reference)
+    assert calibrated > 0.85 and raw < 0.6
+    _, none = _attack_aucs((words_in + noise(100), words_out + noise(400)), reference)
+    assert abs(none - 0.5) < 0.1
