@@ -38,7 +38,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -419,24 +419,29 @@ def _membership_training(s: Sizes, epsilon: float, repeat: int) -> dict[str, Any
     vocab = sorted({w for t in shards[1].texts for w in t.split() if w.isalpha()})
     classes = shards[0].classes
     reference = repeat == REFERENCE
-    inside = _canaries(s.canaries, classes, vocab, REFERENCE_CANARIES if reference else 7 + 10 * repeat)
+    draws = range(s.attack_trainings(TARGET_EPSILON)) if reference else (repeat,)
+    scored = {draw: _draw(s, classes, vocab, draw) for draw in draws}
+    inside = _canaries(s.canaries, classes, vocab, REFERENCE_CANARIES) if reference else scored[repeat][0]
     p0 = Dataset(shards[0].texts + inside.texts, shards[0].labels + inside.labels, classes)
     data = [p0, *shards[1:]]
     batch = s.dp_batch_for(epsilon)
     sigmas = participant_sigmas(epsilon, data, batch, s.rounds, s.mia_epochs)
     model, task, _ = _train_federated(s, data, list(classes), sigmas, s.mia_epochs, batch,
                                       lambda rnd, k: 50 + 10 * rnd + k + 1000 * repeat)
-    losses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def losses(d: Any) -> np.ndarray:
+        ids, mask, y = encode(d, task.max_len)
+        return torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask), y, reduction="none").numpy()
+
     with torch.no_grad():
-        for draw in range(s.attack_trainings(TARGET_EPSILON)) if reference else (repeat,):
-            pair = []
-            for d in (_canaries(s.canaries, classes, vocab, 7 + 10 * draw),
-                      _canaries(s.canaries_out, classes, vocab, 8 + 10 * draw)):
-                ids, mask, y = encode(d, task.max_len)
-                pair.append(torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask), y,
-                                                              reduction="none").numpy())
-            losses[draw] = (pair[0], pair[1])
-    return {"sigmas": sigmas, "losses": losses}
+        return {"sigmas": sigmas, "losses": {draw: (losses(trained), losses(held_out))
+                                             for draw, (trained, held_out) in scored.items()}}
+
+
+def _draw(s: Sizes, classes: tuple[str, ...], vocab: list[str], draw: int) -> tuple[Any, Any]:
+    """Draw ``draw``'s canaries, (trained, held out): seeds 7 + 10·draw and 8 + 10·draw."""
+    return (_canaries(s.canaries, classes, vocab, 7 + 10 * draw),
+            _canaries(s.canaries_out, classes, vocab, 8 + 10 * draw))
 
 
 def _attack_aucs(losses: tuple[np.ndarray, np.ndarray],
@@ -448,7 +453,7 @@ def _attack_aucs(losses: tuple[np.ndarray, np.ndarray],
     return _auc(-trained, -held_out), _auc(ref_trained - trained, ref_held_out - held_out)
 
 
-def _advantage(aucs: list[float], s: Sizes) -> dict[str, Any]:
+def _advantage(aucs: Sequence[float], s: Sizes) -> dict[str, Any]:
     """Mean advantage of ``aucs`` in points with its standard error (each training's, combined)."""
     se = math.sqrt(sum(_auc_se(a, s.canaries, s.canaries_out) ** 2 for a in aucs)) / len(aucs)
     auc = float(np.mean(aucs))
@@ -494,8 +499,8 @@ def membership_inference(s: Sizes, say: Log) -> dict[str, Any]:
         raw, calibrated = zip(*(_attack_aucs(run["losses"][r], reference["losses"][r]) for r, run in runs),
                               strict=True)
         key = _json_epsilon(eps)
-        out[key] = {**_advantage(list(calibrated), s), "sigma": runs[0][1]["sigmas"], "trainings": len(runs),
-                    "loss_attack": _advantage(list(raw), s)}
+        out[key] = {**_advantage(calibrated, s), "sigma": runs[0][1]["sigmas"], "trainings": len(runs),
+                    "loss_attack": _advantage(raw, s)}
         say(f"membership inference ε={eps}: advantage {out[key]['advantage_points']:.1f} points calibrated, "
             f"{out[key]['loss_attack']['advantage_points']:.1f} by loss alone"
             + (f" (mean of {len(runs)})" if len(runs) > 1 else ""))
@@ -692,8 +697,8 @@ def checks(results: dict[str, Any]) -> dict[str, Any]:
         "dp_step_ok": results["dp_step"]["ratio"] <= 2.0,
         "mia_no_dp_points": mia["inf"]["advantage_points"],
         "mia_eps8_points": mia["8"]["advantage_points"],
-        "mia_eps8_se_points": mia["8"].get("advantage_se_points"),
-        "mia_eps8_loss_attack_points": mia["8"].get("loss_attack", {}).get("advantage_points"),
+        "mia_eps8_se_points": mia["8"]["advantage_se_points"],
+        "mia_eps8_loss_attack_points": mia["8"]["loss_attack"]["advantage_points"],
     }
     for split, acc in results["accuracy"].items():
         for measure, tag in (("accuracy", ""), ("held_out_accuracy", "_held_out")):
@@ -735,12 +740,11 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     mia = results["membership_inference"]
     keys = ("inf", "8", "1")
     x = np.arange(len(keys))
-    attacks = [("calibrated by the reference model", lambda m: m), ("loss alone", lambda m: m.get("loss_attack"))]
-    for i, (label, pick) in enumerate(attacks):
-        if all(pick(mia[k]) for k in keys):
-            ax.bar(x + 0.4 * i - 0.2, [pick(mia[k])["advantage_points"] for k in keys], 0.4, label=label,
-                   yerr=[pick(mia[k]).get("advantage_se_points", 0.0) for k in keys], capsize=4)
-    ax.set_xticks(x, ["no DP", f"ε=8 (×{mia['8'].get('trainings', 1)})", "ε=1"])
+    for i, (label, attacks) in enumerate([("calibrated by the reference model", [mia[k] for k in keys]),
+                                          ("loss alone", [mia[k]["loss_attack"] for k in keys])]):
+        ax.bar(x + 0.4 * i - 0.2, [a["advantage_points"] for a in attacks], 0.4, label=label,
+               yerr=[a["advantage_se_points"] for a in attacks], capsize=4)
+    ax.set_xticks(x, ["no DP", f"ε=8 (×{mia['8']['trainings']})", "ε=1"])
     ax.axhline(10, color="#c44e52", linestyle="--", label="no-DP target ≥ 10")
     ax.axhline(2, color="#55a868", linestyle="--", label="ε=8 target ≤ 2")
     ax.set_ylabel("MIA advantage (AUC − 0.5, points)")
@@ -780,12 +784,10 @@ def render(results: dict[str, Any]) -> RenderableType:
                          f"{row[k]['accuracy']:.3f} / {row[k]['held_out_accuracy']:.3f}"])
     for k in ("inf", "8", "1"):
         m = results["membership_inference"][k]
-        se = f" ± {m['advantage_se_points']:.1f}" if "advantage_se_points" in m else ""
-        runs = f", mean of {m['trainings']} trainings" if m.get("trainings", 1) > 1 else ""
-        raw = m.get("loss_attack")  # older results: the loss attack was the only one
-        both = "; calibrated / loss alone" if raw else ""
-        rows.append([f"MIA advantage ε={k} (points{runs}{both})",
-                     f"{m['advantage_points']:.1f}{se}" + (f" / {raw['advantage_points']:.1f}" if raw else "")])
+        runs = f", mean of {m['trainings']} trainings" if m["trainings"] > 1 else ""
+        rows.append([f"MIA advantage ε={k} (points{runs}; calibrated / loss alone)",
+                     f"{m['advantage_points']:.1f} ± {m['advantage_se_points']:.1f} / "
+                     f"{m['loss_attack']['advantage_points']:.1f}"])
     return Group(report.table("federated DP-LoRA rounds", ["metric", "value"], rows))
 
 
