@@ -103,6 +103,15 @@ def test_dp_sgd_moves_every_adapter_and_lowers_the_loss(shard: Dataset) -> None:
     assert not any(type(m).__name__.startswith("GradSample") for m in model.modules())
 
 
+def test_every_optimizer_step_is_reported_to_the_caller(shard: Dataset) -> None:
+    """The bench times steps through ``on_step``: one call per optimizer step with its batch size."""
+    calls: list[int] = []
+    config = DPConfig(noise_multiplier=0.0, batch_size=8, epochs=2, lr=1e-2)
+    report = train_dp(tiny(), shard, config, 32, seed=0, on_step=calls.append)
+    assert len(calls) == report.steps == 2 * 5
+    assert sum(calls) == 2 * len(shard)
+
+
 def test_stalled_adapter_fails_loudly_instead_of_sending_a_broken_update(shard: Dataset) -> None:
     """The opacus#820 failure mode: loss moves, one LoRA tensor silently gets no update."""
     model = tiny()

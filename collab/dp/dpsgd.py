@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -74,8 +75,13 @@ class TrainReport:
     min_adapter_delta: float
 
 
-def train_dp(model: nn.Module, data: Dataset, config: DPConfig, max_len: int, seed: int) -> TrainReport:
-    """Run DP-SGD (hooks mode, optimizer over trainable parameters only) and check that it learned."""
+def train_dp(model: nn.Module, data: Dataset, config: DPConfig, max_len: int, seed: int,
+             on_step: Callable[[int], None] | None = None) -> TrainReport:
+    """Run DP-SGD (hooks mode, optimizer over trainable parameters only) and check that it learned.
+
+    ``on_step(batch size)`` is called after every optimizer step: a benchmark times steps with it, since
+    subtracting whole trainings leaves set-up and evaluation noise of the size of the steps on a shared VM.
+    """
     if len(data) < 2:
         raise BadInput("need at least 2 local examples to train")
     torch.manual_seed(seed)
@@ -112,6 +118,8 @@ def train_dp(model: nn.Module, data: Dataset, config: DPConfig, max_len: int, se
                 loss = nn.functional.cross_entropy(module(input_ids=batch_ids, attention_mask=batch_mask), batch_y)
                 loss.backward()
                 optimizer.step()
+                if on_step is not None:
+                    on_step(len(batch_y))
                 for n, p in trainable:  # Opacus keeps the clipped sum (pre-noise) in summed_grad until zero_grad
                     grad = getattr(p, "summed_grad", None) if config.noise_multiplier > 0 else p.grad
                     if grad is not None:
