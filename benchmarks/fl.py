@@ -16,7 +16,8 @@ Two kinds of measurement, each labelled in the JSON:
   model (each step timed, compared per example), accuracy vs ε ∈ {1, 8, ∞}
   (3 participants, IID and Dirichlet non-IID, against centralized
   non-private and local-only training; scored on the tuning articles where
-  every setting was chosen and on the held-out rest of the test split; at ε = 8 the mean of three trainings), and a
+  every setting was chosen and on the held-out rest of the test split; at
+  ε = 8 the mean of three trainings), and a
   loss-threshold membership-inference attack on inserted canary articles
   (random-label canaries, some trained on, more held out, both sets with
   the same label histogram; each loss calibrated by a reference model
@@ -349,7 +350,8 @@ def dp_step_time(s: Sizes, say: Log) -> dict[str, Any]:
     task = _task(s, list(data.classes))
     per_example: dict[str, list[float]] = {"non_private": [], "dp_sgd": []}
 
-    def timed_steps(label: str, sigma: float) -> None:
+    def seconds_per_example(sigma: float) -> list[float]:
+        """One two-epoch training's steps from the second on (the first pays warm-up), each over its batch."""
         dp = DPConfig(noise_multiplier=sigma, batch_size=s.dp_batch, epochs=2, lr=s.dp_lr)
         stamps: list[tuple[float, int]] = []
         try:
@@ -357,8 +359,7 @@ def dp_step_time(s: Sizes, say: Log) -> dict[str, Any]:
                      on_step=lambda batch: stamps.append((time.perf_counter(), batch)))
         except TrainingStalled:
             pass
-        # From the second step on (the first pays warm-up): each step's time over its own batch.
-        per_example[label].extend((t - t0) / batch for (t0, _), (t, batch) in zip(stamps, stamps[1:]))
+        return [(t - t0) / batch for (t0, _), (t, batch) in zip(stamps, stamps[1:])]
 
     # Each step timed where it runs, median over two interleaved trainings per mode. Until 2026-11-28 the
     # bench subtracted a one-epoch training from a two-epoch one and divided by the plain loader's steps:
@@ -366,7 +367,8 @@ def dp_step_time(s: Sizes, say: Log) -> dict[str, Any]:
     # runs) and DP-SGD's smaller Poisson batches went unnoticed.
     for _ in range(2):
         for label, sigma in (("non_private", 0.0), ("dp_sgd", 1.0)):
-            timed_steps(label, sigma)
+            per_example[label] += seconds_per_example(sigma)
+    # Seconds per step of a full batch (the JSON's historical key), from the per-example medians.
     timings = {label: float(np.median(times)) * s.dp_batch for label, times in per_example.items()}
     ratio = timings["dp_sgd"] / timings["non_private"]
     say(f"DP-SGD step {timings['dp_sgd'] * 1000:.1f} ms vs {timings['non_private'] * 1000:.1f} ms "
